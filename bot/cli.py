@@ -1,0 +1,353 @@
+"""The `liaison-bot` command line (DESIGN §8).
+
+Exit codes everywhere: 0 success, 1 a negative answer or failed check, 2 bad input or usage.
+Answers go to stdout (JSON for the policy commands, so scripts can read them); errors go to
+stderr and name the offending input.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, date, datetime
+from typing import Any, NoReturn
+
+import click
+
+from bot.config import Config, ConfigError, load_config
+from policy import (
+    CATALOGUE,
+    Clearance,
+    Decision,
+    Label,
+    Level,
+    MarkingError,
+    Room,
+    known_caveats,
+    make_room,
+    may_join,
+    may_release,
+    parse_audience,
+    parse_marking,
+    releasable_set,
+    render,
+)
+
+EXIT_OK, EXIT_NO, EXIT_BAD = 0, 1, 2
+
+
+def _fail(message: str, code: int = EXIT_BAD) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def _emit(payload: dict[str, Any]) -> None:
+    click.echo(json.dumps(payload, ensure_ascii=False, indent=2))
+
+
+def _marking(text: str, option: str, context: str | None = None) -> Label:
+    try:
+        return parse_marking(text, context)
+    except MarkingError as exc:
+        _fail(f"{option}: {exc}")
+
+
+def _scheme(code: str, option: str) -> str:
+    scheme = CATALOGUE.scheme(code)
+    if scheme is None:
+        _fail(f"{option}: unknown scheme {code!r} (known: {', '.join(sorted(CATALOGUE.schemes))})")
+    return scheme.code
+
+
+def _audience(text: str | None, option: str) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    tokens = [t.strip() for t in text.split(",")]
+    if not all(tokens):
+        _fail(f"{option}: empty entry in {text!r}")
+    try:
+        return tuple(parse_audience(tokens))
+    except MarkingError as exc:
+        _fail(f"{option}: {exc}")
+
+
+def _room(label_text: str, audience_text: str | None, prefix: str) -> Room:
+    label = _marking(label_text, f"--{prefix}-label" if prefix != "room" else "--room-label")
+    try:
+        return make_room(label, _audience(audience_text, f"--{prefix}-audience"))
+    except MarkingError as exc:
+        _fail(f"--{prefix}-audience: {exc}")
+
+
+def label_json(label: Label) -> dict[str, Any]:
+    return {
+        "scheme": label.scheme,
+        "level": label.level.banner,
+        "rank": label.rank,
+        "caveats": sorted(label.caveats),
+        "rel_to": sorted(label.rel_to),
+        "releasable_to": sorted(releasable_set(label)),
+        "banner": render(label),
+    }
+
+
+def _decision(decision: Decision, *, spillage: bool = False) -> NoReturn:
+    payload: dict[str, Any] = {"allowed": decision.allowed, "reason": decision.reason}
+    if spillage:
+        payload["spillage"] = decision.spillage
+    _emit(payload)
+    sys.exit(EXIT_OK if decision.allowed else EXIT_NO)
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.errors:
+            click.echo(f"error: {line}", err=True)
+        sys.exit(EXIT_BAD)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="liaison-bot")
+def main() -> None:
+    """liaison-bot: relay classified intelligence between national, NATO and EU Matrix rooms
+    under clearance and releasability rules.
+
+    \b
+    Examples:
+      liaison-bot label parse "nato secret//rel to eu"
+      liaison-bot check-config --config config.toml
+      liaison-bot db upgrade --config config.toml
+    """
+
+
+# ---------------------------------------------------------------- label
+
+
+@main.group()
+def label() -> None:
+    """Read, explain and convert markings."""
+
+
+@label.command("parse")
+@click.argument("marking")
+@click.option(
+    "--scheme", "scheme", help="Room scheme giving context to short names (NATO, EU, DEU…)."
+)
+def label_parse(marking: str, scheme: str | None) -> None:
+    """Print the normalised label of MARKING as JSON.
+
+    \b
+    Example:
+      liaison-bot label parse "DEU GEHEIM // REL TO NATO"
+      liaison-bot label parse SECRET --scheme NATO
+    """
+    context = _scheme(scheme, "--scheme") if scheme else None
+    _emit(label_json(_marking(marking, "MARKING", context)))
+
+
+@label.command("convert")
+@click.argument("marking")
+@click.option("--to", "to", required=True, help="Target scheme (NATO, EU or a nation's trigraph).")
+@click.option("--scheme", "scheme", help="Context scheme for short names in MARKING.")
+def label_convert(marking: str, to: str, scheme: str | None) -> None:
+    """Print the equivalent level of MARKING in scheme TO.
+
+    \b
+    Example:
+      liaison-bot label convert "NATO SECRET" --to ESP      # ESP RESERVADO
+    """
+    context = _scheme(scheme, "--scheme") if scheme else None
+    parsed = _marking(marking, "MARKING", context)
+    target = _scheme(to, "--to")
+    level = CATALOGUE.schemes[target].level_at_or_above(parsed.rank)
+    if level is None:
+        _fail(f"{parsed.level.banner} has no equivalent in {target}")
+    click.echo(level.banner)
+
+
+# ---------------------------------------------------------------- policy
+
+
+@main.group()
+def policy() -> None:
+    """Ask the access rules directly: may-join, may-release."""
+
+
+def _grants(texts: Sequence[str]) -> dict[str, Level]:
+    grants: dict[str, Level] = {}
+    for text in texts:
+        grant = _marking(text, "--grant")
+        if grant.caveats or grant.rel_to:
+            _fail(f"--grant: {text!r} is a marking with qualifiers; a grant is a level only")
+        if grant.scheme in grants:
+            _fail(
+                f"--grant: two grants in scheme {grant.scheme} "
+                f"({grants[grant.scheme].banner}, {grant.level.banner}); give one per scheme"
+            )
+        grants[grant.scheme] = grant.level
+    return grants
+
+
+def _caveats(words: Iterable[str], option: str) -> frozenset[str]:
+    known = known_caveats()
+    out = set()
+    for word in words:
+        upper = word.strip().upper()
+        if upper not in known:
+            _fail(f"{option}: unknown caveat {word!r} (known: {', '.join(known)})")
+        out.add(upper)
+    return frozenset(out)
+
+
+def _nationality(code: str) -> str:
+    upper = code.strip().upper()
+    if upper not in CATALOGUE.countries:
+        _fail(f"--nationality: {code!r} is not an ISO 3166-1 alpha-3 code (e.g. DEU, FRA)")
+    return upper
+
+
+def parse_date(text: str, option: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        _fail(f"{option}: {text!r} is not a date in the form YYYY-MM-DD")
+
+
+@policy.command("may-join")
+@click.option("--nationality", required=True, help="The person's nationality (trigraph).")
+@click.option(
+    "--grant", "grants", multiple=True, help='A granted level, e.g. "NATO SECRET"; repeat.'
+)
+@click.option("--caveat", "caveats", multiple=True, help="A caveat briefing held; repeat.")
+@click.option("--expires", help="Last valid day, YYYY-MM-DD (UTC).")
+@click.option("--revoked", is_flag=True, help="The clearance is revoked.")
+@click.option("--room-label", required=True, help="The room's marking.")
+@click.option("--audience", help="The room's narrowed audience, comma separated.")
+def policy_may_join(
+    nationality: str,
+    grants: tuple[str, ...],
+    caveats: tuple[str, ...],
+    expires: str | None,
+    revoked: bool,
+    room_label: str,
+    audience: str | None,
+) -> None:
+    """May a person with this clearance join a room with this label? Exit 0 yes, 1 no.
+
+    \b
+    Example:
+      liaison-bot policy may-join --nationality DEU --grant "NATO SECRET" \\
+          --room-label "NATO SECRET"
+    """
+    clearance = Clearance(
+        user_id="the user",
+        nationality=_nationality(nationality),
+        grants=_grants(grants),
+        caveats=_caveats(caveats, "--caveat"),
+        expires=parse_date(expires, "--expires") if expires else None,
+        revoked=revoked,
+    )
+    room = _room(room_label, audience, "room")
+    _decision(may_join(clearance, room, datetime.now(UTC).date()))
+
+
+@policy.command("may-release")
+@click.option("--label", "label_text", required=True, help="The message's marking.")
+@click.option("--from-label", required=True, help="The source room's marking.")
+@click.option("--to-label", required=True, help="The target room's marking.")
+@click.option("--from-audience", help="The source room's narrowed audience, comma separated.")
+@click.option("--to-audience", help="The target room's narrowed audience, comma separated.")
+def policy_may_release(
+    label_text: str,
+    from_label: str,
+    to_label: str,
+    from_audience: str | None,
+    to_audience: str | None,
+) -> None:
+    """May a message with LABEL go from one room to another? Exit 0 yes, 1 no.
+
+    The message label is read with the source room's scheme as context.
+
+    \b
+    Example:
+      liaison-bot policy may-release --label "GEHEIM // REL TO NATO" \\
+          --from-label "DEU GEHEIM" --to-label "NATO SECRET"
+    """
+    source = _room(from_label, from_audience, "from")
+    target = _room(to_label, to_audience, "to")
+    message = _marking(label_text, "--label", source.scheme)
+    _decision(may_release(message, source, target), spillage=True)
+
+
+# ---------------------------------------------------------------- config and database
+
+
+@main.command("check-config")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def check_config(config_path: str) -> None:
+    """Validate a config file: exit 0, or 2 listing every error with its key path.
+
+    \b
+    Example:
+      liaison-bot check-config --config config.toml
+    """
+    config = _load(config_path)
+    for warning in config.missing_secrets():
+        click.echo(f"warning: {warning}", err=True)
+    rooms = ", ".join(f"{r.key} ({r.parsed_label.banner})" for r in config.rooms) or "none"
+    click.echo(
+        f"{config_path}: OK — rooms: {rooms}; {len(config.routes)} route(s), "
+        f"{len(config.digests)} digest(s)"
+    )
+
+
+@main.group()
+def db() -> None:
+    """The bot's database."""
+
+
+@db.command("upgrade")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def db_upgrade(config_path: str) -> None:
+    """Create or migrate the database named in the config to the newest schema.
+
+    \b
+    Example:
+      liaison-bot db upgrade --config config.toml
+    """
+    from bot.migrate import upgrade  # Alembic is only needed here
+
+    config = _load(config_path)
+    url = config.database_url()
+    try:
+        revision = upgrade(url)
+    except Exception as exc:  # report any driver error plainly; the traceback helps nobody here
+        _fail(f"database upgrade failed for {_safe_url(url)}: {type(exc).__name__}: {exc}", 1)
+    click.echo(f"database {_safe_url(url)} is at revision {revision}")
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """Entry point for tests: run the CLI in-process and return its exit code."""
+    try:
+        main.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

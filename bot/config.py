@@ -1,0 +1,514 @@
+"""Configuration: the TOML file of DESIGN §4, validated by pydantic, every error with its key.
+
+Why two passes: pydantic reports every field error with its location, but a model-level
+check runs only when all fields are valid. Cross-references (routes and digests naming room
+keys) are checked on the raw document as well, so one run lists every error at once.
+Secrets are never read from the file, only from the environment variables it names.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import make_url
+
+from bot.schedule import cron_trigger, parse_duration
+from policy import (
+    Label,
+    MarkingError,
+    Room,
+    known_caveats,
+    make_room,
+    parse_audience,
+    parse_marking,
+)
+
+SECRET_KEYS = {
+    "password": "password_env",
+    "access_token": "access_token_env",
+    "pickle_key": "pickle_key_env",
+    "data_key": "data_key_env",
+    "token": "token_env",
+}
+_USER_ID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+$")
+_ROOM_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _duration(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    return parse_duration(value)
+
+
+Duration = Annotated[timedelta, BeforeValidator(_duration)]
+
+
+def _user_id(value: Any) -> str:
+    if not isinstance(value, str) or not _USER_ID.match(value):
+        raise ValueError(f"bad Matrix user id {value!r}: expected '@name:server'")
+    return value
+
+
+UserId = Annotated[str, BeforeValidator(_user_id)]
+
+
+def _env_name(value: Any) -> str:
+    if not isinstance(value, str) or not _ENV_NAME.match(value):
+        raise ValueError(f"bad environment variable name {value!r}")
+    return value
+
+
+EnvName = Annotated[str, BeforeValidator(_env_name)]
+
+
+def _room_key(value: Any) -> str:
+    if not isinstance(value, str) or not _ROOM_KEY.match(value):
+        raise ValueError(
+            f"bad room key {value!r}: 1-32 characters of a-z, 0-9, '-' and '_', "
+            "starting with a letter or digit"
+        )
+    return value
+
+
+RoomKey = Annotated[str, BeforeValidator(_room_key)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class HomeserverConfig(_Section):
+    url: str
+    user_id: UserId
+    password_env: EnvName | None = None
+    access_token_env: EnvName | None = None
+    pickle_key_env: EnvName = "LIAISON_PICKLE_KEY"
+    device_name: str = "liaison-bot"
+    device_trust: Literal["cross-signed", "tofu"] = "cross-signed"
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"bad homeserver url {value!r}: expected http(s)://host[:port]")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> HomeserverConfig:
+        if self.password_env is None and self.access_token_env is None:
+            raise ValueError("set password_env or access_token_env (the bot must log in)")
+        return self
+
+
+class StorageConfig(_Section):
+    database_url: str = "sqlite:///data/liaison.db"
+    crypto_store: str = "data/crypto"
+    data_key_env: EnvName = "LIAISON_DATA_KEY"
+
+    @field_validator("database_url")
+    @classmethod
+    def _db_url(cls, value: str) -> str:
+        try:
+            url = make_url(value)
+        except Exception:  # sqlalchemy raises ArgumentError, or ValueError on a bad port
+            raise ValueError(f"bad database_url {value!r}") from None
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(
+                f"unsupported database {url.get_backend_name()!r} in database_url: "
+                "use sqlite:///… or postgresql+psycopg://…"
+            )
+        if url.password:
+            raise ValueError("database_url must not hold a password: use a .pgpass file")
+        return value
+
+
+class BotConfig(_Section):
+    command_prefixes: list[str] = Field(default_factory=lambda: ["!", "/"], min_length=1)
+    admins: list[UserId] = Field(default_factory=list)
+    officers: list[UserId] = Field(default_factory=list)
+    caveats: list[str] = Field(default_factory=list)
+    timezone: str = "UTC"
+    admin_room: str | None = None
+    sweep_interval: Duration = timedelta(minutes=5)
+    digest_catchup_grace: Duration = timedelta(hours=2)
+    undecryptable_grace: Duration = timedelta(seconds=60)
+
+    @field_validator("command_prefixes")
+    @classmethod
+    def _prefixes(cls, value: list[str]) -> list[str]:
+        for prefix in value:
+            if not prefix or len(prefix) > 3 or any(c.isspace() or c.isalnum() for c in prefix):
+                raise ValueError(f"bad command prefix {prefix!r}: 1-3 punctuation characters")
+        return value
+
+    @field_validator("caveats")
+    @classmethod
+    def _caveats(cls, value: list[str]) -> list[str]:
+        for word in value:
+            if not re.match(r"^[A-Za-z][A-Za-z0-9-]{1,31}$", word):
+                raise ValueError(f"bad caveat {word!r}: one word of letters, digits and '-'")
+        return [w.upper() for w in value]
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {value!r} (e.g. 'UTC', 'Europe/Berlin')") from None
+        return value
+
+    @field_validator("admin_room")
+    @classmethod
+    def _admin_room(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^!\S+:\S+$", value):
+            raise ValueError(f"bad room id {value!r}: expected '!id:server'")
+        return value
+
+
+class MetricsConfig(_Section):
+    bind: str = "127.0.0.1:9464"
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        return _host_port(value)
+
+
+def _host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"bad bind address {value!r}: expected 'host:port'")
+    return value
+
+
+class RoomConfig(_Section):
+    key: RoomKey
+    name: str = Field(min_length=1, max_length=200)
+    label: str
+    room_id: str | None = None
+    audience: list[str] | None = None
+    _label: Label = PrivateAttr()
+
+    @field_validator("label")
+    @classmethod
+    def _parse_label(cls, value: str, info: ValidationInfo) -> str:
+        _room_label(value, info)
+        return value
+
+    @field_validator("room_id")
+    @classmethod
+    def _room_id(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^!\S+:\S+$", value):
+            raise ValueError(f"bad room id {value!r}: expected '!id:server'")
+        return value
+
+    @field_validator("audience")
+    @classmethod
+    def _audience(cls, value: list[str] | None, info: ValidationInfo) -> list[str] | None:
+        if value is None:
+            return None
+        if "label" not in info.data:
+            return value  # the label's own error is reported; nothing to narrow against
+        try:
+            make_room(_room_label(info.data["label"], info), _audience_tokens(value))
+        except MarkingError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _keep_label(self, info: ValidationInfo) -> RoomConfig:
+        self._label = _room_label(self.label, info)
+        return self
+
+    @property
+    def parsed_label(self) -> Label:
+        return self._label
+
+    def policy_room(self) -> Room:
+        tokens = _audience_tokens(self.audience) if self.audience is not None else None
+        return make_room(self._label, tokens)
+
+
+def _room_label(value: str, info: ValidationInfo) -> Label:
+    caveats = (info.context or {}).get("caveats", ())
+    try:
+        label = parse_marking(value, extra_caveats=caveats)
+    except MarkingError as exc:
+        raise ValueError(str(exc)) from None
+    return label
+
+
+def _audience_tokens(values: Iterable[str]) -> tuple[str, ...]:
+    try:
+        return tuple(parse_audience(values))
+    except MarkingError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class RouteConfig(_Section):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    source: RoomKey = Field(alias="from")
+    to: list[RoomKey] = Field(min_length=1)
+
+
+class DigestConfig(_Section):
+    room: RoomKey
+    cron: str
+    window: Duration = timedelta(hours=24)
+    sources: list[RoomKey] | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        cron_trigger(value, "UTC")
+        return value
+
+
+class FeedConfig(_Section):
+    key: RoomKey
+    room: RoomKey
+    token_env: EnvName
+    release: bool = False
+
+
+class IngestConfig(_Section):
+    bind: str = "127.0.0.1:9465"
+    feeds: list[FeedConfig] = Field(default_factory=list)
+
+    @field_validator("bind")
+    @classmethod
+    def _bind(cls, value: str) -> str:
+        return _host_port(value)
+
+
+class Config(_Section):
+    homeserver: HomeserverConfig
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    bot: BotConfig = Field(default_factory=BotConfig)
+    metrics: MetricsConfig | None = None
+    rooms: list[RoomConfig] = Field(default_factory=list)
+    routes: list[RouteConfig] = Field(default_factory=list)
+    digests: list[DigestConfig] = Field(default_factory=list)
+    ingest: IngestConfig | None = None
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    @property
+    def caveats(self) -> tuple[str, ...]:
+        return known_caveats(self.bot.caveats)
+
+    def room(self, key: str) -> RoomConfig | None:
+        return next((r for r in self.rooms if r.key == key), None)
+
+    def database_url(self) -> str:
+        """The database URL with a relative SQLite path taken from the config's folder."""
+        return resolve_database_url(self.storage.database_url, self._base_dir)
+
+    def crypto_store_path(self) -> Path:
+        return self._base_dir / self.storage.crypto_store
+
+    def secret_variables(self) -> dict[str, str]:
+        """Key path -> environment variable for every secret the bot needs to run."""
+        names = {
+            "homeserver.pickle_key_env": self.homeserver.pickle_key_env,
+            "storage.data_key_env": self.storage.data_key_env,
+        }
+        if self.homeserver.password_env:
+            names["homeserver.password_env"] = self.homeserver.password_env
+        if self.homeserver.access_token_env:
+            names["homeserver.access_token_env"] = self.homeserver.access_token_env
+        for i, feed in enumerate(self.ingest.feeds if self.ingest else ()):
+            names[f"ingest.feeds[{i}].token_env"] = feed.token_env
+        return names
+
+    def missing_secrets(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        env = os.environ if environ is None else environ
+        return [
+            f"{path}: environment variable {name} is not set"
+            for path, name in self.secret_variables().items()
+            if not env.get(name)
+        ]
+
+
+def resolve_database_url(url: str, base_dir: Path) -> str:
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        path = Path(parsed.database)
+        if not path.is_absolute():
+            return parsed.set(database=str((base_dir / path).resolve())).render_as_string(
+                hide_password=False
+            )
+    return url
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `errors` lists every problem as `key.path: message`."""
+
+    def __init__(self, source: str, errors: Sequence[str]) -> None:
+        super().__init__(f"{source}: {len(errors)} error(s)")
+        self.source = source
+        self.errors = list(errors)
+
+
+def load_config(path: str | Path) -> Config:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), [f"{path}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [f"{path}: cannot read: {exc}"]) from None
+    config = parse_config(text, str(path))
+    config._base_dir = path.resolve().parent
+    return config
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, [f"{source}: not valid TOML: {exc}"]) from None
+    bot_section = raw.get("bot")
+    caveats = bot_section.get("caveats", []) if isinstance(bot_section, dict) else []
+    if not isinstance(caveats, list) or not all(isinstance(c, str) for c in caveats):
+        caveats = []
+    errors: list[str] = []
+    config: Config | None = None
+    try:
+        config = Config.model_validate(raw, context={"caveats": caveats})
+    except ValidationError as exc:
+        errors.extend(_format_error(err) for err in exc.errors())
+    errors.extend(_reference_errors(raw))
+    if errors or config is None:
+        raise ConfigError(source, list(dict.fromkeys(errors)))
+    return config
+
+
+def _loc(loc: Iterable[int | str]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out or "(top level)"
+
+
+def _format_error(err: Mapping[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    path = _loc(loc)
+    if err["type"] == "extra_forbidden" and loc:
+        key = str(loc[-1])
+        if key in SECRET_KEYS:
+            return (
+                f"{path}: secrets are not read from the config file; set "
+                f"{SECRET_KEYS[key]} to the name of an environment variable holding it"
+            )
+        return f"{path}: unknown key {key!r}{_suggest_key(loc)}"
+    if err["type"] == "missing":
+        return f"{path}: required key is missing"
+    message = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    return f"{path}: {message}"
+
+
+def _suggest_key(loc: tuple[int | str, ...]) -> str:
+    model: type[BaseModel] | None = Config
+    for part in loc[:-1]:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        model = _model_of(field.annotation) if field else None
+    if model is None:
+        return ""
+    names = [f.alias or n for n, f in model.model_fields.items()]
+    close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+    return f" — did you mean {close[0]!r}?" if close else ""
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    for candidate in (annotation, *getattr(annotation, "__args__", ())):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        inner = _model_of(candidate) if getattr(candidate, "__args__", None) else None
+        if inner is not None:
+            return inner
+    return None
+
+
+@dataclass(frozen=True)
+class _Ref:
+    path: str
+    key: object
+
+
+def _reference_errors(raw: Mapping[str, Any]) -> list[str]:
+    """Routes, digests and feeds must name existing rooms; room keys must be unique."""
+    rooms = raw.get("rooms")
+    keys: list[str] = []
+    errors: list[str] = []
+    if isinstance(rooms, list):
+        for i, room in enumerate(rooms):
+            key = room.get("key") if isinstance(room, dict) else None
+            if isinstance(key, str):
+                if key in keys:
+                    errors.append(f"rooms[{i}].key: duplicate room key {key!r}")
+                keys.append(key)
+    refs: list[_Ref] = []
+    for i, route in enumerate(_tables(raw.get("routes"))):
+        refs.append(_Ref(f"routes[{i}].from", route.get("from")))
+        targets = route.get("to")
+        for j, target in enumerate(targets if isinstance(targets, list) else []):
+            refs.append(_Ref(f"routes[{i}].to[{j}]", target))
+            if target == route.get("from"):
+                errors.append(f"routes[{i}].to[{j}]: a room cannot route to itself ({target!r})")
+    for i, digest in enumerate(_tables(raw.get("digests"))):
+        refs.append(_Ref(f"digests[{i}].room", digest.get("room")))
+        sources = digest.get("sources")
+        for j, source in enumerate(sources if isinstance(sources, list) else []):
+            refs.append(_Ref(f"digests[{i}].sources[{j}]", source))
+    ingest = raw.get("ingest")
+    feeds = ingest.get("feeds") if isinstance(ingest, dict) else None
+    feed_keys: set[object] = set()
+    for i, feed in enumerate(_tables(feeds)):
+        refs.append(_Ref(f"ingest.feeds[{i}].room", feed.get("room")))
+        if feed.get("key") in feed_keys:
+            errors.append(f"ingest.feeds[{i}].key: duplicate feed key {feed.get('key')!r}")
+        feed_keys.add(feed.get("key"))
+    for ref in refs:
+        if isinstance(ref.key, str) and ref.key not in keys:
+            close = difflib.get_close_matches(ref.key, keys, n=1)
+            hint = f" — did you mean {close[0]!r}?" if close else ""
+            known = ", ".join(dict.fromkeys(keys)) or "none"
+            errors.append(f"{ref.path}: no room with key {ref.key!r} (rooms: {known}){hint}")
+    return errors
+
+
+def _tables(value: Any) -> list[dict[str, Any]]:
+    return [t for t in value if isinstance(t, dict)] if isinstance(value, list) else []

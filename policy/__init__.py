@@ -1,0 +1,49 @@
+"""The classification domain, pure: schemes, labels, clearances and access decisions.
+
+No I/O, no Matrix, no database: callers pass in everything a rule needs (DESIGN §2).
+"""
+
+from policy.catalogue import CATALOGUE, Catalogue, Level, Scheme
+from policy.decisions import (
+    Clearance,
+    Decision,
+    Room,
+    dominant_label,
+    fits,
+    make_room,
+    may_join,
+    may_release,
+)
+from policy.labels import (
+    Label,
+    MarkingError,
+    convert,
+    known_caveats,
+    parse_audience,
+    parse_marking,
+    releasable_set,
+    render,
+)
+
+__all__ = [
+    "CATALOGUE",
+    "Catalogue",
+    "Clearance",
+    "Decision",
+    "Label",
+    "Level",
+    "MarkingError",
+    "Room",
+    "Scheme",
+    "convert",
+    "dominant_label",
+    "fits",
+    "known_caveats",
+    "make_room",
+    "may_join",
+    "may_release",
+    "parse_audience",
+    "parse_marking",
+    "releasable_set",
+    "render",
+]

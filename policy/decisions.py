@@ -1,0 +1,198 @@
+"""Access decisions: who may join a room, which label may go where (DESIGN §3.4, §3.5).
+
+Deny by default, and every answer carries its reasons: a refusal names each failed
+condition, an allow says why it was allowed, so the audit log and the user see the same why.
+Rules take everything they need as arguments (including today's date): no clock, no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+
+from policy.catalogue import CATALOGUE, Level
+from policy.labels import Label, MarkingError, convert, releasable_set
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """An answer with its reasons; `spillage` marks a label that does not fit its own room."""
+
+    allowed: bool
+    reasons: tuple[str, ...]
+    spillage: bool = False
+
+    @property
+    def reason(self) -> str:
+        return "; ".join(self.reasons)
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    """What the rules need of a managed room: its label and its (possibly narrowed) audience."""
+
+    label: Label
+    audience: frozenset[str]
+
+    @property
+    def scheme(self) -> str:
+        return self.label.scheme
+
+    @property
+    def rank(self) -> int:
+        return self.label.rank
+
+    @property
+    def caveats(self) -> frozenset[str]:
+        return self.label.caveats
+
+
+def make_room(label: Label, audience: Iterable[str] | None = None) -> Room:
+    """A room whose audience defaults to its label's releasable set; a narrowing must be a
+    non-empty subset of that set (DESIGN §3.2). Raises MarkingError naming what is outside."""
+    full = releasable_set(label)
+    if audience is None:
+        return Room(label, full)
+    tokens = tuple(audience)
+    nations = CATALOGUE.expand(tokens)
+    if not nations:
+        raise MarkingError("a room audience must name at least one nation")
+    outside = sorted(nations - full)
+    if outside:
+        raise MarkingError(
+            f"audience {', '.join(outside)} is outside the releasable set of "
+            f"{label.banner!r}: a room audience may only narrow it"
+        )
+    return Room(label, nations)
+
+
+@dataclass(frozen=True, slots=True)
+class Clearance:
+    """A person's clearance as the register holds it; grants are per scheme."""
+
+    user_id: str
+    nationality: str
+    grants: Mapping[str, Level]  # scheme -> granted level
+    caveats: frozenset[str] = frozenset()
+    expires: date | None = None  # valid through that day (UTC)
+    revoked: bool = False
+
+    def __hash__(self) -> int:
+        return hash((self.user_id, self.nationality, tuple(sorted(self.grants.items()))))
+
+
+def may_join(clearance: Clearance, room: Room, today: date) -> Decision:
+    """Allowed iff valid (not expired, not revoked), nationality in the room's audience,
+    a grant in the room's own scheme at or above its rank, and every caveat of the room."""
+    denied: list[str] = []
+    allowed: list[str] = []
+    if clearance.revoked:
+        denied.append(f"clearance of {clearance.user_id} is revoked")
+    if clearance.expires is not None and today > clearance.expires:
+        denied.append(
+            f"clearance of {clearance.user_id} expired on {clearance.expires.isoformat()}"
+        )
+    elif clearance.expires is not None:
+        allowed.append(f"valid through {clearance.expires.isoformat()}")
+    if clearance.nationality in room.audience:
+        allowed.append(f"nationality {clearance.nationality} is in the room's audience")
+    else:
+        denied.append(
+            f"nationality {clearance.nationality} is not in the room's audience "
+            f"({_audience_text(room.audience)})"
+        )
+    grant = clearance.grants.get(room.scheme)
+    room_level = room.label.level
+    if grant is None:
+        held = ", ".join(sorted(lv.banner for lv in clearance.grants.values())) or "none"
+        denied.append(f"no {room.scheme} grant for a {room_level.banner} room (holds: {held})")
+    elif grant.rank < room.rank:
+        denied.append(f"grant {grant.banner} is below the room's {room_level.banner}")
+    else:
+        allowed.append(f"grant {grant.banner} covers {room_level.banner}")
+    missing = sorted(room.caveats - clearance.caveats)
+    if missing:
+        denied.append(f"not briefed for caveat {', '.join(missing)}")
+    elif room.caveats:
+        allowed.append(f"briefed for {', '.join(sorted(room.caveats))}")
+    if denied:
+        return Decision(False, tuple(denied))
+    return Decision(True, tuple(allowed))
+
+
+def fits(label: Label, room: Room) -> Decision:
+    """Whether material with `label` may live in `room`: an equivalent in the room's scheme at
+    or below the room's rank, releasable to every nation of the room, caveats the room has."""
+    denied: list[str] = []
+    allowed: list[str] = []
+    room_level = room.label.level
+    equivalent = convert(label, room.scheme)
+    if equivalent is None:
+        denied.append(f"no equivalent of {label.level.banner} in {room.scheme}")
+    elif equivalent.rank > room.rank:
+        denied.append(
+            f"write-down: {_shown(label.level, equivalent)} is above the room's {room_level.banner}"
+        )
+    else:
+        allowed.append(f"{_shown(label.level, equivalent)} is within {room_level.banner}")
+    missing = room.audience - releasable_set(label)
+    if missing:
+        denied.append(f"not releasable to {', '.join(sorted(missing))}")
+    else:
+        allowed.append(f"releasable to the room's audience ({_audience_text(room.audience)})")
+    extra = sorted(label.caveats - room.caveats)
+    if extra:
+        denied.append(f"caveat {', '.join(extra)} not held by the {room_level.banner} room")
+    elif label.caveats:
+        allowed.append(f"caveats {', '.join(sorted(label.caveats))} held by the room")
+    if denied:
+        return Decision(False, tuple(denied))
+    return Decision(True, tuple(allowed))
+
+
+def may_release(label: Label, source: Room, target: Room) -> Decision:
+    """Release from source to target: spillage if the label does not fit its own room,
+    otherwise allowed iff it fits the target."""
+    own = fits(label, source)
+    if not own.allowed:
+        head = f"spillage: {label.banner} does not fit its own room ({source.label.banner})"
+        return Decision(False, (head, *own.reasons), spillage=True)
+    return fits(label, target)
+
+
+def dominant_label(
+    labels: Iterable[Label], scheme: str, audience: frozenset[str] | None = None
+) -> Label | None:
+    """The banner of several items shown in `scheme` (ADatP-4774.1 §4.4): highest rank, union
+    of caveats, and REL TO the intersection of releasable sets when that is narrower than
+    `audience` (default: the scheme's own), folded to NATO/EU where complete.
+
+    None for no labels, an unknown scheme, or a rank the scheme cannot show.
+    """
+    items = list(labels)
+    target = CATALOGUE.scheme(scheme)
+    if not items or target is None:
+        return None
+    level = target.level_at_or_above(max(lb.rank for lb in items))
+    if level is None:
+        return None
+    caveats = frozenset().union(*(lb.caveats for lb in items))
+    common = frozenset.intersection(*(releasable_set(lb) for lb in items))
+    reference = target.audience if audience is None else audience
+    rel_to = CATALOGUE.fold_audience(common) if not reference <= common else frozenset()
+    return Label(level, caveats, rel_to)
+
+
+def _shown(level: Level, equivalent: Level) -> str:
+    """`DEU GEHEIM (NATO SECRET)` across schemes, just `NATO SECRET` within one."""
+    if level == equivalent:
+        return level.banner
+    return f"{level.banner} ({equivalent.banner})"
+
+
+def _audience_text(nations: frozenset[str]) -> str:
+    return ", ".join(sorted(CATALOGUE.fold_audience(nations)))

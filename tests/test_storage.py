@@ -1,0 +1,136 @@
+"""Migrations build the schema the models describe; the audit chain detects tampering."""
+
+from __future__ import annotations
+
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import delete, inspect, update
+
+from bot.migrate import head_revision, upgrade
+from bot.store import AuditHeadRow, AuditRow, Base, Store, make_engine
+
+
+def test_upgrade_creates_every_table_on_an_empty_database(database_url: str) -> None:
+    assert upgrade(database_url) == head_revision()
+    engine = make_engine(database_url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+    assert set(Base.metadata.tables) <= tables
+
+
+def test_models_and_migrations_agree(database_url: str) -> None:
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+            diff = compare_metadata(ctx, Base.metadata)
+    finally:
+        engine.dispose()
+    assert diff == []
+
+
+def test_upgrade_twice_changes_nothing(database_url: str) -> None:
+    first = upgrade(database_url)
+    assert upgrade(database_url) == first
+
+
+def _store(url: str) -> Store:
+    upgrade(url)
+    return Store.from_url(url)
+
+
+def test_audit_chain_verifies_when_untouched(database_url: str) -> None:
+    store = _store(database_url)
+    try:
+        assert store.verify_audit().intact  # empty log
+        for i in range(5):
+            store.append_audit("@admin:example.org", "clearance.grant", f"@u{i}:example.org", {"level": "NATO SECRET"})
+        verdict = store.verify_audit()
+        assert verdict.intact and verdict.entries == 5
+        assert [e.subject for e in store.recent_audit(2)] == ["@u4:example.org", "@u3:example.org"]
+    finally:
+        store.close()
+
+
+def test_audit_detects_a_modified_row(database_url: str) -> None:
+    store = _store(database_url)
+    try:
+        for i in range(3):
+            store.append_audit("@a:x", "invite", f"@u{i}:x")
+        with store.session() as s:
+            s.execute(update(AuditRow).where(AuditRow.id == 2).values(subject="@someone-else:x"))
+        verdict = store.verify_audit()
+        assert not verdict.intact and "row 2" in verdict.message
+    finally:
+        store.close()
+
+
+def test_audit_detects_a_deleted_middle_row(database_url: str) -> None:
+    store = _store(database_url)
+    try:
+        for i in range(3):
+            store.append_audit("@a:x", "invite", f"@u{i}:x")
+        with store.session() as s:
+            s.execute(delete(AuditRow).where(AuditRow.id == 2))
+        verdict = store.verify_audit()
+        assert not verdict.intact and "row 3" in verdict.message
+    finally:
+        store.close()
+
+
+def test_audit_detects_a_deleted_newest_row(database_url: str) -> None:
+    store = _store(database_url)
+    try:
+        for i in range(3):
+            store.append_audit("@a:x", "invite", f"@u{i}:x")
+        with store.session() as s:
+            s.execute(delete(AuditRow).where(AuditRow.id == 3))
+        verdict = store.verify_audit()
+        assert not verdict.intact and "newest rows missing" in verdict.message
+    finally:
+        store.close()
+
+
+def test_audit_detects_a_rewritten_head(database_url: str) -> None:
+    store = _store(database_url)
+    try:
+        store.append_audit("@a:x", "invite", "@u:x")
+        with store.session() as s:
+            s.execute(update(AuditHeadRow).values(hash="f" * 64))
+        assert not store.verify_audit().intact
+    finally:
+        store.close()
+
+
+def test_concurrent_audit_appends_keep_the_chain(database_url: str) -> None:
+    """Two writers (bot and CLI) appending at once must serialise, not fork the chain."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    upgrade(database_url)
+    stores = [Store.from_url(database_url) for _ in range(2)]
+    try:
+        def write(n: int) -> None:
+            for i in range(15):
+                stores[n].append_audit(f"@writer{n}:x", "test", f"{i}")
+
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(write, [0, 1]))
+        verdict = stores[0].verify_audit()
+        assert verdict.intact and verdict.entries == 30
+    finally:
+        for store in stores:
+            store.close()
+
+
+def test_sync_token_round_trip(database_url: str) -> None:
+    store = _store(database_url)
+    try:
+        assert store.sync_token() is None
+        store.save_sync_token("s1_2_3")
+        store.save_sync_token("s4_5_6")
+        assert store.sync_token() == "s4_5_6"
+    finally:
+        store.close()
