@@ -72,12 +72,12 @@ def _audience(text: str | None, option: str) -> tuple[str, ...] | None:
         _fail(f"{option}: {exc}")
 
 
-def _room(label_text: str, audience_text: str | None, prefix: str) -> Room:
-    label = _marking(label_text, f"--{prefix}-label" if prefix != "room" else "--room-label")
+def _room(label_text: str, audience_text: str | None, label_opt: str, audience_opt: str) -> Room:
+    label = _marking(label_text, label_opt)
     try:
-        return make_room(label, _audience(audience_text, f"--{prefix}-audience"))
+        return make_room(label, _audience(audience_text, audience_opt))
     except MarkingError as exc:
-        _fail(f"--{prefix}-audience: {exc}")
+        _fail(f"{audience_opt}: {exc}")
 
 
 def label_json(label: Label) -> dict[str, Any]:
@@ -250,7 +250,7 @@ def policy_may_join(
         expires=parse_date(expires, "--expires") if expires else None,
         revoked=revoked,
     )
-    room = _room(room_label, audience, "room")
+    room = _room(room_label, audience, "--room-label", "--audience")
     _decision(may_join(clearance, room, datetime.now(UTC).date()))
 
 
@@ -276,8 +276,8 @@ def policy_may_release(
       liaison-bot policy may-release --label "GEHEIM // REL TO NATO" \\
           --from-label "DEU GEHEIM" --to-label "NATO SECRET"
     """
-    source = _room(from_label, from_audience, "from")
-    target = _room(to_label, to_audience, "to")
+    source = _room(from_label, from_audience, "--from-label", "--from-audience")
+    target = _room(to_label, to_audience, "--to-label", "--to-audience")
     message = _marking(label_text, "--label", source.scheme)
     _decision(may_release(message, source, target), spillage=True)
 

@@ -14,6 +14,7 @@ text and its position, and where it helps the nearest valid form.
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable, Iterator
@@ -73,8 +74,11 @@ def render(label: Label) -> str:
     return " // ".join(parts)
 
 
+@functools.lru_cache(maxsize=4096)
 def releasable_set(label: Label) -> frozenset[str]:
-    """Nations the label may reach: its scheme's own audience and everything in REL TO."""
+    """Nations the label may reach: its scheme's own audience and everything in REL TO.
+
+    Cached: labels are frozen, and a relay asks this once per target room."""
     scheme = CATALOGUE.schemes.get(label.scheme)
     own = scheme.audience if scheme is not None else frozenset({label.scheme})
     return own | CATALOGUE.expand(label.rel_to)

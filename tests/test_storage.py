@@ -47,7 +47,12 @@ def test_audit_chain_verifies_when_untouched(database_url: str) -> None:
     try:
         assert store.verify_audit().intact  # empty log
         for i in range(5):
-            store.append_audit("@admin:example.org", "clearance.grant", f"@u{i}:example.org", {"level": "NATO SECRET"})
+            store.append_audit(
+                "@admin:example.org",
+                "clearance.grant",
+                f"@u{i}:example.org",
+                {"level": "NATO SECRET"},
+            )
         verdict = store.verify_audit()
         assert verdict.intact and verdict.entries == 5
         assert [e.subject for e in store.recent_audit(2)] == ["@u4:example.org", "@u3:example.org"]
@@ -112,6 +117,7 @@ def test_concurrent_audit_appends_keep_the_chain(database_url: str) -> None:
     upgrade(database_url)
     stores = [Store.from_url(database_url) for _ in range(2)]
     try:
+
         def write(n: int) -> None:
             for i in range(15):
                 stores[n].append_audit(f"@writer{n}:x", "test", f"{i}")

@@ -1,0 +1,70 @@
+"""Micro-benchmark: the cost of one `may_release` (and `may_join`) decision, in µs.
+
+Run with `make bench`. Writes `decision_us` (and the raw figures) into bench/results.json,
+keeping any other keys already there, and names the machine it ran on.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import timeit
+from datetime import date
+from pathlib import Path
+
+from policy import Clearance, make_room, may_join, may_release, parse_marking
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, Python {platform.python_version()}"
+
+
+def per_call_us(stmt, number: int = 20_000, repeat: int = 7) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    runs = timeit.repeat(stmt, number=number, repeat=repeat)
+    per = [r / number * 1e6 for r in runs]
+    return min(per), statistics.median(per)
+
+
+def main() -> None:
+    source = make_room(parse_marking("DEU GEHEIM"))
+    targets = [make_room(parse_marking(m)) for m in ("NATO SECRET", "SECRET UE/EU SECRET", "NATO CONFIDENTIAL")]
+    label = parse_marking("GEHEIM // REL TO NATO, UKR", "DEU")
+    person = Clearance("@lo:example.org", "DEU", {"NATO": parse_marking("NATO SECRET").level})
+    today = date(2026, 11, 25)
+
+    release_min, release_med = per_call_us(lambda: [may_release(label, source, t) for t in targets])
+    release_min /= len(targets)
+    release_med /= len(targets)
+    join_min, join_med = per_call_us(lambda: may_join(person, targets[0], today))
+    parse_min, parse_med = per_call_us(lambda: parse_marking("GEHEIM // REL TO NATO, UKR", "DEU"), number=5_000)
+
+    figures = {
+        "decision_us": round(release_med, 2),
+        "decision_us_min": round(release_min, 2),
+        "may_join_us": round(join_med, 2),
+        "parse_marking_us": round(parse_med, 2),
+        "decision_machine": machine(),
+    }
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update(figures)
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(f"machine: {figures['decision_machine']}")
+    print(f"may_release: {release_med:.2f} µs median per decision (min {release_min:.2f}; goal ≤ 20 µs)")
+    print(f"may_join:    {join_med:.2f} µs median")
+    print(f"parse_marking: {parse_med:.2f} µs median")
+    print(f"written to {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
