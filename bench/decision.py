@@ -38,7 +38,10 @@ def per_call_us(stmt, number: int = 20_000, repeat: int = 7) -> tuple[float, flo
 
 def main() -> None:
     source = make_room(parse_marking("DEU GEHEIM"))
-    targets = [make_room(parse_marking(m)) for m in ("NATO SECRET", "SECRET UE/EU SECRET", "NATO CONFIDENTIAL")]
+    targets = [
+        make_room(parse_marking(m))
+        for m in ("NATO SECRET", "SECRET UE/EU SECRET", "NATO CONFIDENTIAL")
+    ]
     label = parse_marking("GEHEIM // REL TO NATO, UKR", "DEU")
     person = Clearance("@lo:example.org", "DEU", {"NATO": parse_marking("NATO SECRET").level})
     today = date(2026, 11, 25)
@@ -46,8 +49,10 @@ def main() -> None:
     release_min, release_med = per_call_us(lambda: [may_release(label, source, t) for t in targets])
     release_min /= len(targets)
     release_med /= len(targets)
-    join_min, join_med = per_call_us(lambda: may_join(person, targets[0], today))
-    parse_min, parse_med = per_call_us(lambda: parse_marking("GEHEIM // REL TO NATO, UKR", "DEU"), number=5_000)
+    _join_min, join_med = per_call_us(lambda: may_join(person, targets[0], today))
+    _parse_min, parse_med = per_call_us(
+        lambda: parse_marking("GEHEIM // REL TO NATO, UKR", "DEU"), number=5_000
+    )
 
     figures = {
         "decision_us": round(release_med, 2),
@@ -60,7 +65,10 @@ def main() -> None:
     results.update(figures)
     RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     print(f"machine: {figures['decision_machine']}")
-    print(f"may_release: {release_med:.2f} µs median per decision (min {release_min:.2f}; goal ≤ 20 µs)")
+    print(
+        f"may_release: {release_med:.2f} µs median per decision "
+        f"(min {release_min:.2f}; goal ≤ 20 µs)"
+    )
     print(f"may_join:    {join_med:.2f} µs median")
     print(f"parse_marking: {parse_med:.2f} µs median")
     print(f"written to {RESULTS}")
