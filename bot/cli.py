@@ -7,7 +7,10 @@ stderr and name the offending input.
 
 from __future__ import annotations
 
+import asyncio
+import getpass
 import json
+import logging
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
@@ -16,6 +19,9 @@ from typing import Any, NoReturn
 import click
 
 from bot.config import Config, ConfigError, load_config
+from bot.register import ClearanceRegister, RegisterError
+from bot.store import Store
+from commands.views import clearance_document
 from policy import (
     CATALOGUE,
     Clearance,
@@ -327,6 +333,194 @@ def db_upgrade(config_path: str) -> None:
     except Exception as exc:  # report any driver error plainly; the traceback helps nobody here
         _fail(f"database upgrade failed for {_safe_url(url)}: {type(exc).__name__}: {exc}", 1)
     click.echo(f"database {_safe_url(url)} is at revision {revision}")
+
+
+def _offline_store(config: Config) -> Store:
+    """The register's database, migrated to the newest schema first."""
+    from bot.migrate import upgrade
+
+    url = config.database_url()
+    upgrade(url)
+    return Store.from_url(url)
+
+
+def _cli_actor() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+# ---------------------------------------------------------------- run
+
+
+@main.command("run")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging (never message bodies).")
+def run_command(config_path: str, verbose: bool) -> None:
+    """Run the bot until SIGINT/SIGTERM. Refuses to start without its secrets.
+
+    \b
+    Example:
+      LIAISON_PASSWORD=… LIAISON_PICKLE_KEY=… LIAISON_DATA_KEY=… \\
+          liaison-bot run --config config.toml
+    """
+    from bot.app import Secrets, StartupError, run_bot
+
+    config = _load(config_path)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("nio", "peewee", "aiohttp"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        secrets = Secrets.from_env(config)
+        asyncio.run(run_bot(config, secrets))
+    except StartupError as exc:
+        _fail(str(exc), EXIT_NO)
+
+
+# ---------------------------------------------------------------- clearance (offline)
+
+
+@main.group()
+def clearance() -> None:
+    """The clearance register, offline (the running bot applies changes within its sweep)."""
+
+
+def _register(config_path: str) -> tuple[ClearanceRegister, Store]:
+    config = _load(config_path)
+    store = _offline_store(config)
+    return ClearanceRegister(store, config.bot.caveats), store
+
+
+@clearance.command("grant")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.argument("user")
+@click.argument("level")
+@click.option("--nationality", help="Trigraph; required on a first grant.")
+@click.option("--expires", help="Last valid day, YYYY-MM-DD (UTC).")
+@click.option("--caveat", "caveats", multiple=True, help="A caveat briefing held; repeat.")
+def clearance_grant(
+    config_path: str,
+    user: str,
+    level: str,
+    nationality: str | None,
+    expires: str | None,
+    caveats: tuple[str, ...],
+) -> None:
+    """Set USER's grant in LEVEL's scheme (raise or lower).
+
+    \b
+    Example:
+      liaison-bot clearance grant --config config.toml @lo-deu:example.org "NATO SECRET" \\
+          --nationality DEU --expires 2027-06-30
+    """
+    register, store = _register(config_path)
+    try:
+        record = register.grant(
+            _cli_actor(),
+            user,
+            level,
+            nationality=nationality,
+            expires=parse_date(expires, "--expires") if expires else None,
+            caveats=caveats,
+        )
+    except RegisterError as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+    click.echo(clearance_document(record).plain)
+
+
+@clearance.command("revoke")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.argument("user")
+@click.argument("scope", required=False, default="all")
+def clearance_revoke(config_path: str, user: str, scope: str) -> None:
+    """Revoke USER's grant in one scheme (a level or scheme name), or all (the default).
+
+    \b
+    Example:
+      liaison-bot clearance revoke --config config.toml @lo-deu:example.org all
+    """
+    register, store = _register(config_path)
+    try:
+        record = register.revoke(_cli_actor(), user, scope)
+    except RegisterError as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+    click.echo(clearance_document(record).plain)
+    click.echo("The running bot removes the user from rooms within its sweep interval.")
+
+
+@clearance.command("show")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.argument("user")
+def clearance_show(config_path: str, user: str) -> None:
+    """Show USER's clearance record; exit 1 if there is none.
+
+    \b
+    Example:
+      liaison-bot clearance show --config config.toml @lo-deu:example.org
+    """
+    register, store = _register(config_path)
+    try:
+        record = register.show(user)
+    except RegisterError as exc:
+        _fail(str(exc))
+    finally:
+        store.close()
+    if record is None:
+        click.echo(f"{user}: no clearance on record")
+        sys.exit(EXIT_NO)
+    click.echo(clearance_document(record).plain)
+
+
+@clearance.command("list")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def clearance_list(config_path: str) -> None:
+    """List every clearance record.
+
+    \b
+    Example:
+      liaison-bot clearance list --config config.toml
+    """
+    register, store = _register(config_path)
+    try:
+        records = register.list()
+    finally:
+        store.close()
+    if not records:
+        click.echo("The clearance register is empty.")
+    for record in records:
+        click.echo(clearance_document(record).plain)
+
+
+# ---------------------------------------------------------------- audit
+
+
+@main.group()
+def audit() -> None:
+    """The audit log."""
+
+
+@audit.command("verify")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def audit_verify(config_path: str) -> None:
+    """Check the audit log's hash chain: exit 0 intact, 1 broken (naming the first bad row).
+
+    \b
+    Example:
+      liaison-bot audit verify --config config.toml
+    """
+    config = _load(config_path)
+    store = _offline_store(config)
+    try:
+        verdict = store.verify_audit()
+    finally:
+        store.close()
+    click.echo(f"audit log {'intact' if verdict.intact else 'BROKEN'}: {verdict.message}")
+    sys.exit(EXIT_OK if verdict.intact else EXIT_NO)
 
 
 def _safe_url(url: str) -> str:

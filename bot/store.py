@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -30,6 +30,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     select,
 )
@@ -193,6 +194,38 @@ class SyncStateRow(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
+class BotSessionRow(Base):
+    """The bot's one device for life: logged in once, reused on every start (DESIGN §7a)."""
+
+    __tablename__ = "bot_session"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    user_id: Mapped[str] = mapped_column(String(255))
+    device_id: Mapped[str] = mapped_column(String(64))
+    access_token: Mapped[str] = mapped_column(Text)  # sealed with the pickle key
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HandledEventRow(Base):
+    """Events already acted on, so a replay after a crash never runs a command twice."""
+
+    __tablename__ = "handled_events"
+
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    room_id: Mapped[str] = mapped_column(String(255))
+    handled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class DirectRoomRow(Base):
+    """The encrypted direct-message room the bot shares with one person."""
+
+    __tablename__ = "direct_rooms"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    room_id: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 # ---------------------------------------------------------------- engine
 
 
@@ -253,30 +286,9 @@ class Store:
         detail: dict[str, Any] | None = None,
         at: datetime | None = None,
     ) -> AuditEntry:
-        """Append one entry to the hash chain; concurrent writers are serialised by the
-        lock on the head row (FOR UPDATE; on SQLite the BEGIN IMMEDIATE write lock)."""
+        """Append one entry to the hash chain, in a transaction of its own."""
         with self.session() as session:
-            head = session.execute(
-                select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()
-            ).scalar_one_or_none()
-            prev = head.hash if head else GENESIS_HASH
-            row = AuditRow(
-                at=(at or utcnow()).astimezone(UTC).replace(microsecond=0),
-                actor=actor,
-                action=action,
-                subject=subject,
-                detail=dict(detail or {}),
-                prev_hash=prev,
-                hash="",
-            )
-            session.add(row)
-            session.flush()  # assigns the id that the hash covers
-            row.hash = audit_hash(row)
-            if head is None:
-                session.add(AuditHeadRow(id=1, last_id=row.id, hash=row.hash))
-            else:
-                head.last_id, head.hash = row.id, row.hash
-            return AuditEntry.of(row)
+            return append_audit(session, actor, action, subject, detail, at)
 
     def recent_audit(self, limit: int = 20) -> list[AuditEntry]:
         with self.session() as session:
@@ -323,6 +335,247 @@ class Store:
             else:
                 row.next_batch = token
 
+    # ------------------------------------------------------------ bot session
+
+    def bot_session(self) -> BotSession | None:
+        with self.session() as session:
+            row = session.get(BotSessionRow, 1)
+            return BotSession(row.user_id, row.device_id, row.access_token) if row else None
+
+    def save_bot_session(self, user_id: str, device_id: str, sealed_token: str) -> None:
+        with self.session() as session:
+            row = session.get(BotSessionRow, 1)
+            if row is None:
+                session.add(
+                    BotSessionRow(
+                        id=1, user_id=user_id, device_id=device_id, access_token=sealed_token
+                    )
+                )
+            else:
+                row.user_id, row.device_id, row.access_token = user_id, device_id, sealed_token
+
+    # ------------------------------------------------------------ handled events
+
+    def is_handled(self, event_id: str) -> bool:
+        with self.session() as session:
+            return session.get(HandledEventRow, event_id) is not None
+
+    def mark_handled(self, event_id: str, room_id: str) -> bool:
+        """Record an event as acted on; False if it already was (a replay)."""
+        with self.session() as session:
+            if session.get(HandledEventRow, event_id) is not None:
+                return False
+            session.add(HandledEventRow(event_id=event_id, room_id=room_id))
+            return True
+
+    def prune_handled(self, before: datetime) -> int:
+        with self.session() as session:
+            result = session.execute(
+                delete(HandledEventRow).where(HandledEventRow.handled_at < before)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
+
+    # ------------------------------------------------------------ direct rooms
+
+    def direct_room(self, user_id: str) -> str | None:
+        with self.session() as session:
+            row = session.get(DirectRoomRow, user_id)
+            return row.room_id if row else None
+
+    def direct_partner(self, room_id: str) -> str | None:
+        with self.session() as session:
+            return session.scalar(
+                select(DirectRoomRow.user_id).where(DirectRoomRow.room_id == room_id)
+            )
+
+    def direct_rooms(self) -> dict[str, str]:
+        """room id -> partner user id."""
+        with self.session() as session:
+            return {r.room_id: r.user_id for r in session.scalars(select(DirectRoomRow))}
+
+    def save_direct_room(self, user_id: str, room_id: str) -> None:
+        with self.session() as session:
+            session.execute(delete(DirectRoomRow).where(DirectRoomRow.room_id == room_id))
+            row = session.get(DirectRoomRow, user_id)
+            if row is None:
+                session.add(DirectRoomRow(user_id=user_id, room_id=room_id))
+            else:
+                row.room_id = room_id
+
+    def forget_direct_room(self, room_id: str) -> None:
+        with self.session() as session:
+            session.execute(delete(DirectRoomRow).where(DirectRoomRow.room_id == room_id))
+
+    # ------------------------------------------------------------ rooms
+
+    def rooms(self) -> list[RoomRecord]:
+        with self.session() as session:
+            return [RoomRecord.of(r) for r in session.scalars(select(RoomRow).order_by(RoomRow.id))]
+
+    def room(self, key: str) -> RoomRecord | None:
+        with self.session() as session:
+            row = session.scalar(select(RoomRow).where(RoomRow.key == key))
+            return RoomRecord.of(row) if row else None
+
+    def save_room(self, record: RoomRecord, actor: str = "liaison-bot") -> RoomRecord:
+        """Insert or update a managed room by key, audited as `room.provisioned`/`room.updated`."""
+        with self.session() as session:
+            row = session.scalar(select(RoomRow).where(RoomRow.key == record.key))
+            action = "room.updated"
+            if row is None:
+                row = RoomRow(key=record.key)
+                session.add(row)
+                action = "room.provisioned"
+            before = RoomRecord.of(row) if row.id is not None else None
+            row.room_id = record.room_id
+            row.name = record.name
+            row.label = record.label
+            row.scheme = record.scheme
+            row.rank = record.rank
+            row.audience = sorted(record.audience)
+            row.origin = record.origin
+            row.closed_at = record.closed_at
+            session.flush()
+            after = RoomRecord.of(row)
+            if before != after:
+                append_audit(
+                    session,
+                    actor,
+                    action,
+                    record.key,
+                    {"room_id": record.room_id, "label": record.label},
+                )
+            return after
+
+    # ------------------------------------------------------------ clearances
+
+    def clearance(self, user_id: str) -> ClearanceRecord | None:
+        with self.session() as session:
+            row = session.scalar(select(ClearanceRow).where(ClearanceRow.user_id == user_id))
+            return ClearanceRecord.of(row) if row else None
+
+    def clearances(self) -> list[ClearanceRecord]:
+        with self.session() as session:
+            rows = session.scalars(select(ClearanceRow).order_by(ClearanceRow.user_id))
+            return [ClearanceRecord.of(r) for r in rows]
+
+    def grant(
+        self,
+        actor: str,
+        user_id: str,
+        scheme: str,
+        level: str,
+        rank: int,
+        *,
+        nationality: str | None = None,
+        expires: date | None = None,
+        caveats: Iterable[str] = (),
+    ) -> ClearanceRecord:
+        """Set the user's grant in one scheme (raise or lower), audited in the same
+        transaction. A first grant needs a nationality; a grant after a revocation restores
+        the record. Raises StoreError naming what is missing."""
+        with self.session() as session:
+            row = session.scalar(select(ClearanceRow).where(ClearanceRow.user_id == user_id))
+            if row is None:
+                if nationality is None:
+                    raise StoreError(
+                        f"{user_id} has no clearance yet: a first grant needs --nationality"
+                    )
+                row = ClearanceRow(user_id=user_id, nationality=nationality)
+                session.add(row)
+            elif nationality is not None:
+                row.nationality = nationality
+            restored = row.revoked_at is not None
+            row.revoked_at = None
+            if expires is not None:
+                row.expires = expires
+            grant = next((g for g in row.grants if g.scheme == scheme), None)
+            previous = grant.level if grant else None
+            if grant is None:
+                row.grants.append(GrantRow(scheme=scheme, level=level, rank=rank))
+            else:
+                grant.level, grant.rank, grant.granted_at = level, rank, utcnow()
+            held = {c.caveat for c in row.caveats}
+            for caveat in sorted(set(caveats) - held):
+                row.caveats.append(ClearanceCaveatRow(caveat=caveat))
+            session.flush()
+            detail: dict[str, Any] = {
+                "scheme": scheme,
+                "level": level,
+                "previous": previous,
+                "nationality": row.nationality,
+            }
+            if expires is not None:
+                detail["expires"] = expires.isoformat()
+            if caveats:
+                detail["caveats"] = sorted(set(caveats))
+            if restored:
+                detail["restored"] = True
+            append_audit(session, actor, "clearance.grant", user_id, detail)
+            return ClearanceRecord.of(row)
+
+    def revoke(self, actor: str, user_id: str, scheme: str | None = None) -> ClearanceRecord:
+        """Revoke one scheme's grant, or the whole record (scheme None), audited."""
+        with self.session() as session:
+            row = session.scalar(select(ClearanceRow).where(ClearanceRow.user_id == user_id))
+            if row is None:
+                raise StoreError(f"{user_id} has no clearance to revoke")
+            if scheme is None:
+                row.revoked_at = utcnow()
+                row.grants.clear()
+                detail: dict[str, Any] = {"scope": "all"}
+            else:
+                grant = next((g for g in row.grants if g.scheme == scheme), None)
+                if grant is None:
+                    held = ", ".join(sorted(g.scheme for g in row.grants)) or "none"
+                    raise StoreError(f"{user_id} holds no {scheme} grant (grants: {held})")
+                row.grants.remove(grant)
+                detail = {"scope": scheme, "level": grant.level}
+            session.flush()
+            append_audit(session, actor, "clearance.revoke", user_id, detail)
+            return ClearanceRecord.of(row)
+
+    def pin_identity(self, user_id: str, key: str | None) -> None:
+        with self.session() as session:
+            row = session.scalar(select(ClearanceRow).where(ClearanceRow.user_id == user_id))
+            if row is not None:
+                row.identity_key = key
+                row.identity_pinned_at = utcnow() if key else None
+
+
+def append_audit(
+    session: Session,
+    actor: str,
+    action: str,
+    subject: str | None = None,
+    detail: dict[str, Any] | None = None,
+    at: datetime | None = None,
+) -> AuditEntry:
+    """Append to the hash chain inside the caller's transaction, so a change and its audit
+    entry commit together. Concurrent writers are serialised by the lock on the head row
+    (FOR UPDATE; on SQLite the BEGIN IMMEDIATE write lock)."""
+    head = session.execute(
+        select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()
+    ).scalar_one_or_none()
+    prev = head.hash if head else GENESIS_HASH
+    row = AuditRow(
+        at=(at or utcnow()).astimezone(UTC).replace(microsecond=0),
+        actor=actor,
+        action=action,
+        subject=subject,
+        detail=dict(detail or {}),
+        prev_hash=prev,
+        hash="",
+    )
+    session.add(row)
+    session.flush()  # assigns the id that the hash covers
+    row.hash = audit_hash(row)
+    if head is None:
+        session.add(AuditHeadRow(id=1, last_id=row.id, hash=row.hash))
+    else:
+        head.last_id, head.hash = row.id, row.hash
+    return AuditEntry.of(row)
+
 
 def audit_hash(row: AuditRow) -> str:
     """SHA-256 over the previous hash and the entry's canonical JSON (id included, so a
@@ -362,3 +615,76 @@ class AuditVerdict:
     intact: bool
     entries: int
     message: str
+
+
+class StoreError(Exception):
+    """A request the register cannot carry out; the message says why, for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class BotSession:
+    user_id: str
+    device_id: str
+    sealed_token: str
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRecord:
+    scheme: str
+    level: str
+    rank: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClearanceRecord:
+    user_id: str
+    nationality: str
+    grants: tuple[GrantRecord, ...]
+    caveats: frozenset[str]
+    expires: date | None
+    revoked_at: datetime | None
+    identity_key: str | None
+
+    @classmethod
+    def of(cls, row: ClearanceRow) -> ClearanceRecord:
+        return cls(
+            user_id=row.user_id,
+            nationality=row.nationality,
+            grants=tuple(
+                sorted(
+                    (GrantRecord(g.scheme, g.level, g.rank) for g in row.grants),
+                    key=lambda g: (-g.rank, g.scheme),
+                )
+            ),
+            caveats=frozenset(c.caveat for c in row.caveats),
+            expires=row.expires,
+            revoked_at=row.revoked_at,
+            identity_key=row.identity_key,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    key: str
+    name: str
+    label: str  # canonical banner
+    scheme: str
+    rank: int
+    audience: tuple[str, ...]
+    room_id: str | None = None
+    origin: str = "config"
+    closed_at: datetime | None = None
+
+    @classmethod
+    def of(cls, row: RoomRow) -> RoomRecord:
+        return cls(
+            key=row.key,
+            name=row.name,
+            label=row.label,
+            scheme=row.scheme,
+            rank=row.rank,
+            audience=tuple(sorted(row.audience or ())),
+            room_id=row.room_id,
+            origin=row.origin,
+            closed_at=row.closed_at,
+        )

@@ -1,5 +1,18 @@
 """Chat commands: parsing, permissions and dispatch (DESIGN §5).
 
-Each command is declared once; handlers reach the bot's services through the protocols this
-package defines and never import `bot/` or nio. Filled in by the bot-core issue.
+Each command is declared once, in the module of its group; handlers reach the bot's services
+through the protocols in `commands.services` and never import `bot/` or nio.
 """
+
+from __future__ import annotations
+
+from commands import audit, clearance, general, membership
+from commands.registry import Registry
+
+
+def build_registry() -> Registry:
+    """Every command group, declared into one registry."""
+    registry = Registry()
+    for group in (general, clearance, membership, audit):
+        group.register(registry)
+    return registry

@@ -1,0 +1,791 @@
+"""The running bot: one device for life, the sync loop, rooms, membership, commands.
+
+Guarantees kept here (DESIGN §7, §7a):
+- the sync token is stored only after every event it covers was handled; a gap in a
+  `limited` timeline is back-filled first; the first sync after start asks for full state;
+- homeserver errors back off exponentially with a cap, never a tight loop;
+- room keys go only to devices of members who pass `may_join` (of the DM partner in a DM);
+- a command event is acted on once, even when a crash replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
+
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    InviteMemberEvent,
+    LoginResponse,
+    MegolmEvent,
+    RoomMemberEvent,
+    RoomMessageText,
+    SyncError,
+    SyncResponse,
+    WhoamiResponse,
+)
+from nio.crypto import OlmDevice
+
+from bot.config import Config
+from bot.matrix import Gateway, MatrixError, unwrap
+from bot.register import ClearanceRegister, RegisterError, policy_clearance
+from bot.rooms import MEGOLM, ManagedRoom, ProvisionError, provision
+from bot.sealing import Sealer
+from bot.store import AuditEntry, AuditVerdict, ClearanceRecord, RoomRecord, Store
+from commands import build_registry
+from commands.dispatch import dispatch, is_command
+from commands.document import Document, doc
+from commands.registry import CommandError, Invocation, Reply, Role
+from commands.services import (
+    InviteOutcome,
+    RevokeOutcome,
+    RoomSummary,
+    RouteSummary,
+    StatusInfo,
+)
+from policy import Decision, may_join
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SYNC_FILTER = {"room": {"timeline": {"limit": 100}, "state": {"lazy_load_members": False}}}
+SYNC_TIMEOUT_MS = 30_000
+KICK_REASON = "not cleared for this room"  # not encrypted: no markings, no room names
+
+
+class StartupError(Exception):
+    """The bot cannot start; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Secrets:
+    pickle_key: str
+    data_key: str
+    password: str | None
+    access_token: str | None
+
+    @classmethod
+    def from_env(cls, config: Config, environ: dict[str, str] | None = None) -> Secrets:
+        env = dict(os.environ if environ is None else environ)
+        missing = config.missing_secrets(env)
+        if missing:
+            raise StartupError("missing secrets, refusing to start: " + "; ".join(missing))
+        hs = config.homeserver
+        return cls(
+            pickle_key=env[hs.pickle_key_env],
+            data_key=env[config.storage.data_key_env],
+            password=env.get(hs.password_env) if hs.password_env else None,
+            access_token=env.get(hs.access_token_env) if hs.access_token_env else None,
+        )
+
+
+class Backoff:
+    """Exponential delays with jitter and a cap: 1, 2, 4 … 30 s."""
+
+    def __init__(self, first: float = 1.0, cap: float = 30.0) -> None:
+        self.first, self.cap, self.failures = first, cap, 0
+
+    def next(self) -> float:
+        delay = min(self.cap, self.first * 2**self.failures)
+        self.failures += 1
+        return delay * random.uniform(0.8, 1.0)
+
+    def reset(self) -> None:
+        self.failures = 0
+
+
+class LiaisonBot:
+    """The bot, and the services its commands use (commands.services.Services)."""
+
+    def __init__(self, config: Config, store: Store, secrets: Secrets) -> None:
+        self.config = config
+        self.store = store
+        self.secrets = secrets
+        self.register = ClearanceRegister(store, config.bot.caveats)
+        self.registry = build_registry()
+        self.rooms_by_key: dict[str, ManagedRoom] = {}
+        self.rooms_by_id: dict[str, ManagedRoom] = {}
+        self.direct: dict[str, str] = {}  # room id -> partner
+        self._clearances: dict[str, ClearanceRecord] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._stop = asyncio.Event()
+        self.synced = asyncio.Event()
+        self.started_at = time.monotonic()
+        self.last_sync: float | None = None
+        self.first_sync_s: float | None = None
+        self.client: AsyncClient | None = None
+        self.gateway: Gateway | None = None
+
+    # ------------------------------------------------------------ helpers
+
+    async def _db(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Database work runs in a thread: the event loop never blocks on it."""
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    def _spawn(self, coro: Awaitable[Any], name: str) -> None:
+        task = asyncio.ensure_future(coro)
+        task.set_name(name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    @property
+    def user_id(self) -> str:
+        return self.config.homeserver.user_id
+
+    def _gw(self) -> Gateway:
+        assert self.gateway is not None, "not logged in"
+        return self.gateway
+
+    async def audit(
+        self, actor: str, action: str, subject: str | None, detail: dict[str, Any]
+    ) -> None:
+        await self._db(self.store.append_audit, actor, action, subject, detail)
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Log in (or reuse the device), provision rooms, start syncing and sweeping."""
+        await self._login()
+        self.direct = await self._db(self.store.direct_rooms)
+        await self._refresh_clearances()
+        await self._provision_rooms()
+        self._spawn(self._sync_forever(), "sync")
+        self._spawn(self._sweep_forever(), "sweep")
+
+    async def run(self) -> None:
+        await self.start()
+        await self._stop.wait()
+        await self.close()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def close(self) -> None:
+        """Stop tasks and the HTTP session. Never logs out: that would delete the device
+        and its keys on the server (DESIGN §7a)."""
+        self._stop.set()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.client is not None:
+            await self.client.close()
+        log.info("stopped")
+
+    async def _login(self) -> None:
+        hs = self.config.homeserver
+        store_dir = self.config.crypto_store_path()
+        store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(store_dir, 0o700)
+        client_config = AsyncClientConfig(
+            encryption_enabled=True,
+            store_sync_tokens=False,  # our own token, stored after handling (DESIGN §7)
+            pickle_key=self.secrets.pickle_key,
+            max_timeouts=3,
+            backoff_factor=0.5,
+            max_timeout_retry_wait_time=10,
+            request_timeout=60,
+        )
+        sealer = Sealer(self.secrets.pickle_key, "access-token")
+        session = await self._db(self.store.bot_session)
+        if session is not None and session.user_id != hs.user_id:
+            raise StartupError(
+                f"the database belongs to {session.user_id}, not {hs.user_id}: use its own database"
+            )
+        device_id = session.device_id if session else ""
+        client = AsyncClient(
+            hs.url, hs.user_id, device_id=device_id, store_path=str(store_dir), config=client_config
+        )
+        self.client = client
+        self.gateway = Gateway(client)
+        if session is not None:
+            token = sealer.open_text(session.sealed_token, session.device_id)
+            client.restore_login(hs.user_id, session.device_id, token)
+            whoami = await client.whoami()
+            if isinstance(whoami, WhoamiResponse):
+                log.info("reusing device %s", session.device_id)
+            elif (
+                getattr(whoami, "status_code", None) == "M_UNKNOWN_TOKEN" and self.secrets.password
+            ):
+                log.warning("stored token rejected; logging in again to device %s", device_id)
+                await self._password_login(client, sealer)
+            else:
+                raise StartupError(f"the homeserver rejected the stored session: {whoami}")
+        elif self.secrets.access_token:
+            client.access_token = self.secrets.access_token
+            whoami = unwrap(await client.whoami(), WhoamiResponse, "whoami")
+            if not whoami.device_id:
+                raise StartupError("the access token has no device; log in with a password")
+            client.restore_login(hs.user_id, whoami.device_id, self.secrets.access_token)
+            await self._db(
+                self.store.save_bot_session,
+                hs.user_id,
+                whoami.device_id,
+                sealer.seal_text(self.secrets.access_token, whoami.device_id),
+            )
+        else:
+            await self._password_login(client, sealer)
+        if client.should_upload_keys:
+            await client.keys_upload()
+
+    async def _password_login(self, client: AsyncClient, sealer: Sealer) -> None:
+        response = await client.login(self.secrets.password, self.config.homeserver.device_name)
+        login = unwrap(response, LoginResponse, "login")
+        await self._db(
+            self.store.save_bot_session,
+            login.user_id,
+            login.device_id,
+            sealer.seal_text(login.access_token, login.device_id),
+        )
+        log.info("logged in as %s, device %s", login.user_id, login.device_id)
+
+    # ------------------------------------------------------------ rooms
+
+    async def _provision_rooms(self) -> None:
+        gateway = self._gw()
+        joined = await gateway.joined_rooms()
+        for i, cfg in enumerate(self.config.rooms):
+            record = await self._db(self.store.room, cfg.key)
+            policy_room = cfg.policy_room()
+            try:
+                room_id, changed = await provision(
+                    gateway,
+                    key=cfg.key,
+                    name=cfg.name,
+                    room=policy_room,
+                    room_id=cfg.room_id or (record.room_id if record else None),
+                    previous_rank=record.rank if record else None,
+                    joined=joined,
+                )
+            except MatrixError as exc:
+                raise StartupError(f"rooms[{i}] ({cfg.key}): {exc}") from None
+            except ProvisionError as exc:
+                raise StartupError(f"rooms[{i}]: {exc}") from None
+            await self._db(
+                self.store.save_room,
+                RoomRecord(
+                    key=cfg.key,
+                    name=cfg.name,
+                    label=policy_room.label.banner,
+                    scheme=policy_room.scheme,
+                    rank=policy_room.rank,
+                    audience=tuple(sorted(policy_room.audience)),
+                    room_id=room_id,
+                ),
+            )
+            managed = ManagedRoom(cfg.key, cfg.name, policy_room, room_id)
+            self.rooms_by_key[cfg.key] = managed
+            self.rooms_by_id[room_id] = managed
+            if changed:
+                log.info("room %s (%s): %s", cfg.key, room_id, ", ".join(changed))
+            if (i + 1) % 20 == 0 or i + 1 == len(self.config.rooms):
+                log.info("rooms provisioned: %d/%d", i + 1, len(self.config.rooms))
+
+    # ------------------------------------------------------------ decisions
+
+    async def _refresh_clearances(self) -> None:
+        records = await self._db(self.store.clearances)
+        self._clearances = {r.user_id: r for r in records}
+
+    def today(self) -> date:
+        return datetime.now(UTC).date()
+
+    def may_join(self, user_id: str, room: ManagedRoom) -> Decision:
+        record = self._clearances.get(user_id)
+        if record is None:
+            return Decision(False, (f"no clearance on record for {user_id}",))
+        return may_join(policy_clearance(record), room.policy, self.today())
+
+    def key_recipients(self, room_id: str) -> list[str]:
+        """Who may hold this room's key: cleared members, or the DM partner."""
+        client = self.client
+        if client is None:
+            return []
+        room = client.rooms.get(room_id)
+        if room is None:
+            return []
+        managed = self.rooms_by_id.get(room_id)
+        if managed is not None:
+            return [u for u in room.users if u != self.user_id and self.may_join(u, managed)]
+        partner = self.direct.get(room_id)
+        return [partner] if partner and partner in room.users else []
+
+    def device_trusted(self, user_id: str, device: OlmDevice) -> bool:
+        """Device policy. Here every device of a recipient (as seen); the E2EE trust work
+        narrows this to owner-signed devices under `device_trust = "cross-signed"`."""
+        return not device.deleted
+
+    async def send(self, room_id: str, content: dict[str, Any], tx_id: str | None = None) -> str:
+        return await self._gw().send(
+            room_id,
+            content,
+            recipients=lambda: self.key_recipients(room_id),
+            device_trusted=self.device_trusted,
+            tx_id=tx_id,
+        )
+
+    async def send_notice(
+        self, room_id: str, document: Document, reply_to: str | None = None
+    ) -> str:
+        content: dict[str, Any] = {
+            "msgtype": "m.notice",
+            "body": document.plain,
+            "format": "org.matrix.custom.html",
+            "formatted_body": document.html,
+        }
+        if reply_to:
+            content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
+        return await self.send(room_id, content)
+
+    # ------------------------------------------------------------ membership
+
+    async def enforce_member(self, room: ManagedRoom, user_id: str, why: str) -> bool:
+        """Remove a member (or rescind an invite) who does not pass may_join. True if removed."""
+        if user_id == self.user_id:
+            return False
+        decision = self.may_join(user_id, room)
+        if decision.allowed:
+            return False
+        try:
+            await self._gw().kick(room.room_id, user_id, KICK_REASON)
+        except MatrixError as exc:
+            log.warning("could not remove %s from %s: %s", user_id, room.key, exc)
+            return False
+        await self.audit(
+            self.user_id,
+            "member.removed",
+            user_id,
+            {"room": room.key, "why": why, "reason": decision.reason},
+        )
+        log.info("removed %s from %s (%s)", user_id, room.key, why)
+        return True
+
+    async def sweep(self) -> list[tuple[str, str]]:
+        """Re-read the register (CLI changes) and remove everyone who no longer qualifies."""
+        await self._refresh_clearances()
+        removed: list[tuple[str, str]] = []
+        client = self.client
+        if client is None:
+            return removed
+        for managed in list(self.rooms_by_key.values()):
+            room = client.rooms.get(managed.room_id)
+            if room is None:
+                continue
+            for user_id in list(room.users):
+                if await self.enforce_member(managed, user_id, "sweep"):
+                    removed.append((managed.key, user_id))
+        await self._db(self.store.prune_handled, datetime.now(UTC) - timedelta(days=30))
+        return removed
+
+    async def _sweep_forever(self) -> None:
+        await self.synced.wait()
+        interval = self.config.bot.sweep_interval.total_seconds()
+        while not self._stop.is_set():
+            try:
+                await self.sweep()
+            except Exception:
+                log.exception("sweep failed; retrying at the next interval")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), timeout=interval)
+
+    # ------------------------------------------------------------ sync
+
+    async def _sync_forever(self) -> None:
+        client = self.client
+        assert client is not None
+        token = await self._db(self.store.sync_token)
+        initial = token is None  # never synced: the timeline is history, not commands
+        first = True
+        backoff = Backoff()
+        while not self._stop.is_set():
+            try:
+                response = await client.sync(
+                    timeout=0 if first else SYNC_TIMEOUT_MS,
+                    sync_filter=SYNC_FILTER,
+                    since=token,
+                    full_state=True if first else None,
+                )
+            except Exception as exc:  # nio raises aiohttp's connection errors after retries
+                delay = backoff.next()
+                log.warning("sync failed (%s); retrying in %.1f s", type(exc).__name__, delay)
+                await self._sleep(delay)
+                continue
+            if isinstance(response, SyncError):
+                delay = backoff.next()
+                log.warning(
+                    "sync refused: %s %s; retrying in %.1f s",
+                    response.status_code,
+                    response.message,
+                    delay,
+                )
+                await self._sleep(delay)
+                continue
+            backoff.reset()
+            try:
+                await self._after_sync(client)
+                await self._handle_sync(response, token, initial)
+            except Exception:
+                log.exception("handling a sync failed; the same events will be retried")
+                await self._sleep(backoff.next())
+                continue
+            token = response.next_batch
+            await self._db(self.store.save_sync_token, token)
+            if first:
+                self.first_sync_s = time.monotonic() - self.started_at
+                log.info("first sync after %.2f s", self.first_sync_s)
+                await self.sweep()
+            first = initial = False
+            self.last_sync = time.monotonic()
+            self.synced.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=seconds)
+
+    async def _after_sync(self, client: AsyncClient) -> None:
+        """What nio's sync_forever does between syncs: keys and to-device messages."""
+        await client.send_to_device_messages()
+        if client.should_upload_keys:
+            await client.keys_upload()
+        if client.should_query_keys:
+            await client.keys_query()
+        if client.should_claim_keys:
+            await client.keys_claim(client.get_users_for_key_claiming())
+
+    async def _handle_sync(self, response: SyncResponse, since: str | None, initial: bool) -> None:
+        for room_id, info in response.rooms.invite.items():
+            await self._on_invite(room_id, info.invite_state)
+        for room_id, info in response.rooms.join.items():
+            events = list(info.timeline.events)
+            if info.timeline.limited and since and info.timeline.prev_batch:
+                gap = await self._gw().messages_between(room_id, info.timeline.prev_batch, since)
+                seen = {getattr(e, "event_id", None) for e in events}
+                events = [e for e in gap if getattr(e, "event_id", None) not in seen] + events
+                log.info("back-filled %d event(s) of a gap in %s", len(gap), room_id)
+            for event in events:
+                await self._on_event(room_id, event, initial)
+        for room_id in response.rooms.leave:
+            managed = self.rooms_by_id.get(room_id)
+            if managed is not None:
+                log.error("the bot is no longer in managed room %s (%s)", managed.key, room_id)
+            if room_id in self.direct:
+                partner = self.direct.pop(room_id)
+                await self._db(self.store.forget_direct_room, room_id)
+                log.info("direct room with %s closed", partner)
+
+    async def _on_invite(self, room_id: str, invite_state: Sequence[Any]) -> None:
+        inviter, is_direct = None, False
+        for event in invite_state:
+            if isinstance(event, InviteMemberEvent) and event.state_key == self.user_id:
+                inviter = event.sender
+                is_direct = bool(event.content.get("is_direct"))
+        gateway = self._gw()
+        if room_id in self.rooms_by_id:
+            await gateway.join(room_id)
+            return
+        bot = self.config.bot
+        if inviter is not None and (inviter in bot.admins or inviter in bot.officers):
+            try:
+                await gateway.join(room_id)
+            except MatrixError as exc:
+                log.warning("could not join the DM from %s: %s", inviter, exc)
+                return
+            self.direct[room_id] = inviter
+            await self._db(self.store.save_direct_room, inviter, room_id)
+            await self.audit(
+                self.user_id, "dm.accepted", inviter, {"room_id": room_id, "is_direct": is_direct}
+            )
+            return
+        try:
+            await gateway.leave(room_id)
+        except MatrixError as exc:
+            log.warning("could not decline the invite to %s: %s", room_id, exc)
+        await self.audit(self.user_id, "invite.declined", inviter, {"room_id": room_id})
+
+    async def _on_event(self, room_id: str, event: Any, initial: bool) -> None:
+        managed = self.rooms_by_id.get(room_id)
+        if isinstance(event, RoomMemberEvent):
+            if managed is not None and not initial and event.membership in ("join", "invite"):
+                await self.enforce_member(managed, event.state_key, f"{event.membership} event")
+            return
+        if isinstance(event, MegolmEvent):
+            log.warning(
+                "could not decrypt %s from %s in %s; asking for the key",
+                event.event_id,
+                event.sender,
+                room_id,
+            )
+            try:
+                await self._gw().client.request_room_key(event)
+            except Exception as exc:  # a duplicate request is refused locally: harmless
+                log.debug("room key request: %s", exc)
+            return
+        if not isinstance(event, RoomMessageText) or event.sender == self.user_id or initial:
+            return
+        if managed is None and room_id not in self.direct:
+            return
+        await self._on_message(room_id, event, managed)
+
+    async def _on_message(
+        self, room_id: str, event: RoomMessageText, managed: ManagedRoom | None
+    ) -> None:
+        content = event.source.get("content", {})
+        if content.get("m.relates_to", {}).get("rel_type") == "m.replace":
+            return  # an edit is never executed
+        if not is_command(event.body, self.config.bot.command_prefixes):
+            return
+        if await self._db(self.store.is_handled, event.event_id):
+            return
+        room = self._gw().room(room_id)
+        if room is not None and not room.encrypted:
+            await self.audit(
+                event.sender,
+                "command.refused",
+                None,
+                {"room_id": room_id, "reason": "room not encrypted"},
+            )
+            await self._gw().client.room_send(
+                room_id,
+                "m.room.message",
+                {
+                    "msgtype": "m.notice",
+                    "body": "liaison-bot only works in encrypted rooms: turn on encryption here.",
+                },
+            )
+            await self._db(self.store.mark_handled, event.event_id, room_id)
+            return
+        mentions = tuple(content.get("m.mentions", {}).get("user_ids", ()) or ())
+        invocation = Invocation(
+            sender=event.sender,
+            room_id=room_id,
+            event_id=event.event_id,
+            body=event.body,
+            formatted_body=event.formatted_body,
+            mentions=mentions,
+            room_key=managed.key if managed else None,
+            is_direct=managed is None,
+        )
+        outcome = await dispatch(
+            self.registry,
+            invocation,
+            self.roles_of(event.sender),
+            self,
+            self.config.bot.command_prefixes,
+        )
+        if outcome is not None:
+            await self._reply(invocation, outcome.reply)
+        await self._db(self.store.mark_handled, event.event_id, room_id)
+
+    def roles_of(self, user_id: str) -> frozenset[Role]:
+        roles = {Role.ANYONE}
+        if user_id in self.config.bot.admins:
+            roles.add(Role.ADMIN)
+        if user_id in self.config.bot.officers:
+            roles.add(Role.OFFICER)
+        client = self.client
+        if client is not None:
+            for managed in self.rooms_by_key.values():
+                room = client.rooms.get(managed.room_id)
+                member = room.users.get(user_id) if room else None
+                if member is not None and not member.invited:
+                    roles.add(Role.MEMBER)
+                    break
+        return frozenset(roles)
+
+    async def _reply(self, invocation: Invocation, reply: Reply) -> None:
+        if not reply.private or invocation.is_direct:
+            await self.send_notice(invocation.room_id, reply.document, invocation.event_id)
+            return
+        dm = await self.direct_room_for(invocation.sender)
+        await self.send_notice(
+            invocation.room_id,
+            doc("Answered in your direct messages with the bot."),
+            invocation.event_id,
+        )
+        self._spawn(self._send_when_ready(dm, reply.document), f"dm-{invocation.sender}")
+
+    async def direct_room_for(self, user_id: str) -> str:
+        """The DM with this person, created (encrypted) if there is none."""
+        for room_id, partner in self.direct.items():
+            if partner == user_id:
+                return room_id
+        room_id = await self._gw().create_room(
+            name=None,
+            topic=None,
+            is_direct=True,
+            invite=[user_id],
+            initial_state=[
+                {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}
+            ],
+        )
+        self.direct[room_id] = user_id
+        await self._db(self.store.save_direct_room, user_id, room_id)
+        return room_id
+
+    async def _send_when_ready(self, room_id: str, document: Document) -> None:
+        """A new DM appears in the client after the next sync: wait for it, then send."""
+        deadline = time.monotonic() + 60
+        while self._gw().room(room_id) is None:
+            if time.monotonic() > deadline:
+                log.error("direct room %s never synced; a private reply was not sent", room_id)
+                return
+            await asyncio.sleep(0.2)
+        await self.send_notice(room_id, document)
+
+    # ------------------------------------------------------------ services (commands)
+
+    async def clearance(self, user_id: str) -> ClearanceRecord | None:
+        return await self._db(self.store.clearance, user_id)
+
+    async def clearances(self) -> Sequence[ClearanceRecord]:
+        return await self._db(self.store.clearances)
+
+    async def grant(
+        self,
+        actor: str,
+        user_id: str,
+        level: str,
+        *,
+        nationality: str | None,
+        expires: date | None,
+        caveats: Sequence[str],
+    ) -> ClearanceRecord:
+        try:
+            record = await self._db(
+                self.register.grant,
+                actor,
+                user_id,
+                level,
+                nationality=nationality,
+                expires=expires,
+                caveats=caveats,
+            )
+        except RegisterError as exc:
+            raise CommandError(str(exc)) from None
+        self._clearances[record.user_id] = record
+        return record
+
+    async def revoke(self, actor: str, user_id: str, scope: str | None) -> RevokeOutcome:
+        try:
+            record = await self._db(self.register.revoke, actor, user_id, scope)
+        except RegisterError as exc:
+            raise CommandError(str(exc)) from None
+        self._clearances[record.user_id] = record
+        removed = []
+        client = self._gw().client
+        for managed in self.rooms_by_key.values():
+            room = client.rooms.get(managed.room_id)
+            if (
+                room is not None
+                and user_id in room.users
+                and await self.enforce_member(managed, user_id, f"revoked by {actor}")
+            ):
+                removed.append(managed.key)
+        return RevokeOutcome(record, tuple(removed))
+
+    async def invite(self, actor: str, user_id: str, room_key: str) -> InviteOutcome:
+        managed = self.rooms_by_key.get(room_key)
+        if managed is None:
+            keys = ", ".join(self.rooms_by_key) or "none"
+            raise CommandError(f"no managed room {room_key!r} (rooms: {keys})")
+        await self._refresh_one(user_id)
+        decision = self.may_join(user_id, managed)
+        if not decision.allowed:
+            await self.audit(
+                actor, "invite.refused", user_id, {"room": room_key, "reason": decision.reason}
+            )
+            return InviteOutcome(decision, False)
+        try:
+            await self._gw().invite(managed.room_id, user_id)
+        except MatrixError as exc:
+            await self.audit(
+                actor, "invite.failed", user_id, {"room": room_key, "error": exc.errcode or "error"}
+            )
+            raise CommandError(f"the homeserver did not invite {user_id}: {exc.message}") from None
+        await self.audit(actor, "invite", user_id, {"room": room_key, "reason": decision.reason})
+        return InviteOutcome(decision, True)
+
+    async def _refresh_one(self, user_id: str) -> None:
+        record = await self._db(self.store.clearance, user_id)
+        if record is None:
+            self._clearances.pop(user_id, None)
+        else:
+            self._clearances[user_id] = record
+
+    async def rooms(self) -> Sequence[RoomSummary]:
+        client = self._gw().client
+        out = []
+        for managed in self.rooms_by_key.values():
+            room = client.rooms.get(managed.room_id)
+            members = sum(1 for u in room.users.values() if not u.invited) if room else 0
+            out.append(
+                RoomSummary(
+                    managed.key,
+                    managed.name,
+                    managed.banner,
+                    managed.policy.rank,
+                    members,
+                    managed.room_id,
+                )
+            )
+        return out
+
+    async def routes(self) -> Sequence[RouteSummary]:
+        return [RouteSummary(r.source, tuple(r.to)) for r in self.config.routes]
+
+    async def audit_recent(self, limit: int) -> Sequence[AuditEntry]:
+        return await self._db(self.store.recent_audit, limit)
+
+    async def audit_verify(self) -> AuditVerdict:
+        return await self._db(self.store.verify_audit)
+
+    async def status(self) -> StatusInfo:
+        lag = None if self.last_sync is None else time.monotonic() - self.last_sync
+        client = self._gw().client
+        return StatusInfo(
+            uptime_s=time.monotonic() - self.started_at,
+            sync_lag_s=lag,
+            rooms=len(self.rooms_by_key),
+            pending_relays=0,
+            next_digests=(),
+            device_id=str(client.device_id),
+        )
+
+
+async def run_bot(
+    config: Config, secrets: Secrets, *, ready: Callable[[LiaisonBot], None] | None = None
+) -> None:
+    """Run until SIGINT/SIGTERM: migrate the database, start, stop cleanly."""
+    import signal
+
+    from bot.migrate import upgrade
+
+    url = config.database_url()
+    await asyncio.to_thread(upgrade, url)
+    store = Store.from_url(url)
+    bot = LiaisonBot(config, store, secrets)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, bot.request_stop)
+    try:
+        await bot.start()
+        if ready is not None:
+            ready(bot)
+        await bot._stop.wait()
+    finally:
+        await bot.close()
+        store.close()

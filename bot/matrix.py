@@ -1,0 +1,247 @@
+"""The edge to the homeserver: nio's `…Response | …Error` results become values or typed
+exceptions here, once (mautrix's `make_request_error`), so the rest of the bot never checks
+response types. Room keys are shared from here, and only with the users the caller names.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+from uuid import uuid4
+
+from nio import (
+    AsyncClient,
+    ErrorResponse,
+    JoinedMembersResponse,
+    JoinedRoomsResponse,
+    MatrixRoom,
+    RoomCreateResponse,
+    RoomGetStateResponse,
+    RoomMessagesResponse,
+    RoomSendResponse,
+    ShareGroupSessionResponse,
+)
+from nio.api import Api, MessageDirection, RoomPreset, RoomVisibility
+from nio.crypto import OlmDevice
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Who may receive this room's key, and is this particular device trusted.
+DevicePolicy = Callable[[str, OlmDevice], bool]
+
+
+class MatrixError(Exception):
+    """The homeserver said no. `errcode` is the Matrix error code (M_FORBIDDEN, …)."""
+
+    def __init__(self, what: str, errcode: str | None, message: str, status: int | None) -> None:
+        super().__init__(f"{what}: {errcode or 'error'}: {message}")
+        self.what = what
+        self.errcode = errcode
+        self.message = message
+        self.status = status
+
+
+def unwrap(response: Any, expected: type[T], what: str) -> T:
+    """The response when it is what we asked for; MatrixError otherwise."""
+    if isinstance(response, expected):
+        return response
+    if isinstance(response, ErrorResponse):
+        raise MatrixError(
+            what,
+            getattr(response, "status_code", None),
+            getattr(response, "message", "") or str(response),
+            getattr(response, "transport_response", None) and response.transport_response.status,  # type: ignore[union-attr]
+        )
+    raise MatrixError(what, None, f"unexpected response {type(response).__name__}", None)
+
+
+@dataclass(frozen=True)
+class StateEvent:
+    type: str
+    state_key: str
+    content: Mapping[str, Any]
+
+
+class Gateway:
+    """The operations the bot performs on the homeserver, each one call with typed errors."""
+
+    def __init__(self, client: AsyncClient) -> None:
+        self.client = client
+        self._send_locks: dict[str, asyncio.Lock] = {}
+
+    @property
+    def user_id(self) -> str:
+        return str(self.client.user_id)
+
+    def room(self, room_id: str) -> MatrixRoom | None:
+        return self.client.rooms.get(room_id)
+
+    # ------------------------------------------------------------ rooms
+
+    async def create_room(
+        self,
+        *,
+        name: str | None,
+        topic: str | None,
+        initial_state: Sequence[Mapping[str, Any]],
+        power_levels: Mapping[str, Any] | None = None,
+        invite: Sequence[str] = (),
+        is_direct: bool = False,
+    ) -> str:
+        response = await self.client.room_create(
+            visibility=RoomVisibility.private,
+            name=name,
+            topic=topic,
+            preset=RoomPreset.trusted_private_chat if is_direct else RoomPreset.private_chat,
+            is_direct=is_direct,
+            invite=list(invite),
+            initial_state=[dict(e) for e in initial_state],
+            power_level_override=dict(power_levels) if power_levels else None,
+        )
+        return str(unwrap(response, RoomCreateResponse, "create room").room_id)
+
+    async def state(self, room_id: str) -> dict[tuple[str, str], StateEvent]:
+        response = unwrap(
+            await self.client.room_get_state(room_id), RoomGetStateResponse, f"state of {room_id}"
+        )
+        out: dict[tuple[str, str], StateEvent] = {}
+        for event in response.events:
+            key = (event["type"], event.get("state_key", ""))
+            out[key] = StateEvent(key[0], key[1], event.get("content", {}))
+        return out
+
+    async def put_state(
+        self, room_id: str, event_type: str, content: Mapping[str, Any], state_key: str = ""
+    ) -> None:
+        response = await self.client.room_put_state(room_id, event_type, dict(content), state_key)
+        if isinstance(response, ErrorResponse):
+            unwrap(response, type(None), f"set {event_type} in {room_id}")
+
+    async def joined_rooms(self) -> set[str]:
+        response = unwrap(await self.client.joined_rooms(), JoinedRoomsResponse, "joined rooms")
+        return set(response.rooms)
+
+    async def joined_members(self, room_id: str) -> set[str]:
+        response = unwrap(
+            await self.client.joined_members(room_id),
+            JoinedMembersResponse,
+            f"members of {room_id}",
+        )
+        return {m.user_id for m in response.members}
+
+    async def join(self, room_id: str) -> None:
+        response = await self.client.join(room_id)
+        if isinstance(response, ErrorResponse):
+            unwrap(response, type(None), f"join {room_id}")
+
+    async def leave(self, room_id: str) -> None:
+        response = await self.client.room_leave(room_id)
+        if isinstance(response, ErrorResponse):
+            unwrap(response, type(None), f"leave {room_id}")
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        response = await self.client.room_invite(room_id, user_id)
+        if isinstance(response, ErrorResponse):
+            unwrap(response, type(None), f"invite {user_id} to {room_id}")
+
+    async def kick(self, room_id: str, user_id: str, reason: str) -> None:
+        """Reasons are not encrypted: callers keep markings and room names out of them."""
+        response = await self.client.room_kick(room_id, user_id, reason)
+        if isinstance(response, ErrorResponse):
+            unwrap(response, type(None), f"remove {user_id} from {room_id}")
+
+    async def messages_between(self, room_id: str, start: str, end: str | None) -> list[Any]:
+        """Events from `start` back to `end` (a sync gap), oldest first, decrypted by nio."""
+        events: list[Any] = []
+        token: str | None = start
+        for _ in range(50):  # at most 5000 events of one gap; the rest is logged
+            response = unwrap(
+                await self.client.room_messages(
+                    room_id, start=token, end=end, direction=MessageDirection.back, limit=100
+                ),
+                RoomMessagesResponse,
+                f"history of {room_id}",
+            )
+            events.extend(response.chunk)
+            if not response.chunk or not response.end or response.end == token:
+                break
+            token = response.end
+        else:
+            log.warning("gap in %s longer than 5000 events; older ones skipped", room_id)
+        events.reverse()
+        return events
+
+    # ------------------------------------------------------------ sending
+
+    def _lock(self, room_id: str) -> asyncio.Lock:
+        """One send at a time per room: nio fails when two sends share a room key at once."""
+        return self._send_locks.setdefault(room_id, asyncio.Lock())
+
+    async def send(
+        self,
+        room_id: str,
+        content: Mapping[str, Any],
+        *,
+        recipients: Callable[[], Iterable[str]],
+        device_trusted: DevicePolicy,
+        event_type: str = "m.room.message",
+        tx_id: str | None = None,
+    ) -> str:
+        """Send an event; in an encrypted room the room key goes only to `recipients()`
+        (asked at sharing time) and, of their devices, only to those `device_trusted` accepts.
+        Every other device is blacklisted, never ignored, so nio never shares with it."""
+        async with self._lock(room_id):
+            room = self.client.rooms.get(room_id)
+            if room is None:
+                raise MatrixError(f"send to {room_id}", "M_NOT_JOINED", "room not synced yet", None)
+            if room.encrypted:
+                await self._ensure_room_key(room, list(recipients()), device_trusted)
+            response = await self.client.room_send(
+                room_id, event_type, dict(content), tx_id=tx_id or str(uuid4())
+            )
+            return str(unwrap(response, RoomSendResponse, f"send to {room_id}").event_id)
+
+    async def _ensure_room_key(
+        self, room: MatrixRoom, users: list[str], device_trusted: DevicePolicy
+    ) -> None:
+        client, olm = self.client, self.client.olm
+        assert olm is not None
+        if not room.members_synced:
+            unwrap(await client.joined_members(room.room_id), JoinedMembersResponse, "members")
+        if client.should_query_keys:
+            await client.keys_query()
+        if not olm.should_share_group_session(room.room_id):
+            return
+        allowed = [u for u in users if u != client.user_id]
+        for user_id in allowed:
+            for device in olm.device_store.active_user_devices(user_id):
+                if device_trusted(user_id, device):
+                    if olm.is_device_blacklisted(device):
+                        client.unblacklist_device(device)
+                    client.verify_device(device)
+                else:
+                    if olm.is_device_verified(device):
+                        client.unverify_device(device)
+                    client.blacklist_device(device)
+        missing = olm.get_missing_sessions(allowed)
+        if missing:
+            await client.keys_claim(missing)
+        for sharing_with, to_device in olm.share_group_session_parallel(room.room_id, allowed):
+            method, path, data = Api.to_device(
+                client.access_token, "m.room.encrypted", to_device, uuid4()
+            )
+            response = await client._send(  # nio has no public call for a chosen user list
+                ShareGroupSessionResponse,
+                method,
+                path,
+                data,
+                response_data=(room.room_id, sharing_with),
+            )
+            if isinstance(response, ErrorResponse):
+                unwrap(response, ShareGroupSessionResponse, f"share room key of {room.room_id}")
+        olm.outbound_group_sessions[room.room_id].shared = True

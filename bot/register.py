@@ -1,0 +1,145 @@
+"""The clearance register: one implementation of grant / revoke / show / list, shared by the
+chat commands and the offline CLI, so both validate and audit alike (DESIGN §5, §8)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import date
+
+from bot.store import ClearanceRecord, Store, StoreError
+from policy import (
+    CATALOGUE,
+    Clearance,
+    Level,
+    MarkingError,
+    known_caveats,
+    parse_marking,
+)
+
+USER_ID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+$")
+
+
+class RegisterError(Exception):
+    """Bad input or an impossible change; the message is for the person who asked."""
+
+
+class ClearanceRegister:
+    def __init__(self, store: Store, extra_caveats: Iterable[str] = ()) -> None:
+        self.store = store
+        self.caveats = known_caveats(extra_caveats)
+
+    def grant(
+        self,
+        actor: str,
+        user_id: str,
+        level_text: str,
+        *,
+        nationality: str | None = None,
+        expires: date | None = None,
+        caveats: Sequence[str] = (),
+    ) -> ClearanceRecord:
+        user_id = self._user(user_id)
+        level = self.level(level_text)
+        nation = self._nationality(nationality) if nationality is not None else None
+        words = self._caveats(caveats)
+        try:
+            return self.store.grant(
+                actor,
+                user_id,
+                level.scheme,
+                level.banner,
+                level.rank,
+                nationality=nation,
+                expires=expires,
+                caveats=words,
+            )
+        except StoreError as exc:
+            raise RegisterError(str(exc)) from None
+
+    def revoke(self, actor: str, user_id: str, scope: str | None = None) -> ClearanceRecord:
+        """`scope` None or "all" revokes everything; otherwise a scheme code or a level."""
+        user_id = self._user(user_id)
+        scheme = None if scope is None or scope.strip().casefold() == "all" else self._scheme(scope)
+        try:
+            return self.store.revoke(actor, user_id, scheme)
+        except StoreError as exc:
+            raise RegisterError(str(exc)) from None
+
+    def show(self, user_id: str) -> ClearanceRecord | None:
+        return self.store.clearance(self._user(user_id))
+
+    def list(self) -> list[ClearanceRecord]:
+        return self.store.clearances()
+
+    # ------------------------------------------------------------ validation
+
+    def level(self, text: str) -> Level:
+        try:
+            label = parse_marking(text)
+        except MarkingError as exc:
+            raise RegisterError(f"LEVEL: {exc}") from None
+        if label.caveats or label.rel_to:
+            raise RegisterError(
+                f"LEVEL: {text!r} has qualifiers; a grant is a level only (use --caveat)"
+            )
+        if label.level.legacy:
+            raise RegisterError(
+                f"LEVEL: {label.level.banner} is a legacy level; grant a current one"
+            )
+        return label.level
+
+    def _scheme(self, scope: str) -> str:
+        scheme = CATALOGUE.scheme(scope)
+        if scheme is not None:
+            return scheme.code
+        try:
+            return parse_marking(scope).scheme
+        except MarkingError as exc:
+            raise RegisterError(
+                f"{scope!r} is neither 'all', a scheme (NATO, EU, DEU…) nor a level: {exc}"
+            ) from None
+
+    @staticmethod
+    def _user(user_id: str) -> str:
+        if not USER_ID.match(user_id or ""):
+            raise RegisterError(f"{user_id!r} is not a Matrix user id like @name:server")
+        return user_id
+
+    @staticmethod
+    def _nationality(code: str) -> str:
+        upper = code.strip().upper()
+        if upper not in CATALOGUE.countries:
+            raise RegisterError(
+                f"nationality {code!r} is not an ISO 3166-1 alpha-3 code (e.g. DEU, FRA)"
+            )
+        return upper
+
+    def _caveats(self, words: Sequence[str]) -> list[str]:
+        out = []
+        for word in words:
+            upper = word.strip().upper()
+            if upper not in self.caveats:
+                raise RegisterError(f"unknown caveat {word!r} (known: {', '.join(self.caveats)})")
+            out.append(upper)
+        return out
+
+
+def policy_clearance(record: ClearanceRecord) -> Clearance:
+    """The register's record as the pure rules see it."""
+    grants: dict[str, Level] = {}
+    for grant in record.grants:
+        scheme = CATALOGUE.schemes.get(grant.scheme)
+        level = (
+            next((lv for lv in scheme.levels if lv.banner == grant.level), None) if scheme else None
+        )
+        if level is not None:
+            grants[grant.scheme] = level
+    return Clearance(
+        user_id=record.user_id,
+        nationality=record.nationality,
+        grants=grants,
+        caveats=record.caveats,
+        expires=record.expires,
+        revoked=record.revoked_at is not None,
+    )

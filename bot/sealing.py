@@ -1,0 +1,62 @@
+"""Sealing secrets at rest: AES-256-GCM under a key derived from an environment secret.
+
+Why: the database holds the bot's access token (and, later, intelligence text and the
+cross-signing keys). A copy of the database file alone must not give them away; the key
+lives only in the environment (DESIGN §7, §7a). Each purpose derives its own key (HKDF
+`info`), so a key for one purpose never opens another's data.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+_VERSION = b"v1"
+
+
+class SealError(Exception):
+    """Sealed data could not be opened: wrong key, or the data was altered."""
+
+
+class Sealer:
+    """Seals and opens small values for one purpose (`access-token`, `intel`, …)."""
+
+    def __init__(self, secret: str, purpose: str) -> None:
+        if not secret:
+            raise ValueError("an empty secret cannot seal anything")
+        self.purpose = purpose
+        key = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=b"liaison-bot sealing",
+            info=purpose.encode("utf-8"),
+        ).derive(secret.encode("utf-8"))
+        self._aead = AESGCM(key)
+
+    def seal(self, plaintext: bytes, associated: bytes = b"") -> str:
+        nonce = os.urandom(12)
+        box = self._aead.encrypt(nonce, plaintext, _VERSION + associated)
+        return (_VERSION + b":" + base64.b64encode(nonce + box)).decode("ascii")
+
+    def open(self, sealed: str, associated: bytes = b"") -> bytes:
+        version, _, body = sealed.encode("ascii").partition(b":")
+        if version != _VERSION:
+            raise SealError(f"unknown sealing version {version!r} ({self.purpose})")
+        raw = base64.b64decode(body)
+        try:
+            return self._aead.decrypt(raw[:12], raw[12:], _VERSION + associated)
+        except InvalidTag:
+            raise SealError(
+                f"cannot open sealed {self.purpose}: wrong key or altered data"
+            ) from None
+
+    def seal_text(self, text: str, associated: str = "") -> str:
+        return self.seal(text.encode("utf-8"), associated.encode("utf-8"))
+
+    def open_text(self, sealed: str, associated: str = "") -> str:
+        return self.open(sealed, associated.encode("utf-8")).decode("utf-8")

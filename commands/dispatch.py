@@ -1,0 +1,116 @@
+"""From a chat message to a reply: prefix, pills, parse, permission, handler, errors.
+
+Every refusal and every error is audited; nothing a handler raises other than CommandError
+is echoed into the room (exception text can leak internals): the user gets a generic line and
+the log gets the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from commands.document import Code, doc, para
+from commands.registry import (
+    CommandError,
+    Context,
+    Invocation,
+    Registry,
+    Reply,
+    Role,
+    parse_command,
+    resolve_pills,
+    strip_prefix,
+)
+from commands.services import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reply: Reply
+    command: str | None  # the command's name, when one was recognised
+    ok: bool
+
+
+def is_command(body: str, prefixes: Sequence[str]) -> bool:
+    return strip_prefix(body, prefixes) is not None
+
+
+async def dispatch(
+    registry: Registry,
+    invocation: Invocation,
+    roles: frozenset[Role],
+    services: Services,
+    prefixes: Sequence[str],
+) -> Outcome | None:
+    """None when the message is not a command at all."""
+    stripped = strip_prefix(invocation.body, prefixes)
+    if stripped is None:
+        return None
+    line = stripped[1]
+    line = resolve_pills(line, invocation.formatted_body)
+    display = "!"  # the documented prefix, in usage lines
+    try:
+        parsed = parse_command(registry, line, display)
+    except CommandError as exc:
+        await services.audit(
+            invocation.sender,
+            "command.error",
+            None,
+            {"room_id": invocation.room_id, "error": exc.message},
+        )
+        return Outcome(_error(exc), None, False)
+    command = parsed.command
+    if not command.allowed(roles):
+        needed = " or ".join(sorted(r.value for r in command.roles))
+        await services.audit(
+            invocation.sender,
+            "command.denied",
+            command.name,
+            {"room_id": invocation.room_id, "needs": needed},
+        )
+        return Outcome(
+            _error(CommandError(f"{display}{command.name} is for {needed}s only")),
+            command.name,
+            False,
+        )
+    ctx = Context(invocation, roles, services, display)
+    try:
+        reply = await command.handler(ctx, parsed.values)
+    except CommandError as exc:
+        await services.audit(
+            invocation.sender,
+            "command.error",
+            command.name,
+            {"room_id": invocation.room_id, "error": exc.message},
+        )
+        return Outcome(_error(exc), command.name, False)
+    except Exception:
+        log.exception("command %s failed", command.name)
+        await services.audit(
+            invocation.sender,
+            "command.error",
+            command.name,
+            {"room_id": invocation.room_id, "error": "internal error"},
+        )
+        return Outcome(
+            Reply(
+                doc(
+                    f"{display}{command.name} failed because of an internal error; "
+                    "nothing more is known here. The administrators have the details."
+                )
+            ),
+            command.name,
+            False,
+        )
+    return Outcome(reply, command.name, True)
+
+
+def _error(exc: CommandError) -> Reply:
+    blocks = [para("⚠ ", exc.message)]
+    if exc.usage:
+        blocks.append(para("Usage: ", Code(exc.usage)))
+    return Reply(doc(*blocks))

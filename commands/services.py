@@ -1,0 +1,139 @@
+"""What command handlers may ask of the bot: small protocols that `bot/` implements.
+
+Handlers depend on these shapes, never on nio or the database, so commands can be read and
+tested without a homeserver (DESIGN §2). Errors a user should see are raised as
+`commands.registry.CommandError` by the implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any, Protocol
+
+from policy import Decision
+
+
+class GrantInfo(Protocol):
+    @property
+    def scheme(self) -> str: ...
+    @property
+    def level(self) -> str: ...
+    @property
+    def rank(self) -> int: ...
+
+
+class ClearanceInfo(Protocol):
+    @property
+    def user_id(self) -> str: ...
+    @property
+    def nationality(self) -> str: ...
+    @property
+    def grants(self) -> Sequence[GrantInfo]: ...
+    @property
+    def caveats(self) -> frozenset[str]: ...
+    @property
+    def expires(self) -> date | None: ...
+    @property
+    def revoked_at(self) -> datetime | None: ...
+    @property
+    def identity_key(self) -> str | None: ...
+
+
+class AuditInfo(Protocol):
+    @property
+    def id(self) -> int: ...
+    @property
+    def at(self) -> datetime: ...
+    @property
+    def actor(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+    @property
+    def subject(self) -> str | None: ...
+    @property
+    def detail(self) -> dict[str, Any]: ...
+
+
+class VerdictInfo(Protocol):
+    @property
+    def intact(self) -> bool: ...
+    @property
+    def entries(self) -> int: ...
+    @property
+    def message(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSummary:
+    key: str
+    name: str
+    banner: str
+    rank: int
+    members: int
+    room_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteSummary:
+    source: str
+    targets: tuple[str, ...]
+    origin: str = "config"
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeOutcome:
+    clearance: ClearanceInfo
+    removed_from: tuple[str, ...]  # room keys the user was removed from
+
+
+@dataclass(frozen=True, slots=True)
+class InviteOutcome:
+    decision: Decision
+    invited: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StatusInfo:
+    uptime_s: float
+    sync_lag_s: float | None
+    rooms: int
+    pending_relays: int
+    next_digests: tuple[str, ...]
+    device_id: str
+
+
+class Services(Protocol):
+    async def clearance(self, user_id: str) -> ClearanceInfo | None: ...
+
+    async def clearances(self) -> Sequence[ClearanceInfo]: ...
+
+    async def grant(
+        self,
+        actor: str,
+        user_id: str,
+        level: str,
+        *,
+        nationality: str | None,
+        expires: date | None,
+        caveats: Sequence[str],
+    ) -> ClearanceInfo: ...
+
+    async def revoke(self, actor: str, user_id: str, scope: str | None) -> RevokeOutcome: ...
+
+    async def invite(self, actor: str, user_id: str, room_key: str) -> InviteOutcome: ...
+
+    async def rooms(self) -> Sequence[RoomSummary]: ...
+
+    async def routes(self) -> Sequence[RouteSummary]: ...
+
+    async def audit_recent(self, limit: int) -> Sequence[AuditInfo]: ...
+
+    async def audit_verify(self) -> VerdictInfo: ...
+
+    async def status(self) -> StatusInfo: ...
+
+    async def audit(
+        self, actor: str, action: str, subject: str | None, detail: dict[str, Any]
+    ) -> None: ...

@@ -1,0 +1,42 @@
+"""Documents shared by several commands (a clearance record, an audit entry)."""
+
+from __future__ import annotations
+
+from commands.document import Code, Document, Mention, Strong, doc, items, para
+from commands.services import AuditInfo, ClearanceInfo
+
+
+def clearance_document(record: ClearanceInfo) -> Document:
+    grants = ", ".join(g.level for g in record.grants) or "none"
+    caveats = ", ".join(sorted(record.caveats)) or "none"
+    expires = record.expires.isoformat() if record.expires else "no expiry"
+    state = (
+        f"revoked {record.revoked_at:%Y-%m-%d %H:%MZ}"
+        if record.revoked_at is not None
+        else "active"
+    )
+    identity = f"pinned {record.identity_key}" if record.identity_key else "not pinned yet"
+    return doc(
+        para(Mention(record.user_id), " — nationality ", Strong(record.nationality)),
+        items(
+            [
+                ("grants: ", grants),
+                ("caveats: ", caveats),
+                ("expires: ", expires),
+                ("status: ", state),
+                ("identity: ", identity),
+            ]
+        ),
+    )
+
+
+def audit_line(entry: AuditInfo) -> tuple[Code | str, ...]:
+    detail = ", ".join(f"{k}={v}" for k, v in sorted(entry.detail.items()) if v not in (None, ""))
+    subject = f" {entry.subject}" if entry.subject else ""
+    tail = f" ({detail})" if detail else ""
+    return (
+        Code(f"#{entry.id}"),
+        f" {entry.at:%Y-%m-%d %H:%M:%SZ} {entry.actor} ",
+        Code(entry.action),
+        f"{subject}{tail}",
+    )

@@ -1,0 +1,277 @@
+"""The command registry and dispatcher, without a homeserver (fake services)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Any
+
+import pytest
+
+from commands import build_registry
+from commands.dispatch import dispatch
+from commands.document import Banner, Code, Mention, doc, para
+from commands.registry import (
+    CommandError,
+    Invocation,
+    Role,
+    mention_pills,
+    parse_command,
+    resolve_pills,
+    strip_prefix,
+    tokenize,
+)
+from commands.services import InviteOutcome, RevokeOutcome, RoomSummary, RouteSummary, StatusInfo
+from policy import Decision
+
+REGISTRY = build_registry()
+
+
+def test_tokenize_quotes_straight_and_curly() -> None:
+    assert [t.text for t in tokenize('grant @a:b "NATO SECRET" --x 1')] == [
+        "grant",
+        "@a:b",
+        "NATO SECRET",
+        "--x",
+        "1",
+    ]
+    assert [t.text for t in tokenize("grant “NATO SECRET” ‘EU SECRET’")] == [
+        "grant",
+        "NATO SECRET",
+        "EU SECRET",
+    ]
+    assert [t.text for t in tokenize("don't stop")] == ["don't", "stop"]
+
+
+def test_tokenize_unbalanced_quote_is_an_error() -> None:
+    with pytest.raises(CommandError, match="unbalanced quote"):
+        tokenize('grant "NATO SECRET')
+
+
+def test_prefixes() -> None:
+    assert strip_prefix("!rooms", ["!", "/"]) == ("!", "rooms")
+    assert strip_prefix("  /rooms", ["!", "/"]) == ("/", "rooms")
+    assert strip_prefix("! rooms", ["!"]) is None
+    assert strip_prefix("hello", ["!"]) is None
+
+
+def test_pills_replace_display_names() -> None:
+    formatted = 'clearance grant <a href="https://matrix.to/#/@lo-deu:example.org">Lo Deu</a> x'
+    assert mention_pills(formatted) == [("Lo Deu", "@lo-deu:example.org")]
+    assert (
+        resolve_pills("clearance grant Lo Deu x", formatted)
+        == "clearance grant @lo-deu:example.org x"
+    )
+
+
+def test_pills_ignore_other_links_and_bad_html() -> None:
+    assert mention_pills('<a href="https://example.org">x</a>') == []
+    assert mention_pills("<a href=") == []
+
+
+def test_parse_full_command() -> None:
+    parsed = parse_command(
+        REGISTRY,
+        'clearance grant @a:b "NATO SECRET" --nationality DEU --caveat ATOMAL --caveat CRYPTO --expires 2027-01-01',
+    )
+    assert parsed.command.name == "clearance grant"
+    assert parsed.values == {
+        "user": "@a:b",
+        "level": "NATO SECRET",
+        "nationality": "DEU",
+        "caveat": ["ATOMAL", "CRYPTO"],
+        "expires": date(2027, 1, 1),
+    }
+
+
+def test_two_word_commands_win_over_one_word() -> None:
+    assert parse_command(REGISTRY, "audit verify").command.name == "audit verify"
+    assert parse_command(REGISTRY, "audit 5").values == {"n": 5}
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("", "empty command"),
+        ("roms", "unknown command 'roms' — did you mean !rooms"),
+        ("clearance", "did you mean"),
+        ("clearance grnt @a:b X", "did you mean !clearance grant"),
+        ("clearance grant bob X", "expected a user like @name:server, got 'bob'"),
+        ("clearance grant @a:b", "missing LEVEL"),
+        ("clearance grant @a:b X Y", "unexpected argument 'Y'"),
+        ("clearance grant @a:b X --expires tomorrow", "--expires: 'tomorrow' is not a date"),
+        (
+            "clearance grant @a:b X --nation DEU",
+            "unknown option --nation — did you mean --nationality?",
+        ),
+        ("clearance grant @a:b X --nationality", "--nationality needs a value"),
+        ("clearance grant @a:b X --nationality DEU --nationality FRA", "--nationality given twice"),
+        ("invite @a:b NATO", "'NATO' is not a room key"),
+        ("audit 0", "expected a whole number"),
+        ("audit -1", "expected a whole number"),
+        ("rooms now", "unexpected argument 'now'"),
+        ("x" * 5000, "command too long"),
+    ],
+)
+def test_bad_commands_name_the_problem(line: str, message: str) -> None:
+    with pytest.raises(CommandError) as info:
+        parse_command(REGISTRY, line)
+    assert message in info.value.message
+
+
+def test_usage_comes_from_the_declaration() -> None:
+    with pytest.raises(CommandError) as info:
+        parse_command(REGISTRY, "clearance grant @a:b")
+    assert (
+        info.value.usage
+        == "!clearance grant @USER LEVEL [--nationality XXX] [--expires YYYY-MM-DD] [--caveat C]…"
+    )
+
+
+def test_document_escapes_user_text_in_html_only() -> None:
+    d = doc(para("<b>hi</b> & ", Code("<x>"), Banner("NATO SECRET", 3), Mention('@a"b:c')))
+    assert d.plain == '<b>hi</b> & <x>NATO SECRET@a"b:c'
+    assert "<b>hi</b>" not in d.html
+    assert "&lt;b&gt;hi&lt;/b&gt; &amp; <code>&lt;x&gt;</code>" in d.html
+    assert "&quot;" in d.html
+
+
+@dataclass
+class FakeServices:
+    audits: list[tuple[str, str, str | None, dict[str, Any]]] = field(default_factory=list)
+    grants: list[Any] = field(default_factory=list)
+
+    async def clearance(self, user_id: str) -> Any:
+        return None
+
+    async def clearances(self) -> Sequence[Any]:
+        return []
+
+    async def grant(self, actor: str, user_id: str, level: str, **kw: Any) -> Any:
+        if level == "BAD":
+            raise CommandError("LEVEL: unknown marking 'BAD'")
+        self.grants.append((actor, user_id, level, kw))
+
+        @dataclass
+        class Rec:
+            user_id: str = user_id
+            nationality: str = "DEU"
+            grants: tuple[Any, ...] = ()
+            caveats: frozenset[str] = frozenset()
+            expires: date | None = None
+            revoked_at: Any = None
+            identity_key: str | None = None
+
+        return Rec()
+
+    async def revoke(self, actor: str, user_id: str, scope: str | None) -> RevokeOutcome:
+        raise NotImplementedError
+
+    async def invite(self, actor: str, user_id: str, room_key: str) -> InviteOutcome:
+        return InviteOutcome(Decision(False, ("no clearance on record for " + user_id,)), False)
+
+    async def rooms(self) -> Sequence[RoomSummary]:
+        return [RoomSummary("nato-s", "NATO <script>", "NATO SECRET", 3, 2, "!r:x")]
+
+    async def routes(self) -> Sequence[RouteSummary]:
+        return []
+
+    async def audit_recent(self, limit: int) -> Sequence[Any]:
+        return []
+
+    async def audit_verify(self) -> Any:
+        raise NotImplementedError
+
+    async def status(self) -> StatusInfo:
+        raise NotImplementedError
+
+    async def audit(
+        self, actor: str, action: str, subject: str | None, detail: dict[str, Any]
+    ) -> None:
+        self.audits.append((actor, action, subject, detail))
+
+
+def invocation(body: str, sender: str = "@u:x") -> Invocation:
+    return Invocation(sender=sender, room_id="!r:x", event_id="$e", body=body)
+
+
+async def run(body: str, roles: set[Role], services: FakeServices | None = None):  # type: ignore[no-untyped-def]
+    return await dispatch(
+        REGISTRY,
+        invocation(body),
+        frozenset({Role.ANYONE, *roles}),
+        services or FakeServices(),
+        ["!", "/"],
+    )
+
+
+async def test_non_admin_running_admin_command_is_refused_and_audited() -> None:
+    services = FakeServices()
+    outcome = await run('!clearance grant @a:b "NATO SECRET" --nationality DEU', set(), services)
+    assert outcome is not None and not outcome.ok
+    assert "is for admins only" in outcome.reply.document.plain
+    assert services.grants == []
+    assert services.audits[0][1] == "command.denied"
+
+
+async def test_bad_arguments_answer_with_usage_change_nothing_and_are_audited() -> None:
+    services = FakeServices()
+    outcome = await run("!clearance grant bob", {Role.ADMIN}, services)
+    assert outcome is not None and not outcome.ok
+    assert "Usage: !clearance grant @USER LEVEL" in outcome.reply.document.plain
+    assert services.grants == []
+    assert services.audits[0][1] == "command.error"
+
+
+async def test_service_error_reaches_the_user() -> None:
+    services = FakeServices()
+    outcome = await run("!clearance grant @a:b BAD", {Role.ADMIN}, services)
+    assert outcome is not None and "unknown marking 'BAD'" in outcome.reply.document.plain
+
+
+async def test_help_lists_only_what_the_user_may_run() -> None:
+    outcome = await run("!help", set())
+    assert outcome is not None
+    text = outcome.reply.document.plain
+    assert "!rooms" in text and "!whoami" in text
+    assert "!clearance grant" not in text and "!audit" not in text
+    admin = await run("!help", {Role.ADMIN})
+    assert admin is not None and "!clearance grant" in admin.reply.document.plain
+
+
+async def test_help_for_one_command() -> None:
+    outcome = await run("/help clearance grant", set())
+    assert outcome is not None
+    assert "!clearance grant @USER LEVEL" in outcome.reply.document.plain
+    assert "Example: !clearance grant" in outcome.reply.document.plain
+
+
+async def test_invite_refusal_shows_the_reason() -> None:
+    outcome = await run("!invite @x:y nato-s", {Role.OFFICER})
+    assert outcome is not None and not outcome.ok
+    assert "no clearance on record for @x:y" in outcome.reply.document.plain
+
+
+async def test_room_names_are_escaped_in_html() -> None:
+    outcome = await run("!rooms", set())
+    assert outcome is not None
+    assert "<script>" not in outcome.reply.document.html
+    assert "NATO &lt;script&gt;" in outcome.reply.document.html
+
+
+async def test_not_a_command_is_ignored() -> None:
+    assert await run("hello there", set()) is None
+
+
+async def test_show_other_users_clearance_needs_admin() -> None:
+    services = FakeServices()
+    outcome = await run("!clearance show @other:x", set(), services)
+    assert outcome is not None and "only admins" in outcome.reply.document.plain
+    assert "command.denied" in [a[1] for a in services.audits]
+
+
+def test_every_command_has_an_example_or_takes_no_arguments() -> None:
+    for command in REGISTRY.commands.values():
+        assert command.summary
+        assert command.example or not command.args, command.name
