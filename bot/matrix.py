@@ -65,6 +65,7 @@ class StateEvent:
     type: str
     state_key: str
     content: Mapping[str, Any]
+    sender: str = ""
 
 
 class Gateway:
@@ -112,7 +113,7 @@ class Gateway:
         out: dict[tuple[str, str], StateEvent] = {}
         for event in response.events:
             key = (event["type"], event.get("state_key", ""))
-            out[key] = StateEvent(key[0], key[1], event.get("content", {}))
+            out[key] = StateEvent(key[0], key[1], event.get("content", {}), event.get("sender", ""))
         return out
 
     async def put_state(

@@ -77,11 +77,20 @@ def label_content(room: Room) -> dict[str, Any]:
     }
 
 
-def power_levels(bot_user: str, current: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Only the bot invites, removes, bans, redacts others' events or changes room state."""
+def power_levels(
+    bot_user: str, current: Mapping[str, Any] | None = None, *, bot_is_creator: bool = False
+) -> dict[str, Any]:
+    """Only the bot invites, removes, bans, redacts others' events or changes room state.
+
+    From room version 12 on, creators hold unlimited power and must not be listed in
+    `users` (Synapse refuses the event), so a creating bot leaves itself out.
+    """
     content: dict[str, Any] = dict(current or {})
     users = {u: lvl for u, lvl in dict(content.get("users", {})).items() if u == bot_user}
-    users[bot_user] = BOT_POWER
+    if bot_is_creator:
+        users.pop(bot_user, None)
+    else:
+        users[bot_user] = BOT_POWER
     events = dict(content.get("events", {}))
     events.update({e: BOT_POWER for e in RESTRICTED_EVENTS})
     content.update(
@@ -122,6 +131,17 @@ class Desired:
         )
 
 
+def _privileged_creator(state: Mapping[tuple[str, str], StateEvent], user_id: str) -> bool:
+    """Whether `user_id` is a creator of a room whose version gives creators unlimited
+    power (room version 12 and later)."""
+    create = state.get(("m.room.create", ""))
+    if create is None:
+        return False
+    version = str(create.content.get("room_version", "1"))
+    creators = {create.sender, *create.content.get("additional_creators", ())}
+    return version.isdigit() and int(version) >= 12 and user_id in creators
+
+
 def _differs(want: Mapping[str, Any], have: Mapping[str, Any] | None) -> bool:
     if have is None:
         return True
@@ -160,7 +180,7 @@ async def provision(
             name=name,
             topic=desired.events[("m.room.topic", "")]["topic"],
             initial_state=initial,
-            power_levels=power_levels(gateway.user_id),
+            power_levels=power_levels(gateway.user_id, bot_is_creator=True),
         )
         log.info("created room %s for %s", new_id, key)
         return new_id, ["created"]
@@ -176,7 +196,11 @@ async def provision(
             await gateway.put_state(room_id, event_type, content, state_key)
             changed.append(event_type)
     levels = state.get(("m.room.power_levels", ""))
-    want_levels = power_levels(gateway.user_id, levels.content if levels else None)
+    want_levels = power_levels(
+        gateway.user_id,
+        levels.content if levels else None,
+        bot_is_creator=_privileged_creator(state, gateway.user_id),
+    )
     if _differs(want_levels, levels.content if levels else None):
         await gateway.put_state(room_id, "m.room.power_levels", want_levels)
         changed.append("m.room.power_levels")

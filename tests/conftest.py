@@ -11,6 +11,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+pytest_plugins = ["tests.matrix_harness", "tests.bot_harness"]
+
 PG_ENV = "LIAISON_TEST_DATABASE_URL"
 
 

@@ -1,0 +1,402 @@
+"""A throwaway Synapse homeserver for the integration tests and the demo.
+
+The bot's promises (E2EE, membership gates, relay under clearance rules) only mean something
+against a real homeserver, so the tests start a real Synapse rather than a mock. It runs as a
+child process on a free loopback port with SQLite in a private directory, with every rate
+limit lifted (tests register, log in and send far faster than a person would) and federation
+off. Stopping keeps the directory, so a test can take the server down and bring it back with
+its users and rooms intact; only `__exit__` of a server that made its own directory deletes it.
+
+Synchronous on purpose: it is driven from pytest fixtures and from a CLI command, and its few
+HTTP calls (register, make room admin) are admin chores, not part of the bot's event loop.
+Synapse and PyYAML are imported lazily (PyYAML) or only in the child process (Synapse), so
+importing this module costs nothing where the test extra is not installed.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import hmac
+import importlib
+import json
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+CONFIG_NAME = "homeserver.yaml"
+LOG_CONFIG_NAME = "log.config"
+LOG_NAME = "homeserver.log"
+STDIO_NAME = "stdio.log"
+
+# Generous enough that no test or demo ever meets a 429; Synapse reads each as a float/int.
+_UNLIMITED = {"per_second": 10000, "burst_count": 100000}
+# Every rate limiter Synapse 1.163 reads (synapse/config/ratelimiting.py); nested ones are
+# dictionaries of limiters. rc_federation has a different shape and is moot without federation.
+_RATE_LIMITS: dict[str, Any] = {
+    "rc_message": _UNLIMITED,
+    "rc_registration": _UNLIMITED,
+    "rc_registration_token_validity": _UNLIMITED,
+    "rc_login": {"address": _UNLIMITED, "account": _UNLIMITED, "failed_attempts": _UNLIMITED},
+    "rc_admin_redaction": _UNLIMITED,
+    "rc_joins": {"local": _UNLIMITED, "remote": _UNLIMITED},
+    "rc_joins_per_room": _UNLIMITED,
+    "rc_key_requests": _UNLIMITED,
+    "rc_3pid_validation": _UNLIMITED,
+    "rc_invites": {"per_room": _UNLIMITED, "per_user": _UNLIMITED, "per_issuer": _UNLIMITED},
+    "rc_third_party_invite": _UNLIMITED,
+    "rc_media_create": _UNLIMITED,
+    "rc_presence": {"per_user": _UNLIMITED},
+    "rc_delayed_event_mgmt": _UNLIMITED,
+    "rc_room_creation": _UNLIMITED,
+    "rc_reports": _UNLIMITED,
+    "rc_user_directory": _UNLIMITED,
+    "rc_profile": _UNLIMITED,
+}
+
+# A plain, unbuffered file handler: the generated config buffers INFO lines for up to 5 s,
+# which would hide the lines that explain a failed start.
+_LOG_CONFIG = """\
+version: 1
+formatters:
+  precise:
+    format: '%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(request)s - %(message)s'
+handlers:
+  file:
+    class: logging.FileHandler
+    formatter: precise
+    filename: {path}
+    encoding: utf8
+loggers:
+  synapse.storage.SQL:
+    level: INFO
+  twisted:
+    level: WARNING
+root:
+  level: INFO
+  handlers: [file]
+disable_existing_loggers: false
+"""
+
+
+class DevServerError(RuntimeError):
+    """The throwaway homeserver did not start, or refused an admin request."""
+
+
+@dataclass(frozen=True)
+class RegisteredUser:
+    user_id: str
+    access_token: str
+    device_id: str
+    password: str
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (racy, but good enough for tests)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# Servers still running when the interpreter exits (a test run aborted with Ctrl-C, a demo
+# that raised) would otherwise outlive it, because they run in their own session.
+_RUNNING: weakref.WeakSet[DevServer] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for server in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            server.stop(timeout=5)
+
+
+class DevServer:
+    """One Synapse process and its data directory; see the module docstring for why."""
+
+    def __init__(
+        self, workdir: Path | None = None, server_name: str = "localhost", port: int | None = None
+    ) -> None:
+        self._owns_workdir = workdir is None
+        self.workdir: Path = (
+            Path(tempfile.mkdtemp(prefix="liaison-synapse-")) if workdir is None else workdir
+        )
+        self.server_name = server_name
+        # Chosen once, so that clients holding base_url reconnect after a stop()/start().
+        self.port: int = port if port is not None else free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._shared_secret: str | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / CONFIG_NAME
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / LOG_NAME
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, timeout: float = 60) -> None:
+        """Start Synapse and return once it answers client requests."""
+        if self.is_running():
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.config_path.exists():
+            self._generate_config()
+        self._patch_config()
+        stdio = (self.workdir / STDIO_NAME).open("ab")
+        try:
+            self._proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "synapse.app.homeserver",
+                    "--config-path",
+                    str(self.config_path),
+                ],
+                cwd=self.workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=stdio,
+                stderr=subprocess.STDOUT,
+                # Its own session: a Ctrl-C meant for the demo must not kill the homeserver
+                # before the bot has logged off; stop() and the atexit hook end it instead.
+                start_new_session=True,
+            )
+        finally:
+            stdio.close()
+        _RUNNING.add(self)
+        try:
+            self._wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 15) -> None:
+        """Stop Synapse, keeping its data; a no-op when it is not running."""
+        proc, self._proc = self._proc, None
+        _RUNNING.discard(self)
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=timeout)
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def __enter__(self) -> DevServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        if self._owns_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of Synapse's log and of its stdout/stderr, for error messages."""
+        parts = []
+        for path in (self.log_path, self.workdir / STDIO_NAME):
+            if path.exists():
+                text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+                if text:
+                    parts.append(f"--- {path.name} (last {lines} lines) ---")
+                    parts.extend(text[-lines:])
+        return "\n".join(parts) or "(no Synapse output)"
+
+    def _generate_config(self) -> None:
+        cmd = [
+            sys.executable, "-m", "synapse.app.homeserver", "--generate-config",
+            "--server-name", self.server_name, "--config-path", str(self.config_path),
+            "--data-directory", str(self.workdir), "--report-stats=no",
+        ]  # fmt: skip
+        result = subprocess.run(
+            cmd, cwd=self.workdir, capture_output=True, text=True, timeout=120, check=False
+        )
+        if result.returncode != 0:
+            raise DevServerError(
+                f"synapse --generate-config failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+
+    def _patch_config(self) -> None:
+        """Make the generated config local-only, fast and unthrottled; idempotent."""
+        # PyYAML comes with Synapse; looked up by name so no stubs are needed to type-check.
+        yaml: Any = importlib.import_module("yaml")
+
+        config: dict[str, Any] = yaml.safe_load(self.config_path.read_text(encoding="utf-8"))
+        log_config = self.workdir / LOG_CONFIG_NAME
+        log_config.write_text(_LOG_CONFIG.format(path=json.dumps(str(self.log_path))))
+        secret = config.get("registration_shared_secret") or secrets.token_urlsafe(32)
+        config.update(
+            {
+                "server_name": self.server_name,
+                "listeners": [
+                    {
+                        "port": self.port,
+                        "bind_addresses": ["127.0.0.1"],
+                        "type": "http",
+                        "tls": False,
+                        "x_forwarded": False,
+                        "resources": [{"names": ["client"], "compress": False}],
+                    }
+                ],
+                "database": {
+                    "name": "sqlite3",
+                    "args": {"database": str(self.workdir / "homeserver.db")},
+                },
+                "media_store_path": str(self.workdir / "media_store"),
+                "log_config": str(log_config),
+                "signing_key_path": str(self.workdir / f"{self.server_name}.signing.key"),
+                "registration_shared_secret": secret,
+                "enable_registration": False,
+                "trusted_key_servers": [],
+                "suppress_key_server_warning": True,
+                "report_stats": False,
+                "enable_metrics": False,
+                "bcrypt_rounds": 4,
+                "presence": {"enabled": False},
+                "url_preview_enabled": False,
+                **_RATE_LIMITS,
+            }
+        )
+        # A pid file left by a killed server would only confuse the next start.
+        config.pop("pid_file", None)
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        self._shared_secret = secret
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        last_error = "no answer yet"
+        while time.monotonic() < deadline:
+            proc = self._proc
+            if proc is None or proc.poll() is not None:
+                code = None if proc is None else proc.returncode
+                raise DevServerError(
+                    f"Synapse exited with status {code} while starting on {self.base_url}\n"
+                    f"{self.log_tail()}"
+                )
+            try:
+                self.request("GET", "/_matrix/client/versions", timeout=2)
+                return
+            except DevServerError as exc:
+                last_error = str(exc)
+            time.sleep(0.1)
+        raise DevServerError(
+            f"Synapse did not answer on {self.base_url} within {timeout:g} s "
+            f"({last_error})\n{self.log_tail()}"
+        )
+
+    # -- admin chores ----------------------------------------------------------------------
+
+    def register(
+        self, localpart: str, password: str, admin: bool = False, *, logout: bool = False
+    ) -> RegisteredUser:
+        """Create a user through the shared-secret admin API (open registration is off).
+
+        The API also logs the user in, which creates a device; `logout=True` ends that
+        session again, for tests that count a user's devices.
+        """
+        if self._shared_secret is None:
+            raise DevServerError("start() the server before registering users")
+        nonce = self.request("GET", "/_synapse/admin/v1/register")["nonce"]
+        mac = hmac.new(self._shared_secret.encode(), digestmod=hashlib.sha1)
+        for part in (nonce.encode(), localpart.encode(), password.encode()):
+            mac.update(part)
+            mac.update(b"\x00")
+        mac.update(b"admin" if admin else b"notadmin")
+        body = {
+            "nonce": nonce,
+            "username": localpart,
+            "password": password,
+            "admin": admin,
+            "mac": mac.hexdigest(),
+        }
+        reply = self.request("POST", "/_synapse/admin/v1/register", body)
+        user = RegisteredUser(
+            user_id=reply["user_id"],
+            access_token=reply["access_token"],
+            device_id=reply["device_id"],
+            password=password,
+        )
+        if logout:
+            self.request("POST", "/_matrix/client/v3/logout", {}, token=user.access_token)
+        return user
+
+    def make_room_admin(self, admin_token: str, room_id: str, user_id: str) -> None:
+        """Give user_id the power level of the room's most powerful local member.
+
+        Synapse requires a server admin's token and a local member who can still change
+        the power levels (it sends the change as that member), and invites user_id if they
+        are not already in a non-public room.
+        """
+        path = f"/_synapse/admin/v1/rooms/{urllib.parse.quote(room_id, safe='')}/make_room_admin"
+        self.request("POST", path, {"user_id": user_id}, token=admin_token)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 30,
+    ) -> dict[str, Any]:
+        """Call the homeserver directly (admin chores, test assertions), JSON in and out.
+
+        Every failure becomes a DevServerError naming the request, the HTTP status and the
+        Matrix errcode, so that a failing test says what the server refused and why.
+        """
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.base_url + path, data=data, method=method)
+        request.add_header("Accept", "application/json")
+        if data is not None:
+            request.add_header("Content-Type", "application/json")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                raw = response.read()
+        except urllib.error.HTTPError as exc:
+            raw_error = exc.read().decode("utf-8", errors="replace")
+            try:
+                err = json.loads(raw_error)
+                detail = f"{err.get('errcode', '?')}: {err.get('error', raw_error)}"
+            except ValueError:
+                detail = raw_error[:500]
+            raise DevServerError(f"{method} {path} -> HTTP {exc.code} {detail}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise DevServerError(f"{method} {path} -> {reason}") from exc
+        reply: dict[str, Any] = json.loads(raw) if raw else {}
+        return reply
+
+
+__all__ = ["DevServer", "DevServerError", "RegisteredUser", "free_port"]

@@ -1,0 +1,194 @@
+"""Running liaison-bot in-process against the test Synapse, and talking to it as people do.
+
+`bot_env` gives a bot with its own database, crypto store and rooms (keys unique to the
+test module), plus an admin and an officer. `talk()` sends a command into a room and waits
+for the bot's reply there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import textwrap
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nio import RoomMemberEvent, RoomMessageNotice
+
+from bot.app import LiaisonBot, Secrets
+from bot.config import Config, load_config
+from bot.devserver import DevServer, RegisteredUser
+from bot.migrate import upgrade
+from bot.store import Store
+from tests.matrix_harness import E2EEClient, MakeClient, MakeUser
+
+SECRETS = Secrets(
+    pickle_key="test-pickle-key", data_key="test-data-key", password=None, access_token=None
+)
+
+
+@dataclass
+class BotEnv:
+    server: DevServer
+    workdir: Path
+    bot_user: RegisteredUser
+    admin: RegisteredUser
+    officer: RegisteredUser
+    config_path: Path
+    bot: LiaisonBot | None = None
+    store: Store | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    async def start(self, **overrides: Any) -> LiaisonBot:
+        """Start (or restart) the bot on the same database and crypto store."""
+        config = load_config(self.config_path)
+        url = config.database_url()
+        await asyncio.to_thread(upgrade, url)
+        self.store = Store.from_url(url)
+        secrets = Secrets(SECRETS.pickle_key, SECRETS.data_key, self.bot_user.password, None)
+        self.bot = LiaisonBot(config, self.store, secrets)
+        await self.bot.start()
+        await asyncio.wait_for(self.bot.synced.wait(), 60)
+        return self.bot
+
+    async def stop(self) -> None:
+        if self.bot is not None:
+            await self.bot.close()
+            self.bot = None
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    def room_id(self, key: str) -> str:
+        assert self.bot is not None
+        return self.bot.rooms_by_key[key].room_id
+
+
+def write_config(
+    path: Path,
+    server: DevServer,
+    bot_user: RegisteredUser,
+    admin: str,
+    officer: str,
+    rooms: str,
+    extra_bot: str = "",
+) -> None:
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [homeserver]
+            url = "{server.base_url}"
+            user_id = "{bot_user.user_id}"
+            password_env = "LIAISON_TEST_PASSWORD"
+            pickle_key_env = "LIAISON_TEST_PICKLE_KEY"
+
+            [storage]
+            database_url = "sqlite:///bot.db"
+            crypto_store = "crypto"
+            data_key_env = "LIAISON_TEST_DATA_KEY"
+
+            [bot]
+            admins = ["{admin}"]
+            officers = ["{officer}"]
+            sweep_interval = "2s"
+            {extra_bot}
+            """
+        )
+        + textwrap.dedent(rooms)
+    )
+
+
+ROOMS = """
+[[rooms]]
+key = "nato-s"
+name = "NATO SECRET liaison"
+label = "NATO SECRET"
+
+[[rooms]]
+key = "deu"
+name = "DEU national cell"
+label = "DEU GEHEIM"
+
+[[routes]]
+from = "deu"
+to = ["nato-s"]
+"""
+
+
+@pytest.fixture(scope="module")
+async def bot_env(
+    synapse: DevServer, make_user: MakeUser, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[BotEnv]:
+    workdir = tmp_path_factory.mktemp("bot")
+    bot_user = make_user("liaison")
+    admin = make_user("secadmin")
+    officer = make_user("lo-deu")
+    config_path = workdir / "config.toml"
+    write_config(config_path, synapse, bot_user, admin.user_id, officer.user_id, ROOMS)
+    env = BotEnv(synapse, workdir, bot_user, admin, officer, config_path)
+    await env.start()
+    try:
+        yield env
+    finally:
+        await env.stop()
+
+
+async def open_dm(client: E2EEClient, bot_user_id: str, timeout: float = 30) -> str:
+    """An encrypted DM with the bot, once the bot has joined it."""
+    room_id = await client.create_dm(bot_user_id)
+    await client.wait_for(
+        room_id,
+        lambda e: (
+            isinstance(e, RoomMemberEvent) and e.state_key == bot_user_id and e.membership == "join"
+        ),
+        timeout,
+    )
+    return room_id
+
+
+async def talk(
+    client: E2EEClient, room_id: str, text: str, expect: str, timeout: float = 30
+) -> RoomMessageNotice:
+    """Send a command; the bot's notice in the same room that contains `expect`."""
+    mark = client.event_count(room_id)
+    await client.send_text(room_id, text)
+    event = await client.wait_for(
+        room_id,
+        lambda e: isinstance(e, RoomMessageNotice) and expect in e.body,
+        timeout,
+        after=mark,
+    )
+    assert isinstance(event, RoomMessageNotice)
+    return event
+
+
+async def eventually(check: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
+    """Poll an async or sync check until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = check()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not true after {timeout} s: {what}")
+        await asyncio.sleep(0.25)
+
+
+__all__ = [
+    "ROOMS",
+    "BotEnv",
+    "MakeClient",
+    "bot_env",
+    "eventually",
+    "open_dm",
+    "talk",
+    "write_config",
+]

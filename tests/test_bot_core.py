@@ -1,0 +1,305 @@
+"""The bot on a real Synapse: rooms, commands, register, audit, restart (issue: bot core)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from nio import RoomMemberEvent
+
+from bot.rooms import LABEL_EVENT, MEGOLM, provision
+from tests.bot_harness import BotEnv, eventually, open_dm, talk
+from tests.matrix_harness import MakeClient, MakeUser
+
+
+async def test_rooms_are_encrypted_invite_only_and_labelled(bot_env: BotEnv) -> None:
+    assert bot_env.bot is not None
+    gateway = bot_env.bot.gateway
+    assert gateway is not None
+    state = await gateway.state(bot_env.room_id("nato-s"))
+    assert state[("m.room.encryption", "")].content["algorithm"] == MEGOLM
+    assert state[("m.room.join_rules", "")].content["join_rule"] == "invite"
+    assert state[("m.room.history_visibility", "")].content["history_visibility"] == "joined"
+    assert state[("m.room.guest_access", "")].content["guest_access"] == "forbidden"
+    assert state[("m.room.topic", "")].content["topic"] == "NATO SECRET — NATO SECRET liaison"
+    label = state[(LABEL_EVENT, "")].content
+    assert label["banner"] == "NATO SECRET" and label["scheme"] == "NATO" and label["rank"] == 3
+    assert len(label["audience"]) == 32
+    levels = state[("m.room.power_levels", "")].content
+    assert levels["invite"] == levels["kick"] == levels["ban"] == 100
+    powerful = {u for u, lvl in levels.get("users", {}).items() if lvl >= 50}
+    assert powerful <= {bot_env.bot_user.user_id}  # room v12+: the creating bot is implicit
+    deu = (await gateway.state(bot_env.room_id("deu")))[(LABEL_EVENT, "")].content
+    assert deu["audience"] == ["DEU"] and deu["banner"] == "DEU GEHEIM"
+
+
+async def test_provisioning_again_with_the_same_config_changes_nothing(bot_env: BotEnv) -> None:
+    bot = bot_env.bot
+    assert bot is not None and bot.gateway is not None
+    managed = bot.rooms_by_key["nato-s"]
+    joined = await bot.gateway.joined_rooms()
+    room_id, changed = await provision(
+        bot.gateway,
+        key="nato-s",
+        name=managed.name,
+        room=managed.policy,
+        room_id=managed.room_id,
+        previous_rank=managed.policy.rank,
+        joined=joined,
+    )
+    assert (room_id, changed) == (managed.room_id, [])
+
+
+async def test_cleared_officer_is_invited_and_reads_the_bot(
+    bot_env: BotEnv, make_client: MakeClient
+) -> None:
+    admin = await make_client(bot_env.admin)
+    officer = await make_client(bot_env.officer)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    officer_id = bot_env.officer.user_id
+    await talk(
+        admin,
+        dm,
+        f'!clearance grant {officer_id} "NATO SECRET" --nationality DEU',
+        "Clearance updated",
+    )
+    reply = await talk(admin, dm, f"!invite {officer_id} nato-s", "Invited")
+    assert "grant NATO SECRET covers NATO SECRET" in reply.body
+    room_id = await officer.wait_for_invite(inviter=bot_env.bot_user.user_id)
+    assert room_id == bot_env.room_id("nato-s")
+    await officer.join(room_id)
+    answer = await talk(officer, room_id, "!rooms", "Managed rooms")
+    assert "nato-s — NATO SECRET" in answer.body
+    assert answer.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"]
+    assert not officer.undecryptable(room_id)
+
+
+async def test_uncleared_user_is_refused_with_the_reason(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    stranger = make_user("stranger")
+    reply = await talk(admin, dm, f"!invite {stranger.user_id} nato-s", "may not join")
+    assert f"no clearance on record for {stranger.user_id}" in reply.body
+    french = make_user("fra-officer")
+    await talk(
+        admin,
+        dm,
+        f'!clearance grant {french.user_id} "NATO SECRET" --nationality FRA',
+        "Clearance updated",
+    )
+    reply = await talk(admin, dm, f"!invite {french.user_id} deu", "may not join")
+    assert "nationality FRA is not in the room's audience (DEU)" in reply.body
+    assert "no DEU grant" in reply.body
+    entries = await bot_env.bot.audit_recent(20)  # type: ignore[union-attr]
+    assert any(e.action == "invite.refused" and e.subject == french.user_id for e in entries)
+
+
+async def test_bad_arguments_answer_with_usage_and_change_nothing(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    someone = make_user("someone").user_id
+    cases = [
+        (f"!clearance grant {someone}", "Usage: !clearance grant @USER LEVEL"),
+        (
+            f'!clearance grant {someone} "NATO SECRTE" --nationality DEU',
+            "unknown marking 'NATO SECRTE'",
+        ),
+        (f'!clearance grant {someone} "NATO SECRET"', "a first grant needs --nationality"),
+        (f'!clearance grant {someone} "NATO SECRET" --nationality XX', "not an ISO 3166-1"),
+        (
+            f'!clearance grant {someone} "NATO SECRET" --nationality DEU --caveat FOO',
+            "unknown caveat 'FOO'",
+        ),
+        (f'!clearance grant {someone} "NATO SECRET" --expires 31.12.2027', "is not a date"),
+        ("!clearance revoke bob", "expected a user like @name:server"),
+        ("!invite @a:b", "Usage: !invite @USER ROOM"),
+        (f"!invite {someone} nowhere", "no managed room 'nowhere'"),
+        ("!audit many", "expected a whole number"),
+        ("!clearanse list", "did you mean !clearance list"),
+    ]
+    for text, expected in cases:
+        await talk(admin, dm, text, expected)
+    await talk(admin, dm, f"!clearance show {someone}", "no clearance on record")
+
+
+async def test_non_admin_running_an_admin_command_is_refused_and_audited(
+    bot_env: BotEnv, make_client: MakeClient
+) -> None:
+    officer = await make_client(bot_env.officer)
+    dm = await open_dm(officer, bot_env.bot_user.user_id)
+    await talk(officer, dm, "!clearance list", "is for admins only")
+    await talk(
+        officer,
+        dm,
+        f'!clearance grant {bot_env.officer.user_id} "COSMIC TOP SECRET"',
+        "is for admins only",
+    )
+    record = await bot_env.bot.clearance(bot_env.officer.user_id)  # type: ignore[union-attr]
+    assert record is None or all(g.level != "COSMIC TOP SECRET" for g in record.grants)
+    entries = await bot_env.bot.audit_recent(10)  # type: ignore[union-attr]
+    denied = [e for e in entries if e.action == "command.denied"]
+    assert denied and denied[0].actor == bot_env.officer.user_id
+
+
+async def test_register_and_log_replies_go_to_the_callers_dm(
+    bot_env: BotEnv, make_client: MakeClient
+) -> None:
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    reply = await talk(admin, dm, "!audit 5", "Audit log: last")
+    assert "room.provisioned" in reply.body or "dm.accepted" in reply.body
+    await talk(admin, dm, "!audit verify", "Audit chain intact")
+    await talk(admin, dm, "!whoami", "no clearance on record")
+
+
+async def test_whoami_in_a_managed_room_answers_in_a_new_dm(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    analyst = make_user("analyst")
+    await talk(
+        admin,
+        dm,
+        f'!clearance grant {analyst.user_id} "NATO SECRET" --nationality ITA',
+        "Clearance updated",
+    )
+    await talk(admin, dm, f"!invite {analyst.user_id} nato-s", "Invited")
+    client = await make_client(analyst)
+    room_id = await client.wait_for_invite()
+    await client.join(room_id)
+    await talk(client, room_id, "!whoami", "Answered in your direct messages")
+    assert "NATO SECRET" not in "\n".join(client.texts(room_id)[-1:])
+    dm_id = await client.wait_for_invite(inviter=bot_env.bot_user.user_id)
+    await client.join(dm_id)
+    event = await client.wait_for_text(dm_id, "nationality ITA")
+    assert "grants: NATO SECRET" in event.body
+
+
+async def test_invite_from_a_stranger_is_declined(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    stranger = await make_client(make_user("stranger"))
+    room_id = await stranger.create_dm(bot_env.bot_user.user_id)
+    await stranger.wait_for(
+        room_id,
+        lambda e: (
+            isinstance(e, RoomMemberEvent)
+            and e.state_key == bot_env.bot_user.user_id
+            and e.membership == "leave"
+        ),
+    )
+    entries = await bot_env.bot.audit_recent(10)  # type: ignore[union-attr]
+    assert any(e.action == "invite.declined" and e.subject == stranger.user_id for e in entries)
+
+
+async def test_edited_command_is_never_executed(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    target = make_user("edited").user_id
+    original = await admin.send_text(dm, "typo")
+    await admin.send_event(
+        dm,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": f'* !clearance grant {target} "NATO SECRET" --nationality DEU',
+            "m.new_content": {
+                "msgtype": "m.text",
+                "body": f'!clearance grant {target} "NATO SECRET" --nationality DEU',
+            },
+            "m.relates_to": {"rel_type": "m.replace", "event_id": original},
+        },
+    )
+    await talk(admin, dm, "!whoami", "Roles: admin")  # the bot has handled the edit by now
+    assert await bot_env.bot.clearance(target) is None  # type: ignore[union-attr]
+
+
+async def test_restart_keeps_the_device_and_still_decrypts(
+    bot_env: BotEnv, make_client: MakeClient
+) -> None:
+    bot = bot_env.bot
+    assert bot is not None and bot.client is not None
+    device_before = bot.client.device_id
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    await bot_env.stop()
+    await bot_env.start()
+    assert bot_env.bot is not None and bot_env.bot.client is not None
+    assert bot_env.bot.client.device_id == device_before
+    reply = await talk(admin, dm, "!whoami", "Roles: admin")
+    assert reply.sender == bot_env.bot_user.user_id
+    devices = await bot_env.bot.client.devices()
+    assert [d.id for d in devices.devices if d.id == device_before] == [device_before]
+
+
+async def test_expiry_changed_from_the_cli_removes_within_the_sweep(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    member = make_user("expiring")
+    await talk(
+        admin,
+        dm,
+        f'!clearance grant {member.user_id} "NATO SECRET" --nationality NOR',
+        "Clearance updated",
+    )
+    await talk(admin, dm, f"!invite {member.user_id} nato-s", "Invited")
+    client = await make_client(member)
+    room_id = await client.wait_for_invite()
+    await client.join(room_id)
+    # The CLI writes to the same database; the running bot notices at its next sweep.
+    from bot.register import ClearanceRegister
+    from bot.store import Store
+
+    offline = Store.from_url(bot_env.config.database_url())
+    try:
+        yesterday = (datetime.now(UTC) - timedelta(days=1)).date()
+        ClearanceRegister(offline).grant(
+            "cli:test", member.user_id, "NATO SECRET", expires=yesterday
+        )
+    finally:
+        offline.close()
+    await eventually(lambda: _not_in(client, room_id), timeout=20, what="expired member removed")
+    entries = await bot_env.bot.audit_recent(10)  # type: ignore[union-attr]
+    removal = next(
+        e for e in entries if e.action == "member.removed" and e.subject == member.user_id
+    )
+    assert "expired on" in removal.detail["reason"]
+
+
+async def test_revoke_removes_at_once(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    member = make_user("revoked")
+    await talk(
+        admin,
+        dm,
+        f'!clearance grant {member.user_id} "NATO SECRET" --nationality DNK',
+        "Clearance updated",
+    )
+    await talk(admin, dm, f"!invite {member.user_id} nato-s", "Invited")
+    client = await make_client(member)
+    room_id = await client.wait_for_invite()
+    await client.join(room_id)
+    reply = await talk(admin, dm, f"!clearance revoke {member.user_id}", "Clearance revoked")
+    assert "removed from nato-s" in reply.body
+    assert room_id not in await client.joined_rooms()
+
+
+async def _not_in(client: object, room_id: str) -> bool:
+    return room_id not in await client.joined_rooms()  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _bot_running(bot_env: BotEnv) -> None:
+    assert bot_env.bot is not None, "an earlier test left the bot stopped"
