@@ -97,7 +97,7 @@ class Backoff:
     def next(self) -> float:
         delay = min(self.cap, self.first * 2**self.failures)
         self.failures += 1
-        return delay * random.uniform(0.8, 1.0)
+        return float(delay * random.uniform(0.8, 1.0))
 
     def reset(self) -> None:
         self.failures = 0
@@ -520,6 +520,7 @@ class LiaisonBot:
         managed = self.rooms_by_id.get(room_id)
         if isinstance(event, RoomMemberEvent):
             if managed is not None and not initial and event.membership in ("join", "invite"):
+                await self._refresh_one(event.state_key)  # the CLI may have changed it
                 await self.enforce_member(managed, event.state_key, f"{event.membership} event")
             return
         if isinstance(event, MegolmEvent):

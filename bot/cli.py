@@ -487,7 +487,7 @@ def clearance_list(config_path: str) -> None:
     """
     register, store = _register(config_path)
     try:
-        records = register.list()
+        records = register.records()
     finally:
         store.close()
     if not records:

@@ -46,18 +46,29 @@ class MatrixError(Exception):
         self.status = status
 
 
+def check(response: Any, what: str) -> None:
+    """Raise MatrixError when the homeserver refused; for calls whose answer we ignore."""
+    if isinstance(response, ErrorResponse):
+        raise _error(response, what)
+
+
 def unwrap(response: Any, expected: type[T], what: str) -> T:
     """The response when it is what we asked for; MatrixError otherwise."""
     if isinstance(response, expected):
         return response
     if isinstance(response, ErrorResponse):
-        raise MatrixError(
-            what,
-            getattr(response, "status_code", None),
-            getattr(response, "message", "") or str(response),
-            getattr(response, "transport_response", None) and response.transport_response.status,  # type: ignore[union-attr]
-        )
+        raise _error(response, what)
     raise MatrixError(what, None, f"unexpected response {type(response).__name__}", None)
+
+
+def _error(response: Any, what: str) -> MatrixError:
+    transport = getattr(response, "transport_response", None)
+    return MatrixError(
+        what,
+        getattr(response, "status_code", None),
+        getattr(response, "message", "") or str(response),
+        getattr(transport, "status", None),
+    )
 
 
 @dataclass(frozen=True)
@@ -120,8 +131,7 @@ class Gateway:
         self, room_id: str, event_type: str, content: Mapping[str, Any], state_key: str = ""
     ) -> None:
         response = await self.client.room_put_state(room_id, event_type, dict(content), state_key)
-        if isinstance(response, ErrorResponse):
-            unwrap(response, type(None), f"set {event_type} in {room_id}")
+        check(response, f"set {event_type} in {room_id}")
 
     async def joined_rooms(self) -> set[str]:
         response = unwrap(await self.client.joined_rooms(), JoinedRoomsResponse, "joined rooms")
@@ -137,24 +147,20 @@ class Gateway:
 
     async def join(self, room_id: str) -> None:
         response = await self.client.join(room_id)
-        if isinstance(response, ErrorResponse):
-            unwrap(response, type(None), f"join {room_id}")
+        check(response, f"join {room_id}")
 
     async def leave(self, room_id: str) -> None:
         response = await self.client.room_leave(room_id)
-        if isinstance(response, ErrorResponse):
-            unwrap(response, type(None), f"leave {room_id}")
+        check(response, f"leave {room_id}")
 
     async def invite(self, room_id: str, user_id: str) -> None:
         response = await self.client.room_invite(room_id, user_id)
-        if isinstance(response, ErrorResponse):
-            unwrap(response, type(None), f"invite {user_id} to {room_id}")
+        check(response, f"invite {user_id} to {room_id}")
 
     async def kick(self, room_id: str, user_id: str, reason: str) -> None:
         """Reasons are not encrypted: callers keep markings and room names out of them."""
         response = await self.client.room_kick(room_id, user_id, reason)
-        if isinstance(response, ErrorResponse):
-            unwrap(response, type(None), f"remove {user_id} from {room_id}")
+        check(response, f"remove {user_id} from {room_id}")
 
     async def messages_between(self, room_id: str, start: str, end: str | None) -> list[Any]:
         """Events from `start` back to `end` (a sync gap), oldest first, decrypted by nio."""

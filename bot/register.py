@@ -69,7 +69,7 @@ class ClearanceRegister:
     def show(self, user_id: str) -> ClearanceRecord | None:
         return self.store.clearance(self._user(user_id))
 
-    def list(self) -> list[ClearanceRecord]:
+    def records(self) -> list[ClearanceRecord]:
         return self.store.clearances()
 
     # ------------------------------------------------------------ validation

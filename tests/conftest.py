@@ -63,3 +63,12 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         with admin.connect() as conn:
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # nio logs every undecryptable event of every test client at WARNING: keep failures
+    # readable; the bot's own log lines stay.
+    import logging
+
+    for name in ("nio.crypto", "nio.crypto.log", "nio.responses", "nio.rooms", "peewee"):
+        logging.getLogger(name).setLevel(logging.ERROR)
