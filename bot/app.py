@@ -36,14 +36,16 @@ from nio import (
 from nio.crypto import OlmDevice
 
 from bot.config import Config
+from bot.crosssign import fingerprint, normalise_fingerprint
 from bot.matrix import Gateway, MatrixError, unwrap
 from bot.register import ClearanceRegister, RegisterError, policy_clearance
 from bot.rooms import MEGOLM, ManagedRoom, ProvisionError, provision
 from bot.sealing import Sealer
 from bot.store import AuditEntry, AuditVerdict, ClearanceRecord, RoomRecord, Store
+from bot.trust import DeviceTrust, KeysAPI, bootstrap_cross_signing, key_sealer
 from commands import build_registry
 from commands.dispatch import dispatch, is_command
-from commands.document import Document, doc
+from commands.document import Code, Document, Mention, doc, para
 from commands.registry import CommandError, Invocation, Reply, Role
 from commands.services import (
     InviteOutcome,
@@ -124,6 +126,9 @@ class LiaisonBot:
         self.first_sync_s: float | None = None
         self.client: AsyncClient | None = None
         self.gateway: Gateway | None = None
+        self.keys_api: KeysAPI | None = None
+        self.trust: DeviceTrust | None = None
+        self._pending: dict[str, tuple[str, MegolmEvent, datetime]] = {}
 
     # ------------------------------------------------------------ helpers
 
@@ -162,9 +167,12 @@ class LiaisonBot:
         await self._login()
         self.direct = await self._db(self.store.direct_rooms)
         await self._refresh_clearances()
+        await self._setup_trust()
         await self._provision_rooms()
+        await self._load_pending()
         self._spawn(self._sync_forever(), "sync")
         self._spawn(self._sweep_forever(), "sweep")
+        self._spawn(self._pending_forever(), "undecryptable")
 
     async def run(self) -> None:
         await self.start()
@@ -182,6 +190,8 @@ class LiaisonBot:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.keys_api is not None:
+            await self.keys_api.close()
         if self.client is not None:
             await self.client.close()
         log.info("stopped")
@@ -241,6 +251,40 @@ class LiaisonBot:
             await self._password_login(client, sealer)
         if client.should_upload_keys:
             await client.keys_upload()
+
+    async def _setup_trust(self) -> None:
+        """Cross-sign the bot's device (DESIGN §7a) and set up the device policy."""
+        client = self.client
+        assert client is not None
+        hs = self.config.homeserver
+        self.keys_api = KeysAPI(hs.url, str(client.access_token))
+        try:
+            keys = await bootstrap_cross_signing(
+                self.keys_api,
+                self.store,
+                key_sealer(self.secrets.pickle_key),
+                hs.user_id,
+                str(client.device_id),
+                self.secrets.password,
+            )
+        except MatrixError as exc:
+            raise StartupError(f"cross-signing: {exc.message}") from None
+        log.info(
+            "cross-signed device %s; master key %s",
+            client.device_id,
+            fingerprint(keys.master.public),
+        )
+        self.trust = DeviceTrust(
+            hs.device_trust,
+            self.keys_api,
+            self.store,
+            record_of=self._clearances.get,
+            on_record=self._set_record,
+            alert=self._alert_identity_change,
+        )
+
+    def _set_record(self, record: ClearanceRecord) -> None:
+        self._clearances[record.user_id] = record
 
     async def _password_login(self, client: AsyncClient, sealer: Sealer) -> None:
         response = await client.login(self.secrets.password, self.config.homeserver.device_name)
@@ -325,21 +369,35 @@ class LiaisonBot:
         return [partner] if partner and partner in room.users else []
 
     def device_trusted(self, user_id: str, device: OlmDevice) -> bool:
-        """Device policy. Here every device of a recipient (as seen); the E2EE trust work
-        narrows this to owner-signed devices under `device_trust = "cross-signed"`."""
-        return not device.deleted
+        """The device policy (`device_trust`), with identity pinning."""
+        if device.deleted or self.trust is None:
+            return False
+        return self.trust.trusted(user_id, device.id, device.ed25519)
 
-    async def send(self, room_id: str, content: dict[str, Any], tx_id: str | None = None) -> str:
+    async def send(
+        self,
+        room_id: str,
+        content: dict[str, Any],
+        tx_id: str | None = None,
+        also_to: Sequence[OlmDevice] = (),
+    ) -> str:
+        if self.trust is not None:
+            await self.trust.refresh(self.key_recipients(room_id))
         return await self._gw().send(
             room_id,
             content,
             recipients=lambda: self.key_recipients(room_id),
             device_trusted=self.device_trusted,
             tx_id=tx_id,
+            also_to=also_to,
         )
 
     async def send_notice(
-        self, room_id: str, document: Document, reply_to: str | None = None
+        self,
+        room_id: str,
+        document: Document,
+        reply_to: str | None = None,
+        also_to: Sequence[OlmDevice] = (),
     ) -> str:
         content: dict[str, Any] = {
             "msgtype": "m.notice",
@@ -349,7 +407,7 @@ class LiaisonBot:
         }
         if reply_to:
             content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
-        return await self.send(room_id, content)
+        return await self.send(room_id, content, also_to=also_to)
 
     # ------------------------------------------------------------ membership
 
@@ -467,6 +525,8 @@ class LiaisonBot:
             await client.keys_claim(client.get_users_for_key_claiming())
 
     async def _handle_sync(self, response: SyncResponse, since: str | None, initial: bool) -> None:
+        if self.trust is not None:
+            self.trust.invalidate([*response.device_list.changed, *response.device_list.left])
         for room_id, info in response.rooms.invite.items():
             await self._on_invite(room_id, info.invite_state)
         for room_id, info in response.rooms.join.items():
@@ -524,16 +584,8 @@ class LiaisonBot:
                 await self.enforce_member(managed, event.state_key, f"{event.membership} event")
             return
         if isinstance(event, MegolmEvent):
-            log.warning(
-                "could not decrypt %s from %s in %s; asking for the key",
-                event.event_id,
-                event.sender,
-                room_id,
-            )
-            try:
-                await self._gw().client.request_room_key(event)
-            except Exception as exc:  # a duplicate request is refused locally: harmless
-                log.debug("room key request: %s", exc)
+            if event.sender != self.user_id and (managed is not None or room_id in self.direct):
+                await self._hold_undecryptable(room_id, event)
             return
         if not isinstance(event, RoomMessageText) or event.sender == self.user_id or initial:
             return
@@ -569,6 +621,30 @@ class LiaisonBot:
             )
             await self._db(self.store.mark_handled, event.event_id, room_id)
             return
+        refusal = await self._untrusted_sender(room_id, event)
+        if refusal is not None:
+            problem, device = refusal
+            await self.audit(
+                event.sender,
+                "command.untrusted-device",
+                None,
+                {"room_id": room_id, "problem": problem},
+            )
+            await self.send_notice(
+                room_id,
+                doc(
+                    para(
+                        "⚠ Not acted on: ",
+                        problem,
+                        ". The bot takes commands only from "
+                        "devices their owner has verified (cross-signed). Nothing was changed.",
+                    )
+                ),
+                event.event_id,
+                also_to=[device] if device is not None else [],
+            )
+            await self._db(self.store.mark_handled, event.event_id, room_id)
+            return
         mentions = tuple(content.get("m.mentions", {}).get("user_ids", ()) or ())
         invocation = Invocation(
             sender=event.sender,
@@ -590,6 +666,136 @@ class LiaisonBot:
         if outcome is not None:
             await self._reply(invocation, outcome.reply)
         await self._db(self.store.mark_handled, event.event_id, room_id)
+
+    async def _untrusted_sender(
+        self, room_id: str, event: Any
+    ) -> tuple[str, OlmDevice | None] | None:
+        """The trusted-sender gate (DESIGN §7a): None when the event's device passes the
+        device policy, else (why not, the device when known). Tagged messages use it too."""
+        gateway, trust = self._gw(), self.trust
+        if trust is None:
+            return ("device trust is not set up", None)
+        device = gateway.sender_device(room_id, event)
+        if device is None and gateway.client.should_query_keys:
+            await gateway.client.keys_query()
+            device = gateway.sender_device(room_id, event)
+        if device is None:
+            return ("the sending device is unknown or its room key was forwarded", None)
+        await trust.refresh([event.sender])
+        problem = trust.device_problem(event.sender, device.id, device.ed25519)
+        return (problem, device) if problem else None
+
+    # ------------------------------------------------------------ undecryptable events
+
+    async def _load_pending(self) -> None:
+        for pending in await self._db(self.store.open_pending):
+            event = MegolmEvent.from_dict(pending.event)
+            if isinstance(event, MegolmEvent):
+                event.room_id = pending.room_id
+                self._pending[pending.event_id] = (pending.room_id, event, pending.received_at)
+
+    async def _hold_undecryptable(self, room_id: str, event: MegolmEvent) -> None:
+        """Keep it (the sync token may move on), ask for its key, retry until the grace ends."""
+        if event.event_id in self._pending:
+            return
+        event.room_id = room_id
+        if await self._db(
+            self.store.add_pending, event.event_id, room_id, event.sender, event.source
+        ):
+            self._pending[event.event_id] = (room_id, event, datetime.now(UTC))
+            log.info(
+                "could not decrypt %s from %s yet; asking for its key", event.event_id, event.sender
+            )
+            try:
+                await self._gw().client.request_room_key(event)
+            except Exception as exc:  # a request already in flight is refused locally
+                log.debug("room key request for %s: %s", event.event_id, exc)
+
+    async def retry_pending(self) -> None:
+        client = self._gw().client
+        grace = self.config.bot.undecryptable_grace
+        now = datetime.now(UTC)
+        for event_id, (room_id, event, received) in list(self._pending.items()):
+            try:
+                decrypted = client.decrypt_event(event)
+            except Exception:
+                decrypted = None
+            if decrypted is not None and not isinstance(decrypted, MegolmEvent):
+                del self._pending[event_id]
+                await self._db(self.store.resolve_pending, event_id, "decrypted")
+                await self._on_event(room_id, decrypted, False)
+                continue
+            if now - received >= grace:
+                del self._pending[event_id]
+                await self._report_undecryptable(room_id, event)
+
+    async def _report_undecryptable(self, room_id: str, event: MegolmEvent) -> None:
+        device = self._gw().device_by_id(event.sender, event.device_id or "")
+        await self._db(
+            self.store.resolve_pending,
+            event.event_id,
+            "undecryptable",
+            {"device_id": event.device_id, "session_id": event.session_id},
+        )
+        log.warning("%s from %s stayed unreadable; told the sender", event.event_id, event.sender)
+        try:
+            await self.send_notice(
+                room_id,
+                doc(
+                    para(
+                        "⚠ I could not decrypt your message (",
+                        Code(event.event_id),
+                        "): its room key never reached me, so nothing in it was read, acted on "
+                        "or relayed. Check that your device is verified, then send it again.",
+                    )
+                ),
+                event.event_id,
+                also_to=[device] if device is not None else [],
+            )
+        except MatrixError as exc:
+            log.error("could not tell %s about an unreadable message: %s", event.sender, exc)
+
+    async def _pending_forever(self) -> None:
+        await self.synced.wait()
+        while not self._stop.is_set():
+            try:
+                if self._pending:
+                    await self.retry_pending()
+            except Exception:
+                log.exception("retrying undecryptable events failed")
+            await self._sleep(1.0)
+
+    # ------------------------------------------------------------ identity changes
+
+    async def _alert_identity_change(self, record: ClearanceRecord, new_key: str) -> None:
+        alert = doc(
+            para(
+                "⚠ Identity change: ",
+                Mention(record.user_id),
+                "'s cross-signing master key changed. Room keys are no longer shared with "
+                "them. Pinned: ",
+                Code(fingerprint(record.identity_key or "")),
+                "; now: ",
+                Code(fingerprint(new_key)),
+                ".",
+            ),
+            para(
+                "After checking the new key with them out of band: ",
+                Code(f"!clearance confirm-identity {record.user_id} {new_key}"),
+            ),
+        )
+        await self.alert_admins(alert)
+
+    async def alert_admins(self, document: Document) -> None:
+        """To [bot] admin_room, else to each admin's direct message with the bot."""
+        targets = (
+            [self.config.bot.admin_room]
+            if self.config.bot.admin_room
+            else [await self.direct_room_for(admin) for admin in self.config.bot.admins]
+        )
+        for room_id in targets:
+            if room_id is not None:
+                self._spawn(self._send_when_ready(room_id, document), f"alert-{room_id}")
 
     def roles_of(self, user_id: str) -> frozenset[Role]:
         roles = {Role.ANYONE}
@@ -697,6 +903,28 @@ class LiaisonBot:
             ):
                 removed.append(managed.key)
         return RevokeOutcome(record, tuple(removed))
+
+    async def confirm_identity(self, actor: str, user_id: str, key: str) -> ClearanceRecord:
+        record = await self._db(self.store.clearance, user_id)
+        if record is None:
+            raise CommandError(f"{user_id} has no clearance record")
+        wanted = normalise_fingerprint(key)
+        if record.identity_pending is None:
+            pinned = fingerprint(record.identity_key) if record.identity_key else "nothing yet"
+            raise CommandError(f"{user_id} has no identity change waiting (pinned: {pinned})")
+        if wanted != record.identity_pending:
+            raise CommandError(
+                f"that fingerprint is not {user_id}'s new master key; compare it again out of "
+                "band (the alert shows the key seen)"
+            )
+        updated = await self._db(
+            self.store.pin_identity, user_id, wanted, actor, "identity.confirmed"
+        )
+        assert updated is not None
+        self._set_record(updated)
+        if self.trust is not None:
+            self.trust.invalidate([user_id])
+        return updated
 
     async def invite(self, actor: str, user_id: str, room_key: str) -> InviteOutcome:
         managed = self.rooms_by_key.get(room_key)

@@ -198,23 +198,64 @@ class Gateway:
         device_trusted: DevicePolicy,
         event_type: str = "m.room.message",
         tx_id: str | None = None,
+        also_to: Sequence[OlmDevice] = (),
     ) -> str:
         """Send an event; in an encrypted room the room key goes only to `recipients()`
         (asked at sharing time) and, of their devices, only to those `device_trusted` accepts.
-        Every other device is blacklisted, never ignored, so nio never shares with it."""
+        Every other device is blacklisted, never ignored, so nio never shares with it.
+
+        `also_to` names devices that must read this one event although the policy excludes
+        them (telling an unverified device why it was refused): the event gets a one-off
+        room key, and the room's next event a fresh one.
+        """
         async with self._lock(room_id):
             room = self.client.rooms.get(room_id)
             if room is None:
                 raise MatrixError(f"send to {room_id}", "M_NOT_JOINED", "room not synced yet", None)
             if room.encrypted:
-                await self._ensure_room_key(room, list(recipients()), device_trusted)
-            response = await self.client.room_send(
-                room_id, event_type, dict(content), tx_id=tx_id or str(uuid4())
-            )
+                if also_to:
+                    self.client.invalidate_outbound_session(room_id)
+                await self._ensure_room_key(room, list(recipients()), device_trusted, also_to)
+            try:
+                response = await self.client.room_send(
+                    room_id, event_type, dict(content), tx_id=tx_id or str(uuid4())
+                )
+            finally:
+                if room.encrypted and also_to:
+                    self.client.invalidate_outbound_session(room_id)
             return str(unwrap(response, RoomSendResponse, f"send to {room_id}").event_id)
 
+    def sender_device(self, room_id: str, event: Any) -> OlmDevice | None:
+        """The device that sent a decrypted event: the one whose curve25519 key set up the
+        room key, with the ed25519 key that session claims; never a forwarded key."""
+        olm = self.client.olm
+        sender_key = getattr(event, "sender_key", None)
+        session_id = getattr(event, "session_id", None)
+        if olm is None or not sender_key or not session_id:
+            return None
+        session = olm.inbound_group_store.get(room_id, sender_key, session_id)
+        if session is None or session.forwarding_chain:
+            return None
+        for device in olm.device_store.active_user_devices(event.sender):
+            if device.curve25519 == sender_key and device.ed25519 == session.ed25519:
+                return device
+        return None
+
+    def device_by_id(self, user_id: str, device_id: str) -> OlmDevice | None:
+        olm = self.client.olm
+        if olm is None:
+            return None
+        for device in olm.device_store.active_user_devices(user_id):
+            if device.id == device_id:
+                return device
+        return None
+
     async def _ensure_room_key(
-        self, room: MatrixRoom, users: list[str], device_trusted: DevicePolicy
+        self,
+        room: MatrixRoom,
+        users: list[str],
+        device_trusted: DevicePolicy,
+        also_to: Sequence[OlmDevice] = (),
     ) -> None:
         client, olm = self.client, self.client.olm
         assert olm is not None
@@ -222,23 +263,39 @@ class Gateway:
             unwrap(await client.joined_members(room.room_id), JoinedMembersResponse, "members")
         if client.should_query_keys:
             await client.keys_query()
-        if not olm.should_share_group_session(room.room_id):
-            return
         allowed = [u for u in users if u != client.user_id]
+        may_read: set[tuple[str, str]] = set()
         for user_id in allowed:
             for device in olm.device_store.active_user_devices(user_id):
                 if device_trusted(user_id, device):
                     if olm.is_device_blacklisted(device):
                         client.unblacklist_device(device)
                     client.verify_device(device)
+                    may_read.add((user_id, device.id))
                 else:
                     if olm.is_device_verified(device):
                         client.unverify_device(device)
                     client.blacklist_device(device)
-        missing = olm.get_missing_sessions(allowed)
+        extra_ids = {(d.user_id, d.id) for d in also_to}
+        for user_id in {d.user_id for d in also_to} - set(allowed):
+            for device in olm.device_store.active_user_devices(user_id):
+                if (user_id, device.id) not in extra_ids:
+                    client.blacklist_device(device)
+        for device in also_to:
+            if olm.is_device_blacklisted(device):
+                client.unblacklist_device(device)
+            client.verify_device(device)
+        current = olm.outbound_group_sessions.get(room.room_id)
+        if current is not None and current.shared and set(current.users_shared_with) - may_read:
+            # Someone who holds the current key may no longer read: rotate it.
+            client.invalidate_outbound_session(room.room_id)
+        if not olm.should_share_group_session(room.room_id):
+            return
+        targets = sorted(set(allowed) | {d.user_id for d in also_to})
+        missing = olm.get_missing_sessions(targets)
         if missing:
             await client.keys_claim(missing)
-        for sharing_with, to_device in olm.share_group_session_parallel(room.room_id, allowed):
+        for sharing_with, to_device in olm.share_group_session_parallel(room.room_id, targets):
             method, path, data = Api.to_device(
                 client.access_token, "m.room.encrypted", to_device, uuid4()
             )
@@ -252,3 +309,7 @@ class Gateway:
             if isinstance(response, ErrorResponse):
                 unwrap(response, ShareGroupSessionResponse, f"share room key of {room.room_id}")
         olm.outbound_group_sessions[room.room_id].shared = True
+        for device in also_to:  # back to what the policy says, for the next event
+            if not device_trusted(device.user_id, device):
+                client.unverify_device(device)
+                client.blacklist_device(device)

@@ -98,6 +98,8 @@ class ClearanceRow(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     identity_key: Mapped[str | None] = mapped_column(String(64))  # pinned master key
     identity_pinned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A master key seen that differs from the pinned one: key sharing stops until confirmed.
+    identity_pending: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -224,6 +226,33 @@ class DirectRoomRow(Base):
     user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
     room_id: Mapped[str] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CrossSigningRow(Base):
+    """The bot's own cross-signing keys, sealed with a key derived from the pickle key."""
+
+    __tablename__ = "cross_signing"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    user_id: Mapped[str] = mapped_column(String(255))
+    master_key: Mapped[str] = mapped_column(String(64))  # public, for checks and display
+    sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PendingEventRow(Base):
+    """An event the bot could not decrypt yet: kept (so the sync token may move on) until
+    its key arrives or the grace period ends and the sender is told."""
+
+    __tablename__ = "pending_events"
+
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    room_id: Mapped[str] = mapped_column(String(255))
+    sender: Mapped[str] = mapped_column(String(255))
+    event: Mapped[dict[str, Any]] = mapped_column(JSON)  # the encrypted event as received
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    outcome: Mapped[str | None] = mapped_column(String(32))  # decrypted | reported
 
 
 # ---------------------------------------------------------------- engine
@@ -535,12 +564,98 @@ class Store:
             append_audit(session, actor, "clearance.revoke", user_id, detail)
             return ClearanceRecord.of(row)
 
-    def pin_identity(self, user_id: str, key: str | None) -> None:
+    # ------------------------------------------------------------ cross-signing
+
+    def cross_signing(self) -> tuple[str, str, str] | None:
+        """(user id, master public key, sealed private keys) of the bot, if generated."""
+        with self.session() as session:
+            row = session.get(CrossSigningRow, 1)
+            return (row.user_id, row.master_key, row.sealed) if row else None
+
+    def save_cross_signing(self, user_id: str, master_key: str, sealed: str, actor: str) -> None:
+        with self.session() as session:
+            row = session.get(CrossSigningRow, 1)
+            if row is None:
+                session.add(
+                    CrossSigningRow(id=1, user_id=user_id, master_key=master_key, sealed=sealed)
+                )
+            else:
+                row.user_id, row.master_key, row.sealed = user_id, master_key, sealed
+            append_audit(session, actor, "keys.cross-signing", user_id, {"master": master_key})
+
+    # ------------------------------------------------------------ identity pinning
+
+    def pin_identity(
+        self, user_id: str, key: str, actor: str, action: str
+    ) -> ClearanceRecord | None:
+        """Pin `key` as the user's master key (first sight or a confirmed change), audited."""
         with self.session() as session:
             row = session.scalar(select(ClearanceRow).where(ClearanceRow.user_id == user_id))
-            if row is not None:
-                row.identity_key = key
-                row.identity_pinned_at = utcnow() if key else None
+            if row is None:
+                return None
+            previous = row.identity_key
+            row.identity_key, row.identity_pending = key, None
+            row.identity_pinned_at = utcnow()
+            session.flush()
+            append_audit(session, actor, action, user_id, {"key": key, "previous": previous})
+            return ClearanceRecord.of(row)
+
+    def flag_identity_change(self, user_id: str, key: str) -> ClearanceRecord | None:
+        """Record a changed master key; audited once per new key. None if already flagged."""
+        with self.session() as session:
+            row = session.scalar(select(ClearanceRow).where(ClearanceRow.user_id == user_id))
+            if row is None or row.identity_pending == key:
+                return None
+            row.identity_pending = key
+            session.flush()
+            append_audit(
+                session,
+                "liaison-bot",
+                "identity.changed",
+                user_id,
+                {"pinned": row.identity_key, "seen": key},
+            )
+            return ClearanceRecord.of(row)
+
+    # ------------------------------------------------------------ undecryptable events
+
+    def add_pending(self, event_id: str, room_id: str, sender: str, event: dict[str, Any]) -> bool:
+        with self.session() as session:
+            if session.get(PendingEventRow, event_id) is not None:
+                return False
+            session.add(
+                PendingEventRow(event_id=event_id, room_id=room_id, sender=sender, event=event)
+            )
+            return True
+
+    def open_pending(self) -> list[PendingEvent]:
+        with self.session() as session:
+            rows = session.scalars(
+                select(PendingEventRow)
+                .where(PendingEventRow.resolved_at.is_(None))
+                .order_by(PendingEventRow.received_at)
+            )
+            return [
+                PendingEvent(r.event_id, r.room_id, r.sender, dict(r.event), r.received_at)
+                for r in rows
+            ]
+
+    def resolve_pending(
+        self, event_id: str, outcome: str, audit: dict[str, Any] | None = None
+    ) -> None:
+        with self.session() as session:
+            row = session.get(PendingEventRow, event_id)
+            if row is None or row.resolved_at is not None:
+                return
+            row.resolved_at, row.outcome = utcnow(), outcome
+            if audit is not None:
+                append_audit(
+                    session,
+                    "liaison-bot",
+                    f"event.{outcome}",
+                    row.sender,
+                    {"room_id": row.room_id, "event_id": event_id, **audit},
+                )
 
 
 def append_audit(
@@ -644,6 +759,7 @@ class ClearanceRecord:
     expires: date | None
     revoked_at: datetime | None
     identity_key: str | None
+    identity_pending: str | None = None
 
     @classmethod
     def of(cls, row: ClearanceRow) -> ClearanceRecord:
@@ -660,6 +776,7 @@ class ClearanceRecord:
             expires=row.expires,
             revoked_at=row.revoked_at,
             identity_key=row.identity_key,
+            identity_pending=row.identity_pending,
         )
 
 
@@ -688,3 +805,12 @@ class RoomRecord:
             origin=row.origin,
             closed_at=row.closed_at,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    event_id: str
+    room_id: str
+    sender: str
+    event: dict[str, Any]
+    received_at: datetime

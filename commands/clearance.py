@@ -102,3 +102,21 @@ def register(registry: Registry) -> None:
         return Reply(
             doc(heading(f"Clearance register ({len(records)})"), items(rows)), private=True
         )
+
+    @registry.command(
+        "clearance confirm-identity",
+        "Accept a user's new cross-signing master key after checking it with them out of band.",
+        roles=(Role.ADMIN,),
+        args=(
+            Arg("user", "user", "the person whose identity changed"),
+            Arg("fingerprint", "rest", "the new master key shown in the alert (spaces allowed)"),
+        ),
+        example="clearance confirm-identity @lo-deu:example.org 3Lbn e1Pz …",
+    )
+    async def confirm_identity(ctx: Context, values: Mapping[str, Any]) -> Reply:
+        record = await ctx.services.confirm_identity(
+            ctx.sender, values["user"], values["fingerprint"]
+        )
+        return Reply(
+            doc(para("New identity confirmed; key sharing resumes:")) + clearance_document(record)
+        )

@@ -15,7 +15,11 @@ def clearance_document(record: ClearanceInfo) -> Document:
         if record.revoked_at is not None
         else "active"
     )
-    identity = f"pinned {record.identity_key}" if record.identity_key else "not pinned yet"
+    identity = (
+        f"pinned {_grouped(record.identity_key)}" if record.identity_key else "not pinned yet"
+    )
+    if record.identity_pending:
+        identity += f"; CHANGED to {_grouped(record.identity_pending)}, awaiting confirmation"
     return doc(
         para(Mention(record.user_id), " — nationality ", Strong(record.nationality)),
         items(
@@ -40,3 +44,7 @@ def audit_line(entry: AuditInfo) -> tuple[Code | str, ...]:
         Code(entry.action),
         f"{subject}{tail}",
     )
+
+
+def _grouped(key: str) -> str:
+    return " ".join(key[i : i + 4] for i in range(0, len(key), 4))

@@ -78,6 +78,7 @@ def write_config(
     officer: str,
     rooms: str,
     extra_bot: str = "",
+    device_trust: str = "cross-signed",
 ) -> None:
     path.write_text(
         textwrap.dedent(
@@ -87,6 +88,7 @@ def write_config(
             user_id = "{bot_user.user_id}"
             password_env = "LIAISON_TEST_PASSWORD"
             pickle_key_env = "LIAISON_TEST_PICKLE_KEY"
+            device_trust = "{device_trust}"
 
             [storage]
             database_url = "sqlite:///bot.db"
@@ -97,6 +99,7 @@ def write_config(
             admins = ["{admin}"]
             officers = ["{officer}"]
             sweep_interval = "2s"
+            undecryptable_grace = "2s"
             {extra_bot}
             """
         )
@@ -123,14 +126,26 @@ to = ["nato-s"]
 
 @pytest.fixture(scope="module")
 async def bot_env(
-    synapse: DevServer, make_user: MakeUser, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    synapse: DevServer,
+    make_user: MakeUser,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[BotEnv]:
+    """A bot for the test module; a module sets BOT_DEVICE_TRUST = "tofu" to change policy."""
     workdir = tmp_path_factory.mktemp("bot")
     bot_user = make_user("liaison")
     admin = make_user("secadmin")
     officer = make_user("lo-deu")
     config_path = workdir / "config.toml"
-    write_config(config_path, synapse, bot_user, admin.user_id, officer.user_id, ROOMS)
+    write_config(
+        config_path,
+        synapse,
+        bot_user,
+        admin.user_id,
+        officer.user_id,
+        ROOMS,
+        device_trust=getattr(request.module, "BOT_DEVICE_TRUST", "cross-signed"),
+    )
     env = BotEnv(synapse, workdir, bot_user, admin, officer, config_path)
     await env.start()
     try:

@@ -67,6 +67,7 @@ from nio import (
 )
 from nio.exceptions import EncryptionError, OlmUnverifiedDeviceError
 
+from bot.crosssign import CrossSigningKeys
 from bot.devserver import DevServer, RegisteredUser
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,9 @@ class MakeUser(Protocol):
 
 
 class MakeClient(Protocol):
-    async def __call__(self, user: RegisteredUser, *, auto_join: bool = False) -> E2EEClient: ...
+    async def __call__(
+        self, user: RegisteredUser, *, auto_join: bool = False, cross_signed: bool = True
+    ) -> E2EEClient: ...
 
 
 class E2EEClient:
@@ -575,15 +578,70 @@ def make_user(synapse: DevServer) -> MakeUser:
     return make
 
 
+@pytest.fixture(scope="session")
+def identities() -> dict[str, CrossSigningKeys]:
+    """Each test user's cross-signing keys, as that user's other client would keep them."""
+    return {}
+
+
+async def cross_sign(
+    server: DevServer,
+    client: E2EEClient,
+    identities: dict[str, CrossSigningKeys],
+    *,
+    reset: bool = False,
+) -> CrossSigningKeys:
+    """Do what Element does for a user: set up cross-signing once (or reset it, which needs
+    the password), and sign this client's device with the self-signing key."""
+    from bot.crosssign import check_identity
+    from bot.trust import AuthRequired, KeysAPI
+
+    user_id = client.user_id
+    api = KeysAPI(server.base_url, str(client.client.access_token))
+    try:
+        keys = identities.get(user_id)
+        if keys is None or reset:
+            keys = CrossSigningKeys.generate(user_id)
+            body = keys.upload_body()
+            try:
+                await api.upload_cross_signing(body)
+            except AuthRequired as exc:
+                auth = {
+                    "type": "m.login.password",
+                    "password": client.user.password,
+                    "session": exc.session,
+                    "identifier": {"type": "m.id.user", "user": user_id},
+                }
+                await api.upload_cross_signing({**body, "auth": auth})
+            identities[user_id] = keys
+        query = await api.query([user_id])
+        device = query["device_keys"][user_id][client.device_id]
+        result = await api.upload_signatures(
+            {user_id: {client.device_id: keys.sign_device(device)}}
+        )
+        assert not result.get("failures"), result
+        assert (
+            client.device_id in check_identity(user_id, await api.query([user_id])).signed_devices
+        )
+    finally:
+        await api.close()
+    return keys
+
+
 @pytest.fixture
 async def make_client(
-    synapse: DevServer, tmp_path_factory: pytest.TempPathFactory
+    synapse: DevServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    identities: dict[str, CrossSigningKeys],
 ) -> AsyncIterator[MakeClient]:
-    """Started E2EE clients, each with its own store, all stopped after the test."""
+    """Started E2EE clients, each with its own store, all stopped after the test. Each new
+    device is cross-signed by its owner unless `cross_signed=False` (an unverified device)."""
     clients: list[E2EEClient] = []
     fixture_loop = asyncio.get_running_loop()
 
-    async def make(user: RegisteredUser, *, auto_join: bool = False) -> E2EEClient:
+    async def make(
+        user: RegisteredUser, *, auto_join: bool = False, cross_signed: bool = True
+    ) -> E2EEClient:
         if asyncio.get_running_loop() is not fixture_loop:
             # Otherwise the client would live in the test's own loop and could not be
             # stopped by this fixture's teardown, which runs in the session loop.
@@ -594,6 +652,8 @@ async def make_client(
         store = tmp_path_factory.mktemp("nio-store")
         client = await E2EEClient.create(synapse, user, store, auto_join=auto_join)
         clients.append(client)
+        if cross_signed:
+            await cross_sign(synapse, client, identities)
         await client.start()
         return client
 
@@ -605,6 +665,8 @@ __all__ = [
     "E2EEClient",
     "MakeClient",
     "MakeUser",
+    "cross_sign",
+    "identities",
     "make_client",
     "make_user",
     "synapse",
