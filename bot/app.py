@@ -278,7 +278,7 @@ class LiaisonBot:
             hs.device_trust,
             self.keys_api,
             self.store,
-            record_of=self._clearances.get,
+            record_of=lambda user: self._clearances.get(user),  # the dict is replaced
             on_record=self._set_record,
             alert=self._alert_identity_change,
         )
@@ -526,7 +526,11 @@ class LiaisonBot:
 
     async def _handle_sync(self, response: SyncResponse, since: str | None, initial: bool) -> None:
         if self.trust is not None:
-            self.trust.invalidate([*response.device_list.changed, *response.device_list.left])
+            changed = [*response.device_list.changed, *response.device_list.left]
+            self.trust.invalidate(changed)
+            # A cleared user's identity may have changed: check now, so admins hear of it
+            # at once and not at the next message.
+            await self.trust.refresh(u for u in changed if u in self._clearances)
         for room_id, info in response.rooms.invite.items():
             await self._on_invite(room_id, info.invite_state)
         for room_id, info in response.rooms.join.items():
@@ -827,7 +831,7 @@ class LiaisonBot:
 
     async def direct_room_for(self, user_id: str) -> str:
         """The DM with this person, created (encrypted) if there is none."""
-        for room_id, partner in self.direct.items():
+        for room_id, partner in reversed(self.direct.items()):  # the newest DM wins
             if partner == user_id:
                 return room_id
         room_id = await self._gw().create_room(

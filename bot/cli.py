@@ -11,15 +11,18 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
 from bot.config import Config, ConfigError, load_config
 from bot.register import ClearanceRegister, RegisterError
+from bot.sealing import Sealer, SealError
 from bot.store import Store
 from commands.views import clearance_document
 from policy import (
@@ -521,6 +524,131 @@ def audit_verify(config_path: str) -> None:
         store.close()
     click.echo(f"audit log {'intact' if verdict.intact else 'BROKEN'}: {verdict.message}")
     sys.exit(EXIT_OK if verdict.intact else EXIT_NO)
+
+
+# ---------------------------------------------------------------- keys
+
+
+@main.group()
+def keys() -> None:
+    """The bot's cross-signing keys: move them between stores in a 0600 recovery file."""
+
+
+RECOVERY_FORMAT = "liaison-bot cross-signing recovery v1"
+
+
+def _pickle_sealer(config: Config) -> Sealer:
+    from bot.trust import key_sealer
+
+    secret = os.environ.get(config.homeserver.pickle_key_env)
+    if not secret:
+        _fail(
+            f"environment variable {config.homeserver.pickle_key_env} "
+            "(homeserver.pickle_key_env) is not set; it seals the keys"
+        )
+    return key_sealer(secret)
+
+
+@keys.command("export-recovery")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False))
+def keys_export(config_path: str, out: str) -> None:
+    """Write the bot's cross-signing private keys to a new file readable only by you (0600).
+
+    Keep the file offline: whoever holds it can vouch for devices in the bot's name.
+
+    \b
+    Example:
+      liaison-bot keys export-recovery --config config.toml --out /media/safe/liaison-keys.json
+    """
+    config = _load(config_path)
+    sealer = _pickle_sealer(config)
+    store = _offline_store(config)
+    try:
+        saved = store.cross_signing()
+        if saved is None:
+            _fail("this database holds no cross-signing keys yet (start the bot once)", EXIT_NO)
+        user_id, master, sealed = saved
+        try:
+            private = json.loads(sealer.open_text(sealed, user_id))
+        except SealError as exc:
+            _fail(
+                f"cannot open the sealed keys: {exc} (is {config.homeserver.pickle_key_env} "
+                "the bot's pickle key?)",
+                EXIT_NO,
+            )
+        payload = {
+            "format": RECOVERY_FORMAT,
+            "master_public": master,
+            "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            **private,
+        }
+        try:
+            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            _fail(f"--out: {out} exists; refusing to overwrite a key file")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, indent=2, sort_keys=True)
+            handle.write("\n")
+        store.append_audit(_cli_actor(), "keys.exported", user_id, {"master": master})
+    finally:
+        store.close()
+    click.echo(f"wrote the cross-signing keys of {user_id} (master {master}) to {out} (0600)")
+
+
+@keys.command("import-recovery")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--force", is_flag=True, help="Replace different keys already in the database.")
+def keys_import(config_path: str, file: str, force: bool) -> None:
+    """Restore the bot's cross-signing keys from a recovery file into this database.
+
+    \b
+    Example:
+      liaison-bot keys import-recovery --config config.toml /media/safe/liaison-keys.json
+    """
+    from bot.crosssign import CrossSigningKeys
+
+    config = _load(config_path)
+    mode = os.stat(file).st_mode & 0o777
+    if mode & 0o077:
+        _fail(f"{file} is readable by others (mode {mode:o}); chmod 600 it first")
+    try:
+        data = json.loads(Path(file).read_text(encoding="utf-8"))
+        if data.get("format") != RECOVERY_FORMAT:
+            raise ValueError(f"format {data.get('format')!r}, expected {RECOVERY_FORMAT!r}")
+        recovered = CrossSigningKeys.from_json(json.dumps(data))
+    except (ValueError, OSError) as exc:
+        _fail(f"{file}: not a recovery file: {exc}")
+    if recovered.user_id != config.homeserver.user_id:
+        _fail(
+            f"{file} holds the keys of {recovered.user_id}, but this bot is "
+            f"{config.homeserver.user_id}"
+        )
+    if recovered.master.public != data.get("master_public"):
+        _fail(f"{file}: the master key does not match master_public; the file is damaged")
+    sealer = _pickle_sealer(config)
+    store = _offline_store(config)
+    try:
+        saved = store.cross_signing()
+        if saved is not None and saved[1] != recovered.master.public and not force:
+            _fail(
+                f"this database already holds other keys (master {saved[1]}); use --force "
+                "to replace them",
+                EXIT_NO,
+            )
+        store.save_cross_signing(
+            recovered.user_id,
+            recovered.master.public,
+            sealer.seal_text(recovered.to_json(), recovered.user_id),
+            _cli_actor(),
+        )
+    finally:
+        store.close()
+    click.echo(
+        f"imported the cross-signing keys of {recovered.user_id} "
+        f"(master {recovered.master.public}); the bot uses them at its next start"
+    )
 
 
 def _safe_url(url: str) -> str:

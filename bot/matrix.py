@@ -212,10 +212,14 @@ class Gateway:
             room = self.client.rooms.get(room_id)
             if room is None:
                 raise MatrixError(f"send to {room_id}", "M_NOT_JOINED", "room not synced yet", None)
+            olm = self.client.olm
             if room.encrypted:
                 if also_to:
                     self.client.invalidate_outbound_session(room_id)
                 await self._ensure_room_key(room, list(recipients()), device_trusted, also_to)
+                if olm is None or olm.should_share_group_session(room_id):
+                    # nio would now share the key with every member itself: never let it.
+                    raise MatrixError(f"send to {room_id}", None, "room key not ready", None)
             try:
                 response = await self.client.room_send(
                     room_id, event_type, dict(content), tx_id=tx_id or str(uuid4())
@@ -223,6 +227,10 @@ class Gateway:
             finally:
                 if room.encrypted and also_to:
                     self.client.invalidate_outbound_session(room_id)
+                    for device in also_to:  # back to what the policy says
+                        if not device_trusted(device.user_id, device):
+                            self.client.unverify_device(device)
+                            self.client.blacklist_device(device)
             return str(unwrap(response, RoomSendResponse, f"send to {room_id}").event_id)
 
     def sender_device(self, room_id: str, event: Any) -> OlmDevice | None:
@@ -309,7 +317,3 @@ class Gateway:
             if isinstance(response, ErrorResponse):
                 unwrap(response, ShareGroupSessionResponse, f"share room key of {room.room_id}")
         olm.outbound_group_sessions[room.room_id].shared = True
-        for device in also_to:  # back to what the policy says, for the next event
-            if not device_trusted(device.user_id, device):
-                client.unverify_device(device)
-                client.blacklist_device(device)

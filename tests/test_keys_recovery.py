@@ -1,0 +1,143 @@
+"""`keys export-recovery` / `keys import-recovery`: the bot's cross-signing keys move to a new
+store in a 0600 file, and a bot on the new store vouches for its new device with them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from bot.cli import main
+from bot.crosssign import check_identity
+from bot.devserver import DevServer
+from bot.trust import KeysAPI
+from tests.bot_harness import SECRETS, BotEnv
+
+ENV = {"LIAISON_TEST_PICKLE_KEY": SECRETS.pickle_key}
+
+
+def cli(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+    return CliRunner(env=env if env is not None else ENV).invoke(main, list(args))
+
+
+async def test_export_then_import_on_a_new_store(
+    bot_env: BotEnv, synapse: DevServer, tmp_path: Path
+) -> None:
+    assert bot_env.store is not None and bot_env.bot is not None
+    _, master, _ = bot_env.store.cross_signing()  # type: ignore[misc]
+    recovery = tmp_path / "keys.json"
+    result = cli(
+        "keys", "export-recovery", "--config", str(bot_env.config_path), "--out", str(recovery)
+    )
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(os.stat(recovery).st_mode) == 0o600
+    data = json.loads(recovery.read_text())
+    assert data["master_public"] == master and data["user_id"] == bot_env.bot_user.user_id
+
+    # A new store: another folder with the same config, an empty database and crypto store.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    shutil.copy(bot_env.config_path, fresh / "config.toml")
+    result = cli("keys", "import-recovery", "--config", str(fresh / "config.toml"), str(recovery))
+    assert result.exit_code == 0, result.output
+    other = BotEnv(
+        synapse, fresh, bot_env.bot_user, bot_env.admin, bot_env.officer, fresh / "config.toml"
+    )
+    await other.start()
+    try:
+        assert other.bot is not None and other.bot.client is not None
+        new_device = other.bot.client.device_id
+        assert new_device != bot_env.bot.client.device_id  # type: ignore[union-attr]
+        api = KeysAPI(synapse.base_url, bot_env.admin.access_token)
+        try:
+            identity = check_identity(
+                bot_env.bot_user.user_id, await api.query([bot_env.bot_user.user_id])
+            )
+        finally:
+            await api.close()
+        assert identity.master == master
+        assert new_device in identity.signed_devices
+    finally:
+        await other.stop()
+
+
+def test_export_refuses_to_overwrite(bot_env: BotEnv, tmp_path: Path) -> None:
+    target = tmp_path / "exists.json"
+    target.write_text("keep me")
+    result = cli(
+        "keys", "export-recovery", "--config", str(bot_env.config_path), "--out", str(target)
+    )
+    assert result.exit_code == 2 and "refusing to overwrite" in result.output
+    assert target.read_text() == "keep me"
+
+
+def test_export_needs_the_pickle_key(bot_env: BotEnv, tmp_path: Path) -> None:
+    result = cli(
+        "keys",
+        "export-recovery",
+        "--config",
+        str(bot_env.config_path),
+        "--out",
+        str(tmp_path / "k.json"),
+        env={"LIAISON_TEST_PICKLE_KEY": ""},
+    )
+    assert result.exit_code == 2 and "LIAISON_TEST_PICKLE_KEY" in result.output
+    wrong = cli(
+        "keys",
+        "export-recovery",
+        "--config",
+        str(bot_env.config_path),
+        "--out",
+        str(tmp_path / "k.json"),
+        env={"LIAISON_TEST_PICKLE_KEY": "wrong"},
+    )
+    assert wrong.exit_code == 1 and "cannot open the sealed keys" in wrong.output
+    assert not (tmp_path / "k.json").exists()
+
+
+def test_import_rejects_bad_files(bot_env: BotEnv, tmp_path: Path) -> None:
+    exported = tmp_path / "keys.json"
+    assert (
+        cli(
+            "keys", "export-recovery", "--config", str(bot_env.config_path), "--out", str(exported)
+        ).exit_code
+        == 0
+    )
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    config = fresh / "config.toml"
+    shutil.copy(bot_env.config_path, config)
+
+    loose = tmp_path / "loose.json"
+    shutil.copy(exported, loose)
+    os.chmod(loose, 0o644)
+    result = cli("keys", "import-recovery", "--config", str(config), str(loose))
+    assert result.exit_code == 2 and "readable by others" in result.output
+
+    garbage = tmp_path / "garbage.json"
+    garbage.write_text("{not json")
+    os.chmod(garbage, 0o600)
+    result = cli("keys", "import-recovery", "--config", str(config), str(garbage))
+    assert result.exit_code == 2 and "not a recovery file" in result.output
+
+    stranger = tmp_path / "stranger.json"
+    data = json.loads(exported.read_text())
+    data["user_id"] = "@someone-else:localhost"
+    stranger.write_text(json.dumps(data))
+    os.chmod(stranger, 0o600)
+    result = cli("keys", "import-recovery", "--config", str(config), str(stranger))
+    assert result.exit_code == 2 and "holds the keys of @someone-else:localhost" in result.output
+    assert not (fresh / "bot.db").exists() or "cross_signing" not in result.output
+
+    # The bot's own database already holds these keys; different ones need --force.
+    damaged = tmp_path / "damaged.json"
+    data = json.loads(exported.read_text())
+    data["master_public"] = "x" * 43
+    damaged.write_text(json.dumps(data))
+    os.chmod(damaged, 0o600)
+    result = cli("keys", "import-recovery", "--config", str(bot_env.config_path), str(damaged))
+    assert result.exit_code == 2 and "damaged" in result.output
