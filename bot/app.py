@@ -27,6 +27,7 @@ from nio import (
     InviteMemberEvent,
     LoginResponse,
     MegolmEvent,
+    RedactionEvent,
     RoomMemberEvent,
     RoomMessageText,
     SyncError,
@@ -39,6 +40,7 @@ from bot.config import Config
 from bot.crosssign import fingerprint, normalise_fingerprint
 from bot.matrix import Gateway, MatrixError, unwrap
 from bot.register import ClearanceRegister, RegisterError, policy_clearance
+from bot.relay import RelayEngine, Source
 from bot.rooms import MEGOLM, ManagedRoom, ProvisionError, provision
 from bot.sealing import Sealer
 from bot.store import AuditEntry, AuditVerdict, ClearanceRecord, RoomRecord, Store
@@ -54,7 +56,7 @@ from commands.services import (
     RouteSummary,
     StatusInfo,
 )
-from policy import Decision, may_join
+from policy import Decision, is_tagged, may_join
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -129,6 +131,7 @@ class LiaisonBot:
         self.keys_api: KeysAPI | None = None
         self.trust: DeviceTrust | None = None
         self._pending: dict[str, tuple[str, MegolmEvent, datetime]] = {}
+        self.relay = RelayEngine(self, secrets.data_key)
 
     # ------------------------------------------------------------ helpers
 
@@ -455,6 +458,7 @@ class LiaisonBot:
         while not self._stop.is_set():
             try:
                 await self.sweep()
+                await self.relay.resend_pending()
             except Exception:
                 log.exception("sweep failed; retrying at the next interval")
             with contextlib.suppress(TimeoutError):
@@ -506,6 +510,7 @@ class LiaisonBot:
                 self.first_sync_s = time.monotonic() - self.started_at
                 log.info("first sync after %.2f s", self.first_sync_s)
                 await self.sweep()
+                await self.relay.resend_pending()
             first = initial = False
             self.last_sync = time.monotonic()
             self.synced.set()
@@ -591,6 +596,10 @@ class LiaisonBot:
             if event.sender != self.user_id and (managed is not None or room_id in self.direct):
                 await self._hold_undecryptable(room_id, event)
             return
+        if isinstance(event, RedactionEvent):
+            if managed is not None and not initial and event.sender != self.user_id:
+                await self.relay.handle_redaction(managed, event.redacts, event.sender)
+            return
         if not isinstance(event, RoomMessageText) or event.sender == self.user_id or initial:
             return
         if managed is None and room_id not in self.direct:
@@ -601,11 +610,22 @@ class LiaisonBot:
         self, room_id: str, event: RoomMessageText, managed: ManagedRoom | None
     ) -> None:
         content = event.source.get("content", {})
-        if content.get("m.relates_to", {}).get("rel_type") == "m.replace":
-            return  # an edit is never executed
-        if not is_command(event.body, self.config.bot.command_prefixes):
+        relates = content.get("m.relates_to", {}) or {}
+        if relates.get("rel_type") == "m.replace":  # an edit: never a command
+            if managed is not None and relates.get("event_id"):
+                await self._on_edit(room_id, event, managed, relates["event_id"], content)
+            return
+        command = is_command(event.body, self.config.bot.command_prefixes)
+        if not command and not (managed is not None and is_tagged(event.body)):
             return
         if await self._db(self.store.is_handled, event.event_id):
+            return
+        if not command and managed is not None:
+            source = Source(managed, event.event_id, event.sender, _sent_at(event), event)
+            reply = await self.relay.handle(source, event.body)
+            if reply is not None:
+                await self._reply_to_sender(room_id, event, reply)
+            await self._db(self.store.mark_handled, event.event_id, room_id)
             return
         room = self._gw().room(room_id)
         if room is not None and not room.encrypted:
@@ -659,6 +679,8 @@ class LiaisonBot:
             mentions=mentions,
             room_key=managed.key if managed else None,
             is_direct=managed is None,
+            event=event,
+            sent_at=_sent_at(event),
         )
         outcome = await dispatch(
             self.registry,
@@ -801,6 +823,33 @@ class LiaisonBot:
             if room_id is not None:
                 self._spawn(self._send_when_ready(room_id, document), f"alert-{room_id}")
 
+    async def _on_edit(
+        self,
+        room_id: str,
+        event: RoomMessageText,
+        managed: ManagedRoom,
+        original: str,
+        content: dict[str, Any],
+    ) -> None:
+        if await self._db(self.store.is_handled, event.event_id):
+            return
+        new_body = (content.get("m.new_content") or {}).get("body")
+        if isinstance(new_body, str):
+            source = Source(managed, original, event.sender, _sent_at(event), event)
+            reply = await self.relay.handle_edit(source, new_body)
+            if reply is not None:
+                await self._reply_to_sender(room_id, event, reply)
+        await self._db(self.store.mark_handled, event.event_id, room_id)
+
+    async def _reply_to_sender(self, room_id: str, event: Any, reply: Document) -> None:
+        """A reply the sending device can read even when the policy excludes it (it is told
+        why it was refused)."""
+        device = self._gw().sender_device(room_id, event)
+        also = (
+            [device] if device is not None and not self.device_trusted(event.sender, device) else []
+        )
+        await self.send_notice(room_id, reply, event.event_id, also_to=also)
+
     def roles_of(self, user_id: str) -> frozenset[Role]:
         roles = {Role.ANYONE}
         if user_id in self.config.bot.admins:
@@ -930,6 +979,24 @@ class LiaisonBot:
             self.trust.invalidate([user_id])
         return updated
 
+    async def relay_message(
+        self, invocation: Invocation, targets: Sequence[str], message: str
+    ) -> Document:
+        managed = self.rooms_by_key.get(invocation.room_key or "")
+        if managed is None:
+            raise CommandError("!relay works in the source room, where the message belongs")
+        source = Source(
+            managed,
+            invocation.event_id,
+            invocation.sender,
+            invocation.sent_at or datetime.now(UTC),
+            invocation.event,
+        )
+        reply = await self.relay.handle(source, message, only=targets)
+        if reply is None:
+            raise CommandError("the message must be tagged: [MARKING] [PRECEDENCE] text")
+        return reply
+
     async def invite(self, actor: str, user_id: str, room_key: str) -> InviteOutcome:
         managed = self.rooms_by_key.get(room_key)
         if managed is None:
@@ -993,10 +1060,17 @@ class LiaisonBot:
             uptime_s=time.monotonic() - self.started_at,
             sync_lag_s=lag,
             rooms=len(self.rooms_by_key),
-            pending_relays=0,
+            pending_relays=await self.relay.pending_count(),
             next_digests=(),
             device_id=str(client.device_id),
         )
+
+
+def _sent_at(event: Any) -> datetime:
+    stamp = getattr(event, "server_timestamp", None)
+    if isinstance(stamp, int) and stamp > 0:
+        return datetime.fromtimestamp(stamp / 1000, UTC)
+    return datetime.now(UTC)
 
 
 async def run_bot(

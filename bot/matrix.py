@@ -162,6 +162,13 @@ class Gateway:
         response = await self.client.room_kick(room_id, user_id, reason)
         check(response, f"remove {user_id} from {room_id}")
 
+    async def redact(
+        self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
+    ) -> None:
+        """Reasons are not encrypted: callers keep markings and room names out of them."""
+        response = await self.client.room_redact(room_id, event_id, reason, tx_id=tx_id)
+        check(response, f"redact {event_id} in {room_id}")
+
     async def messages_between(self, room_id: str, start: str, end: str | None) -> list[Any]:
         """Events from `start` back to `end` (a sync gap), oldest first, decrypted by nio."""
         events: list[Any] = []

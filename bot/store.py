@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Date,
     DateTime,
     Dialect,
@@ -253,6 +254,48 @@ class PendingEventRow(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
     outcome: Mapped[str | None] = mapped_column(String(32))  # decrypted | reported
+
+
+class IntelItemRow(Base):
+    """A tagged message as stored for digests and search; its text sealed (DESIGN §7)."""
+
+    __tablename__ = "intel_items"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)  # the source event
+    room_key: Mapped[str] = mapped_column(String(32), index=True)
+    room_id: Mapped[str] = mapped_column(String(255))
+    sender: Mapped[str] = mapped_column(String(255))
+    label: Mapped[str] = mapped_column(String(300))  # the originator's banner, never rewritten
+    scheme: Mapped[str] = mapped_column(String(8))
+    rank: Mapped[int] = mapped_column(Integer)
+    precedence: Mapped[int] = mapped_column(Integer)
+    exercise: Mapped[bool] = mapped_column(Boolean, default=False)
+    topics: Mapped[list[str]] = mapped_column(JSON)
+    text: Mapped[str] = mapped_column(Text)  # sealed
+    origin: Mapped[str] = mapped_column(String(64), default="chat")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    redacted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RelayRow(Base):
+    """The relay ledger: one row per (source event, target room, kind), written before the
+    send with a fixed transaction id, so a replay re-sends and the homeserver de-duplicates."""
+
+    __tablename__ = "relays"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    txn_id: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # copy | edit | redact
+    source_event_id: Mapped[str] = mapped_column(String(255), index=True)
+    item_event_id: Mapped[str] = mapped_column(String(255), index=True)  # the item's event
+    target_key: Mapped[str] = mapped_column(String(32))
+    target_room_id: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    content: Mapped[str] = mapped_column(Text)  # sealed event content
+    target_event_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 # ---------------------------------------------------------------- engine
@@ -657,6 +700,165 @@ class Store:
                     {"room_id": row.room_id, "event_id": event_id, **audit},
                 )
 
+    # ------------------------------------------------------------ intel items
+
+    def save_item(self, item: IntelItem) -> tuple[IntelItem, bool]:
+        """Store a tagged message once per source event; (item, created)."""
+        with self.session() as session:
+            row = session.scalar(select(IntelItemRow).where(IntelItemRow.event_id == item.event_id))
+            if row is not None:
+                return IntelItem.of(row), False
+            row = IntelItemRow(
+                event_id=item.event_id,
+                room_key=item.room_key,
+                room_id=item.room_id,
+                sender=item.sender,
+                label=item.label,
+                scheme=item.scheme,
+                rank=item.rank,
+                precedence=item.precedence,
+                exercise=item.exercise,
+                topics=list(item.topics),
+                text=item.text,
+                origin=item.origin,
+                created_at=item.created_at,
+            )
+            session.add(row)
+            session.flush()
+            return IntelItem.of(row), True
+
+    def item(self, event_id: str) -> IntelItem | None:
+        with self.session() as session:
+            row = session.scalar(select(IntelItemRow).where(IntelItemRow.event_id == event_id))
+            return IntelItem.of(row) if row else None
+
+    def update_item(
+        self,
+        event_id: str,
+        *,
+        label: str,
+        scheme: str,
+        rank: int,
+        precedence: int,
+        exercise: bool,
+        topics: Iterable[str],
+        text: str,
+    ) -> None:
+        """An edit of the source: the item now holds the edited label and text."""
+        with self.session() as session:
+            row = session.scalar(select(IntelItemRow).where(IntelItemRow.event_id == event_id))
+            if row is not None:
+                row.label, row.scheme, row.rank = label, scheme, rank
+                row.precedence, row.exercise, row.topics = precedence, exercise, list(topics)
+                row.text = text
+
+    def redact_item(self, event_id: str, sealed_empty: str) -> IntelItem | None:
+        """The source was redacted: forget its text, keep the record of what happened."""
+        with self.session() as session:
+            row = session.scalar(select(IntelItemRow).where(IntelItemRow.event_id == event_id))
+            if row is None:
+                return None
+            row.text, row.redacted_at = sealed_empty, utcnow()
+            session.flush()
+            return IntelItem.of(row)
+
+    def items_between(
+        self, room_keys: Iterable[str], start: datetime, end: datetime
+    ) -> list[IntelItem]:
+        keys = list(room_keys)
+        with self.session() as session:
+            rows = session.scalars(
+                select(IntelItemRow)
+                .where(
+                    IntelItemRow.room_key.in_(keys),
+                    IntelItemRow.created_at >= start,
+                    IntelItemRow.created_at < end,
+                    IntelItemRow.redacted_at.is_(None),
+                )
+                .order_by(IntelItemRow.created_at)
+            )
+            return [IntelItem.of(r) for r in rows]
+
+    # ------------------------------------------------------------ relay ledger
+
+    def add_relays(
+        self, rows: Iterable[RelayEntry], audits: Iterable[AuditNote] = ()
+    ) -> list[RelayEntry]:
+        """Write ledger rows (and their audit entries) in one transaction; rows whose
+        transaction id exists are kept as they are. Returns every row, stored state."""
+        out: list[RelayEntry] = []
+        with self.session() as session:
+            for entry in rows:
+                row = session.scalar(select(RelayRow).where(RelayRow.txn_id == entry.txn_id))
+                if row is None:
+                    row = RelayRow(
+                        txn_id=entry.txn_id,
+                        kind=entry.kind,
+                        source_event_id=entry.source_event_id,
+                        item_event_id=entry.item_event_id,
+                        target_key=entry.target_key,
+                        target_room_id=entry.target_room_id,
+                        state="pending",
+                        content=entry.content,
+                    )
+                    session.add(row)
+                    session.flush()
+                out.append(RelayEntry.of(row))
+            for note in audits:
+                append_audit(session, note.actor, note.action, note.subject, note.detail)
+        return out
+
+    def relay_sent(self, txn_id: str, target_event_id: str, audit: AuditNote | None = None) -> None:
+        with self.session() as session:
+            row = session.scalar(select(RelayRow).where(RelayRow.txn_id == txn_id))
+            if row is None or row.state == "sent":
+                return
+            row.state, row.target_event_id, row.sent_at = "sent", target_event_id, utcnow()
+            if audit is not None:
+                append_audit(
+                    session,
+                    audit.actor,
+                    audit.action,
+                    audit.subject,
+                    {**audit.detail, "target_event_id": target_event_id},
+                )
+
+    def relay_state(self, txn_id: str, state: str, audit: AuditNote | None = None) -> None:
+        with self.session() as session:
+            row = session.scalar(select(RelayRow).where(RelayRow.txn_id == txn_id))
+            if row is not None:
+                row.state = state
+                if audit is not None:
+                    append_audit(session, audit.actor, audit.action, audit.subject, audit.detail)
+
+    def pending_relays(self) -> list[RelayEntry]:
+        with self.session() as session:
+            rows = session.scalars(
+                select(RelayRow).where(RelayRow.state == "pending").order_by(RelayRow.id)
+            )
+            return [RelayEntry.of(r) for r in rows]
+
+    def copies_of(self, item_event_id: str) -> list[RelayEntry]:
+        """The sent copies (kind copy) of an item, one per target room."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(RelayRow)
+                .where(RelayRow.item_event_id == item_event_id, RelayRow.kind == "copy")
+                .order_by(RelayRow.id)
+            )
+            return [RelayEntry.of(r) for r in rows]
+
+    def is_relay_copy(self, room_id: str, event_id: str) -> bool:
+        with self.session() as session:
+            return (
+                session.scalar(
+                    select(RelayRow.id).where(
+                        RelayRow.target_room_id == room_id, RelayRow.target_event_id == event_id
+                    )
+                )
+                is not None
+            )
+
 
 def append_audit(
     session: Session,
@@ -814,3 +1016,79 @@ class PendingEvent:
     sender: str
     event: dict[str, Any]
     received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class IntelItem:
+    event_id: str
+    room_key: str
+    room_id: str
+    sender: str
+    label: str
+    scheme: str
+    rank: int
+    precedence: int
+    exercise: bool
+    topics: tuple[str, ...]
+    text: str  # sealed
+    created_at: datetime
+    origin: str = "chat"
+    redacted_at: datetime | None = None
+
+    @classmethod
+    def of(cls, row: IntelItemRow) -> IntelItem:
+        return cls(
+            row.event_id,
+            row.room_key,
+            row.room_id,
+            row.sender,
+            row.label,
+            row.scheme,
+            row.rank,
+            row.precedence,
+            row.exercise,
+            tuple(row.topics or ()),
+            row.text,
+            row.created_at,
+            row.origin,
+            row.redacted_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RelayEntry:
+    txn_id: str
+    kind: str
+    source_event_id: str
+    item_event_id: str
+    target_key: str
+    target_room_id: str
+    content: str  # sealed
+    state: str = "pending"
+    target_event_id: str | None = None
+    created_at: datetime | None = None
+
+    @classmethod
+    def of(cls, row: RelayRow) -> RelayEntry:
+        return cls(
+            row.txn_id,
+            row.kind,
+            row.source_event_id,
+            row.item_event_id,
+            row.target_key,
+            row.target_room_id,
+            row.content,
+            row.state,
+            row.target_event_id,
+            row.created_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditNote:
+    """An audit entry to write in the same transaction as a change."""
+
+    actor: str
+    action: str
+    subject: str | None
+    detail: dict[str, Any]

@@ -118,7 +118,7 @@ def _plain_inline(part: Inline) -> str:
 
 def _html_inline(part: Inline) -> str:
     if isinstance(part, Text):
-        return html.escape(part.text)
+        return html.escape(part.text).replace("\n", "<br>")
     if isinstance(part, Strong):
         return f"<strong>{html.escape(part.text)}</strong>"
     if isinstance(part, Code):

@@ -11,7 +11,7 @@ import difflib
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from enum import StrEnum
 from html.parser import HTMLParser
 from typing import TYPE_CHECKING, Any, Literal
@@ -93,6 +93,8 @@ class Invocation:
     mentions: tuple[str, ...] = ()
     room_key: str | None = None  # the managed room the command was sent in
     is_direct: bool = False
+    event: Any = None  # the bot's own handle on the event (opaque here)
+    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True)

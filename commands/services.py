@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from policy import Decision
+
+if TYPE_CHECKING:
+    from commands.document import Document
+    from commands.registry import Invocation
 
 
 class GrantInfo(Protocol):
@@ -125,6 +129,10 @@ class Services(Protocol):
     async def revoke(self, actor: str, user_id: str, scope: str | None) -> RevokeOutcome: ...
 
     async def confirm_identity(self, actor: str, user_id: str, key: str) -> ClearanceInfo: ...
+
+    async def relay_message(
+        self, invocation: Invocation, targets: Sequence[str], message: str
+    ) -> Document: ...
 
     async def invite(self, actor: str, user_id: str, room_key: str) -> InviteOutcome: ...
 

@@ -24,26 +24,32 @@ from policy.labels import (
     releasable_set,
     render,
 )
+from policy.tagged import MAX_TEXT_BYTES, Precedence, TaggedMessage, is_tagged, parse_tagged
 
 __all__ = [
     "CATALOGUE",
+    "MAX_TEXT_BYTES",
     "Catalogue",
     "Clearance",
     "Decision",
     "Label",
     "Level",
     "MarkingError",
+    "Precedence",
     "Room",
     "Scheme",
+    "TaggedMessage",
     "convert",
     "dominant_label",
     "fits",
+    "is_tagged",
     "known_caveats",
     "make_room",
     "may_join",
     "may_release",
     "parse_audience",
     "parse_marking",
+    "parse_tagged",
     "releasable_set",
     "render",
 ]

@@ -143,7 +143,7 @@ async def bot_env(
         bot_user,
         admin.user_id,
         officer.user_id,
-        ROOMS,
+        getattr(request.module, "BOT_ROOMS", ROOMS),
         device_trust=getattr(request.module, "BOT_DEVICE_TRUST", "cross-signed"),
     )
     env = BotEnv(synapse, workdir, bot_user, admin, officer, config_path)

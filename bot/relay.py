@@ -1,0 +1,523 @@
+"""The relay engine: tagged intelligence between rooms along routes, exactly once (DESIGN §5-§7).
+
+A tagged message is parsed with its room's scheme, checked for spillage, stored (sealed),
+and, when its sender is a liaison officer, released to each route target that
+`may_release` allows. Each copy is a ledger row written *before* the send with a fixed
+transaction id: a crash and replay re-send under the same id and the homeserver keeps one
+copy. Edits and redactions of the source follow the copies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from bot.matrix import MatrixError
+from bot.render import edit_of, relay_copy, target_banner
+from bot.rooms import ManagedRoom
+from bot.sealing import Sealer
+from bot.store import AuditNote, IntelItem, RelayEntry
+from commands.document import Code, Document, Strong, doc, items, para
+from policy import (
+    MarkingError,
+    TaggedMessage,
+    fits,
+    is_tagged,
+    may_release,
+    parse_tagged,
+)
+
+if TYPE_CHECKING:
+    from bot.app import LiaisonBot
+
+log = logging.getLogger(__name__)
+
+CRASH_ENV = "LIAISON_TEST_CRASH_AT"  # tests only: exit "after-ledger" write or "after-send"
+TXN_MEMORY = timedelta(hours=23)  # Synapse forgets transaction ids after about 24 hours
+REDACT_REASON = "withdrawn"  # redaction reasons are not encrypted: nothing more specific
+
+
+def txn_id(kind: str, event_id: str, target_key: str) -> str:
+    digest = hashlib.sha256(f"{kind}|{event_id}|{target_key}".encode()).hexdigest()
+    return f"lb{digest[:40]}"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a tagged message came from."""
+
+    room: ManagedRoom
+    event_id: str  # the item's event: the original message, also for its edits
+    sender: str
+    sent_at: datetime
+    event: Any  # the nio event, for the trusted-sender gate
+
+
+class RelayEngine:
+    def __init__(self, bot: LiaisonBot, data_key: str) -> None:
+        self.bot = bot
+        self.sealer = Sealer(data_key, "intel")
+
+    # ------------------------------------------------------------ tagged messages
+
+    async def handle(
+        self, source: Source, body: str, *, only: Sequence[str] | None = None
+    ) -> Document | None:
+        """Handle a possibly tagged message; None when it is not tagged. Returns the reply
+        to the sender (errors, refusals, the receipt)."""
+        if not is_tagged(body):
+            return None
+        room = source.room
+        try:
+            message = parse_tagged(
+                body, room.policy.scheme, extra_caveats=self.bot.config.bot.caveats
+            )
+        except MarkingError as exc:
+            await self._audit(source.sender, "relay.malformed", room, source, {"error": str(exc)})
+            return doc(para("⚠ Not stored or relayed: ", str(exc), "."))
+        assert message is not None
+        refusal = await self.bot._untrusted_sender(room.room_id, source.event)
+        if refusal is not None:
+            await self._audit(
+                source.sender, "relay.untrusted-device", room, source, {"problem": refusal[0]}
+            )
+            return doc(
+                para(
+                    "⚠ Not stored or relayed: ",
+                    refusal[0],
+                    ". Only devices their owner has verified may post intelligence.",
+                )
+            )
+        own = fits(message.label, room.policy)
+        if not own.allowed:
+            await self._spillage(source, message.label.banner, own.reason, [source.event_id])
+            return doc(
+                para(
+                    "⚠ Your message was removed from this room: its marking does not "
+                    "fit the room. The security administrators were alerted; nothing "
+                    "was relayed."
+                )
+            )
+        await self._store(source, message)
+        if source.sender not in self.bot.config.bot.officers:
+            await self._audit(
+                source.sender, "relay.not-officer", room, source, {"label": message.label.banner}
+            )
+            return doc(
+                para(
+                    "Stored for the digest, not relayed: only liaison officers "
+                    "release intelligence to other rooms."
+                )
+            )
+        targets = self.route_targets(room.key)
+        if only is not None:
+            outside = [t for t in only if t not in targets]
+            if outside:
+                return doc(
+                    para(
+                        "⚠ Not relayed: ",
+                        ", ".join(outside),
+                        f" {'is' if len(outside) == 1 else 'are'} not a route target of "
+                        f"{room.key} (targets: {', '.join(targets) or 'none'}). The "
+                        "message is stored.",
+                    )
+                )
+            targets = list(only)
+        return await self._release(source, message, targets)
+
+    def route_targets(self, room_key: str) -> list[str]:
+        targets: list[str] = []
+        for route in self.bot.config.routes:
+            if route.source == room_key:
+                targets.extend(t for t in route.to if t not in targets)
+        return [t for t in targets if t in self.bot.rooms_by_key]
+
+    async def _store(self, source: Source, message: TaggedMessage) -> IntelItem:
+        item = IntelItem(
+            event_id=source.event_id,
+            room_key=source.room.key,
+            room_id=source.room.room_id,
+            sender=source.sender,
+            label=message.label.banner,
+            scheme=message.label.scheme,
+            rank=message.label.rank,
+            precedence=int(message.precedence),
+            exercise=message.exercise,
+            topics=message.topics,
+            text=self.sealer.seal_text(message.text, source.event_id),
+            created_at=source.sent_at,
+        )
+        stored, created = await self.bot._db(self.bot.store.save_item, item)
+        if created:
+            await self._audit(
+                source.sender,
+                "intel.stored",
+                source.room,
+                source,
+                {"label": message.label.banner, "precedence": message.precedence.name},
+            )
+        return stored
+
+    async def _release(
+        self, source: Source, message: TaggedMessage, targets: Sequence[str]
+    ) -> Document:
+        room = source.room
+        entries: list[RelayEntry] = []
+        notes: list[AuditNote] = []
+        refused: list[tuple[str, str]] = []
+        for key in targets:
+            target = self.bot.rooms_by_key[key]
+            decision = may_release(message.label, room.policy, target.policy)
+            if not decision.allowed:
+                refused.append((key, decision.reason))
+                notes.append(
+                    AuditNote(
+                        source.sender,
+                        "relay.refused",
+                        source.event_id,
+                        {
+                            "from": room.key,
+                            "to": key,
+                            "label": message.label.banner,
+                            "reason": decision.reason,
+                        },
+                    )
+                )
+                continue
+            content = relay_copy(
+                label=message.label,
+                precedence=message.precedence,
+                exercise=message.exercise,
+                text=message.text,
+                target_scheme=target.policy.scheme,
+                source_key=room.key,
+                source_name=room.name,
+                sender=source.sender,
+                sent_at=source.sent_at,
+                source_event_id=source.event_id,
+            )
+            entries.append(self._entry("copy", source.event_id, source.event_id, target, content))
+        rows = await self.bot._db(self.bot.store.add_relays, entries, notes)
+        if os.environ.get(CRASH_ENV) == "after-ledger" and rows:
+            log.error("test crash point %s reached: exiting", CRASH_ENV)
+            os._exit(70)
+        sent: list[tuple[str, str]] = []
+        failed: list[str] = []
+        for row in rows:
+            if await self._send(row) is not None:
+                scheme = self.bot.rooms_by_key[row.target_key].policy.scheme
+                sent.append((row.target_key, target_banner(message.label, scheme)[0]))
+            else:
+                failed.append(row.target_key)
+        return self._receipt(sent, refused, failed)
+
+    def _entry(
+        self,
+        kind: str,
+        event_id: str,
+        item_event_id: str,
+        target: ManagedRoom,
+        content: dict[str, Any],
+    ) -> RelayEntry:
+        txn = txn_id(kind, event_id, target.key)
+        return RelayEntry(
+            txn_id=txn,
+            kind=kind,
+            source_event_id=event_id,
+            item_event_id=item_event_id,
+            target_key=target.key,
+            target_room_id=target.room_id,
+            content=self.sealer.seal_text(json.dumps(content), txn),
+        )
+
+    async def _send(self, row: RelayEntry) -> str | None:
+        """Send one ledger row under its transaction id; the event id, or None to retry."""
+        if row.state == "sent":
+            return row.target_event_id
+        content = json.loads(self.sealer.open_text(row.content, row.txn_id))
+        try:
+            if row.kind == "redact":
+                await self.bot._gw().redact(
+                    row.target_room_id, content["redacts"], REDACT_REASON, tx_id=row.txn_id
+                )
+                event_id = content["redacts"]
+            else:
+                event_id = await self.bot.send(row.target_room_id, content, tx_id=row.txn_id)
+        except MatrixError as exc:
+            log.warning(
+                "relay %s to %s not sent yet (%s); will retry", row.txn_id, row.target_key, exc
+            )
+            return None
+        if os.environ.get(CRASH_ENV) == "after-send":
+            log.error("test crash point %s reached: exiting", CRASH_ENV)
+            os._exit(70)
+        action = {"copy": "relay.sent", "edit": "relay.edited", "redact": "relay.redacted"}
+        await self.bot._db(
+            self.bot.store.relay_sent,
+            row.txn_id,
+            event_id,
+            AuditNote(
+                self.bot.user_id,
+                action[row.kind],
+                row.item_event_id,
+                {"to": row.target_key, "txn_id": row.txn_id},
+            ),
+        )
+        return str(event_id)
+
+    def _receipt(
+        self, sent: list[tuple[str, str]], refused: list[tuple[str, str]], failed: list[str]
+    ) -> Document:
+        rows = [("Relayed to ", Strong(key), f" as {banner}.") for key, banner in sent]
+        rows += [("Not relayed to ", Strong(key), f": {reason}.") for key, reason in refused]
+        rows += [
+            ("Queued for ", Strong(key), ": the homeserver did not take it yet; the bot retries.")
+            for key in failed
+        ]
+        if not rows:
+            return doc("Stored. This room has no relay routes.")
+        return doc(items(rows))
+
+    # ------------------------------------------------------------ spillage
+
+    async def _spillage(
+        self, source: Source, marking: str, reason: str, event_ids: Sequence[str]
+    ) -> None:
+        """Breach response: remove the event(s) now, alert admins (never the text), record."""
+        room = source.room
+        for event_id in event_ids:
+            try:
+                await self.bot._gw().redact(room.room_id, event_id, "spillage")
+            except MatrixError as exc:
+                log.error("could not redact spilled %s in %s: %s", event_id, room.key, exc)
+        await self._audit(
+            source.sender,
+            "spillage",
+            room,
+            source,
+            {"marking": marking, "reason": reason, "redacted": list(event_ids)},
+        )
+        await self.bot.alert_admins(
+            doc(
+                para("⚠ Spillage in ", Strong(room.key), f" ({room.name}, {room.banner}): "),
+                items(
+                    [
+                        ("sender: ", source.sender),
+                        ("event: ", Code(source.event_id)),
+                        ("marking: ", marking),
+                        ("why: ", reason),
+                    ]
+                ),
+                para("The event was redacted from the room and nothing was relayed."),
+            )
+        )
+
+    # ------------------------------------------------------------ edits and redactions
+
+    async def handle_edit(self, source: Source, new_body: str) -> Document | None:
+        """An edit of a message in a managed room (source.event_id is the original's)."""
+        item = await self.bot._db(self.bot.store.item, source.event_id)
+        if item is None:
+            return await self.handle(source, new_body)  # an edit that tags an untagged message
+        if item.sender != source.sender:
+            return None  # clients ignore edits by someone else; so do we
+        room = source.room
+        if not is_tagged(new_body):
+            return await self._withdraw(source, item, "the edit removed the marking")
+        try:
+            message = parse_tagged(
+                new_body, room.policy.scheme, extra_caveats=self.bot.config.bot.caveats
+            )
+        except MarkingError as exc:
+            return doc(para("⚠ Edit not applied to the relayed copies: ", str(exc), "."))
+        assert message is not None
+        refusal = await self.bot._untrusted_sender(room.room_id, source.event)
+        if refusal is not None:
+            return doc(para("⚠ Edit not applied: ", refusal[0], "."))
+        own = fits(message.label, room.policy)
+        if not own.allowed:
+            await self._spillage(
+                source, message.label.banner, own.reason, [source.event.event_id, source.event_id]
+            )
+            return doc(
+                para(
+                    "⚠ Your edited message was removed from this room: its marking "
+                    "does not fit the room. The administrators were alerted."
+                )
+            )
+        await self.bot._db(
+            self.bot.store.update_item,
+            source.event_id,
+            label=message.label.banner,
+            scheme=message.label.scheme,
+            rank=message.label.rank,
+            precedence=int(message.precedence),
+            exercise=message.exercise,
+            topics=message.topics,
+            text=self.sealer.seal_text(message.text, source.event_id),
+        )
+        copies = [
+            c
+            for c in await self.bot._db(self.bot.store.copies_of, source.event_id)
+            if c.state == "sent" and c.target_event_id
+        ]
+        entries: list[RelayEntry] = []
+        withdrawn: list[tuple[str, str]] = []
+        for copy in copies:
+            target = self.bot.rooms_by_key.get(copy.target_key)
+            if target is None:
+                continue
+            decision = may_release(message.label, room.policy, target.policy)
+            if decision.allowed:
+                content = relay_copy(
+                    label=message.label,
+                    precedence=message.precedence,
+                    exercise=message.exercise,
+                    text=message.text,
+                    target_scheme=target.policy.scheme,
+                    source_key=room.key,
+                    source_name=room.name,
+                    sender=source.sender,
+                    sent_at=source.sent_at,
+                    source_event_id=source.event_id,
+                )
+                entries.append(
+                    self._entry(
+                        "edit",
+                        source.event.event_id,
+                        source.event_id,
+                        target,
+                        edit_of(str(copy.target_event_id), content),
+                    )
+                )
+            else:
+                withdrawn.append((copy.target_key, decision.reason))
+                entries.append(
+                    self._entry(
+                        "redact",
+                        source.event.event_id,
+                        source.event_id,
+                        target,
+                        {"redacts": copy.target_event_id},
+                    )
+                )
+        rows = await self.bot._db(self.bot.store.add_relays, entries)
+        for row in rows:
+            await self._send(row)
+        lines = [("Edit relayed to ", Strong(r.target_key), ".") for r in rows if r.kind == "edit"]
+        lines += [
+            ("Copy in ", Strong(key), f" withdrawn: the edit is not releasable there ({reason}).")
+            for key, reason in withdrawn
+        ]
+        return doc(items(lines)) if lines else None
+
+    async def _withdraw(self, source: Source, item: IntelItem, why: str) -> Document:
+        copies = [
+            c
+            for c in await self.bot._db(self.bot.store.copies_of, item.event_id)
+            if c.state == "sent" and c.target_event_id
+        ]
+        entries = []
+        for copy in copies:
+            target = self.bot.rooms_by_key.get(copy.target_key)
+            if target is not None:
+                entries.append(
+                    self._entry(
+                        "redact",
+                        source.event.event_id,
+                        item.event_id,
+                        target,
+                        {"redacts": copy.target_event_id},
+                    )
+                )
+        for row in await self.bot._db(self.bot.store.add_relays, entries):
+            await self._send(row)
+        await self.bot._db(
+            self.bot.store.redact_item, item.event_id, self.sealer.seal_text("", item.event_id)
+        )
+        keys = ", ".join(c.target_key for c in copies) or "no rooms"
+        return doc(para(f"Relayed copies withdrawn from {keys}: {why}."))
+
+    async def handle_redaction(self, room: ManagedRoom, redacts: str, sender: str) -> None:
+        """The source was redacted: redact its copies and forget its text."""
+        item = await self.bot._db(self.bot.store.item, redacts)
+        if item is None or item.redacted_at is not None:
+            return
+        copies = [
+            c
+            for c in await self.bot._db(self.bot.store.copies_of, redacts)
+            if c.state == "sent" and c.target_event_id
+        ]
+        entries = []
+        for copy in copies:
+            target = self.bot.rooms_by_key.get(copy.target_key)
+            if target is not None:
+                entries.append(
+                    self._entry(
+                        "redact",
+                        f"redaction:{redacts}",
+                        redacts,
+                        target,
+                        {"redacts": copy.target_event_id},
+                    )
+                )
+        for row in await self.bot._db(self.bot.store.add_relays, entries):
+            await self._send(row)
+        await self.bot._db(self.bot.store.redact_item, redacts, self.sealer.seal_text("", redacts))
+        await self.bot.audit(
+            sender,
+            "intel.redacted",
+            redacts,
+            {"room": room.key, "copies": [c.target_key for c in copies]},
+        )
+
+    # ------------------------------------------------------------ the ledger's tail
+
+    async def resend_pending(self) -> None:
+        """Re-send rows a crash or an outage left pending; report those too old to re-send."""
+        now = datetime.now(UTC)
+        for row in await self.bot._db(self.bot.store.pending_relays):
+            if row.created_at is not None and now - row.created_at > TXN_MEMORY:
+                await self.bot._db(
+                    self.bot.store.relay_state,
+                    row.txn_id,
+                    "stale",
+                    AuditNote(
+                        self.bot.user_id,
+                        "relay.stale",
+                        row.item_event_id,
+                        {"to": row.target_key, "txn_id": row.txn_id},
+                    ),
+                )
+                await self.bot.alert_admins(
+                    doc(
+                        para(
+                            "⚠ A relay to ",
+                            Strong(row.target_key),
+                            " of ",
+                            Code(row.item_event_id),
+                            " stayed unsent for over 23 hours. It was not re-sent, since "
+                            "the homeserver no longer recognises its transaction id; check "
+                            "the target room and send it again if it is missing.",
+                        )
+                    )
+                )
+                continue
+            await self._send(row)
+
+    async def pending_count(self) -> int:
+        return len(await self.bot._db(self.bot.store.pending_relays))
+
+    def open_text(self, item: IntelItem) -> str:
+        return self.sealer.open_text(item.text, item.event_id)
+
+    async def _audit(
+        self, actor: str, action: str, room: ManagedRoom, source: Source, detail: dict[str, Any]
+    ) -> None:
+        await self.bot.audit(actor, action, source.event_id, {"room": room.key, **detail})

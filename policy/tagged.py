@@ -1,0 +1,94 @@
+"""Tagged messages: `[MARKING] [PRECEDENCE] text #topic …` (DESIGN §3.3).
+
+A message is tagged when it starts with `[`; the first bracket is its marking, read with the
+room's scheme as context. An optional second bracket gives the precedence (FLASH, IMMEDIATE,
+PRIORITY, ROUTINE; default ROUTINE), and `[EXERCISE]`, before or after the precedence, marks
+exercise traffic. Hashtags in the text are its topics.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+
+from policy.labels import Label, MarkingError, parse_marking
+
+MAX_TEXT_BYTES = 40_000
+_TOPIC = re.compile(r"(?<![\w&])#([\w][\w\-]{0,63})", re.UNICODE)
+
+
+class Precedence(IntEnum):
+    """Message precedence, most urgent first when sorted by value."""
+
+    FLASH = 0
+    IMMEDIATE = 1
+    PRIORITY = 2
+    ROUTINE = 3
+
+
+@dataclass(frozen=True, slots=True)
+class TaggedMessage:
+    label: Label
+    precedence: Precedence
+    exercise: bool
+    text: str
+    topics: tuple[str, ...]
+
+
+def is_tagged(body: str) -> bool:
+    return isinstance(body, str) and body.lstrip().startswith("[")
+
+
+def parse_tagged(
+    body: str, context: str | None = None, *, extra_caveats: Iterable[str] = ()
+) -> TaggedMessage | None:
+    """None for an untagged message; MarkingError naming the problem for a malformed one."""
+    if not is_tagged(body):
+        return None
+    size = len(body.encode("utf-8"))
+    if size > MAX_TEXT_BYTES:
+        raise MarkingError(
+            f"message too long: {size} bytes of text, at most {MAX_TEXT_BYTES} "
+            "(the encrypted event must stay under the homeserver's 65 536-byte limit)"
+        )
+    rest = body.lstrip()
+    marking, rest = _bracket(rest, body)
+    label = parse_marking(marking, context, extra_caveats=extra_caveats)
+    precedence: Precedence | None = None
+    exercise = False
+    while rest.lstrip().startswith("[") and (precedence is None or not exercise):
+        candidate, after = _bracket(rest.lstrip(), body)
+        word = candidate.strip().upper()
+        if word == "EXERCISE" and not exercise:
+            exercise, rest = True, after
+        elif word in Precedence.__members__ and precedence is None:
+            precedence, rest = Precedence[word], after
+        else:
+            close = difflib.get_close_matches(word, [*Precedence.__members__, "EXERCISE"], n=1)
+            if close:
+                raise MarkingError(
+                    f"unknown precedence {candidate!r} — did you mean {close[0]!r}? "
+                    "(FLASH, IMMEDIATE, PRIORITY, ROUTINE, or EXERCISE)"
+                )
+            break  # a bracket that is text, e.g. "[UPDATE]"
+    text = rest.strip()
+    if not text:
+        raise MarkingError(f"tagged message {label.banner!r} has no text after its marking")
+    topics = tuple(dict.fromkeys(m.group(1).casefold() for m in _TOPIC.finditer(text)))
+    if precedence is None:
+        precedence = Precedence.ROUTINE
+    return TaggedMessage(label, precedence, exercise, text, topics)
+
+
+def _bracket(text: str, whole: str) -> tuple[str, str]:
+    """(inside of the leading bracket, the text after it)."""
+    end = text.find("]")
+    if end < 0:
+        raise MarkingError(f"unclosed '[' in {whole[:80]!r}: a tag is [MARKING] text")
+    inside = text[1:end]
+    if "[" in inside:
+        raise MarkingError(f"nested '[' in the tag {text[: end + 1][:80]!r}")
+    return inside, text[end + 1 :]

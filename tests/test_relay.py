@@ -1,0 +1,301 @@
+"""The relay engine on a real Synapse, with E2EE clients on both sides (DESIGN §3.5, §6, §7)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from nio import RedactedEvent, RoomMessageText
+
+from tests.bot_harness import BotEnv, eventually, open_dm, talk
+from tests.matrix_harness import E2EEClient, MakeClient, MakeUser
+
+BOT_ROOMS = """
+[[rooms]]
+key = "deu"
+name = "DEU national cell"
+label = "DEU GEHEIM"
+
+[[rooms]]
+key = "nato-s"
+name = "NATO SECRET liaison"
+label = "NATO SECRET"
+
+[[rooms]]
+key = "eu-s"
+name = "EU SECRET liaison"
+label = "EU SECRET"
+
+[[rooms]]
+key = "nato-r"
+name = "NATO RESTRICTED desk"
+label = "NATO RESTRICTED"
+
+[[routes]]
+from = "deu"
+to = ["nato-s", "eu-s"]
+"""
+
+
+@dataclass
+class Cast:
+    admin: E2EEClient
+    dm: str
+    officer: E2EEClient
+    nato: E2EEClient
+    eu: E2EEClient
+
+    def room(self, env: BotEnv, key: str) -> str:
+        return env.room_id(key)
+
+
+async def join(env: BotEnv, admin: E2EEClient, dm: str, client: E2EEClient, key: str) -> str:
+    await talk(admin, dm, f"!invite {client.user_id} {key}", "Invited")
+    room_id = await client.wait_for_invite()
+    assert room_id == env.room_id(key)
+    await client.join(room_id)
+    return room_id
+
+
+@pytest.fixture(scope="module")
+async def cast(
+    bot_env: BotEnv,
+    make_user: MakeUser,
+    tmp_path_factory: pytest.TempPathFactory,
+    synapse,
+    identities,
+) -> Cast:  # type: ignore[no-untyped-def]
+    """An officer in deu/nato-s/eu-s, a NATO member (NOR), an EU member (AUT), for the module."""
+    from tests.matrix_harness import cross_sign
+
+    clients: list[E2EEClient] = []
+
+    async def client_for(user):  # type: ignore[no-untyped-def]
+        c = await E2EEClient.create(synapse, user, tmp_path_factory.mktemp("store"))
+        await cross_sign(synapse, c, identities)
+        await c.start()
+        clients.append(c)
+        return c
+
+    admin = await client_for(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    officer = await client_for(bot_env.officer)
+    nato_user, eu_user = make_user("nato-nor"), make_user("eu-aut")
+    grants = [
+        (bot_env.officer.user_id, "DEU GEHEIM", "DEU"),
+        (bot_env.officer.user_id, "NATO SECRET", "DEU"),
+        (bot_env.officer.user_id, "EU SECRET", "DEU"),
+        (nato_user.user_id, "NATO SECRET", "NOR"),
+        (eu_user.user_id, "EU SECRET", "AUT"),
+    ]
+    for user_id, level, nation in grants:
+        await talk(
+            admin,
+            dm,
+            f'!clearance grant {user_id} "{level}" --nationality {nation}',
+            "Clearance updated",
+        )
+    nato, eu = await client_for(nato_user), await client_for(eu_user)
+    for key in ("deu", "nato-s", "eu-s"):
+        await join(bot_env, admin, dm, officer, key)
+    await join(bot_env, admin, dm, nato, "nato-s")
+    await join(bot_env, admin, dm, eu, "eu-s")
+    yield Cast(admin, dm, officer, nato, eu)
+    await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
+
+
+async def test_releasable_item_reaches_nato_and_is_refused_for_eu(
+    bot_env: BotEnv, cast: Cast
+) -> None:
+    deu, nato_s, eu_s = (bot_env.room_id(k) for k in ("deu", "nato-s", "eu-s"))
+    eu_mark = cast.eu.event_count(eu_s)
+    receipt = await talk(
+        cast.officer,
+        deu,
+        "[GEHEIM // REL TO NATO] [PRIORITY] convoy <b>sighted</b> #Logistics",
+        "Relayed to nato-s",
+    )
+    assert "as NATO SECRET" in receipt.body
+    assert "Not relayed to eu-s: not releasable to AUT, CYP, IRL, MLT" in receipt.body
+    copy = await cast.nato.wait_for_text(nato_s, "originator: DEU GEHEIM // REL TO NATO")
+    assert isinstance(copy, RoomMessageText)  # m.text, so that it notifies
+    lines = copy.body.splitlines()
+    assert lines[0] == "NATO SECRET — originator: DEU GEHEIM // REL TO NATO"
+    assert lines[1] == "[PRIORITY] convoy <b>sighted</b> #Logistics"
+    assert lines[2].startswith(f"Relayed from DEU national cell (deu) · {cast.officer.user_id} · ")
+    assert lines[3] == lines[0]
+    html = copy.source["content"]["formatted_body"]
+    assert "<b>sighted</b>" not in html and "&lt;b&gt;sighted&lt;/b&gt;" in html
+    assert copy.source["content"]["m.mentions"] == {}
+    await asyncio.sleep(1)
+    assert not any("convoy" in t for t in cast.eu.texts(eu_s)[eu_mark:])
+    entries = await bot_env.bot.audit_recent(30)  # type: ignore[union-attr]
+    actions = {e.action for e in entries}
+    assert {"relay.sent", "relay.refused", "intel.stored"} <= actions
+
+
+async def test_national_only_item_goes_nowhere(bot_env: BotEnv, cast: Cast) -> None:
+    deu = bot_env.room_id("deu")
+    receipt = await talk(cast.officer, deu, "[GEHEIM] national eyes only", "Not relayed to")
+    assert "Relayed to" not in receipt.body.replace("Not relayed to", "")
+    assert "Not relayed to nato-s: not releasable to" in receipt.body
+    assert "Not relayed to eu-s: not releasable to" in receipt.body
+
+
+async def test_flash_mentions_the_room(bot_env: BotEnv, cast: Cast) -> None:
+    deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
+    await talk(cast.officer, deu, "[GEHEIM // REL TO NATO] [FLASH] incoming", "Relayed to nato-s")
+    copy = await cast.nato.wait_for_text(nato_s, "[FLASH] incoming")
+    assert copy.source["content"]["m.mentions"] == {"room": True}
+    assert "@room" in copy.body
+
+
+async def test_relay_command_narrows_targets(bot_env: BotEnv, cast: Cast) -> None:
+    deu, nato_s, eu_s = (bot_env.room_id(k) for k in ("deu", "nato-s", "eu-s"))
+    eu_mark = cast.eu.event_count(eu_s)
+    receipt = await talk(
+        cast.officer, deu, '!relay nato-s [GEHEIM // REL TO NATO, EU] narrowed "quote', "Relayed to"
+    )
+    assert "nato-s" in receipt.body and "eu-s" not in receipt.body
+    await cast.nato.wait_for_text(nato_s, 'narrowed "quote')
+    await asyncio.sleep(1)
+    assert not any("narrowed" in t for t in cast.eu.texts(eu_s)[eu_mark:])
+    await talk(cast.officer, deu, "!relay nato-x [GEHEIM // REL TO NATO] x", "not a route target")
+
+
+async def test_malformed_marking_is_answered_and_nothing_stored(
+    bot_env: BotEnv, cast: Cast
+) -> None:
+    deu = bot_env.room_id("deu")
+    reply = await talk(cast.officer, deu, "[GEHEIM // REL TO NATOO] typo", "Not stored or relayed")
+    assert "unknown audience 'NATOO'" in reply.body
+    reply = await talk(cast.officer, deu, "[GEHEIM] [FLSH] typo", "Not stored or relayed")
+    assert "did you mean 'FLASH'" in reply.body
+    item = await asyncio.to_thread(
+        bot_env.store.item,
+        reply.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"],  # type: ignore[union-attr]
+    )
+    assert item is None
+
+
+async def test_oversized_message_is_refused(bot_env: BotEnv, cast: Cast) -> None:
+    deu = bot_env.room_id("deu")
+    reply = await talk(cast.officer, deu, "[GEHEIM] " + "x" * 40_000, "message too long")
+    assert "at most 40000" in reply.body
+
+
+async def test_non_officer_is_stored_not_relayed(bot_env: BotEnv, cast: Cast) -> None:
+    nato_s = bot_env.room_id("nato-s")
+    reply = await talk(cast.nato, nato_s, "[SECRET] member's observation", "not relayed")
+    item = await asyncio.to_thread(
+        bot_env.store.item,  # type: ignore[union-attr]
+        reply.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"],
+    )
+    assert item is not None and item.label == "NATO SECRET"
+
+
+async def test_spillage_is_redacted_and_alerted(
+    bot_env: BotEnv, cast: Cast, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    nato_r = await join(bot_env, cast.admin, cast.dm, cast.officer, "nato-r")
+    secret = f"spilled-{secrets.token_hex(4)}"
+    event_id = await cast.officer.send_text(nato_r, f"[NATO SECRET] {secret}")
+    await cast.officer.wait_for_text(nato_r, "removed from this room")
+    await eventually(
+        lambda: _redacted(cast.officer, nato_r, event_id),
+        timeout=20,
+        what="the spilled event is redacted",
+    )
+    alert = await cast.admin.wait_for_text(cast.dm, "Spillage in nato-r")
+    assert "NATO SECRET" in alert.body and event_id in alert.body and secret not in alert.body
+    entries = await bot_env.bot.audit_recent(20)  # type: ignore[union-attr]
+    spill = next(e for e in entries if e.action == "spillage")
+    assert spill.detail["marking"] == "NATO SECRET" and secret not in str(spill.detail)
+
+
+async def test_unverified_device_cannot_post_intelligence(
+    bot_env: BotEnv, cast: Cast, make_client: MakeClient
+) -> None:
+    deu = bot_env.room_id("deu")
+    unsigned = await make_client(cast.officer.user, cross_signed=False)
+    await unsigned.wait_for_room(deu)
+    reply = await talk(unsigned, deu, "[GEHEIM // REL TO NATO] from a stolen token", "Not stored")
+    assert "not verified by its owner" in reply.body
+
+
+async def test_edit_and_redaction_follow_the_copy(bot_env: BotEnv, cast: Cast) -> None:
+    deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
+    first = await talk(
+        cast.officer, deu, "[GEHEIM // REL TO NATO] first version", "Relayed to nato-s"
+    )
+    source_id = first.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"]
+    copy = await cast.nato.wait_for_text(nato_s, "first version")
+    await cast.officer.send_event(
+        deu,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "* [GEHEIM // REL TO NATO] second version",
+            "m.new_content": {
+                "msgtype": "m.text",
+                "body": "[GEHEIM // REL TO NATO] second version",
+            },
+            "m.relates_to": {"rel_type": "m.replace", "event_id": source_id},
+        },
+    )
+    edit = await cast.nato.wait_for_text(nato_s, "second version")
+    assert edit.source["content"]["m.relates_to"] == {
+        "rel_type": "m.replace",
+        "event_id": copy.event_id,
+    }
+    # An edit that is no longer releasable to NATO withdraws the copy.
+    await cast.officer.send_event(
+        deu,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": "* [GEHEIM] third version",
+            "m.new_content": {"msgtype": "m.text", "body": "[GEHEIM] third version"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": source_id},
+        },
+    )
+    await cast.officer.wait_for_text(deu, "withdrawn")
+    await eventually(
+        lambda: _redacted(cast.nato, nato_s, copy.event_id),
+        timeout=20,
+        what="the copy is redacted after a narrowing edit",
+    )
+    second = await talk(
+        cast.officer, deu, "[GEHEIM // REL TO NATO] to be withdrawn", "Relayed to nato-s"
+    )
+    second_source = second.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"]
+    second_copy = await cast.nato.wait_for_text(nato_s, "to be withdrawn")
+    await cast.officer.client.room_redact(deu, second_source)
+    await eventually(
+        lambda: _redacted(cast.nato, nato_s, second_copy.event_id),
+        timeout=20,
+        what="the copy is redacted with its source",
+    )
+
+
+async def test_intel_text_is_sealed_at_rest(bot_env: BotEnv, cast: Cast) -> None:
+    deu = bot_env.room_id("deu")
+    phrase = f"needle-{secrets.token_hex(6)}"
+    await talk(cast.officer, deu, f"[GEHEIM // REL TO NATO] {phrase}", "Relayed to nato-s")
+    await cast.nato.wait_for_text(bot_env.room_id("nato-s"), phrase)
+    files = [p for p in Path(bot_env.workdir).glob("bot.db*") if p.is_file()]
+    assert files
+    for path in files:
+        assert phrase.encode() not in path.read_bytes(), path
+
+
+async def _redacted(client: E2EEClient, room_id: str, event_id: str) -> bool:
+    response = await client.client.room_get_event(room_id, event_id)
+    event = getattr(response, "event", None)
+    if isinstance(event, RedactedEvent):
+        return True
+    content = getattr(event, "source", {}).get("content", None)
+    return content == {}
