@@ -30,6 +30,7 @@ test: lint typecheck
 bench: $(STAMP)
 	$(BIN)/python bench/decision.py
 	$(BIN)/python bench/startup.py 20
+	$(BIN)/python bench/relay.py 100
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
