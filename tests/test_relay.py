@@ -299,3 +299,40 @@ async def _redacted(client: E2EEClient, room_id: str, event_id: str) -> bool:
         return True
     content = getattr(event, "source", {}).get("content", None)
     return content == {}
+
+
+async def test_ledger_row_older_than_the_transaction_memory_is_reported_not_resent(
+    bot_env: BotEnv, cast: Cast
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from bot.store import RelayEntry, RelayRow
+
+    assert bot_env.bot is not None and bot_env.store is not None
+    target = bot_env.bot.rooms_by_key["nato-s"]
+    entry = RelayEntry(
+        txn_id="lb-stale-test",
+        kind="copy",
+        source_event_id="$old",
+        item_event_id="$old",
+        target_key="nato-s",
+        target_room_id=target.room_id,
+        content=bot_env.bot.relay.sealer.seal_text(
+            '{"msgtype": "m.text", "body": "old"}', "lb-stale-test"
+        ),
+    )
+    await asyncio.to_thread(bot_env.store.add_relays, [entry])
+    with bot_env.store.session() as session:
+        session.execute(
+            update(RelayRow)
+            .where(RelayRow.txn_id == "lb-stale-test")
+            .values(created_at=datetime.now(UTC) - timedelta(hours=30))
+        )
+    await bot_env.bot.relay.resend_pending()
+    assert all(r.txn_id != "lb-stale-test" for r in bot_env.store.pending_relays())
+    alert = await cast.admin.wait_for_text(cast.dm, "stayed unsent for over 23 hours")
+    assert "$old" in alert.body
+    entries = await bot_env.bot.audit_recent(10)
+    assert any(e.action == "relay.stale" and e.subject == "$old" for e in entries)
