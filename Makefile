@@ -31,6 +31,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/decision.py
 	$(BIN)/python bench/startup.py 20
 	$(BIN)/python bench/relay.py 100
+	$(BIN)/python bench/digest.py 10000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

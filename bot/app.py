@@ -38,10 +38,12 @@ from nio.crypto import OlmDevice
 
 from bot.config import Config
 from bot.crosssign import fingerprint, normalise_fingerprint
+from bot.digest import DigestService, describe
 from bot.matrix import Gateway, MatrixError, unwrap
 from bot.register import ClearanceRegister, RegisterError, policy_clearance
 from bot.relay import RelayEngine, Source
 from bot.rooms import MEGOLM, ManagedRoom, ProvisionError, provision
+from bot.schedule import cron_trigger, parse_duration
 from bot.sealing import Sealer
 from bot.store import AuditEntry, AuditVerdict, ClearanceRecord, RoomRecord, Store
 from bot.trust import DeviceTrust, KeysAPI, bootstrap_cross_signing, key_sealer
@@ -132,6 +134,7 @@ class LiaisonBot:
         self.trust: DeviceTrust | None = None
         self._pending: dict[str, tuple[str, MegolmEvent, datetime]] = {}
         self.relay = RelayEngine(self, secrets.data_key)
+        self.digests = DigestService(self)
 
     # ------------------------------------------------------------ helpers
 
@@ -189,6 +192,7 @@ class LiaisonBot:
         """Stop tasks and the HTTP session. Never logs out: that would delete the device
         and its keys on the server (DESIGN §7a)."""
         self._stop.set()
+        self.digests.shutdown()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -401,6 +405,7 @@ class LiaisonBot:
         document: Document,
         reply_to: str | None = None,
         also_to: Sequence[OlmDevice] = (),
+        tx_id: str | None = None,
     ) -> str:
         content: dict[str, Any] = {
             "msgtype": "m.notice",
@@ -410,7 +415,7 @@ class LiaisonBot:
         }
         if reply_to:
             content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
-        return await self.send(room_id, content, also_to=also_to)
+        return await self.send(room_id, content, also_to=also_to, tx_id=tx_id)
 
     # ------------------------------------------------------------ membership
 
@@ -511,6 +516,7 @@ class LiaisonBot:
                 log.info("first sync after %.2f s", self.first_sync_s)
                 await self.sweep()
                 await self.relay.resend_pending()
+                await self.digests.start()
             first = initial = False
             self.last_sync = time.monotonic()
             self.synced.set()
@@ -997,6 +1003,61 @@ class LiaisonBot:
             raise CommandError("the message must be tagged: [MARKING] [PRECEDENCE] text")
         return reply
 
+    def _managed(self, key: str) -> ManagedRoom:
+        managed = self.rooms_by_key.get(key)
+        if managed is None:
+            raise CommandError(f"no managed room {key!r} (rooms: {', '.join(self.rooms_by_key)})")
+        return managed
+
+    async def digest_now(self, actor: str, room_key: str, roles: frozenset[Role]) -> str:
+        managed = self._managed(room_key)
+        if Role.ADMIN not in roles and Role.OFFICER not in roles:
+            room = self._gw().room(managed.room_id)
+            member = room.users.get(actor) if room is not None else None
+            if member is None or member.invited:
+                await self.audit(
+                    actor,
+                    "command.denied",
+                    "digest now",
+                    {"room": room_key, "reason": "not a member of that room"},
+                )
+                raise CommandError(
+                    f"members may ask for the digest of their own room only; "
+                    f"you are not in {room_key}"
+                )
+        await self.digests.post_now(actor, managed)
+        return managed.key
+
+    async def digest_schedule(
+        self,
+        actor: str,
+        room_key: str,
+        cron: str,
+        window: str | None,
+        sources: Sequence[str] | None,
+    ) -> str:
+        self._managed(room_key)
+        try:
+            cron_trigger(cron, self.config.bot.timezone)
+            span = parse_duration(window) if window else timedelta(hours=24)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        chosen = list(sources) if sources else [room_key]
+        for key in chosen:
+            self._managed(key)
+        schedule = await self.digests.add(actor, room_key, cron, span, chosen)
+        return describe(schedule, dict(self.digests.next_runs()).get(schedule.key))
+
+    async def digest_list(self) -> list[str]:
+        runs = dict(self.digests.next_runs())
+        return [describe(s, runs.get(s.key)) for s in await self.digests.schedules()]
+
+    async def digest_cancel(self, actor: str, key: str) -> None:
+        if key.startswith("cfg-"):
+            raise CommandError(f"{key} comes from the config file; remove it there")
+        if not await self.digests.cancel(actor, key):
+            raise CommandError(f"no active chat schedule {key!r} (see !digest list)")
+
     async def invite(self, actor: str, user_id: str, room_key: str) -> InviteOutcome:
         managed = self.rooms_by_key.get(room_key)
         if managed is None:
@@ -1061,7 +1122,9 @@ class LiaisonBot:
             sync_lag_s=lag,
             rooms=len(self.rooms_by_key),
             pending_relays=await self.relay.pending_count(),
-            next_digests=(),
+            next_digests=tuple(
+                f"{key} {when:%Y-%m-%d %H:%M %Z}" for key, when in self.digests.next_runs() if when
+            ),
             device_id=str(client.device_id),
         )
 

@@ -298,6 +298,37 @@ class RelayRow(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class DigestScheduleRow(Base):
+    """A digest schedule made from chat (config schedules live in the config, as cfg-N)."""
+
+    __tablename__ = "digest_schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    room_key: Mapped[str] = mapped_column(String(32))
+    cron: Mapped[str] = mapped_column(String(100))
+    window_s: Mapped[int] = mapped_column(Integer)
+    sources: Mapped[list[str]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DigestRunRow(Base):
+    """One window of one schedule, recorded before posting: a window is posted at most once."""
+
+    __tablename__ = "digest_runs"
+    __table_args__ = (UniqueConstraint("schedule_key", "window_end"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule_key: Mapped[str] = mapped_column(String(32))
+    room_key: Mapped[str] = mapped_column(String(32))
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(String(16))  # posting | posted | skipped
+    delayed: Mapped[bool] = mapped_column(Boolean, default=False)
+    event_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 # ---------------------------------------------------------------- engine
 
 
@@ -859,6 +890,139 @@ class Store:
                 is not None
             )
 
+    # ------------------------------------------------------------ digests
+
+    def digest_schedules(self) -> list[DigestSchedule]:
+        with self.session() as session:
+            rows = session.scalars(
+                select(DigestScheduleRow)
+                .where(DigestScheduleRow.cancelled_at.is_(None))
+                .order_by(DigestScheduleRow.id)
+            )
+            return [
+                DigestSchedule(
+                    f"db-{r.id}", r.room_key, r.cron, r.window_s, tuple(r.sources), "chat"
+                )
+                for r in rows
+            ]
+
+    def add_digest_schedule(
+        self, actor: str, room_key: str, cron: str, window_s: int, sources: Iterable[str]
+    ) -> DigestSchedule:
+        with self.session() as session:
+            row = DigestScheduleRow(
+                room_key=room_key,
+                cron=cron,
+                window_s=window_s,
+                sources=list(sources),
+                created_by=actor,
+            )
+            session.add(row)
+            session.flush()
+            append_audit(
+                session,
+                actor,
+                "digest.scheduled",
+                f"db-{row.id}",
+                {"room": room_key, "cron": cron, "window_s": window_s, "sources": list(sources)},
+            )
+            return DigestSchedule(f"db-{row.id}", room_key, cron, window_s, tuple(sources), "chat")
+
+    def cancel_digest_schedule(self, actor: str, schedule_id: int) -> bool:
+        with self.session() as session:
+            row = session.get(DigestScheduleRow, schedule_id)
+            if row is None or row.cancelled_at is not None:
+                return False
+            row.cancelled_at = utcnow()
+            append_audit(
+                session, actor, "digest.cancelled", f"db-{schedule_id}", {"room": row.room_key}
+            )
+            return True
+
+    def last_digest_run(self, schedule_key: str) -> datetime | None:
+        with self.session() as session:
+            return session.scalar(
+                select(DigestRunRow.window_end)
+                .where(DigestRunRow.schedule_key == schedule_key)
+                .order_by(DigestRunRow.window_end.desc())
+                .limit(1)
+            )
+
+    def digest_run(self, schedule_key: str, window_end: datetime) -> DigestRun | None:
+        with self.session() as session:
+            row = session.scalar(
+                select(DigestRunRow).where(
+                    DigestRunRow.schedule_key == schedule_key, DigestRunRow.window_end == window_end
+                )
+            )
+            return DigestRun.of(row) if row else None
+
+    def claim_digest_run(
+        self, schedule_key: str, room_key: str, window_end: datetime, *, delayed: bool
+    ) -> DigestRun:
+        """Record a window as being posted; an existing record is returned as it is."""
+        with self.session() as session:
+            row = session.scalar(
+                select(DigestRunRow).where(
+                    DigestRunRow.schedule_key == schedule_key, DigestRunRow.window_end == window_end
+                )
+            )
+            if row is None:
+                row = DigestRunRow(
+                    schedule_key=schedule_key,
+                    room_key=room_key,
+                    window_end=window_end,
+                    state="posting",
+                    delayed=delayed,
+                )
+                session.add(row)
+                session.flush()
+            return DigestRun.of(row)
+
+    def finish_digest_run(
+        self,
+        schedule_key: str,
+        window_end: datetime,
+        state: str,
+        event_id: str | None,
+        audit: AuditNote,
+    ) -> None:
+        with self.session() as session:
+            row = session.scalar(
+                select(DigestRunRow).where(
+                    DigestRunRow.schedule_key == schedule_key, DigestRunRow.window_end == window_end
+                )
+            )
+            if row is None:
+                row = DigestRunRow(
+                    schedule_key=schedule_key,
+                    room_key=audit.detail.get("room", ""),
+                    window_end=window_end,
+                    state=state,
+                )
+                session.add(row)
+            row.state, row.event_id = state, event_id
+            append_audit(session, audit.actor, audit.action, audit.subject, audit.detail)
+
+    def relayed_items_to(
+        self, room_keys: Iterable[str], start: datetime, end: datetime
+    ) -> list[IntelItem]:
+        """Items whose copies were sent into these rooms within the window (by item time)."""
+        keys = list(room_keys)
+        with self.session() as session:
+            sub = select(RelayRow.item_event_id).where(
+                RelayRow.target_key.in_(keys), RelayRow.kind == "copy", RelayRow.state == "sent"
+            )
+            rows = session.scalars(
+                select(IntelItemRow).where(
+                    IntelItemRow.event_id.in_(sub),
+                    IntelItemRow.created_at >= start,
+                    IntelItemRow.created_at < end,
+                    IntelItemRow.redacted_at.is_(None),
+                )
+            )
+            return [IntelItem.of(r) for r in rows]
+
 
 def append_audit(
     session: Session,
@@ -1092,3 +1256,26 @@ class AuditNote:
     action: str
     subject: str | None
     detail: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestSchedule:
+    key: str  # cfg-N (config) or db-N (chat)
+    room_key: str
+    cron: str
+    window_s: int
+    sources: tuple[str, ...]
+    origin: str
+
+
+@dataclass(frozen=True, slots=True)
+class DigestRun:
+    schedule_key: str
+    window_end: datetime
+    state: str
+    delayed: bool
+    event_id: str | None
+
+    @classmethod
+    def of(cls, row: DigestRunRow) -> DigestRun:
+        return cls(row.schedule_key, row.window_end, row.state, row.delayed, row.event_id)

@@ -130,6 +130,21 @@ class Services(Protocol):
 
     async def confirm_identity(self, actor: str, user_id: str, key: str) -> ClearanceInfo: ...
 
+    async def digest_now(self, actor: str, room_key: str, roles: frozenset[Any]) -> str: ...
+
+    async def digest_schedule(
+        self,
+        actor: str,
+        room_key: str,
+        cron: str,
+        window: str | None,
+        sources: Sequence[str] | None,
+    ) -> str: ...
+
+    async def digest_list(self) -> list[str]: ...
+
+    async def digest_cancel(self, actor: str, key: str) -> None: ...
+
     async def relay_message(
         self, invocation: Invocation, targets: Sequence[str], message: str
     ) -> Document: ...

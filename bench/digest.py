@@ -1,0 +1,92 @@
+"""Time to build a digest of 10 000 stored items: read from the database, unseal each text,
+filter by may_release, render (plain + HTML). Writes `digest_10k_s` into bench/results.json."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from bot.digest import DigestService
+from bot.migrate import upgrade
+from bot.rooms import ManagedRoom
+from bot.sealing import Sealer
+from bot.store import IntelItem, Store
+from policy import make_room, parse_marking
+
+RESULTS = Path(__file__).resolve().parent / "results.json"
+T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+
+
+class Bot:
+    def __init__(self, store: Store, rooms: dict[str, ManagedRoom], sealer: Sealer) -> None:
+        self.store, self.rooms_by_key, self.user_id = store, rooms, "@bench:x"
+        self.config = SimpleNamespace(digests=[], bot=SimpleNamespace(timezone="UTC"))
+        self.relay = SimpleNamespace(open_text=lambda i: sealer.open_text(i.text, i.event_id))
+
+    async def _db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+def main(count: int = 10_000) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'bench.db'}"
+        upgrade(url)
+        store = Store.from_url(url)
+        sealer = Sealer("bench-data-key", "intel")
+        nato = ManagedRoom(
+            "nato-s", "NATO SECRET liaison", make_room(parse_marking("NATO SECRET")), "!n:x"
+        )
+        deu = ManagedRoom("deu", "DEU cell", make_room(parse_marking("DEU GEHEIM")), "!d:x")
+        markings = [
+            ("nato-s", "NATO SECRET"),
+            ("nato-s", "NATO CONFIDENTIAL"),
+            ("deu", "DEU GEHEIM // REL TO NATO"),
+            ("deu", "DEU GEHEIM"),
+        ]
+        for i in range(count):
+            key, marking = markings[i % len(markings)]
+            label = parse_marking(marking)
+            event_id = f"$bench{i}"
+            store.save_item(
+                IntelItem(
+                    event_id=event_id,
+                    room_key=key,
+                    room_id=f"!{key}:x",
+                    sender="@lo:x",
+                    label=label.banner,
+                    scheme=label.scheme,
+                    rank=label.rank,
+                    precedence=i % 4,
+                    exercise=i % 50 == 0,
+                    topics=(f"t{i % 30}",),
+                    text=sealer.seal_text(f"report {i}: " + "observation " * 20, event_id),
+                    created_at=T0 + timedelta(seconds=i),
+                )
+            )
+        bot = Bot(store, {"nato-s": nato, "deu": deu}, sealer)
+        service = DigestService(bot)  # type: ignore[arg-type]
+        began = time.perf_counter()
+        document = asyncio.run(service.compose(nato, ["nato-s", "deu"], T0, T0 + timedelta(days=1)))
+        elapsed = time.perf_counter() - began
+        store.close()
+    size = len(document.plain.encode()) + len(document.html.encode())
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update(
+        {"digest_10k_s": round(elapsed, 3), "digest_items": count, "digest_event_bytes": size}
+    )
+    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(
+        f"digest of {count} stored items (read, unseal, filter, render): {elapsed:.3f} s "
+        f"(goal ≤ 1 s); event {size} bytes"
+    )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 10_000)

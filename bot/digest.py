@@ -1,0 +1,412 @@
+"""Scheduled situation digests (DESIGN §4 `[[digests]]`, §5, §6).
+
+APScheduler 3's AsyncIOScheduler runs on the bot's loop with an in-memory job store rebuilt
+at start from the config and our own schedule table; each window is recorded (digest_runs)
+before it is posted, under a transaction id derived from the window, so a restart never
+posts a window twice. A window missed while the bot was down is posted once, marked
+delayed, within `[bot] digest_catchup_grace`; older misses are skipped and audited.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.cron import CronTrigger
+
+from bot.matrix import MatrixError
+from bot.render import EXERCISE_LINE, target_banner
+from bot.rooms import ManagedRoom
+from bot.schedule import cron_trigger, format_duration
+from bot.store import AuditNote, DigestSchedule, IntelItem
+from commands.document import Banner, Document, Inline, Items, doc, heading, items, para
+from policy import Label, MarkingError, Precedence, dominant_label, may_release, parse_marking
+
+if TYPE_CHECKING:
+    from bot.app import LiaisonBot
+
+log = logging.getLogger(__name__)
+
+TOP_PER_PRECEDENCE = 25  # a very large window shows this many per precedence, and the count
+MAX_ITEM_CHARS = 500
+MAX_BODY_BYTES = 30_000  # plain + HTML stay well under the homeserver's 65 536-byte event
+
+
+@dataclass(frozen=True)
+class DigestItem:
+    event_id: str
+    label: Label
+    source_key: str
+    source: ManagedRoom | None
+    precedence: Precedence
+    exercise: bool
+    topics: tuple[str, ...]
+    text: str
+    created_at: datetime
+
+
+# ---------------------------------------------------------------- content
+
+
+def select_items(room: ManagedRoom, candidates: Iterable[DigestItem]) -> list[DigestItem]:
+    """Only what the room may see: each item's label released from its own room to this one."""
+    chosen: dict[str, DigestItem] = {}
+    for item in candidates:
+        if item.event_id in chosen or item.source is None:
+            continue
+        if may_release(item.label, item.source.policy, room.policy).allowed:
+            chosen[item.event_id] = item
+    return sorted(chosen.values(), key=lambda i: (int(i.precedence), i.created_at))
+
+
+def build_digest(
+    room: ManagedRoom,
+    selected: Sequence[DigestItem],
+    start: datetime,
+    end: datetime,
+    *,
+    delayed: bool = False,
+    top: int = TOP_PER_PRECEDENCE,
+) -> Document:
+    """The digest document: heading with window and banner, counts, items, topics."""
+    real = [i for i in selected if not i.exercise]
+    drill = [i for i in selected if i.exercise]
+    window = f"{start:%Y-%m-%d %H:%MZ} → {end:%Y-%m-%d %H:%MZ}"
+    dominant = dominant_label([i.label for i in real], room.policy.scheme, room.policy.audience)
+    banner = dominant.banner if dominant is not None else room.banner
+    rank = dominant.rank if dominant is not None else room.policy.rank
+    blocks: list[Any] = [
+        para(Banner(banner, rank)),
+        heading(f"Situation digest — {room.name} ({room.key})"),
+        para(
+            f"Window {window}" + (" (delayed: the bot was down when it was due)" if delayed else "")
+        ),
+    ]
+    if not real and not drill:
+        blocks.append(para("No items in this window."))
+        blocks.append(para(Banner(banner, rank)))
+        return doc(*blocks)
+    if real:
+        blocks.extend(_section(room, real, top))
+    else:
+        blocks.append(para("No real items in this window."))
+    if drill:
+        blocks.append(para(Banner(EXERCISE_LINE, 0)))
+        blocks.append(heading(f"Exercise traffic ({len(drill)}, not counted above)"))
+        blocks.extend(_section(room, drill, top))
+        blocks.append(para(Banner(EXERCISE_LINE, 0)))
+    blocks.append(para(Banner(banner, rank)))
+    document = doc(*blocks)
+    if len(document.plain.encode()) + len(document.html.encode()) > 2 * MAX_BODY_BYTES and top > 1:
+        return build_digest(room, selected, start, end, delayed=delayed, top=max(1, top // 2))
+    return document
+
+
+def _section(room: ManagedRoom, selected: Sequence[DigestItem], top: int) -> list[Any]:
+    by_precedence = Counter(i.precedence for i in selected)
+    by_source = Counter(i.source_key for i in selected)
+    counts = ", ".join(f"{p.name} {by_precedence[p]}" for p in Precedence if by_precedence[p])
+    sources = ", ".join(f"{k} {n}" for k, n in sorted(by_source.items()))
+    blocks: list[Any] = [para(f"{len(selected)} item(s): {counts}. By source: {sources}.")]
+    groups: dict[Precedence, list[DigestItem]] = defaultdict(list)
+    for item in selected:
+        groups[item.precedence].append(item)
+    for precedence in Precedence:
+        group = groups.get(precedence, [])
+        if not group:
+            continue
+        rows: list[tuple[Inline | str, ...]] = []
+        for item in group[:top]:
+            shown, rank = target_banner(item.label, room.policy.scheme)
+            text = (
+                item.text if len(item.text) <= MAX_ITEM_CHARS else item.text[:MAX_ITEM_CHARS] + "…"
+            )
+            rows.append(
+                (Banner(shown, rank), f" {item.created_at:%m-%d %H:%MZ} ({item.source_key}) ", text)
+            )
+        blocks.append(heading(f"{precedence.name} ({len(group)})"))
+        blocks.append(items(rows))
+        if len(group) > top:
+            blocks.append(
+                para(f"… and {len(group) - top} more {precedence.name} item(s) not shown.")
+            )
+    topics = Counter(t for i in selected for t in i.topics)
+    if topics:
+        blocks.append(para("Topics: " + ", ".join(f"#{t} ({n})" for t, n in topics.most_common())))
+    return blocks
+
+
+# ---------------------------------------------------------------- schedule arithmetic
+
+
+def fire_times(
+    trigger: CronTrigger, after: datetime, until: datetime, limit: int = 1000
+) -> list[datetime]:
+    """The trigger's fire times in (after, until], oldest first (at most `limit`)."""
+    out: list[datetime] = []
+    previous: datetime | None = None
+    now = after + timedelta(microseconds=1)
+    while len(out) < limit:
+        fire = trigger.get_next_fire_time(previous, now)
+        if fire is None or fire > until:
+            break
+        out.append(fire.astimezone(UTC))
+        previous, now = fire, fire + timedelta(microseconds=1)
+    return out
+
+
+def plan_catch_up(
+    trigger: CronTrigger,
+    last_end: datetime | None,
+    now: datetime,
+    grace: timedelta,
+    lookback: timedelta = timedelta(days=7),
+) -> tuple[datetime | None, list[datetime]]:
+    """(the window to post late, the windows to skip) after a downtime: the newest missed
+    window within `grace` is posted once; older missed ones are skipped."""
+    since = last_end if last_end is not None else now - min(lookback, grace)
+    missed = fire_times(trigger, max(since, now - lookback), now)
+    if not missed:
+        return None, []
+    newest = missed[-1]
+    if now - newest <= grace:
+        return newest, missed[:-1]
+    return None, missed
+
+
+# ---------------------------------------------------------------- the service
+
+
+class DigestService:
+    def __init__(self, bot: LiaisonBot, clock: Callable[[], datetime] | None = None) -> None:
+        self.bot = bot
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.scheduler = AsyncIOScheduler(timezone=bot.config.bot.timezone)
+
+    # -- schedules
+
+    def config_schedules(self) -> list[DigestSchedule]:
+        out = []
+        for i, d in enumerate(self.bot.config.digests):
+            out.append(
+                DigestSchedule(
+                    f"cfg-{i + 1}",
+                    d.room,
+                    d.cron,
+                    int(d.window.total_seconds()),
+                    tuple(d.sources or (d.room,)),
+                    "config",
+                )
+            )
+        return out
+
+    async def schedules(self) -> list[DigestSchedule]:
+        return self.config_schedules() + await self.bot._db(self.bot.store.digest_schedules)
+
+    def trigger(self, schedule: DigestSchedule) -> CronTrigger:
+        return cron_trigger(schedule.cron, self.bot.config.bot.timezone)
+
+    async def start(self) -> None:
+        """Catch up on windows missed while down, then schedule every job."""
+        for schedule in await self.schedules():
+            await self._catch_up(schedule)
+            self._add_job(schedule)
+        self.scheduler.start()
+
+    def shutdown(self) -> None:
+        if self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+
+    def _add_job(self, schedule: DigestSchedule) -> None:
+        self.scheduler.add_job(
+            self.fire,
+            self.trigger(schedule),
+            args=[schedule.key],
+            id=schedule.key,
+            replace_existing=True,
+            misfire_grace_time=60,
+            coalesce=True,
+        )
+
+    def next_runs(self) -> list[tuple[str, datetime | None]]:
+        return [(job.id, job.next_run_time) for job in self.scheduler.get_jobs()]
+
+    async def add(
+        self, actor: str, room_key: str, cron: str, window: timedelta, sources: Sequence[str]
+    ) -> DigestSchedule:
+        schedule = await self.bot._db(
+            self.bot.store.add_digest_schedule,
+            actor,
+            room_key,
+            cron,
+            int(window.total_seconds()),
+            list(sources),
+        )
+        self._add_job(schedule)
+        return schedule
+
+    async def cancel(self, actor: str, key: str) -> bool:
+        if not key.startswith("db-") or not key[3:].isdigit():
+            return False
+        done = await self.bot._db(self.bot.store.cancel_digest_schedule, actor, int(key[3:]))
+        if done and self.scheduler.get_job(key) is not None:
+            self.scheduler.remove_job(key)
+        return bool(done)
+
+    # -- running
+
+    async def fire(self, key: str) -> None:
+        """A scheduled run: the window ends at the newest fire time not after now."""
+        schedule = next((s for s in await self.schedules() if s.key == key), None)
+        if schedule is None:
+            return
+        now = self.clock()
+        ends = fire_times(
+            self.trigger(schedule), now - timedelta(days=1), now + timedelta(seconds=1)
+        )
+        if ends:
+            await self.post_window(schedule, ends[-1], delayed=False)
+
+    async def _catch_up(self, schedule: DigestSchedule) -> None:
+        last = await self.bot._db(self.bot.store.last_digest_run, schedule.key)
+        now = self.clock()
+        late, skipped = plan_catch_up(
+            self.trigger(schedule), last, now, self.bot.config.bot.digest_catchup_grace
+        )
+        for end in skipped:
+            await self.bot._db(
+                self.bot.store.finish_digest_run,
+                schedule.key,
+                end,
+                "skipped",
+                None,
+                AuditNote(
+                    self.bot.user_id,
+                    "digest.skipped",
+                    schedule.key,
+                    {
+                        "room": schedule.room_key,
+                        "window_end": end.isoformat(),
+                        "reason": "missed while down, older than digest_catchup_grace",
+                    },
+                ),
+            )
+        if late is not None:
+            await self.post_window(schedule, late, delayed=True)
+
+    async def post_window(
+        self, schedule: DigestSchedule, end: datetime, *, delayed: bool
+    ) -> str | None:
+        """Post one window of a schedule, at most once."""
+        room = self.bot.rooms_by_key.get(schedule.room_key)
+        if room is None:
+            log.error("digest %s: no managed room %s", schedule.key, schedule.room_key)
+            return None
+        run = await self.bot._db(
+            self.bot.store.claim_digest_run, schedule.key, room.key, end, delayed=delayed
+        )
+        if run.state in ("posted", "skipped"):
+            return run.event_id
+        start = end - timedelta(seconds=schedule.window_s)
+        document = await self.compose(room, schedule.sources, start, end, delayed=run.delayed)
+        txn = "dg" + hashlib.sha256(f"{schedule.key}|{end.isoformat()}".encode()).hexdigest()[:40]
+        try:
+            event_id = await self.bot.send_notice(room.room_id, document, tx_id=txn)
+        except MatrixError as exc:
+            log.error("digest %s for %s not posted: %s", schedule.key, room.key, exc)
+            return None
+        await self.bot._db(
+            self.bot.store.finish_digest_run,
+            schedule.key,
+            end,
+            "posted",
+            event_id,
+            AuditNote(
+                self.bot.user_id,
+                "digest.posted",
+                schedule.key,
+                {
+                    "room": room.key,
+                    "window_end": end.isoformat(),
+                    "window_s": schedule.window_s,
+                    "delayed": run.delayed,
+                },
+            ),
+        )
+        return event_id
+
+    async def post_now(self, actor: str, room: ManagedRoom) -> str:
+        """`!digest now`: this room's configured window and sources, ending now."""
+        schedule = next((s for s in await self.schedules() if s.room_key == room.key), None)
+        window = timedelta(seconds=schedule.window_s) if schedule else timedelta(hours=24)
+        sources = schedule.sources if schedule else (room.key,)
+        end = self.clock()
+        document = await self.compose(room, sources, end - window, end)
+        event_id = await self.bot.send_notice(room.room_id, document)
+        await self.bot.audit(
+            actor,
+            "digest.posted",
+            f"now:{room.key}",
+            {"room": room.key, "window_s": int(window.total_seconds()), "on_demand": True},
+        )
+        return event_id
+
+    async def compose(
+        self,
+        room: ManagedRoom,
+        sources: Sequence[str],
+        start: datetime,
+        end: datetime,
+        *,
+        delayed: bool = False,
+    ) -> Document:
+        stored = await self.bot._db(self.bot.store.items_between, sources, start, end)
+        relayed = await self.bot._db(self.bot.store.relayed_items_to, sources, start, end)
+        candidates = [self._item(i) for i in [*stored, *relayed]]
+        selected = select_items(room, [c for c in candidates if c is not None])
+        return build_digest(room, selected, start, end, delayed=delayed)
+
+    def _item(self, item: IntelItem) -> DigestItem | None:
+        try:
+            label = parse_marking(item.label)
+        except MarkingError:
+            log.error("stored item %s has an unreadable label", item.event_id)
+            return None
+        return DigestItem(
+            event_id=item.event_id,
+            label=label,
+            source_key=item.room_key,
+            source=self.bot.rooms_by_key.get(item.room_key),
+            precedence=Precedence(item.precedence),
+            exercise=item.exercise,
+            topics=item.topics,
+            text=self.bot.relay.open_text(item),
+            created_at=item.created_at,
+        )
+
+
+def describe(schedule: DigestSchedule, next_run: datetime | None) -> str:
+    when = f"next {next_run:%Y-%m-%d %H:%M %Z}" if next_run else "not scheduled"
+    return (
+        f'{schedule.key}: {schedule.room_key} "{schedule.cron}" window '
+        f"{format_duration(timedelta(seconds=schedule.window_s))} sources "
+        f"{','.join(schedule.sources)} ({when})"
+    )
+
+
+__all__ = [
+    "DigestItem",
+    "DigestService",
+    "Items",
+    "build_digest",
+    "describe",
+    "fire_times",
+    "plan_catch_up",
+    "select_items",
+]

@@ -1,0 +1,112 @@
+"""Digests on a real Synapse: what a NATO room's digest holds, and who may ask for one."""
+
+from __future__ import annotations
+
+import secrets
+
+from tests.bot_harness import BotEnv, open_dm, talk
+from tests.matrix_harness import MakeClient, MakeUser
+
+BOT_ROOMS = """
+[[rooms]]
+key = "deu"
+name = "DEU national cell"
+label = "DEU GEHEIM"
+
+[[rooms]]
+key = "nato-s"
+name = "NATO SECRET liaison"
+label = "NATO SECRET"
+
+[[routes]]
+from = "deu"
+to = ["nato-s"]
+
+[[digests]]
+room = "nato-s"
+cron = "0 6,18 * * *"
+window = "12h"
+sources = ["nato-s", "deu"]
+"""
+
+
+async def test_nato_digest_holds_the_relayed_item_not_the_national_one(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    officer = await make_client(bot_env.officer)
+    duty = make_user("duty")
+    for user_id, level, nation in (
+        (bot_env.officer.user_id, "DEU GEHEIM", "DEU"),
+        (bot_env.officer.user_id, "NATO SECRET", "DEU"),
+        (duty.user_id, "NATO SECRET", "DNK"),
+    ):
+        await talk(
+            admin,
+            dm,
+            f'!clearance grant {user_id} "{level}" --nationality {nation}',
+            "Clearance updated",
+        )
+    duty_client = await make_client(duty)
+    for client, key in ((officer, "deu"), (duty_client, "nato-s")):
+        await talk(admin, dm, f"!invite {client.user_id} {key}", "Invited")
+        await client.join(await client.wait_for_invite())
+    deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
+    shared, national = f"shared-{secrets.token_hex(3)}", f"national-{secrets.token_hex(3)}"
+    await talk(
+        officer, deu, f"[GEHEIM // REL TO NATO] [IMMEDIATE] {shared} #kiel", "Relayed to nato-s"
+    )
+    await talk(officer, deu, f"[GEHEIM] {national}", "Not relayed")
+    await duty_client.wait_for_text(nato_s, shared)
+
+    # duty staff (a member, not an officer) asks in their own room: posted there
+    mark = duty_client.event_count(nato_s)
+    await talk(duty_client, nato_s, "!digest now", "Digest posted in nato-s")
+    digest = await duty_client.wait_for_text(nato_s, "Situation digest", after=mark)
+    assert digest.source["content"]["msgtype"] == "m.notice"
+    assert shared in digest.body and national not in digest.body
+    assert digest.body.count(shared) == 1  # the stored item and its copy are one item
+    assert "IMMEDIATE (1)" in digest.body and "#kiel (1)" in digest.body
+    assert digest.body.splitlines()[0] == "NATO SECRET"
+
+    # a member may not ask for a room they are not in; a DM needs the room named
+    await talk(duty_client, nato_s, "!digest now deu", "you are not in deu")
+    await talk(admin, dm, "!digest now", "name the room here")
+    await talk(admin, dm, "!digest now nato-s", "Digest posted in nato-s")
+    entries = await bot_env.bot.audit_recent(20)  # type: ignore[union-attr]
+    assert any(e.action == "digest.posted" for e in entries)
+    assert any(e.action == "command.denied" and e.subject == "digest now" for e in entries)
+
+
+async def test_digest_schedules_from_chat(bot_env: BotEnv, make_client: MakeClient) -> None:
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    listing = await talk(admin, dm, "!digest list", "cfg-1")
+    assert 'cfg-1: nato-s "0 6,18 * * *" window 12h sources nato-s,deu' in listing.body
+    await talk(admin, dm, '!digest schedule nato-s "0 6 * *"', "expected 5 fields")
+    await talk(admin, dm, '!digest schedule nato-s "0 6 * * 8"', "bad weekday '8'")
+    await talk(admin, dm, '!digest schedule nato-s "0 6 * * 0" --window forever', "bad duration")
+    await talk(admin, dm, '!digest schedule nowhere "0 6 * * 0"', "no managed room 'nowhere'")
+    await talk(
+        admin,
+        dm,
+        '!digest schedule nato-s "0 6 * * 0" --sources nato-s,nope',
+        "no managed room 'nope'",
+    )
+    listing = await talk(admin, dm, "!digest list", "cfg-1")
+    assert "db-" not in listing.body  # nothing was stored by the bad ones
+    made = await talk(
+        admin, dm, '!digest schedule nato-s "30 7 * * 0" --window 7d', "Scheduled: db-"
+    )
+    key = made.body.split("Scheduled: ")[1].split(":")[0]
+    assert "next 2026-" in made.body or "next 20" in made.body
+    nxt = made.body.split("next ")[1]
+    # standard cron: 0 is Sunday
+    from datetime import datetime
+
+    when = datetime.strptime(nxt[:16], "%Y-%m-%d %H:%M")
+    assert when.weekday() == 6 and (when.hour, when.minute) == (7, 30)
+    await talk(admin, dm, "!digest cancel cfg-1", "comes from the config file")
+    await talk(admin, dm, f"!digest cancel {key}", "Cancelled")
+    await talk(admin, dm, f"!digest cancel {key}", "no active chat schedule")

@@ -1,0 +1,228 @@
+"""Digest content and scheduling with a controllable clock (no homeserver)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from bot.digest import (
+    DigestItem,
+    DigestService,
+    build_digest,
+    fire_times,
+    plan_catch_up,
+    select_items,
+)
+from bot.migrate import upgrade
+from bot.rooms import ManagedRoom
+from bot.schedule import cron_trigger
+from bot.store import DigestSchedule, Store
+from policy import Precedence, make_room, parse_marking
+
+NATO = ManagedRoom("nato-s", "NATO SECRET liaison", make_room(parse_marking("NATO SECRET")), "!n:x")
+DEU = ManagedRoom("deu", "DEU cell", make_room(parse_marking("DEU GEHEIM")), "!d:x")
+T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # a Monday
+
+
+def item(
+    event_id: str,
+    marking: str,
+    source: ManagedRoom,
+    minutes: int,
+    *,
+    precedence: Precedence = Precedence.ROUTINE,
+    exercise: bool = False,
+    topics: tuple[str, ...] = (),
+    text: str = "text",
+) -> DigestItem:
+    return DigestItem(
+        event_id,
+        parse_marking(marking, source.policy.scheme),
+        source.key,
+        source,
+        precedence,
+        exercise,
+        topics,
+        text,
+        T0 + timedelta(minutes=minutes),
+    )
+
+
+def test_only_what_the_room_may_see_sorted_by_precedence_then_time() -> None:
+    chosen = select_items(
+        NATO,
+        [
+            item("$a", "GEHEIM // REL TO NATO", DEU, 5),
+            item("$b", "GEHEIM", DEU, 6),  # national only: never in a NATO digest
+            item("$c", "NATO SECRET", NATO, 7, precedence=Precedence.FLASH),
+            item("$a", "GEHEIM // REL TO NATO", DEU, 5),  # the same source event twice
+            item("$d", "COSMIC TOP SECRET", NATO, 8),  # above the room (spillage): never shown
+        ],
+    )
+    assert [i.event_id for i in chosen] == ["$c", "$a"]
+
+
+def test_digest_heading_banner_counts_topics_and_escaping() -> None:
+    chosen = select_items(
+        NATO,
+        [
+            item(
+                "$a", "GEHEIM // REL TO NATO", DEU, 5, topics=("kiel",), text="<script>x</script>"
+            ),
+            item(
+                "$c",
+                "NATO CONFIDENTIAL",
+                NATO,
+                7,
+                precedence=Precedence.FLASH,
+                topics=("kiel", "air"),
+            ),
+            item("$e", "NATO SECRET", NATO, 9, exercise=True, text="drill"),
+        ],
+    )
+    document = build_digest(NATO, chosen, T0, T0 + timedelta(hours=12))
+    plain = document.plain
+    assert plain.splitlines()[0] == "NATO SECRET"  # the dominant label of the real items
+    assert "Window 2026-11-23 06:00Z → 2026-11-23 18:00Z" in plain
+    assert "2 item(s): FLASH 1, ROUTINE 1. By source: deu 1, nato-s 1." in plain
+    assert plain.index("FLASH (1)") < plain.index("ROUTINE (1)")
+    assert "Topics: #kiel (2), #air (1)" in plain
+    assert (
+        "Exercise traffic (1, not counted above)" in plain and "EXERCISE EXERCISE EXERCISE" in plain
+    )
+    assert "<script>" not in document.html and "&lt;script&gt;" in document.html
+
+
+def test_empty_window_says_so_in_one_line_under_the_room_banner() -> None:
+    document = build_digest(NATO, [], T0, T0 + timedelta(hours=1))
+    assert document.plain.splitlines()[0] == "NATO SECRET"
+    assert "No items in this window." in document.plain
+
+
+def test_very_large_window_is_summarised_within_the_event_size() -> None:
+    many = [item(f"$x{i}", "NATO SECRET", NATO, i % 600, text="y" * 400) for i in range(10_000)]
+    document = build_digest(NATO, select_items(NATO, many), T0, T0 + timedelta(hours=12))
+    assert len(document.plain.encode()) + len(document.html.encode()) < 65_536
+    assert "10000 item(s)" in document.plain
+    assert "more ROUTINE item(s) not shown" in document.plain
+
+
+def test_fire_times_and_catch_up_plan() -> None:
+    trigger = cron_trigger("0 6,18 * * *", "UTC")
+    assert fire_times(trigger, T0, T0 + timedelta(days=1)) == [
+        T0 + timedelta(hours=12),
+        T0 + timedelta(days=1),
+    ]
+    grace = timedelta(hours=2)
+    # down over the 18:00 run, back at 19:00: post it once, late
+    assert plan_catch_up(trigger, T0, T0 + timedelta(hours=13), grace) == (
+        T0 + timedelta(hours=12),
+        [],
+    )
+    # back at 21:00: too late to post; skip it
+    assert plan_catch_up(trigger, T0, T0 + timedelta(hours=15), grace) == (
+        None,
+        [T0 + timedelta(hours=12)],
+    )
+    # down for two days, back 30 min after a run: the newest is posted, the rest skipped
+    late, skipped = plan_catch_up(trigger, T0, T0 + timedelta(days=2, minutes=30), grace)
+    assert late == T0 + timedelta(days=2) and len(skipped) == 3
+    # nothing missed
+    assert plan_catch_up(trigger, T0 + timedelta(hours=12), T0 + timedelta(hours=13), grace) == (
+        None,
+        [],
+    )
+
+
+@dataclass
+class FakeBot:
+    """Just enough of LiaisonBot for the digest service, with a real database."""
+
+    store: Store
+    clock_now: datetime
+    posted: list[tuple[str, str, str | None]] = field(default_factory=list)
+    user_id: str = "@bot:x"
+
+    def __post_init__(self) -> None:
+        self.rooms_by_key = {"nato-s": NATO}
+        self.config = SimpleNamespace(
+            digests=[
+                SimpleNamespace(
+                    room="nato-s",
+                    cron="0 6,18 * * *",
+                    window=timedelta(hours=12),
+                    sources=["nato-s"],
+                )
+            ],
+            bot=SimpleNamespace(timezone="UTC", digest_catchup_grace=timedelta(hours=2)),
+        )
+        self.relay = SimpleNamespace(open_text=lambda i: "text")
+
+    async def _db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    async def send_notice(self, room_id: str, document: Any, tx_id: str | None = None) -> str:
+        self.posted.append((room_id, document.plain, tx_id))
+        return f"$digest{len(self.posted)}"
+
+    async def audit(self, *args: Any) -> None:
+        return None
+
+
+def test_catch_up_posts_once_and_a_restart_never_posts_the_same_window_twice(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    upgrade(url)
+    store = Store.from_url(url)
+    try:
+        bot = FakeBot(store, T0)
+        service = DigestService(bot, clock=lambda: bot.clock_now)  # type: ignore[arg-type]
+        schedule = service.config_schedules()[0]
+        assert schedule == DigestSchedule(
+            "cfg-1", "nato-s", "0 6,18 * * *", 43200, ("nato-s",), "config"
+        )
+
+        async def scenario() -> None:
+            await service.post_window(schedule, T0, delayed=False)  # the 06:00 run
+            bot.clock_now = T0 + timedelta(hours=13)  # down over 18:00, back at 19:00
+            await service._catch_up(schedule)
+            await service._catch_up(schedule)  # a second restart: nothing new
+            await service.post_window(schedule, T0 + timedelta(hours=12), delayed=True)  # replayed
+            bot.clock_now = T0 + timedelta(days=1, hours=5)  # down again, back 23 h later
+            await service._catch_up(schedule)
+
+        asyncio.run(scenario())
+        windows = [p[1] for p in bot.posted]
+        assert len(bot.posted) == 2
+        assert "delayed" in windows[1] and "06:00Z → 2026-11-23 18:00Z" in windows[1]
+        assert len({p[2] for p in bot.posted}) == 2  # one transaction id per window
+        # back 5 h after the next day's 06:00 run: too late to post, so skipped
+        assert store.digest_run("cfg-1", T0 + timedelta(days=1)).state == "skipped"  # type: ignore[union-attr]
+        assert store.digest_run("cfg-1", T0 + timedelta(hours=12)).state == "posted"  # type: ignore[union-attr]
+        entries = store.recent_audit(10)
+        assert [e for e in entries if e.action == "digest.posted"]
+    finally:
+        store.close()
+
+
+def test_missed_windows_older_than_the_grace_are_skipped_and_audited(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    upgrade(url)
+    store = Store.from_url(url)
+    try:
+        bot = FakeBot(store, T0)
+        service = DigestService(bot, clock=lambda: bot.clock_now)  # type: ignore[arg-type]
+        schedule = service.config_schedules()[0]
+        asyncio.run(service.post_window(schedule, T0, delayed=False))
+        bot.clock_now = T0 + timedelta(hours=15)  # 18:00 missed by 3 h
+        asyncio.run(service._catch_up(schedule))
+        assert len(bot.posted) == 1
+        assert store.digest_run("cfg-1", T0 + timedelta(hours=12)).state == "skipped"  # type: ignore[union-attr]
+        assert any(e.action == "digest.skipped" for e in store.recent_audit(5))
+    finally:
+        store.close()
