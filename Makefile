@@ -12,11 +12,16 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-demo: $(STAMP)
-	@echo "The interactive demo (throwaway Synapse, rooms, relay, digest) is not built yet."
-	@echo "What exists today is the policy core and its CLI; here is its help:"
-	$(BIN)/liaison-bot --help
-	$(BIN)/liaison-bot label parse "nato secret//rel to eu"
+DEMO_STAMP := $(VENV)/.installed-demo
+
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[demo]'
+	touch $@
+
+demo: $(DEMO_STAMP)
+	$(BIN)/liaison-bot demo
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

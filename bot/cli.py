@@ -381,6 +381,35 @@ def run_command(config_path: str, verbose: bool) -> None:
         _fail(str(exc), EXIT_NO)
 
 
+@main.command("demo")
+@click.option(
+    "--exit-after-scenario",
+    is_flag=True,
+    help="Exit 0 when the scenario passed, 1 otherwise, instead of lingering.",
+)
+def demo_command(exit_after_scenario: bool) -> None:
+    """Start a throwaway Synapse, the bot, three rooms and sample people; play a short
+    scenario (an invite refused, a relay to NATO refused for the EU, a digest), then keep the
+    homeserver up for a Matrix client until Ctrl-C. Needs the `demo` extra (Synapse).
+
+    \b
+    Example:
+      liaison-bot demo
+      liaison-bot demo --exit-after-scenario
+    """
+    try:
+        import synapse  # noqa: F401
+    except ImportError:
+        _fail("the demo needs Synapse: pip install 'liaison-bot[demo]' (make demo does this)")
+    from bot.demo import run_demo
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("nio", "peewee", "aiohttp", "bot"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    ok = run_demo(exit_after_scenario=exit_after_scenario)
+    sys.exit(EXIT_OK if ok else EXIT_NO)
+
+
 # ---------------------------------------------------------------- clearance (offline)
 
 

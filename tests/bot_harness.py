@@ -15,14 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from nio import RoomMemberEvent, RoomMessageNotice
 
 from bot.app import LiaisonBot, Secrets
 from bot.config import Config, load_config
 from bot.devserver import DevServer, RegisteredUser
+from bot.e2ee_client import open_dm, talk
 from bot.migrate import upgrade
 from bot.store import Store
-from tests.matrix_harness import E2EEClient, MakeClient, MakeUser
+from tests.matrix_harness import MakeClient, MakeUser
 
 SECRETS = Secrets(
     pickle_key="test-pickle-key", data_key="test-data-key", password=None, access_token=None
@@ -152,35 +152,6 @@ async def bot_env(
         yield env
     finally:
         await env.stop()
-
-
-async def open_dm(client: E2EEClient, bot_user_id: str, timeout: float = 30) -> str:
-    """An encrypted DM with the bot, once the bot has joined it."""
-    room_id = await client.create_dm(bot_user_id)
-    await client.wait_for(
-        room_id,
-        lambda e: (
-            isinstance(e, RoomMemberEvent) and e.state_key == bot_user_id and e.membership == "join"
-        ),
-        timeout,
-    )
-    return room_id
-
-
-async def talk(
-    client: E2EEClient, room_id: str, text: str, expect: str, timeout: float = 30
-) -> RoomMessageNotice:
-    """Send a command; the bot's notice in the same room that contains `expect`."""
-    mark = client.event_count(room_id)
-    await client.send_text(room_id, text)
-    event = await client.wait_for(
-        room_id,
-        lambda e: isinstance(e, RoomMessageNotice) and expect in e.body,
-        timeout,
-        after=mark,
-    )
-    assert isinstance(event, RoomMessageNotice)
-    return event
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
