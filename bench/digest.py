@@ -14,6 +14,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bot.digest import DigestService
+from bot.metrics import Metrics
 from bot.migrate import upgrade
 from bot.rooms import ManagedRoom
 from bot.sealing import Sealer
@@ -29,6 +30,7 @@ class Bot:
         self.store, self.rooms_by_key, self.user_id = store, rooms, "@bench:x"
         self.config = SimpleNamespace(digests=[], bot=SimpleNamespace(timezone="UTC"))
         self.relay = SimpleNamespace(open_text=lambda i: sealer.open_text(i.text, i.event_id))
+        self.metrics = Metrics(lambda: None)
 
     async def _db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return await asyncio.to_thread(fn, *args, **kwargs)

@@ -40,6 +40,7 @@ from bot.config import Config
 from bot.crosssign import fingerprint, normalise_fingerprint
 from bot.digest import DigestService, describe
 from bot.matrix import Gateway, MatrixError, unwrap
+from bot.metrics import Metrics, serve
 from bot.register import ClearanceRegister, RegisterError, policy_clearance
 from bot.relay import RelayEngine, Source
 from bot.rooms import MEGOLM, ManagedRoom, ProvisionError, provision
@@ -135,6 +136,8 @@ class LiaisonBot:
         self._pending: dict[str, tuple[str, MegolmEvent, datetime]] = {}
         self.relay = RelayEngine(self, secrets.data_key)
         self.digests = DigestService(self)
+        self.metrics = Metrics(self.sync_age)
+        self._metrics_runner: Any = None
 
     # ------------------------------------------------------------ helpers
 
@@ -153,6 +156,9 @@ class LiaisonBot:
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
 
+    def sync_age(self) -> float | None:
+        return None if self.last_sync is None else time.monotonic() - self.last_sync
+
     @property
     def user_id(self) -> str:
         return self.config.homeserver.user_id
@@ -170,6 +176,8 @@ class LiaisonBot:
 
     async def start(self) -> None:
         """Log in (or reuse the device), provision rooms, start syncing and sweeping."""
+        if self.config.metrics is not None:
+            self._metrics_runner = await serve(self.metrics, self.config.metrics.bind)
         await self._login()
         self.direct = await self._db(self.store.direct_rooms)
         await self._refresh_clearances()
@@ -199,6 +207,8 @@ class LiaisonBot:
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.keys_api is not None:
             await self.keys_api.close()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         if self.client is not None:
             await self.client.close()
         log.info("stopped")
@@ -735,6 +745,8 @@ class LiaisonBot:
             self.store.add_pending, event.event_id, room_id, event.sender, event.source
         ):
             self._pending[event.event_id] = (room_id, event, datetime.now(UTC))
+            self.metrics.undecryptable.labels("held").inc()
+            self.metrics.undecryptable.labels("held").inc()
             log.info(
                 "could not decrypt %s from %s yet; asking for its key", event.event_id, event.sender
             )
@@ -755,6 +767,7 @@ class LiaisonBot:
             if decrypted is not None and not isinstance(decrypted, MegolmEvent):
                 del self._pending[event_id]
                 await self._db(self.store.resolve_pending, event_id, "decrypted")
+                self.metrics.undecryptable.labels("decrypted").inc()
                 await self._on_event(room_id, decrypted, False)
                 continue
             if now - received >= grace:
@@ -770,6 +783,8 @@ class LiaisonBot:
             {"device_id": event.device_id, "session_id": event.session_id},
         )
         log.warning("%s from %s stayed unreadable; told the sender", event.event_id, event.sender)
+        self.metrics.undecryptable.labels("reported").inc()
+        self.metrics.undecryptable.labels("reported").inc()
         try:
             await self.send_notice(
                 room_id,
@@ -1069,6 +1084,7 @@ class LiaisonBot:
             await self.audit(
                 actor, "invite.refused", user_id, {"room": room_key, "reason": decision.reason}
             )
+            self.metrics.invites.labels("refused").inc()
             return InviteOutcome(decision, False)
         try:
             await self._gw().invite(managed.room_id, user_id)
@@ -1076,8 +1092,10 @@ class LiaisonBot:
             await self.audit(
                 actor, "invite.failed", user_id, {"room": room_key, "error": exc.errcode or "error"}
             )
+            self.metrics.invites.labels("failed").inc()
             raise CommandError(f"the homeserver did not invite {user_id}: {exc.message}") from None
         await self.audit(actor, "invite", user_id, {"room": room_key, "reason": decision.reason})
+        self.metrics.invites.labels("invited").inc()
         return InviteOutcome(decision, True)
 
     async def _refresh_one(self, user_id: str) -> None:

@@ -280,6 +280,7 @@ class DigestService:
             self.trigger(schedule), last, now, self.bot.config.bot.digest_catchup_grace
         )
         for end in skipped:
+            self.bot.metrics.digests.labels("skipped").inc()
             await self.bot._db(
                 self.bot.store.finish_digest_run,
                 schedule.key,
@@ -339,6 +340,7 @@ class DigestService:
                 },
             ),
         )
+        self.bot.metrics.digests.labels("posted").inc()
         return event_id
 
     async def post_now(self, actor: str, room: ManagedRoom) -> str:
@@ -349,6 +351,7 @@ class DigestService:
         end = self.clock()
         document = await self.compose(room, sources, end - window, end)
         event_id = await self.bot.send_notice(room.room_id, document)
+        self.bot.metrics.digests.labels("posted").inc()
         await self.bot.audit(
             actor,
             "digest.posted",

@@ -176,6 +176,7 @@ class RelayEngine:
             decision = may_release(message.label, room.policy, target.policy)
             if not decision.allowed:
                 refused.append((key, decision.reason))
+                self.bot.metrics.relays.labels("refused").inc()
                 notes.append(
                     AuditNote(
                         source.sender,
@@ -213,6 +214,9 @@ class RelayEngine:
             if await self._send(row) is not None:
                 scheme = self.bot.rooms_by_key[row.target_key].policy.scheme
                 sent.append((row.target_key, target_banner(message.label, scheme)[0]))
+                self.bot.metrics.relays.labels("sent").inc()
+                latency = (datetime.now(UTC) - source.sent_at).total_seconds()
+                self.bot.metrics.relay_latency.observe(max(0.0, latency))
             else:
                 failed.append(row.target_key)
         return self._receipt(sent, refused, failed)
@@ -521,3 +525,14 @@ class RelayEngine:
         self, actor: str, action: str, room: ManagedRoom, source: Source, detail: dict[str, Any]
     ) -> None:
         await self.bot.audit(actor, action, source.event_id, {"room": room.key, **detail})
+        result = _RESULTS.get(action)
+        if result is not None:
+            self.bot.metrics.relays.labels(result).inc()
+
+
+_RESULTS = {
+    "relay.malformed": "malformed",
+    "relay.untrusted-device": "untrusted_device",
+    "relay.not-officer": "not_officer",
+    "spillage": "spillage",
+}

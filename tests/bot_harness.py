@@ -143,7 +143,8 @@ async def bot_env(
         bot_user,
         admin.user_id,
         officer.user_id,
-        getattr(request.module, "BOT_ROOMS", ROOMS),
+        getattr(request.module, "BOT_ROOMS", ROOMS)
+        + getattr(request.module, "BOT_EXTRA_CONFIG", ""),
         device_trust=getattr(request.module, "BOT_DEVICE_TRUST", "cross-signed"),
     )
     env = BotEnv(synapse, workdir, bot_user, admin, officer, config_path)

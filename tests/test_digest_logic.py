@@ -17,6 +17,7 @@ from bot.digest import (
     plan_catch_up,
     select_items,
 )
+from bot.metrics import Metrics
 from bot.migrate import upgrade
 from bot.rooms import ManagedRoom
 from bot.schedule import cron_trigger
@@ -161,6 +162,7 @@ class FakeBot:
             bot=SimpleNamespace(timezone="UTC", digest_catchup_grace=timedelta(hours=2)),
         )
         self.relay = SimpleNamespace(open_text=lambda i: "text")
+        self.metrics = Metrics(lambda: None)
 
     async def _db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)

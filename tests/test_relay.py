@@ -10,9 +10,15 @@ from pathlib import Path
 import pytest
 from nio import RedactedEvent, RoomMessageText
 
+from bot.devserver import free_port
 from tests.bot_harness import BotEnv, eventually, open_dm, talk
 from tests.matrix_harness import E2EEClient, MakeClient, MakeUser
 
+METRICS_PORT = free_port()
+BOT_EXTRA_CONFIG = f"""
+[metrics]
+bind = "127.0.0.1:{METRICS_PORT}"
+"""
 BOT_ROOMS = """
 [[rooms]]
 key = "deu"
@@ -336,3 +342,33 @@ async def test_ledger_row_older_than_the_transaction_memory_is_reported_not_rese
     assert "$old" in alert.body
     entries = await bot_env.bot.audit_recent(10)
     assert any(e.action == "relay.stale" and e.subject == "$old" for e in entries)
+
+
+async def test_metrics_and_health_after_a_relay(bot_env: BotEnv, cast: Cast) -> None:
+    import urllib.request
+
+    await talk(
+        cast.officer,
+        bot_env.room_id("deu"),
+        "[GEHEIM // REL TO NATO] for the metrics",
+        "Relayed to nato-s",
+    )
+
+    def get(path: str) -> tuple[int, str]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}{path}", timeout=10) as r:
+            return r.status, r.read().decode()
+
+    status, text = await asyncio.to_thread(get, "/metrics")
+    assert status == 200
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+    assert samples['liaison_relays_total{result="sent"}'] >= 1
+    assert samples['liaison_relays_total{result="refused"}'] >= 1
+    assert samples['liaison_relays_total{result="spillage"}'] >= 1
+    assert samples["liaison_relay_latency_seconds_count"] >= 1
+    assert samples['liaison_invites_total{result="invited"}'] >= 1
+    assert 0 <= samples["liaison_sync_lag_seconds"] < 60
+    assert await asyncio.to_thread(get, "/healthz") == (200, "ok\n")
