@@ -8,6 +8,7 @@ for the bot's reply there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import textwrap
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from bot.e2ee_client import open_dm, talk
 from bot.migrate import upgrade
 from bot.store import Store
 from tests.matrix_harness import MakeClient, MakeUser
+from tests.pg import fresh_schema
 
 SECRETS = Secrets(
     pickle_key="test-pickle-key", data_key="test-data-key", password=None, access_token=None
@@ -79,6 +81,7 @@ def write_config(
     rooms: str,
     extra_bot: str = "",
     device_trust: str = "cross-signed",
+    database_url: str = "sqlite:///bot.db",
 ) -> None:
     path.write_text(
         textwrap.dedent(
@@ -91,7 +94,7 @@ def write_config(
             device_trust = "{device_trust}"
 
             [storage]
-            database_url = "sqlite:///bot.db"
+            database_url = "{database_url}"
             crypto_store = "crypto"
             data_key_env = "LIAISON_TEST_DATA_KEY"
 
@@ -133,6 +136,10 @@ async def bot_env(
 ) -> AsyncIterator[BotEnv]:
     """A bot for the test module; a module sets BOT_DEVICE_TRUST = "tofu" to change policy."""
     workdir = tmp_path_factory.mktemp("bot")
+    stack = contextlib.ExitStack()
+    database = "sqlite:///bot.db"
+    if getattr(request.module, "BOT_DATABASE", "sqlite") == "postgresql":
+        database = stack.enter_context(fresh_schema())
     bot_user = make_user("liaison")
     admin = make_user("secadmin")
     officer = make_user("lo-deu")
@@ -146,13 +153,15 @@ async def bot_env(
         getattr(request.module, "BOT_ROOMS", ROOMS)
         + getattr(request.module, "BOT_EXTRA_CONFIG", ""),
         device_trust=getattr(request.module, "BOT_DEVICE_TRUST", "cross-signed"),
+        database_url=database,
     )
     env = BotEnv(synapse, workdir, bot_user, admin, officer, config_path)
-    await env.start()
-    try:
-        yield env
-    finally:
-        await env.stop()
+    with stack:
+        await env.start()
+        try:
+            yield env
+        finally:
+            await env.stop()
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:

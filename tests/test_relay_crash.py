@@ -4,6 +4,7 @@ send, before recording it); after a restart the target room holds exactly one co
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -20,6 +21,7 @@ from bot.relay import CRASH_ENV
 from bot.store import Store
 from tests.bot_harness import ROOMS, open_dm, talk, write_config
 from tests.matrix_harness import MakeClient, MakeUser
+from tests.pg import fresh_schema
 from tests.test_run_cli import SCRIPT, wait_for_line
 
 
@@ -32,9 +34,26 @@ def start(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[byte
     )
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 @pytest.mark.parametrize("crash_point", ["after-ledger", "after-send"])
 async def test_crash_and_restart_relay_exactly_once(
     crash_point: str,
+    database: str,
+    tmp_path: Path,
+    synapse: DevServer,
+    make_user: MakeUser,
+    make_client: MakeClient,
+) -> None:
+    with contextlib.ExitStack() as stack:
+        url = "sqlite:///bot.db"
+        if database == "postgresql":
+            url = stack.enter_context(fresh_schema())
+        await _crash_and_restart(crash_point, url, tmp_path, synapse, make_user, make_client)
+
+
+async def _crash_and_restart(
+    crash_point: str,
+    database_url: str,
     tmp_path: Path,
     synapse: DevServer,
     make_user: MakeUser,
@@ -42,7 +61,15 @@ async def test_crash_and_restart_relay_exactly_once(
 ) -> None:
     bot_user, admin, officer, member = (make_user(p) for p in ("liaison", "admin", "lo", "nor"))
     config_path = tmp_path / "config.toml"
-    write_config(config_path, synapse, bot_user, admin.user_id, officer.user_id, ROOMS)
+    write_config(
+        config_path,
+        synapse,
+        bot_user,
+        admin.user_id,
+        officer.user_id,
+        ROOMS,
+        database_url=database_url,
+    )
     config = load_config(config_path)
     await asyncio.to_thread(upgrade, config.database_url())
     store = Store.from_url(config.database_url())

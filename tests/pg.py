@@ -1,0 +1,55 @@
+"""PostgreSQL for the tests: a fresh schema per use on the server named by
+LIAISON_TEST_DATABASE_URL, or a visible skip when there is none."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+PG_ENV = "LIAISON_TEST_DATABASE_URL"
+
+
+def _reason() -> str | None:
+    url = os.environ.get(PG_ENV)
+    if not url:
+        return (
+            f"PostgreSQL variant skipped: set {PG_ENV} "
+            "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+        )
+    try:
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+    except Exception as exc:
+        shown = make_url(url).render_as_string()
+        return f"PostgreSQL variant skipped: no server at {shown}: {type(exc).__name__}"
+    return None
+
+
+SKIP_REASON = _reason()
+
+
+@contextmanager
+def fresh_schema() -> Iterator[str]:
+    """A database URL whose search_path is a new, empty schema; dropped afterwards."""
+    if SKIP_REASON is not None:
+        pytest.skip(SKIP_REASON)
+    base = os.environ[PG_ENV]
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
