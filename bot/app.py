@@ -1124,7 +1124,7 @@ class LiaisonBot:
         return out
 
     async def routes(self) -> Sequence[RouteSummary]:
-        return [RouteSummary(r.source, tuple(r.to)) for r in self.config.routes]
+        return [RouteSummary(k, tuple(v)) for k, v in self.config.route_targets().items()]
 
     async def audit_recent(self, limit: int) -> Sequence[AuditEntry]:
         return await self._db(self.store.recent_audit, limit)

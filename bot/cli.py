@@ -331,6 +331,9 @@ def db_upgrade(config_path: str) -> None:
 
     config = _load(config_path)
     url = config.database_url()
+    # Alembic says each revision as it applies it: progress on a long upgrade.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("alembic.runtime.migration").setLevel(logging.INFO)
     try:
         revision = upgrade(url)
     except Exception as exc:  # report any driver error plainly; the traceback helps nobody here
@@ -408,6 +411,61 @@ def demo_command(exit_after_scenario: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     ok = run_demo(exit_after_scenario=exit_after_scenario)
     sys.exit(EXIT_OK if ok else EXIT_NO)
+
+
+@main.command("rooms")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def rooms_command(config_path: str) -> None:
+    """Managed rooms (key, label banner, name) as the database and config know them.
+
+    \b
+    Example:
+      liaison-bot rooms --config config.toml
+    """
+    from commands.services import RoomSummary
+    from commands.views import rooms_document
+
+    config = _load(config_path)
+    store = _offline_store(config)
+    try:
+        stored = {r.key: r for r in store.rooms()}
+    finally:
+        store.close()
+    summaries = []
+    for room in config.rooms:
+        record = stored.get(room.key)
+        label = room.parsed_label
+        summaries.append(
+            RoomSummary(
+                room.key,
+                room.name,
+                label.banner,
+                label.rank,
+                -1,
+                record.room_id if record else None,
+            )
+        )
+    click.echo(rooms_document(summaries).plain)
+    for summary in summaries:
+        if summary.room_id is None:
+            click.echo(f"  {summary.key}: not created yet (the bot creates it at its next start)")
+
+
+@main.command("routes")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def routes_command(config_path: str) -> None:
+    """Relay routes between managed rooms.
+
+    \b
+    Example:
+      liaison-bot routes --config config.toml
+    """
+    from commands.services import RouteSummary
+    from commands.views import routes_document
+
+    config = _load(config_path)
+    routes = [RouteSummary(k, tuple(v)) for k, v in config.route_targets().items()]
+    click.echo(routes_document(routes).plain)
 
 
 # ---------------------------------------------------------------- clearance (offline)

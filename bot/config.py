@@ -322,6 +322,14 @@ class Config(_Section):
     def caveats(self) -> tuple[str, ...]:
         return known_caveats(self.bot.caveats)
 
+    def route_targets(self) -> dict[str, list[str]]:
+        """Source room key -> target keys, merged over every [[routes]] table."""
+        merged: dict[str, list[str]] = {}
+        for route in self.routes:
+            targets = merged.setdefault(route.source, [])
+            targets.extend(t for t in route.to if t not in targets)
+        return merged
+
     def room(self, key: str) -> RoomConfig | None:
         return next((r for r in self.rooms if r.key == key), None)
 

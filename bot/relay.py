@@ -132,10 +132,7 @@ class RelayEngine:
         return await self._release(source, message, targets)
 
     def route_targets(self, room_key: str) -> list[str]:
-        targets: list[str] = []
-        for route in self.bot.config.routes:
-            if route.source == room_key:
-                targets.extend(t for t in route.to if t not in targets)
+        targets = self.bot.config.route_targets().get(room_key, [])
         return [t for t in targets if t in self.bot.rooms_by_key]
 
     async def _store(self, source: Source, message: TaggedMessage) -> IntelItem:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from commands.document import Banner, Code, Strong, doc, heading, items, para
+from commands.document import Code, doc, heading, items, para
 from commands.registry import Arg, CommandError, Context, Registry, Reply, Role, usage_document
-from commands.views import clearance_document
+from commands.views import clearance_document, rooms_document, routes_document
 
 
 def register(registry: Registry) -> None:
@@ -49,22 +49,11 @@ def register(registry: Registry) -> None:
 
     @registry.command("rooms", "Managed rooms with key, label banner and member count.")
     async def rooms(ctx: Context, values: Mapping[str, Any]) -> Reply:
-        summaries = await ctx.services.rooms()
-        if not summaries:
-            return Reply(doc("No managed rooms."))
-        rows = [
-            (Strong(r.key), " — ", Banner(r.banner, r.rank), f" — {r.name} — {r.members} member(s)")
-            for r in summaries
-        ]
-        return Reply(doc(heading("Managed rooms"), items(rows)))
+        return Reply(rooms_document(await ctx.services.rooms()))
 
     @registry.command("routes", "Configured relay routes between rooms.")
     async def routes(ctx: Context, values: Mapping[str, Any]) -> Reply:
-        found = await ctx.services.routes()
-        if not found:
-            return Reply(doc("No routes."))
-        rows = [(Strong(r.source), " → ", ", ".join(r.targets)) for r in found]
-        return Reply(doc(heading("Relay routes"), items(rows)))
+        return Reply(routes_document(await ctx.services.routes()))
 
     @registry.command(
         "status", "Uptime, sync lag, rooms, pending relays, next digests.", roles=(Role.ADMIN,)

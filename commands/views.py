@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from commands.document import Code, Document, Mention, Strong, doc, items, para
-from commands.services import AuditInfo, ClearanceInfo
+from collections.abc import Sequence
+
+from commands.document import Banner, Code, Document, Mention, Strong, doc, heading, items, para
+from commands.services import AuditInfo, ClearanceInfo, RoomSummary, RouteSummary
 
 
 def clearance_document(record: ClearanceInfo) -> Document:
@@ -48,3 +50,22 @@ def audit_line(entry: AuditInfo) -> tuple[Code | str, ...]:
 
 def _grouped(key: str) -> str:
     return " ".join(key[i : i + 4] for i in range(0, len(key), 4))
+
+
+def rooms_document(rooms: Sequence[RoomSummary]) -> Document:
+    """`rooms`, in chat and on the command line."""
+    if not rooms:
+        return doc("No managed rooms.")
+    rows = []
+    for r in rooms:
+        members = "members unknown offline" if r.members < 0 else f"{r.members} member(s)"
+        rows.append((Strong(r.key), " — ", Banner(r.banner, r.rank), f" — {r.name} — {members}"))
+    return doc(heading("Managed rooms"), items(rows))
+
+
+def routes_document(routes: Sequence[RouteSummary]) -> Document:
+    """`routes`, in chat and on the command line."""
+    if not routes:
+        return doc("No routes.")
+    rows = [(Strong(r.source), " → ", ", ".join(r.targets)) for r in routes]
+    return doc(heading("Relay routes"), items(rows))

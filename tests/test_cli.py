@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
@@ -283,15 +284,45 @@ def test_db_upgrade_with_bad_config_changes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "data").exists()
 
 
+def _leaf_commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out: list[tuple[str, ...]] = []
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            out.extend(_leaf_commands(command, (*prefix, name)))
+        else:
+            out.append((*prefix, name))
+    return out
+
+
 def test_every_command_has_help_with_an_example() -> None:
-    for args in (
-        ["label", "parse"],
-        ["label", "convert"],
-        ["policy", "may-join"],
-        ["policy", "may-release"],
-        ["check-config"],
-        ["db", "upgrade"],
-    ):
+    leaves = _leaf_commands(main)
+    assert len(leaves) >= 17
+    for args in leaves:
         result = cli(*args, "--help")
-        assert result.exit_code == 0
+        assert result.exit_code == 0, args
         assert "Example" in result.stdout, args
+
+
+def test_rooms_and_routes_offline(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(EXAMPLE.read_text())
+    rooms = cli("rooms", "--config", str(config))
+    assert rooms.exit_code == 0, rooms.stderr
+    assert "nato-s — NATO SECRET — NATO SECRET liaison" in rooms.stdout
+    assert "not created yet" in rooms.stdout
+    routes = cli("routes", "--config", str(config))
+    assert routes.exit_code == 0 and "deu → nato-s, eu-s" in routes.stdout
+
+
+def test_db_upgrade_shows_each_revision_as_progress(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(EXAMPLE.read_text())
+    script = Path(sys.executable).parent / "liaison-bot"
+    out = subprocess.run(
+        [str(script), "db", "upgrade", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0
+    assert "Running upgrade  -> 0001" in out.stderr and "-> 0005" in out.stderr
