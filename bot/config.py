@@ -9,6 +9,7 @@ Secrets are never read from the file, only from the environment variables it nam
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -461,12 +462,13 @@ def _suggest_key(loc: tuple[int | str, ...]) -> str:
 
 
 def _model_of(annotation: Any) -> type[BaseModel] | None:
-    for candidate in (annotation, *getattr(annotation, "__args__", ())):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-        inner = _model_of(candidate) if getattr(candidate, "__args__", None) else None
-        if inner is not None:
-            return inner
+    """The pydantic model inside an annotation (`X`, `X | None`, `list[X]`), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
     return None
 
 
@@ -520,3 +522,27 @@ def _reference_errors(raw: Mapping[str, Any]) -> list[str]:
 
 def _tables(value: Any) -> list[dict[str, Any]]:
     return [t for t in value if isinstance(t, dict)] if isinstance(value, list) else []
+
+
+def reference_keys(model: type[BaseModel] = Config, prefix: str = "") -> dict[str, str]:
+    """Every config key path with its default as the docs show it (`required` if none), for
+    the README's configuration reference and the test that keeps the two in step."""
+    out: dict[str, str] = {}
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        path = f"{prefix}{key}"
+        nested = _model_of(field.annotation)
+        if nested is not None:
+            is_list = "list[" in str(field.annotation)
+            out.update(reference_keys(nested, f"{path}[]." if is_list else f"{path}."))
+            continue
+        if field.is_required():
+            out[path] = "required"
+        else:
+            default = field.get_default(call_default_factory=True)
+            if isinstance(default, timedelta):
+                from bot.schedule import format_duration
+
+                default = format_duration(default)
+            out[path] = "none" if default is None else json.dumps(default, ensure_ascii=False)
+    return out

@@ -35,7 +35,7 @@ def parse_duration(text: str) -> timedelta:
 def format_duration(value: timedelta) -> str:
     seconds = int(value.total_seconds())
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds % size == 0 and seconds >= size:
+        if seconds % size == 0 and seconds >= 2 * size:  # "24h", "60s" rather than "1d", "1m"
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
 
