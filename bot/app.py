@@ -498,7 +498,9 @@ class LiaisonBot:
                 )
             except Exception as exc:  # nio raises aiohttp's connection errors after retries
                 delay = backoff.next()
-                log.warning("sync failed (%s); retrying in %.1f s", type(exc).__name__, delay)
+                log.warning(
+                    "sync failed (%s: %s); retrying in %.1f s", type(exc).__name__, exc, delay
+                )
                 await self._sleep(delay)
                 continue
             if isinstance(response, SyncError):

@@ -314,6 +314,7 @@ class Gateway:
             method, path, data = Api.to_device(
                 client.access_token, "m.room.encrypted", to_device, uuid4()
             )
+            token = client.access_token
             response = await client._send(  # nio has no public call for a chosen user list
                 ShareGroupSessionResponse,
                 method,
@@ -322,5 +323,9 @@ class Gateway:
                 response_data=(room.room_id, sharing_with),
             )
             if isinstance(response, ErrorResponse):
+                if not client.access_token and not isinstance(response.soft_logout, bool):
+                    # nio 0.26 builds ShareGroupSessionError with the user set in its
+                    # soft_logout field, and then "logs out" on any failed share: undo that.
+                    client.access_token = token
                 unwrap(response, ShareGroupSessionResponse, f"share room key of {room.room_id}")
         olm.outbound_group_sessions[room.room_id].shared = True
