@@ -59,6 +59,22 @@ class Source:
     event: Any  # the nio event, for the trusted-sender gate
 
 
+def copy_for(source: Source, message: TaggedMessage, target: ManagedRoom) -> dict[str, Any]:
+    """The relayed copy of `message` for `target` (DESIGN §6)."""
+    return relay_copy(
+        label=message.label,
+        precedence=message.precedence,
+        exercise=message.exercise,
+        text=message.text,
+        target_scheme=target.policy.scheme,
+        source_key=source.room.key,
+        source_name=source.room.name,
+        sender=source.sender,
+        sent_at=source.sent_at,
+        source_event_id=source.event_id,
+    )
+
+
 class RelayEngine:
     def __init__(self, bot: LiaisonBot, data_key: str) -> None:
         self.bot = bot
@@ -188,18 +204,7 @@ class RelayEngine:
                     )
                 )
                 continue
-            content = relay_copy(
-                label=message.label,
-                precedence=message.precedence,
-                exercise=message.exercise,
-                text=message.text,
-                target_scheme=target.policy.scheme,
-                source_key=room.key,
-                source_name=room.name,
-                sender=source.sender,
-                sent_at=source.sent_at,
-                source_event_id=source.event_id,
-            )
+            content = copy_for(source, message, target)
             entries.append(self._entry("copy", source.event_id, source.event_id, target, content))
         rows = await self.bot._db(self.bot.store.add_relays, entries, notes)
         if os.environ.get(CRASH_ENV) == "after-ledger" and rows:
@@ -376,18 +381,7 @@ class RelayEngine:
                 continue
             decision = may_release(message.label, room.policy, target.policy)
             if decision.allowed:
-                content = relay_copy(
-                    label=message.label,
-                    precedence=message.precedence,
-                    exercise=message.exercise,
-                    text=message.text,
-                    target_scheme=target.policy.scheme,
-                    source_key=room.key,
-                    source_name=room.name,
-                    sender=source.sender,
-                    sent_at=source.sent_at,
-                    source_event_id=source.event_id,
-                )
+                content = copy_for(source, message, target)
                 entries.append(
                     self._entry(
                         "edit",

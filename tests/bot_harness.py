@@ -20,7 +20,7 @@ import pytest
 from bot.app import LiaisonBot, Secrets
 from bot.config import Config, load_config
 from bot.devserver import DevServer, RegisteredUser
-from bot.e2ee_client import open_dm, talk
+from bot.e2ee_client import E2EEClient, open_dm, talk
 from bot.migrate import upgrade
 from bot.store import Store
 from tests.matrix_harness import MakeClient, MakeUser
@@ -188,3 +188,106 @@ __all__ = [
     "talk",
     "write_config",
 ]
+
+
+@dataclass
+class ProcessScenario:
+    """The bot as its own process (`liaison-bot run`), with an officer in `deu` and a NATO
+    member in `nato-s`, for tests that kill and restart it."""
+
+    config_path: Path
+    env: dict[str, str]
+    log: Path
+    store: Store
+    officer: E2EEClient
+    member: E2EEClient
+    deu: str
+    nato_s: str
+    proc: Any = None
+
+    def start(self, **extra_env: str) -> Any:
+        import subprocess
+        import sys
+
+        script = str(Path(sys.executable).parent / "liaison-bot")
+        self.proc = subprocess.Popen(
+            [script, "run", "--config", str(self.config_path)],
+            env={**self.env, **extra_env},
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
+        return self.proc
+
+    async def wait_for_log(self, text: str, timeout: float = 60) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while text not in self.log.read_text(errors="replace"):
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"bot exited {self.proc.returncode}:\n{self.log.read_text()}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"{text!r} not logged:\n{self.log.read_text()[-3000:]}")
+            await asyncio.sleep(0.2)
+
+    async def stop(self) -> None:
+        import signal
+
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            await asyncio.to_thread(self.proc.wait, 30)
+
+
+@contextlib.asynccontextmanager
+async def process_scenario(
+    tmp_path: Path,
+    server: DevServer,
+    make_user: MakeUser,
+    make_client: MakeClient,
+    database_url: str = "sqlite:///bot.db",
+    **first_env: str,
+) -> AsyncIterator[ProcessScenario]:
+    """Register the people, grant clearances offline, start the bot process (with
+    `first_env` for its first run), invite and join everyone."""
+    import os
+
+    from bot.register import ClearanceRegister
+
+    bot_user, admin, officer, member = (make_user(p) for p in ("liaison", "admin", "lo", "nor"))
+    config_path = tmp_path / "config.toml"
+    write_config(
+        config_path,
+        server,
+        bot_user,
+        admin.user_id,
+        officer.user_id,
+        ROOMS,
+        database_url=database_url,
+    )
+    config = load_config(config_path)
+    await asyncio.to_thread(upgrade, config.database_url())
+    store = Store.from_url(config.database_url())
+    register = ClearanceRegister(store)
+    register.grant("cli:test", officer.user_id, "DEU GEHEIM", nationality="DEU")
+    register.grant("cli:test", officer.user_id, "NATO SECRET")
+    register.grant("cli:test", member.user_id, "NATO SECRET", nationality="NOR")
+    env = {
+        **os.environ,
+        "LIAISON_TEST_PASSWORD": bot_user.password,
+        "LIAISON_TEST_PICKLE_KEY": "pickle",
+        "LIAISON_TEST_DATA_KEY": "data",
+    }
+    scenario = ProcessScenario(config_path, env, tmp_path / "bot.log", store, None, None, "", "")  # type: ignore[arg-type]
+    scenario.start(**first_env)
+    try:
+        await scenario.wait_for_log("first sync after")
+        scenario.deu = store.room("deu").room_id  # type: ignore[union-attr,assignment]
+        scenario.nato_s = store.room("nato-s").room_id  # type: ignore[union-attr,assignment]
+        admin_client = await make_client(admin)
+        dm = await open_dm(admin_client, bot_user.user_id)
+        scenario.officer, scenario.member = await make_client(officer), await make_client(member)
+        await talk(admin_client, dm, f"!invite {officer.user_id} deu", "Invited")
+        await talk(admin_client, dm, f"!invite {member.user_id} nato-s", "Invited")
+        await scenario.officer.join(await scenario.officer.wait_for_invite())
+        await scenario.member.join(await scenario.member.wait_for_invite())
+        yield scenario
+    finally:
+        await scenario.stop()
+        store.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import signal
 import subprocess
@@ -12,16 +11,13 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from bot.config import load_config
 from bot.devserver import DevServer, free_port
 from bot.e2ee_client import E2EEClient, cross_sign, open_dm, talk
-from bot.migrate import upgrade
-from bot.register import ClearanceRegister
 from bot.store import IntelItemRow, RelayRow, Store
-from tests.bot_harness import ROOMS, BotEnv, write_config
+from tests.bot_harness import ROOMS, BotEnv, process_scenario, write_config
 from tests.matrix_harness import MakeClient, MakeUser
 from tests.proxy import CountingProxy
-from tests.test_run_cli import SCRIPT, wait_for_line
+from tests.test_run_cli import SCRIPT
 
 STREAM = 300
 
@@ -57,63 +53,30 @@ def counts(store: Store, room_id: str) -> tuple[int, int, int]:
 async def test_sigkill_while_an_officer_streams_300_messages(
     tmp_path: Path, synapse: DevServer, make_user: MakeUser, make_client: MakeClient
 ) -> None:
-    bot_user, admin, officer, member = (make_user(p) for p in ("liaison", "admin", "lo", "nor"))
-    config_path = tmp_path / "config.toml"
-    write_config(config_path, synapse, bot_user, admin.user_id, officer.user_id, ROOMS)
-    config = load_config(config_path)
-    await asyncio.to_thread(upgrade, config.database_url())
-    store = Store.from_url(config.database_url())
-    register = ClearanceRegister(store)
-    register.grant("cli:test", officer.user_id, "DEU GEHEIM", nationality="DEU")
-    register.grant("cli:test", officer.user_id, "NATO SECRET")
-    register.grant("cli:test", member.user_id, "NATO SECRET", nationality="NOR")
-    env = {
-        **os.environ,
-        "LIAISON_TEST_PASSWORD": bot_user.password,
-        "LIAISON_TEST_PICKLE_KEY": "pickle",
-        "LIAISON_TEST_DATA_KEY": "data",
-    }
-    log = tmp_path / "bot.log"
-    proc = start(config_path, env, log)
-    try:
-        await asyncio.to_thread(wait_for_line, log, "first sync after", proc)
-        deu, nato_s = store.room("deu").room_id, store.room("nato-s").room_id  # type: ignore[union-attr]
-        admin_client = await make_client(admin)
-        dm = await open_dm(admin_client, bot_user.user_id)
-        officer_client, member_client = await make_client(officer), await make_client(member)
-        await talk(admin_client, dm, f"!invite {officer.user_id} deu", "Invited")
-        await talk(admin_client, dm, f"!invite {member.user_id} nato-s", "Invited")
-        await officer_client.join(await officer_client.wait_for_invite())
-        await member_client.join(await member_client.wait_for_invite())
+    async with process_scenario(tmp_path, synapse, make_user, make_client) as s:
         tag = secrets.token_hex(3)
         phrases = [f"m{tag}-{i:03d}-end" for i in range(STREAM)]
 
         async def stream() -> None:
             for phrase in phrases:
-                await officer_client.send_text(deu, f"[GEHEIM // REL TO NATO] {phrase}")
+                await s.officer.send_text(s.deu, f"[GEHEIM // REL TO NATO] {phrase}")
 
         streaming = asyncio.create_task(stream())
         # kill the bot once part of the stream has been relayed
-        await member_client.wait_for_text(nato_s, phrases[60], timeout=120)
-        proc.send_signal(signal.SIGKILL)
-        assert await asyncio.to_thread(proc.wait, 30) == -signal.SIGKILL
+        await s.member.wait_for_text(s.nato_s, phrases[60], timeout=120)
+        s.proc.send_signal(signal.SIGKILL)
+        assert await asyncio.to_thread(s.proc.wait, 30) == -signal.SIGKILL
         await asyncio.sleep(2)  # the stream goes on while the bot is dead
-        proc = start(config_path, env, log)
+        s.start()
         await streaming
         for phrase in phrases:
-            await member_client.wait_for_text(nato_s, phrase, timeout=180)
+            await s.member.wait_for_text(s.nato_s, phrase, timeout=180)
         await asyncio.sleep(3)  # room for duplicates to show up, if there were any
-        texts = member_client.texts(nato_s)
+        texts = s.member.texts(s.nato_s)
         seen = {p: sum(p in t for t in texts) for p in phrases}
         assert {p: n for p, n in seen.items() if n != 1} == {}
-        items, distinct, sent = counts(store, deu)
-        assert (items, distinct, sent) == (STREAM, STREAM, STREAM)
-        assert store.pending_relays() == []
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            await asyncio.to_thread(proc.wait, 30)
-        store.close()
+        assert counts(s.store, s.deu) == (STREAM, STREAM, STREAM)
+        assert s.store.pending_relays() == []
 
 
 async def test_homeserver_outage_backs_off_and_loses_nothing(tmp_path: Path) -> None:
