@@ -51,15 +51,19 @@ SECRET_KEYS = {
     "data_key": "data_key_env",
     "token": "token_env",
 }
-_USER_ID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+$")
-_ROOM_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_USER_ID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+\Z")
+_ROOM_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
 
 def _duration(value: Any) -> timedelta:
     if isinstance(value, timedelta):
         return value
-    return parse_duration(value)
+    try:
+        return parse_duration(value)
+    except OverflowError:  # timedelta's own limit (999 999 999 days); pydantic wants ValueError
+        raise ValueError(f"bad duration {value!r}: too long") from None
 
 
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
@@ -176,7 +180,7 @@ class BotConfig(_Section):
     def _timezone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
+        except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder, a long name
             raise ValueError(f"unknown timezone {value!r} (e.g. 'UTC', 'Europe/Berlin')") from None
         return value
 
@@ -199,7 +203,7 @@ class MetricsConfig(_Section):
 
 def _host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise ValueError(f"bad bind address {value!r}: expected 'host:port'")
     return value
 
@@ -424,8 +428,17 @@ def _loc(loc: Iterable[int | str]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
+            part = _key(part)
             out += f".{part}" if out else part
     return out or "(top level)"
+
+
+def _key(part: str) -> str:
+    """A key as TOML writes it: bare, else quoted, so that an odd key (empty, with a dot, a
+    colon or a line break) cannot blur the path or forge another error line."""
+    if _BARE_KEY.match(part):
+        return part
+    return json.dumps(part, ensure_ascii=not part.isprintable())
 
 
 def _format_error(err: Mapping[str, Any]) -> str:
@@ -508,9 +521,12 @@ def _reference_errors(raw: Mapping[str, Any]) -> list[str]:
     feed_keys: set[object] = set()
     for i, feed in enumerate(_tables(feeds)):
         refs.append(_Ref(f"ingest.feeds[{i}].room", feed.get("room")))
-        if feed.get("key") in feed_keys:
-            errors.append(f"ingest.feeds[{i}].key: duplicate feed key {feed.get('key')!r}")
-        feed_keys.add(feed.get("key"))
+        key = feed.get("key")
+        if not isinstance(key, str):  # a list is unhashable; pydantic reports the type
+            continue
+        if key in feed_keys:
+            errors.append(f"ingest.feeds[{i}].key: duplicate feed key {key!r}")
+        feed_keys.add(key)
     for ref in refs:
         if isinstance(ref.key, str) and ref.key not in keys:
             close = difflib.get_close_matches(ref.key, keys, n=1)

@@ -103,7 +103,8 @@ def build_digest(
         blocks.append(para(Banner(EXERCISE_LINE, 0)))
     blocks.append(para(Banner(banner, rank)))
     document = doc(*blocks)
-    if len(document.plain.encode()) + len(document.html.encode()) > 2 * MAX_BODY_BYTES and top > 1:
+    size = sum(len(t.encode("utf-8", "surrogatepass")) for t in (document.plain, document.html))
+    if size > 2 * MAX_BODY_BYTES and top > 1:
         return build_digest(room, selected, start, end, delayed=delayed, top=max(1, top // 2))
     return document
 

@@ -17,7 +17,7 @@ from policy import (
     parse_marking,
 )
 
-USER_ID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+$")
+USER_ID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+\Z")
 
 
 class RegisterError(Exception):

@@ -42,7 +42,7 @@ def format_duration(value: timedelta) -> str:
 
 def _weekday(token: str, expr: str) -> int:
     token = token.strip().lower()
-    if token.isdigit() and 0 <= int(token) <= 7:
+    if token.isascii() and token.isdigit() and 0 <= int(token) <= 7:
         return int(token) % 7
     if token[:3] in _STD_NAMES and len(token) == 3:
         return _STD_NAMES.index(token)
@@ -59,7 +59,7 @@ def standard_weekdays(field: str, expr: str = "") -> frozenset[int]:
         base, _, step_text = part.partition("/")
         step = 1
         if step_text:
-            if not step_text.isdigit() or int(step_text) == 0:
+            if not (step_text.isascii() and step_text.isdigit()) or int(step_text) == 0:
                 raise ValueError(f"bad step {step_text!r} in cron {expr!r}")
             step = int(step_text)
         if base == "*":
@@ -82,6 +82,8 @@ def standard_weekdays(field: str, expr: str = "") -> frozenset[int]:
 def cron_trigger(expr: str, timezone: tzinfo | str) -> CronTrigger:
     """A trigger for a five-field standard cron expression; ValueError naming the expression."""
     fields = expr.split() if isinstance(expr, str) else []
+    if any(not f.isascii() for f in fields):
+        raise ValueError(f"bad cron {expr!r}: only ASCII digits, names and * , - / are allowed")
     if len(fields) != 5:
         raise ValueError(
             f"bad cron {expr!r}: expected 5 fields (minute hour day-of-month month weekday), "

@@ -23,8 +23,9 @@ if TYPE_CHECKING:
     from commands.services import Services
 
 MAX_COMMAND_LENGTH = 4000
-USER_ID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+$")
-ROOM_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+# \Z, not $: `$` also matches before a final newline, and a quoted "@a:b\n" is one token
+USER_ID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+\Z")
+ROOM_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
 _OPEN_QUOTES = {'"': '"', "'": "'", "“": "”", "”": "”", "„": "“", "‘": "’", "’": "’", "«": "»"}
 
 
@@ -408,7 +409,8 @@ def _convert(kind: Kind, raw: str, name: str, usage: str) -> Any:
             raise CommandError(f"{name}: {bad[0]!r} is not a room key (see !rooms)", usage)
         return keys
     if kind == "int":
-        if not raw.isdigit() or not 0 < int(raw) <= 10_000:
+        # isascii: str.isdigit accepts '²', which int() refuses
+        if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= 10_000:
             raise CommandError(f"{name}: expected a whole number 1-10000, got {raw!r}", usage)
         return int(raw)
     if kind == "date":

@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from policy.catalogue import CATALOGUE, Level, fold_accents, match_key
 
 MAX_MARKING_LENGTH = 256
+# Checked before NFC, which sorts runs of combining marks in quadratic time: composition
+# shrinks text at most fourfold (Greek omega with three marks is one character).
+_MAX_RAW_LENGTH = 4 * MAX_MARKING_LENGTH
 
 _SEPARATOR = re.compile(r"//|(?<=\s)/(?=\s)")
 _REL_TO = re.compile(r"^(?:rel|releasable) to(?: |$)")
@@ -113,6 +116,7 @@ def parse_marking(
     """
     if not isinstance(text, str):
         raise MarkingError(f"a marking must be text, not {type(text).__name__}")
+    _check_length(text.strip(), _MAX_RAW_LENGTH)
     text = unicodedata.normalize("NFC", text).strip()
     _check_characters(text)
     if context is not None and CATALOGUE.scheme(context) is None:
@@ -125,7 +129,11 @@ def parse_marking(
     if not level_text:
         raise MarkingError(f"missing level before '//' in {text!r}", text, 0)
     level = _match_level(level_text, ctx, text)
-    caveat_words = {match_key(c): c for c in known_caveats(extra_caveats)}
+    caveat_words = {
+        match_key(c): c
+        for c in known_caveats(extra_caveats)
+        if len(c) <= _MAX_RAW_LENGTH  # a longer one can never match: not worth folding
+    }
     caveats: set[str] = set()
     rel_to: set[str] = set()
     for pos, segment in segments[1:]:
@@ -144,18 +152,25 @@ def parse_marking(
 
 def parse_audience(tokens: Iterable[str]) -> frozenset[str]:
     """Audience tokens (trigraph, NATO, EU, English name) to canonical tokens."""
+    tokens = tuple(tokens)
+    for token in tokens:
+        _check_length(token.strip(), what="audience")  # before match_key's NFC
     return frozenset(_audience_token(t, None, "") for t in tokens)
+
+
+def _check_length(text: str, limit: int = MAX_MARKING_LENGTH, what: str = "marking") -> None:
+    if len(text) > limit:
+        raise MarkingError(
+            f"{what} too long ({len(text)} characters, at most {MAX_MARKING_LENGTH}): "
+            f"{text[:40]!r}…",
+            text,
+        )
 
 
 def _check_characters(text: str) -> None:
     if not text:
         raise MarkingError("empty marking: expected a level such as 'NATO SECRET'", text, 0)
-    if len(text) > MAX_MARKING_LENGTH:
-        raise MarkingError(
-            f"marking too long ({len(text)} characters, at most {MAX_MARKING_LENGTH}): "
-            f"{text[:40]!r}…",
-            text,
-        )
+    _check_length(text)
     for i, ch in enumerate(text):
         if unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cs", "Cn") and ch not in (
             _ALLOWED_CONTROLS

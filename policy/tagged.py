@@ -48,12 +48,19 @@ def parse_tagged(
     """None for an untagged message; MarkingError naming the problem for a malformed one."""
     if not is_tagged(body):
         return None
-    size = len(body.encode("utf-8"))
+    size = len(body.encode("utf-8", "surrogatepass"))  # a lone surrogate: refused below
     if size > MAX_TEXT_BYTES:
         raise MarkingError(
             f"message too long: {size} bytes of text, at most {MAX_TEXT_BYTES} "
             "(the encrypted event must stay under the homeserver's 65 536-byte limit)"
         )
+    try:
+        body.encode("utf-8")
+    except UnicodeEncodeError as exc:  # JSON's "\ud800" reaches us as a lone surrogate
+        raise MarkingError(
+            f"invalid text: lone surrogate U+{ord(body[exc.start]):04X} at {exc.start} "
+            "(not valid Unicode; the sending client is broken)"
+        ) from None
     rest = body.lstrip()
     marking, rest = _bracket(rest, body)
     label = parse_marking(marking, context, extra_caveats=extra_caveats)
