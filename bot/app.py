@@ -124,6 +124,7 @@ class LiaisonBot:
         self.direct: dict[str, str] = {}  # room id -> partner
         self._clearances: dict[str, ClearanceRecord] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._deferred: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self.synced = asyncio.Event()
         self.started_at = time.monotonic()
@@ -150,6 +151,16 @@ class LiaisonBot:
         task.set_name(name)
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
+
+    def _defer(self, coro: Awaitable[Any]) -> None:
+        """Work of the current sync batch that may overlap the next event's handling."""
+        self._deferred.append(asyncio.ensure_future(coro))
+
+    async def _flush_deferred(self) -> None:
+        tasks, self._deferred = self._deferred, []
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.error("a reply of the last sync batch failed", exc_info=result)
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -517,6 +528,7 @@ class LiaisonBot:
             try:
                 await self._after_sync(client)
                 await self._handle_sync(response, token, initial)
+                await self._flush_deferred()
             except Exception:
                 log.exception("handling a sync failed; the same events will be retried")
                 await self._sleep(backoff.next())
@@ -641,9 +653,11 @@ class LiaisonBot:
         if not command and managed is not None:
             source = Source(managed, event.event_id, event.sender, _sent_at(event), event)
             reply = await self.relay.handle(source, event.body)
-            if reply is not None:
-                await self._reply_to_sender(room_id, event, reply)
             await self._db(self.store.mark_handled, event.event_id, room_id)
+            if reply is not None:
+                # The receipt goes to the source room while the next message's copies go to
+                # the targets; the batch waits for it before the sync token moves.
+                self._defer(self._reply_to_sender(room_id, event, reply))
             return
         room = self._gw().room(room_id)
         if room is not None and not room.encrypted:

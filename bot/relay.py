@@ -9,6 +9,7 @@ copy. Edits and redactions of the source follow the copies.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -212,8 +213,10 @@ class RelayEngine:
             os._exit(70)
         sent: list[tuple[str, str]] = []
         failed: list[str] = []
-        for row in rows:
-            if await self._send(row) is not None:
+        # Each target room has its own send lock, so copies to several rooms go out at once.
+        results = await asyncio.gather(*(self._send(row) for row in rows))
+        for row, event_id in zip(rows, results, strict=True):
+            if event_id is not None:
                 scheme = self.bot.rooms_by_key[row.target_key].policy.scheme
                 sent.append((row.target_key, target_banner(message.label, scheme)[0]))
                 self.bot.metrics.relays.labels("sent").inc()
