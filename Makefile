@@ -34,9 +34,11 @@ test: lint typecheck
 
 bench: $(STAMP)
 	$(BIN)/python bench/decision.py
+	$(BIN)/python bench/digest.py 10000
 	$(BIN)/python bench/startup.py 20
 	$(BIN)/python bench/relay.py 100
-	$(BIN)/python bench/digest.py 10000
+	$(BIN)/python bench/throughput.py 200 3
+	$(BIN)/python bench/rooms.py 1000 100
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -6,28 +6,16 @@ keeping any other keys already there, and names the machine it ran on.
 
 from __future__ import annotations
 
-import json
-import platform
 import statistics
+import sys
 import timeit
 from datetime import date
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS, record
 from policy import Clearance, make_room, may_join, may_release, parse_marking
-
-RESULTS = Path(__file__).resolve().parent / "results.json"
-
-
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, Python {platform.python_version()}"
 
 
 def per_call_us(stmt, number: int = 20_000, repeat: int = 7) -> tuple[float, float]:  # type: ignore[no-untyped-def]
@@ -54,16 +42,15 @@ def main() -> None:
         lambda: parse_marking("GEHEIM // REL TO NATO, UKR", "DEU"), number=5_000
     )
 
-    figures = {
-        "decision_us": round(release_med, 2),
-        "decision_us_min": round(release_min, 2),
-        "may_join_us": round(join_med, 2),
-        "parse_marking_us": round(parse_med, 2),
-        "decision_machine": machine(),
-    }
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results.update(figures)
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    figures = record(
+        {
+            "decision_us": round(release_med, 2),
+            "decision_us_min": round(release_min, 2),
+            "may_join_us": round(join_med, 2),
+            "parse_marking_us": round(parse_med, 2),
+        },
+        "decision_machine",
+    )
     print(f"machine: {figures['decision_machine']}")
     print(
         f"may_release: {release_med:.2f} µs median per decision "

@@ -4,7 +4,6 @@ filter by may_release, render (plain + HTML). Writes `digest_10k_s` into bench/r
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import tempfile
 import time
@@ -13,6 +12,9 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS, record
 from bot.digest import DigestService
 from bot.metrics import Metrics
 from bot.migrate import upgrade
@@ -21,7 +23,6 @@ from bot.sealing import Sealer
 from bot.store import IntelItem, Store
 from policy import make_room, parse_marking
 
-RESULTS = Path(__file__).resolve().parent / "results.json"
 T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 
 
@@ -79,15 +80,16 @@ def main(count: int = 10_000) -> None:
         elapsed = time.perf_counter() - began
         store.close()
     size = len(document.plain.encode()) + len(document.html.encode())
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results.update(
-        {"digest_10k_s": round(elapsed, 3), "digest_items": count, "digest_event_bytes": size}
+    figures = record(
+        {"digest_10k_s": round(elapsed, 3), "digest_items": count, "digest_event_bytes": size},
+        "digest_machine",
     )
-    RESULTS.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    print(f"machine: {figures['digest_machine']}")
     print(
         f"digest of {count} stored items (read, unseal, filter, render): {elapsed:.3f} s "
         f"(goal ≤ 1 s); event {size} bytes"
     )
+    print(f"written to {RESULTS}")
 
 
 if __name__ == "__main__":

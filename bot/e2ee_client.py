@@ -444,8 +444,10 @@ class E2EEClient:
         room = self.client.rooms[room_id]
         for user_id in list(room.users):
             for device in self.client.device_store.active_user_devices(user_id):
-                if device.device_id != self.client.device_id:
-                    self.client.verify_device(device)
+                if device.device_id != self.client.device_id and not (
+                    self.client.olm is not None and self.client.olm.is_device_verified(device)
+                ):
+                    self.client.verify_device(device)  # only on a change: see bot/matrix.py
 
     async def send_text(
         self,

@@ -234,10 +234,13 @@ class Gateway:
             finally:
                 if room.encrypted and also_to:
                     self.client.invalidate_outbound_session(room_id)
+                    olm_ = self.client.olm
                     for device in also_to:  # back to what the policy says
-                        if not device_trusted(device.user_id, device):
-                            self.client.unverify_device(device)
-                            self.client.blacklist_device(device)
+                        if not device_trusted(device.user_id, device) and olm_ is not None:
+                            if olm_.is_device_verified(device):
+                                self.client.unverify_device(device)
+                            if not olm_.is_device_blacklisted(device):
+                                self.client.blacklist_device(device)
             return str(unwrap(response, RoomSendResponse, f"send to {room_id}").event_id)
 
     def sender_device(self, room_id: str, event: Any) -> OlmDevice | None:
@@ -282,24 +285,29 @@ class Gateway:
         may_read: set[tuple[str, str]] = set()
         for user_id in allowed:
             for device in olm.device_store.active_user_devices(user_id):
+                # Only on a change: nio 0.26 reports every verify/blacklist as a change, which
+                # drops the room's key (a new share per event) and grows its trust file.
                 if device_trusted(user_id, device):
                     if olm.is_device_blacklisted(device):
                         client.unblacklist_device(device)
-                    client.verify_device(device)
+                    if not olm.is_device_verified(device):
+                        client.verify_device(device)
                     may_read.add((user_id, device.id))
                 else:
                     if olm.is_device_verified(device):
                         client.unverify_device(device)
-                    client.blacklist_device(device)
+                    if not olm.is_device_blacklisted(device):
+                        client.blacklist_device(device)
         extra_ids = {(d.user_id, d.id) for d in also_to}
         for user_id in {d.user_id for d in also_to} - set(allowed):
             for device in olm.device_store.active_user_devices(user_id):
-                if (user_id, device.id) not in extra_ids:
+                if (user_id, device.id) not in extra_ids and not olm.is_device_blacklisted(device):
                     client.blacklist_device(device)
         for device in also_to:
             if olm.is_device_blacklisted(device):
                 client.unblacklist_device(device)
-            client.verify_device(device)
+            if not olm.is_device_verified(device):
+                client.verify_device(device)
         current = olm.outbound_group_sessions.get(room.room_id)
         if current is not None and current.shared and set(current.users_shared_with) - may_read:
             # Someone who holds the current key may no longer read: rotate it.

@@ -80,6 +80,7 @@ class RelayEngine:
     def __init__(self, bot: LiaisonBot, data_key: str) -> None:
         self.bot = bot
         self.sealer = Sealer(data_key, "intel")
+        self._in_flight: set[str] = set()  # transaction ids being sent right now
 
     # ------------------------------------------------------------ tagged messages
 
@@ -249,6 +250,13 @@ class RelayEngine:
         """Send one ledger row under its transaction id; the event id, or None to retry."""
         if row.state == "sent":
             return row.target_event_id
+        self._in_flight.add(row.txn_id)
+        try:
+            return await self._send_once(row)
+        finally:
+            self._in_flight.discard(row.txn_id)
+
+    async def _send_once(self, row: RelayEntry) -> str | None:
         content = json.loads(self.sealer.open_text(row.content, row.txn_id))
         try:
             if row.kind == "redact":
@@ -481,6 +489,8 @@ class RelayEngine:
         """Re-send rows a crash or an outage left pending; report those too old to re-send."""
         now = datetime.now(UTC)
         for row in await self.bot._db(self.bot.store.pending_relays):
+            if row.txn_id in self._in_flight:
+                continue  # the live path is sending it right now
             if row.created_at is not None and now - row.created_at > TXN_MEMORY:
                 await self.bot._db(
                     self.bot.store.relay_state,

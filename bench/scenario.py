@@ -1,0 +1,110 @@
+"""The relay scenario the latency and throughput benchmarks measure, set up once here.
+
+A throwaway Synapse; the bot in-process (tests.bot_harness.BotEnv) managing a national room
+`deu` (DEU GEHEIM) with a route to `nato-s` (NATO SECRET); an admin, a German liaison officer
+(cleared for both rooms, member of both) and a Norwegian NATO member (in nato-s only), each
+with a cross-signed E2EE client (bot.e2ee_client). `warm_up()` sends a few messages both ways
+so that room keys and Olm sessions exist before anything is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.devserver import DevServer
+from bot.e2ee_client import E2EEClient, cross_sign, open_dm, talk
+from tests.bot_harness import BotEnv, write_config
+
+ROOMS = """
+[[rooms]]
+key = "deu"
+name = "DEU national cell"
+label = "DEU GEHEIM"
+
+[[rooms]]
+key = "nato-s"
+name = "NATO SECRET liaison"
+label = "NATO SECRET"
+
+[[routes]]
+from = "deu"
+to = ["nato-s"]
+"""
+RELEASABLE = "[GEHEIM // REL TO NATO]"  # a DEU GEHEIM marking the bot relays to nato-s
+
+
+@dataclass
+class RelayScenario:
+    server: DevServer
+    env: BotEnv
+    admin: E2EEClient
+    officer: E2EEClient
+    member: E2EEClient
+    dm: str  # the admin's direct room with the bot
+    deu: str  # room ids
+    nato_s: str
+
+    async def warm_up(self, rounds: int = 3) -> None:
+        """Both paths once end to end: room keys shared, Olm sessions set up."""
+        for i in range(rounds):
+            await self.officer.send_text(self.nato_s, f"warm-direct-{i}")
+            await self.member.wait_for_text(self.nato_s, f"warm-direct-{i}", timeout=60)
+            await self.officer.send_text(self.deu, f"{RELEASABLE} warm-relay-{i}")
+            await self.member.wait_for_text(self.nato_s, f"warm-relay-{i}", timeout=60)
+
+
+@asynccontextmanager
+async def relay_scenario() -> AsyncIterator[RelayScenario]:
+    """The homeserver, the bot, the people, their clearances and rooms; torn down on exit."""
+    with tempfile.TemporaryDirectory() as tmp, DevServer(Path(tmp) / "synapse") as server:
+        work = Path(tmp)
+        bot_user = server.register("liaison", "pw-bot")
+        admin = server.register("admin", "pw-admin")
+        officer = server.register("officer", "pw-officer")
+        member = server.register("member", "pw-member")
+        write_config(work / "config.toml", server, bot_user, admin.user_id, officer.user_id, ROOMS)
+        env = BotEnv(server, work, bot_user, admin, officer, work / "config.toml")
+        await env.start()
+        identities: dict[str, Any] = {}
+        clients: list[E2EEClient] = []
+        try:
+            for user in (admin, officer, member):
+                client = await E2EEClient.create(server, user, work / f"store-{user.user_id}")
+                await cross_sign(server, client, identities)
+                await client.start()
+                clients.append(client)
+            admin_c, officer_c, member_c = clients
+            dm = await open_dm(admin_c, bot_user.user_id)
+            for user_id, level, nation in (
+                (officer.user_id, "DEU GEHEIM", "DEU"),
+                (officer.user_id, "NATO SECRET", "DEU"),
+                (member.user_id, "NATO SECRET", "NOR"),
+            ):
+                await talk(
+                    admin_c,
+                    dm,
+                    f'!clearance grant {user_id} "{level}" --nationality {nation}',
+                    "Clearance updated",
+                )
+            for client, key in ((officer_c, "deu"), (officer_c, "nato-s"), (member_c, "nato-s")):
+                await talk(admin_c, dm, f"!invite {client.user_id} {key}", "Invited")
+                await client.join(await client.wait_for_invite())
+            yield RelayScenario(
+                server,
+                env,
+                admin_c,
+                officer_c,
+                member_c,
+                dm,
+                env.room_id("deu"),
+                env.room_id("nato-s"),
+            )
+        finally:
+            await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
+            await env.stop()
