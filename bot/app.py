@@ -1016,6 +1016,43 @@ class LiaisonBot:
             self.trust.invalidate([user_id])
         return updated
 
+    async def search(
+        self,
+        actor: str,
+        room_key: str,
+        words: Sequence[str],
+        topic: str | None,
+        since: str | None,
+        exercise: bool,
+    ) -> Document:
+        from bot.search import MAX_SCANNED, results_document
+        from bot.search import search as find
+
+        managed = self._managed(room_key)
+        room = self._gw().room(managed.room_id)
+        member = room.users.get(actor) if room is not None else None
+        if member is None or member.invited:
+            raise CommandError(f"only members of {room_key} may search from it")
+        try:
+            span = parse_duration(since) if since else timedelta(days=30)
+        except ValueError as exc:
+            raise CommandError(f"--since: {exc}") from None
+        if span > timedelta(days=365):
+            raise CommandError("--since: at most 365d")
+        start = datetime.now(UTC) - span
+        stored = await self._db(self.store.items_since, start, MAX_SCANNED)
+        candidates = [c for c in (self.digests.item_of(i) for i in stored) if c is not None]
+        found = find(managed, candidates, words, topic, exercise)
+        await self.audit(actor, "search", room_key, {"matches": len(found), "scanned": len(stored)})
+        query = " ".join(words) + (f" #{topic.lstrip('#')}" if topic else "")
+        return results_document(managed, query, found, start, len(stored), exercise)
+
+    async def room_policies(self) -> list[tuple[str, str, Any]]:
+        return [(m.key, m.name, m.policy) for m in self.rooms_by_key.values()]
+
+    async def known_caveats(self) -> Sequence[str]:
+        return self.config.caveats
+
     async def relay_message(
         self, invocation: Invocation, targets: Sequence[str], message: str
     ) -> Document:

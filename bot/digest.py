@@ -376,6 +376,9 @@ class DigestService:
         selected = select_items(room, [c for c in candidates if c is not None])
         return build_digest(room, selected, start, end, delayed=delayed)
 
+    def item_of(self, item: IntelItem) -> DigestItem | None:
+        return self._item(item)
+
     def _item(self, item: IntelItem) -> DigestItem | None:
         try:
             label = parse_marking(item.label)

@@ -796,6 +796,17 @@ class Store:
             session.flush()
             return IntelItem.of(row)
 
+    def items_since(self, start: datetime, limit: int) -> list[IntelItem]:
+        """The newest stored items from `start` on, at most `limit` (search's bounded window)."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(IntelItemRow)
+                .where(IntelItemRow.created_at >= start, IntelItemRow.redacted_at.is_(None))
+                .order_by(IntelItemRow.created_at.desc())
+                .limit(limit)
+            )
+            return [IntelItem.of(r) for r in rows]
+
     def items_between(
         self, room_keys: Iterable[str], start: datetime, end: datetime
     ) -> list[IntelItem]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from policy import Decision
+from policy import Decision, Room
 
 if TYPE_CHECKING:
     from commands.document import Document
@@ -144,6 +144,20 @@ class Services(Protocol):
     async def digest_list(self) -> list[str]: ...
 
     async def digest_cancel(self, actor: str, key: str) -> None: ...
+
+    async def search(
+        self,
+        actor: str,
+        room_key: str,
+        words: Sequence[str],
+        topic: str | None,
+        since: str | None,
+        exercise: bool,
+    ) -> Document: ...
+
+    async def room_policies(self) -> list[tuple[str, str, Room]]: ...
+
+    async def known_caveats(self) -> Sequence[str]: ...
 
     async def relay_message(
         self, invocation: Invocation, targets: Sequence[str], message: str

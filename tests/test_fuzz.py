@@ -143,9 +143,7 @@ any_text = st.text(st.characters(codec=None) | lone_surrogates, max_size=40)
 
 def mixed(words: st.SearchStrategy[str], max_size: int = 8) -> st.SearchStrategy[str]:
     """Grammar words, adversarial bits and random text, concatenated."""
-    return st.lists(st.one_of(words, adversarial_bits, any_text), max_size=max_size).map(
-        "".join
-    )
+    return st.lists(st.one_of(words, adversarial_bits, any_text), max_size=max_size).map("".join)
 
 
 # ---------------------------------------------------------------- HTML allow-list check
@@ -206,7 +204,7 @@ def checked_html(html_text: str) -> str:
     parser.close()
     assert not parser.problems, (parser.problems, html_text[:500])
     lowered = html_text.casefold()
-    for bad in ("<script", "<img", "<iframe", "<svg", "<a href=\"j"):
+    for bad in ("<script", "<img", "<iframe", "<svg", '<a href="j'):
         assert bad not in lowered, (bad, html_text[:500])
     return "".join(parser.text)
 
@@ -575,9 +573,7 @@ def test_command_parser_answers_a_command_or_a_command_error(line: str) -> None:
         return
     command = parsed.command
     assert REGISTRY.commands[command.name] is command
-    assert set(parsed.values) == {a.name for a in command.args} | {
-        o.name for o in command.options
-    }
+    assert set(parsed.values) == {a.name for a in command.args} | {o.name for o in command.options}
     for arg in [*command.args, *command.options]:
         value = parsed.values[arg.name]
         if value is None or value is False or value == []:
@@ -779,10 +775,17 @@ async def _dispatch(
 
 
 @FUZZ_SLOW
-@given(body=message_bodies() | any_text, formatted=formatted_bodies(), roles=role_sets, prefixes=prefix_sets)
+@given(
+    body=message_bodies() | any_text,
+    formatted=formatted_bodies(),
+    roles=role_sets,
+    prefixes=prefix_sets,
+)
 @example(body="!audit ²", formatted=None, roles=frozenset({Role.ADMIN}), prefixes=("!",))
 @example(body="!help <script>", formatted=None, roles=frozenset(), prefixes=("!",))
-@example(body="!relay nato-s \ud800", formatted=None, roles=frozenset({Role.OFFICER}), prefixes=("!",))
+@example(
+    body="!relay nato-s \ud800", formatted=None, roles=frozenset({Role.OFFICER}), prefixes=("!",)
+)
 @example(body="!!rooms", formatted=None, roles=frozenset(), prefixes=("!!", "!"))
 def test_dispatcher_answers_every_message_with_a_safe_reply(
     body: str,
@@ -966,8 +969,10 @@ scalars = st.one_of(
 )
 toml_values = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(CONFIG_KEYS) | any_text, inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(CONFIG_KEYS) | any_text, inner, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -1045,7 +1050,9 @@ def _table(data: dict[str, Any], path: tuple[str, ...], draw: st.DrawFn) -> dict
                 node.append({})
             node = node[draw(st.integers(0, len(node) - 1))]
         elif isinstance(node, dict):
-            node = node.setdefault(part, [] if part in ("rooms", "routes", "digests", "feeds") else {})
+            node = node.setdefault(
+                part, [] if part in ("rooms", "routes", "digests", "feeds") else {}
+            )
         else:
             return None
     return node if isinstance(node, dict) else None
@@ -1069,7 +1076,9 @@ def config_documents(draw: st.DrawFn) -> dict[str, Any]:
         action = draw(st.sampled_from(["set", "set", "delete", "copy"]))
         if isinstance(target, dict):
             keys = sorted(target)
-            key = draw(st.sampled_from(keys or CONFIG_KEYS) | st.sampled_from(CONFIG_KEYS) | any_text)
+            key = draw(
+                st.sampled_from(keys or CONFIG_KEYS) | st.sampled_from(CONFIG_KEYS) | any_text
+            )
             if action == "delete" and keys:
                 target.pop(draw(st.sampled_from(keys)))
             elif action == "copy" and keys:
@@ -1090,7 +1099,10 @@ def config_documents(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @FUZZ
-@given(text=st.text(st.characters(codec=None) | lone_surrogates, max_size=200) | mixed(st.sampled_from(["[", "]", "[[rooms]]", "=", '"', "\n", "key", "label", "homeserver"])))
+@given(
+    text=st.text(st.characters(codec=None) | lone_surrogates, max_size=200)
+    | mixed(st.sampled_from(["[", "]", "[[rooms]]", "=", '"', "\n", "key", "label", "homeserver"]))
+)
 @example(text="\ud800")
 @example(text="[a]\n[a]\n")
 @example(text="[[[[[[[[[[[[[[[[[[[[")
@@ -1108,8 +1120,26 @@ def test_config_parser_answers_a_config_or_listed_errors_for_any_text(text: str)
 @example(data={**MINIMAL_CONFIG, "ingest": {"feeds": [{"key": [1]}, {"key": [1]}]}})
 @example(data={**MINIMAL_CONFIG, "metrics": {"bind": "h:²"}})
 @example(data={"homeserver": {**MINIMAL_CONFIG["homeserver"], "a\nb: fake": 1, "": 2}})
-@example(data={**MINIMAL_CONFIG, "rooms": [{"key": "a", "name": "A", "label": "NATO SECRET", "audience": ["e" + "\u0301\u0316" * 3000]}]})
-@example(data={**MINIMAL_CONFIG, "bot": {"caveats": ["e" + "\u0301\u0316" * 3000]}, "rooms": [{"key": "a", "name": "A", "label": "NATO SECRET"}]})
+@example(
+    data={
+        **MINIMAL_CONFIG,
+        "rooms": [
+            {
+                "key": "a",
+                "name": "A",
+                "label": "NATO SECRET",
+                "audience": ["e" + "\u0301\u0316" * 3000],
+            }
+        ],
+    }
+)
+@example(
+    data={
+        **MINIMAL_CONFIG,
+        "bot": {"caveats": ["e" + "\u0301\u0316" * 3000]},
+        "rooms": [{"key": "a", "name": "A", "label": "NATO SECRET"}],
+    }
+)
 def test_config_parser_answers_a_config_or_listed_errors_for_any_document(
     data: dict[str, Any],
 ) -> None:
@@ -1171,7 +1201,13 @@ def test_a_megabyte_comment_is_still_a_valid_config() -> None:
         ({"metrics": {"bind": "h:²"}}, "metrics.bind: bad bind address 'h:²'"),
         ({"homeserver": {**MINIMAL_CONFIG["homeserver"], "a\nb": 1}}, 'homeserver."a\\nb": '),
     ],
-    ids=["timezone-folder", "duration-overflow", "unhashable-feed-key", "digit-port", "newline-key"],
+    ids=[
+        "timezone-folder",
+        "duration-overflow",
+        "unhashable-feed-key",
+        "digit-port",
+        "newline-key",
+    ],
 )
 def test_config_bugs_found_by_fuzzing_are_reported_as_errors(
     data: dict[str, Any], expected: str

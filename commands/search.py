@@ -1,0 +1,55 @@
+"""The shared inventory from chat: `!search` (members, in a managed room)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from commands.registry import Arg, CommandError, Context, Option, Registry, Reply, Role
+
+
+def register(registry: Registry) -> None:
+    @registry.command(
+        "search",
+        "Search stored items this room may see, newest first (exercise items only if asked).",
+        roles=(Role.MEMBER, Role.OFFICER, Role.ADMIN),
+        args=(Arg("words", "rest", "words that must all appear", metavar="WORDS"),),
+        options=(
+            Option("topic", "text", "only items with this #topic", metavar="T"),
+            Option("since", "text", "how far back (default 30d, at most 365d)", metavar="7d"),
+            Option("exercise", "flag", "search exercise traffic instead of real items"),
+        ),
+        example="search convoy kiel --topic logistics --since 7d",
+    )
+    async def search(ctx: Context, values: Mapping[str, Any]) -> Reply:
+        if ctx.invocation.room_key is None:
+            raise CommandError(
+                "search works in a managed room: it answers with what that room may see"
+            )
+        words = values["words"]
+        # options may come after the words: pull them out of the raw rest of the line
+        tokens = words.split()
+        plain: list[str] = []
+        topic, since, exercise = values["topic"], values["since"], values["exercise"]
+        i = 0
+        while i < len(tokens):
+            token = tokens[i]
+            if token == "--exercise":
+                exercise = True
+            elif token in ("--topic", "--since") and i + 1 < len(tokens):
+                if token == "--topic":
+                    topic = tokens[i + 1]
+                else:
+                    since = tokens[i + 1]
+                i += 1
+            elif token.startswith("--"):
+                raise CommandError(f"unknown option {token} (--topic, --since, --exercise)")
+            else:
+                plain.append(token)
+            i += 1
+        if not plain and not topic:
+            raise CommandError("give words to search for, or --topic")
+        document = await ctx.services.search(
+            ctx.sender, ctx.invocation.room_key, plain, topic, since, exercise
+        )
+        return Reply(document)
