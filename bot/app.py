@@ -17,7 +17,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -79,6 +79,7 @@ class Secrets:
     data_key: str
     password: str | None
     access_token: str | None
+    feed_tokens: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, config: Config, environ: dict[str, str] | None = None) -> Secrets:
@@ -92,6 +93,9 @@ class Secrets:
             data_key=env[config.storage.data_key_env],
             password=env.get(hs.password_env) if hs.password_env else None,
             access_token=env.get(hs.access_token_env) if hs.access_token_env else None,
+            feed_tokens={
+                f.key: env[f.token_env] for f in (config.ingest.feeds if config.ingest else ())
+            },
         )
 
 
@@ -139,6 +143,7 @@ class LiaisonBot:
         self.digests = DigestService(self)
         self.metrics = Metrics(self.sync_age)
         self._metrics_runner: Any = None
+        self.feeds: Any = None
 
     # ------------------------------------------------------------ helpers
 
@@ -198,6 +203,13 @@ class LiaisonBot:
         self._spawn(self._sync_forever(), "sync")
         self._spawn(self._sweep_forever(), "sweep")
         self._spawn(self._pending_forever(), "undecryptable")
+        if self.config.ingest is not None and self.config.ingest.feeds:
+            from bot.ingest import FeedListener
+
+            self.feeds = FeedListener(
+                self, list(self.config.ingest.feeds), self.secrets.feed_tokens
+            )
+            await self.feeds.start(self.config.ingest.bind)
 
     async def run(self) -> None:
         await self.start()
@@ -220,6 +232,8 @@ class LiaisonBot:
             await self.keys_api.close()
         if self._metrics_runner is not None:
             await self._metrics_runner.cleanup()
+        if self.feeds is not None:
+            await self.feeds.stop()
         if self.client is not None:
             await self.client.close()
         log.info("stopped")

@@ -153,7 +153,17 @@ class RelayEngine:
         targets = self.bot.config.route_targets().get(room_key, [])
         return [t for t in targets if t in self.bot.rooms_by_key]
 
-    async def _store(self, source: Source, message: TaggedMessage) -> IntelItem:
+    async def store_item(self, source: Source, message: TaggedMessage, origin: str) -> IntelItem:
+        """Store an item that did not come through chat (a feed), audited the same way."""
+        return await self._store(source, message, origin)
+
+    async def release(self, source: Source, message: TaggedMessage) -> Document:
+        """Release a stored item along its room's routes, as for an officer's message."""
+        return await self._release(source, message, self.route_targets(source.room.key))
+
+    async def _store(
+        self, source: Source, message: TaggedMessage, origin: str = "chat"
+    ) -> IntelItem:
         item = IntelItem(
             event_id=source.event_id,
             room_key=source.room.key,
@@ -167,6 +177,7 @@ class RelayEngine:
             topics=message.topics,
             text=self.sealer.seal_text(message.text, source.event_id),
             created_at=source.sent_at,
+            origin=origin,
         )
         stored, created = await self.bot._db(self.bot.store.save_item, item)
         if created:

@@ -38,8 +38,10 @@ def relay_copy(
     sender: str,
     sent_at: datetime,
     source_event_id: str,
+    provenance: str | None = None,
 ) -> dict[str, Any]:
-    """The event content of one relayed copy: `m.text`, so that it notifies."""
+    """The event content of one relayed copy: `m.text`, so that it notifies. `provenance`
+    replaces the "Relayed from" line (a feed's own post says where it came from)."""
     banner, rank = target_banner(label, target_scheme)
     banner_line = para(Banner(f"{banner} — originator: {label.banner}", rank))
     lines: list[Paragraph] = []
@@ -51,7 +53,13 @@ def relay_copy(
     prefix = "" if precedence is Precedence.ROUTINE else f"[{precedence.name}] "
     lines.append(para(prefix, text))
     when = sent_at.astimezone(UTC).strftime("%Y-%m-%d %H:%MZ")
-    lines.append(para(f"Relayed from {source_name} ({source_key}) · {sender} · {when}"))
+    lines.append(
+        para(
+            provenance.format(when=when)
+            if provenance is not None
+            else f"Relayed from {source_name} ({source_key}) · {sender} · {when}"
+        )
+    )
     lines.append(banner_line)
     if exercise:
         lines.append(para(Banner(EXERCISE_LINE, 0)))

@@ -53,7 +53,13 @@ class BotEnv:
         url = config.database_url()
         await asyncio.to_thread(upgrade, url)
         self.store = Store.from_url(url)
-        secrets = Secrets(SECRETS.pickle_key, SECRETS.data_key, self.bot_user.password, None)
+        secrets = Secrets(
+            SECRETS.pickle_key,
+            SECRETS.data_key,
+            self.bot_user.password,
+            None,
+            dict(self.extra.get("feed_tokens", {})),
+        )
         self.bot = LiaisonBot(config, self.store, secrets)
         await self.bot.start()
         await asyncio.wait_for(self.bot.synced.wait(), 60)
@@ -155,7 +161,15 @@ async def bot_env(
         device_trust=getattr(request.module, "BOT_DEVICE_TRUST", "cross-signed"),
         database_url=database,
     )
-    env = BotEnv(synapse, workdir, bot_user, admin, officer, config_path)
+    env = BotEnv(
+        synapse,
+        workdir,
+        bot_user,
+        admin,
+        officer,
+        config_path,
+        extra={"feed_tokens": getattr(request.module, "BOT_FEED_TOKENS", {})},
+    )
     with stack:
         await env.start()
         try:

@@ -1,0 +1,152 @@
+"""Feed ingest over real HTTP (DESIGN §5a), read back with an E2EE client."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+import urllib.error
+import urllib.request
+
+from bot.devserver import free_port
+from bot.e2ee_client import open_dm, talk
+from tests.bot_harness import BotEnv
+from tests.matrix_harness import MakeClient, MakeUser
+
+PORT = free_port()
+BOT_FEED_TOKENS = {"sat": "sat-token-123", "deu-sig": "sig-token-456"}
+BOT_ROOMS = f"""
+[[rooms]]
+key = "deu"
+name = "DEU national cell"
+label = "DEU GEHEIM"
+
+[[rooms]]
+key = "nato-s"
+name = "NATO SECRET liaison"
+label = "NATO SECRET"
+
+[[routes]]
+from = "deu"
+to = ["nato-s"]
+
+[ingest]
+bind = "127.0.0.1:{PORT}"
+
+[[ingest.feeds]]
+key = "sat"
+room = "nato-s"
+token_env = "LIAISON_FEED_SAT"
+
+[[ingest.feeds]]
+key = "deu-sig"
+room = "deu"
+token_env = "LIAISON_FEED_SIG"
+release = true
+"""
+
+
+def post(key: str, body: object, token: str | None, raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{PORT}/feeds/{key}", data=data, method="POST"
+    )
+    request.add_header("Content-Type", "application/json")
+    if token is not None:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read() or b"{}")
+
+
+async def test_feeds_post_store_route_and_refuse(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    member = make_user("feed-reader")
+    await talk(
+        admin,
+        dm,
+        f'!clearance grant {member.user_id} "NATO SECRET" --nationality ITA',
+        "Clearance updated",
+    )
+    reader = await make_client(member)
+    await talk(admin, dm, f"!invite {member.user_id} nato-s", "Invited")
+    await reader.join(await reader.wait_for_invite())
+    nato_s = bot_env.room_id("nato-s")
+
+    phrase = f"sat-{secrets.token_hex(3)}"
+    status, body = await asyncio.to_thread(
+        post,
+        "sat",
+        {
+            "marking": "SECRET",
+            "precedence": "immediate",
+            "text": f"<b>{phrase}</b> pass",
+            "topics": ["#orbit"],
+        },
+        "sat-token-123",
+    )
+    assert status == 202, body
+    posted = await reader.wait_for_text(nato_s, phrase)
+    assert posted.body.splitlines()[0] == "NATO SECRET — originator: NATO SECRET"
+    assert "From feed sat · " in posted.body and "[IMMEDIATE]" in posted.body
+    assert "&lt;b&gt;" in posted.source["content"]["formatted_body"]
+    assert body["item"] == posted.event_id
+    item = bot_env.store.item(body["item"])  # type: ignore[union-attr]
+    assert item is not None and item.origin == "feed sat" and item.topics == ("orbit",)
+
+    released = f"sig-{secrets.token_hex(3)}"
+    status, body = await asyncio.to_thread(
+        post, "deu-sig", {"marking": "GEHEIM // REL TO NATO", "text": released}, "sig-token-456"
+    )
+    assert status == 202 and "Relayed to nato-s" in body["receipt"]
+    copy = await reader.wait_for_text(nato_s, released)
+    assert "· feed deu-sig ·" in copy.body
+
+    mark = reader.event_count(nato_s)
+    cases = [
+        (("sat", {"marking": "NS", "text": "x"}, "wrong"), 401, "bearer"),
+        (("sat", {"marking": "NS", "text": "x"}, None), 401, "bearer"),
+        (("nope", {"marking": "NS", "text": "x"}, "sat-token-123"), 404, "no feed 'nope'"),
+        (("sat", None, "sat-token-123", b"{not json"), 422, "bad JSON"),
+        (("sat", ["a"], "sat-token-123"), 422, "expected an object"),
+        (("sat", {"text": "x"}, "sat-token-123"), 422, "marking: required"),
+        (("sat", {"marking": "NS", "text": ""}, "sat-token-123"), 422, "text: required"),
+        (
+            ("sat", {"marking": "NS", "text": "x", "precedence": "NOW"}, "sat-token-123"),
+            422,
+            "precedence",
+        ),
+        (
+            ("sat", {"marking": "NS", "text": "x", "colour": 1}, "sat-token-123"),
+            422,
+            "unknown field(s): colour",
+        ),
+        (
+            ("sat", {"marking": "SECRTE", "text": "x"}, "sat-token-123"),
+            422,
+            "unknown marking 'SECRTE'",
+        ),
+        (("sat", {"marking": "NS", "text": "x" * 40_001}, "sat-token-123"), 413, "40000"),
+        (
+            (
+                "sat",
+                {"marking": "COSMIC TOP SECRET", "text": "payload-never-shown"},
+                "sat-token-123",
+            ),
+            422,
+            "spillage",
+        ),
+    ]
+    for args, code, message in cases:
+        status, body = await asyncio.to_thread(post, *args)
+        assert status == code, (args[:1], status, body)
+        assert message in body["error"], body
+    alert = await admin.wait_for_text(dm, "Spillage refused at the feed listener")
+    assert "COSMIC TOP SECRET" in alert.body and "payload-never-shown" not in alert.body
+    await asyncio.sleep(1)
+    assert reader.event_count(nato_s) == mark  # nothing was posted by any refused request
