@@ -59,7 +59,15 @@ from commands.services import (
     RouteSummary,
     StatusInfo,
 )
-from policy import Decision, is_tagged, may_join
+from policy import (
+    Decision,
+    MarkingError,
+    is_tagged,
+    make_room,
+    may_join,
+    parse_audience,
+    parse_marking,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,6 +134,7 @@ class LiaisonBot:
         self.rooms_by_key: dict[str, ManagedRoom] = {}
         self.rooms_by_id: dict[str, ManagedRoom] = {}
         self.direct: dict[str, str] = {}  # room id -> partner
+        self.chat_routes: list[tuple[str, str]] = []
         self._clearances: dict[str, ClearanceRecord] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._deferred: list[asyncio.Task[Any]] = []
@@ -171,6 +180,15 @@ class LiaisonBot:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("background task %s failed", task.get_name(), exc_info=task.exception())
+
+    def route_targets(self) -> dict[str, list[str]]:
+        """Configured routes and those added from chat, source key -> target keys."""
+        merged = self.config.route_targets()
+        for source, target in self.chat_routes:
+            targets = merged.setdefault(source, [])
+            if target not in targets:
+                targets.append(target)
+        return merged
 
     def sync_age(self) -> float | None:
         return None if self.last_sync is None else time.monotonic() - self.last_sync
@@ -380,6 +398,28 @@ class LiaisonBot:
                 log.info("room %s (%s): %s", cfg.key, room_id, ", ".join(changed))
             if (i + 1) % 20 == 0 or i + 1 == len(self.config.rooms):
                 log.info("rooms provisioned: %d/%d", i + 1, len(self.config.rooms))
+        self.chat_routes = await self._db(self.store.chat_routes)
+        for record in await self._db(self.store.rooms):
+            if record.origin != "chat" or record.closed_at is not None or not record.room_id:
+                continue
+            try:
+                label = parse_marking(record.label)
+                policy_room = make_room(label, record.audience)
+                room_id, _ = await provision(
+                    gateway,
+                    key=record.key,
+                    name=record.name,
+                    room=policy_room,
+                    room_id=record.room_id,
+                    previous_rank=record.rank,
+                    joined=joined,
+                )
+            except (MarkingError, MatrixError, ProvisionError) as exc:
+                log.error("task-force room %s not restored: %s", record.key, exc)
+                continue
+            managed = ManagedRoom(record.key, record.name, policy_room, room_id, "chat")
+            self.rooms_by_key[record.key] = managed
+            self.rooms_by_id[room_id] = managed
 
     # ------------------------------------------------------------ decisions
 
@@ -1061,6 +1101,84 @@ class LiaisonBot:
         query = " ".join(words) + (f" #{topic.lstrip('#')}" if topic else "")
         return results_document(managed, query, found, start, len(stored), exercise)
 
+    async def room_create(
+        self, actor: str, key: str, name: str, label_text: str, audience: Sequence[str] | None
+    ) -> ManagedRoom:
+        if key in self.rooms_by_key or await self._db(self.store.room, key) is not None:
+            raise CommandError(f"a room with key {key!r} exists already; choose another key")
+        try:
+            label = parse_marking(label_text, extra_caveats=self.config.bot.caveats)
+            policy_room = make_room(label, parse_audience(audience) if audience else None)
+        except MarkingError as exc:
+            raise CommandError(f"LABEL: {exc}") from None
+        try:
+            room_id, _ = await provision(
+                self._gw(),
+                key=key,
+                name=name,
+                room=policy_room,
+                room_id=None,
+                previous_rank=None,
+                joined=set(),
+            )
+        except MatrixError as exc:
+            raise CommandError(f"the homeserver did not create the room: {exc.message}") from None
+        await self._db(
+            self.store.save_room,
+            RoomRecord(
+                key=key,
+                name=name,
+                label=label.banner,
+                scheme=label.scheme,
+                rank=label.rank,
+                audience=tuple(sorted(policy_room.audience)),
+                room_id=room_id,
+                origin="chat",
+            ),
+            actor,
+        )
+        managed = ManagedRoom(key, name, policy_room, room_id, "chat")
+        self.rooms_by_key[key] = managed
+        self.rooms_by_id[room_id] = managed
+        return managed
+
+    async def room_close(self, actor: str, key: str) -> list[str]:
+        managed = self._managed(key)
+        if managed.origin != "chat":
+            raise CommandError(f"{key} comes from the config file; remove it there")
+        removed: list[str] = []
+        room = self._gw().room(managed.room_id)
+        for user_id in list(room.users) if room is not None else []:
+            if user_id == self.user_id:
+                continue
+            try:
+                await self._gw().kick(managed.room_id, user_id, "room closed")
+                removed.append(user_id)
+            except MatrixError as exc:
+                log.warning("could not remove %s from closed %s: %s", user_id, key, exc)
+        await self._db(self.store.close_room, actor, key, removed)
+        self.chat_routes = [(a, b) for a, b in self.chat_routes if key not in (a, b)]
+        del self.rooms_by_key[key]
+        self.rooms_by_id.pop(managed.room_id, None)
+        return removed
+
+    async def route_change(self, actor: str, source: str, target: str, add: bool) -> None:
+        self._managed(source)
+        self._managed(target)
+        if source == target:
+            raise CommandError("a room cannot route to itself")
+        if not add and target in self.config.route_targets().get(source, []):
+            raise CommandError(f"{source} → {target} comes from the config file; remove it there")
+        if add:
+            if target in self.route_targets().get(source, []):
+                raise CommandError(f"{source} → {target} exists already")
+            await self._db(self.store.add_route, actor, source, target)
+            self.chat_routes.append((source, target))
+        else:
+            if not await self._db(self.store.remove_route, actor, source, target):
+                raise CommandError(f"no chat route {source} → {target} (see !routes)")
+            self.chat_routes.remove((source, target))
+
     async def room_policies(self) -> list[tuple[str, str, Any]]:
         return [(m.key, m.name, m.policy) for m in self.rooms_by_key.values()]
 
@@ -1191,7 +1309,13 @@ class LiaisonBot:
         return out
 
     async def routes(self) -> Sequence[RouteSummary]:
-        return [RouteSummary(k, tuple(v)) for k, v in self.config.route_targets().items()]
+        configured = self.config.route_targets()
+        out = [RouteSummary(k, tuple(v)) for k, v in configured.items()]
+        chat: dict[str, list[str]] = {}
+        for source, target in self.chat_routes:
+            chat.setdefault(source, []).append(target)
+        out += [RouteSummary(k, tuple(v), "chat") for k, v in chat.items()]
+        return out
 
     async def audit_recent(self, limit: int) -> Sequence[AuditEntry]:
         return await self._db(self.store.recent_audit, limit)

@@ -465,6 +465,14 @@ def routes_command(config_path: str) -> None:
 
     config = _load(config_path)
     routes = [RouteSummary(k, tuple(v)) for k, v in config.route_targets().items()]
+    store = _offline_store(config)
+    try:
+        chat: dict[str, list[str]] = {}
+        for source, target in store.chat_routes():
+            chat.setdefault(source, []).append(target)
+    finally:
+        store.close()
+    routes += [RouteSummary(k, tuple(v), "chat") for k, v in chat.items()]
     click.echo(routes_document(routes).plain)
 
 

@@ -150,7 +150,7 @@ class RelayEngine:
         return await self._release(source, message, targets)
 
     def route_targets(self, room_key: str) -> list[str]:
-        targets = self.bot.config.route_targets().get(room_key, [])
+        targets = self.bot.route_targets().get(room_key, [])
         return [t for t in targets if t in self.bot.rooms_by_key]
 
     async def store_item(self, source: Source, message: TaggedMessage, origin: str) -> IntelItem:

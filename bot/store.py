@@ -329,6 +329,19 @@ class DigestRunRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class RouteRow(Base):
+    """A relay route made from chat (`!route add`), beside the configured ones."""
+
+    __tablename__ = "routes"
+    __table_args__ = (UniqueConstraint("source_key", "target_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_key: Mapped[str] = mapped_column(String(32))
+    target_key: Mapped[str] = mapped_column(String(32))
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 # ---------------------------------------------------------------- engine
 
 
@@ -1036,6 +1049,50 @@ class Store:
                 )
             )
             return [IntelItem.of(r) for r in rows]
+
+    # ------------------------------------------------------------ chat routes
+
+    def chat_routes(self) -> list[tuple[str, str]]:
+        with self.session() as session:
+            rows = session.execute(
+                select(RouteRow.source_key, RouteRow.target_key).order_by(RouteRow.id)
+            )
+            return [(a, b) for a, b in rows]
+
+    def add_route(self, actor: str, source: str, target: str) -> bool:
+        with self.session() as session:
+            exists = session.scalar(
+                select(RouteRow.id).where(
+                    RouteRow.source_key == source, RouteRow.target_key == target
+                )
+            )
+            if exists is not None:
+                return False
+            session.add(RouteRow(source_key=source, target_key=target, created_by=actor))
+            append_audit(session, actor, "route.added", f"{source}->{target}", {})
+            return True
+
+    def remove_route(self, actor: str, source: str, target: str) -> bool:
+        with self.session() as session:
+            result = session.execute(
+                delete(RouteRow).where(RouteRow.source_key == source, RouteRow.target_key == target)
+            )
+            if not getattr(result, "rowcount", 0):
+                return False
+            append_audit(session, actor, "route.removed", f"{source}->{target}", {})
+            return True
+
+    def close_room(self, actor: str, key: str, removed: list[str]) -> None:
+        with self.session() as session:
+            row = session.scalar(select(RoomRow).where(RoomRow.key == key))
+            if row is not None:
+                row.closed_at = utcnow()
+                session.execute(
+                    delete(RouteRow).where(
+                        (RouteRow.source_key == key) | (RouteRow.target_key == key)
+                    )
+                )
+                append_audit(session, actor, "room.closed", key, {"removed": removed})
 
 
 def append_audit(

@@ -6,13 +6,23 @@ through the protocols in `commands.services` and never import `bot/` or nio.
 
 from __future__ import annotations
 
-from commands import audit, clearance, digest, general, labels, membership, relay, search
+from commands import (
+    audit,
+    clearance,
+    digest,
+    general,
+    labels,
+    membership,
+    relay,
+    search,
+    taskforce,
+)
 from commands.registry import Registry
 
 
 def build_registry() -> Registry:
     """Every command group, declared into one registry."""
     registry = Registry()
-    for group in (general, labels, clearance, membership, relay, digest, search, audit):
+    for group in (general, labels, clearance, membership, relay, digest, search, taskforce, audit):
         group.register(registry)
     return registry

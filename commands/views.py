@@ -67,5 +67,13 @@ def routes_document(routes: Sequence[RouteSummary]) -> Document:
     """`routes`, in chat and on the command line."""
     if not routes:
         return doc("No routes.")
-    rows = [(Strong(r.source), " → ", ", ".join(r.targets)) for r in routes]
+    rows = [
+        (
+            Strong(r.source),
+            " → ",
+            ", ".join(r.targets),
+            " (from chat)" if r.origin == "chat" else "",
+        )
+        for r in routes
+    ]
     return doc(heading("Relay routes"), items(rows))
