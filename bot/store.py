@@ -977,11 +977,7 @@ class Store:
 
     def digest_run(self, schedule_key: str, window_end: datetime) -> DigestRun | None:
         with self.session() as session:
-            row = session.scalar(
-                select(DigestRunRow).where(
-                    DigestRunRow.schedule_key == schedule_key, DigestRunRow.window_end == window_end
-                )
-            )
+            row = _digest_run_row(session, schedule_key, window_end)
             return DigestRun.of(row) if row else None
 
     def claim_digest_run(
@@ -989,11 +985,7 @@ class Store:
     ) -> DigestRun:
         """Record a window as being posted; an existing record is returned as it is."""
         with self.session() as session:
-            row = session.scalar(
-                select(DigestRunRow).where(
-                    DigestRunRow.schedule_key == schedule_key, DigestRunRow.window_end == window_end
-                )
-            )
+            row = _digest_run_row(session, schedule_key, window_end)
             if row is None:
                 row = DigestRunRow(
                     schedule_key=schedule_key,
@@ -1015,11 +1007,7 @@ class Store:
         audit: AuditNote,
     ) -> None:
         with self.session() as session:
-            row = session.scalar(
-                select(DigestRunRow).where(
-                    DigestRunRow.schedule_key == schedule_key, DigestRunRow.window_end == window_end
-                )
-            )
+            row = _digest_run_row(session, schedule_key, window_end)
             if row is None:
                 row = DigestRunRow(
                     schedule_key=schedule_key,
@@ -1093,6 +1081,14 @@ class Store:
                     )
                 )
                 append_audit(session, actor, "room.closed", key, {"removed": removed})
+
+
+def _digest_run_row(session: Session, schedule_key: str, window_end: datetime) -> DigestRunRow | None:
+    return session.scalar(
+        select(DigestRunRow).where(
+            DigestRunRow.schedule_key == schedule_key, DigestRunRow.window_end == window_end
+        )
+    )
 
 
 def append_audit(

@@ -305,3 +305,23 @@ async def process_scenario(
     finally:
         await scenario.stop()
         store.close()
+
+
+async def enrol(
+    admin: E2EEClient,
+    dm: str,
+    grants: list[tuple[str, str, str]],
+    joins: list[tuple[E2EEClient, str]],
+) -> None:
+    """As the admin, grant (user, level, nationality) clearances, then invite each client to
+    its room and have it join."""
+    for user_id, level, nation in grants:
+        await talk(
+            admin,
+            dm,
+            f'!clearance grant {user_id} "{level}" --nationality {nation}',
+            "Clearance updated",
+        )
+    for client, key in joins:
+        await talk(admin, dm, f"!invite {client.user_id} {key}", "Invited")
+        await client.join(await client.wait_for_invite())

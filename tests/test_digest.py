@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 
-from tests.bot_harness import BotEnv, open_dm, talk
+from tests.bot_harness import BotEnv, enrol, open_dm, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
 BOT_ROOMS = """
@@ -37,21 +37,17 @@ async def test_nato_digest_holds_the_relayed_item_not_the_national_one(
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     officer = await make_client(bot_env.officer)
     duty = make_user("duty")
-    for user_id, level, nation in (
-        (bot_env.officer.user_id, "DEU GEHEIM", "DEU"),
-        (bot_env.officer.user_id, "NATO SECRET", "DEU"),
-        (duty.user_id, "NATO SECRET", "DNK"),
-    ):
-        await talk(
-            admin,
-            dm,
-            f'!clearance grant {user_id} "{level}" --nationality {nation}',
-            "Clearance updated",
-        )
     duty_client = await make_client(duty)
-    for client, key in ((officer, "deu"), (duty_client, "nato-s")):
-        await talk(admin, dm, f"!invite {client.user_id} {key}", "Invited")
-        await client.join(await client.wait_for_invite())
+    await enrol(
+        admin,
+        dm,
+        [
+            (bot_env.officer.user_id, "DEU GEHEIM", "DEU"),
+            (bot_env.officer.user_id, "NATO SECRET", "DEU"),
+            (duty.user_id, "NATO SECRET", "DNK"),
+        ],
+        [(officer, "deu"), (duty_client, "nato-s")],
+    )
     deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
     shared, national = f"shared-{secrets.token_hex(3)}", f"national-{secrets.token_hex(3)}"
     await talk(

@@ -10,7 +10,7 @@ import asyncio
 import secrets
 
 from bot.e2ee_client import open_dm, talk
-from tests.bot_harness import BotEnv
+from tests.bot_harness import BotEnv, enrol
 from tests.matrix_harness import MakeClient, MakeUser
 
 BOT_DATABASE = "postgresql"
@@ -39,20 +39,13 @@ async def test_relay_and_digest_on_postgresql(
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     officer = await make_client(bot_env.officer)
     member = make_user("pg-nor")
-    for user_id, level, nation in (
-        (bot_env.officer.user_id, "DEU GEHEIM", "DEU"),
-        (member.user_id, "NATO SECRET", "NOR"),
-    ):
-        await talk(
-            admin,
-            dm,
-            f'!clearance grant {user_id} "{level}" --nationality {nation}',
-            "Clearance updated",
-        )
     member_client = await make_client(member)
-    for client, key in ((officer, "deu"), (member_client, "nato-s")):
-        await talk(admin, dm, f"!invite {client.user_id} {key}", "Invited")
-        await client.join(await client.wait_for_invite())
+    await enrol(
+        admin,
+        dm,
+        [(bot_env.officer.user_id, "DEU GEHEIM", "DEU"), (member.user_id, "NATO SECRET", "NOR")],
+        [(officer, "deu"), (member_client, "nato-s")],
+    )
     deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
     phrase = f"pg-{secrets.token_hex(4)}"
     receipt = await talk(officer, deu, f"[GEHEIM // REL TO NATO] {phrase}", "Relayed to nato-s")

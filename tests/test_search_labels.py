@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 
 from bot.e2ee_client import open_dm, talk
-from tests.bot_harness import BotEnv
+from tests.bot_harness import BotEnv, enrol
 from tests.matrix_harness import MakeClient, MakeUser
 
 BOT_ROOMS = """
@@ -37,21 +37,17 @@ async def test_search_shows_only_what_the_room_may_see(
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     officer = await make_client(bot_env.officer)
     analyst = make_user("analyst")
-    for user_id, level, nation in (
-        (bot_env.officer.user_id, "DEU GEHEIM", "DEU"),
-        (bot_env.officer.user_id, "NATO SECRET", "DEU"),
-        (analyst.user_id, "NATO SECRET", "NOR"),
-    ):
-        await talk(
-            admin,
-            dm,
-            f'!clearance grant {user_id} "{level}" --nationality {nation}',
-            "Clearance updated",
-        )
     analyst_client = await make_client(analyst)
-    for client, key in ((officer, "deu"), (analyst_client, "nato-s")):
-        await talk(admin, dm, f"!invite {client.user_id} {key}", "Invited")
-        await client.join(await client.wait_for_invite())
+    await enrol(
+        admin,
+        dm,
+        [
+            (bot_env.officer.user_id, "DEU GEHEIM", "DEU"),
+            (bot_env.officer.user_id, "NATO SECRET", "DEU"),
+            (analyst.user_id, "NATO SECRET", "NOR"),
+        ],
+        [(officer, "deu"), (analyst_client, "nato-s")],
+    )
     deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
     word = f"needle{secrets.token_hex(3)}"
     await talk(officer, deu, f"[GEHEIM // REL TO NATO] shared {word} sighting #kiel", "Relayed")
