@@ -1083,7 +1083,9 @@ class Store:
                 append_audit(session, actor, "room.closed", key, {"removed": removed})
 
 
-def _digest_run_row(session: Session, schedule_key: str, window_end: datetime) -> DigestRunRow | None:
+def _digest_run_row(
+    session: Session, schedule_key: str, window_end: datetime
+) -> DigestRunRow | None:
     return session.scalar(
         select(DigestRunRow).where(
             DigestRunRow.schedule_key == schedule_key, DigestRunRow.window_end == window_end
