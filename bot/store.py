@@ -752,7 +752,7 @@ class Store:
     def save_item(self, item: IntelItem) -> tuple[IntelItem, bool]:
         """Store a tagged message once per source event; (item, created)."""
         with self.session() as session:
-            row = session.scalar(select(IntelItemRow).where(IntelItemRow.event_id == item.event_id))
+            row = _item_row(session, item.event_id)
             if row is not None:
                 return IntelItem.of(row), False
             row = IntelItemRow(
@@ -776,7 +776,7 @@ class Store:
 
     def item(self, event_id: str) -> IntelItem | None:
         with self.session() as session:
-            row = session.scalar(select(IntelItemRow).where(IntelItemRow.event_id == event_id))
+            row = _item_row(session, event_id)
             return IntelItem.of(row) if row else None
 
     def update_item(
@@ -793,7 +793,7 @@ class Store:
     ) -> None:
         """An edit of the source: the item now holds the edited label and text."""
         with self.session() as session:
-            row = session.scalar(select(IntelItemRow).where(IntelItemRow.event_id == event_id))
+            row = _item_row(session, event_id)
             if row is not None:
                 row.label, row.scheme, row.rank = label, scheme, rank
                 row.precedence, row.exercise, row.topics = precedence, exercise, list(topics)
@@ -802,7 +802,7 @@ class Store:
     def redact_item(self, event_id: str, sealed_empty: str) -> IntelItem | None:
         """The source was redacted: forget its text, keep the record of what happened."""
         with self.session() as session:
-            row = session.scalar(select(IntelItemRow).where(IntelItemRow.event_id == event_id))
+            row = _item_row(session, event_id)
             if row is None:
                 return None
             row.text, row.redacted_at = sealed_empty, utcnow()
@@ -1081,6 +1081,10 @@ class Store:
                     )
                 )
                 append_audit(session, actor, "room.closed", key, {"removed": removed})
+
+
+def _item_row(session: Session, event_id: str) -> IntelItemRow | None:
+    return session.scalar(select(IntelItemRow).where(IntelItemRow.event_id == event_id))
 
 
 def _digest_run_row(
