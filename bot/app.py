@@ -37,7 +37,7 @@ from nio import (
 from nio.crypto import OlmDevice
 
 from bot.config import Config
-from bot.crosssign import fingerprint, normalise_fingerprint
+from bot.crosssign import normalise_fingerprint
 from bot.digest import DigestService, describe
 from bot.matrix import Gateway, MatrixError, unwrap
 from bot.metrics import Metrics, serve
@@ -59,6 +59,7 @@ from commands.services import (
     RouteSummary,
     StatusInfo,
 )
+from commands.views import fingerprint
 from policy import (
     Decision,
     MarkingError,
@@ -941,20 +942,20 @@ class LiaisonBot:
         )
         await self.send_notice(room_id, reply, event.event_id, also_to=also)
 
+    def is_member(self, user_id: str, managed: ManagedRoom) -> bool:
+        """Joined (not merely invited) to a managed room, as the last sync showed."""
+        room = self.client.rooms.get(managed.room_id) if self.client is not None else None
+        member = room.users.get(user_id) if room is not None else None
+        return member is not None and not member.invited
+
     def roles_of(self, user_id: str) -> frozenset[Role]:
         roles = {Role.ANYONE}
         if user_id in self.config.bot.admins:
             roles.add(Role.ADMIN)
         if user_id in self.config.bot.officers:
             roles.add(Role.OFFICER)
-        client = self.client
-        if client is not None:
-            for managed in self.rooms_by_key.values():
-                room = client.rooms.get(managed.room_id)
-                member = room.users.get(user_id) if room else None
-                if member is not None and not member.invited:
-                    roles.add(Role.MEMBER)
-                    break
+        if any(self.is_member(user_id, m) for m in self.rooms_by_key.values()):
+            roles.add(Role.MEMBER)
         return frozenset(roles)
 
     async def _reply(self, invocation: Invocation, reply: Reply) -> None:
@@ -1083,9 +1084,7 @@ class LiaisonBot:
         from bot.search import search as find
 
         managed = self._managed(room_key)
-        room = self._gw().room(managed.room_id)
-        member = room.users.get(actor) if room is not None else None
-        if member is None or member.invited:
+        if not self.is_member(actor, managed):
             raise CommandError(f"only members of {room_key} may search from it")
         try:
             span = parse_duration(since) if since else timedelta(days=30)
@@ -1211,20 +1210,16 @@ class LiaisonBot:
 
     async def digest_now(self, actor: str, room_key: str, roles: frozenset[Role]) -> str:
         managed = self._managed(room_key)
-        if Role.ADMIN not in roles and Role.OFFICER not in roles:
-            room = self._gw().room(managed.room_id)
-            member = room.users.get(actor) if room is not None else None
-            if member is None or member.invited:
-                await self.audit(
-                    actor,
-                    "command.denied",
-                    "digest now",
-                    {"room": room_key, "reason": "not a member of that room"},
-                )
-                raise CommandError(
-                    f"members may ask for the digest of their own room only; "
-                    f"you are not in {room_key}"
-                )
+        if not roles & {Role.ADMIN, Role.OFFICER} and not self.is_member(actor, managed):
+            await self.audit(
+                actor,
+                "command.denied",
+                "digest now",
+                {"room": room_key, "reason": "not a member of that room"},
+            )
+            raise CommandError(
+                f"members may ask for the digest of their own room only; you are not in {room_key}"
+            )
         await self.digests.post_now(actor, managed)
         return managed.key
 

@@ -34,6 +34,8 @@ from pydantic import (
 from sqlalchemy.engine import make_url
 
 from bot.schedule import cron_trigger, parse_duration
+from commands.registry import ROOM_KEY as _ROOM_KEY
+from commands.registry import USER_ID as _USER_ID
 from policy import (
     Label,
     MarkingError,
@@ -51,8 +53,6 @@ SECRET_KEYS = {
     "data_key": "data_key_env",
     "token": "token_env",
 }
-_USER_ID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+\Z")
-_ROOM_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
 

@@ -204,10 +204,5 @@ def check_identity(user_id: str, query: Mapping[str, Any]) -> Identity:
     return Identity(user_id, master, ssk, signed)
 
 
-def fingerprint(public_key: str) -> str:
-    """A master key as people compare it: groups of four characters."""
-    return " ".join(public_key[i : i + 4] for i in range(0, len(public_key), 4))
-
-
 def normalise_fingerprint(text: str) -> str:
     return "".join(text.split())

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bot.app import LiaisonBot, Secrets
 from bot.config import load_config
-from bot.devserver import DevServer, RegisteredUser
+from bot.devserver import DevServer
 from bot.e2ee_client import E2EEClient, cross_sign, open_dm, talk
 from bot.migrate import upgrade
 from bot.store import Store
@@ -264,4 +264,4 @@ def run_demo(*, exit_after_scenario: bool, out: Callable[[str], None] = print) -
         return asyncio.run(scenario(Path(tmp), out, linger=not exit_after_scenario))
 
 
-__all__ = ["RegisteredUser", "run_demo"]
+__all__ = ["run_demo"]

@@ -25,7 +25,7 @@ from bot.render import EXERCISE_LINE, target_banner
 from bot.rooms import ManagedRoom
 from bot.schedule import cron_trigger, format_duration
 from bot.store import AuditNote, DigestSchedule, IntelItem
-from commands.document import Banner, Document, Inline, Items, doc, heading, items, para
+from commands.document import Banner, Document, Inline, doc, heading, items, para
 from policy import Label, MarkingError, Precedence, dominant_label, may_release, parse_marking
 
 if TYPE_CHECKING:
@@ -410,7 +410,6 @@ def describe(schedule: DigestSchedule, next_run: datetime | None) -> str:
 __all__ = [
     "DigestItem",
     "DigestService",
-    "Items",
     "build_digest",
     "describe",
     "fire_times",

@@ -22,7 +22,7 @@ from bot.config import FeedConfig
 from bot.matrix import MatrixError
 from bot.relay import Source
 from bot.render import relay_copy
-from commands.document import Code, Strong, doc, items, para
+from commands.document import Strong, doc, items, para
 from policy import MAX_TEXT_BYTES, MarkingError, Precedence, TaggedMessage, fits, parse_marking
 
 if TYPE_CHECKING:
@@ -165,6 +165,3 @@ def _check_fields(body: dict[str, Any]) -> str | None:
     if unknown:
         return f"unknown field(s): {', '.join(unknown)}"
     return None
-
-
-__all__ = ["Code", "FeedListener"]

@@ -3,11 +3,11 @@ chat commands and the offline CLI, so both validate and audit alike (DESIGN §5,
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from datetime import date
 
 from bot.store import ClearanceRecord, Store, StoreError
+from commands.registry import USER_ID
 from policy import (
     CATALOGUE,
     Clearance,
@@ -16,8 +16,6 @@ from policy import (
     known_caveats,
     parse_marking,
 )
-
-USER_ID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+\Z")
 
 
 class RegisterError(Exception):

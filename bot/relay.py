@@ -435,64 +435,38 @@ class RelayEngine:
         return doc(items(lines)) if lines else None
 
     async def _withdraw(self, source: Source, item: IntelItem, why: str) -> Document:
-        copies = [
-            c
-            for c in await self.bot._db(self.bot.store.copies_of, item.event_id)
-            if c.state == "sent" and c.target_event_id
-        ]
-        entries = []
-        for copy in copies:
-            target = self.bot.rooms_by_key.get(copy.target_key)
-            if target is not None:
-                entries.append(
-                    self._entry(
-                        "redact",
-                        source.event.event_id,
-                        item.event_id,
-                        target,
-                        {"redacts": copy.target_event_id},
-                    )
-                )
-        for row in await self.bot._db(self.bot.store.add_relays, entries):
-            await self._send(row)
-        await self.bot._db(
-            self.bot.store.redact_item, item.event_id, self.sealer.seal_text("", item.event_id)
-        )
-        keys = ", ".join(c.target_key for c in copies) or "no rooms"
-        return doc(para(f"Relayed copies withdrawn from {keys}: {why}."))
+        keys = await self._redact_copies(source.event.event_id, item.event_id)
+        return doc(para(f"Relayed copies withdrawn from {', '.join(keys) or 'no rooms'}: {why}."))
 
     async def handle_redaction(self, room: ManagedRoom, redacts: str, sender: str) -> None:
         """The source was redacted: redact its copies and forget its text."""
         item = await self.bot._db(self.bot.store.item, redacts)
         if item is None or item.redacted_at is not None:
             return
+        keys = await self._redact_copies(f"redaction:{redacts}", redacts)
+        await self.bot.audit(sender, "intel.redacted", redacts, {"room": room.key, "copies": keys})
+
+    async def _redact_copies(self, cause_event_id: str, item_event_id: str) -> list[str]:
+        """Redact every sent copy of an item (ledger rows keyed by the causing event) and
+        forget the item's text; the target room keys of the copies."""
         copies = [
             c
-            for c in await self.bot._db(self.bot.store.copies_of, redacts)
+            for c in await self.bot._db(self.bot.store.copies_of, item_event_id)
             if c.state == "sent" and c.target_event_id
         ]
-        entries = []
-        for copy in copies:
-            target = self.bot.rooms_by_key.get(copy.target_key)
-            if target is not None:
-                entries.append(
-                    self._entry(
-                        "redact",
-                        f"redaction:{redacts}",
-                        redacts,
-                        target,
-                        {"redacts": copy.target_event_id},
-                    )
-                )
+        entries = [
+            self._entry(
+                "redact", cause_event_id, item_event_id, target, {"redacts": copy.target_event_id}
+            )
+            for copy in copies
+            if (target := self.bot.rooms_by_key.get(copy.target_key)) is not None
+        ]
         for row in await self.bot._db(self.bot.store.add_relays, entries):
             await self._send(row)
-        await self.bot._db(self.bot.store.redact_item, redacts, self.sealer.seal_text("", redacts))
-        await self.bot.audit(
-            sender,
-            "intel.redacted",
-            redacts,
-            {"room": room.key, "copies": [c.target_key for c in copies]},
+        await self.bot._db(
+            self.bot.store.redact_item, item_event_id, self.sealer.seal_text("", item_event_id)
         )
+        return [c.target_key for c in copies]
 
     # ------------------------------------------------------------ the ledger's tail
 

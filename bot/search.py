@@ -7,7 +7,7 @@ there; every match is filtered by `may_release` into the asking room first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from bot.digest import DigestItem, select_items
@@ -73,6 +73,3 @@ def results_document(
     if scanned >= MAX_SCANNED:
         blocks.append(para(f"Only the newest {MAX_SCANNED} stored items were searched."))
     return doc(*blocks)
-
-
-ItemLoader = Callable[[datetime, int], list[DigestItem]]

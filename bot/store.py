@@ -501,12 +501,6 @@ class Store:
             row = session.get(DirectRoomRow, user_id)
             return row.room_id if row else None
 
-    def direct_partner(self, room_id: str) -> str | None:
-        with self.session() as session:
-            return session.scalar(
-                select(DirectRoomRow.user_id).where(DirectRoomRow.room_id == room_id)
-            )
-
     def direct_rooms(self) -> dict[str, str]:
         """room id -> partner user id."""
         with self.session() as session:
@@ -905,19 +899,6 @@ class Store:
                 .order_by(RelayRow.id)
             )
             return [RelayEntry.of(r) for r in rows]
-
-    def is_relay_copy(self, room_id: str, event_id: str) -> bool:
-        with self.session() as session:
-            return (
-                session.scalar(
-                    select(RelayRow.id).where(
-                        RelayRow.target_room_id == room_id, RelayRow.target_event_id == event_id
-                    )
-                )
-                is not None
-            )
-
-    # ------------------------------------------------------------ digests
 
     def digest_schedules(self) -> list[DigestSchedule]:
         with self.session() as session:

@@ -18,10 +18,10 @@ def clearance_document(record: ClearanceInfo) -> Document:
         else "active"
     )
     identity = (
-        f"pinned {_grouped(record.identity_key)}" if record.identity_key else "not pinned yet"
+        f"pinned {fingerprint(record.identity_key)}" if record.identity_key else "not pinned yet"
     )
     if record.identity_pending:
-        identity += f"; CHANGED to {_grouped(record.identity_pending)}, awaiting confirmation"
+        identity += f"; CHANGED to {fingerprint(record.identity_pending)}, awaiting confirmation"
     return doc(
         para(Mention(record.user_id), " — nationality ", Strong(record.nationality)),
         items(
@@ -48,8 +48,9 @@ def audit_line(entry: AuditInfo) -> tuple[Code | str, ...]:
     )
 
 
-def _grouped(key: str) -> str:
-    return " ".join(key[i : i + 4] for i in range(0, len(key), 4))
+def fingerprint(public_key: str) -> str:
+    """A master key as people compare it: groups of four characters."""
+    return " ".join(public_key[i : i + 4] for i in range(0, len(public_key), 4))
 
 
 def rooms_document(rooms: Sequence[RoomSummary]) -> Document:

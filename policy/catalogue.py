@@ -77,12 +77,6 @@ class Scheme:
                 best = level
         return best
 
-    def level_at(self, rank: int) -> Level | None:
-        for level in self.levels:
-            if level.rank == rank and not level.legacy:
-                return level
-        return None
-
 
 @dataclass(frozen=True, slots=True)
 class Catalogue:

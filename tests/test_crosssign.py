@@ -9,10 +9,10 @@ from bot.crosssign import (
     CrossSigningKeys,
     SigningKey,
     check_identity,
-    fingerprint,
     normalise_fingerprint,
     verify_signature,
 )
+from commands.views import fingerprint
 
 USER = "@alice:example.org"
 
