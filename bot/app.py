@@ -39,11 +39,12 @@ from nio.crypto import OlmDevice
 from bot.config import Config
 from bot.crosssign import normalise_fingerprint
 from bot.digest import DigestService, describe
-from bot.matrix import Gateway, MatrixError, unwrap
+from bot.keyshare import KeyRequests
+from bot.matrix import MEGOLM, Gateway, MatrixError, unwrap
 from bot.metrics import Metrics, serve
 from bot.register import ClearanceRegister, RegisterError, policy_clearance
 from bot.relay import RelayEngine, Source
-from bot.rooms import MEGOLM, ManagedRoom, ProvisionError, provision
+from bot.rooms import ManagedRoom, ProvisionError, provision
 from bot.schedule import cron_trigger, parse_duration
 from bot.sealing import Sealer
 from bot.store import AuditEntry, AuditVerdict, ClearanceRecord, RoomRecord, Store
@@ -141,6 +142,7 @@ class LiaisonBot:
         self._deferred: list[asyncio.Task[Any]] = []
         self._stop = asyncio.Event()
         self.synced = asyncio.Event()
+        self._sync_done = asyncio.Event()  # replaced after every handled sync (waiters)
         self.started_at = time.monotonic()
         self.last_sync: float | None = None
         self.first_sync_s: float | None = None
@@ -148,6 +150,7 @@ class LiaisonBot:
         self.gateway: Gateway | None = None
         self.keys_api: KeysAPI | None = None
         self.trust: DeviceTrust | None = None
+        self.key_requests: KeyRequests | None = None
         self._pending: dict[str, tuple[str, MegolmEvent, datetime]] = {}
         self.relay = RelayEngine(self, secrets.data_key)
         self.digests = DigestService(self)
@@ -343,6 +346,20 @@ class LiaisonBot:
             on_record=self._set_record,
             alert=self._alert_identity_change,
         )
+        self.key_requests = KeyRequests(
+            self._gw(),
+            self.may_read,
+            self.device_trusted,
+            self._fresh_trust,
+            self.audit,
+            lambda outcome: self.metrics.key_requests.labels(outcome).inc(),
+        )
+
+    async def _fresh_trust(self, user_id: str) -> None:
+        """Check a user's cross-signing again now, not from the cache."""
+        if self.trust is not None:
+            self.trust.invalidate([user_id])
+            await self.trust.refresh([user_id])
 
     def _set_record(self, record: ClearanceRecord) -> None:
         self._clearances[record.user_id] = record
@@ -437,19 +454,27 @@ class LiaisonBot:
             return Decision(False, (f"no clearance on record for {user_id}",))
         return may_join(policy_clearance(record), room.policy, self.today())
 
-    def key_recipients(self, room_id: str) -> list[str]:
-        """Who may hold this room's key: cleared members, or the DM partner."""
-        client = self.client
-        if client is None:
-            return []
-        room = client.rooms.get(room_id)
-        if room is None:
-            return []
+    def may_read(self, room_id: str, user_id: str) -> Decision:
+        """May this person read what the bot sends into the room: `may_join` in a managed
+        room, being the partner in a DM; nobody in any other room."""
         managed = self.rooms_by_id.get(room_id)
         if managed is not None:
-            return [u for u in room.users if u != self.user_id and self.may_join(u, managed)]
+            return self.may_join(user_id, managed)
         partner = self.direct.get(room_id)
-        return [partner] if partner and partner in room.users else []
+        if partner is not None:
+            if partner == user_id:
+                return Decision(True, (f"{user_id} is the partner of this direct chat",))
+            return Decision(False, (f"{user_id} is not the partner of this direct chat",))
+        return Decision(False, ("not a room the bot manages or a direct chat it holds",))
+
+    def key_recipients(self, room_id: str) -> list[str]:
+        """Who may hold this room's key: members and invitees who may read it (the gateway
+        shares it with those who have joined). The member list is brought up to date before
+        a send when it may be behind (Gateway.ensure_current_members)."""
+        room = self.client.rooms.get(room_id) if self.client is not None else None
+        if room is None:
+            return []
+        return [u for u in room.users if u != self.user_id and self.may_read(room_id, u)]
 
     def device_trusted(self, user_id: str, device: OlmDevice) -> bool:
         """The device policy (`device_trust`), with identity pinning."""
@@ -464,6 +489,7 @@ class LiaisonBot:
         tx_id: str | None = None,
         also_to: Sequence[OlmDevice] = (),
     ) -> str:
+        await self._gw().ensure_current_members(room_id)
         if self.trust is not None:
             await self.trust.refresh(self.key_recipients(room_id))
         return await self._gw().send(
@@ -599,6 +625,8 @@ class LiaisonBot:
             first = initial = False
             self.last_sync = time.monotonic()
             self.synced.set()
+            done, self._sync_done = self._sync_done, asyncio.Event()
+            done.set()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -621,6 +649,10 @@ class LiaisonBot:
             # A cleared user's identity may have changed: check now, so admins hear of it
             # at once and not at the next message.
             await self.trust.refresh(u for u in changed if u in self._clearances)
+        if self.key_requests is not None:
+            requests = [e for e in response.to_device_events if self.key_requests.wants(e)]
+            if requests:
+                self._spawn(self._answer_key_requests(requests), "key-requests")
         for room_id, info in response.rooms.invite.items():
             await self._on_invite(room_id, info.invite_state)
         for room_id, info in response.rooms.join.items():
@@ -640,6 +672,12 @@ class LiaisonBot:
                 partner = self.direct.pop(room_id)
                 await self._db(self.store.forget_direct_room, room_id)
                 log.info("direct room with %s closed", partner)
+
+    async def _answer_key_requests(self, requests: list[Any]) -> None:
+        """One at a time, off the sync loop: each may ask the homeserver several things."""
+        assert self.key_requests is not None
+        for request in requests:
+            await self.key_requests.handle(request)
 
     async def _on_invite(self, room_id: str, invite_state: Sequence[Any]) -> None:
         inviter, is_direct = None, False
@@ -973,29 +1011,62 @@ class LiaisonBot:
     async def direct_room_for(self, user_id: str) -> str:
         """The DM with this person, created (encrypted) if there is none."""
         for room_id, partner in reversed(self.direct.items()):  # the newest DM wins
-            if partner == user_id:
-                return room_id
+            room = self._gw().room(room_id)
+            if partner == user_id and (room is None or user_id in room.users):
+                return room_id  # a DM they left is not reused: they would never read it
         room_id = await self._gw().create_room(
             name=None,
             topic=None,
             is_direct=True,
             invite=[user_id],
+            # Like every room the bot makes: encrypted from its first event, history from
+            # joining, no guests (the preset alone would say "shared" and "can_join").
             initial_state=[
-                {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}}
+                {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}},
+                {
+                    "type": "m.room.history_visibility",
+                    "state_key": "",
+                    "content": {"history_visibility": "joined"},
+                },
+                {
+                    "type": "m.room.guest_access",
+                    "state_key": "",
+                    "content": {"guest_access": "forbidden"},
+                },
             ],
         )
+        self._gw().mark_members_stale(room_id)
         self.direct[room_id] = user_id
         await self._db(self.store.save_direct_room, user_id, room_id)
         return room_id
 
+    def _ready_for(self, room_id: str) -> bool:
+        """The room is synced and, in a DM, its partner has joined (what is sent before
+        the join could never be read: history is visible from joining)."""
+        room = self._gw().room(room_id)
+        if room is None:
+            return False
+        partner = self.direct.get(room_id)
+        member = room.users.get(partner) if partner is not None else None
+        return partner is None or (member is not None and not member.invited)
+
     async def _send_when_ready(self, room_id: str, document: Document) -> None:
-        """A new DM appears in the client after the next sync: wait for it, then send."""
-        deadline = time.monotonic() + 60
-        while self._gw().room(room_id) is None:
-            if time.monotonic() > deadline:
-                log.error("direct room %s never synced; a private reply was not sent", room_id)
+        """Send once the room is ready (`_ready_for`), judged after each sync; a reply whose
+        reader does not join within `dm_join_timeout` is dropped and audited, never sent."""
+        timeout = self.config.bot.dm_join_timeout.total_seconds()
+        deadline = time.monotonic() + timeout
+        while not self._ready_for(room_id):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self._stop.is_set():
+                partner = self.direct.get(room_id)
+                why = "the bot stopped" if self._stop.is_set() else f"not joined in {timeout:g} s"
+                log.warning("a reply to %s in %s was dropped: %s", partner, room_id, why)
+                await self.audit(
+                    self.user_id, "dm.reply.dropped", partner, {"room_id": room_id, "reason": why}
+                )
                 return
-            await asyncio.sleep(0.2)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sync_done.wait(), remaining)
         await self.send_notice(room_id, document)
 
     # ------------------------------------------------------------ services (commands)

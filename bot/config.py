@@ -158,6 +158,7 @@ class BotConfig(_Section):
     sweep_interval: Duration = timedelta(minutes=5)
     digest_catchup_grace: Duration = timedelta(hours=2)
     undecryptable_grace: Duration = timedelta(seconds=60)
+    dm_join_timeout: Duration = timedelta(minutes=10)
 
     @field_validator("command_prefixes")
     @classmethod

@@ -36,6 +36,7 @@ from nio import (
     RoomVisibility,
     SyncResponse,
 )
+from nio.crypto.key_request import OutgoingKeyRequest
 from nio.exceptions import EncryptionError, OlmUnverifiedDeviceError
 
 from bot.crosssign import CrossSigningKeys
@@ -110,6 +111,7 @@ class E2EEClient:
             raise AssertionError(f"login of {user.user_id} failed: {response}")
         if client.should_upload_keys:
             _check(await client.keys_upload(), "keys upload")
+        _accept_forwards_from_session_creators(client)
         return cls(client, user, auto_join)
 
     # -- sync loop ---------------------------------------------------------------------------
@@ -439,6 +441,17 @@ class E2EEClient:
         if self.client.olm is not None:
             self.client.olm.update_tracked_users(room)
 
+    async def request_key_from(self, event: MegolmEvent, user_id: str, device_id: str) -> None:
+        """Ask one device (the bot's) for the room key of an event this device cannot read,
+        as Element asks when it shows "Unable to decrypt"."""
+        message = event.as_key_request(user_id, self.device_id, device_id=device_id)
+        _check(await self.client.to_device(message), f"key request to {user_id} {device_id}")
+        # nio records a request only when it queued it itself: do what it would.
+        assert self.client.olm is not None
+        self.client.olm.outgoing_key_requests[message.request_id] = OutgoingKeyRequest.from_message(
+            message
+        )
+
     def trust_room_devices(self, room_id: str) -> None:
         """Mark every known device of every member as verified (test side only)."""
         room = self.client.rooms[room_id]
@@ -488,6 +501,30 @@ class E2EEClient:
             event_id: str = response.event_id
             return event_id
         raise AssertionError("unreachable")
+
+
+def _accept_forwards_from_session_creators(client: AsyncClient) -> None:
+    """Accept a requested `m.forwarded_room_key` from the device that created the session
+    (its Olm key is the session's sender key and nothing forwarded it before): that is the
+    same key the creator would share, from a later index. nio by itself accepts forwards
+    from its own user's devices only."""
+    olm = client.olm
+    assert olm is not None
+    own_rule = olm._should_accept_forward
+
+    def accept(sender: str, sender_key: str, event: Any) -> bool:
+        if own_rule(sender, sender_key, event):
+            return True
+        content = event.source.get("content", {})
+        device = olm.device_store.device_from_sender_key(sender, sender_key)
+        return bool(
+            event.session_id in olm.outgoing_key_requests
+            and content.get("sender_key") == sender_key
+            and not content.get("forwarding_curve25519_key_chain")
+            and device is not None  # a device this client has seen; it trusts them all
+        )
+
+    olm._should_accept_forward = accept  # type: ignore[method-assign]
 
 
 def _check(response: T, what: str) -> T:

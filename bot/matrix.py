@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,18 +19,24 @@ from nio import (
     JoinedMembersResponse,
     JoinedRoomsResponse,
     MatrixRoom,
+    RoomContextResponse,
     RoomCreateResponse,
     RoomGetStateResponse,
+    RoomMemberEvent,
     RoomMessagesResponse,
     RoomSendResponse,
     ShareGroupSessionResponse,
+    ToDeviceMessage,
+    ToDeviceResponse,
 )
 from nio.api import Api, MessageDirection, RoomPreset, RoomVisibility
-from nio.crypto import OlmDevice
+from nio.crypto import InboundGroupSession, OlmDevice
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+MEGOLM = "m.megolm.v1.aes-sha2"
 
 # Who may receive this room's key, and is this particular device trusted.
 DevicePolicy = Callable[[str, OlmDevice], bool]
@@ -79,12 +86,31 @@ class StateEvent:
     sender: str = ""
 
 
+@dataclass(frozen=True)
+class SentIndex:
+    """One event the bot encrypted: which megolm message index it used. `event_id` is None
+    when the homeserver's answer never came (the event may exist or not)."""
+
+    index: int
+    event_id: str | None
+
+
+# Sessions whose sent events are remembered for answering key requests; nio rotates a session
+# after 100 messages or 7 days, so this covers many rooms' current and recent sessions.
+REMEMBERED_SESSIONS = 2000
+
+
 class Gateway:
     """The operations the bot performs on the homeserver, each one call with typed errors."""
 
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
         self._send_locks: dict[str, asyncio.Lock] = {}
+        # Rooms whose member list may have changed unseen (an invite the bot just sent, a DM
+        # it just created): asked from the server before the next encryption into them.
+        self._stale_members: set[str] = set()
+        # (room id, session id) -> the events the bot sent with that outbound session.
+        self._sent: OrderedDict[tuple[str, str], list[SentIndex]] = OrderedDict()
 
     @property
     def user_id(self) -> str:
@@ -156,6 +182,39 @@ class Gateway:
     async def invite(self, room_id: str, user_id: str) -> None:
         response = await self.client.room_invite(room_id, user_id)
         check(response, f"invite {user_id} to {room_id}")
+        # The invitee may join before the sync that shows the invite: ask before encrypting.
+        self.mark_members_stale(room_id)
+
+    def mark_members_stale(self, room_id: str) -> None:
+        """The room's members may change before a sync shows it (the bot invited someone,
+        created a DM): the next encryption into it asks the server first."""
+        self._stale_members.add(room_id)
+
+    async def ensure_current_members(self, room_id: str) -> None:
+        """Bring the local member list up to the server's when it may be behind, so that a
+        member who joined before the bot's sync showed it still gets the room key.
+
+        Only the bot invites to the rooms it runs, and nobody joins uninvited, so the list
+        can be behind only while an invite is outstanding (ours, just sent, or one the last
+        sync showed) or before the first full member list: asked then, not on every send.
+        """
+        room = self.client.rooms.get(room_id)
+        if room is None or not room.encrypted:
+            return
+        if room.members_synced and not room.invited_users and room_id not in self._stale_members:
+            return
+        response = unwrap(
+            await self.client.joined_members(room_id),
+            JoinedMembersResponse,
+            f"members of {room_id}",
+        )
+        self._stale_members.discard(room_id)
+        # nio adds newly joined users and drops those who left, but leaves an invitee who has
+        # since joined marked "invited"; a sync's join event would clear it the same way.
+        joined = {m.user_id for m in response.members}
+        for user_id in [u for u in room.invited_users if u in joined]:
+            room.users[user_id].invited = False
+            del room.invited_users[user_id]
 
     async def kick(self, room_id: str, user_id: str, reason: str) -> None:
         """Reasons are not encrypted: callers keep markings and room names out of them."""
@@ -207,9 +266,10 @@ class Gateway:
         tx_id: str | None = None,
         also_to: Sequence[OlmDevice] = (),
     ) -> str:
-        """Send an event; in an encrypted room the room key goes only to `recipients()`
-        (asked at sharing time) and, of their devices, only to those `device_trusted` accepts.
-        Every other device is blacklisted, never ignored, so nio never shares with it.
+        """Send an event; in an encrypted room the room key goes only to those of
+        `recipients()` (asked at sharing time) who have joined, and of their devices only to
+        those `device_trusted` accepts. Every other device is blacklisted, never ignored, so
+        nio never shares with it.
 
         `also_to` names devices that must read this one event although the policy excludes
         them (telling an unverified device why it was refused): the event gets a one-off
@@ -227,11 +287,18 @@ class Gateway:
                 if olm is None or olm.should_share_group_session(room_id):
                     # nio would now share the key with every member itself: never let it.
                     raise MatrixError(f"send to {room_id}", None, "room key not ready", None)
+            session = olm.outbound_group_sessions.get(room_id) if room.encrypted and olm else None
+            index = session.message_index if session is not None else None
+            event_id: str | None = None
             try:
                 response = await self.client.room_send(
                     room_id, event_type, dict(content), tx_id=tx_id or str(uuid4())
                 )
+                if isinstance(response, RoomSendResponse):
+                    event_id = str(response.event_id)
             finally:
+                if session is not None and index is not None and session.message_index > index:
+                    self._remember(room_id, session.id, SentIndex(index, event_id))
                 if room.encrypted and also_to:
                     self.client.invalidate_outbound_session(room_id)
                     olm_ = self.client.olm
@@ -242,6 +309,18 @@ class Gateway:
                             if not olm_.is_device_blacklisted(device):
                                 self.client.blacklist_device(device)
             return str(unwrap(response, RoomSendResponse, f"send to {room_id}").event_id)
+
+    def _remember(self, room_id: str, session_id: str, sent: SentIndex) -> None:
+        key = (room_id, session_id)
+        self._sent.setdefault(key, []).append(sent)
+        self._sent.move_to_end(key)
+        while len(self._sent) > REMEMBERED_SESSIONS:
+            self._sent.popitem(last=False)
+
+    def sent_with(self, room_id: str, session_id: str) -> list[SentIndex]:
+        """The events the bot sent with one of its outbound sessions, oldest first (empty
+        for a session it does not remember: made before a restart, or long ago)."""
+        return list(self._sent.get((room_id, session_id), ()))
 
     def sender_device(self, room_id: str, event: Any) -> OlmDevice | None:
         """The device that sent a decrypted event: the one whose curve25519 key set up the
@@ -258,6 +337,84 @@ class Gateway:
             if device.curve25519 == sender_key and device.ed25519 == session.ed25519:
                 return device
         return None
+
+    @property
+    def own_sender_key(self) -> str | None:
+        """This device's curve25519 key: the `sender_key` of every session it created."""
+        olm = self.client.olm
+        return olm.account.identity_keys["curve25519"] if olm is not None else None
+
+    def own_inbound_session(self, room_id: str, session_id: str) -> InboundGroupSession | None:
+        """The bot's own copy of a megolm session it created for the room, if it has one."""
+        olm, sender_key = self.client.olm, self.own_sender_key
+        if olm is None or sender_key is None:
+            return None
+        session = olm.inbound_group_store.get(room_id, sender_key, session_id)
+        return session if session is not None and not session.forwarding_chain else None
+
+    async def current_device(self, user_id: str, device_id: str) -> OlmDevice | None:
+        """A device as its owner's published keys show it now: asked from the server, since
+        a device that has just been added may not have reached the bot's sync yet."""
+        olm = self.client.olm
+        if olm is None:
+            return None
+        olm.add_changed_users({user_id})
+        check(await self.client.keys_query(), f"keys of {user_id}")
+        return self.device_by_id(user_id, device_id)
+
+    async def membership_at(self, room_id: str, event_id: str, user_id: str) -> str | None:
+        """The user's membership in the room's state at an event ("join", "invite", "leave",
+        …), as the homeserver computes it: what history visibility is judged by."""
+        # limit=0: the state at the event itself, not after the events that follow it
+        # (nio's room_context drops a zero limit, and the server's default is 10).
+        method, path = Api.room_context(str(self.client.access_token), room_id, event_id)
+        response = unwrap(
+            await self.client._send(
+                RoomContextResponse, method, f"{path}&limit=0", response_data=(room_id,)
+            ),
+            RoomContextResponse,
+            f"context of {event_id}",
+        )
+        for event in response.state:
+            if isinstance(event, RoomMemberEvent) and event.state_key == user_id:
+                return str(event.membership)
+        return None
+
+    async def forward_room_key(
+        self, device: OlmDevice, room_id: str, session: InboundGroupSession, first_index: int
+    ) -> None:
+        """Send one device a session of the bot's, readable from `first_index` on only
+        (`m.forwarded_room_key`, Olm-encrypted to that device)."""
+        client, olm = self.client, self.client.olm
+        assert olm is not None
+        if olm.session_store.get(device.curve25519) is None:
+            await client.keys_claim({device.user_id: [device.id]})
+        olm_session = olm.session_store.get(device.curve25519)
+        if olm_session is None:
+            raise MatrixError(
+                f"forward a room key to {device.user_id} {device.id}",
+                None,
+                "no Olm session with that device (it has no one-time keys left)",
+                None,
+            )
+        content = {
+            "algorithm": MEGOLM,
+            "room_id": room_id,
+            "sender_key": session.sender_key,
+            "sender_claimed_ed25519_key": session.ed25519,
+            "session_id": session.id,
+            "session_key": session.export_session(first_index),
+            "forwarding_curve25519_key_chain": [],
+        }
+        encrypted = olm._olm_encrypt(  # nio forwards keys only to our own devices itself
+            olm_session, device, "m.forwarded_room_key", content
+        )
+        message = ToDeviceMessage("m.room.encrypted", device.user_id, device.id, encrypted)
+        unwrap(
+            await client.to_device(message),
+            ToDeviceResponse,
+            f"forward a room key to {device.user_id} {device.id}",
+        )
 
     def device_by_id(self, user_id: str, device_id: str) -> OlmDevice | None:
         olm = self.client.olm
@@ -277,11 +434,13 @@ class Gateway:
     ) -> None:
         client, olm = self.client, self.client.olm
         assert olm is not None
-        if not room.members_synced:
-            unwrap(await client.joined_members(room.room_id), JoinedMembersResponse, "members")
         if client.should_query_keys:
             await client.keys_query()
         allowed = [u for u in users if u != client.user_id]
+        # History is visible from joining: only joined members get the key. Invitees' devices
+        # are judged now all the same, so that the change of mark, which makes nio drop the
+        # room's key, happens before their join and not after it.
+        readers = [u for u in allowed if u in room.users and not room.users[u].invited]
         may_read: set[tuple[str, str]] = set()
         for user_id in allowed:
             for device in olm.device_store.active_user_devices(user_id):
@@ -292,7 +451,8 @@ class Gateway:
                         client.unblacklist_device(device)
                     if not olm.is_device_verified(device):
                         client.verify_device(device)
-                    may_read.add((user_id, device.id))
+                    if user_id in readers:
+                        may_read.add((user_id, device.id))
                 else:
                     if olm.is_device_verified(device):
                         client.unverify_device(device)
@@ -312,9 +472,18 @@ class Gateway:
         if current is not None and current.shared and set(current.users_shared_with) - may_read:
             # Someone who holds the current key may no longer read: rotate it.
             client.invalidate_outbound_session(room.room_id)
-        if not olm.should_share_group_session(room.room_id):
+            current = olm.outbound_group_sessions.get(room.room_id)
+        if current is not None and current.shared and not current.expired:
+            holders = current.users_shared_with | current.users_ignored
+            if not (may_read | extra_ids) - holders:
+                return
+            # Devices that may read lack this key (a member who joined since it went out,
+            # a new device): nio shares an unshared session only with the devices that do
+            # not hold it yet, from its current index on, so they read from now, not before.
+            current.shared = False
+        elif not olm.should_share_group_session(room.room_id):
             return
-        targets = sorted(set(allowed) | {d.user_id for d in also_to})
+        targets = sorted(set(readers) | {d.user_id for d in also_to})
         missing = olm.get_missing_sessions(targets)
         if missing:
             await client.keys_claim(missing)

@@ -45,6 +45,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.key_requests = Counter(
+            "liaison_room_key_requests_total",
+            "Room key requests from other users' devices, answered or ignored",
+            ["outcome"],
+            registry=self.registry,
+        )
         self.sync_lag = Gauge(
             "liaison_sync_lag_seconds",
             "Seconds since the last completed sync",

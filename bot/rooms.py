@@ -11,13 +11,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.matrix import Gateway, StateEvent
+from bot.matrix import MEGOLM, Gateway, StateEvent
 from policy import CATALOGUE, Label, Room
 
 log = logging.getLogger(__name__)
 
 LABEL_EVENT = "io.github.liaison_bot.label"
-MEGOLM = "m.megolm.v1.aes-sha2"
 BOT_POWER = 100
 # Events only the bot may send: who is in the room, what it is, how it is protected.
 RESTRICTED_EVENTS = (

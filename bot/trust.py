@@ -158,23 +158,33 @@ class DeviceTrust:
         self._on_record = on_record
         self._alert = alert
         self._identities: dict[str, Identity] = {}
+        self._stale: set[str] = set()
         self._lock = asyncio.Lock()
 
     def invalidate(self, users: Iterable[str]) -> None:
-        """Device lists changed (sync's device_lists.changed): fetch again before trusting."""
-        for user in users:
-            self._identities.pop(user, None)
+        """Device lists changed (sync's device_lists.changed): the next `refresh` naming
+        these users fetches them again.
+
+        The identity last checked stays in use until then. Dropping it instead left a
+        window, between a sync's invalidate and its refresh, in which a send running
+        concurrently judged the user's devices unchecked: a member who had just joined was
+        left out of the room key they were about to need (a flaky "unable to decrypt")."""
+        self._stale.update(users)
 
     async def refresh(self, users: Iterable[str]) -> None:
-        """Fetch and check identities not in the cache, pinning or flagging master keys."""
+        """Fetch and check identities not in the cache or changed since, pinning or
+        flagging master keys."""
         async with self._lock:
-            missing = sorted({u for u in users if u not in self._identities})
+            missing = sorted({u for u in users if u not in self._identities or u in self._stale})
             if not missing:
                 return
+            self._stale.difference_update(missing)  # a change seen during the query stays
             try:
                 query = await self.api.query(missing)
             except (MatrixError, aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("keys query failed (%s): those users' devices stay untrusted", exc)
+                for user in missing:  # what could not be checked again is not trusted
+                    self._identities.pop(user, None)
                 return
             for user in missing:
                 identity = check_identity(user, query)

@@ -140,7 +140,8 @@ async def bot_env(
     make_user: MakeUser,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[BotEnv]:
-    """A bot for the test module; a module sets BOT_DEVICE_TRUST = "tofu" to change policy."""
+    """A bot for the test module; a module sets BOT_DEVICE_TRUST = "tofu" to change policy,
+    BOT_EXTRA_BOT to add lines to the [bot] section."""
     workdir = tmp_path_factory.mktemp("bot")
     stack = contextlib.ExitStack()
     database = "sqlite:///bot.db"
@@ -158,6 +159,7 @@ async def bot_env(
         officer.user_id,
         getattr(request.module, "BOT_ROOMS", ROOMS)
         + getattr(request.module, "BOT_EXTRA_CONFIG", ""),
+        extra_bot=getattr(request.module, "BOT_EXTRA_BOT", ""),
         device_trust=getattr(request.module, "BOT_DEVICE_TRUST", "cross-signed"),
         database_url=database,
     )

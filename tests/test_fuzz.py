@@ -916,7 +916,7 @@ CONFIG_KEYS = sorted(
         "url", "user_id", "password_env", "access_token_env", "pickle_key_env", "device_name",
         "device_trust", "database_url", "crypto_store", "data_key_env", "command_prefixes",
         "admins", "officers", "caveats", "timezone", "admin_room", "sweep_interval",
-        "digest_catchup_grace", "undecryptable_grace", "bind", "key", "name", "label",
+        "digest_catchup_grace", "undecryptable_grace", "dm_join_timeout", "bind", "key", "name", "label",
         "room_id", "audience", "from", "to", "room", "cron", "window", "sources", "feeds",
         "token_env", "release", "password", "access_token", "token", "admns", "",
     }
@@ -1008,6 +1008,7 @@ FIELD_VALUES: dict[tuple[str, ...], dict[str, list[Any]]] = {
         "sweep_interval": DURATIONS,
         "digest_catchup_grace": DURATIONS,
         "undecryptable_grace": DURATIONS,
+        "dm_join_timeout": DURATIONS,
         "command_prefixes": [["!"], ["!!!!"], [], ["a"], [" "], ["!", 1], "!"],
         "caveats": [["SIGINT"], ["si gint"], ["x"], [""], ["e" + "\u0301\u0316" * 600], "SIGINT"],
         "admins": [["@a:b"], ["a"], "@a:b"],
