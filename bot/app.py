@@ -855,7 +855,6 @@ class LiaisonBot:
         ):
             self._pending[event.event_id] = (room_id, event, datetime.now(UTC))
             self.metrics.undecryptable.labels("held").inc()
-            self.metrics.undecryptable.labels("held").inc()
             log.info(
                 "could not decrypt %s from %s yet; asking for its key", event.event_id, event.sender
             )
@@ -892,7 +891,6 @@ class LiaisonBot:
             {"device_id": event.device_id, "session_id": event.session_id},
         )
         log.warning("%s from %s stayed unreadable; told the sender", event.event_id, event.sender)
-        self.metrics.undecryptable.labels("reported").inc()
         self.metrics.undecryptable.labels("reported").inc()
         try:
             await self.send_notice(

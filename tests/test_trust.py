@@ -175,6 +175,15 @@ async def test_undecryptable_message_is_reported_to_the_sender(
         if device.id == bot_device:
             admin.client.blacklist_device(device)
     admin.client.invalidate_outbound_session(dm)
+
+    def undecryptable(outcome: str) -> float:
+        assert bot_env.bot is not None
+        value = bot_env.bot.metrics.registry.get_sample_value(
+            "liaison_undecryptable_events_total", {"outcome": outcome}
+        )
+        return value or 0.0
+
+    held, reported = undecryptable("held"), undecryptable("reported")
     original = admin.trust_room_devices
     admin.trust_room_devices = lambda room_id: None  # type: ignore[method-assign]
     try:
@@ -183,6 +192,7 @@ async def test_undecryptable_message_is_reported_to_the_sender(
         admin.trust_room_devices = original  # type: ignore[method-assign]
     report = await admin.wait_for_text(dm, "could not decrypt your message", timeout=30)
     assert event_id in report.body
+    assert (undecryptable("held"), undecryptable("reported")) == (held + 1, reported + 1)
     entries = await bot_env.bot.audit_recent(10)
     assert any(
         e.action == "event.undecryptable" and e.detail.get("event_id") == event_id for e in entries
