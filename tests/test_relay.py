@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -292,10 +293,21 @@ async def test_intel_text_is_sealed_at_rest(bot_env: BotEnv, cast: Cast) -> None
     phrase = f"needle-{secrets.token_hex(6)}"
     await talk(cast.officer, deu, f"[GEHEIM // REL TO NATO] {phrase}", "Relayed to nato-s")
     await cast.nato.wait_for_text(bot_env.room_id("nato-s"), phrase)
-    files = [p for p in Path(bot_env.workdir).glob("bot.db*") if p.is_file()]
-    assert files
-    for path in files:
-        assert phrase.encode() not in path.read_bytes(), path
+    # The store opens a connection per transaction, so SQLite deletes the WAL whenever the
+    # last one closes: a file listed a moment ago may be gone when read (this test failed on
+    # that). A read transaction held open across the scan keeps the WAL from being reset or
+    # deleted, so every frame is in bot.db or in the WAL when each is read.
+    database = Path(bot_env.workdir) / "bot.db"
+    holder = sqlite3.connect(database)
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        files = [p for p in Path(bot_env.workdir).glob("bot.db*") if p.is_file()]
+        assert database in files and database.with_name("bot.db-wal") in files
+        for path in files:
+            assert phrase.encode() not in path.read_bytes(), path
+    finally:
+        holder.close()
 
 
 async def _redacted(client: E2EEClient, room_id: str, event_id: str) -> bool:
