@@ -77,6 +77,7 @@ T = TypeVar("T")
 SYNC_FILTER = {"room": {"timeline": {"limit": 100}, "state": {"lazy_load_members": False}}}
 SYNC_TIMEOUT_MS = 30_000
 KICK_REASON = "not cleared for this room"  # not encrypted: no markings, no room names
+KEY_REQUEST_BACKLOG = 1000  # room key requests waiting for the one worker; more are dropped
 
 
 class StartupError(Exception):
@@ -151,6 +152,7 @@ class LiaisonBot:
         self.keys_api: KeysAPI | None = None
         self.trust: DeviceTrust | None = None
         self.key_requests: KeyRequests | None = None
+        self._key_request_queue: asyncio.Queue[Any] = asyncio.Queue(KEY_REQUEST_BACKLOG)
         self._pending: dict[str, tuple[str, MegolmEvent, datetime]] = {}
         self.relay = RelayEngine(self, secrets.data_key)
         self.digests = DigestService(self)
@@ -225,6 +227,7 @@ class LiaisonBot:
         self._spawn(self._sync_forever(), "sync")
         self._spawn(self._sweep_forever(), "sweep")
         self._spawn(self._pending_forever(), "undecryptable")
+        self._spawn(self._key_requests_forever(), "key-requests")
         if self.config.ingest is not None and self.config.ingest.feeds:
             from bot.ingest import FeedListener
 
@@ -650,9 +653,11 @@ class LiaisonBot:
             # at once and not at the next message.
             await self.trust.refresh(u for u in changed if u in self._clearances)
         if self.key_requests is not None:
-            requests = [e for e in response.to_device_events if self.key_requests.wants(e)]
-            if requests:
-                self._spawn(self._answer_key_requests(requests), "key-requests")
+            for request in self.key_requests.requests_in(response.to_device_events):
+                try:
+                    self._key_request_queue.put_nowait(request)
+                except asyncio.QueueFull:
+                    self.metrics.key_requests.labels("dropped").inc()
         for room_id, info in response.rooms.invite.items():
             await self._on_invite(room_id, info.invite_state)
         for room_id, info in response.rooms.join.items():
@@ -673,11 +678,13 @@ class LiaisonBot:
                 await self._db(self.store.forget_direct_room, room_id)
                 log.info("direct room with %s closed", partner)
 
-    async def _answer_key_requests(self, requests: list[Any]) -> None:
-        """One at a time, off the sync loop: each may ask the homeserver several things."""
-        assert self.key_requests is not None
-        for request in requests:
-            await self.key_requests.handle(request)
+    async def _key_requests_forever(self) -> None:
+        """One worker, off the sync loop: each request may ask the homeserver several things,
+        and anyone can send them (the backlog is bounded; KeyRequests rate-limits users)."""
+        while True:
+            request = await self._key_request_queue.get()
+            if self.key_requests is not None:
+                await self.key_requests.handle(request)
 
     async def _on_invite(self, room_id: str, invite_state: Sequence[Any]) -> None:
         inviter, is_direct = None, False

@@ -11,20 +11,26 @@ hold at the time of the request, and ignores (counts, audits) every other one:
 - the requesting user passes `may_join` for that room (in a DM: is the partner);
 - the requesting device is one the device policy trusts, as the owner's keys show it now
   (asked from the server: the request may come before the sync that shows a new device);
-- the user was joined at the messages being opened: the session is forwarded only from the
-  first message index after the last message the user could not see (history visibility is
-  "joined"), as the homeserver computes membership at each event.
+- the user is joined now, and was joined at the messages being opened and not left out of
+  them on purpose (a member whose clearance had lapsed when they were sent): the session is
+  forwarded only from the first message index after the last one the user could not read
+  (history visibility is "joined", membership at each event as the homeserver has it).
+
+Anyone can send the bot to-device messages, so the cheap local checks come first, a user's
+requests that need the homeserver are rate-limited, and ignored requests are audited once per
+(user, device, room, session) and at most AUDITS_PER_HOUR times per user.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from nio import RoomKeyRequest
+from nio import RoomKeyRequest, RoomKeyRequestCancellation
 
 from bot.matrix import MEGOLM, DevicePolicy, Gateway, MatrixError
 from policy import Decision
@@ -34,7 +40,30 @@ log = logging.getLogger(__name__)
 # Ignored requests are audited once per (user, device, room, session): clients repeat their
 # requests, and anyone on the server can send the bot to-device messages.
 AUDITED_IGNORES = 10_000
+AUDITS_PER_HOUR = 30  # ignored requests audited per user and hour; all are counted
+CHECKS_PER_MINUTE = 10  # requests per user and minute that may ask the homeserver anything
 FIELD_LIMIT = 255  # request fields come from anyone: bounded before they reach the audit
+
+
+class _PerUser:
+    """At most `limit` events per user in a sliding `window` (seconds)."""
+
+    def __init__(self, limit: int, window: float, users: int = 10_000) -> None:
+        self.limit, self.window, self.users = limit, window, users
+        self._seen: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def allow(self, user_id: str) -> bool:
+        now = time.monotonic()
+        times = self._seen.setdefault(user_id, deque())
+        self._seen.move_to_end(user_id)
+        while times and now - times[0] > self.window:
+            times.popleft()
+        while len(self._seen) > self.users:
+            self._seen.popitem(last=False)
+        if len(times) >= self.limit:
+            return False
+        times.append(now)
+        return True
 
 
 @dataclass(frozen=True)
@@ -69,17 +98,34 @@ class KeyRequests:
         self._audit = audit
         self._count = count
         self._audited: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
+        self._audits = _PerUser(AUDITS_PER_HOUR, 3600.0)
+        self._checks = _PerUser(CHECKS_PER_MINUTE, 60.0)
 
-    def wants(self, event: Any) -> bool:
-        """A request this handler owns: another user's, asking for a key (not a
-        cancellation). The bot's own devices are nio's to answer."""
-        return isinstance(event, RoomKeyRequest) and event.sender != self._gateway.user_id
+    def requests_in(self, events: Sequence[Any]) -> list[RoomKeyRequest]:
+        """The requests of one sync's to-device events this handler owns: other users'
+        (the bot's own devices are nio's to answer), not cancelled in the same batch."""
+        own = self._gateway.user_id
+        cancelled = {
+            (e.sender, e.request_id)
+            for e in events
+            if isinstance(e, RoomKeyRequestCancellation) and e.sender != own
+        }
+        return [
+            e
+            for e in events
+            if isinstance(e, RoomKeyRequest)
+            and e.sender != own
+            and (e.sender, e.request_id) not in cancelled
+        ]
 
     async def handle(self, request: RoomKeyRequest) -> KeyRequestOutcome:
         try:
             outcome = await self._decide_and_forward(request)
         except MatrixError as exc:
             outcome = KeyRequestOutcome(False, f"the homeserver refused: {exc.message}")
+        except Exception as exc:  # a failed request must not stop the ones after it
+            log.warning("a key request from %s failed: %s", request.sender, exc)
+            outcome = KeyRequestOutcome(False, f"failed: {type(exc).__name__}")
         if outcome.answered:
             self._count("answered")
             await self._audit(
@@ -116,7 +162,7 @@ class KeyRequests:
             str(request.room_id)[:FIELD_LIMIT],
             str(request.session_id)[:FIELD_LIMIT],
         )
-        if key not in self._audited:
+        if key not in self._audited and self._audits.allow(key[0]):
             self._audited[key] = None
             while len(self._audited) > AUDITED_IGNORES:
                 self._audited.popitem(last=False)
@@ -146,19 +192,25 @@ class KeyRequests:
         decision = self._entitled(room_id, user_id)
         if not decision.allowed:
             return KeyRequestOutcome(False, decision.reason)
+        sent = gateway.sent_with(room_id, request.session_id)
+        if not sent:
+            return KeyRequestOutcome(False, "the bot does not remember that session's messages")
+        if not self._checks.allow(user_id):
+            return KeyRequestOutcome(False, f"more than {CHECKS_PER_MINUTE} requests a minute")
+        if not await gateway.joined_now(room_id, user_id):
+            return KeyRequestOutcome(False, "the user is not in the room now")
         device = await gateway.current_device(user_id, request.requesting_device_id)
         if device is None:
             return KeyRequestOutcome(False, "the requesting device is not among the user's")
         await self._refresh_trust(user_id)  # its owner's signatures as they are now
         if not self._device_trusted(user_id, device):
             return KeyRequestOutcome(False, "the device policy does not trust that device")
-        sent = gateway.sent_with(room_id, request.session_id)
-        if not sent:
-            return KeyRequestOutcome(False, "the bot does not remember that session's messages")
         first: int | None = None
         for item in reversed(sent):
             if item.event_id is None:
                 break  # whether it exists is unknown: never open it, nor what came before
+            if user_id in item.excluded:
+                break  # left out on purpose when it was sent (not entitled then)
             if await gateway.membership_at(room_id, item.event_id, user_id) != "join":
                 break
             first = item.index

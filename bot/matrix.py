@@ -93,6 +93,7 @@ class SentIndex:
 
     index: int
     event_id: str | None
+    excluded: frozenset[str] = frozenset()  # members the bot left out of this key on purpose
 
 
 # Sessions whose sent events are remembered for answering key requests; nio rotates a session
@@ -203,18 +204,44 @@ class Gateway:
             return
         if room.members_synced and not room.invited_users and room_id not in self._stale_members:
             return
-        response = unwrap(
-            await self.client.joined_members(room_id),
-            JoinedMembersResponse,
-            f"members of {room_id}",
-        )
+        for _ in range(3):
+            # A sync handled while the answer travels may be newer than it (a join or a leave
+            # it showed would be undone): ask again then; sync alone is trusted after that.
+            before = self.client.next_batch
+            joined = await self._joined_member_ids(room_id)
+            if self.client.next_batch == before:
+                break
+        else:
+            return
         self._stale_members.discard(room_id)
-        # nio adds newly joined users and drops those who left, but leaves an invitee who has
-        # since joined marked "invited"; a sync's join event would clear it the same way.
-        joined = {m.user_id for m in response.members}
-        for user_id in [u for u in room.invited_users if u in joined]:
-            room.users[user_id].invited = False
-            del room.invited_users[user_id]
+        # Only additions: a member who joined unseen, an invitee who has since joined. Leaves
+        # come from sync, in order (nio's own joined_members handling would also drop members
+        # from a snapshot older than the last sync).
+        for user_id, profile in joined.items():
+            if user_id not in room.users:
+                room.add_member(user_id, profile.get("display_name"), profile.get("avatar_url"))
+            elif room.users[user_id].invited:
+                room.users[user_id].invited = False
+                room.invited_users.pop(user_id, None)
+        room.members_synced = True
+        olm = self.client.olm
+        if olm is not None:
+            olm.update_tracked_users(room)
+
+    async def _joined_member_ids(self, room_id: str) -> dict[str, dict[str, Any]]:
+        """`/joined_members`, read without handing the answer to nio's state handling."""
+        method, path = Api.joined_members(str(self.client.access_token), room_id)
+        response = await self.client.send(method, path)
+        body = await response.json(content_type=None)
+        if response.status != 200 or not isinstance(body, dict):
+            raise MatrixError(
+                f"members of {room_id}",
+                body.get("errcode") if isinstance(body, dict) else None,
+                str(body.get("error", "")) if isinstance(body, dict) else str(body),
+                response.status,
+            )
+        joined = body.get("joined", {})
+        return {str(u): (p if isinstance(p, dict) else {}) for u, p in joined.items()}
 
     async def kick(self, room_id: str, user_id: str, reason: str) -> None:
         """Reasons are not encrypted: callers keep markings and room names out of them."""
@@ -280,10 +307,19 @@ class Gateway:
             if room is None:
                 raise MatrixError(f"send to {room_id}", "M_NOT_JOINED", "room not synced yet", None)
             olm = self.client.olm
+            excluded: frozenset[str] = frozenset()
             if room.encrypted:
                 if also_to:
                     self.client.invalidate_outbound_session(room_id)
-                await self._ensure_room_key(room, list(recipients()), device_trusted, also_to)
+                entitled = list(recipients())
+                # Joined members not entitled now: a key request of theirs for this message
+                # must not be answered later, when they may be entitled again.
+                excluded = frozenset(
+                    u
+                    for u, member in room.users.items()
+                    if not member.invited and u != self.user_id and u not in entitled
+                )
+                await self._ensure_room_key(room, entitled, device_trusted, also_to)
                 if olm is None or olm.should_share_group_session(room_id):
                     # nio would now share the key with every member itself: never let it.
                     raise MatrixError(f"send to {room_id}", None, "room key not ready", None)
@@ -298,7 +334,7 @@ class Gateway:
                     event_id = str(response.event_id)
             finally:
                 if session is not None and index is not None and session.message_index > index:
-                    self._remember(room_id, session.id, SentIndex(index, event_id))
+                    self._remember(room_id, session.id, SentIndex(index, event_id, excluded))
                 if room.encrypted and also_to:
                     self.client.invalidate_outbound_session(room_id)
                     olm_ = self.client.olm
@@ -410,11 +446,20 @@ class Gateway:
             olm_session, device, "m.forwarded_room_key", content
         )
         message = ToDeviceMessage("m.room.encrypted", device.user_id, device.id, encrypted)
+        current = olm.outbound_group_sessions.get(room_id)
+        if current is not None and current.id == session.id:
+            # It now holds the room's current key: if it may no longer read, that key is
+            # rotated like any other holder's (_ensure_room_key).
+            current.users_shared_with.add((device.user_id, device.id))
         unwrap(
             await client.to_device(message),
             ToDeviceResponse,
             f"forward a room key to {device.user_id} {device.id}",
         )
+
+    async def joined_now(self, room_id: str, user_id: str) -> bool:
+        """Joined to the room as the homeserver has it now."""
+        return user_id in await self._joined_member_ids(room_id)
 
     def device_by_id(self, user_id: str, device_id: str) -> OlmDevice | None:
         olm = self.client.olm
@@ -469,10 +514,11 @@ class Gateway:
             if not olm.is_device_verified(device):
                 client.verify_device(device)
         current = olm.outbound_group_sessions.get(room.room_id)
-        if current is not None and current.shared and set(current.users_shared_with) - may_read:
-            # Someone who holds the current key may no longer read: rotate it.
-            client.invalidate_outbound_session(room.room_id)
-            current = olm.outbound_group_sessions.get(room.room_id)
+        if current is not None and set(current.users_shared_with) - may_read:
+            # Someone who holds the current key (or got part of a share that failed) may no
+            # longer read: drop it, shared or not (nio's invalidate keeps an unshared one).
+            olm.outbound_group_sessions.pop(room.room_id, None)
+            current = None
         if current is not None and current.shared and not current.expired:
             holders = current.users_shared_with | current.users_ignored
             if not (may_read | extra_ids) - holders:
@@ -484,6 +530,18 @@ class Gateway:
         elif not olm.should_share_group_session(room.room_id):
             return
         targets = sorted(set(readers) | {d.user_id for d in also_to})
+        try:
+            await self._share(room, targets)
+        except BaseException:
+            # Half shared, in an unknown state: never encrypt with it; the next send makes a
+            # new one (an old one reused after `shared = False` would skip the rotation).
+            olm.outbound_group_sessions.pop(room.room_id, None)
+            raise
+        olm.outbound_group_sessions[room.room_id].shared = True
+
+    async def _share(self, room: MatrixRoom, targets: list[str]) -> None:
+        client, olm = self.client, self.client.olm
+        assert olm is not None
         missing = olm.get_missing_sessions(targets)
         if missing:
             await client.keys_claim(missing)
@@ -505,4 +563,3 @@ class Gateway:
                     # soft_logout field, and then "logs out" on any failed share: undo that.
                     client.access_token = token
                 unwrap(response, ShareGroupSessionResponse, f"share room key of {room.room_id}")
-        olm.outbound_group_sessions[room.room_id].shared = True

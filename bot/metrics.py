@@ -47,7 +47,8 @@ class Metrics:
         )
         self.key_requests = Counter(
             "liaison_room_key_requests_total",
-            "Room key requests from other users' devices, answered or ignored",
+            "Room key requests from other users' devices: answered, ignored, or dropped unread "
+            "(backlog full)",
             ["outcome"],
             registry=self.registry,
         )

@@ -18,6 +18,7 @@ from nio.exceptions import EncryptionError
 
 from bot.devserver import free_port
 from bot.e2ee_client import E2EEClient
+from bot.matrix import MatrixError
 from commands.document import doc
 from commands.registry import Role
 from tests.bot_harness import BotEnv, eventually, talk
@@ -282,5 +283,39 @@ async def test_a_join_the_bot_has_not_synced_yet_still_gets_the_key(
     finally:
         client.sync = real_sync  # type: ignore[method-assign]
         gate.set()
+    await member.wait_for_text(nato_s, phrase)
+    no_undecryptable_from_bot(member, nato_s, bot_env.bot_user.user_id)
+
+
+async def test_a_key_share_that_fails_halfway_leaves_no_key_to_reuse(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    """A share that fails part-way (a network error, a device nobody judged) may have reached
+    some devices: that key is dropped, never finished later nor used, and the next send
+    makes a new one that every member reads."""
+    bot = bot_env.bot
+    assert bot is not None and bot.client is not None and bot.gateway is not None
+    olm, gateway = bot.client.olm, bot.gateway
+    assert olm is not None
+    nato_s = bot_env.room_id("nato-s")
+    member = await make_client(make_user("halfway"))
+    await enrol_member(bot_env, member, "nato-s", "NATO SECRET")
+    await member.wait_for_room(nato_s)
+    real_share = gateway._share
+
+    async def fails_after_sharing(room: object, targets: list[str]) -> None:
+        await real_share(room, targets)  # type: ignore[arg-type]
+        raise MatrixError("share room key", None, "injected failure", None)
+
+    olm.outbound_group_sessions.pop(nato_s, None)  # the next send must share a new key
+    gateway._share = fails_after_sharing  # type: ignore[method-assign]
+    try:
+        with pytest.raises(MatrixError, match="injected failure"):
+            await bot.send_notice(nato_s, doc("never sent"))
+    finally:
+        gateway._share = real_share  # type: ignore[method-assign]
+    assert nato_s not in olm.outbound_group_sessions
+    phrase = f"after-failure-{secrets.token_hex(3)}"
+    await bot.send_notice(nato_s, doc(phrase))
     await member.wait_for_text(nato_s, phrase)
     no_undecryptable_from_bot(member, nato_s, bot_env.bot_user.user_id)
