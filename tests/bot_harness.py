@@ -194,10 +194,26 @@ async def eventually(check: Callable[[], Any], timeout: float = 20, what: str = 
         await asyncio.sleep(0.25)
 
 
+async def audited(bot_env: BotEnv, action: str, subject: str, timeout: float = 20) -> Any:
+    """The newest audit entry of this action about this subject, once it is written.
+
+    The bot acts on the homeserver first (a kick, a leave) and audits what it did after, so
+    a test that sees the effect may read the log a moment before the entry is there."""
+    assert bot_env.bot is not None
+    bot = bot_env.bot
+
+    async def entry() -> Any:
+        entries = await bot.audit_recent(50)
+        return next((e for e in entries if e.action == action and e.subject == subject), None)
+
+    return await eventually(entry, timeout, f"audit {action} {subject}")
+
+
 __all__ = [
     "ROOMS",
     "BotEnv",
     "MakeClient",
+    "audited",
     "bot_env",
     "eventually",
     "open_dm",

@@ -8,7 +8,7 @@ import pytest
 from nio import RoomMemberEvent
 
 from bot.rooms import LABEL_EVENT, MEGOLM, provision
-from tests.bot_harness import BotEnv, eventually, open_dm, talk
+from tests.bot_harness import BotEnv, audited, eventually, open_dm, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
 
@@ -193,8 +193,7 @@ async def test_invite_from_a_stranger_is_declined(
             and e.membership == "leave"
         ),
     )
-    entries = await bot_env.bot.audit_recent(10)  # type: ignore[union-attr]
-    assert any(e.action == "invite.declined" and e.subject == stranger.user_id for e in entries)
+    await audited(bot_env, "invite.declined", stranger.user_id)
 
 
 async def test_edited_command_is_never_executed(
@@ -268,10 +267,7 @@ async def test_expiry_changed_from_the_cli_removes_within_the_sweep(
     finally:
         offline.close()
     await eventually(lambda: _not_in(client, room_id), timeout=20, what="expired member removed")
-    entries = await bot_env.bot.audit_recent(10)  # type: ignore[union-attr]
-    removal = next(
-        e for e in entries if e.action == "member.removed" and e.subject == member.user_id
-    )
+    removal = await audited(bot_env, "member.removed", member.user_id)
     assert "expired on" in removal.detail["reason"]
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from nio import RoomGetStateEventResponse
 
-from tests.bot_harness import BotEnv, eventually, open_dm, talk
+from tests.bot_harness import BotEnv, audited, eventually, open_dm, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
 
@@ -46,10 +46,7 @@ async def test_user_invited_by_someone_else_is_removed(
         what="the invite to an uncleared user was rescinded",
     )
     assert await membership(bot_env, room_id, insider.user_id) == "join"
-    entries = await bot_env.bot.audit_recent(10)  # type: ignore[union-attr]
-    removal = next(
-        e for e in entries if e.action == "member.removed" and e.subject == outsider.user_id
-    )
+    removal = await audited(bot_env, "member.removed", outsider.user_id)
     assert removal.detail["room"] == "nato-s"
     assert f"no clearance on record for {outsider.user_id}" in removal.detail["reason"]
 
