@@ -27,7 +27,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict policy
+	$(BIN)/mypy --strict policy commands bot
 
 test: lint typecheck
 	$(BIN)/pytest

@@ -4,7 +4,7 @@ has it decrypted), both measured in the same run on a throwaway Synapse.
 
 Run with `make bench` or `python bench/relay.py [N]` (default 100 messages each way). Writes
 `relay_latency_*` into bench/results.json; `relay_latency_ratio` = p50 relay ÷ (2 × p50 direct),
-since a relay is two hops (officer → bot, bot → member). The set-up is bench/scenario.py's.
+since a relay is two hops (officer → bot, bot → member). The set-up is bot/devtools/scenario.py's.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, percentile, record
-from bench.scenario import RELEASABLE, relay_scenario
+from bot.devtools.scenario import RELEASABLE, relay_scenario
 
 
 async def measure(n: int) -> dict[str, float]:

@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nio import RoomMessageNotice
 
 from bench.common import RESULTS, record, rooms_config
-from bot.devserver import DevServer, RegisteredUser
-from bot.e2ee_client import E2EEClient, cross_sign, open_dm, talk
+from bot.devtools.devserver import DevServer, RegisteredUser
+from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
 
 SCRIPT = str(Path(sys.executable).parent / "liaison-bot")
 RSS_GOAL_MB = 200

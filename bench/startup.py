@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import RESULTS, record, rooms_config
 from bot.app import LiaisonBot, Secrets
 from bot.config import load_config
-from bot.devserver import DevServer
+from bot.devtools.devserver import DevServer
 from bot.migrate import upgrade
 from bot.store import Store
 

@@ -10,7 +10,7 @@ Run with `make bench` or `python bench/throughput.py [N] [ROUNDS]` (default 200 
 3 rounds). Writes `relay_throughput_ratio` = median relay ÷ median raw throughput, and the
 figures behind it, into bench/results.json. Messages that never arrive (within a generous
 timeout) are a failure: the script says which and exits non-zero, writing nothing.
-The set-up (homeserver, in-process bot, people, rooms) is bench/scenario.py's.
+The set-up (homeserver, in-process bot, people, rooms) is bot/devtools/scenario.py's.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nio import Event, MegolmEvent, RoomMessageNotice, RoomMessageText
 
 from bench.common import RESULTS, record
-from bench.scenario import RELEASABLE, RelayScenario, relay_scenario
+from bot.devtools.scenario import RELEASABLE, RelayScenario, relay_scenario
 
 GOAL = 0.8
 

@@ -404,7 +404,7 @@ def demo_command(exit_after_scenario: bool) -> None:
         import synapse  # noqa: F401
     except ImportError:
         _fail("the demo needs Synapse: pip install 'liaison-bot[demo]' (make demo does this)")
-    from bot.demo import run_demo
+    from bot.devtools.demo import run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("nio", "peewee", "aiohttp", "bot"):

@@ -13,7 +13,7 @@ from datetime import datetime
 from bot.digest import DigestItem, select_items
 from bot.render import EXERCISE_LINE, target_banner
 from bot.rooms import ManagedRoom
-from commands.document import Banner, Document, doc, heading, items, para
+from commands.document import Banner, Block, Document, doc, heading, items, para
 
 MAX_SCANNED = 10_000
 SHOWN = 10
@@ -52,7 +52,7 @@ def results_document(
     exercise: bool,
 ) -> Document:
     title = f"Search “{query}” in {room.key}: {len(found)} match(es) since {since:%Y-%m-%d}"
-    blocks = [heading(title)]
+    blocks: list[Block] = [heading(title)]
     if exercise:
         blocks.append(para(Banner(EXERCISE_LINE, 0)))
     if not found:

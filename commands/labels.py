@@ -5,7 +5,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from commands.document import Banner, Code, Document, Strong, doc, heading, items, para
+from commands.document import (
+    Banner,
+    Block,
+    Code,
+    Document,
+    Strong,
+    doc,
+    heading,
+    items,
+    para,
+)
 from commands.registry import Arg, CommandError, Context, Registry, Reply
 from policy import CATALOGUE, MarkingError, Room, convert, fits, parse_marking, releasable_set
 
@@ -33,7 +43,7 @@ def explain(
         for key, name, room in rooms
         if fits(label, room).allowed
     ]
-    blocks = [
+    blocks: list[Block] = [
         para(Banner(label.banner, label.rank)),
         heading(f"{label.banner}"),
         items(

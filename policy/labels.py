@@ -261,7 +261,9 @@ def _parse_rel_to(segment: str, pos: int, text: str) -> set[str]:
         token_pos, token = _strip_at(text, cursor, cursor + len(raw))
         cursor += len(raw) + 1
         if not token:
-            raise MarkingError(f"empty audience in 'REL TO' at {token_pos} in {text!r}", text, pos)
+            raise MarkingError(
+                f"empty audience in 'REL TO' at {token_pos} in {text!r}", text, token_pos
+            )
         out.add(_audience_token(token, token_pos, text))
     return out
 

@@ -9,128 +9,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import textwrap
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bot.app import LiaisonBot, Secrets
-from bot.config import Config, load_config
-from bot.devserver import DevServer, RegisteredUser
-from bot.e2ee_client import E2EEClient, open_dm, talk
+from bot.config import load_config
+from bot.devtools.botenv import ROOMS, SECRETS, BotEnv, write_config
+from bot.devtools.devserver import DevServer
+from bot.devtools.e2ee_client import E2EEClient, open_dm, talk
 from bot.migrate import upgrade
 from bot.store import Store
 from tests.matrix_harness import MakeClient, MakeUser
 from tests.pg import fresh_schema
-
-SECRETS = Secrets(
-    pickle_key="test-pickle-key", data_key="test-data-key", password=None, access_token=None
-)
-
-
-@dataclass
-class BotEnv:
-    server: DevServer
-    workdir: Path
-    bot_user: RegisteredUser
-    admin: RegisteredUser
-    officer: RegisteredUser
-    config_path: Path
-    bot: LiaisonBot | None = None
-    store: Store | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def config(self) -> Config:
-        return load_config(self.config_path)
-
-    async def start(self, **overrides: Any) -> LiaisonBot:
-        """Start (or restart) the bot on the same database and crypto store."""
-        config = load_config(self.config_path)
-        url = config.database_url()
-        await asyncio.to_thread(upgrade, url)
-        self.store = Store.from_url(url)
-        secrets = Secrets(
-            SECRETS.pickle_key,
-            SECRETS.data_key,
-            self.bot_user.password,
-            None,
-            dict(self.extra.get("feed_tokens", {})),
-        )
-        self.bot = LiaisonBot(config, self.store, secrets)
-        await self.bot.start()
-        await asyncio.wait_for(self.bot.synced.wait(), 60)
-        return self.bot
-
-    async def stop(self) -> None:
-        if self.bot is not None:
-            await self.bot.close()
-            self.bot = None
-        if self.store is not None:
-            self.store.close()
-            self.store = None
-
-    def room_id(self, key: str) -> str:
-        assert self.bot is not None
-        return self.bot.rooms_by_key[key].room_id
-
-
-def write_config(
-    path: Path,
-    server: DevServer,
-    bot_user: RegisteredUser,
-    admin: str,
-    officer: str,
-    rooms: str,
-    extra_bot: str = "",
-    device_trust: str = "cross-signed",
-    database_url: str = "sqlite:///bot.db",
-) -> None:
-    path.write_text(
-        textwrap.dedent(
-            f"""
-            [homeserver]
-            url = "{server.base_url}"
-            user_id = "{bot_user.user_id}"
-            password_env = "LIAISON_TEST_PASSWORD"
-            pickle_key_env = "LIAISON_TEST_PICKLE_KEY"
-            device_trust = "{device_trust}"
-
-            [storage]
-            database_url = "{database_url}"
-            crypto_store = "crypto"
-            data_key_env = "LIAISON_TEST_DATA_KEY"
-
-            [bot]
-            admins = ["{admin}"]
-            officers = ["{officer}"]
-            sweep_interval = "2s"
-            undecryptable_grace = "2s"
-            {extra_bot}
-            """
-        )
-        + textwrap.dedent(rooms)
-    )
-
-
-ROOMS = """
-[[rooms]]
-key = "nato-s"
-name = "NATO SECRET liaison"
-label = "NATO SECRET"
-
-[[rooms]]
-key = "deu"
-name = "DEU national cell"
-label = "DEU GEHEIM"
-
-[[routes]]
-from = "deu"
-to = ["nato-s"]
-"""
 
 
 @pytest.fixture(scope="module")
@@ -211,6 +104,7 @@ async def audited(bot_env: BotEnv, action: str, subject: str, timeout: float = 2
 
 __all__ = [
     "ROOMS",
+    "SECRETS",
     "BotEnv",
     "MakeClient",
     "audited",

@@ -3,7 +3,7 @@
 Loaded from tests/conftest.py as ``pytest_plugins = ["tests.matrix_harness"]`` (or ad hoc with
 ``pytest -p tests.matrix_harness``). It provides:
 
-* ``synapse`` (session): one started `bot.devserver.DevServer` for the whole run. Tests share
+* ``synapse`` (session): one started `bot.devtools.devserver.DevServer` for the whole run. Tests share
   it, so they must not assume an empty server: every user comes from `make_user`, which adds
   a random suffix, and every room is created by the test that uses it.
 * ``make_user`` (session): ``make_user("alice", admin=False, logout=False) -> RegisteredUser``.
@@ -44,8 +44,8 @@ from typing import Protocol
 import pytest
 
 from bot.crosssign import CrossSigningKeys
-from bot.devserver import DevServer, RegisteredUser
-from bot.e2ee_client import E2EEClient, cross_sign
+from bot.devtools.devserver import DevServer, RegisteredUser
+from bot.devtools.e2ee_client import E2EEClient, cross_sign
 
 
 class MakeUser(Protocol):

@@ -8,8 +8,8 @@ import secrets
 import urllib.error
 import urllib.request
 
-from bot.devserver import free_port
-from bot.e2ee_client import open_dm, talk
+from bot.devtools.devserver import free_port
+from bot.devtools.e2ee_client import open_dm, talk
 from tests.bot_harness import BotEnv
 from tests.matrix_harness import MakeClient, MakeUser
 

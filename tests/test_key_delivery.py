@@ -16,8 +16,8 @@ import pytest
 from nio import JoinResponse, MegolmEvent, RoomGetStateResponse
 from nio.exceptions import EncryptionError
 
-from bot.devserver import free_port
-from bot.e2ee_client import E2EEClient
+from bot.devtools.devserver import free_port
+from bot.devtools.e2ee_client import E2EEClient
 from bot.matrix import MatrixError
 from commands.document import doc
 from commands.registry import Role

@@ -12,8 +12,9 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from bot.cli import main
+from bot.config import load_config
 from bot.crosssign import check_identity
-from bot.devserver import DevServer
+from bot.devtools.devserver import DevServer
 from bot.trust import KeysAPI
 from tests.bot_harness import SECRETS, BotEnv
 
@@ -131,7 +132,10 @@ def test_import_rejects_bad_files(bot_env: BotEnv, tmp_path: Path) -> None:
     os.chmod(stranger, 0o600)
     result = cli("keys", "import-recovery", "--config", str(config), str(stranger))
     assert result.exit_code == 2 and "holds the keys of @someone-else:localhost" in result.output
-    assert not (fresh / "bot.db").exists() or "cross_signing" not in result.output
+    # Every refusal above came before anything was written: the fresh config's database
+    # (a relative SQLite path, so fresh/bot.db) was never even created.
+    assert load_config(config).database_url() == f"sqlite:///{fresh / 'bot.db'}"
+    assert not (fresh / "bot.db").exists()
 
     # The bot's own database already holds these keys; different ones need --force.
     damaged = tmp_path / "damaged.json"

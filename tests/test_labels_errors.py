@@ -83,3 +83,15 @@ def test_error_carries_position_of_the_bad_qualifier() -> None:
         parse_marking("NATO SECRET // FOOBAR")
     assert info.value.position == 15
     assert info.value.text == "NATO SECRET // FOOBAR"
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [("NATO SECRET // REL TO DEU,,FRA", 26), ("NS//REL TO DEU,FRA,,GBR", 19)],
+)
+def test_an_empty_audience_is_placed_where_it_is(text: str, where: int) -> None:
+    """The error's position is the empty entry's, not the start of the 'REL TO' segment."""
+    with pytest.raises(MarkingError) as caught:
+        parse_marking(text)
+    assert "empty audience" in str(caught.value)
+    assert caught.value.position == where and f"at {where} " in str(caught.value)

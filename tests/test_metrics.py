@@ -6,7 +6,7 @@ import asyncio
 import urllib.error
 import urllib.request
 
-from bot.devserver import free_port
+from bot.devtools.devserver import free_port
 from bot.metrics import Metrics, serve
 
 

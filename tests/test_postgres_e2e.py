@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 
-from bot.e2ee_client import open_dm, talk
+from bot.devtools.e2ee_client import open_dm, talk
 from tests.bot_harness import BotEnv, enrol
 from tests.matrix_harness import MakeClient, MakeUser
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from nio import RedactedEvent, RoomMessageText
 
-from bot.devserver import free_port
+from bot.devtools.devserver import free_port
 from tests.bot_harness import BotEnv, eventually, open_dm, talk
 from tests.matrix_harness import E2EEClient, MakeClient, MakeUser
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from bot.devserver import DevServer
+from bot.devtools.devserver import DevServer
 from bot.relay import CRASH_ENV
 from bot.store import IntelItemRow, Store
 from tests.bot_harness import process_scenario

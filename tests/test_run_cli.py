@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from bot.devserver import DevServer
+from bot.devtools.devserver import DevServer
 from tests.bot_harness import ROOMS, write_config
 from tests.matrix_harness import MakeUser
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bot.e2ee_client import open_dm, talk
+from bot.devtools.e2ee_client import open_dm, talk
 from tests.bot_harness import BotEnv
 from tests.matrix_harness import MakeClient, MakeUser
 

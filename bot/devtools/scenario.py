@@ -1,10 +1,10 @@
 """The relay scenario the latency and throughput benchmarks measure, set up once here.
 
-A throwaway Synapse; the bot in-process (tests.bot_harness.BotEnv) managing a national room
+A throwaway Synapse; the bot in-process (bot.devtools.botenv.BotEnv) managing a national room
 `deu` (DEU GEHEIM) with a route to `nato-s` (NATO SECRET); an admin, a German liaison officer
 (cleared for both rooms, member of both) and a Norwegian NATO member (in nato-s only), each
-with a cross-signed E2EE client (bot.e2ee_client). `warm_up()` sends a few messages both ways
-so that room keys and Olm sessions exist before anything is timed.
+with a cross-signed E2EE client (bot.devtools.e2ee_client). `warm_up()` sends a few messages
+both ways so that room keys and Olm sessions exist before anything is timed.
 """
 
 from __future__ import annotations
@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.devserver import DevServer
-from bot.e2ee_client import E2EEClient, cross_sign, open_dm, talk
-from tests.bot_harness import BotEnv, write_config
+from bot.devtools.botenv import BotEnv, write_config
+from bot.devtools.devserver import DevServer
+from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
 
 ROOMS = """
 [[rooms]]

@@ -40,7 +40,7 @@ from nio.crypto.key_request import OutgoingKeyRequest
 from nio.exceptions import EncryptionError, OlmUnverifiedDeviceError
 
 from bot.crosssign import CrossSigningKeys
-from bot.devserver import DevServer, RegisteredUser
+from bot.devtools.devserver import DevServer, RegisteredUser
 
 log = logging.getLogger(__name__)
 
@@ -524,7 +524,7 @@ def _accept_forwards_from_session_creators(client: AsyncClient) -> None:
             and device is not None  # a device this client has seen; it trusts them all
         )
 
-    olm._should_accept_forward = accept  # type: ignore[method-assign]
+    olm._should_accept_forward = accept
 
 
 def _check(response: T, what: str) -> T:

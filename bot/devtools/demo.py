@@ -20,8 +20,8 @@ from pathlib import Path
 
 from bot.app import LiaisonBot, Secrets
 from bot.config import load_config
-from bot.devserver import DevServer
-from bot.e2ee_client import E2EEClient, cross_sign, open_dm, talk
+from bot.devtools.devserver import DevServer
+from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
 from bot.migrate import upgrade
 from bot.store import Store
 
@@ -114,7 +114,10 @@ async def scenario(workdir: Path, out: Callable[[str], None], *, linger: bool) -
     step = report.step("A throwaway Synapse homeserver on loopback (SQLite, temporary folder)")
     await asyncio.to_thread(server.start)
     report.check(step, True, f"homeserver running at {server.base_url}")
-    password = lambda: f"demo-{secrets.token_hex(4)}"  # noqa: E731
+
+    def password() -> str:
+        return f"demo-{secrets.token_hex(4)}"
+
     users = {
         name: await asyncio.to_thread(server.register, name, password())
         for name in ("liaison", "secadmin", "lo-deu", "analyst-nor", "analyst-aut", "visitor-fra")
