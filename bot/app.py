@@ -50,9 +50,9 @@ from bot.sealing import Sealer
 from bot.store import AuditEntry, AuditVerdict, ClearanceRecord, RoomRecord, Store
 from bot.trust import DeviceTrust, KeysAPI, bootstrap_cross_signing, key_sealer
 from commands import build_registry
+from commands.context import CommandError, Invocation, PermissionDenied, Reply, Role
 from commands.dispatch import dispatch, is_command
 from commands.document import Code, Document, Mention, doc, para
-from commands.registry import CommandError, Invocation, Reply, Role
 from commands.services import (
     InviteOutcome,
     RevokeOutcome,
@@ -1161,7 +1161,11 @@ class LiaisonBot:
 
         managed = self._managed(room_key)
         if not self.is_member(actor, managed):
-            raise CommandError(f"only members of {room_key} may search from it")
+            raise PermissionDenied(
+                f"only members of {room_key} may search from it",
+                "not a member of that room",
+                room=room_key,
+            )
         try:
             span = parse_duration(since) if since else timedelta(days=30)
         except ValueError as exc:
@@ -1287,14 +1291,10 @@ class LiaisonBot:
     async def digest_now(self, actor: str, room_key: str, roles: frozenset[Role]) -> str:
         managed = self._managed(room_key)
         if not roles & {Role.ADMIN, Role.OFFICER} and not self.is_member(actor, managed):
-            await self.audit(
-                actor,
-                "command.denied",
-                "digest now",
-                {"room": room_key, "reason": "not a member of that room"},
-            )
-            raise CommandError(
-                f"members may ask for the digest of their own room only; you are not in {room_key}"
+            raise PermissionDenied(
+                f"members may ask for the digest of their own room only; you are not in {room_key}",
+                "not a member of that room",
+                room=room_key,
             )
         await self.digests.post_now(actor, managed)
         return managed.key

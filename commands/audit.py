@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from commands.context import Reply, Role
 from commands.document import doc, heading, items, para
-from commands.registry import Arg, Context, Registry, Reply, Role
+from commands.registry import Arg, Context, Registry
 from commands.views import audit_line
 
 

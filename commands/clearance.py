@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from commands.context import PermissionDenied, Reply, Role
 from commands.document import Strong, doc, heading, items, para
-from commands.registry import Arg, CommandError, Context, Option, Registry, Reply, Role
+from commands.registry import Arg, Context, Option, Registry
 from commands.views import clearance_document
 
 
@@ -74,13 +75,9 @@ def register(registry: Registry) -> None:
     async def show(ctx: Context, values: Mapping[str, Any]) -> Reply:
         user = values["user"] or ctx.sender
         if user != ctx.sender and Role.ADMIN not in ctx.roles:
-            await ctx.services.audit(
-                ctx.sender,
-                "command.denied",
-                "clearance show",
-                {"user": user, "reason": "not admin"},
+            raise PermissionDenied(
+                "only admins may see another person's clearance", "not admin", user=user
             )
-            raise CommandError("only admins may see another person's clearance")
         record = await ctx.services.clearance(user)
         if record is None:
             return Reply(doc(para(f"{user}: no clearance on record.")), private=True)

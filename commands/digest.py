@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from commands.context import CommandError, Reply, Role
 from commands.document import Code, doc, heading, items, para
-from commands.registry import Arg, CommandError, Context, Option, Registry, Reply, Role
+from commands.registry import Arg, Context, Option, Registry
 
 
 def register(registry: Registry) -> None:

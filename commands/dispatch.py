@@ -11,18 +11,9 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from commands.context import CommandError, Invocation, PermissionDenied, Reply, Role
 from commands.document import Code, doc, para
-from commands.registry import (
-    CommandError,
-    Context,
-    Invocation,
-    Registry,
-    Reply,
-    Role,
-    parse_command,
-    resolve_pills,
-    strip_prefix,
-)
+from commands.registry import Context, Registry, parse_command, resolve_pills, strip_prefix
 from commands.services import Services
 
 log = logging.getLogger(__name__)
@@ -64,22 +55,22 @@ async def dispatch(
         )
         return Outcome(_error(exc), None, False)
     command = parsed.command
-    if not command.allowed(roles):
-        needed = " or ".join(sorted(r.value for r in command.roles))
+    ctx = Context(invocation, roles, services, display)
+    try:
+        if not command.allowed(roles):
+            needed = " or ".join(sorted(r.value for r in command.roles))
+            raise PermissionDenied(
+                f"{display}{command.name} is for {needed}s only", f"needs {needed}", needs=needed
+            )
+        reply = await command.handler(ctx, parsed.values)
+    except PermissionDenied as exc:
         await services.audit(
             invocation.sender,
             "command.denied",
             command.name,
-            {"room_id": invocation.room_id, "needs": needed},
+            {"room_id": invocation.room_id, "reason": exc.reason, **exc.detail},
         )
-        return Outcome(
-            _error(CommandError(f"{display}{command.name} is for {needed}s only")),
-            command.name,
-            False,
-        )
-    ctx = Context(invocation, roles, services, display)
-    try:
-        reply = await command.handler(ctx, parsed.values)
+        return Outcome(_error(exc), command.name, False)
     except CommandError as exc:
         await services.audit(
             invocation.sender,

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from commands.context import CommandError, Reply, Role
 from commands.document import Code, doc, heading, items, para
-from commands.registry import Arg, CommandError, Context, Registry, Reply, Role, usage_document
+from commands.registry import Arg, Context, Registry, usage_document
 from commands.views import clearance_document, rooms_document, routes_document
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from commands.context import CommandError, Reply
 from commands.document import (
     Banner,
     Block,
@@ -16,7 +17,7 @@ from commands.document import (
     items,
     para,
 )
-from commands.registry import Arg, CommandError, Context, Registry, Reply
+from commands.registry import Arg, Context, Registry
 from policy import CATALOGUE, MarkingError, Room, convert, fits, parse_marking, releasable_set
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from commands.context import CommandError, Reply, Role
 from commands.document import Strong, doc, para
-from commands.registry import Arg, CommandError, Context, Registry, Reply, Role
+from commands.registry import Arg, Context, Registry
 
 
 def register(registry: Registry) -> None:

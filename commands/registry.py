@@ -11,16 +11,14 @@ import difflib
 import re
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
-from enum import StrEnum
+from datetime import date
 from html.parser import HTMLParser
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import unquote
 
+from commands.context import CommandError, Invocation, Reply, Role
 from commands.document import Code, Document, doc, para
-
-if TYPE_CHECKING:
-    from commands.services import Services
+from commands.services import Services
 
 MAX_COMMAND_LENGTH = 4000
 # \Z, not $: `$` also matches before a final newline, and a quoted "@a:b\n" is one token
@@ -29,23 +27,7 @@ ROOM_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
 _OPEN_QUOTES = {'"': '"', "'": "'", "“": "”", "”": "”", "„": "“", "‘": "’", "’": "’", "«": "»"}
 
 
-class Role(StrEnum):
-    ANYONE = "anyone"
-    MEMBER = "member"
-    OFFICER = "officer"
-    ADMIN = "admin"
-
-
-Kind = Literal["text", "user", "room_key", "room_keys", "int", "date", "rest", "flag"]
-
-
-class CommandError(Exception):
-    """A message for the user; `usage` is appended when the input was malformed."""
-
-    def __init__(self, message: str, usage: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.usage = usage
+Kind = Literal["text", "user", "room_key", "room_keys", "int", "date", "rest", "words", "flag"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +43,7 @@ class Arg:
         word = self.metavar or self.name.upper()
         if self.kind == "user":
             word = "@USER"
-        if self.kind == "rest":
+        if self.kind in ("rest", "words"):
             word += "…"
         return f"[{word}]" if self.optional else word
 
@@ -83,22 +65,6 @@ class Option:
 
 
 @dataclass(frozen=True)
-class Invocation:
-    """A command as it reached the bot: who, where, and the raw message."""
-
-    sender: str
-    room_id: str
-    event_id: str
-    body: str
-    formatted_body: str | None = None
-    mentions: tuple[str, ...] = ()
-    room_key: str | None = None  # the managed room the command was sent in
-    is_direct: bool = False
-    event: Any = None  # the bot's own handle on the event (opaque here)
-    sent_at: datetime | None = None
-
-
-@dataclass(frozen=True)
 class Context:
     invocation: Invocation
     roles: frozenset[Role]
@@ -108,12 +74,6 @@ class Context:
     @property
     def sender(self) -> str:
         return self.invocation.sender
-
-
-@dataclass(frozen=True)
-class Reply:
-    document: Document
-    private: bool = False  # reveal the register or the log: the caller's DM only
 
 
 Handler = Callable[[Context, Mapping[str, Any]], Awaitable[Reply]]
@@ -379,17 +339,21 @@ def parse_command(registry: Registry, line: str, prefix: str = "!") -> Parsed:
                 values[name] = value
             continue
         positional.append(token)
-    plain_args = [a for a in command.args if a.kind != "rest"]
+    plain_args = [a for a in command.args if a.kind not in ("rest", "words")]
+    words_arg = next((a for a in command.args if a.kind == "words"), None)
     if len(positional) > len(plain_args):
-        extra = positional[len(plain_args)].text
-        raise CommandError(f"unexpected argument {extra!r}", usage)
+        if words_arg is None:
+            extra = positional[len(plain_args)].text
+            raise CommandError(f"unexpected argument {extra!r}", usage)
+        # "words": every further word, with the options parsed wherever they stand
+        values[words_arg.name] = [t.text for t in positional[len(plain_args) :]]
     for arg, token in zip(plain_args, positional, strict=False):
         values[arg.name] = _convert(arg.kind, token.text, arg.name.upper(), usage)
     for arg in command.args:
         if arg.name not in values:
             if not arg.optional:
                 raise CommandError(f"missing {arg.shown}", usage)
-            values[arg.name] = None
+            values[arg.name] = [] if arg.kind == "words" else None
     return Parsed(command, values)
 
 

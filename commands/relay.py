@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from commands.registry import Arg, Context, Registry, Reply, Role
+from commands.context import Reply, Role
+from commands.registry import Arg, Context, Registry
 
 
 def register(registry: Registry) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from commands.registry import Arg, CommandError, Context, Option, Registry, Reply, Role
+from commands.context import CommandError, Reply, Role
+from commands.registry import Arg, Context, Option, Registry
 
 
 def register(registry: Registry) -> None:
@@ -13,7 +14,15 @@ def register(registry: Registry) -> None:
         "search",
         "Search stored items this room may see, newest first (exercise items only if asked).",
         roles=(Role.MEMBER, Role.OFFICER, Role.ADMIN),
-        args=(Arg("words", "rest", "words that must all appear", metavar="WORDS"),),
+        args=(
+            Arg(
+                "words",
+                "words",
+                "words that must all appear (options may stand before or after them)",
+                optional=True,
+                metavar="WORDS",
+            ),
+        ),
         options=(
             Option("topic", "text", "only items with this #topic", metavar="T"),
             Option("since", "text", "how far back (default 30d, at most 365d)", metavar="7d"),
@@ -26,27 +35,8 @@ def register(registry: Registry) -> None:
             raise CommandError(
                 "search works in a managed room: it answers with what that room may see"
             )
-        words = values["words"]
-        # options may come after the words: pull them out of the raw rest of the line
-        tokens = words.split()
-        plain: list[str] = []
+        plain: list[str] = values["words"]
         topic, since, exercise = values["topic"], values["since"], values["exercise"]
-        i = 0
-        while i < len(tokens):
-            token = tokens[i]
-            if token == "--exercise":
-                exercise = True
-            elif token in ("--topic", "--since") and i + 1 < len(tokens):
-                if token == "--topic":
-                    topic = tokens[i + 1]
-                else:
-                    since = tokens[i + 1]
-                i += 1
-            elif token.startswith("--"):
-                raise CommandError(f"unknown option {token} (--topic, --since, --exercise)")
-            else:
-                plain.append(token)
-            i += 1
         if not plain and not topic:
             raise CommandError("give words to search for, or --topic")
         document = await ctx.services.search(

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from commands.context import Invocation
 from policy import Decision, Room
 
 if TYPE_CHECKING:
     from commands.document import Document
-    from commands.registry import Invocation
 
 
 class GrantInfo(Protocol):

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from commands.context import Reply, Role
 from commands.document import Banner, Strong, doc, para
-from commands.registry import Arg, Context, Option, Registry, Reply, Role
+from commands.registry import Arg, Context, Option, Registry
 
 
 def register(registry: Registry) -> None:

@@ -10,18 +10,10 @@ from typing import Any
 import pytest
 
 from commands import build_registry
+from commands.context import CommandError, Invocation, Role
 from commands.dispatch import dispatch
 from commands.document import Banner, Code, Mention, doc, para
-from commands.registry import (
-    CommandError,
-    Invocation,
-    Role,
-    mention_pills,
-    parse_command,
-    resolve_pills,
-    strip_prefix,
-    tokenize,
-)
+from commands.registry import mention_pills, parse_command, resolve_pills, strip_prefix, tokenize
 from commands.services import InviteOutcome, RevokeOutcome, RoomSummary, RouteSummary, StatusInfo
 from policy import Decision
 
@@ -83,6 +75,31 @@ def test_parse_full_command() -> None:
         "caveat": ["ATOMAL", "CRYPTO"],
         "expires": date(2027, 1, 1),
     }
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "search convoy kiel --topic logistics --since 7d --exercise",
+        "search --topic logistics convoy --exercise kiel --since 7d",
+        "search --exercise --since=7d --topic logistics convoy kiel",
+    ],
+)
+def test_search_options_come_from_the_declaration_wherever_they_stand(line: str) -> None:
+    assert parse_command(REGISTRY, line).values == {
+        "words": ["convoy", "kiel"],
+        "topic": "logistics",
+        "since": "7d",
+        "exercise": True,
+    }
+
+
+def test_search_option_errors_come_from_the_parser() -> None:
+    with pytest.raises(CommandError, match="did you mean --topic"):
+        parse_command(REGISTRY, "search convoy --topc x")
+    with pytest.raises(CommandError, match="--since needs a value"):
+        parse_command(REGISTRY, "search convoy --since")
+    assert parse_command(REGISTRY, "search --topic kiel").values["words"] == []
 
 
 def test_two_word_commands_win_over_one_word() -> None:
@@ -268,7 +285,10 @@ async def test_show_other_users_clearance_needs_admin() -> None:
     services = FakeServices()
     outcome = await run("!clearance show @other:x", set(), services)
     assert outcome is not None and "only admins" in outcome.reply.document.plain
-    assert "command.denied" in [a[1] for a in services.audits]
+    denied = [a for a in services.audits if a[1] == "command.denied"]
+    assert len(denied) == 1 and len(services.audits) == 1  # audited once, by the dispatcher
+    assert denied[0][2] == "clearance show"
+    assert denied[0][3]["reason"] == "not admin" and denied[0][3]["user"] == "@other:x"
 
 
 def test_every_command_has_an_example_or_takes_no_arguments() -> None:

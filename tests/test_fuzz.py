@@ -32,13 +32,11 @@ from bot.digest import DigestItem, build_digest, select_items
 from bot.render import relay_copy
 from bot.rooms import ManagedRoom
 from commands import build_registry
+from commands.context import CommandError, Invocation, Role
 from commands.dispatch import dispatch
 from commands.document import BANNER_COLOURS, Document, doc, para
 from commands.registry import (
     MAX_COMMAND_LENGTH,
-    CommandError,
-    Invocation,
-    Role,
     mention_pills,
     parse_command,
     resolve_pills,
@@ -486,6 +484,7 @@ KIND_VALUES: dict[str, list[str]] = {
     "date": ["2027-01-01", "2027-02-30", "20270101", "2027-W01-1", "tomorrow", "²"],
     "text": ["NATO SECRET", "all", "0 6 * * *", "12h", "db-3", "<script>alert(1)</script>"],
     "rest": ["[NATO SECRET] [FLASH] convoy #kiel", "3Lbn e1Pz", "<img src=x onerror=alert(1)>"],
+    "words": ["convoy kiel", "3Lbn --exercise e1Pz", "<img src=x onerror=alert(1)>"],
     "flag": [""],
 }
 
@@ -562,6 +561,8 @@ def test_tokenizer_splits_or_raises_command_error(line: str) -> None:
 @example(line="clearance grant @a:b X --expires 2027-02-30")
 @example(line="relay nato-s,deu [NATO SECRET] <script>alert(1)</script>")
 @example(line="x" * (MAX_COMMAND_LENGTH + 1))
+@example(line="search --exercise")
+@example(line="search kiel --topic <b> convoy --since 7d")
 def test_command_parser_answers_a_command_or_a_command_error(line: str) -> None:
     """Parsed values have the declared kinds; every refusal is a CommandError with a message
     (and the usage, when given, is the command's own)."""
@@ -590,6 +591,8 @@ def test_command_parser_answers_a_command_or_a_command_error(line: str) -> None:
                 assert isinstance(one, int) and 0 < one <= 10_000
             elif arg.kind == "date":
                 assert isinstance(one, date)
+            elif arg.kind == "flag":
+                assert one is True
             else:
                 assert isinstance(one, str)
 

@@ -19,8 +19,8 @@ from nio.exceptions import EncryptionError
 from bot.devtools.devserver import free_port
 from bot.devtools.e2ee_client import E2EEClient
 from bot.matrix import MatrixError
+from commands.context import Role
 from commands.document import doc
-from commands.registry import Role
 from tests.bot_harness import BotEnv, eventually, talk
 from tests.matrix_harness import MakeClient, MakeUser
 

@@ -80,3 +80,62 @@ def test_the_running_bot_does_not_import_its_tooling() -> None:
         if relative == Path("bot/cli.py"):
             bad -= {"bot.devtools.demo"}
         assert not bad, f"{relative} imports {sorted(bad)}"
+
+
+def import_cycle(package: str, root: Path = ROOT) -> list[str] | None:
+    """One cycle among the package's modules (every import counts, TYPE_CHECKING ones and
+    those inside functions too), or None."""
+    modules = {
+        ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): path
+        for path in (root / package).rglob("*.py")
+    }
+    graph = {
+        name: {m for m in imported_modules(path) if m in modules and m != name}
+        for name, path in modules.items()
+    }
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(name: str, path: list[str]) -> list[str] | None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (found := visit(target, [*path, target])):
+                return found
+        state[name] = 2
+        return None
+
+    for name in sorted(graph):
+        if name not in state and (found := visit(name, [name])):
+            return found
+    return None
+
+
+def test_commands_has_no_import_cycle() -> None:
+    """The registry and the service ports share their plain types through
+    commands/context.py instead of importing each other."""
+    assert import_cycle("commands") is None, " -> ".join(import_cycle("commands") or [])
+
+
+def test_the_cycle_finder_finds_a_cycle(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "__init__.py").write_text("")
+    (tmp_path / "pkg" / "a.py").write_text("from pkg.b import x\n")
+    (tmp_path / "pkg" / "b.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from pkg.a import y\n"
+    )
+    (tmp_path / "pkg" / "c.py").write_text("import pkg.a\n")
+    assert import_cycle("pkg", tmp_path) == ["pkg.a", "pkg.b", "pkg.a"]
+    (tmp_path / "pkg" / "b.py").write_text("x = 1\n")
+    assert import_cycle("pkg", tmp_path) is None
+
+
+def test_one_place_audits_a_denied_command() -> None:
+    """Handlers and services raise PermissionDenied; only the dispatcher writes the entry."""
+    places = [
+        str(path.relative_to(ROOT))
+        for folder in ("bot", "commands")
+        for path in (ROOT / folder).rglob("*.py")
+        if '"command.denied"' in path.read_text(encoding="utf-8")
+    ]
+    assert places == ["commands/dispatch.py"]
