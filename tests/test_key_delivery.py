@@ -21,28 +21,17 @@ from bot.devtools.e2ee_client import E2EEClient
 from bot.matrix import MatrixError
 from commands.context import Role
 from commands.document import doc
-from tests.bot_harness import BotEnv, eventually, talk
+from tests.bot_harness import ROOMS, BotEnv, eventually, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
 TRIALS = 21  # seven each of a relayed copy, a feed item and a digest
 DM_TRIALS = 20
 PORT = free_port()
 BOT_FEED_TOKENS = {"sat": "sat-token-kd"}
-BOT_ROOMS = f"""
-[[rooms]]
-key = "deu"
-name = "DEU national cell"
-label = "DEU GEHEIM"
-
-[[rooms]]
-key = "nato-s"
-name = "NATO SECRET liaison"
-label = "NATO SECRET"
-
-[[routes]]
-from = "deu"
-to = ["nato-s"]
-
+# The harness's two rooms and route, with a digest schedule and a feed into nato-s.
+BOT_ROOMS = (
+    ROOMS
+    + f"""
 [[digests]]
 room = "nato-s"
 cron = "0 6 * * *"
@@ -57,6 +46,7 @@ key = "sat"
 room = "nato-s"
 token_env = "LIAISON_FEED_SAT"
 """
+)
 
 
 def post_feed(text: str) -> int:
