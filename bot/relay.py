@@ -13,7 +13,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -39,7 +38,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CRASH_ENV = "LIAISON_TEST_CRASH_AT"  # tests only: exit "after-ledger" write or "after-send"
 TXN_MEMORY = timedelta(hours=23)  # Synapse forgets transaction ids after about 24 hours
 REDACT_REASON = "withdrawn"  # redaction reasons are not encrypted: nothing more specific
 
@@ -220,9 +218,6 @@ class RelayEngine:
             content = copy_for(source, message, target)
             entries.append(self._entry("copy", source.event_id, source.event_id, target, content))
         rows = await self.bot._db(self.bot.store.add_relays, entries, notes)
-        if os.environ.get(CRASH_ENV) == "after-ledger" and rows:
-            log.error("test crash point %s reached: exiting", CRASH_ENV)
-            os._exit(70)
         sent: list[tuple[str, str]] = []
         failed: list[str] = []
         # Each target room has its own send lock, so copies to several rooms go out at once.
@@ -282,9 +277,6 @@ class RelayEngine:
                 "relay %s to %s not sent yet (%s); will retry", row.txn_id, row.target_key, exc
             )
             return None
-        if os.environ.get(CRASH_ENV) == "after-send":
-            log.error("test crash point %s reached: exiting", CRASH_ENV)
-            os._exit(70)
         action = {"copy": "relay.sent", "edit": "relay.edited", "redact": "relay.redacted"}
         await self.bot._db(
             self.bot.store.relay_sent,

@@ -139,3 +139,12 @@ def test_one_place_audits_a_denied_command() -> None:
         if '"command.denied"' in path.read_text(encoding="utf-8")
     ]
     assert places == ["commands/dispatch.py"]
+
+
+def test_no_test_hooks_in_runtime_modules() -> None:
+    """Fault injection lives in the tests (tests/crashpoints), never in what ships."""
+    for path in (ROOT / "bot").rglob("*.py"):
+        if path.relative_to(ROOT).parts[:2] == ("bot", "devtools"):
+            continue
+        text = path.read_text(encoding="utf-8")
+        assert "os._exit" not in text and "LIAISON_TEST_" not in text, path.relative_to(ROOT)

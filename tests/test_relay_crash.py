@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 from pathlib import Path
 
@@ -12,11 +13,13 @@ import pytest
 from sqlalchemy import select
 
 from bot.devtools.devserver import DevServer
-from bot.relay import CRASH_ENV
 from bot.store import IntelItemRow, Store
 from tests.bot_harness import process_scenario
 from tests.matrix_harness import MakeClient, MakeUser
 from tests.pg import fresh_schema
+
+# Loaded into the bot process only: it kills it at the point the test names.
+CRASHPOINTS = str(Path(__file__).resolve().parent / "crashpoints")
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
@@ -34,11 +37,17 @@ async def test_crash_and_restart_relay_exactly_once(
         if database == "postgresql":
             url = stack.enter_context(fresh_schema())
         async with process_scenario(
-            tmp_path, synapse, make_user, make_client, url, **{CRASH_ENV: crash_point}
+            tmp_path,
+            synapse,
+            make_user,
+            make_client,
+            url,
+            LIAISON_TEST_CRASH_AT=crash_point,
+            PYTHONPATH=os.pathsep.join(filter(None, [CRASHPOINTS, os.environ.get("PYTHONPATH")])),
         ) as s:
             phrase = f"crash-{crash_point}-{secrets.token_hex(4)}"
             await s.officer.send_text(s.deu, f"[GEHEIM // REL TO NATO] {phrase}")
-            assert await asyncio.to_thread(s.proc.wait, 60) == 70  # the test crash point
+            assert await asyncio.to_thread(s.proc.wait, 60) == 70  # tests/crashpoints
             assert [r.target_key for r in s.store.pending_relays()] == ["nato-s"]
             s.start()  # no crash point now
             await s.wait_for_log("reusing device")
