@@ -16,7 +16,6 @@ from uuid import uuid4
 from nio import (
     AsyncClient,
     ErrorResponse,
-    JoinedMembersResponse,
     JoinedRoomsResponse,
     MatrixRoom,
     RoomContextResponse,
@@ -163,14 +162,6 @@ class Gateway:
     async def joined_rooms(self) -> set[str]:
         response = unwrap(await self.client.joined_rooms(), JoinedRoomsResponse, "joined rooms")
         return set(response.rooms)
-
-    async def joined_members(self, room_id: str) -> set[str]:
-        response = unwrap(
-            await self.client.joined_members(room_id),
-            JoinedMembersResponse,
-            f"members of {room_id}",
-        )
-        return {m.user_id for m in response.members}
 
     async def join(self, room_id: str) -> None:
         response = await self.client.join(room_id)
