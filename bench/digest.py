@@ -15,13 +15,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, record
-from bot.digest import DigestService
 from bot.metrics import Metrics
-from bot.migrate import upgrade
-from bot.rooms import ManagedRoom
-from bot.sealing import Sealer
-from bot.search import search as find
-from bot.store import IntelItem, Store
+from bot.services.digest import DigestService
+from bot.services.rooms import ManagedRoom
+from bot.services.search import search as find
+from bot.storage import IntelItem, Store
+from bot.storage.migrate import upgrade
+from bot.storage.sealing import Sealer
 from policy import make_room, parse_marking
 
 T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)

@@ -21,8 +21,8 @@ from bench.common import RESULTS, record, rooms_config
 from bot.app import LiaisonBot, Secrets
 from bot.config import load_config
 from bot.devtools.devserver import DevServer
-from bot.migrate import upgrade
-from bot.store import Store
+from bot.storage import Store
+from bot.storage.migrate import upgrade
 
 
 async def start_once(config_path: Path, password: str) -> float:

@@ -37,18 +37,18 @@ from nio import (
 from nio.crypto import OlmDevice
 
 from bot.config import Config
-from bot.crosssign import normalise_fingerprint
-from bot.digest import DigestService, describe
-from bot.keyshare import KeyRequests
-from bot.matrix import MEGOLM, Gateway, MatrixError, unwrap
+from bot.matrix.crosssign import normalise_fingerprint
+from bot.matrix.gateway import MEGOLM, Gateway, MatrixError, unwrap
+from bot.matrix.keyshare import KeyRequests
+from bot.matrix.trust import DeviceTrust, KeysAPI, bootstrap_cross_signing, key_sealer
 from bot.metrics import Metrics, serve
-from bot.register import ClearanceRegister, RegisterError, policy_clearance
-from bot.relay import RelayEngine, Source
-from bot.rooms import ManagedRoom, ProvisionError, provision
-from bot.schedule import cron_trigger, parse_duration
-from bot.sealing import Sealer
-from bot.store import AuditEntry, AuditVerdict, ClearanceRecord, RoomRecord, Store
-from bot.trust import DeviceTrust, KeysAPI, bootstrap_cross_signing, key_sealer
+from bot.services.digest import DigestService, describe
+from bot.services.register import ClearanceRegister, RegisterError, policy_clearance
+from bot.services.relay import RelayEngine, Source
+from bot.services.rooms import ManagedRoom, ProvisionError, provision
+from bot.services.schedule import cron_trigger, parse_duration
+from bot.storage import AuditEntry, AuditVerdict, ClearanceRecord, RoomRecord, Store
+from bot.storage.sealing import Sealer
 from commands import build_registry
 from commands.context import CommandError, Invocation, PermissionDenied, Reply, Role
 from commands.dispatch import dispatch, is_command
@@ -229,7 +229,7 @@ class LiaisonBot:
         self._spawn(self._pending_forever(), "undecryptable")
         self._spawn(self._key_requests_forever(), "key-requests")
         if self.config.ingest is not None and self.config.ingest.feeds:
-            from bot.ingest import FeedListener
+            from bot.services.ingest import FeedListener
 
             self.feeds = FeedListener(
                 self, list(self.config.ingest.feeds), self.secrets.feed_tokens
@@ -1156,8 +1156,8 @@ class LiaisonBot:
         since: str | None,
         exercise: bool,
     ) -> Document:
-        from bot.search import MAX_SCANNED, results_document
-        from bot.search import search as find
+        from bot.services.search import MAX_SCANNED, results_document
+        from bot.services.search import search as find
 
         managed = self._managed(room_key)
         if not self.is_member(actor, managed):
@@ -1422,7 +1422,7 @@ async def run_bot(
     """Run until SIGINT/SIGTERM: migrate the database, start, stop cleanly."""
     import signal
 
-    from bot.migrate import upgrade
+    from bot.storage.migrate import upgrade
 
     url = config.database_url()
     await asyncio.to_thread(upgrade, url)

@@ -21,9 +21,9 @@ from typing import Any, NoReturn
 import click
 
 from bot.config import Config, ConfigError, load_config
-from bot.register import ClearanceRegister, RegisterError
-from bot.sealing import Sealer, SealError
-from bot.store import Store
+from bot.services.register import ClearanceRegister, RegisterError
+from bot.storage import Store
+from bot.storage.sealing import Sealer, SealError
 from commands.views import clearance_document
 from policy import (
     CATALOGUE,
@@ -327,7 +327,7 @@ def db_upgrade(config_path: str) -> None:
     Example:
       liaison-bot db upgrade --config config.toml
     """
-    from bot.migrate import upgrade  # Alembic is only needed here
+    from bot.storage.migrate import upgrade  # Alembic is only needed here
 
     config = _load(config_path)
     url = config.database_url()
@@ -343,7 +343,7 @@ def db_upgrade(config_path: str) -> None:
 
 def _offline_store(config: Config) -> Store:
     """The register's database, migrated to the newest schema first."""
-    from bot.migrate import upgrade
+    from bot.storage.migrate import upgrade
 
     url = config.database_url()
     upgrade(url)
@@ -633,7 +633,7 @@ RECOVERY_FORMAT = "liaison-bot cross-signing recovery v1"
 
 
 def _pickle_sealer(config: Config) -> Sealer:
-    from bot.trust import key_sealer
+    from bot.matrix.trust import key_sealer
 
     secret = os.environ.get(config.homeserver.pickle_key_env)
     if not secret:
@@ -702,7 +702,7 @@ def keys_import(config_path: str, file: str, force: bool) -> None:
     Example:
       liaison-bot keys import-recovery --config config.toml /media/safe/liaison-keys.json
     """
-    from bot.crosssign import CrossSigningKeys
+    from bot.matrix.crosssign import CrossSigningKeys
 
     config = _load(config_path)
     mode = os.stat(file).st_mode & 0o777

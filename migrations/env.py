@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from bot.store import Base, make_engine
+from bot.storage import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata

@@ -20,8 +20,8 @@ from bot.config import load_config
 from bot.devtools.botenv import ROOMS, SECRETS, BotEnv, write_config
 from bot.devtools.devserver import DevServer
 from bot.devtools.e2ee_client import E2EEClient, open_dm, talk
-from bot.migrate import upgrade
-from bot.store import Store
+from bot.storage import Store
+from bot.storage.migrate import upgrade
 from tests.matrix_harness import MakeClient, MakeUser
 from tests.pg import fresh_schema
 
@@ -174,7 +174,7 @@ async def process_scenario(
     `first_env` for its first run), invite and join everyone."""
     import os
 
-    from bot.register import ClearanceRegister
+    from bot.services.register import ClearanceRegister
 
     bot_user, admin, officer, member = (make_user(p) for p in ("liaison", "admin", "lo", "nor"))
     config_path = tmp_path / "config.toml"

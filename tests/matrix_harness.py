@@ -43,9 +43,9 @@ from typing import Protocol
 
 import pytest
 
-from bot.crosssign import CrossSigningKeys
 from bot.devtools.devserver import DevServer, RegisteredUser
 from bot.devtools.e2ee_client import E2EEClient, cross_sign
+from bot.matrix.crosssign import CrossSigningKeys
 
 
 class MakeUser(Protocol):

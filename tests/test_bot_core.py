@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from nio import RoomMemberEvent
 
-from bot.rooms import LABEL_EVENT, MEGOLM, provision
+from bot.services.rooms import LABEL_EVENT, MEGOLM, provision
 from tests.bot_harness import BotEnv, audited, eventually, open_dm, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
@@ -255,8 +255,8 @@ async def test_expiry_changed_from_the_cli_removes_within_the_sweep(
     room_id = await client.wait_for_invite()
     await client.join(room_id)
     # The CLI writes to the same database; the running bot notices at its next sweep.
-    from bot.register import ClearanceRegister
-    from bot.store import Store
+    from bot.services.register import ClearanceRegister
+    from bot.storage import Store
 
     offline = Store.from_url(bot_env.config.database_url())
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from bot.crosssign import (
+from bot.matrix.crosssign import (
     CrossSigningKeys,
     SigningKey,
     check_identity,

@@ -9,7 +9,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from bot.digest import (
+from bot.metrics import Metrics
+from bot.services.digest import (
     DigestItem,
     DigestService,
     build_digest,
@@ -17,11 +18,10 @@ from bot.digest import (
     plan_catch_up,
     select_items,
 )
-from bot.metrics import Metrics
-from bot.migrate import upgrade
-from bot.rooms import ManagedRoom
-from bot.schedule import cron_trigger
-from bot.store import DigestSchedule, Store
+from bot.services.rooms import ManagedRoom
+from bot.services.schedule import cron_trigger
+from bot.storage import DigestSchedule, Store
+from bot.storage.migrate import upgrade
 from policy import Precedence, make_room, parse_marking
 
 NATO = ManagedRoom("nato-s", "NATO SECRET liaison", make_room(parse_marking("NATO SECRET")), "!n:x")

@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from bot.config import Config, ConfigError, parse_config
-from bot.digest import DigestItem, build_digest, select_items
-from bot.render import relay_copy
-from bot.rooms import ManagedRoom
+from bot.services.digest import DigestItem, build_digest, select_items
+from bot.services.render import relay_copy
+from bot.services.rooms import ManagedRoom
 from commands import build_registry
 from commands.context import CommandError, Invocation, Role
 from commands.dispatch import dispatch

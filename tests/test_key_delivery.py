@@ -18,7 +18,7 @@ from nio.exceptions import EncryptionError
 
 from bot.devtools.devserver import free_port
 from bot.devtools.e2ee_client import E2EEClient
-from bot.matrix import MatrixError
+from bot.matrix.gateway import MatrixError
 from commands.context import Role
 from commands.document import doc
 from tests.bot_harness import ROOMS, BotEnv, eventually, talk

@@ -13,9 +13,9 @@ from click.testing import CliRunner
 
 from bot.cli import main
 from bot.config import load_config
-from bot.crosssign import check_identity
 from bot.devtools.devserver import DevServer
-from bot.trust import KeysAPI
+from bot.matrix.crosssign import check_identity
+from bot.matrix.trust import KeysAPI
 from tests.bot_harness import SECRETS, BotEnv
 
 ENV = {"LIAISON_TEST_PICKLE_KEY": SECRETS.pickle_key}

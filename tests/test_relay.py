@@ -326,7 +326,7 @@ async def test_ledger_row_older_than_the_transaction_memory_is_reported_not_rese
 
     from sqlalchemy import update
 
-    from bot.store import RelayEntry, RelayRow
+    from bot.storage import RelayEntry, RelayRow
 
     assert bot_env.bot is not None and bot_env.store is not None
     target = bot_env.bot.rooms_by_key["nato-s"]

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from bot.devtools.devserver import DevServer
-from bot.store import IntelItemRow, Store
+from bot.storage import IntelItemRow, Store
 from tests.bot_harness import process_scenario
 from tests.matrix_harness import MakeClient, MakeUser
 from tests.pg import fresh_schema

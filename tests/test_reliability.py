@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from bot.devtools.devserver import DevServer, free_port
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
-from bot.store import IntelItemRow, RelayRow, Store
+from bot.storage import IntelItemRow, RelayRow, Store
 from tests.bot_harness import ROOMS, BotEnv, process_scenario, write_config
 from tests.matrix_harness import MakeClient, MakeUser
 from tests.proxy import CountingProxy

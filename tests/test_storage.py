@@ -6,8 +6,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import delete, inspect, update
 
-from bot.migrate import head_revision, upgrade
-from bot.store import AuditHeadRow, AuditRow, Base, Store, make_engine
+from bot.storage import AuditHeadRow, AuditRow, Base, Store, make_engine
+from bot.storage.migrate import head_revision, upgrade
 
 
 def test_upgrade_creates_every_table_on_an_empty_database(database_url: str) -> None:

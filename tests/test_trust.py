@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nio import MegolmEvent, RoomMessageNotice
 
 from bot.devtools.devserver import DevServer
-from bot.trust import KeysAPI
+from bot.matrix.trust import KeysAPI
 from tests.bot_harness import BotEnv, eventually, open_dm, talk
 from tests.matrix_harness import E2EEClient, MakeClient, MakeUser, cross_sign
 

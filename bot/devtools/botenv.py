@@ -13,8 +13,8 @@ from typing import Any
 from bot.app import LiaisonBot, Secrets
 from bot.config import Config, load_config
 from bot.devtools.devserver import DevServer, RegisteredUser
-from bot.migrate import upgrade
-from bot.store import Store
+from bot.storage import Store
+from bot.storage.migrate import upgrade
 
 SECRETS = Secrets(
     pickle_key="test-pickle-key", data_key="test-data-key", password=None, access_token=None

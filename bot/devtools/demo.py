@@ -22,8 +22,8 @@ from bot.app import LiaisonBot, Secrets
 from bot.config import load_config
 from bot.devtools.devserver import DevServer
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
-from bot.migrate import upgrade
-from bot.store import Store
+from bot.storage import Store
+from bot.storage.migrate import upgrade
 
 ROOMS = """
 [[rooms]]

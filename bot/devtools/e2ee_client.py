@@ -39,8 +39,8 @@ from nio import (
 from nio.crypto.key_request import OutgoingKeyRequest
 from nio.exceptions import EncryptionError, OlmUnverifiedDeviceError
 
-from bot.crosssign import CrossSigningKeys
 from bot.devtools.devserver import DevServer, RegisteredUser
+from bot.matrix.crosssign import CrossSigningKeys
 
 log = logging.getLogger(__name__)
 
@@ -560,8 +560,8 @@ async def cross_sign(
 ) -> CrossSigningKeys:
     """Do what Element does for a user: set up cross-signing once (or reset it, which needs
     the password), and sign this client's device with the self-signing key."""
-    from bot.crosssign import check_identity
-    from bot.trust import AuthRequired, KeysAPI
+    from bot.matrix.crosssign import check_identity
+    from bot.matrix.trust import AuthRequired, KeysAPI
 
     user_id = client.user_id
     api = KeysAPI(server.base_url, str(client.client.access_token))

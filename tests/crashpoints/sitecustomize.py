@@ -17,7 +17,7 @@ CRASH_EXIT = 70
 _point = os.environ.get("LIAISON_TEST_CRASH_AT")
 
 if _point == "after-ledger":
-    from bot.store import Store
+    from bot.storage import Store
 
     _add_relays = Store.add_relays
 
@@ -29,7 +29,7 @@ if _point == "after-ledger":
 
     Store.add_relays = _add_relays_then_die  # type: ignore[method-assign]
 elif _point == "after-send":
-    from bot.store import Store
+    from bot.storage import Store
 
     def _die_before_recording(self: Store, *args: Any, **kwargs: Any) -> Any:
         os._exit(CRASH_EXIT)

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from bot.digest import DigestItem, select_items
-from bot.render import EXERCISE_LINE, target_banner
-from bot.rooms import ManagedRoom
+from bot.services.digest import DigestItem, select_items
+from bot.services.render import EXERCISE_LINE, target_banner
+from bot.services.rooms import ManagedRoom
 from commands.document import Banner, Block, Document, doc, heading, items, para
 
 MAX_SCANNED = 10_000

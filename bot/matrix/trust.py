@@ -17,10 +17,10 @@ from typing import Any
 
 import aiohttp
 
-from bot.crosssign import CrossSigningKeys, Identity, check_identity
-from bot.matrix import MatrixError
-from bot.sealing import Sealer
-from bot.store import ClearanceRecord, Store
+from bot.matrix.crosssign import CrossSigningKeys, Identity, check_identity
+from bot.matrix.gateway import MatrixError
+from bot.storage import ClearanceRecord, Store
+from bot.storage.sealing import Sealer
 
 log = logging.getLogger(__name__)
 

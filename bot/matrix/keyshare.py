@@ -32,7 +32,7 @@ from typing import Any
 
 from nio import RoomKeyRequest, RoomKeyRequestCancellation
 
-from bot.matrix import MEGOLM, DevicePolicy, Gateway, MatrixError
+from bot.matrix.gateway import MEGOLM, DevicePolicy, Gateway, MatrixError
 from policy import Decision
 
 log = logging.getLogger(__name__)

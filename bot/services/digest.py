@@ -20,11 +20,11 @@ from typing import TYPE_CHECKING, Any
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
-from bot.matrix import MatrixError
-from bot.render import EXERCISE_LINE, target_banner
-from bot.rooms import ManagedRoom
-from bot.schedule import cron_trigger, format_duration
-from bot.store import AuditNote, DigestSchedule, IntelItem
+from bot.matrix.gateway import MatrixError
+from bot.services.render import EXERCISE_LINE, target_banner
+from bot.services.rooms import ManagedRoom
+from bot.services.schedule import cron_trigger, format_duration
+from bot.storage import AuditNote, DigestSchedule, IntelItem
 from commands.document import Banner, Document, Inline, doc, heading, items, para
 from policy import Label, MarkingError, Precedence, dominant_label, may_release, parse_marking
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.matrix import MEGOLM, Gateway, StateEvent
+from bot.matrix.gateway import MEGOLM, Gateway, StateEvent
 from policy import CATALOGUE, Label, Room
 
 log = logging.getLogger(__name__)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import date
 
-from bot.store import ClearanceRecord, Store, StoreError
+from bot.storage import ClearanceRecord, Store, StoreError
 from commands.registry import USER_ID
 from policy import (
     CATALOGUE,

@@ -12,7 +12,7 @@ from sqlalchemy import Connection
 from sqlalchemy.engine import make_url
 
 import migrations
-from bot.store import make_engine
+from bot.storage import make_engine
 
 SCRIPT_LOCATION = str(Path(migrations.__file__).resolve().parent)
 

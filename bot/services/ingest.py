@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from bot.config import FeedConfig
-from bot.matrix import MatrixError
-from bot.relay import Source
-from bot.render import relay_copy
+from bot.matrix.gateway import MatrixError
+from bot.services.relay import Source
+from bot.services.render import relay_copy
 from commands.document import Strong, doc, items, para
 from policy import MAX_TEXT_BYTES, MarkingError, Precedence, TaggedMessage, fits, parse_marking
 

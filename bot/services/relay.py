@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from bot.matrix import MatrixError
-from bot.render import edit_of, relay_copy, target_banner
-from bot.rooms import ManagedRoom
-from bot.sealing import Sealer
-from bot.store import AuditNote, IntelItem, RelayEntry
+from bot.matrix.gateway import MatrixError
+from bot.services.render import edit_of, relay_copy, target_banner
+from bot.services.rooms import ManagedRoom
+from bot.storage import AuditNote, IntelItem, RelayEntry
+from bot.storage.sealing import Sealer
 from commands.document import Code, Document, Strong, doc, items, para
 from policy import (
     MarkingError,

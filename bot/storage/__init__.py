@@ -1,0 +1,107 @@
+"""Storage: one package owns every table and every query, so no SQL lives anywhere else
+(DESIGN §7).
+
+- `models`: the SQLAlchemy 2 tables and the engine settings per backend;
+- `records`: the frozen values the store hands out;
+- `store`: `Store`, small intention-named functions, each one transaction (synchronous:
+  the bot runs them in a worker thread, `in_thread`, so the event loop never blocks);
+- `sealing`: encryption of message text at rest; `migrate`: Alembic, from our CLI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+from bot.storage.models import (
+    AuditHeadRow,
+    AuditRow,
+    Base,
+    BotSessionRow,
+    ClearanceCaveatRow,
+    ClearanceRow,
+    CrossSigningRow,
+    DigestRunRow,
+    DigestScheduleRow,
+    DirectRoomRow,
+    GrantRow,
+    HandledEventRow,
+    IntelItemRow,
+    PendingEventRow,
+    RelayRow,
+    RoomRow,
+    RouteRow,
+    SyncStateRow,
+    UTCDateTime,
+    make_engine,
+)
+from bot.storage.records import (
+    AuditEntry,
+    AuditNote,
+    AuditVerdict,
+    BotSession,
+    ClearanceRecord,
+    DigestRun,
+    DigestSchedule,
+    GrantRecord,
+    IntelItem,
+    PendingEvent,
+    RelayEntry,
+    RoomRecord,
+    StoreError,
+)
+from bot.storage.store import (
+    Store,
+    append_audit,
+    audit_hash,
+)
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+async def in_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
+    """Run one store function in a worker thread: database work never blocks the loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+__all__ = [
+    "AuditEntry",
+    "AuditHeadRow",
+    "AuditNote",
+    "AuditRow",
+    "AuditVerdict",
+    "Base",
+    "BotSession",
+    "BotSessionRow",
+    "ClearanceCaveatRow",
+    "ClearanceRecord",
+    "ClearanceRow",
+    "CrossSigningRow",
+    "DigestRun",
+    "DigestRunRow",
+    "DigestSchedule",
+    "DigestScheduleRow",
+    "DirectRoomRow",
+    "GrantRecord",
+    "GrantRow",
+    "HandledEventRow",
+    "IntelItem",
+    "IntelItemRow",
+    "PendingEvent",
+    "PendingEventRow",
+    "RelayEntry",
+    "RelayRow",
+    "RoomRecord",
+    "RoomRow",
+    "RouteRow",
+    "Store",
+    "StoreError",
+    "SyncStateRow",
+    "UTCDateTime",
+    "append_audit",
+    "audit_hash",
+    "in_thread",
+    "make_engine",
+]

@@ -1,0 +1,364 @@
+"""The tables, as SQLAlchemy 2 typed models, and the engine each backend needs.
+
+The schema changes only through Alembic revisions in `migrations/`; a test checks that
+these models and the migrations agree."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Date,
+    DateTime,
+    Dialect,
+    Engine,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    mapped_column,
+    relationship,
+)
+from sqlalchemy.pool import NullPool
+from sqlalchemy.types import TypeDecorator
+
+# Stable constraint names, so that Alembic batch migrations on SQLite can find them.
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+GENESIS_HASH = "0" * 64
+# SQLite only auto-increments INTEGER primary keys; PostgreSQL gets a BIGINT identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores no offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database: use UTC-aware datetimes")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class ClearanceRow(Base):
+    """A person's clearance record: nationality, expiry, revocation, pinned identity."""
+
+    __tablename__ = "clearances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(255), unique=True)
+    nationality: Mapped[str] = mapped_column(String(3))
+    expires: Mapped[date | None] = mapped_column(Date)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    identity_key: Mapped[str | None] = mapped_column(String(64))  # pinned master key
+    identity_pinned_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A master key seen that differs from the pinned one: key sharing stops until confirmed.
+    identity_pending: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    grants: Mapped[list[GrantRow]] = relationship(
+        back_populates="clearance", cascade="all, delete-orphan", lazy="selectin"
+    )
+    caveats: Mapped[list[ClearanceCaveatRow]] = relationship(
+        back_populates="clearance", cascade="all, delete-orphan", lazy="selectin"
+    )
+
+
+class GrantRow(Base):
+    """One grant: a level in one scheme (a clearance holds at most one per scheme)."""
+
+    __tablename__ = "clearance_grants"
+    __table_args__ = (UniqueConstraint("clearance_id", "scheme"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    clearance_id: Mapped[int] = mapped_column(
+        ForeignKey("clearances.id", ondelete="CASCADE"), index=True
+    )
+    scheme: Mapped[str] = mapped_column(String(8))
+    level: Mapped[str] = mapped_column(String(64))  # canonical banner, e.g. "DEU GEHEIM"
+    rank: Mapped[int] = mapped_column(Integer)
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    clearance: Mapped[ClearanceRow] = relationship(back_populates="grants")
+
+
+class ClearanceCaveatRow(Base):
+    """A caveat briefing (ATOMAL, …) held by a clearance."""
+
+    __tablename__ = "clearance_caveats"
+
+    clearance_id: Mapped[int] = mapped_column(
+        ForeignKey("clearances.id", ondelete="CASCADE"), primary_key=True
+    )
+    caveat: Mapped[str] = mapped_column(String(32), primary_key=True)
+
+    clearance: Mapped[ClearanceRow] = relationship(back_populates="caveats")
+
+
+class RoomRow(Base):
+    """A managed room: configured or created from chat, with its label and audience."""
+
+    __tablename__ = "rooms"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(32), unique=True)
+    room_id: Mapped[str | None] = mapped_column(String(255), unique=True)
+    name: Mapped[str] = mapped_column(String(200))
+    label: Mapped[str] = mapped_column(String(300))  # canonical banner
+    scheme: Mapped[str] = mapped_column(String(8))
+    rank: Mapped[int] = mapped_column(Integer)
+    audience: Mapped[list[str]] = mapped_column(JSON)  # nation trigraphs, sorted
+    origin: Mapped[str] = mapped_column(String(16), default="config")  # config | chat
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class AuditRow(Base):
+    """One append-only audit entry, chained to the previous one by hash."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    actor: Mapped[str] = mapped_column(String(255))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHeadRow(Base):
+    """The newest entry's id and hash: deleting the newest row is detected too."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    last_id: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class SyncStateRow(Base):
+    """The sync token, stored only after the events it covers were handled (DESIGN §7)."""
+
+    __tablename__ = "sync_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    next_batch: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class BotSessionRow(Base):
+    """The bot's one device for life: logged in once, reused on every start (DESIGN §7a)."""
+
+    __tablename__ = "bot_session"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    user_id: Mapped[str] = mapped_column(String(255))
+    device_id: Mapped[str] = mapped_column(String(64))
+    access_token: Mapped[str] = mapped_column(Text)  # sealed with the pickle key
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class HandledEventRow(Base):
+    """Events already acted on, so a replay after a crash never runs a command twice."""
+
+    __tablename__ = "handled_events"
+
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    room_id: Mapped[str] = mapped_column(String(255))
+    handled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+
+
+class DirectRoomRow(Base):
+    """The encrypted direct-message room the bot shares with one person."""
+
+    __tablename__ = "direct_rooms"
+
+    user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    room_id: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class CrossSigningRow(Base):
+    """The bot's own cross-signing keys, sealed with a key derived from the pickle key."""
+
+    __tablename__ = "cross_signing"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    user_id: Mapped[str] = mapped_column(String(255))
+    master_key: Mapped[str] = mapped_column(String(64))  # public, for checks and display
+    sealed: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class PendingEventRow(Base):
+    """An event the bot could not decrypt yet: kept (so the sync token may move on) until
+    its key arrives or the grace period ends and the sender is told."""
+
+    __tablename__ = "pending_events"
+
+    event_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    room_id: Mapped[str] = mapped_column(String(255))
+    sender: Mapped[str] = mapped_column(String(255))
+    event: Mapped[dict[str, Any]] = mapped_column(JSON)  # the encrypted event as received
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    outcome: Mapped[str | None] = mapped_column(String(32))  # decrypted | reported
+
+
+class IntelItemRow(Base):
+    """A tagged message as stored for digests and search; its text sealed (DESIGN §7)."""
+
+    __tablename__ = "intel_items"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(255), unique=True)  # the source event
+    room_key: Mapped[str] = mapped_column(String(32), index=True)
+    room_id: Mapped[str] = mapped_column(String(255))
+    sender: Mapped[str] = mapped_column(String(255))
+    label: Mapped[str] = mapped_column(String(300))  # the originator's banner, never rewritten
+    scheme: Mapped[str] = mapped_column(String(8))
+    rank: Mapped[int] = mapped_column(Integer)
+    precedence: Mapped[int] = mapped_column(Integer)
+    exercise: Mapped[bool] = mapped_column(Boolean, default=False)
+    topics: Mapped[list[str]] = mapped_column(JSON)
+    text: Mapped[str] = mapped_column(Text)  # sealed
+    origin: Mapped[str] = mapped_column(String(64), default="chat")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    redacted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RelayRow(Base):
+    """The relay ledger: one row per (source event, target room, kind), written before the
+    send with a fixed transaction id, so a replay re-sends and the homeserver de-duplicates."""
+
+    __tablename__ = "relays"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    txn_id: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # copy | edit | redact
+    source_event_id: Mapped[str] = mapped_column(String(255), index=True)
+    item_event_id: Mapped[str] = mapped_column(String(255), index=True)  # the item's event
+    target_key: Mapped[str] = mapped_column(String(32))
+    target_room_id: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    content: Mapped[str] = mapped_column(Text)  # sealed event content
+    target_event_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DigestScheduleRow(Base):
+    """A digest schedule made from chat (config schedules live in the config, as cfg-N)."""
+
+    __tablename__ = "digest_schedules"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    room_key: Mapped[str] = mapped_column(String(32))
+    cron: Mapped[str] = mapped_column(String(100))
+    window_s: Mapped[int] = mapped_column(Integer)
+    sources: Mapped[list[str]] = mapped_column(JSON)
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class DigestRunRow(Base):
+    """One window of one schedule, recorded before posting: a window is posted at most once."""
+
+    __tablename__ = "digest_runs"
+    __table_args__ = (UniqueConstraint("schedule_key", "window_end"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    schedule_key: Mapped[str] = mapped_column(String(32))
+    room_key: Mapped[str] = mapped_column(String(32))
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime)
+    state: Mapped[str] = mapped_column(String(16))  # posting | posted | skipped
+    delayed: Mapped[bool] = mapped_column(Boolean, default=False)
+    event_id: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RouteRow(Base):
+    """A relay route made from chat (`!route add`), beside the configured ones."""
+
+    __tablename__ = "routes"
+    __table_args__ = (UniqueConstraint("source_key", "target_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source_key: Mapped[str] = mapped_column(String(32))
+    target_key: Mapped[str] = mapped_column(String(32))
+    created_by: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+# ---------------------------------------------------------------- engine
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with the settings each backend needs for serialised, durable writes.
+
+    SQLite: every transaction starts with BEGIN IMMEDIATE, so two writers (bot and CLI)
+    queue on the write lock instead of failing on a lock upgrade; WAL lets readers go on.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True)
+    engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # let SQLAlchemy's "begin" below issue BEGIN
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        if parsed.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode NORMAL loses nothing when the bot process dies (the exactly-once
+            # guarantee is against that); only a power cut can drop the newest commits.
+            cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
