@@ -10,7 +10,6 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -27,15 +26,23 @@ from policy import make_room, parse_marking
 T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 
 
-class Bot:
-    def __init__(self, store: Store, rooms: dict[str, ManagedRoom], sealer: Sealer) -> None:
-        self.store, self.rooms_by_key, self.user_id = store, rooms, "@bench:x"
-        self.config = SimpleNamespace(digests=[], bot=SimpleNamespace(timezone="UTC"))
-        self.relay = SimpleNamespace(open_text=lambda i: sealer.open_text(i.text, i.event_id))
-        self.metrics = Metrics(lambda: None)
+class Rooms:
+    def __init__(self, rooms: dict[str, ManagedRoom]) -> None:
+        self.by_key = rooms
 
-    async def _db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(fn, *args, **kwargs)
+
+def digests(store: Store, rooms: dict[str, ManagedRoom], sealer: Sealer) -> DigestService:
+    """The digest service on its own, with the ports a digest build uses (nothing is sent)."""
+    config = SimpleNamespace(digests=[], bot=SimpleNamespace(timezone="UTC"))
+    return DigestService(
+        config,  # type: ignore[arg-type]
+        store,
+        Rooms(rooms),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        Metrics(lambda: None),
+        lambda item: sealer.open_text(item.text, item.event_id),
+    )
 
 
 def main(count: int = 10_000) -> None:
@@ -74,8 +81,7 @@ def main(count: int = 10_000) -> None:
                     created_at=T0 + timedelta(seconds=i),
                 )
             )
-        bot = Bot(store, {"nato-s": nato, "deu": deu}, sealer)
-        service = DigestService(bot)  # type: ignore[arg-type]
+        service = digests(store, {"nato-s": nato, "deu": deu}, sealer)
         began = time.perf_counter()
         document = asyncio.run(service.compose(nato, ["nato-s", "deu"], T0, T0 + timedelta(days=1)))
         elapsed = time.perf_counter() - began

@@ -177,8 +177,8 @@ def _listed(numbers: list[int]) -> str:
 async def measure(n: int, rounds: int) -> dict[str, Any]:
     timeout = 120 + 1.0 * n  # generous: far beyond the few seconds a burst takes
     gaps = BackfillCounter()
-    logging.getLogger("bot.app").addHandler(gaps)
-    logging.getLogger("bot.app").setLevel(logging.INFO)
+    logging.getLogger("bot.matrix.events").addHandler(gaps)
+    logging.getLogger("bot.matrix.events").setLevel(logging.INFO)
     late = LateKeys()
     nio_crypto = logging.getLogger("nio.crypto")
     nio_crypto.addHandler(late)

@@ -40,6 +40,7 @@ from policy import (
     Label,
     MarkingError,
     Room,
+    ids,
     known_caveats,
     make_room,
     parse_audience,
@@ -69,13 +70,13 @@ def _duration(value: Any) -> timedelta:
 Duration = Annotated[timedelta, BeforeValidator(_duration)]
 
 
-def _user_id(value: Any) -> str:
+def _user_id(value: Any) -> ids.UserId:
     if not isinstance(value, str) or not _USER_ID.match(value):
         raise ValueError(f"bad Matrix user id {value!r}: expected '@name:server'")
-    return value
+    return ids.UserId(value)
 
 
-UserId = Annotated[str, BeforeValidator(_user_id)]
+UserId = Annotated[ids.UserId, BeforeValidator(_user_id)]
 
 
 def _env_name(value: Any) -> str:
@@ -87,16 +88,16 @@ def _env_name(value: Any) -> str:
 EnvName = Annotated[str, BeforeValidator(_env_name)]
 
 
-def _room_key(value: Any) -> str:
+def _room_key(value: Any) -> ids.RoomKey:
     if not isinstance(value, str) or not _ROOM_KEY.match(value):
         raise ValueError(
             f"bad room key {value!r}: 1-32 characters of a-z, 0-9, '-' and '_', "
             "starting with a letter or digit"
         )
-    return value
+    return ids.RoomKey(value)
 
 
-RoomKey = Annotated[str, BeforeValidator(_room_key)]
+RoomKey = Annotated[ids.RoomKey, BeforeValidator(_room_key)]
 
 
 class _Section(BaseModel):
@@ -154,7 +155,7 @@ class BotConfig(_Section):
     officers: list[UserId] = Field(default_factory=list)
     caveats: list[str] = Field(default_factory=list)
     timezone: str = "UTC"
-    admin_room: str | None = None
+    admin_room: ids.RoomId | None = None
     sweep_interval: Duration = timedelta(minutes=5)
     digest_catchup_grace: Duration = timedelta(hours=2)
     undecryptable_grace: Duration = timedelta(seconds=60)
@@ -187,7 +188,7 @@ class BotConfig(_Section):
 
     @field_validator("admin_room")
     @classmethod
-    def _admin_room(cls, value: str | None) -> str | None:
+    def _admin_room(cls, value: ids.RoomId | None) -> ids.RoomId | None:
         if value is not None and not re.match(r"^!\S+:\S+$", value):
             raise ValueError(f"bad room id {value!r}: expected '!id:server'")
         return value
@@ -213,7 +214,7 @@ class RoomConfig(_Section):
     key: RoomKey
     name: str = Field(min_length=1, max_length=200)
     label: str
-    room_id: str | None = None
+    room_id: ids.RoomId | None = None
     audience: list[str] | None = None
     _label: Label = PrivateAttr()
 

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from commands.document import Document
+from policy.ids import EventId, RoomId, RoomKey, UserId
 
 
 class Role(StrEnum):
@@ -45,13 +46,13 @@ class PermissionDenied(CommandError):
 class Invocation:
     """A command as it reached the bot: who, where, and the raw message."""
 
-    sender: str
-    room_id: str
-    event_id: str
+    sender: UserId
+    room_id: RoomId
+    event_id: EventId
     body: str
     formatted_body: str | None = None
     mentions: tuple[str, ...] = ()
-    room_key: str | None = None  # the managed room the command was sent in
+    room_key: RoomKey | None = None  # the managed room the command was sent in
     is_direct: bool = False
     event: Any = None  # the bot's own handle on the event (opaque here)
     sent_at: datetime | None = None

@@ -19,6 +19,7 @@ from urllib.parse import unquote
 from commands.context import CommandError, Invocation, Reply, Role
 from commands.document import Code, Document, doc, para
 from commands.services import Services
+from policy.ids import RoomKey, UserId
 
 MAX_COMMAND_LENGTH = 4000
 # \Z, not $: `$` also matches before a final newline, and a quoted "@a:b\n" is one token
@@ -72,7 +73,7 @@ class Context:
     prefix: str = "!"
 
     @property
-    def sender(self) -> str:
+    def sender(self) -> UserId:
         return self.invocation.sender
 
 
@@ -361,17 +362,17 @@ def _convert(kind: Kind, raw: str, name: str, usage: str) -> Any:
     if kind == "user":
         if not USER_ID.match(raw):
             raise CommandError(f"{name}: expected a user like @name:server, got {raw!r}", usage)
-        return raw
+        return UserId(raw)
     if kind == "room_key":
         if not ROOM_KEY.match(raw):
             raise CommandError(f"{name}: {raw!r} is not a room key (see !rooms)", usage)
-        return raw
+        return RoomKey(raw)
     if kind == "room_keys":
         keys = [k.strip() for k in raw.split(",")]
         bad = [k for k in keys if not ROOM_KEY.match(k)]
         if bad:
             raise CommandError(f"{name}: {bad[0]!r} is not a room key (see !rooms)", usage)
-        return keys
+        return [RoomKey(k) for k in keys]
     if kind == "int":
         # isascii: str.isdigit accepts '²', which int() refuses
         if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) <= 10_000:

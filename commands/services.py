@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from commands.context import Invocation
 from policy import Decision, Room
+from policy.ids import RoomKey, UserId
 
 if TYPE_CHECKING:
     from commands.document import Document
@@ -110,15 +111,17 @@ class StatusInfo:
     device_id: str
 
 
-class Services(Protocol):
-    async def clearance(self, user_id: str) -> ClearanceInfo | None: ...
+class ClearancePort(Protocol):
+    """The register: `!clearance …`, `!whoami`, `!invite`."""
+
+    async def clearance(self, user_id: UserId) -> ClearanceInfo | None: ...
 
     async def clearances(self) -> Sequence[ClearanceInfo]: ...
 
     async def grant(
         self,
-        actor: str,
-        user_id: str,
+        actor: UserId,
+        user_id: UserId,
         level: str,
         *,
         nationality: str | None,
@@ -126,16 +129,67 @@ class Services(Protocol):
         caveats: Sequence[str],
     ) -> ClearanceInfo: ...
 
-    async def revoke(self, actor: str, user_id: str, scope: str | None) -> RevokeOutcome: ...
+    async def revoke(self, actor: UserId, user_id: UserId, scope: str | None) -> RevokeOutcome: ...
 
-    async def confirm_identity(self, actor: str, user_id: str, key: str) -> ClearanceInfo: ...
+    async def confirm_identity(self, actor: UserId, user_id: UserId, key: str) -> ClearanceInfo: ...
 
-    async def digest_now(self, actor: str, room_key: str, roles: frozenset[Any]) -> str: ...
+    async def invite(self, actor: UserId, user_id: UserId, room_key: RoomKey) -> InviteOutcome: ...
+
+
+class RoomPort(Protocol):
+    """Rooms and routes: `!rooms`, `!routes`, `!room …`, `!route …`, `!label …`."""
+
+    async def room_create(
+        self,
+        actor: UserId,
+        key: RoomKey,
+        name: str,
+        label_text: str,
+        audience: Sequence[str] | None,
+    ) -> Any: ...
+
+    async def room_close(self, actor: UserId, key: RoomKey) -> list[str]: ...
+
+    async def route_change(
+        self, actor: UserId, source: RoomKey, target: RoomKey, add: bool
+    ) -> None: ...
+
+    async def room_policies(self) -> list[tuple[str, str, Room]]: ...
+
+    async def known_caveats(self) -> Sequence[str]: ...
+
+    async def rooms(self) -> Sequence[RoomSummary]: ...
+
+    async def routes(self) -> Sequence[RouteSummary]: ...
+
+
+class IntelPort(Protocol):
+    """Tagged intelligence: `!relay`, `!search`."""
+
+    async def relay_message(
+        self, invocation: Invocation, targets: Sequence[RoomKey], message: str
+    ) -> Document: ...
+
+    async def search(
+        self,
+        actor: UserId,
+        room_key: RoomKey,
+        words: Sequence[str],
+        topic: str | None,
+        since: str | None,
+        exercise: bool,
+    ) -> Document: ...
+
+
+class DigestPort(Protocol):
+    """`!digest …`."""
+
+    async def digest_now(self, actor: UserId, room_key: RoomKey, roles: frozenset[Any]) -> str: ...
 
     async def digest_schedule(
         self,
-        actor: str,
-        room_key: str,
+        actor: UserId,
+        room_key: RoomKey,
         cron: str,
         window: str | None,
         sources: Sequence[str] | None,
@@ -143,39 +197,11 @@ class Services(Protocol):
 
     async def digest_list(self) -> list[str]: ...
 
-    async def digest_cancel(self, actor: str, key: str) -> None: ...
+    async def digest_cancel(self, actor: UserId, key: str) -> None: ...
 
-    async def search(
-        self,
-        actor: str,
-        room_key: str,
-        words: Sequence[str],
-        topic: str | None,
-        since: str | None,
-        exercise: bool,
-    ) -> Document: ...
 
-    async def room_create(
-        self, actor: str, key: str, name: str, label_text: str, audience: Sequence[str] | None
-    ) -> Any: ...
-
-    async def room_close(self, actor: str, key: str) -> list[str]: ...
-
-    async def route_change(self, actor: str, source: str, target: str, add: bool) -> None: ...
-
-    async def room_policies(self) -> list[tuple[str, str, Room]]: ...
-
-    async def known_caveats(self) -> Sequence[str]: ...
-
-    async def relay_message(
-        self, invocation: Invocation, targets: Sequence[str], message: str
-    ) -> Document: ...
-
-    async def invite(self, actor: str, user_id: str, room_key: str) -> InviteOutcome: ...
-
-    async def rooms(self) -> Sequence[RoomSummary]: ...
-
-    async def routes(self) -> Sequence[RouteSummary]: ...
+class AuditPort(Protocol):
+    """`!audit …`, `!status`, and the dispatcher's own audit rows."""
 
     async def audit_recent(self, limit: int) -> Sequence[AuditInfo]: ...
 
@@ -184,5 +210,10 @@ class Services(Protocol):
     async def status(self) -> StatusInfo: ...
 
     async def audit(
-        self, actor: str, action: str, subject: str | None, detail: dict[str, Any]
+        self, actor: UserId, action: str, subject: str | None, detail: dict[str, Any]
     ) -> None: ...
+
+
+class Services(ClearancePort, RoomPort, IntelPort, DigestPort, AuditPort, Protocol):
+    """Everything a command may ask; each group above is one port, served by one service
+    in bot/ (through bot/services/command_ports.py)."""

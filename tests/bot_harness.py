@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from nio import JoinResponse
 
 from bot.config import load_config
 from bot.devtools.botenv import ROOMS, SECRETS, BotEnv, write_config
@@ -33,7 +34,9 @@ async def bot_env(
     make_user: MakeUser,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[BotEnv]:
-    """A bot for the test module; a module sets BOT_DEVICE_TRUST = "tofu" to change policy,
+    """A bot for the test module, managing the rooms deu and nato-s with the route between
+    them (ROOMS). A module sets BOT_ROOMS to manage others (botenv.rooms_config builds them),
+    BOT_EXTRA_CONFIG to add sections, BOT_DEVICE_TRUST = "tofu" to change policy,
     BOT_EXTRA_BOT to add lines to the [bot] section."""
     workdir = tmp_path_factory.mktemp("bot")
     stack = contextlib.ExitStack()
@@ -96,7 +99,7 @@ async def audited(bot_env: BotEnv, action: str, subject: str, timeout: float = 2
     bot = bot_env.bot
 
     async def entry() -> Any:
-        entries = await bot.audit_recent(50)
+        entries = await bot.commands.audit_recent(50)
         return next((e for e in entries if e.action == action and e.subject == subject), None)
 
     return await eventually(entry, timeout, f"audit {action} {subject}")
@@ -109,6 +112,7 @@ __all__ = [
     "MakeClient",
     "audited",
     "bot_env",
+    "enrol",
     "eventually",
     "open_dm",
     "talk",
@@ -209,10 +213,9 @@ async def process_scenario(
         admin_client = await make_client(admin)
         dm = await open_dm(admin_client, bot_user.user_id)
         scenario.officer, scenario.member = await make_client(officer), await make_client(member)
-        await talk(admin_client, dm, f"!invite {officer.user_id} deu", "Invited")
-        await talk(admin_client, dm, f"!invite {member.user_id} nato-s", "Invited")
-        await scenario.officer.join(await scenario.officer.wait_for_invite())
-        await scenario.member.join(await scenario.member.wait_for_invite())
+        await enrol(
+            (admin_client, dm), [], [(scenario.officer, "deu"), (scenario.member, "nato-s")]
+        )
         yield scenario
     finally:
         await scenario.stop()
@@ -220,20 +223,54 @@ async def process_scenario(
 
 
 async def enrol(
-    admin: E2EEClient,
-    dm: str,
-    grants: list[tuple[str, str, str]],
-    joins: list[tuple[E2EEClient, str]],
-) -> None:
-    """As the admin, grant (user, level, nationality) clearances, then invite each client to
-    its room and have it join."""
+    admin: BotEnv | tuple[E2EEClient, str],
+    grants: Iterable[tuple[str, str, str]],
+    joins: Iterable[tuple[E2EEClient, str]] = (),
+    *,
+    at_once: bool = False,
+) -> list[str]:
+    """Grant each (user id, level, nationality) clearance, then invite each client to its
+    room (by key) and have it join; the ids of the rooms joined, in the order of `joins`.
+
+    `admin` is who does it: the admin's client and DM with the bot, to use the chat commands
+    (`!clearance grant`, `!invite`), or the BotEnv, to call the bot's own `grant` and `invite`
+    as its admin. A client joins once its invite has reached it; with `at_once` (BotEnv only)
+    it joins by room id the moment the invite is made, without waiting for any sync."""
+    if isinstance(admin, BotEnv):
+        env, bot = admin, admin.bot
+        assert bot is not None
+
+        async def grant(user_id: str, level: str, nation: str) -> None:
+            await bot.commands.grant(
+                env.admin.user_id, user_id, level, nationality=nation, expires=None, caveats=()
+            )
+
+        async def invite(user_id: str, key: str) -> None:
+            outcome = await bot.commands.invite(env.admin.user_id, user_id, key)
+            assert outcome.invited, outcome
+
+    else:
+        assert not at_once, "joining at once needs the room ids: pass the BotEnv"
+        admin_client, dm = admin
+
+        async def grant(user_id: str, level: str, nation: str) -> None:
+            command = f'!clearance grant {user_id} "{level}" --nationality {nation}'
+            await talk(admin_client, dm, command, "Clearance updated")
+
+        async def invite(user_id: str, key: str) -> None:
+            await talk(admin_client, dm, f"!invite {user_id} {key}", "Invited")
+
     for user_id, level, nation in grants:
-        await talk(
-            admin,
-            dm,
-            f'!clearance grant {user_id} "{level}" --nationality {nation}',
-            "Clearance updated",
-        )
+        await grant(user_id, level, nation)
+    room_ids = []
     for client, key in joins:
-        await talk(admin, dm, f"!invite {client.user_id} {key}", "Invited")
-        await client.join(await client.wait_for_invite())
+        await invite(client.user_id, key)
+        if at_once:
+            room_id = env.room_id(key)
+            joined = await client.client.join(room_id)
+            assert isinstance(joined, JoinResponse), joined
+        else:
+            room_id = await client.wait_for_invite()
+            await client.join(room_id)
+        room_ids.append(room_id)
+    return room_ids

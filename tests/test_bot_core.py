@@ -8,7 +8,7 @@ import pytest
 from nio import RoomMemberEvent
 
 from bot.services.rooms import LABEL_EVENT, MEGOLM, provision
-from tests.bot_harness import BotEnv, audited, eventually, open_dm, talk
+from tests.bot_harness import BotEnv, audited, enrol, eventually, open_dm, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
 
@@ -36,7 +36,7 @@ async def test_rooms_are_encrypted_invite_only_and_labelled(bot_env: BotEnv) -> 
 async def test_provisioning_again_with_the_same_config_changes_nothing(bot_env: BotEnv) -> None:
     bot = bot_env.bot
     assert bot is not None and bot.gateway is not None
-    managed = bot.rooms_by_key["nato-s"]
+    managed = bot.rooms.by_key["nato-s"]
     joined = await bot.gateway.joined_rooms()
     room_id, changed = await provision(
         bot.gateway,
@@ -92,7 +92,7 @@ async def test_uncleared_user_is_refused_with_the_reason(
     reply = await talk(admin, dm, f"!invite {french.user_id} deu", "may not join")
     assert "nationality FRA is not in the room's audience (DEU)" in reply.body
     assert "no DEU grant" in reply.body
-    entries = await bot_env.bot.audit_recent(20)  # type: ignore[union-attr]
+    entries = await bot_env.bot.commands.audit_recent(20)  # type: ignore[union-attr]
     assert any(e.action == "invite.refused" and e.subject == french.user_id for e in entries)
 
 
@@ -138,9 +138,9 @@ async def test_non_admin_running_an_admin_command_is_refused_and_audited(
         f'!clearance grant {bot_env.officer.user_id} "COSMIC TOP SECRET"',
         "is for admins only",
     )
-    record = await bot_env.bot.clearance(bot_env.officer.user_id)  # type: ignore[union-attr]
+    record = await bot_env.bot.commands.clearance(bot_env.officer.user_id)  # type: ignore[union-attr]
     assert record is None or all(g.level != "COSMIC TOP SECRET" for g in record.grants)
-    entries = await bot_env.bot.audit_recent(10)  # type: ignore[union-attr]
+    entries = await bot_env.bot.commands.audit_recent(10)  # type: ignore[union-attr]
     denied = [e for e in entries if e.action == "command.denied"]
     assert denied and denied[0].actor == bot_env.officer.user_id
 
@@ -162,16 +162,10 @@ async def test_whoami_in_a_managed_room_answers_in_a_new_dm(
     admin = await make_client(bot_env.admin)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     analyst = make_user("analyst")
-    await talk(
-        admin,
-        dm,
-        f'!clearance grant {analyst.user_id} "NATO SECRET" --nationality ITA',
-        "Clearance updated",
-    )
-    await talk(admin, dm, f"!invite {analyst.user_id} nato-s", "Invited")
     client = await make_client(analyst)
-    room_id = await client.wait_for_invite()
-    await client.join(room_id)
+    (room_id,) = await enrol(
+        (admin, dm), [(analyst.user_id, "NATO SECRET", "ITA")], [(client, "nato-s")]
+    )
     await talk(client, room_id, "!whoami", "Answered in your direct messages")
     assert "NATO SECRET" not in "\n".join(client.texts(room_id)[-1:])
     dm_id = await client.wait_for_invite(inviter=bot_env.bot_user.user_id)
@@ -217,7 +211,7 @@ async def test_edited_command_is_never_executed(
         },
     )
     await talk(admin, dm, "!whoami", "Roles: admin")  # the bot has handled the edit by now
-    assert await bot_env.bot.clearance(target) is None  # type: ignore[union-attr]
+    assert await bot_env.bot.commands.clearance(target) is None  # type: ignore[union-attr]
 
 
 async def test_restart_keeps_the_device_and_still_decrypts(
@@ -244,16 +238,10 @@ async def test_expiry_changed_from_the_cli_removes_within_the_sweep(
     admin = await make_client(bot_env.admin)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     member = make_user("expiring")
-    await talk(
-        admin,
-        dm,
-        f'!clearance grant {member.user_id} "NATO SECRET" --nationality NOR',
-        "Clearance updated",
-    )
-    await talk(admin, dm, f"!invite {member.user_id} nato-s", "Invited")
     client = await make_client(member)
-    room_id = await client.wait_for_invite()
-    await client.join(room_id)
+    (room_id,) = await enrol(
+        (admin, dm), [(member.user_id, "NATO SECRET", "NOR")], [(client, "nato-s")]
+    )
     # The CLI writes to the same database; the running bot notices at its next sweep.
     from bot.services.register import ClearanceRegister
     from bot.storage import Store
@@ -277,16 +265,10 @@ async def test_revoke_removes_at_once(
     admin = await make_client(bot_env.admin)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     member = make_user("revoked")
-    await talk(
-        admin,
-        dm,
-        f'!clearance grant {member.user_id} "NATO SECRET" --nationality DNK',
-        "Clearance updated",
-    )
-    await talk(admin, dm, f"!invite {member.user_id} nato-s", "Invited")
     client = await make_client(member)
-    room_id = await client.wait_for_invite()
-    await client.join(room_id)
+    (room_id,) = await enrol(
+        (admin, dm), [(member.user_id, "NATO SECRET", "DNK")], [(client, "nato-s")]
+    )
     reply = await talk(admin, dm, f"!clearance revoke {member.user_id}", "Clearance revoked")
     assert "removed from nato-s" in reply.body
     assert room_id not in await client.joined_rooms()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from nio import RoomGetStateEventResponse
 
-from tests.bot_harness import BotEnv, audited, eventually, open_dm, talk
+from tests.bot_harness import BotEnv, audited, enrol, eventually, open_dm
 from tests.matrix_harness import MakeClient, MakeUser
 
 
@@ -26,16 +26,10 @@ async def test_user_invited_by_someone_else_is_removed(
     admin = await make_client(bot_env.admin)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     insider = make_user("insider")
-    await talk(
-        admin,
-        dm,
-        f'!clearance grant {insider.user_id} "NATO SECRET" --nationality POL',
-        "Clearance updated",
-    )
-    await talk(admin, dm, f"!invite {insider.user_id} nato-s", "Invited")
     insider_client = await make_client(insider)
-    room_id = await insider_client.wait_for_invite()
-    await insider_client.join(room_id)
+    (room_id,) = await enrol(
+        (admin, dm), [(insider.user_id, "NATO SECRET", "POL")], [(insider_client, "nato-s")]
+    )
     # A homeserver admin hands the insider invite power behind the bot's back.
     server_admin = make_user("hsadmin", admin=True)
     bot_env.server.make_room_admin(server_admin.access_token, room_id, insider.user_id)

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import date
-from typing import Any
 
 import pytest
 
@@ -14,8 +11,7 @@ from commands.context import CommandError, Invocation, Role
 from commands.dispatch import dispatch
 from commands.document import Banner, Code, Mention, doc, para
 from commands.registry import mention_pills, parse_command, resolve_pills, strip_prefix, tokenize
-from commands.services import InviteOutcome, RevokeOutcome, RoomSummary, RouteSummary, StatusInfo
-from policy import Decision
+from tests.fakes import FakeServices
 
 REGISTRY = build_registry()
 
@@ -154,61 +150,6 @@ def test_document_escapes_user_text_in_html_only() -> None:
     assert "&quot;" in d.html
 
 
-@dataclass
-class FakeServices:
-    audits: list[tuple[str, str, str | None, dict[str, Any]]] = field(default_factory=list)
-    grants: list[Any] = field(default_factory=list)
-
-    async def clearance(self, user_id: str) -> Any:
-        return None
-
-    async def clearances(self) -> Sequence[Any]:
-        return []
-
-    async def grant(self, actor: str, user_id: str, level: str, **kw: Any) -> Any:
-        if level == "BAD":
-            raise CommandError("LEVEL: unknown marking 'BAD'")
-        self.grants.append((actor, user_id, level, kw))
-
-        @dataclass
-        class Rec:
-            user_id: str = user_id
-            nationality: str = "DEU"
-            grants: tuple[Any, ...] = ()
-            caveats: frozenset[str] = frozenset()
-            expires: date | None = None
-            revoked_at: Any = None
-            identity_key: str | None = None
-
-        return Rec()
-
-    async def revoke(self, actor: str, user_id: str, scope: str | None) -> RevokeOutcome:
-        raise NotImplementedError
-
-    async def invite(self, actor: str, user_id: str, room_key: str) -> InviteOutcome:
-        return InviteOutcome(Decision(False, ("no clearance on record for " + user_id,)), False)
-
-    async def rooms(self) -> Sequence[RoomSummary]:
-        return [RoomSummary("nato-s", "NATO <script>", "NATO SECRET", 3, 2, "!r:x")]
-
-    async def routes(self) -> Sequence[RouteSummary]:
-        return []
-
-    async def audit_recent(self, limit: int) -> Sequence[Any]:
-        return []
-
-    async def audit_verify(self) -> Any:
-        raise NotImplementedError
-
-    async def status(self) -> StatusInfo:
-        raise NotImplementedError
-
-    async def audit(
-        self, actor: str, action: str, subject: str | None, detail: dict[str, Any]
-    ) -> None:
-        self.audits.append((actor, action, subject, detail))
-
-
 def invocation(body: str, sender: str = "@u:x") -> Invocation:
     return Invocation(sender=sender, room_id="!r:x", event_id="$e", body=body)
 
@@ -265,9 +206,9 @@ async def test_help_for_one_command() -> None:
 
 
 async def test_invite_refusal_shows_the_reason() -> None:
-    outcome = await run("!invite @x:y nato-s", {Role.OFFICER})
+    outcome = await run("!invite @none-x:y nato-s", {Role.OFFICER})  # no record (tests/fakes.py)
     assert outcome is not None and not outcome.ok
-    assert "no clearance on record for @x:y" in outcome.reply.document.plain
+    assert "no clearance on record for @none-x:y" in outcome.reply.document.plain
 
 
 async def test_room_names_are_escaped_in_html() -> None:

@@ -4,30 +4,11 @@ from __future__ import annotations
 
 import secrets
 
+from bot.devtools.botenv import rooms_config
 from tests.bot_harness import BotEnv, enrol, open_dm, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
-BOT_ROOMS = """
-[[rooms]]
-key = "deu"
-name = "DEU national cell"
-label = "DEU GEHEIM"
-
-[[rooms]]
-key = "nato-s"
-name = "NATO SECRET liaison"
-label = "NATO SECRET"
-
-[[routes]]
-from = "deu"
-to = ["nato-s"]
-
-[[digests]]
-room = "nato-s"
-cron = "0 6,18 * * *"
-window = "12h"
-sources = ["nato-s", "deu"]
-"""
+BOT_ROOMS = rooms_config(digest=True)
 
 
 async def test_nato_digest_holds_the_relayed_item_not_the_national_one(
@@ -39,8 +20,7 @@ async def test_nato_digest_holds_the_relayed_item_not_the_national_one(
     duty = make_user("duty")
     duty_client = await make_client(duty)
     await enrol(
-        admin,
-        dm,
+        (admin, dm),
         [
             (bot_env.officer.user_id, "DEU GEHEIM", "DEU"),
             (bot_env.officer.user_id, "NATO SECRET", "DEU"),
@@ -70,7 +50,7 @@ async def test_nato_digest_holds_the_relayed_item_not_the_national_one(
     await talk(duty_client, nato_s, "!digest now deu", "you are not in deu")
     await talk(admin, dm, "!digest now", "name the room here")
     await talk(admin, dm, "!digest now nato-s", "Digest posted in nato-s")
-    entries = await bot_env.bot.audit_recent(20)  # type: ignore[union-attr]
+    entries = await bot_env.bot.commands.audit_recent(20)  # type: ignore[union-attr]
     assert any(e.action == "digest.posted" for e in entries)
     assert any(e.action == "command.denied" and e.subject == "digest now" for e in entries)
 

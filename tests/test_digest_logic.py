@@ -140,39 +140,49 @@ def test_fire_times_and_catch_up_plan() -> None:
 
 
 @dataclass
-class FakeBot:
-    """Just enough of LiaisonBot for the digest service, with a real database."""
+class FakeMessenger:
+    """The digest service's messenger port: records what it would post."""
 
-    store: Store
-    clock_now: datetime
     posted: list[tuple[str, str, str | None]] = field(default_factory=list)
     user_id: str = "@bot:x"
-
-    def __post_init__(self) -> None:
-        self.rooms_by_key = {"nato-s": NATO}
-        self.config = SimpleNamespace(
-            digests=[
-                SimpleNamespace(
-                    room="nato-s",
-                    cron="0 6,18 * * *",
-                    window=timedelta(hours=12),
-                    sources=["nato-s"],
-                )
-            ],
-            bot=SimpleNamespace(timezone="UTC", digest_catchup_grace=timedelta(hours=2)),
-        )
-        self.relay = SimpleNamespace(open_text=lambda i: "text")
-        self.metrics = Metrics(lambda: None)
-
-    async def _db(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
 
     async def send_notice(self, room_id: str, document: Any, tx_id: str | None = None) -> str:
         self.posted.append((room_id, document.plain, tx_id))
         return f"$digest{len(self.posted)}"
 
-    async def audit(self, *args: Any) -> None:
-        return None
+
+@dataclass
+class Clock:
+    now: datetime
+
+
+async def no_audit(*args: Any) -> None:
+    return None
+
+
+def digest_service(store: Store, clock: Clock, messenger: FakeMessenger) -> DigestService:
+    """The service on a real database, with one config schedule for nato-s."""
+    config = SimpleNamespace(
+        digests=[
+            SimpleNamespace(
+                room="nato-s",
+                cron="0 6,18 * * *",
+                window=timedelta(hours=12),
+                sources=["nato-s"],
+            )
+        ],
+        bot=SimpleNamespace(timezone="UTC", digest_catchup_grace=timedelta(hours=2)),
+    )
+    return DigestService(
+        config,  # type: ignore[arg-type]
+        store,
+        SimpleNamespace(by_key={"nato-s": NATO}),  # type: ignore[arg-type]
+        messenger,  # type: ignore[arg-type]
+        no_audit,
+        Metrics(lambda: None),
+        lambda item: "text",
+        clock=lambda: clock.now,
+    )
 
 
 def test_catch_up_posts_once_and_a_restart_never_posts_the_same_window_twice(
@@ -182,8 +192,8 @@ def test_catch_up_posts_once_and_a_restart_never_posts_the_same_window_twice(
     upgrade(url)
     store = Store.from_url(url)
     try:
-        bot = FakeBot(store, T0)
-        service = DigestService(bot, clock=lambda: bot.clock_now)  # type: ignore[arg-type]
+        bot, clock = FakeMessenger(), Clock(T0)
+        service = digest_service(store, clock, bot)
         schedule = service.config_schedules()[0]
         assert schedule == DigestSchedule(
             "cfg-1", "nato-s", "0 6,18 * * *", 43200, ("nato-s",), "config"
@@ -191,11 +201,11 @@ def test_catch_up_posts_once_and_a_restart_never_posts_the_same_window_twice(
 
         async def scenario() -> None:
             await service.post_window(schedule, T0, delayed=False)  # the 06:00 run
-            bot.clock_now = T0 + timedelta(hours=13)  # down over 18:00, back at 19:00
+            clock.now = T0 + timedelta(hours=13)  # down over 18:00, back at 19:00
             await service._catch_up(schedule)
             await service._catch_up(schedule)  # a second restart: nothing new
             await service.post_window(schedule, T0 + timedelta(hours=12), delayed=True)  # replayed
-            bot.clock_now = T0 + timedelta(days=1, hours=5)  # down again, back 23 h later
+            clock.now = T0 + timedelta(days=1, hours=5)  # down again, back 23 h later
             await service._catch_up(schedule)
 
         asyncio.run(scenario())
@@ -217,11 +227,11 @@ def test_missed_windows_older_than_the_grace_are_skipped_and_audited(tmp_path: P
     upgrade(url)
     store = Store.from_url(url)
     try:
-        bot = FakeBot(store, T0)
-        service = DigestService(bot, clock=lambda: bot.clock_now)  # type: ignore[arg-type]
+        bot, clock = FakeMessenger(), Clock(T0)
+        service = digest_service(store, clock, bot)
         schedule = service.config_schedules()[0]
         asyncio.run(service.post_window(schedule, T0, delayed=False))
-        bot.clock_now = T0 + timedelta(hours=15)  # 18:00 missed by 3 h
+        clock.now = T0 + timedelta(hours=15)  # 18:00 missed by 3 h
         asyncio.run(service._catch_up(schedule))
         assert len(bot.posted) == 1
         assert store.digest_run("cfg-1", T0 + timedelta(hours=12)).state == "skipped"  # type: ignore[union-attr]

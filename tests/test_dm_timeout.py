@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from nio import RoomMessagesResponse
 
-from tests.bot_harness import BotEnv, eventually, talk
+from tests.bot_harness import BotEnv, enrol, eventually, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
 BOT_EXTRA_BOT = 'dm_join_timeout = "3s"'
@@ -17,22 +17,12 @@ async def test_a_reply_whose_reader_never_joins_is_dropped_and_audited(
     bot = bot_env.bot
     assert bot is not None and bot.client is not None
     member = await make_client(make_user("absent"))
-    await bot.grant(
-        bot_env.admin.user_id,
-        member.user_id,
-        "NATO SECRET",
-        nationality="NOR",
-        expires=None,
-        caveats=(),
-    )
-    await bot.invite(bot_env.admin.user_id, member.user_id, "nato-s")
-    nato_s = await member.wait_for_invite()
-    await member.join(nato_s)
+    (nato_s,) = await enrol(bot_env, [(member.user_id, "NATO SECRET", "NOR")], [(member, "nato-s")])
     await talk(member, nato_s, "!whoami", "Answered in your direct messages")
     dm = await member.wait_for_invite(inviter=bot_env.bot_user.user_id)
 
     async def dropped() -> bool:
-        entries = await bot.audit_recent(20)
+        entries = await bot.commands.audit_recent(20)
         return any(e.action == "dm.reply.dropped" and e.subject == member.user_id for e in entries)
 
     await eventually(dropped, what="the unread reply dropped")

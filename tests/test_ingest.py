@@ -9,27 +9,15 @@ import urllib.error
 import urllib.request
 
 from bot.devtools.devserver import free_port
-from bot.devtools.e2ee_client import open_dm, talk
-from tests.bot_harness import BotEnv
+from bot.devtools.e2ee_client import open_dm
+from tests.bot_harness import ROOMS, BotEnv, enrol
 from tests.matrix_harness import MakeClient, MakeUser
 
 PORT = free_port()
 BOT_FEED_TOKENS = {"sat": "sat-token-123", "deu-sig": "sig-token-456"}
-BOT_ROOMS = f"""
-[[rooms]]
-key = "deu"
-name = "DEU national cell"
-label = "DEU GEHEIM"
-
-[[rooms]]
-key = "nato-s"
-name = "NATO SECRET liaison"
-label = "NATO SECRET"
-
-[[routes]]
-from = "deu"
-to = ["nato-s"]
-
+BOT_ROOMS = (
+    ROOMS
+    + f"""
 [ingest]
 bind = "127.0.0.1:{PORT}"
 
@@ -44,6 +32,7 @@ room = "deu"
 token_env = "LIAISON_FEED_SIG"
 release = true
 """
+)
 
 
 def post(key: str, body: object, token: str | None, raw: bytes | None = None) -> tuple[int, dict]:
@@ -67,15 +56,8 @@ async def test_feeds_post_store_route_and_refuse(
     admin = await make_client(bot_env.admin)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     member = make_user("feed-reader")
-    await talk(
-        admin,
-        dm,
-        f'!clearance grant {member.user_id} "NATO SECRET" --nationality ITA',
-        "Clearance updated",
-    )
     reader = await make_client(member)
-    await talk(admin, dm, f"!invite {member.user_id} nato-s", "Invited")
-    await reader.join(await reader.wait_for_invite())
+    await enrol((admin, dm), [(member.user_id, "NATO SECRET", "ITA")], [(reader, "nato-s")])
     nato_s = bot_env.room_id("nato-s")
 
     phrase = f"sat-{secrets.token_hex(3)}"

@@ -13,7 +13,7 @@ import asyncio
 import secrets
 
 import pytest
-from nio import JoinResponse, MegolmEvent, RoomGetStateResponse
+from nio import MegolmEvent, RoomGetStateResponse
 from nio.exceptions import EncryptionError
 
 from bot.devtools.devserver import free_port
@@ -21,7 +21,7 @@ from bot.devtools.e2ee_client import E2EEClient
 from bot.matrix.gateway import MatrixError
 from commands.context import Role
 from commands.document import doc
-from tests.bot_harness import ROOMS, BotEnv, eventually, talk
+from tests.bot_harness import ROOMS, BotEnv, enrol, eventually, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
 TRIALS = 21  # seven each of a relayed copy, a feed item and a digest
@@ -64,22 +64,6 @@ def post_feed(text: str) -> int:
         return int(response.status)
 
 
-async def enrol_member(bot_env: BotEnv, client: E2EEClient, key: str, level: str) -> str:
-    """Grant and invite through the bot's own services, and join at once: by room id, the
-    moment the invite is made, without waiting for any sync to show it. The room id."""
-    bot = bot_env.bot
-    assert bot is not None
-    await bot.grant(
-        bot_env.admin.user_id, client.user_id, level, nationality="NOR", expires=None, caveats=()
-    )
-    outcome = await bot.invite(bot_env.admin.user_id, client.user_id, key)
-    assert outcome.invited, outcome
-    room_id = bot_env.room_id(key)
-    joined = await client.client.join(room_id)
-    assert isinstance(joined, JoinResponse), joined
-    return room_id
-
-
 def no_undecryptable_from_bot(client: E2EEClient, room_id: str, bot_user: str) -> None:
     left = [e for e in client.undecryptable(room_id) if e.sender == bot_user]
     assert not left, client.summary(room_id)
@@ -91,23 +75,17 @@ async def test_a_member_who_just_joined_reads_what_the_bot_posts_at_once(
     bot = bot_env.bot
     assert bot is not None
     officer = await make_client(bot_env.officer)
-    await bot.grant(
-        bot_env.admin.user_id,
-        bot_env.officer.user_id,
-        "DEU GEHEIM",
-        nationality="DEU",
-        expires=None,
-        caveats=(),
+    (deu,) = await enrol(
+        bot_env, [(bot_env.officer.user_id, "DEU GEHEIM", "DEU")], [(officer, "deu")]
     )
-    await bot.invite(bot_env.admin.user_id, bot_env.officer.user_id, "deu")
-    deu = await officer.wait_for_invite()
-    await officer.join(deu)
     nato_s = bot_env.room_id("nato-s")
     kinds = ("relay", "feed", "digest")
     for trial in range(TRIALS):
         kind = kinds[trial % len(kinds)]
         member = await make_client(make_user(f"joiner{trial}"))
-        assert await enrol_member(bot_env, member, "nato-s", "NATO SECRET") == nato_s
+        assert await enrol(
+            bot_env, [(member.user_id, "NATO SECRET", "NOR")], [(member, "nato-s")], at_once=True
+        ) == [nato_s]
         phrase = f"{kind}-{trial}-{secrets.token_hex(3)}"
         # The bot posts the moment the join is done, before its own sync may show it.
         if kind == "relay":
@@ -116,7 +94,7 @@ async def test_a_member_who_just_joined_reads_what_the_bot_posts_at_once(
             assert await asyncio.to_thread(post_feed, phrase) == 202
         else:
             phrase = "Situation digest"
-            await bot.digest_now(bot_env.admin.user_id, "nato-s", frozenset({Role.ADMIN}))
+            await bot.commands.digest_now(bot_env.admin.user_id, "nato-s", frozenset({Role.ADMIN}))
         await member.wait_for_text(nato_s, phrase)
         no_undecryptable_from_bot(member, nato_s, bot_env.bot_user.user_id)
         await member.stop()
@@ -128,7 +106,9 @@ async def test_an_answer_in_a_new_dm_is_read_by_its_partner(
     bot_user = bot_env.bot_user.user_id
     for trial in range(DM_TRIALS):
         member = await make_client(make_user(f"asker{trial}"))
-        nato_s = await enrol_member(bot_env, member, "nato-s", "NATO SECRET")
+        (nato_s,) = await enrol(
+            bot_env, [(member.user_id, "NATO SECRET", "NOR")], [(member, "nato-s")], at_once=True
+        )
         await talk(member, nato_s, "!whoami", "Answered in your direct messages")
         dm = nato_s
         while dm == nato_s:  # the room's own invite may show up in a sync after the join
@@ -164,15 +144,8 @@ async def test_key_requests_answered_for_entitled_devices_only(
     nato_s = bot_env.room_id("nato-s")
     person = make_user("reader")
     first = await make_client(person)
-    await bot.grant(
-        bot_env.admin.user_id,
-        person.user_id,
-        "NATO SECRET",
-        nationality="NOR",
-        expires=None,
-        caveats=(),
-    )
-    assert (await bot.invite(bot_env.admin.user_id, person.user_id, "nato-s")).invited
+    await enrol(bot_env, [(person.user_id, "NATO SECRET", "NOR")])
+    assert (await bot.commands.invite(bot_env.admin.user_id, person.user_id, "nato-s")).invited
     # Once the bot's sync shows the invite (which starts a new session), one message goes out
     # before the join and one right after: the same session, which the member may read from
     # the second message on only.
@@ -180,10 +153,10 @@ async def test_key_requests_answered_for_entitled_devices_only(
         lambda: person.user_id in bot.client.rooms[nato_s].invited_users, what="invite synced"
     )
     before = f"before-{secrets.token_hex(3)}"
-    before_id = await bot.send_notice(nato_s, doc(before))
+    before_id = await bot.messenger.send_notice(nato_s, doc(before))
     await first.join(await first.wait_for_invite())
     after = f"after-{secrets.token_hex(3)}"
-    after_id = await bot.send_notice(nato_s, doc(after))
+    after_id = await bot.messenger.send_notice(nato_s, doc(after))
     seen = await first.wait_for_text(nato_s, after)
     assert seen.event_id == after_id
     sealed_before = MegolmEvent.from_dict(await raw_event(bot_env, nato_s, before_id))
@@ -218,7 +191,7 @@ async def test_key_requests_answered_for_entitled_devices_only(
         await client.request_key_from(sealed, bot_user, bot_device)
     await eventually(lambda: key_requests(bot_env, "ignored") >= ignored + 2, what="ignored")
     assert key_requests(bot_env, "answered") == answered + 1
-    entries = await bot.audit_recent(20)
+    entries = await bot.commands.audit_recent(20)
     reasons = {e.subject: e.detail["reason"] for e in entries if e.action == "key-request.ignored"}
     assert "no clearance on record" in reasons[stranger.user_id]
     assert "device policy does not trust" in reasons[person.user_id]
@@ -264,9 +237,13 @@ async def test_a_join_the_bot_has_not_synced_yet_still_gets_the_key(
 
     client.sync = held_sync  # type: ignore[method-assign]
     try:
-        await bot.send_notice(nato_s, doc("wake the long poll"))  # its sync returns, then waits
+        await bot.messenger.send_notice(
+            nato_s, doc("wake the long poll")
+        )  # its sync returns, then waits
         await asyncio.wait_for(parked.wait(), 30)
-        await enrol_member(bot_env, member, "nato-s", "NATO SECRET")
+        await enrol(
+            bot_env, [(member.user_id, "NATO SECRET", "NOR")], [(member, "nato-s")], at_once=True
+        )
         assert member.user_id not in client.rooms[nato_s].users  # the bot has not seen it
         phrase = f"unseen-{secrets.token_hex(3)}"
         assert await asyncio.to_thread(post_feed, phrase) == 202
@@ -289,7 +266,9 @@ async def test_a_key_share_that_fails_halfway_leaves_no_key_to_reuse(
     assert olm is not None
     nato_s = bot_env.room_id("nato-s")
     member = await make_client(make_user("halfway"))
-    await enrol_member(bot_env, member, "nato-s", "NATO SECRET")
+    await enrol(
+        bot_env, [(member.user_id, "NATO SECRET", "NOR")], [(member, "nato-s")], at_once=True
+    )
     await member.wait_for_room(nato_s)
     real_share = gateway._share
 
@@ -301,11 +280,11 @@ async def test_a_key_share_that_fails_halfway_leaves_no_key_to_reuse(
     gateway._share = fails_after_sharing  # type: ignore[method-assign]
     try:
         with pytest.raises(MatrixError, match="injected failure"):
-            await bot.send_notice(nato_s, doc("never sent"))
+            await bot.messenger.send_notice(nato_s, doc("never sent"))
     finally:
         gateway._share = real_share  # type: ignore[method-assign]
     assert nato_s not in olm.outbound_group_sessions
     phrase = f"after-failure-{secrets.token_hex(3)}"
-    await bot.send_notice(nato_s, doc(phrase))
+    await bot.messenger.send_notice(nato_s, doc(phrase))
     await member.wait_for_text(nato_s, phrase)
     no_undecryptable_from_bot(member, nato_s, bot_env.bot_user.user_id)

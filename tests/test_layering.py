@@ -117,6 +117,45 @@ def test_commands_has_no_import_cycle() -> None:
     assert import_cycle("commands") is None, " -> ".join(import_cycle("commands") or [])
 
 
+def test_bot_has_no_import_cycle() -> None:
+    """Services get ports in their constructors instead of importing the bot back."""
+    assert import_cycle("bot") is None, " -> ".join(import_cycle("bot") or [])
+
+
+def runtime_modules() -> list[Path]:
+    """What ships and runs: bot/ without its tooling (devtools drives a test client)."""
+    return [
+        path
+        for path in (ROOT / "bot").rglob("*.py")
+        if path.relative_to(ROOT).parts[:2] != ("bot", "devtools")
+    ]
+
+
+def test_only_the_matrix_edge_imports_nio() -> None:
+    importers = sorted(
+        str(path.relative_to(ROOT))
+        for path in runtime_modules()
+        if any(m == "nio" or m.startswith("nio.") for m in imported_modules(path))
+    )
+    assert importers, "the check found no importer at all: it would pass for any tree"
+    outside = [p for p in importers if not p.startswith("bot/matrix/")]
+    assert not outside, f"nio imported outside bot/matrix/: {outside}"
+
+
+def test_no_service_or_edge_module_imports_the_composition_root() -> None:
+    for path in runtime_modules():
+        relative = path.relative_to(ROOT)
+        if relative in (Path("bot/app.py"), Path("bot/cli.py")):
+            continue  # the root itself, and the CLI that runs it
+        bad = {m for m in imported_modules(path) if m == "bot.app"}
+        assert not bad, f"{relative} imports the composition root"
+
+
+def test_the_composition_root_stays_small() -> None:
+    lines = (ROOT / "bot" / "app.py").read_text(encoding="utf-8").count("\n")
+    assert lines < 300, f"bot/app.py has {lines} lines: move the logic to a service"
+
+
 def test_the_cycle_finder_finds_a_cycle(tmp_path: Path) -> None:
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "__init__.py").write_text("")

@@ -1,4 +1,5 @@
-"""The metrics listener: Prometheus text, and /healthz 200 only while syncing."""
+"""The metrics listener: Prometheus text, and /healthz 200 only while syncing; and what a fresh
+bot counts, exactly, for what it was asked to do."""
 
 from __future__ import annotations
 
@@ -6,8 +7,20 @@ import asyncio
 import urllib.error
 import urllib.request
 
+from bot.devtools.botenv import rooms_config
 from bot.devtools.devserver import free_port
 from bot.metrics import Metrics, serve
+from tests.bot_harness import BotEnv, enrol, open_dm, talk
+from tests.matrix_harness import MakeClient
+
+METRICS_PORT = free_port()
+BOT_EXTRA_CONFIG = f"""
+[metrics]
+bind = "127.0.0.1:{METRICS_PORT}"
+"""
+# deu relays to nato-s and eu-s (so a NATO-only item is sent once and refused once); nato-r,
+# a NATO RESTRICTED room, is where a NATO SECRET message is a spillage.
+BOT_ROOMS = rooms_config("eu-s", "nato-r", relay_to=("nato-s", "eu-s"))
 
 
 def fetch(url: str) -> tuple[int, str]:
@@ -38,3 +51,47 @@ async def test_healthz_follows_the_sync_age_and_metrics_are_per_bot() -> None:
         assert "liaison_sync_lag_seconds 600.0" in text
     finally:
         await runner.cleanup()
+
+
+async def test_a_fresh_bot_counts_exactly_what_it_did(
+    bot_env: BotEnv, make_client: MakeClient
+) -> None:
+    """This module's own bot, new for it: two invites, one item relayed to nato-s and refused
+    for eu-s, one spillage; the counters say exactly that."""
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    officer = await make_client(bot_env.officer)
+    officer_id = bot_env.officer.user_id
+    deu, nato_r = await enrol(
+        (admin, dm),
+        [(officer_id, "DEU GEHEIM", "DEU"), (officer_id, "NATO SECRET", "DEU")],
+        [(officer, "deu"), (officer, "nato-r")],
+    )
+    receipt = await talk(
+        officer, deu, "[GEHEIM // REL TO NATO] for the metrics", "Relayed to nato-s"
+    )
+    assert "Not relayed to eu-s" in receipt.body
+    await officer.send_text(nato_r, "[NATO SECRET] spilled")
+    await officer.wait_for_text(nato_r, "removed from this room")
+
+    status, text = await asyncio.to_thread(fetch, f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    assert status == 200
+    samples = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+    def family(name: str) -> dict[str, float]:
+        return {k: v for k, v in samples.items() if k.startswith(name + "{")}
+
+    assert family("liaison_relays_total") == {
+        'liaison_relays_total{result="sent"}': 1,  # the copy in nato-s
+        'liaison_relays_total{result="refused"}': 1,  # eu-s: not releasable to all the EU
+        'liaison_relays_total{result="spillage"}': 1,  # the NATO SECRET message in nato-r
+    }
+    assert samples["liaison_relay_latency_seconds_count"] == 1  # one copy sent
+    assert family("liaison_invites_total") == {'liaison_invites_total{result="invited"}': 2}
+    assert 0 <= samples["liaison_sync_lag_seconds"] < 60
+    health = await asyncio.to_thread(fetch, f"http://127.0.0.1:{METRICS_PORT}/healthz")
+    assert health == (200, "ok\n")

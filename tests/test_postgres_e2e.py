@@ -14,21 +14,6 @@ from tests.bot_harness import BotEnv, enrol
 from tests.matrix_harness import MakeClient, MakeUser
 
 BOT_DATABASE = "postgresql"
-BOT_ROOMS = """
-[[rooms]]
-key = "deu"
-name = "DEU national cell"
-label = "DEU GEHEIM"
-
-[[rooms]]
-key = "nato-s"
-name = "NATO SECRET liaison"
-label = "NATO SECRET"
-
-[[routes]]
-from = "deu"
-to = ["nato-s"]
-"""
 
 
 async def test_relay_and_digest_on_postgresql(
@@ -41,8 +26,7 @@ async def test_relay_and_digest_on_postgresql(
     member = make_user("pg-nor")
     member_client = await make_client(member)
     await enrol(
-        admin,
-        dm,
+        (admin, dm),
         [(bot_env.officer.user_id, "DEU GEHEIM", "DEU"), (member.user_id, "NATO SECRET", "NOR")],
         [(officer, "deu"), (member_client, "nato-s")],
     )

@@ -11,40 +11,11 @@ from pathlib import Path
 import pytest
 from nio import RedactedEvent, RoomMessageText
 
-from bot.devtools.devserver import free_port
-from tests.bot_harness import BotEnv, eventually, open_dm, talk
+from bot.devtools.botenv import rooms_config
+from tests.bot_harness import BotEnv, enrol, eventually, open_dm, talk
 from tests.matrix_harness import E2EEClient, MakeClient, MakeUser
 
-METRICS_PORT = free_port()
-BOT_EXTRA_CONFIG = f"""
-[metrics]
-bind = "127.0.0.1:{METRICS_PORT}"
-"""
-BOT_ROOMS = """
-[[rooms]]
-key = "deu"
-name = "DEU national cell"
-label = "DEU GEHEIM"
-
-[[rooms]]
-key = "nato-s"
-name = "NATO SECRET liaison"
-label = "NATO SECRET"
-
-[[rooms]]
-key = "eu-s"
-name = "EU SECRET liaison"
-label = "EU SECRET"
-
-[[rooms]]
-key = "nato-r"
-name = "NATO RESTRICTED desk"
-label = "NATO RESTRICTED"
-
-[[routes]]
-from = "deu"
-to = ["nato-s", "eu-s"]
-"""
+BOT_ROOMS = rooms_config("eu-s", "nato-r", relay_to=("nato-s", "eu-s"))
 
 
 @dataclass
@@ -57,14 +28,6 @@ class Cast:
 
     def room(self, env: BotEnv, key: str) -> str:
         return env.room_id(key)
-
-
-async def join(env: BotEnv, admin: E2EEClient, dm: str, client: E2EEClient, key: str) -> str:
-    await talk(admin, dm, f"!invite {client.user_id} {key}", "Invited")
-    room_id = await client.wait_for_invite()
-    assert room_id == env.room_id(key)
-    await client.join(room_id)
-    return room_id
 
 
 @pytest.fixture(scope="module")
@@ -98,18 +61,16 @@ async def cast(
         (nato_user.user_id, "NATO SECRET", "NOR"),
         (eu_user.user_id, "EU SECRET", "AUT"),
     ]
-    for user_id, level, nation in grants:
-        await talk(
-            admin,
-            dm,
-            f'!clearance grant {user_id} "{level}" --nationality {nation}',
-            "Clearance updated",
-        )
     nato, eu = await client_for(nato_user), await client_for(eu_user)
-    for key in ("deu", "nato-s", "eu-s"):
-        await join(bot_env, admin, dm, officer, key)
-    await join(bot_env, admin, dm, nato, "nato-s")
-    await join(bot_env, admin, dm, eu, "eu-s")
+    joins = [
+        (officer, "deu"),
+        (officer, "nato-s"),
+        (officer, "eu-s"),
+        (nato, "nato-s"),
+        (eu, "eu-s"),
+    ]
+    joined = await enrol((admin, dm), grants, joins)
+    assert joined == [bot_env.room_id(key) for _, key in joins]
     yield Cast(admin, dm, officer, nato, eu)
     await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
 
@@ -139,7 +100,7 @@ async def test_releasable_item_reaches_nato_and_is_refused_for_eu(
     assert copy.source["content"]["m.mentions"] == {}
     await asyncio.sleep(1)
     assert not any("convoy" in t for t in cast.eu.texts(eu_s)[eu_mark:])
-    entries = await bot_env.bot.audit_recent(30)  # type: ignore[union-attr]
+    entries = await bot_env.bot.commands.audit_recent(30)  # type: ignore[union-attr]
     actions = {e.action for e in entries}
     assert {"relay.sent", "relay.refused", "intel.stored"} <= actions
 
@@ -207,7 +168,8 @@ async def test_non_officer_is_stored_not_relayed(bot_env: BotEnv, cast: Cast) ->
 async def test_spillage_is_redacted_and_alerted(
     bot_env: BotEnv, cast: Cast, make_client: MakeClient, make_user: MakeUser
 ) -> None:
-    nato_r = await join(bot_env, cast.admin, cast.dm, cast.officer, "nato-r")
+    (nato_r,) = await enrol((cast.admin, cast.dm), [], [(cast.officer, "nato-r")])
+    assert nato_r == bot_env.room_id("nato-r")
     secret = f"spilled-{secrets.token_hex(4)}"
     event_id = await cast.officer.send_text(nato_r, f"[NATO SECRET] {secret}")
     await cast.officer.wait_for_text(nato_r, "removed from this room")
@@ -218,7 +180,7 @@ async def test_spillage_is_redacted_and_alerted(
     )
     alert = await cast.admin.wait_for_text(cast.dm, "Spillage in nato-r")
     assert "NATO SECRET" in alert.body and event_id in alert.body and secret not in alert.body
-    entries = await bot_env.bot.audit_recent(20)  # type: ignore[union-attr]
+    entries = await bot_env.bot.commands.audit_recent(20)  # type: ignore[union-attr]
     spill = next(e for e in entries if e.action == "spillage")
     assert spill.detail["marking"] == "NATO SECRET" and secret not in str(spill.detail)
 
@@ -329,7 +291,7 @@ async def test_ledger_row_older_than_the_transaction_memory_is_reported_not_rese
     from bot.storage import RelayEntry, RelayRow
 
     assert bot_env.bot is not None and bot_env.store is not None
-    target = bot_env.bot.rooms_by_key["nato-s"]
+    target = bot_env.bot.rooms.by_key["nato-s"]
     entry = RelayEntry(
         txn_id="lb-stale-test",
         kind="copy",
@@ -352,35 +314,5 @@ async def test_ledger_row_older_than_the_transaction_memory_is_reported_not_rese
     assert all(r.txn_id != "lb-stale-test" for r in bot_env.store.pending_relays())
     alert = await cast.admin.wait_for_text(cast.dm, "stayed unsent for over 23 hours")
     assert "$old" in alert.body
-    entries = await bot_env.bot.audit_recent(10)
+    entries = await bot_env.bot.commands.audit_recent(10)
     assert any(e.action == "relay.stale" and e.subject == "$old" for e in entries)
-
-
-async def test_metrics_and_health_after_a_relay(bot_env: BotEnv, cast: Cast) -> None:
-    import urllib.request
-
-    await talk(
-        cast.officer,
-        bot_env.room_id("deu"),
-        "[GEHEIM // REL TO NATO] for the metrics",
-        "Relayed to nato-s",
-    )
-
-    def get(path: str) -> tuple[int, str]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{METRICS_PORT}{path}", timeout=10) as r:
-            return r.status, r.read().decode()
-
-    status, text = await asyncio.to_thread(get, "/metrics")
-    assert status == 200
-    samples = {
-        line.split(" ")[0]: float(line.split(" ")[1])
-        for line in text.splitlines()
-        if line and not line.startswith("#")
-    }
-    assert samples['liaison_relays_total{result="sent"}'] >= 1
-    assert samples['liaison_relays_total{result="refused"}'] >= 1
-    assert samples['liaison_relays_total{result="spillage"}'] >= 1
-    assert samples["liaison_relay_latency_seconds_count"] >= 1
-    assert samples['liaison_invites_total{result="invited"}'] >= 1
-    assert 0 <= samples["liaison_sync_lag_seconds"] < 60
-    assert await asyncio.to_thread(get, "/healthz") == (200, "ok\n")

@@ -12,9 +12,9 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from bot.devtools.devserver import DevServer, free_port
-from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
+from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm
 from bot.storage import IntelItemRow, RelayRow, Store
-from tests.bot_harness import ROOMS, BotEnv, process_scenario, write_config
+from tests.bot_harness import ROOMS, BotEnv, enrol, process_scenario, write_config
 from tests.matrix_harness import MakeClient, MakeUser
 from tests.proxy import CountingProxy
 from tests.test_run_cli import SCRIPT
@@ -111,19 +111,11 @@ async def test_homeserver_outage_backs_off_and_loses_nothing(tmp_path: Path) -> 
             clients.append(client)
         admin_c, officer_c, member_c = clients
         dm = await open_dm(admin_c, users["liaison"].user_id)
-        for user_id, level, nation in (
-            (officer_c.user_id, "DEU GEHEIM", "DEU"),
-            (member_c.user_id, "NATO SECRET", "NOR"),
-        ):
-            await talk(
-                admin_c,
-                dm,
-                f'!clearance grant {user_id} "{level}" --nationality {nation}',
-                "Clearance updated",
-            )
-        for client, key in ((officer_c, "deu"), (member_c, "nato-s")):
-            await talk(admin_c, dm, f"!invite {client.user_id} {key}", "Invited")
-            await client.join(await client.wait_for_invite())
+        await enrol(
+            (admin_c, dm),
+            [(officer_c.user_id, "DEU GEHEIM", "DEU"), (member_c.user_id, "NATO SECRET", "NOR")],
+            [(officer_c, "deu"), (member_c, "nato-s")],
+        )
         deu, nato_s = env.room_id("deu"), env.room_id("nato-s")
         before = [f"before-{i}" for i in range(10)]
         after = [f"after-{i}" for i in range(10)]

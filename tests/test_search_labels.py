@@ -4,30 +4,12 @@ from __future__ import annotations
 
 import secrets
 
+from bot.devtools.botenv import rooms_config
 from bot.devtools.e2ee_client import open_dm, talk
 from tests.bot_harness import BotEnv, enrol
 from tests.matrix_harness import MakeClient, MakeUser
 
-BOT_ROOMS = """
-[[rooms]]
-key = "deu"
-name = "DEU national cell"
-label = "DEU GEHEIM"
-
-[[rooms]]
-key = "nato-s"
-name = "NATO SECRET liaison"
-label = "NATO SECRET"
-
-[[rooms]]
-key = "eu-s"
-name = "EU SECRET liaison"
-label = "EU SECRET"
-
-[[routes]]
-from = "deu"
-to = ["nato-s"]
-"""
+BOT_ROOMS = rooms_config("eu-s")
 
 
 async def test_search_shows_only_what_the_room_may_see(
@@ -39,8 +21,7 @@ async def test_search_shows_only_what_the_room_may_see(
     analyst = make_user("analyst")
     analyst_client = await make_client(analyst)
     await enrol(
-        admin,
-        dm,
+        (admin, dm),
         [
             (bot_env.officer.user_id, "DEU GEHEIM", "DEU"),
             (bot_env.officer.user_id, "NATO SECRET", "DEU"),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.devtools.e2ee_client import open_dm, talk
-from tests.bot_harness import BotEnv
+from tests.bot_harness import BotEnv, enrol
 from tests.matrix_harness import MakeClient, MakeUser
 
 
@@ -32,29 +32,22 @@ async def test_task_force_room_lifecycle(
     )
     assert "NATO SECRET" in created.body
     assert bot_env.bot is not None
-    room = bot_env.bot.rooms_by_key["tf-baltic"]
+    room = bot_env.bot.rooms.by_key["tf-baltic"]
     assert room.policy.audience == {"DEU", "POL"}
 
     officer = await make_client(bot_env.officer)
     member = make_user("tf-pol")
     italian = make_user("tf-ita")
-    for user_id, level, nation in (
+    grants = [
         (bot_env.officer.user_id, "DEU GEHEIM", "DEU"),
         (member.user_id, "NATO SECRET", "POL"),
         (italian.user_id, "NATO SECRET", "ITA"),
-    ):
-        await talk(
-            admin,
-            dm,
-            f'!clearance grant {user_id} "{level}" --nationality {nation}',
-            "Clearance updated",
-        )
+    ]
+    await enrol((admin, dm), grants)
     refused = await talk(admin, dm, f"!invite {italian.user_id} tf-baltic", "may not join")
     assert "nationality ITA is not in the room's audience (DEU, POL)" in refused.body
     pol = await make_client(member)
-    for client, key in ((officer, "deu"), (pol, "tf-baltic")):
-        await talk(admin, dm, f"!invite {client.user_id} {key}", "Invited")
-        await client.join(await client.wait_for_invite())
+    await enrol((admin, dm), [], [(officer, "deu"), (pol, "tf-baltic")])
     await talk(admin, dm, "!route add deu tf-baltic", "Route deu → tf-baltic added")
     routes = await talk(admin, dm, "!routes", "Relay routes")
     assert "deu → tf-baltic" in routes.body
@@ -62,7 +55,7 @@ async def test_task_force_room_lifecycle(
     # both survive a restart
     await bot_env.stop()
     await bot_env.start()
-    assert "tf-baltic" in bot_env.bot.rooms_by_key
+    assert "tf-baltic" in bot_env.bot.rooms.by_key
     receipt = await talk(
         officer,
         bot_env.room_id("deu"),
@@ -76,8 +69,8 @@ async def test_task_force_room_lifecycle(
     closed = await talk(admin, dm, "!room close tf-baltic", "Closed tf-baltic")
     assert "removed 1 member(s)" in closed.body
     assert tf_room not in await pol.joined_rooms()
-    assert "tf-baltic" not in bot_env.bot.rooms_by_key
-    entries = await bot_env.bot.audit_recent(40)
+    assert "tf-baltic" not in bot_env.bot.rooms.by_key
+    entries = await bot_env.bot.commands.audit_recent(40)
     actions = {e.action for e in entries}
     assert {"room.provisioned", "route.added", "room.closed"} <= actions
     await talk(admin, dm, "!route remove deu tf-baltic", "no managed room 'tf-baltic'")

@@ -109,7 +109,7 @@ async def test_unsigned_device_of_a_cleared_user_gets_no_room_key(
     await asyncio.sleep(2)  # time for a room key that must never come
     again = next(e for e in unsigned.events[room_id] if e.event_id == answer.event_id)
     assert isinstance(seen, MegolmEvent) and isinstance(again, MegolmEvent)
-    entries = await bot_env.bot.audit_recent(20)  # type: ignore[union-attr]
+    entries = await bot_env.bot.commands.audit_recent(20)  # type: ignore[union-attr]
     assert any(
         e.action == "command.untrusted-device" and e.actor == signed.user_id for e in entries
     )
@@ -127,13 +127,13 @@ async def test_identity_reset_stops_keys_until_an_admin_confirms(
     witness, _, _ = await _member(bot_env, make_client, make_user, "BEL", (admin, dm))
     await talk(witness, room_id, "!rooms", "Managed rooms")  # keys shared; identity pinned
     await eventually(
-        lambda: (r := bot_env.bot._clearances.get(member.user_id)) and r.identity_key,  # type: ignore[union-attr]
+        lambda: (r := bot_env.bot.membership.record_of(member.user_id)) and r.identity_key,  # type: ignore[union-attr]
         what="member's master key pinned at first sight",
     )
     new_keys = await cross_sign(synapse, member, identities, reset=True)
     alert = await admin.wait_for_text(dm, "Identity change", timeout=40)
     assert new_keys.master.public in alert.body.replace(" ", "")
-    entries = await bot_env.bot.audit_recent(20)  # type: ignore[union-attr]
+    entries = await bot_env.bot.commands.audit_recent(20)  # type: ignore[union-attr]
     assert any(e.action == "identity.changed" and e.subject == member.user_id for e in entries)
     mark = member.event_count(room_id)
     blocked = await talk(witness, room_id, "!rooms", "Managed rooms")
@@ -193,7 +193,7 @@ async def test_undecryptable_message_is_reported_to_the_sender(
     report = await admin.wait_for_text(dm, "could not decrypt your message", timeout=30)
     assert event_id in report.body
     assert (undecryptable("held"), undecryptable("reported")) == (held + 1, reported + 1)
-    entries = await bot_env.bot.audit_recent(10)
+    entries = await bot_env.bot.commands.audit_recent(10)
     assert any(
         e.action == "event.undecryptable" and e.detail.get("event_id") == event_id for e in entries
     )

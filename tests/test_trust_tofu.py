@@ -38,4 +38,4 @@ async def test_uncleared_users_devices_still_get_nothing_under_tofu(
     assert bot_env.bot is not None
     room_id = bot_env.room_id("nato-s")
     stranger = make_user("stranger")
-    assert stranger.user_id not in bot_env.bot.key_recipients(room_id)
+    assert stranger.user_id not in bot_env.bot.membership.key_recipients(room_id)

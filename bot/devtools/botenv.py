@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ class BotEnv:
 
     def room_id(self, key: str) -> str:
         assert self.bot is not None
-        return self.bot.rooms_by_key[key].room_id
+        return self.bot.rooms.by_key[key].room_id
 
 
 def write_config(
@@ -106,18 +107,36 @@ def write_config(
     )
 
 
-ROOMS = """
-[[rooms]]
-key = "nato-s"
-name = "NATO SECRET liaison"
-label = "NATO SECRET"
-
-[[rooms]]
-key = "deu"
-name = "DEU national cell"
-label = "DEU GEHEIM"
-
-[[routes]]
-from = "deu"
-to = ["nato-s"]
+# The managed rooms that the tests, the demo and the benchmarks set up, by key: (name, label).
+ROOM_TABLES: dict[str, tuple[str, str]] = {
+    "deu": ("DEU national cell", "DEU GEHEIM"),
+    "nato-s": ("NATO SECRET liaison", "NATO SECRET"),
+    "eu-s": ("EU SECRET liaison", "EU SECRET"),
+    "nato-r": ("NATO RESTRICTED desk", "NATO RESTRICTED"),
+}
+# The NATO room's twice-daily situation digest of what nato-s and deu hold.
+NATO_DIGEST = """
+[[digests]]
+room = "nato-s"
+cron = "0 6,18 * * *"
+window = "12h"
+sources = ["nato-s", "deu"]
 """
+
+
+def rooms_config(
+    *extra_rooms: str, relay_to: Sequence[str] = ("nato-s",), digest: bool = False
+) -> str:
+    """The rooms part of a config: the national room `deu` and `nato-s`, then `extra_rooms`
+    (keys of ROOM_TABLES); the route from deu to `relay_to`; with `digest`, NATO_DIGEST."""
+    text = ""
+    for key in ("deu", "nato-s", *extra_rooms):
+        name, label = ROOM_TABLES[key]
+        text += f'\n[[rooms]]\nkey = "{key}"\nname = "{name}"\nlabel = "{label}"\n'
+    targets = ", ".join(f'"{key}"' for key in relay_to)
+    text += f'\n[[routes]]\nfrom = "deu"\nto = [{targets}]\n'
+    return text + (NATO_DIGEST if digest else "")
+
+
+# deu and nato-s, and the route between them: what most tests and the benchmarks need.
+ROOMS = rooms_config()

@@ -20,37 +20,14 @@ from pathlib import Path
 
 from bot.app import LiaisonBot, Secrets
 from bot.config import load_config
+from bot.devtools.botenv import rooms_config
 from bot.devtools.devserver import DevServer
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
 from bot.storage import Store
 from bot.storage.migrate import upgrade
 
-ROOMS = """
-[[rooms]]
-key = "deu"
-name = "DEU national cell"
-label = "DEU GEHEIM"
-
-[[rooms]]
-key = "nato-s"
-name = "NATO SECRET liaison"
-label = "NATO SECRET"
-
-[[rooms]]
-key = "eu-s"
-name = "EU SECRET liaison"
-label = "EU SECRET"
-
-[[routes]]
-from = "deu"
-to = ["nato-s", "eu-s"]
-
-[[digests]]
-room = "nato-s"
-cron = "0 6,18 * * *"
-window = "12h"
-sources = ["nato-s", "deu"]
-"""
+# deu relays to the NATO and the EU room; nato-s has its twice-daily digest.
+ROOMS = rooms_config("eu-s", relay_to=("nato-s", "eu-s"), digest=True)
 
 
 @dataclass
@@ -141,7 +118,7 @@ async def scenario(workdir: Path, out: Callable[[str], None], *, linger: bool) -
         step = report.step("The bot starts: one cross-signed device, three encrypted rooms")
         await bot.start()
         await asyncio.wait_for(bot.synced.wait(), 60)
-        for key, room in bot.rooms_by_key.items():
+        for key, room in bot.rooms.by_key.items():
             report.check(step, True, f"{key}: {room.topic} (invite-only, encrypted)")
 
         async def client(name: str) -> E2EEClient:
@@ -197,7 +174,7 @@ async def scenario(workdir: Path, out: Callable[[str], None], *, linger: bool) -
         step = report.step(
             "The German liaison officer posts tagged intelligence in the national room"
         )
-        deu, nato_s, eu_s = (bot.rooms_by_key[k].room_id for k in ("deu", "nato-s", "eu-s"))
+        deu, nato_s, eu_s = (bot.rooms.by_key[k].room_id for k in ("deu", "nato-s", "eu-s"))
         message = (
             "[GEHEIM // REL TO NATO] [PRIORITY] Convoy of 12 vehicles near Kiel heading "
             "east #logistics"

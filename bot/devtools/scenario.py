@@ -17,25 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.devtools.botenv import BotEnv, write_config
+from bot.devtools.botenv import ROOMS, BotEnv, write_config
 from bot.devtools.devserver import DevServer
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
 
-ROOMS = """
-[[rooms]]
-key = "deu"
-name = "DEU national cell"
-label = "DEU GEHEIM"
-
-[[rooms]]
-key = "nato-s"
-name = "NATO SECRET liaison"
-label = "NATO SECRET"
-
-[[routes]]
-from = "deu"
-to = ["nato-s"]
-"""
 RELEASABLE = "[GEHEIM // REL TO NATO]"  # a DEU GEHEIM marking the bot relays to nato-s
 
 

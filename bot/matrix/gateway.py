@@ -18,6 +18,7 @@ from nio import (
     ErrorResponse,
     JoinedRoomsResponse,
     MatrixRoom,
+    MegolmEvent,
     RoomContextResponse,
     RoomCreateResponse,
     RoomGetStateResponse,
@@ -31,11 +32,15 @@ from nio import (
 from nio.api import Api, MessageDirection, RoomPreset, RoomVisibility
 from nio.crypto import InboundGroupSession, OlmDevice
 
+from policy.ids import UserId
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 MEGOLM = "m.megolm.v1.aes-sha2"
+
+Client = AsyncClient  # for tools and tests that reach past the gateway (the bot does not)
 
 # Who may receive this room's key, and is this particular device trusted.
 DevicePolicy = Callable[[str, OlmDevice], bool]
@@ -113,11 +118,68 @@ class Gateway:
         self._sent: OrderedDict[tuple[str, str], list[SentIndex]] = OrderedDict()
 
     @property
-    def user_id(self) -> str:
-        return str(self.client.user_id)
+    def user_id(self) -> UserId:
+        return UserId(str(self.client.user_id))
 
     def room(self, room_id: str) -> MatrixRoom | None:
         return self.client.rooms.get(room_id)
+
+    @property
+    def device_id(self) -> str:
+        return str(self.client.device_id)
+
+    def members(self, room_id: str) -> dict[UserId, bool] | None:
+        """Members as the last sync showed them, user -> joined (False: invited only);
+        None for a room the bot has not synced."""
+        room = self.client.rooms.get(room_id)
+        if room is None:
+            return None
+        return {UserId(u): not member.invited for u, member in room.users.items()}
+
+    def is_joined(self, room_id: str, user_id: str) -> bool:
+        """Joined (not merely invited), as the last sync showed."""
+        return bool((self.members(room_id) or {}).get(UserId(user_id)))
+
+    def is_encrypted(self, room_id: str) -> bool | None:
+        """Whether the room has encryption on; None for a room the bot has not synced."""
+        room = self.client.rooms.get(room_id)
+        return None if room is None else bool(room.encrypted)
+
+    async def send_plain_notice(self, room_id: str, body: str) -> None:
+        """A notice into a room without encryption: only fixed text the bot wrote, never a
+        user's words, a marking or a room name (callers keep it so)."""
+        response = await self.client.room_send(
+            room_id, "m.room.message", {"msgtype": "m.notice", "body": body}
+        )
+        check(response, f"notice to {room_id}")
+
+    async def after_sync(self) -> None:
+        """What nio's sync_forever does between syncs: keys and to-device messages."""
+        client = self.client
+        await client.send_to_device_messages()
+        if client.should_upload_keys:
+            await client.keys_upload()
+        if client.should_query_keys:
+            await client.keys_query()
+        if client.should_claim_keys:
+            await client.keys_claim(client.get_users_for_key_claiming())
+
+    async def query_keys_if_due(self) -> None:
+        """Fetch device keys nio knows to be outdated (a new device of a member)."""
+        if self.client.should_query_keys:
+            await self.client.keys_query()
+
+    async def request_room_key(self, event: MegolmEvent) -> None:
+        """Ask the sender's devices for the key of an event the bot could not decrypt."""
+        await self.client.request_room_key(event)
+
+    def decrypt(self, event: MegolmEvent) -> Any | None:
+        """The decrypted event, or None while its key is still missing."""
+        try:
+            decrypted = self.client.decrypt_event(event)
+        except Exception:  # nio raises EncryptionError and others for a missing key
+            return None
+        return None if isinstance(decrypted, MegolmEvent) else decrypted
 
     # ------------------------------------------------------------ rooms
 

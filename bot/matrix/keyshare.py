@@ -23,6 +23,7 @@ requests that need the homeserver are rate-limited, and ignored requests are aud
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import OrderedDict, deque
@@ -34,6 +35,7 @@ from nio import RoomKeyRequest, RoomKeyRequestCancellation
 
 from bot.matrix.gateway import MEGOLM, DevicePolicy, Gateway, MatrixError
 from policy import Decision
+from policy.ids import UserId
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ log = logging.getLogger(__name__)
 AUDITED_IGNORES = 10_000
 AUDITS_PER_HOUR = 30  # ignored requests audited per user and hour; all are counted
 CHECKS_PER_MINUTE = 10  # requests per user and minute that may ask the homeserver anything
+BACKLOG = 1000  # requests waiting for the one worker; more are dropped
 FIELD_LIMIT = 255  # request fields come from anyone: bounded before they reach the audit
 
 
@@ -75,7 +78,7 @@ class KeyRequestOutcome:
     first_index: int | None = None
 
 
-Entitled = Callable[[str, str], Decision]  # (room id, user id) -> may this user read it
+Entitled = Callable[[str, UserId], Decision]  # (room id, user id) -> may this user read it
 Audit = Callable[[str, str, str | None, dict[str, Any]], Awaitable[None]]
 
 
@@ -100,6 +103,22 @@ class KeyRequests:
         self._audited: OrderedDict[tuple[str, str, str, str], None] = OrderedDict()
         self._audits = _PerUser(AUDITS_PER_HOUR, 3600.0)
         self._checks = _PerUser(CHECKS_PER_MINUTE, 60.0)
+        self._queue: asyncio.Queue[RoomKeyRequest] = asyncio.Queue(BACKLOG)
+
+    def offer(self, events: Sequence[Any]) -> None:
+        """Queue the requests of one sync for the worker; past the backlog they are dropped
+        (anyone can send them) and counted."""
+        for request in self.requests_in(events):
+            try:
+                self._queue.put_nowait(request)
+            except asyncio.QueueFull:
+                self._count("dropped")
+
+    async def run(self) -> None:
+        """One worker, off the sync loop: each request may ask the homeserver several things,
+        and anyone can send them (the backlog is bounded; users are rate-limited)."""
+        while True:
+            await self.handle(await self._queue.get())
 
     def requests_in(self, events: Sequence[Any]) -> list[RoomKeyRequest]:
         """The requests of one sync's to-device events this handler owns: other users'
@@ -189,7 +208,7 @@ class KeyRequests:
         session = gateway.own_inbound_session(room_id, request.session_id)
         if session is None:
             return KeyRequestOutcome(False, "no such session of the bot's in that room")
-        decision = self._entitled(room_id, user_id)
+        decision = self._entitled(room_id, UserId(user_id))
         if not decision.allowed:
             return KeyRequestOutcome(False, decision.reason)
         sent = gateway.sent_with(room_id, request.session_id)

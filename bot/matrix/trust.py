@@ -21,6 +21,7 @@ from bot.matrix.crosssign import CrossSigningKeys, Identity, check_identity
 from bot.matrix.gateway import MatrixError
 from bot.storage import ClearanceRecord, Store
 from bot.storage.sealing import Sealer
+from policy.ids import UserId
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class DeviceTrust:
         policy: str,
         api: KeysAPI,
         store: Store,
-        record_of: Callable[[str], ClearanceRecord | None],
+        record_of: Callable[[UserId], ClearanceRecord | None],
         on_record: Callable[[ClearanceRecord], None],
         alert: Alert,
     ) -> None:
@@ -192,7 +193,7 @@ class DeviceTrust:
                 await self._pin(identity)
 
     async def _pin(self, identity: Identity) -> None:
-        record = self._record_of(identity.user_id)
+        record = self._record_of(UserId(identity.user_id))
         if record is None or identity.master is None:
             return
         if record.identity_key is None:
@@ -216,7 +217,7 @@ class DeviceTrust:
 
     def blocked(self, user_id: str) -> str | None:
         """Why this user gets nothing now (a changed identity), or None."""
-        record = self._record_of(user_id)
+        record = self._record_of(UserId(user_id))
         identity = self._identities.get(user_id)
         if record is None or record.identity_key is None or identity is None:
             return None

@@ -15,21 +15,31 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from bot.config import Config
 from bot.matrix.gateway import MatrixError
+from bot.metrics import Metrics
+from bot.services.ports import Audit, Messenger
 from bot.services.render import EXERCISE_LINE, target_banner
-from bot.services.rooms import ManagedRoom
-from bot.services.schedule import cron_trigger, format_duration
-from bot.storage import AuditNote, DigestSchedule, IntelItem
+from bot.services.rooms import ManagedRoom, RoomDirectory
+from bot.services.schedule import cron_trigger, format_duration, parse_duration
+from bot.storage import (
+    AuditNote,
+    DigestSchedule,
+    IntelItem,
+    Origin,
+    RunState,
+    ScheduleKey,
+    Store,
+    in_thread,
+)
+from commands.context import CommandError, PermissionDenied, Role
 from commands.document import Banner, Document, Inline, doc, heading, items, para
 from policy import Label, MarkingError, Precedence, dominant_label, may_release, parse_marking
-
-if TYPE_CHECKING:
-    from bot.app import LiaisonBot
 
 log = logging.getLogger(__name__)
 
@@ -185,33 +195,49 @@ def plan_catch_up(
 
 
 class DigestService:
-    def __init__(self, bot: LiaisonBot, clock: Callable[[], datetime] | None = None) -> None:
-        self.bot = bot
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        rooms: RoomDirectory,
+        messenger: Messenger,
+        audit: Audit,
+        metrics: Metrics,
+        open_text: Callable[[IntelItem], str],
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.rooms = rooms
+        self.messenger = messenger
+        self.audit = audit
+        self.metrics = metrics
+        self.open_text = open_text  # an item's text, unsealed
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.scheduler = AsyncIOScheduler(timezone=bot.config.bot.timezone)
+        self.scheduler = AsyncIOScheduler(timezone=config.bot.timezone)
 
     # -- schedules
 
     def config_schedules(self) -> list[DigestSchedule]:
         out = []
-        for i, d in enumerate(self.bot.config.digests):
+        for i, d in enumerate(self.config.digests):
             out.append(
                 DigestSchedule(
-                    f"cfg-{i + 1}",
+                    str(ScheduleKey(Origin.CONFIG, i + 1)),
                     d.room,
                     d.cron,
                     int(d.window.total_seconds()),
                     tuple(d.sources or (d.room,)),
-                    "config",
+                    Origin.CONFIG,
                 )
             )
         return out
 
     async def schedules(self) -> list[DigestSchedule]:
-        return self.config_schedules() + await self.bot._db(self.bot.store.digest_schedules)
+        return self.config_schedules() + await in_thread(self.store.digest_schedules)
 
     def trigger(self, schedule: DigestSchedule) -> CronTrigger:
-        return cron_trigger(schedule.cron, self.bot.config.bot.timezone)
+        return cron_trigger(schedule.cron, self.config.bot.timezone)
 
     async def start(self) -> None:
         """Catch up on windows missed while down, then schedule every job."""
@@ -241,8 +267,8 @@ class DigestService:
     async def add(
         self, actor: str, room_key: str, cron: str, window: timedelta, sources: Sequence[str]
     ) -> DigestSchedule:
-        schedule = await self.bot._db(
-            self.bot.store.add_digest_schedule,
+        schedule = await in_thread(
+            self.store.add_digest_schedule,
             actor,
             room_key,
             cron,
@@ -252,13 +278,11 @@ class DigestService:
         self._add_job(schedule)
         return schedule
 
-    async def cancel(self, actor: str, key: str) -> bool:
-        if not key.startswith("db-") or not key[3:].isdigit():
-            return False
-        done = await self.bot._db(self.bot.store.cancel_digest_schedule, actor, int(key[3:]))
-        if done and self.scheduler.get_job(key) is not None:
-            self.scheduler.remove_job(key)
-        return bool(done)
+    async def cancel(self, actor: str, key: ScheduleKey) -> bool:
+        done = await in_thread(self.store.cancel_digest_schedule, actor, key)
+        if done and self.scheduler.get_job(str(key)) is not None:
+            self.scheduler.remove_job(str(key))
+        return done
 
     # -- running
 
@@ -275,21 +299,21 @@ class DigestService:
             await self.post_window(schedule, ends[-1], delayed=False)
 
     async def _catch_up(self, schedule: DigestSchedule) -> None:
-        last = await self.bot._db(self.bot.store.last_digest_run, schedule.key)
+        last = await in_thread(self.store.last_digest_run, schedule.key)
         now = self.clock()
         late, skipped = plan_catch_up(
-            self.trigger(schedule), last, now, self.bot.config.bot.digest_catchup_grace
+            self.trigger(schedule), last, now, self.config.bot.digest_catchup_grace
         )
         for end in skipped:
-            self.bot.metrics.digests.labels("skipped").inc()
-            await self.bot._db(
-                self.bot.store.finish_digest_run,
+            self.metrics.digests.labels("skipped").inc()
+            await in_thread(
+                self.store.finish_digest_run,
                 schedule.key,
                 end,
-                "skipped",
+                RunState.SKIPPED,
                 None,
                 AuditNote(
-                    self.bot.user_id,
+                    self.messenger.user_id,
                     "digest.skipped",
                     schedule.key,
                     {
@@ -306,31 +330,31 @@ class DigestService:
         self, schedule: DigestSchedule, end: datetime, *, delayed: bool
     ) -> str | None:
         """Post one window of a schedule, at most once."""
-        room = self.bot.rooms_by_key.get(schedule.room_key)
+        room = self.rooms.by_key.get(schedule.room_key)
         if room is None:
             log.error("digest %s: no managed room %s", schedule.key, schedule.room_key)
             return None
-        run = await self.bot._db(
-            self.bot.store.claim_digest_run, schedule.key, room.key, end, delayed=delayed
+        run = await in_thread(
+            self.store.claim_digest_run, schedule.key, room.key, end, delayed=delayed
         )
-        if run.state in ("posted", "skipped"):
+        if run.state in (RunState.POSTED, RunState.SKIPPED):
             return run.event_id
         start = end - timedelta(seconds=schedule.window_s)
         document = await self.compose(room, schedule.sources, start, end, delayed=run.delayed)
         txn = "dg" + hashlib.sha256(f"{schedule.key}|{end.isoformat()}".encode()).hexdigest()[:40]
         try:
-            event_id = await self.bot.send_notice(room.room_id, document, tx_id=txn)
+            event_id = await self.messenger.send_notice(room.room_id, document, tx_id=txn)
         except MatrixError as exc:
             log.error("digest %s for %s not posted: %s", schedule.key, room.key, exc)
             return None
-        await self.bot._db(
-            self.bot.store.finish_digest_run,
+        await in_thread(
+            self.store.finish_digest_run,
             schedule.key,
             end,
-            "posted",
+            RunState.POSTED,
             event_id,
             AuditNote(
-                self.bot.user_id,
+                self.messenger.user_id,
                 "digest.posted",
                 schedule.key,
                 {
@@ -341,7 +365,7 @@ class DigestService:
                 },
             ),
         )
-        self.bot.metrics.digests.labels("posted").inc()
+        self.metrics.digests.labels("posted").inc()
         return event_id
 
     async def post_now(self, actor: str, room: ManagedRoom) -> str:
@@ -351,9 +375,9 @@ class DigestService:
         sources = schedule.sources if schedule else (room.key,)
         end = self.clock()
         document = await self.compose(room, sources, end - window, end)
-        event_id = await self.bot.send_notice(room.room_id, document)
-        self.bot.metrics.digests.labels("posted").inc()
-        await self.bot.audit(
+        event_id = await self.messenger.send_notice(room.room_id, document)
+        self.metrics.digests.labels("posted").inc()
+        await self.audit(
             actor,
             "digest.posted",
             f"now:{room.key}",
@@ -370,8 +394,8 @@ class DigestService:
         *,
         delayed: bool = False,
     ) -> Document:
-        stored = await self.bot._db(self.bot.store.items_between, sources, start, end)
-        relayed = await self.bot._db(self.bot.store.relayed_items_to, sources, start, end)
+        stored = await in_thread(self.store.items_between, sources, start, end)
+        relayed = await in_thread(self.store.relayed_items_to, sources, start, end)
         candidates = [self._item(i) for i in [*stored, *relayed]]
         selected = select_items(room, [c for c in candidates if c is not None])
         return build_digest(room, selected, start, end, delayed=delayed)
@@ -389,13 +413,61 @@ class DigestService:
             event_id=item.event_id,
             label=label,
             source_key=item.room_key,
-            source=self.bot.rooms_by_key.get(item.room_key),
-            precedence=Precedence(item.precedence),
+            source=self.rooms.by_key.get(item.room_key),
+            precedence=item.precedence,
             exercise=item.exercise,
             topics=item.topics,
-            text=self.bot.relay.open_text(item),
+            text=self.open_text(item),
             created_at=item.created_at,
         )
+
+    # -- from chat
+
+    async def post_now_for(
+        self, actor: str, room_key: str, roles: frozenset[Role], is_member: bool
+    ) -> str:
+        """`!digest now`: members for their own room; admins and officers for any."""
+        managed = self.rooms.managed(room_key)
+        if not roles & {Role.ADMIN, Role.OFFICER} and not is_member:
+            raise PermissionDenied(
+                f"members may ask for the digest of their own room only; you are not in {room_key}",
+                "not a member of that room",
+                room=room_key,
+            )
+        await self.post_now(actor, managed)
+        return managed.key
+
+    async def schedule_from_chat(
+        self,
+        actor: str,
+        room_key: str,
+        cron: str,
+        window: str | None,
+        sources: Sequence[str] | None,
+    ) -> str:
+        """Validate everything first (nothing is stored for a bad field), then add."""
+        self.rooms.managed(room_key)
+        try:
+            cron_trigger(cron, self.config.bot.timezone)
+            span = parse_duration(window) if window else timedelta(hours=24)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        chosen = list(sources) if sources else [room_key]
+        for key in chosen:
+            self.rooms.managed(key)
+        schedule = await self.add(actor, room_key, cron, span, chosen)
+        return describe(schedule, dict(self.next_runs()).get(schedule.key))
+
+    async def described(self) -> list[str]:
+        runs = dict(self.next_runs())
+        return [describe(s, runs.get(s.key)) for s in await self.schedules()]
+
+    async def cancel_from_chat(self, actor: str, key: str) -> None:
+        parsed = ScheduleKey.parse(key)
+        if key.startswith("cfg-"):
+            raise CommandError(f"{key} comes from the config file; remove it there")
+        if parsed is None or not await self.cancel(actor, parsed):
+            raise CommandError(f"no active chat schedule {key!r} (see !digest list)")
 
 
 def describe(schedule: DigestSchedule, next_run: datetime | None) -> str:

@@ -13,20 +13,22 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
 from bot.config import FeedConfig
 from bot.matrix.gateway import MatrixError
-from bot.services.relay import Source
+from bot.metrics import Metrics
+from bot.services.ports import Audit, Messenger
+from bot.services.relay import RelayEngine, Source
 from bot.services.render import relay_copy
+from bot.services.rooms import RoomDirectory
 from commands.document import Strong, doc, items, para
 from policy import MAX_TEXT_BYTES, MarkingError, Precedence, TaggedMessage, fits, parse_marking
-
-if TYPE_CHECKING:
-    from bot.app import LiaisonBot
+from policy.ids import RoomKey
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +38,23 @@ def _error(status: int, message: str) -> web.Response:
 
 
 class FeedListener:
-    def __init__(self, bot: LiaisonBot, feeds: list[FeedConfig], tokens: dict[str, str]) -> None:
-        self.bot = bot
+    def __init__(
+        self,
+        feeds: list[FeedConfig],
+        tokens: dict[str, str],
+        caveats: Sequence[str],
+        rooms: RoomDirectory,
+        relay: RelayEngine,
+        messenger: Messenger,
+        audit: Audit,
+        metrics: Metrics,
+    ) -> None:
+        self.caveats = caveats
+        self.rooms = rooms
+        self.relay = relay
+        self.messenger = messenger
+        self.audit = audit
+        self.metrics = metrics
         self.feeds = {f.key: f for f in feeds}
         self.tokens = tokens
         self._runner: web.AppRunner | None = None
@@ -57,7 +74,7 @@ class FeedListener:
 
     async def handle(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
-        feed = self.feeds.get(key)
+        feed = self.feeds.get(RoomKey(key))
         if feed is None:
             return _error(404, f"no feed {key!r}")
         offered = request.headers.get("Authorization", "")
@@ -67,7 +84,7 @@ class FeedListener:
             and offered.startswith("Bearer ")
             and hmac.compare_digest(offered[7:].encode(), token.encode())
         ):
-            await self.bot.audit(f"feed {key}", "feed.unauthorised", key, {})
+            await self.audit(f"feed {key}", "feed.unauthorised", key, {})
             return _error(401, "bad or missing bearer token")
         try:
             raw = await request.read()
@@ -85,27 +102,25 @@ class FeedListener:
         text: str = body["text"]
         if len(text.encode("utf-8", "surrogatepass")) > MAX_TEXT_BYTES:
             return _error(413, f"text over {MAX_TEXT_BYTES} bytes")
-        room = self.bot.rooms_by_key.get(feed.room)
+        room = self.rooms.by_key.get(feed.room)
         if room is None:
             return _error(404, f"the feed's room {feed.room!r} is not managed")
         try:
-            label = parse_marking(
-                body["marking"], room.policy.scheme, extra_caveats=self.bot.config.bot.caveats
-            )
+            label = parse_marking(body["marking"], room.policy.scheme, extra_caveats=self.caveats)
         except MarkingError as exc:
             return _error(422, f"marking: {exc}")
         precedence = Precedence[body.get("precedence", "ROUTINE").upper()]
         topics = tuple(dict.fromkeys(t.casefold().lstrip("#") for t in body.get("topics", [])))
         own = fits(label, room.policy)
         if not own.allowed:
-            await self.bot.audit(
+            await self.audit(
                 f"feed {key}",
                 "spillage",
                 key,
                 {"room": room.key, "marking": label.banner, "reason": own.reason},
             )
-            self.bot.metrics.relays.labels("spillage").inc()
-            await self.bot.alert_admins(
+            self.metrics.relays.labels("spillage").inc()
+            await self.messenger.alert_admins(
                 doc(
                     para(
                         "⚠ Spillage refused at the feed listener: feed ",
@@ -135,15 +150,15 @@ class FeedListener:
             provenance=f"From feed {key} · {{when}}",
         )
         try:
-            event_id = await self.bot.send(room.room_id, content)
+            event_id = await self.messenger.send(room.room_id, content)
         except MatrixError as exc:
             log.error("feed %s: could not post: %s", key, exc)
             return _error(503, "the homeserver did not take the item; try again")
         source = Source(room, event_id, f"feed {key}", now, None)
-        await self.bot.relay.store_item(source, message, origin=f"feed {key}")
+        await self.relay.store_item(source, message, origin=f"feed {key}")
         result: dict[str, Any] = {"item": event_id, "room": room.key}
         if feed.release:
-            receipt = await self.bot.relay.release(source, message)
+            receipt = await self.relay.release(source, message)
             result["receipt"] = receipt.plain
         log.info("feed %s posted %s in %s", key, event_id, room.key)
         return web.json_response(result, status=202)

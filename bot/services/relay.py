@@ -16,12 +16,23 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from bot.config import BotConfig
 from bot.matrix.gateway import MatrixError
+from bot.metrics import Metrics
+from bot.services.ports import Audit, EventHandle, Messenger, SenderGate
 from bot.services.render import edit_of, relay_copy, target_banner
-from bot.services.rooms import ManagedRoom
-from bot.storage import AuditNote, IntelItem, RelayEntry
+from bot.services.rooms import ManagedRoom, RoomDirectory
+from bot.storage import (
+    AuditNote,
+    IntelItem,
+    RelayEntry,
+    RelayKind,
+    RelayState,
+    Store,
+    in_thread,
+)
 from bot.storage.sealing import Sealer
 from commands.document import Code, Document, Strong, doc, items, para
 from policy import (
@@ -32,9 +43,7 @@ from policy import (
     may_release,
     parse_tagged,
 )
-
-if TYPE_CHECKING:
-    from bot.app import LiaisonBot
+from policy.ids import EventId, UserId
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +61,10 @@ class Source:
     """Where a tagged message came from."""
 
     room: ManagedRoom
-    event_id: str  # the item's event: the original message, also for its edits
-    sender: str
+    event_id: EventId  # the item's event: the original message, also for its edits
+    sender: UserId | str  # a user, or "feed KEY"
     sent_at: datetime
-    event: Any  # the nio event, for the trusted-sender gate
+    event: EventHandle  # the message's own event, for the sender gate (None for a feed)
 
 
 def copy_for(source: Source, message: TaggedMessage, target: ManagedRoom) -> dict[str, Any]:
@@ -75,8 +84,24 @@ def copy_for(source: Source, message: TaggedMessage, target: ManagedRoom) -> dic
 
 
 class RelayEngine:
-    def __init__(self, bot: LiaisonBot, data_key: str) -> None:
-        self.bot = bot
+    def __init__(
+        self,
+        settings: BotConfig,
+        store: Store,
+        rooms: RoomDirectory,
+        messenger: Messenger,
+        gate: SenderGate,
+        audit: Audit,
+        metrics: Metrics,
+        data_key: str,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.rooms = rooms
+        self.messenger = messenger
+        self.gate = gate
+        self.audit = audit
+        self.metrics = metrics
         self.sealer = Sealer(data_key, "intel")
         self._in_flight: set[str] = set()  # transaction ids being sent right now
 
@@ -91,14 +116,12 @@ class RelayEngine:
             return None
         room = source.room
         try:
-            message = parse_tagged(
-                body, room.policy.scheme, extra_caveats=self.bot.config.bot.caveats
-            )
+            message = parse_tagged(body, room.policy.scheme, extra_caveats=self.settings.caveats)
         except MarkingError as exc:
             await self._audit(source.sender, "relay.malformed", room, source, {"error": str(exc)})
             return doc(para("⚠ Not stored or relayed: ", str(exc), "."))
         assert message is not None
-        refusal = await self.bot._untrusted_sender(room.room_id, source.event)
+        refusal = await self.gate.untrusted_sender(room.room_id, source.event)
         if refusal is not None:
             await self._audit(
                 source.sender, "relay.untrusted-device", room, source, {"problem": refusal[0]}
@@ -121,7 +144,7 @@ class RelayEngine:
                 )
             )
         await self._store(source, message)
-        if source.sender not in self.bot.config.bot.officers:
+        if source.sender not in self.settings.officers:
             await self._audit(
                 source.sender, "relay.not-officer", room, source, {"label": message.label.banner}
             )
@@ -148,8 +171,7 @@ class RelayEngine:
         return await self._release(source, message, targets)
 
     def route_targets(self, room_key: str) -> list[str]:
-        targets = self.bot.route_targets().get(room_key, [])
-        return [t for t in targets if t in self.bot.rooms_by_key]
+        return self.rooms.targets_of(room_key)
 
     async def store_item(self, source: Source, message: TaggedMessage, origin: str) -> IntelItem:
         """Store an item that did not come through chat (a feed), audited the same way."""
@@ -170,14 +192,14 @@ class RelayEngine:
             label=message.label.banner,
             scheme=message.label.scheme,
             rank=message.label.rank,
-            precedence=int(message.precedence),
+            precedence=message.precedence,
             exercise=message.exercise,
             topics=message.topics,
             text=self.sealer.seal_text(message.text, source.event_id),
             created_at=source.sent_at,
             origin=origin,
         )
-        stored, created = await self.bot._db(self.bot.store.save_item, item)
+        stored, created = await in_thread(self.store.save_item, item)
         if created:
             await self._audit(
                 source.sender,
@@ -196,11 +218,11 @@ class RelayEngine:
         notes: list[AuditNote] = []
         refused: list[tuple[str, str]] = []
         for key in targets:
-            target = self.bot.rooms_by_key[key]
+            target = self.rooms.by_key[key]
             decision = may_release(message.label, room.policy, target.policy)
             if not decision.allowed:
                 refused.append((key, decision.reason))
-                self.bot.metrics.relays.labels("refused").inc()
+                self.metrics.relays.labels("refused").inc()
                 notes.append(
                     AuditNote(
                         source.sender,
@@ -216,26 +238,28 @@ class RelayEngine:
                 )
                 continue
             content = copy_for(source, message, target)
-            entries.append(self._entry("copy", source.event_id, source.event_id, target, content))
-        rows = await self.bot._db(self.bot.store.add_relays, entries, notes)
+            entries.append(
+                self._entry(RelayKind.COPY, source.event_id, source.event_id, target, content)
+            )
+        rows = await in_thread(self.store.add_relays, entries, notes)
         sent: list[tuple[str, str]] = []
         failed: list[str] = []
         # Each target room has its own send lock, so copies to several rooms go out at once.
         results = await asyncio.gather(*(self._send(row) for row in rows))
         for row, event_id in zip(rows, results, strict=True):
             if event_id is not None:
-                scheme = self.bot.rooms_by_key[row.target_key].policy.scheme
+                scheme = self.rooms.by_key[row.target_key].policy.scheme
                 sent.append((row.target_key, target_banner(message.label, scheme)[0]))
-                self.bot.metrics.relays.labels("sent").inc()
+                self.metrics.relays.labels("sent").inc()
                 latency = (datetime.now(UTC) - source.sent_at).total_seconds()
-                self.bot.metrics.relay_latency.observe(max(0.0, latency))
+                self.metrics.relay_latency.observe(max(0.0, latency))
             else:
                 failed.append(row.target_key)
         return self._receipt(sent, refused, failed)
 
     def _entry(
         self,
-        kind: str,
+        kind: RelayKind,
         event_id: str,
         item_event_id: str,
         target: ManagedRoom,
@@ -254,7 +278,7 @@ class RelayEngine:
 
     async def _send(self, row: RelayEntry) -> str | None:
         """Send one ledger row under its transaction id; the event id, or None to retry."""
-        if row.state == "sent":
+        if row.state == RelayState.SENT:
             return row.target_event_id
         self._in_flight.add(row.txn_id)
         try:
@@ -265,25 +289,29 @@ class RelayEngine:
     async def _send_once(self, row: RelayEntry) -> str | None:
         content = json.loads(self.sealer.open_text(row.content, row.txn_id))
         try:
-            if row.kind == "redact":
-                await self.bot._gw().redact(
+            if row.kind == RelayKind.REDACT:
+                await self.messenger.redact(
                     row.target_room_id, content["redacts"], REDACT_REASON, tx_id=row.txn_id
                 )
                 event_id = content["redacts"]
             else:
-                event_id = await self.bot.send(row.target_room_id, content, tx_id=row.txn_id)
+                event_id = await self.messenger.send(row.target_room_id, content, tx_id=row.txn_id)
         except MatrixError as exc:
             log.warning(
                 "relay %s to %s not sent yet (%s); will retry", row.txn_id, row.target_key, exc
             )
             return None
-        action = {"copy": "relay.sent", "edit": "relay.edited", "redact": "relay.redacted"}
-        await self.bot._db(
-            self.bot.store.relay_sent,
+        action = {
+            RelayKind.COPY: "relay.sent",
+            RelayKind.EDIT: "relay.edited",
+            RelayKind.REDACT: "relay.redacted",
+        }
+        await in_thread(
+            self.store.relay_sent,
             row.txn_id,
             event_id,
             AuditNote(
-                self.bot.user_id,
+                self.messenger.user_id,
                 action[row.kind],
                 row.item_event_id,
                 {"to": row.target_key, "txn_id": row.txn_id},
@@ -313,7 +341,7 @@ class RelayEngine:
         room = source.room
         for event_id in event_ids:
             try:
-                await self.bot._gw().redact(room.room_id, event_id, "spillage")
+                await self.messenger.redact(room.room_id, event_id, "spillage")
             except MatrixError as exc:
                 log.error("could not redact spilled %s in %s: %s", event_id, room.key, exc)
         await self._audit(
@@ -323,7 +351,7 @@ class RelayEngine:
             source,
             {"marking": marking, "reason": reason, "redacted": list(event_ids)},
         )
-        await self.bot.alert_admins(
+        await self.messenger.alert_admins(
             doc(
                 para("⚠ Spillage in ", Strong(room.key), f" ({room.name}, {room.banner}): "),
                 items(
@@ -342,7 +370,7 @@ class RelayEngine:
 
     async def handle_edit(self, source: Source, new_body: str) -> Document | None:
         """An edit of a message in a managed room (source.event_id is the original's)."""
-        item = await self.bot._db(self.bot.store.item, source.event_id)
+        item = await in_thread(self.store.item, source.event_id)
         if item is None:
             return await self.handle(source, new_body)  # an edit that tags an untagged message
         if item.sender != source.sender:
@@ -352,12 +380,12 @@ class RelayEngine:
             return await self._withdraw(source, item, "the edit removed the marking")
         try:
             message = parse_tagged(
-                new_body, room.policy.scheme, extra_caveats=self.bot.config.bot.caveats
+                new_body, room.policy.scheme, extra_caveats=self.settings.caveats
             )
         except MarkingError as exc:
             return doc(para("⚠ Edit not applied to the relayed copies: ", str(exc), "."))
         assert message is not None
-        refusal = await self.bot._untrusted_sender(room.room_id, source.event)
+        refusal = await self.gate.untrusted_sender(room.room_id, source.event)
         if refusal is not None:
             return doc(para("⚠ Edit not applied: ", refusal[0], "."))
         own = fits(message.label, room.policy)
@@ -371,26 +399,26 @@ class RelayEngine:
                     "does not fit the room. The administrators were alerted."
                 )
             )
-        await self.bot._db(
-            self.bot.store.update_item,
+        await in_thread(
+            self.store.update_item,
             source.event_id,
             label=message.label.banner,
             scheme=message.label.scheme,
             rank=message.label.rank,
-            precedence=int(message.precedence),
+            precedence=message.precedence,
             exercise=message.exercise,
             topics=message.topics,
             text=self.sealer.seal_text(message.text, source.event_id),
         )
         copies = [
             c
-            for c in await self.bot._db(self.bot.store.copies_of, source.event_id)
-            if c.state == "sent" and c.target_event_id
+            for c in await in_thread(self.store.copies_of, source.event_id)
+            if c.state == RelayState.SENT and c.target_event_id
         ]
         entries: list[RelayEntry] = []
         withdrawn: list[tuple[str, str]] = []
         for copy in copies:
-            target = self.bot.rooms_by_key.get(copy.target_key)
+            target = self.rooms.by_key.get(copy.target_key)
             if target is None:
                 continue
             decision = may_release(message.label, room.policy, target.policy)
@@ -398,7 +426,7 @@ class RelayEngine:
                 content = copy_for(source, message, target)
                 entries.append(
                     self._entry(
-                        "edit",
+                        RelayKind.EDIT,
                         source.event.event_id,
                         source.event_id,
                         target,
@@ -409,17 +437,21 @@ class RelayEngine:
                 withdrawn.append((copy.target_key, decision.reason))
                 entries.append(
                     self._entry(
-                        "redact",
+                        RelayKind.REDACT,
                         source.event.event_id,
                         source.event_id,
                         target,
                         {"redacts": copy.target_event_id},
                     )
                 )
-        rows = await self.bot._db(self.bot.store.add_relays, entries)
+        rows = await in_thread(self.store.add_relays, entries)
         for row in rows:
             await self._send(row)
-        lines = [("Edit relayed to ", Strong(r.target_key), ".") for r in rows if r.kind == "edit"]
+        lines = [
+            ("Edit relayed to ", Strong(r.target_key), ".")
+            for r in rows
+            if r.kind == RelayKind.EDIT
+        ]
         lines += [
             ("Copy in ", Strong(key), f" withdrawn: the edit is not releasable there ({reason}).")
             for key, reason in withdrawn
@@ -432,31 +464,35 @@ class RelayEngine:
 
     async def handle_redaction(self, room: ManagedRoom, redacts: str, sender: str) -> None:
         """The source was redacted: redact its copies and forget its text."""
-        item = await self.bot._db(self.bot.store.item, redacts)
+        item = await in_thread(self.store.item, redacts)
         if item is None or item.redacted_at is not None:
             return
         keys = await self._redact_copies(f"redaction:{redacts}", redacts)
-        await self.bot.audit(sender, "intel.redacted", redacts, {"room": room.key, "copies": keys})
+        await self.audit(sender, "intel.redacted", redacts, {"room": room.key, "copies": keys})
 
     async def _redact_copies(self, cause_event_id: str, item_event_id: str) -> list[str]:
         """Redact every sent copy of an item (ledger rows keyed by the causing event) and
         forget the item's text; the target room keys of the copies."""
         copies = [
             c
-            for c in await self.bot._db(self.bot.store.copies_of, item_event_id)
-            if c.state == "sent" and c.target_event_id
+            for c in await in_thread(self.store.copies_of, item_event_id)
+            if c.state == RelayState.SENT and c.target_event_id
         ]
         entries = [
             self._entry(
-                "redact", cause_event_id, item_event_id, target, {"redacts": copy.target_event_id}
+                RelayKind.REDACT,
+                cause_event_id,
+                item_event_id,
+                target,
+                {"redacts": copy.target_event_id},
             )
             for copy in copies
-            if (target := self.bot.rooms_by_key.get(copy.target_key)) is not None
+            if (target := self.rooms.by_key.get(copy.target_key)) is not None
         ]
-        for row in await self.bot._db(self.bot.store.add_relays, entries):
+        for row in await in_thread(self.store.add_relays, entries):
             await self._send(row)
-        await self.bot._db(
-            self.bot.store.redact_item, item_event_id, self.sealer.seal_text("", item_event_id)
+        await in_thread(
+            self.store.redact_item, item_event_id, self.sealer.seal_text("", item_event_id)
         )
         return [c.target_key for c in copies]
 
@@ -465,22 +501,22 @@ class RelayEngine:
     async def resend_pending(self) -> None:
         """Re-send rows a crash or an outage left pending; report those too old to re-send."""
         now = datetime.now(UTC)
-        for row in await self.bot._db(self.bot.store.pending_relays):
+        for row in await in_thread(self.store.pending_relays):
             if row.txn_id in self._in_flight:
                 continue  # the live path is sending it right now
             if row.created_at is not None and now - row.created_at > TXN_MEMORY:
-                await self.bot._db(
-                    self.bot.store.relay_state,
+                await in_thread(
+                    self.store.relay_state,
                     row.txn_id,
-                    "stale",
+                    RelayState.STALE,
                     AuditNote(
-                        self.bot.user_id,
+                        self.messenger.user_id,
                         "relay.stale",
                         row.item_event_id,
                         {"to": row.target_key, "txn_id": row.txn_id},
                     ),
                 )
-                await self.bot.alert_admins(
+                await self.messenger.alert_admins(
                     doc(
                         para(
                             "⚠ A relay to ",
@@ -497,7 +533,7 @@ class RelayEngine:
             await self._send(row)
 
     async def pending_count(self) -> int:
-        return len(await self.bot._db(self.bot.store.pending_relays))
+        return len(await in_thread(self.store.pending_relays))
 
     def open_text(self, item: IntelItem) -> str:
         return self.sealer.open_text(item.text, item.event_id)
@@ -505,10 +541,10 @@ class RelayEngine:
     async def _audit(
         self, actor: str, action: str, room: ManagedRoom, source: Source, detail: dict[str, Any]
     ) -> None:
-        await self.bot.audit(actor, action, source.event_id, {"room": room.key, **detail})
+        await self.audit(actor, action, source.event_id, {"room": room.key, **detail})
         result = _RESULTS.get(action)
         if result is not None:
-            self.bot.metrics.relays.labels(result).inc()
+            self.metrics.relays.labels(result).inc()
 
 
 _RESULTS = {

@@ -1,4 +1,5 @@
-"""Per-classification rooms: the state a managed room must have, and making it so.
+"""Per-classification rooms: the state a managed room must have, making it so, and the
+directory of the rooms the bot runs and the routes between them.
 
 Why compare before writing: re-running with the same config must change nothing (no
 duplicate state events, no churn in clients), and an adopted room may have drifted.
@@ -7,12 +8,18 @@ duplicate state events, no churn in clients), and an adopted room may have drift
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.matrix.gateway import MEGOLM, Gateway, StateEvent
-from policy import CATALOGUE, Label, Room
+from bot.config import Config
+from bot.matrix.gateway import MEGOLM, Gateway, MatrixError, StateEvent
+from bot.startup import StartupError
+from bot.storage import Origin, RoomRecord, Store, in_thread
+from commands.context import CommandError
+from commands.services import RoomSummary, RouteSummary
+from policy import CATALOGUE, Label, MarkingError, Room, make_room, parse_audience, parse_marking
+from policy.ids import RoomId, RoomKey
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +51,11 @@ class ProvisionError(Exception):
 class ManagedRoom:
     """A room the bot manages: its key, its label and audience as the rules see them."""
 
-    key: str
+    key: RoomKey
     name: str
     policy: Room
-    room_id: str
-    origin: str = "config"
+    room_id: RoomId
+    origin: Origin = Origin.CONFIG
 
     @property
     def label(self) -> Label:
@@ -153,10 +160,10 @@ async def provision(
     key: str,
     name: str,
     room: Room,
-    room_id: str | None,
+    room_id: RoomId | None,
     previous_rank: int | None,
     joined: set[str],
-) -> tuple[str, list[str]]:
+) -> tuple[RoomId, list[str]]:
     """Create the room, or bring an existing/adopted one to its state.
 
     Returns (room id, list of what changed). Refuses to lower a room's label.
@@ -182,7 +189,7 @@ async def provision(
             power_levels=power_levels(gateway.user_id, bot_is_creator=True),
         )
         log.info("created room %s for %s", new_id, key)
-        return new_id, ["created"]
+        return RoomId(new_id), ["created"]
     if room_id not in joined:
         await gateway.join(room_id)
     state = await gateway.state(room_id)
@@ -204,3 +211,207 @@ async def provision(
         await gateway.put_state(room_id, "m.room.power_levels", want_levels)
         changed.append("m.room.power_levels")
     return room_id, changed
+
+
+class RoomDirectory:
+    """The managed rooms by key and by room id, and the routes between them: the config
+    file's, and those added from chat (stored). Task-force rooms made from chat live here
+    too, from `!room create` to `!room close`."""
+
+    def __init__(self, config: Config, store: Store, gateway: Gateway) -> None:
+        self.config = config
+        self.store = store
+        self.gateway = gateway
+        self.by_key: dict[str, ManagedRoom] = {}
+        self.by_id: dict[str, ManagedRoom] = {}
+        self.chat_routes: list[tuple[str, str]] = []
+
+    def _add(self, managed: ManagedRoom) -> None:
+        self.by_key[managed.key] = managed
+        self.by_id[managed.room_id] = managed
+
+    def managed(self, key: str) -> ManagedRoom:
+        """The room with this key, or an error naming the keys there are."""
+        managed = self.by_key.get(key)
+        if managed is None:
+            keys = ", ".join(self.by_key) or "none"
+            raise CommandError(f"no managed room {key!r} (rooms: {keys})")
+        return managed
+
+    def route_targets(self) -> dict[str, list[str]]:
+        """Configured routes and those added from chat, source key -> target keys."""
+        merged = self.config.route_targets()
+        for source, target in self.chat_routes:
+            targets = merged.setdefault(source, [])
+            if target not in targets:
+                targets.append(target)
+        return merged
+
+    def targets_of(self, room_key: str) -> list[str]:
+        """The route targets of a room that are managed rooms now."""
+        return [t for t in self.route_targets().get(room_key, []) if t in self.by_key]
+
+    # ------------------------------------------------------------ start-up
+
+    async def provision_all(self) -> None:
+        """Bring every configured room to its state (creating what is missing), then
+        restore the task-force rooms made from chat. A configured room that cannot be
+        provisioned stops the start; a task-force room is logged and skipped."""
+        joined = await self.gateway.joined_rooms()
+        for i, cfg in enumerate(self.config.rooms):
+            record = await in_thread(self.store.room, cfg.key)
+            policy_room = cfg.policy_room()
+            try:
+                room_id, changed = await provision(
+                    self.gateway,
+                    key=cfg.key,
+                    name=cfg.name,
+                    room=policy_room,
+                    room_id=cfg.room_id or (record.room_id if record else None),
+                    previous_rank=record.rank if record else None,
+                    joined=joined,
+                )
+            except MatrixError as exc:
+                raise StartupError(f"rooms[{i}] ({cfg.key}): {exc}") from None
+            except ProvisionError as exc:
+                raise StartupError(f"rooms[{i}]: {exc}") from None
+            await in_thread(self.store.save_room, _record(cfg.key, cfg.name, policy_room, room_id))
+            self._add(ManagedRoom(cfg.key, cfg.name, policy_room, room_id))
+            if changed:
+                log.info("room %s (%s): %s", cfg.key, room_id, ", ".join(changed))
+            if (i + 1) % 20 == 0 or i + 1 == len(self.config.rooms):
+                log.info("rooms provisioned: %d/%d", i + 1, len(self.config.rooms))
+        self.chat_routes = await in_thread(self.store.chat_routes)
+        for record in await in_thread(self.store.rooms):
+            if (
+                record.origin is not Origin.CHAT
+                or record.closed_at is not None
+                or not record.room_id
+            ):
+                continue
+            try:
+                policy_room = make_room(parse_marking(record.label), record.audience)
+                room_id, _ = await provision(
+                    self.gateway,
+                    key=record.key,
+                    name=record.name,
+                    room=policy_room,
+                    room_id=record.room_id,
+                    previous_rank=record.rank,
+                    joined=joined,
+                )
+            except (MarkingError, MatrixError, ProvisionError) as exc:
+                log.error("task-force room %s not restored: %s", record.key, exc)
+                continue
+            self._add(ManagedRoom(record.key, record.name, policy_room, room_id, Origin.CHAT))
+
+    # ------------------------------------------------------------ from chat
+
+    async def create(
+        self, actor: str, key: RoomKey, name: str, label_text: str, audience: Sequence[str] | None
+    ) -> ManagedRoom:
+        """A task-force room: created, provisioned and stored, or nothing at all."""
+        if key in self.by_key or await in_thread(self.store.room, key) is not None:
+            raise CommandError(f"a room with key {key!r} exists already; choose another key")
+        try:
+            label = parse_marking(label_text, extra_caveats=self.config.bot.caveats)
+            policy_room = make_room(label, parse_audience(audience) if audience else None)
+        except MarkingError as exc:
+            raise CommandError(f"LABEL: {exc}") from None
+        try:
+            room_id, _ = await provision(
+                self.gateway,
+                key=key,
+                name=name,
+                room=policy_room,
+                room_id=None,
+                previous_rank=None,
+                joined=set(),
+            )
+        except MatrixError as exc:
+            raise CommandError(f"the homeserver did not create the room: {exc.message}") from None
+        await in_thread(
+            self.store.save_room, _record(key, name, policy_room, room_id, Origin.CHAT), actor
+        )
+        managed = ManagedRoom(key, name, policy_room, room_id, Origin.CHAT)
+        self._add(managed)
+        return managed
+
+    async def close(self, actor: str, key: str) -> list[str]:
+        """Remove everyone from a task-force room and retire it with its routes."""
+        managed = self.managed(key)
+        if managed.origin is not Origin.CHAT:
+            raise CommandError(f"{key} comes from the config file; remove it there")
+        removed: list[str] = []
+        for user_id in self.gateway.members(managed.room_id) or {}:
+            if user_id == self.gateway.user_id:
+                continue
+            try:
+                await self.gateway.kick(managed.room_id, user_id, "room closed")
+                removed.append(user_id)
+            except MatrixError as exc:
+                log.warning("could not remove %s from closed %s: %s", user_id, key, exc)
+        await in_thread(self.store.close_room, actor, key, removed)
+        self.chat_routes = [(a, b) for a, b in self.chat_routes if key not in (a, b)]
+        del self.by_key[key]
+        self.by_id.pop(managed.room_id, None)
+        return removed
+
+    async def change_route(self, actor: str, source: str, target: str, add: bool) -> None:
+        self.managed(source)
+        self.managed(target)
+        if source == target:
+            raise CommandError("a room cannot route to itself")
+        if not add and target in self.config.route_targets().get(source, []):
+            raise CommandError(f"{source} → {target} comes from the config file; remove it there")
+        if add:
+            if target in self.route_targets().get(source, []):
+                raise CommandError(f"{source} → {target} exists already")
+            await in_thread(self.store.add_route, actor, source, target)
+            self.chat_routes.append((source, target))
+        else:
+            if not await in_thread(self.store.remove_route, actor, source, target):
+                raise CommandError(f"no chat route {source} → {target} (see !routes)")
+            self.chat_routes.remove((source, target))
+
+    # ------------------------------------------------------------ views
+
+    def summaries(self) -> list[RoomSummary]:
+        out = []
+        for managed in self.by_key.values():
+            members = self.gateway.members(managed.room_id) or {}
+            out.append(
+                RoomSummary(
+                    managed.key,
+                    managed.name,
+                    managed.banner,
+                    managed.policy.rank,
+                    sum(1 for joined in members.values() if joined),
+                    managed.room_id,
+                )
+            )
+        return out
+
+    def routes(self) -> list[RouteSummary]:
+        out = [RouteSummary(k, tuple(v)) for k, v in self.config.route_targets().items()]
+        chat: dict[str, list[str]] = {}
+        for source, target in self.chat_routes:
+            chat.setdefault(source, []).append(target)
+        out += [RouteSummary(k, tuple(v), Origin.CHAT) for k, v in chat.items()]
+        return out
+
+
+def _record(
+    key: RoomKey, name: str, room: Room, room_id: RoomId, origin: Origin = Origin.CONFIG
+) -> RoomRecord:
+    label = room.label
+    return RoomRecord(
+        key=key,
+        name=name,
+        label=label.banner,
+        scheme=label.scheme,
+        rank=label.rank,
+        audience=tuple(sorted(room.audience)),
+        room_id=room_id,
+        origin=origin,
+    )

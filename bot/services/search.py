@@ -7,15 +7,22 @@ there; every match is filtered by `may_release` into the asking room first.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime, timedelta
 
 from bot.services.digest import DigestItem, select_items
+from bot.services.ports import Audit
 from bot.services.render import EXERCISE_LINE, target_banner
-from bot.services.rooms import ManagedRoom
+from bot.services.rooms import ManagedRoom, RoomDirectory
+from bot.services.schedule import parse_duration
+from bot.storage import IntelItem, Store, in_thread
+from commands.context import CommandError, PermissionDenied
 from commands.document import Banner, Block, Document, doc, heading, items, para
+from policy.ids import RoomKey, UserId
 
 MAX_SCANNED = 10_000
+DEFAULT_SPAN = timedelta(days=30)
+MAX_SPAN = timedelta(days=365)
 SHOWN = 10
 SNIPPET = 300
 
@@ -73,3 +80,52 @@ def results_document(
     if scanned >= MAX_SCANNED:
         blocks.append(para(f"Only the newest {MAX_SCANNED} stored items were searched."))
     return doc(*blocks)
+
+
+class Inventory:
+    """`!search` from a managed room, for its members only, audited with counts (never
+    the words searched for: they may be classified themselves)."""
+
+    def __init__(
+        self,
+        store: Store,
+        rooms: RoomDirectory,
+        is_member: Callable[[UserId, ManagedRoom], bool],
+        item_of: Callable[[IntelItem], DigestItem | None],
+        audit: Audit,
+    ) -> None:
+        self.store = store
+        self.rooms = rooms
+        self.is_member = is_member
+        self.item_of = item_of
+        self.audit = audit
+
+    async def search(
+        self,
+        actor: UserId,
+        room_key: RoomKey,
+        words: Sequence[str],
+        topic: str | None,
+        since: str | None,
+        exercise: bool,
+    ) -> Document:
+        managed = self.rooms.managed(room_key)
+        if not self.is_member(actor, managed):
+            raise PermissionDenied(
+                f"only members of {room_key} may search from it",
+                "not a member of that room",
+                room=room_key,
+            )
+        try:
+            span = parse_duration(since) if since else DEFAULT_SPAN
+        except ValueError as exc:
+            raise CommandError(f"--since: {exc}") from None
+        if span > MAX_SPAN:
+            raise CommandError("--since: at most 365d")
+        start = datetime.now(UTC) - span
+        stored = await in_thread(self.store.items_since, start, MAX_SCANNED)
+        candidates = [c for c in (self.item_of(i) for i in stored) if c is not None]
+        found = search(managed, candidates, words, topic, exercise)
+        await self.audit(actor, "search", room_key, {"matches": len(found), "scanned": len(stored)})
+        query = " ".join(words) + (f" #{topic.lstrip('#')}" if topic else "")
+        return results_document(managed, query, found, start, len(stored), exercise)

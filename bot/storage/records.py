@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date, datetime
+from enum import StrEnum
 from typing import Any
 
 from bot.storage.models import (
@@ -15,6 +16,60 @@ from bot.storage.models import (
     RelayRow,
     RoomRow,
 )
+from policy import Precedence
+from policy.ids import RoomId, RoomKey
+
+
+class Origin(StrEnum):
+    """Where a room, a route or a digest schedule was made."""
+
+    CONFIG = "config"
+    CHAT = "chat"
+
+
+class RelayKind(StrEnum):
+    COPY = "copy"  # the relayed copy of an item
+    EDIT = "edit"  # a copy's replacement after the source was edited
+    REDACT = "redact"  # a copy withdrawn
+
+
+class RelayState(StrEnum):
+    PENDING = "pending"  # written before the send; re-sent under the same txn id
+    SENT = "sent"
+    STALE = "stale"  # pending past the homeserver's txn id memory: never re-sent
+
+
+class RunState(StrEnum):
+    POSTING = "posting"  # claimed, before the send
+    POSTED = "posted"
+    SKIPPED = "skipped"  # missed by more than the catch-up grace
+
+
+class PendingOutcome(StrEnum):
+    DECRYPTED = "decrypted"
+    UNDECRYPTABLE = "undecryptable"
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleKey:
+    """A digest schedule's key: `cfg-N` (the config file's N-th) or `db-N` (made in chat,
+    its row id). Parsed here only."""
+
+    origin: Origin
+    number: int
+
+    def __str__(self) -> str:
+        return f"{'cfg' if self.origin is Origin.CONFIG else 'db'}-{self.number}"
+
+    @classmethod
+    def parse(cls, text: str) -> ScheduleKey | None:
+        prefix, _, number = text.partition("-")
+        origin = {"cfg": Origin.CONFIG, "db": Origin.CHAT}.get(prefix)
+        if origin is None or not (number.isascii() and number.isdigit()):
+            return None
+        if number != str(int(number)):
+            return None
+        return cls(origin, int(number))
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,27 +143,27 @@ class ClearanceRecord:
 
 @dataclass(frozen=True, slots=True)
 class RoomRecord:
-    key: str
+    key: RoomKey
     name: str
     label: str  # canonical banner
     scheme: str
     rank: int
     audience: tuple[str, ...]
-    room_id: str | None = None
-    origin: str = "config"
+    room_id: RoomId | None = None
+    origin: Origin = Origin.CONFIG
     closed_at: datetime | None = None
 
     @classmethod
     def of(cls, row: RoomRow) -> RoomRecord:
         return cls(
-            key=row.key,
+            key=RoomKey(row.key),
             name=row.name,
             label=row.label,
             scheme=row.scheme,
             rank=row.rank,
             audience=tuple(sorted(row.audience or ())),
-            room_id=row.room_id,
-            origin=row.origin,
+            room_id=RoomId(row.room_id) if row.room_id else None,
+            origin=Origin(row.origin),
             closed_at=row.closed_at,
         )
 
@@ -131,7 +186,7 @@ class IntelItem:
     label: str
     scheme: str
     rank: int
-    precedence: int
+    precedence: Precedence
     exercise: bool
     topics: tuple[str, ...]
     text: str  # sealed
@@ -149,7 +204,7 @@ class IntelItem:
             row.label,
             row.scheme,
             row.rank,
-            row.precedence,
+            Precedence(row.precedence),
             row.exercise,
             tuple(row.topics or ()),
             row.text,
@@ -162,13 +217,13 @@ class IntelItem:
 @dataclass(frozen=True, slots=True)
 class RelayEntry:
     txn_id: str
-    kind: str
+    kind: RelayKind
     source_event_id: str
     item_event_id: str
     target_key: str
     target_room_id: str
     content: str  # sealed
-    state: str = "pending"
+    state: RelayState = RelayState.PENDING
     target_event_id: str | None = None
     created_at: datetime | None = None
 
@@ -176,13 +231,13 @@ class RelayEntry:
     def of(cls, row: RelayRow) -> RelayEntry:
         return cls(
             row.txn_id,
-            row.kind,
+            RelayKind(row.kind),
             row.source_event_id,
             row.item_event_id,
             row.target_key,
             row.target_room_id,
             row.content,
-            row.state,
+            RelayState(row.state),
             row.target_event_id,
             row.created_at,
         )
@@ -205,17 +260,17 @@ class DigestSchedule:
     cron: str
     window_s: int
     sources: tuple[str, ...]
-    origin: str
+    origin: Origin
 
 
 @dataclass(frozen=True, slots=True)
 class DigestRun:
     schedule_key: str
     window_end: datetime
-    state: str
+    state: RunState
     delayed: bool
     event_id: str | None
 
     @classmethod
     def of(cls, row: DigestRunRow) -> DigestRun:
-        return cls(row.schedule_key, row.window_end, row.state, row.delayed, row.event_id)
+        return cls(row.schedule_key, row.window_end, RunState(row.state), row.delayed, row.event_id)

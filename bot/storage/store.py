@@ -56,9 +56,15 @@ from bot.storage.records import (
     DigestRun,
     DigestSchedule,
     IntelItem,
+    Origin,
     PendingEvent,
+    PendingOutcome,
     RelayEntry,
+    RelayKind,
+    RelayState,
     RoomRecord,
+    RunState,
+    ScheduleKey,
     StoreError,
 )
 
@@ -412,7 +418,7 @@ class Store:
             ]
 
     def resolve_pending(
-        self, event_id: str, outcome: str, audit: dict[str, Any] | None = None
+        self, event_id: str, outcome: PendingOutcome, audit: dict[str, Any] | None = None
     ) -> None:
         with self.session() as session:
             row = session.get(PendingEventRow, event_id)
@@ -537,7 +543,7 @@ class Store:
                         item_event_id=entry.item_event_id,
                         target_key=entry.target_key,
                         target_room_id=entry.target_room_id,
-                        state="pending",
+                        state=RelayState.PENDING,
                         content=entry.content,
                     )
                     session.add(row)
@@ -550,9 +556,10 @@ class Store:
     def relay_sent(self, txn_id: str, target_event_id: str, audit: AuditNote | None = None) -> None:
         with self.session() as session:
             row = session.scalar(select(RelayRow).where(RelayRow.txn_id == txn_id))
-            if row is None or row.state == "sent":
+            if row is None or row.state == RelayState.SENT:
                 return
-            row.state, row.target_event_id, row.sent_at = "sent", target_event_id, utcnow()
+            row.state, row.target_event_id = RelayState.SENT, target_event_id
+            row.sent_at = utcnow()
             if audit is not None:
                 append_audit(
                     session,
@@ -562,7 +569,7 @@ class Store:
                     {**audit.detail, "target_event_id": target_event_id},
                 )
 
-    def relay_state(self, txn_id: str, state: str, audit: AuditNote | None = None) -> None:
+    def relay_state(self, txn_id: str, state: RelayState, audit: AuditNote | None = None) -> None:
         with self.session() as session:
             row = session.scalar(select(RelayRow).where(RelayRow.txn_id == txn_id))
             if row is not None:
@@ -573,7 +580,7 @@ class Store:
     def pending_relays(self) -> list[RelayEntry]:
         with self.session() as session:
             rows = session.scalars(
-                select(RelayRow).where(RelayRow.state == "pending").order_by(RelayRow.id)
+                select(RelayRow).where(RelayRow.state == RelayState.PENDING).order_by(RelayRow.id)
             )
             return [RelayEntry.of(r) for r in rows]
 
@@ -582,7 +589,7 @@ class Store:
         with self.session() as session:
             rows = session.scalars(
                 select(RelayRow)
-                .where(RelayRow.item_event_id == item_event_id, RelayRow.kind == "copy")
+                .where(RelayRow.item_event_id == item_event_id, RelayRow.kind == RelayKind.COPY)
                 .order_by(RelayRow.id)
             )
             return [RelayEntry.of(r) for r in rows]
@@ -596,7 +603,12 @@ class Store:
             )
             return [
                 DigestSchedule(
-                    f"db-{r.id}", r.room_key, r.cron, r.window_s, tuple(r.sources), "chat"
+                    str(ScheduleKey(Origin.CHAT, r.id)),
+                    r.room_key,
+                    r.cron,
+                    r.window_s,
+                    tuple(r.sources),
+                    Origin.CHAT,
                 )
                 for r in rows
             ]
@@ -614,24 +626,26 @@ class Store:
             )
             session.add(row)
             session.flush()
+            key = str(ScheduleKey(Origin.CHAT, row.id))
             append_audit(
                 session,
                 actor,
                 "digest.scheduled",
-                f"db-{row.id}",
+                key,
                 {"room": room_key, "cron": cron, "window_s": window_s, "sources": list(sources)},
             )
-            return DigestSchedule(f"db-{row.id}", room_key, cron, window_s, tuple(sources), "chat")
+            return DigestSchedule(key, room_key, cron, window_s, tuple(sources), Origin.CHAT)
 
-    def cancel_digest_schedule(self, actor: str, schedule_id: int) -> bool:
+    def cancel_digest_schedule(self, actor: str, key: ScheduleKey) -> bool:
+        """Cancel a schedule made in chat (config ones are the config file's)."""
+        if key.origin is not Origin.CHAT:
+            return False
         with self.session() as session:
-            row = session.get(DigestScheduleRow, schedule_id)
+            row = session.get(DigestScheduleRow, key.number)
             if row is None or row.cancelled_at is not None:
                 return False
             row.cancelled_at = utcnow()
-            append_audit(
-                session, actor, "digest.cancelled", f"db-{schedule_id}", {"room": row.room_key}
-            )
+            append_audit(session, actor, "digest.cancelled", str(key), {"room": row.room_key})
             return True
 
     def last_digest_run(self, schedule_key: str) -> datetime | None:
@@ -659,7 +673,7 @@ class Store:
                     schedule_key=schedule_key,
                     room_key=room_key,
                     window_end=window_end,
-                    state="posting",
+                    state=RunState.POSTING,
                     delayed=delayed,
                 )
                 session.add(row)
@@ -670,7 +684,7 @@ class Store:
         self,
         schedule_key: str,
         window_end: datetime,
-        state: str,
+        state: RunState,
         event_id: str | None,
         audit: AuditNote,
     ) -> None:
@@ -694,7 +708,9 @@ class Store:
         keys = list(room_keys)
         with self.session() as session:
             sub = select(RelayRow.item_event_id).where(
-                RelayRow.target_key.in_(keys), RelayRow.kind == "copy", RelayRow.state == "sent"
+                RelayRow.target_key.in_(keys),
+                RelayRow.kind == RelayKind.COPY,
+                RelayRow.state == RelayState.SENT,
             )
             rows = session.scalars(
                 select(IntelItemRow).where(

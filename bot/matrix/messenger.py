@@ -1,0 +1,259 @@
+"""Sending as the services see it: encrypted sends with room keys only for those who may
+read, notices, replies a refused device can read, direct chats, admin alerts; and the
+trusted-sender gate every command and tagged message passes (DESIGN §7a).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+from nio.crypto import OlmDevice
+
+from bot.config import BotConfig
+from bot.matrix.gateway import MEGOLM, Gateway
+from bot.matrix.trust import DeviceTrust
+from bot.services.ports import Audit
+from bot.storage import ClearanceRecord, Store, in_thread
+from bot.tasks import Supervisor
+from commands.document import Code, Document, Mention, doc, para
+from commands.views import fingerprint
+from policy.ids import EventId, UserId
+
+log = logging.getLogger(__name__)
+
+
+class DirectRooms:
+    """The bot's direct chats, room id -> partner, kept in the store across restarts."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._partners: dict[str, UserId] = {}
+
+    async def load(self) -> None:
+        stored = await in_thread(self.store.direct_rooms)
+        self._partners = {room: UserId(partner) for room, partner in stored.items()}
+
+    def partner_of(self, room_id: str) -> UserId | None:
+        return self._partners.get(room_id)
+
+    def __contains__(self, room_id: object) -> bool:
+        return room_id in self._partners
+
+    def rooms_with(self, user_id: str) -> list[str]:
+        """This person's DMs, newest first."""
+        return [r for r, p in reversed(self._partners.items()) if p == user_id]
+
+    async def add(self, room_id: str, partner: UserId) -> None:
+        self._partners[room_id] = partner
+        await in_thread(self.store.save_direct_room, partner, room_id)
+
+    async def forget(self, room_id: str) -> UserId | None:
+        partner = self._partners.pop(room_id, None)
+        if partner is not None:
+            await in_thread(self.store.forget_direct_room, room_id)
+        return partner
+
+
+class Messenger:
+    """Implements the services' Messenger and SenderGate ports over the gateway."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        trust: DeviceTrust,
+        settings: BotConfig,
+        direct: DirectRooms,
+        recipients: Callable[[str], list[UserId]],
+        audit: Audit,
+        tasks: Supervisor,
+        next_sync: Callable[[float], Awaitable[None]],
+    ) -> None:
+        self.gateway = gateway
+        self.trust = trust
+        self.settings = settings
+        self.direct = direct
+        self.recipients = recipients  # room id -> who may hold its key (members who may read)
+        self.audit = audit
+        self.tasks = tasks
+        self.next_sync = next_sync  # wait at most this long for the next handled sync
+
+    @property
+    def user_id(self) -> str:
+        return self.gateway.user_id
+
+    # ------------------------------------------------------------ the device policy
+
+    def device_trusted(self, user_id: str, device: OlmDevice) -> bool:
+        """The device policy (`device_trust`), with identity pinning."""
+        if device.deleted:
+            return False
+        return self.trust.trusted(user_id, device.id, device.ed25519)
+
+    async def untrusted_sender(
+        self, room_id: str, event: Any
+    ) -> tuple[str, OlmDevice | None] | None:
+        """The trusted-sender gate (DESIGN §7a): None when the event's device passes the
+        device policy, else (why not, the device when known). Tagged messages use it too."""
+        device = self.gateway.sender_device(room_id, event)
+        if device is None:
+            await self.gateway.query_keys_if_due()
+            device = self.gateway.sender_device(room_id, event)
+        if device is None:
+            return ("the sending device is unknown or its room key was forwarded", None)
+        await self.trust.refresh([event.sender])
+        problem = self.trust.device_problem(event.sender, device.id, device.ed25519)
+        return (problem, device) if problem else None
+
+    # ------------------------------------------------------------ sending
+
+    async def send(
+        self,
+        room_id: str,
+        content: dict[str, Any],
+        tx_id: str | None = None,
+        also_to: Sequence[OlmDevice] = (),
+    ) -> EventId:
+        await self.gateway.ensure_current_members(room_id)
+        await self.trust.refresh(self.recipients(room_id))
+        event_id = await self.gateway.send(
+            room_id,
+            content,
+            recipients=lambda: self.recipients(room_id),
+            device_trusted=self.device_trusted,
+            tx_id=tx_id,
+            also_to=also_to,
+        )
+        return EventId(event_id)
+
+    async def send_notice(
+        self,
+        room_id: str,
+        document: Document,
+        reply_to: str | None = None,
+        also_to: Sequence[OlmDevice] = (),
+        tx_id: str | None = None,
+    ) -> EventId:
+        content: dict[str, Any] = {
+            "msgtype": "m.notice",
+            "body": document.plain,
+            "format": "org.matrix.custom.html",
+            "formatted_body": document.html,
+        }
+        if reply_to:
+            content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
+        return await self.send(room_id, content, also_to=also_to, tx_id=tx_id)
+
+    async def redact(
+        self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
+    ) -> None:
+        await self.gateway.redact(room_id, event_id, reason, tx_id)
+
+    async def reply_to_sender(self, room_id: str, event: Any, reply: Document) -> None:
+        """A reply the sending device can read even when the policy excludes it (it is told
+        why it was refused)."""
+        device = self.gateway.sender_device(room_id, event)
+        also = (
+            [device] if device is not None and not self.device_trusted(event.sender, device) else []
+        )
+        await self.send_notice(room_id, reply, event.event_id, also_to=also)
+
+    # ------------------------------------------------------------ direct chats and alerts
+
+    async def alert_admins(self, document: Document) -> None:
+        """To [bot] admin_room, else to each admin's direct message with the bot."""
+        targets = (
+            [self.settings.admin_room]
+            if self.settings.admin_room
+            else [await self.direct_room_for(admin) for admin in self.settings.admins]
+        )
+        for room_id in targets:
+            if room_id is not None:
+                self.tasks.spawn(self.send_when_ready(room_id, document), f"alert-{room_id}")
+
+    async def alert_identity_change(self, record: ClearanceRecord, new_key: str) -> None:
+        await self.alert_admins(
+            doc(
+                para(
+                    "⚠ Identity change: ",
+                    Mention(record.user_id),
+                    "'s cross-signing master key changed. Room keys are no longer shared with "
+                    "them. Pinned: ",
+                    Code(fingerprint(record.identity_key or "")),
+                    "; now: ",
+                    Code(fingerprint(new_key)),
+                    ".",
+                ),
+                para(
+                    "After checking the new key with them out of band: ",
+                    Code(f"!clearance confirm-identity {record.user_id} {new_key}"),
+                ),
+            )
+        )
+
+    def send_later(self, room_id: str, document: Document) -> None:
+        """Send in the background once the room is ready (`send_when_ready`)."""
+        self.tasks.spawn(self.send_when_ready(room_id, document), f"send-{room_id}")
+
+    async def direct_room_for(self, user_id: UserId) -> str:
+        """The DM with this person, created (encrypted) if there is none."""
+        for room_id in self.direct.rooms_with(user_id):  # the newest DM wins
+            members = self.gateway.members(room_id)
+            if members is None or user_id in members:
+                return room_id  # a DM they left is not reused: they would never read it
+        room_id = await self.gateway.create_room(
+            name=None,
+            topic=None,
+            is_direct=True,
+            invite=[user_id],
+            # Like every room the bot makes: encrypted from its first event, history from
+            # joining, no guests (the preset alone would say "shared" and "can_join").
+            initial_state=[
+                {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": MEGOLM}},
+                {
+                    "type": "m.room.history_visibility",
+                    "state_key": "",
+                    "content": {"history_visibility": "joined"},
+                },
+                {
+                    "type": "m.room.guest_access",
+                    "state_key": "",
+                    "content": {"guest_access": "forbidden"},
+                },
+            ],
+        )
+        self.gateway.mark_members_stale(room_id)
+        await self.direct.add(room_id, user_id)
+        return room_id
+
+    def _ready_for(self, room_id: str) -> bool:
+        """The room is synced and, in a DM, its partner has joined (what is sent before
+        the join could never be read: history is visible from joining)."""
+        members = self.gateway.members(room_id)
+        if members is None:
+            return False
+        partner = self.direct.partner_of(room_id)
+        return partner is None or bool(members.get(partner))
+
+    async def send_when_ready(self, room_id: str, document: Document) -> None:
+        """Send once the room is ready (`_ready_for`), judged after each sync; a reply whose
+        reader does not join within `dm_join_timeout` is dropped and audited, never sent."""
+        timeout = self.settings.dm_join_timeout.total_seconds()
+        deadline = time.monotonic() + timeout
+        stopping = self.tasks.stopping
+        while not self._ready_for(room_id):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or stopping.is_set():
+                partner = self.direct.partner_of(room_id)
+                why = "the bot stopped" if stopping.is_set() else f"not joined in {timeout:g} s"
+                log.warning("a reply to %s in %s was dropped: %s", partner, room_id, why)
+                await self.audit(
+                    self.user_id, "dm.reply.dropped", partner, {"room_id": room_id, "reason": why}
+                )
+                return
+            with contextlib.suppress(TimeoutError):
+                await self.next_sync(remaining)
+        await self.send_notice(room_id, document)

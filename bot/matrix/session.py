@@ -1,0 +1,116 @@
+"""Logging in: one device for life (DESIGN §7a). The access token is kept sealed in the
+store and reused; a password login happens only for a new bot or a token the server
+rejected, and then to the same device. The bot never logs out: that would delete the
+device and its keys on the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from nio import AsyncClient, AsyncClientConfig, LoginResponse, WhoamiResponse
+
+from bot.config import Config
+from bot.matrix.gateway import Gateway, MatrixError, unwrap
+from bot.matrix.trust import KeysAPI, bootstrap_cross_signing, key_sealer
+from bot.startup import Secrets, StartupError
+from bot.storage import Store, in_thread
+from bot.storage.sealing import Sealer
+from commands.views import fingerprint
+
+log = logging.getLogger(__name__)
+
+
+async def login(config: Config, secrets: Secrets, store: Store) -> Gateway:
+    hs = config.homeserver
+    store_dir = config.crypto_store_path()
+    store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(store_dir, 0o700)
+    client_config = AsyncClientConfig(
+        encryption_enabled=True,
+        store_sync_tokens=False,  # our own token, stored after handling (DESIGN §7)
+        pickle_key=secrets.pickle_key,
+        max_timeouts=3,
+        backoff_factor=0.5,
+        max_timeout_retry_wait_time=10,
+        request_timeout=60,
+    )
+    sealer = Sealer(secrets.pickle_key, "access-token")
+    session = await in_thread(store.bot_session)
+    if session is not None and session.user_id != hs.user_id:
+        raise StartupError(
+            f"the database belongs to {session.user_id}, not {hs.user_id}: use its own database"
+        )
+    device_id = session.device_id if session else ""
+    client = AsyncClient(
+        hs.url, hs.user_id, device_id=device_id, store_path=str(store_dir), config=client_config
+    )
+    try:
+        if session is not None:
+            token = sealer.open_text(session.sealed_token, session.device_id)
+            client.restore_login(hs.user_id, session.device_id, token)
+            whoami = await client.whoami()
+            if isinstance(whoami, WhoamiResponse):
+                log.info("reusing device %s", session.device_id)
+            elif getattr(whoami, "status_code", None) == "M_UNKNOWN_TOKEN" and secrets.password:
+                log.warning("stored token rejected; logging in again to device %s", device_id)
+                await _password_login(client, config, secrets, store, sealer)
+            else:
+                raise StartupError(f"the homeserver rejected the stored session: {whoami}")
+        elif secrets.access_token:
+            client.access_token = secrets.access_token
+            whoami = unwrap(await client.whoami(), WhoamiResponse, "whoami")
+            if not whoami.device_id:
+                raise StartupError("the access token has no device; log in with a password")
+            client.restore_login(hs.user_id, whoami.device_id, secrets.access_token)
+            await in_thread(
+                store.save_bot_session,
+                hs.user_id,
+                whoami.device_id,
+                sealer.seal_text(secrets.access_token, whoami.device_id),
+            )
+        else:
+            await _password_login(client, config, secrets, store, sealer)
+        if client.should_upload_keys:
+            await client.keys_upload()
+    except BaseException:
+        await client.close()
+        raise
+    return Gateway(client)
+
+
+async def _password_login(
+    client: AsyncClient, config: Config, secrets: Secrets, store: Store, sealer: Sealer
+) -> None:
+    response = await client.login(secrets.password, config.homeserver.device_name)
+    login = unwrap(response, LoginResponse, "login")
+    await in_thread(
+        store.save_bot_session,
+        login.user_id,
+        login.device_id,
+        sealer.seal_text(login.access_token, login.device_id),
+    )
+    log.info("logged in as %s, device %s", login.user_id, login.device_id)
+
+
+async def cross_sign(gateway: Gateway, config: Config, secrets: Secrets, store: Store) -> KeysAPI:
+    """Cross-sign the bot's device (DESIGN §7a); the key API stays open for the trust checks."""
+    client = gateway.client
+    keys_api = KeysAPI(config.homeserver.url, str(client.access_token))
+    try:
+        keys = await bootstrap_cross_signing(
+            keys_api,
+            store,
+            key_sealer(secrets.pickle_key),
+            config.homeserver.user_id,
+            gateway.device_id,
+            secrets.password,
+        )
+    except MatrixError as exc:
+        await keys_api.close()
+        raise StartupError(f"cross-signing: {exc.message}") from None
+    log.info(
+        "cross-signed device %s; master key %s", gateway.device_id, fingerprint(keys.master.public)
+    )
+    return keys_api

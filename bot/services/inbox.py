@@ -1,0 +1,213 @@
+"""Messages people send in the bot's rooms: commands, tagged intelligence, their edits.
+
+Every message is acted on once (the handled-event table, even when a crash replays the
+sync), commands only from devices that pass the trusted-sender gate, and never in a room
+without encryption. Replies go where the command asks (the room, or the sender's DM).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from bot.matrix.gateway import MatrixError
+from bot.services.membership import Membership
+from bot.services.ports import Audit, EventHandle, SenderGate
+from bot.services.relay import RelayEngine, Source
+from bot.services.rooms import ManagedRoom, RoomDirectory
+from bot.storage import Store, in_thread
+from bot.tasks import Supervisor
+from commands.context import Invocation, Reply
+from commands.dispatch import dispatch, is_command
+from commands.document import Document, doc, para
+from commands.registry import Registry
+from commands.services import Services
+from policy import is_tagged
+from policy.ids import EventId, RoomId, UserId
+
+log = logging.getLogger(__name__)
+
+UNENCRYPTED_NOTICE = "liaison-bot only works in encrypted rooms: turn on encryption here."
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A decrypted text message, as the event router hands it over."""
+
+    room_id: RoomId
+    event_id: EventId
+    sender: UserId
+    body: str
+    formatted_body: str | None
+    content: dict[str, Any]
+    sent_at: datetime
+    handle: EventHandle  # the edge's own event, for the sender gate and replies
+
+
+class Replier(Protocol):
+    """What the inbox needs of the messenger."""
+
+    async def send_notice(
+        self,
+        room_id: str,
+        document: Document,
+        reply_to: str | None = None,
+        also_to: Sequence[Any] = (),
+        tx_id: str | None = None,
+    ) -> str: ...
+
+    async def reply_to_sender(self, room_id: str, event: EventHandle, reply: Document) -> None: ...
+
+    async def direct_room_for(self, user_id: UserId) -> str: ...
+
+    def send_later(self, room_id: str, document: Document) -> None: ...
+
+
+class RoomState(Protocol):
+    def is_encrypted(self, room_id: str) -> bool | None: ...
+
+    async def send_plain_notice(self, room_id: str, body: str) -> None: ...
+
+
+class Inbox:
+    def __init__(
+        self,
+        store: Store,
+        rooms: RoomDirectory,
+        membership: Membership,
+        relay: RelayEngine,
+        gate: SenderGate,
+        replier: Replier,
+        room_state: RoomState,
+        audit: Audit,
+        tasks: Supervisor,
+        registry: Registry,
+        services: Services,
+        prefixes: Sequence[str],
+    ) -> None:
+        self.store = store
+        self.rooms = rooms
+        self.membership = membership
+        self.relay = relay
+        self.gate = gate
+        self.replier = replier
+        self.room_state = room_state
+        self.audit = audit
+        self.tasks = tasks
+        self.registry = registry
+        self.services = services
+        self.prefixes = prefixes
+
+    async def on_message(self, message: IncomingMessage) -> None:
+        room_id = message.room_id
+        managed = self.rooms.by_id.get(room_id)
+        relates = message.content.get("m.relates_to", {}) or {}
+        if relates.get("rel_type") == "m.replace":  # an edit: never a command
+            original = relates.get("event_id")
+            if managed is not None and isinstance(original, str) and original:
+                await self._on_edit(message, managed, EventId(original))
+            return
+        command = is_command(message.body, self.prefixes)
+        if not command and not (managed is not None and is_tagged(message.body)):
+            return
+        if await in_thread(self.store.is_handled, message.event_id):
+            return
+        if not command and managed is not None:
+            source = Source(
+                managed, message.event_id, message.sender, message.sent_at, message.handle
+            )
+            reply = await self.relay.handle(source, message.body)
+            await in_thread(self.store.mark_handled, message.event_id, room_id)
+            if reply is not None:
+                # The receipt goes to the source room while the next message's copies go to
+                # the targets; the batch waits for it before the sync token moves.
+                self.tasks.defer(self.replier.reply_to_sender(room_id, message.handle, reply))
+            return
+        if self.room_state.is_encrypted(room_id) is False:
+            await self.audit(
+                message.sender,
+                "command.refused",
+                None,
+                {"room_id": room_id, "reason": "room not encrypted"},
+            )
+            try:
+                await self.room_state.send_plain_notice(room_id, UNENCRYPTED_NOTICE)
+            except MatrixError as exc:  # told or not, the command is refused and handled
+                log.warning("could not tell %s that it is not encrypted: %s", room_id, exc)
+            await in_thread(self.store.mark_handled, message.event_id, room_id)
+            return
+        refusal = await self.gate.untrusted_sender(room_id, message.handle)
+        if refusal is not None:
+            problem, device = refusal
+            await self.audit(
+                message.sender,
+                "command.untrusted-device",
+                None,
+                {"room_id": room_id, "problem": problem},
+            )
+            await self.replier.send_notice(
+                room_id,
+                doc(
+                    para(
+                        "⚠ Not acted on: ",
+                        problem,
+                        ". The bot takes commands only from "
+                        "devices their owner has verified (cross-signed). Nothing was changed.",
+                    )
+                ),
+                message.event_id,
+                also_to=[device] if device is not None else [],
+            )
+            await in_thread(self.store.mark_handled, message.event_id, room_id)
+            return
+        mentions = tuple(message.content.get("m.mentions", {}).get("user_ids", ()) or ())
+        invocation = Invocation(
+            sender=message.sender,
+            room_id=room_id,
+            event_id=message.event_id,
+            body=message.body,
+            formatted_body=message.formatted_body,
+            mentions=mentions,
+            room_key=managed.key if managed else None,
+            is_direct=managed is None,
+            event=message.handle,
+            sent_at=message.sent_at,
+        )
+        outcome = await dispatch(
+            self.registry,
+            invocation,
+            self.membership.roles_of(message.sender),
+            self.services,
+            self.prefixes,
+        )
+        if outcome is not None:
+            await self._reply(invocation, outcome.reply)
+        await in_thread(self.store.mark_handled, message.event_id, room_id)
+
+    async def _on_edit(
+        self, message: IncomingMessage, managed: ManagedRoom, original: EventId
+    ) -> None:
+        if await in_thread(self.store.is_handled, message.event_id):
+            return
+        new_body = (message.content.get("m.new_content") or {}).get("body")
+        if isinstance(new_body, str):
+            source = Source(managed, original, message.sender, message.sent_at, message.handle)
+            reply = await self.relay.handle_edit(source, new_body)
+            if reply is not None:
+                await self.replier.reply_to_sender(message.room_id, message.handle, reply)
+        await in_thread(self.store.mark_handled, message.event_id, message.room_id)
+
+    async def _reply(self, invocation: Invocation, reply: Reply) -> None:
+        if not reply.private or invocation.is_direct:
+            await self.replier.send_notice(invocation.room_id, reply.document, invocation.event_id)
+            return
+        dm = await self.replier.direct_room_for(invocation.sender)
+        await self.replier.send_notice(
+            invocation.room_id,
+            doc("Answered in your direct messages with the bot."),
+            invocation.event_id,
+        )
+        self.replier.send_later(dm, reply.document)

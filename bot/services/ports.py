@@ -1,0 +1,76 @@
+"""The narrow ports services are built with: what each needs of the homeserver edge, the
+audit log and each other, and nothing more. `bot.matrix` implements the Matrix ones; the
+composition root (`bot.app`) wires them. A service never holds the bot itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from commands.document import Document
+from policy.ids import EventId, UserId
+
+# A device as the homeserver edge knows it (nio's OlmDevice). Services only hand it back
+# (a reply the refused device can read), never look inside.
+Device = Any
+# An incoming event as the edge received it; services hand it to the sender gate.
+EventHandle = Any
+
+
+class Audit(Protocol):
+    """Append one row to the hash-chained audit log."""
+
+    async def __call__(
+        self, actor: str, action: str, subject: str | None, detail: dict[str, Any]
+    ) -> None: ...
+
+
+class Messenger(Protocol):
+    """Sending into rooms, encrypted, room keys only for those who may read."""
+
+    @property
+    def user_id(self) -> str: ...
+
+    async def send(
+        self,
+        room_id: str,
+        content: dict[str, Any],
+        tx_id: str | None = None,
+        also_to: Sequence[Device] = (),
+    ) -> EventId: ...
+
+    async def send_notice(
+        self,
+        room_id: str,
+        document: Document,
+        reply_to: str | None = None,
+        also_to: Sequence[Device] = (),
+        tx_id: str | None = None,
+    ) -> EventId: ...
+
+    async def redact(
+        self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
+    ) -> None: ...
+
+    async def alert_admins(self, document: Document) -> None: ...
+
+
+class SenderGate(Protocol):
+    """The trusted-sender gate (DESIGN §7a)."""
+
+    async def untrusted_sender(
+        self, room_id: str, event: EventHandle
+    ) -> tuple[str, Device | None] | None: ...
+
+
+class RoomControl(Protocol):
+    """Membership as the homeserver sees it, and changing it."""
+
+    def members(self, room_id: str) -> dict[UserId, bool] | None:
+        """user -> joined (False: invited only), as the last sync showed; None if unknown."""
+        ...
+
+    async def invite(self, room_id: str, user_id: str) -> None: ...
+
+    async def kick(self, room_id: str, user_id: str, reason: str) -> None: ...

@@ -1,0 +1,182 @@
+"""The one fake of commands.services.Services for tests (a test in
+tests/test_fuzz_commands.py checks it answers every method of the port)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from commands.context import CommandError, Invocation
+from commands.document import Document, doc, para
+from commands.services import InviteOutcome, RevokeOutcome, RoomSummary, RouteSummary, StatusInfo
+from policy import Decision, MarkingError, make_room, parse_marking
+
+
+@dataclass
+class FakeServices:
+    """Every service answers, echoing user input into its documents (so escaping is
+    exercised); a handler that still fails has a bug of its own. Users whose id starts with
+    `@none` have no clearance on record; grants and audit entries are kept for inspection."""
+
+    audits: list[tuple[str, str, str | None, dict[str, Any]]] = field(default_factory=list)
+    grants: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+
+    async def clearance(self, user_id: str) -> Any:
+        return None if user_id.startswith("@none") else _record(user_id)
+
+    async def clearances(self) -> Sequence[Any]:
+        return [_record("@a:b"), _record('@<img src=x>:"y"')]
+
+    async def grant(self, actor: str, user_id: str, level: str, **kw: Any) -> Any:
+        try:
+            parse_marking(level)
+        except MarkingError as exc:
+            raise CommandError(f"LEVEL: {exc}") from None
+        self.grants.append((actor, user_id, level, kw))
+        return _record(user_id)
+
+    async def revoke(self, actor: str, user_id: str, scope: str | None) -> RevokeOutcome:
+        return RevokeOutcome(_record(user_id), (scope or "all",))
+
+    async def confirm_identity(self, actor: str, user_id: str, key: str) -> Any:
+        return _record(user_id, key)
+
+    async def digest_now(self, actor: str, room_key: str, roles: frozenset[Any]) -> str:
+        return f"{room_key} <script>"
+
+    async def digest_schedule(
+        self,
+        actor: str,
+        room_key: str,
+        cron: str,
+        window: str | None,
+        sources: Sequence[str] | None,
+    ) -> str:
+        return f"{room_key} {cron} {window} {sources}"
+
+    async def digest_list(self) -> list[str]:
+        return ["cfg-1: <b>nato-s</b>"]
+
+    async def digest_cancel(self, actor: str, key: str) -> None:
+        if not key.startswith("db-"):
+            raise CommandError(f"no schedule {key!r}")
+
+    async def relay_message(
+        self, invocation: Invocation, targets: Sequence[str], message: str
+    ) -> Document:
+        return doc(para("Relayed to ", ", ".join(targets), ": ", message))
+
+    async def invite(self, actor: str, user_id: str, room_key: str) -> InviteOutcome:
+        if await self.clearance(user_id) is None:
+            return InviteOutcome(Decision(False, (f"no clearance on record for {user_id}",)), False)
+        allowed = room_key == "nato-s"
+        return InviteOutcome(Decision(allowed, (f"{user_id} <i>checked</i>",)), allowed)
+
+    async def rooms(self) -> Sequence[RoomSummary]:
+        return [RoomSummary("nato-s", "NATO <script>", "NATO SECRET", 3, 2, "!r:x")]
+
+    async def routes(self) -> Sequence[RouteSummary]:
+        return [RouteSummary("deu", ("nato-s", "<eu>"))]
+
+    async def audit_recent(self, limit: int) -> Sequence[Any]:
+        return [_Audit(1, datetime(2026, 1, 1, tzinfo=UTC), "@a:b", "x<y", None, {"e": "<&>"})]
+
+    async def audit_verify(self) -> Any:
+        return _Verdict(True, 3, "3 entries <ok>")
+
+    async def status(self) -> StatusInfo:
+        return StatusInfo(3700.0, None, 3, 0, ("cfg-1 <x>",), "DEV<ICE>")
+
+    async def search(
+        self,
+        actor: str,
+        room_key: str,
+        words: Sequence[str],
+        topic: str | None,
+        since: str | None,
+        exercise: bool,
+    ) -> Document:
+        return doc(para("Searched ", room_key, " for ", " ".join(words), f" {topic} {since}"))
+
+    async def room_create(
+        self, actor: str, key: str, name: str, label_text: str, audience: Sequence[str] | None
+    ) -> Any:
+        try:
+            label = parse_marking(label_text)
+        except MarkingError as exc:
+            raise CommandError(f"LABEL: {exc}") from None
+        return _Room(key, name, label.banner, _Policy(label.rank))
+
+    async def room_close(self, actor: str, key: str) -> list[str]:
+        return [f"@{key}<x>:y"]
+
+    async def route_change(self, actor: str, source: str, target: str, add: bool) -> None:
+        if source == target:
+            raise CommandError("a room cannot route to itself")
+
+    async def room_policies(self) -> list[tuple[str, str, Any]]:
+        nato = make_room(parse_marking("NATO SECRET"), None)
+        return [("nato-s", "NATO <script>", nato)]
+
+    async def known_caveats(self) -> Sequence[str]:
+        return ["<ATOMAL>"]
+
+    async def audit(
+        self, actor: str, action: str, subject: str | None, detail: dict[str, Any]
+    ) -> None:
+        self.audits.append((actor, action, subject, detail))
+
+
+@dataclass(frozen=True)
+class _Policy:
+    rank: int
+
+
+@dataclass(frozen=True)
+class _Room:
+    key: str
+    name: str
+    banner: str
+    policy: _Policy
+
+
+@dataclass(frozen=True)
+class _Grant:
+    scheme: str = "NATO"
+    level: str = "NATO SECRET"
+    rank: int = 3
+
+
+@dataclass(frozen=True)
+class _Record:
+    user_id: str
+    nationality: str = "DEU"
+    grants: tuple[_Grant, ...] = (_Grant(),)
+    caveats: frozenset[str] = frozenset({"<ATOMAL>"})
+    expires: date | None = date(2027, 1, 1)
+    revoked_at: datetime | None = None
+    identity_key: str | None = "AAAABBBB<>"
+    identity_pending: str | None = None
+
+
+def _record(user_id: str, pending: str | None = None) -> _Record:
+    return _Record(user_id, identity_pending=pending)
+
+
+@dataclass(frozen=True)
+class _Audit:
+    id: int
+    at: datetime
+    actor: str
+    action: str
+    subject: str | None
+    detail: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    intact: bool
+    entries: int
+    message: str
