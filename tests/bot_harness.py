@@ -233,9 +233,9 @@ async def enrol(
     room (by key) and have it join; the ids of the rooms joined, in the order of `joins`.
 
     `admin` is who does it: the admin's client and DM with the bot, to use the chat commands
-    (`!clearance grant`, `!invite`), or the BotEnv, to call the bot's own `grant` and `invite`
-    as its admin. A client joins once its invite has reached it; with `at_once` (BotEnv only)
-    it joins by room id the moment the invite is made, without waiting for any sync."""
+    (`!clearance grant`, `!invite`), or the BotEnv, to call the bot's command ports
+    (`bot.commands.grant`, `bot.commands.invite`) as its admin. A client joins once its
+    invite has reached it; with `at_once` (BotEnv only) it joins by room id the moment the invite is made, without waiting for any sync."""
     if isinstance(admin, BotEnv):
         env, bot = admin, admin.bot
         assert bot is not None
