@@ -154,6 +154,7 @@ class EventRouter:
                 content=event.source.get("content", {}),
                 sent_at=sent_at(event),
                 handle=event,
+                ciphertext=self.gateway.ciphertext_of(event.event_id),
             )
         )
 

@@ -103,6 +103,7 @@ class SentIndex:
 # Sessions whose sent events are remembered for answering key requests; nio rotates a session
 # after 100 messages or 7 days, so this covers many rooms' current and recent sessions.
 REMEMBERED_SESSIONS = 2000
+REMEMBERED_CIPHERTEXTS = 20_000
 
 
 class Gateway:
@@ -116,6 +117,34 @@ class Gateway:
         self._stale_members: set[str] = set()
         # (room id, session id) -> the events the bot sent with that outbound session.
         self._sent: OrderedDict[tuple[str, str], list[SentIndex]] = OrderedDict()
+        # event id -> "sender key|session id|message index" of the message it decrypted from
+        self._ciphertexts: OrderedDict[str, str] = OrderedDict()
+        self._watch_message_indexes()
+
+    def _watch_message_indexes(self) -> None:
+        """Note which megolm message each event decrypted from. nio checks replays only
+        against an in-memory cache, emptied by a restart; the bot keeps what it acted on
+        (`ciphertext_of`), so the same message under a new event id is recognised."""
+        olm = self.client.olm
+        if olm is None:
+            return
+        check = olm.message_index_ok
+
+        def noted(message_index: int, event: MegolmEvent) -> bool:
+            self._ciphertexts[event.event_id] = (
+                f"{event.sender_key}|{event.session_id}|{message_index}"
+            )
+            self._ciphertexts.move_to_end(event.event_id)
+            while len(self._ciphertexts) > REMEMBERED_CIPHERTEXTS:
+                self._ciphertexts.popitem(last=False)
+            return bool(check(message_index, event))
+
+        olm.message_index_ok = noted
+
+    def ciphertext_of(self, event_id: str) -> str | None:
+        """The megolm message (sender key, session, index) a decrypted event came from;
+        None for an event that was not decrypted here (in clear, or long ago)."""
+        return self._ciphertexts.get(event_id)
 
     @property
     def user_id(self) -> UserId:

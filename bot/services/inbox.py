@@ -22,7 +22,7 @@ from bot.storage import Store, in_thread
 from bot.tasks import Supervisor
 from commands.context import Invocation, Reply
 from commands.dispatch import dispatch, is_command
-from commands.document import Document, doc, para
+from commands.document import Code, Document, Mention, doc, para
 from commands.registry import Registry
 from commands.services import Services
 from policy import is_tagged
@@ -45,6 +45,8 @@ class IncomingMessage:
     content: dict[str, Any]
     sent_at: datetime
     handle: EventHandle  # the edge's own event, for the sender gate and replies
+    # the encrypted message it came from (sender key, session, index); None if in clear
+    ciphertext: str | None = None
 
 
 class Replier(Protocol):
@@ -64,6 +66,8 @@ class Replier(Protocol):
     async def direct_room_for(self, user_id: UserId) -> str: ...
 
     def send_later(self, room_id: str, document: Document) -> None: ...
+
+    async def alert_admins(self, document: Document) -> None: ...
 
 
 class RoomState(Protocol):
@@ -114,6 +118,8 @@ class Inbox:
         if not command and not (managed is not None and is_tagged(message.body)):
             return
         if await in_thread(self.store.is_handled, message.event_id):
+            return
+        if await self._replayed(message):
             return
         if not command and managed is not None:
             source = Source(
@@ -187,10 +193,41 @@ class Inbox:
             await self._reply(invocation, outcome.reply)
         await in_thread(self.store.mark_handled, message.event_id, room_id)
 
+    async def _replayed(self, message: IncomingMessage) -> bool:
+        """An encrypted message already acted on under another event id (sent again with
+        a stolen access token after a restart emptied nio's replay cache): refused, audited,
+        the admins alerted. True if refused."""
+        if message.ciphertext is None or await in_thread(
+            self.store.claim_ciphertext, message.ciphertext, message.event_id
+        ):
+            return False
+        log.warning("replayed message %s from %s refused", message.event_id, message.sender)
+        await self.audit(
+            message.sender,
+            "replay.refused",
+            message.event_id,
+            {"room_id": message.room_id},
+        )
+        await in_thread(self.store.mark_handled, message.event_id, message.room_id)
+        await self.replier.alert_admins(
+            doc(
+                para(
+                    "⚠ Replay refused: ",
+                    Mention(message.sender),
+                    " sent again an encrypted message the bot had already acted on (",
+                    Code(message.event_id),
+                    "). Someone may hold their access token: check their sessions.",
+                )
+            )
+        )
+        return True
+
     async def _on_edit(
         self, message: IncomingMessage, managed: ManagedRoom, original: EventId
     ) -> None:
         if await in_thread(self.store.is_handled, message.event_id):
+            return
+        if await self._replayed(message):
             return
         new_body = (message.content.get("m.new_content") or {}).get("body")
         if isinstance(new_body, str):

@@ -207,6 +207,18 @@ class HandledEventRow(Base):
     handled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
 
 
+class CiphertextRow(Base):
+    """Which encrypted message each acted-on event was: (sender key, megolm session, message
+    index) -> event id. Kept for good (a row is small): the same ciphertext sent again under
+    a new event id, after a restart emptied nio's in-memory replay cache, is a replay."""
+
+    __tablename__ = "acted_ciphertexts"
+
+    ciphertext: Mapped[str] = mapped_column(String(255), primary_key=True)
+    event_id: Mapped[str] = mapped_column(String(255))
+    acted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class DirectRoomRow(Base):
     """The encrypted direct-message room the bot shares with one person."""
 

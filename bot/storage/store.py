@@ -30,6 +30,7 @@ from bot.storage.models import (
     AuditHeadRow,
     AuditRow,
     BotSessionRow,
+    CiphertextRow,
     ClearanceCaveatRow,
     ClearanceRow,
     CrossSigningRow,
@@ -179,6 +180,16 @@ class Store:
                 return False
             session.add(HandledEventRow(event_id=event_id, room_id=room_id))
             return True
+
+    def claim_ciphertext(self, ciphertext: str, event_id: str) -> bool:
+        """Record that `event_id` is the encrypted message `ciphertext` (sender key, session,
+        index); False if that message was already acted on under another event id: a replay."""
+        with self.session() as session:
+            row = session.get(CiphertextRow, ciphertext)
+            if row is None:
+                session.add(CiphertextRow(ciphertext=ciphertext, event_id=event_id))
+                return True
+            return row.event_id == event_id
 
     def prune_handled(self, before: datetime) -> int:
         with self.session() as session:
