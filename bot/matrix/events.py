@@ -105,24 +105,54 @@ class EventRouter:
         if room_id in self.rooms.by_id:
             await self.gateway.join(room_id)
             return
-        if inviter is not None and (
+        staff = inviter is not None and (
             inviter in self.settings.admins or inviter in self.settings.officers
-        ):
+        )
+        why = (
+            "not an admin or officer"
+            if not staff
+            else "not marked as a direct chat"
+            if not is_direct
+            else None
+        )
+        if inviter is not None and why is None:
             try:
                 await self.gateway.join(room_id)
+                why = await self._not_a_dm(room_id, inviter)
             except MatrixError as exc:
                 log.warning("could not join the DM from %s: %s", inviter, exc)
                 return
-            await self.direct.add(room_id, UserId(inviter))
-            await self.audit(
-                self.user_id, "dm.accepted", inviter, {"room_id": room_id, "is_direct": is_direct}
-            )
-            return
+            if why is None:
+                await self.direct.add(room_id, UserId(inviter))
+                await self.audit(
+                    self.user_id,
+                    "dm.accepted",
+                    inviter,
+                    {"room_id": room_id, "is_direct": is_direct},
+                )
+                return
         try:
             await self.gateway.leave(room_id)
         except MatrixError as exc:
             log.warning("could not decline the invite to %s: %s", room_id, exc)
-        await self.audit(self.user_id, "invite.declined", inviter, {"room_id": room_id})
+        await self.audit(
+            self.user_id, "invite.declined", inviter, {"room_id": room_id, "reason": why}
+        )
+
+    async def _not_a_dm(self, room_id: str, partner: str) -> str | None:
+        """Why a joined room is not a direct chat with `partner`, or None. A DM is encrypted
+        and holds the two of them only: private replies and admin alerts go there."""
+        state = await self.gateway.state(room_id)
+        if ("m.room.encryption", "") not in state:
+            return "not encrypted"
+        members = {
+            key
+            for (kind, key), event in state.items()
+            if kind == "m.room.member" and event.content.get("membership") in ("join", "invite")
+        }
+        if not members <= {partner, self.user_id}:
+            return "others are in it"
+        return None
 
     async def on_event(self, room_id: str, event: Any, initial: bool) -> None:
         """One timeline event (also one decrypted late, with `initial` False)."""

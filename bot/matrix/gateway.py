@@ -174,14 +174,6 @@ class Gateway:
         room = self.client.rooms.get(room_id)
         return None if room is None else bool(room.encrypted)
 
-    async def send_plain_notice(self, room_id: str, body: str) -> None:
-        """A notice into a room without encryption: only fixed text the bot wrote, never a
-        user's words, a marking or a room name (callers keep it so)."""
-        response = await self.client.room_send(
-            room_id, "m.room.message", {"msgtype": "m.notice", "body": body}
-        )
-        check(response, f"notice to {room_id}")
-
     async def after_sync(self) -> None:
         """What nio's sync_forever does between syncs: keys and to-device messages."""
         client = self.client
@@ -388,6 +380,10 @@ class Gateway:
             room = self.client.rooms.get(room_id)
             if room is None:
                 raise MatrixError(f"send to {room_id}", "M_NOT_JOINED", "room not synced yet", None)
+            if not room.encrypted:
+                # Nothing but a room's own state goes to a room without encryption: a
+                # message there would be readable by the homeserver and anyone it lets in.
+                raise MatrixError(f"send to {room_id}", None, "refused: room not encrypted", None)
             olm = self.client.olm
             excluded: frozenset[str] = frozenset()
             if room.encrypted:

@@ -200,10 +200,18 @@ class Messenger:
 
     async def direct_room_for(self, user_id: UserId) -> str:
         """The DM with this person, created (encrypted) if there is none."""
-        for room_id in self.direct.rooms_with(user_id):  # the newest DM wins
+        for room_id in self.direct.rooms_with(user_id):  # the newest usable DM wins
             members = self.gateway.members(room_id)
-            if members is None or user_id in members:
-                return room_id  # a DM they left is not reused: they would never read it
+            if members is None:
+                return room_id  # made by the bot a moment ago, not synced yet
+            # Reused only while encrypted and theirs alone: not one they left (they would
+            # never read it), not one others have joined.
+            if (
+                self.gateway.is_encrypted(room_id)
+                and user_id in members
+                and set(members) <= {user_id, self.user_id}
+            ):
+                return room_id
         room_id = await self.gateway.create_room(
             name=None,
             topic=None,

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from bot.matrix.gateway import MatrixError
 from bot.services.membership import Membership
 from bot.services.ports import Audit, EventHandle, SenderGate
 from bot.services.relay import RelayEngine, Source
@@ -29,8 +28,6 @@ from policy import is_tagged
 from policy.ids import EventId, RoomId, UserId
 
 log = logging.getLogger(__name__)
-
-UNENCRYPTED_NOTICE = "liaison-bot only works in encrypted rooms: turn on encryption here."
 
 
 @dataclass(frozen=True)
@@ -72,8 +69,6 @@ class Replier(Protocol):
 
 class RoomState(Protocol):
     def is_encrypted(self, room_id: str) -> bool | None: ...
-
-    async def send_plain_notice(self, room_id: str, body: str) -> None: ...
 
 
 class Inbox:
@@ -139,10 +134,8 @@ class Inbox:
                 None,
                 {"room_id": room_id, "reason": "room not encrypted"},
             )
-            try:
-                await self.room_state.send_plain_notice(room_id, UNENCRYPTED_NOTICE)
-            except MatrixError as exc:  # told or not, the command is refused and handled
-                log.warning("could not tell %s that it is not encrypted: %s", room_id, exc)
+            # Not answered: nothing but room state goes to a room without encryption.
+            log.warning("command in unencrypted room %s refused", room_id)
             await in_thread(self.store.mark_handled, message.event_id, room_id)
             return
         refusal = await self.gate.untrusted_sender(room_id, message.handle)
