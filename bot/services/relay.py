@@ -376,6 +376,14 @@ class RelayEngine:
         if item.sender != source.sender:
             return None  # clients ignore edits by someone else; so do we
         room = source.room
+        # Every edit of an item passes the gate, whatever it says: one that drops the
+        # marking would otherwise withdraw every copy for anyone holding the sender's token.
+        refusal = await self.gate.untrusted_sender(room.room_id, source.event)
+        if refusal is not None:
+            await self._audit(
+                source.sender, "relay.untrusted-device", room, source, {"problem": refusal[0]}
+            )
+            return doc(para("⚠ Edit not applied: ", refusal[0], ". Nothing was changed."))
         if not is_tagged(new_body):
             return await self._withdraw(source, item, "the edit removed the marking")
         try:
@@ -385,9 +393,6 @@ class RelayEngine:
         except MarkingError as exc:
             return doc(para("⚠ Edit not applied to the relayed copies: ", str(exc), "."))
         assert message is not None
-        refusal = await self.gate.untrusted_sender(room.room_id, source.event)
-        if refusal is not None:
-            return doc(para("⚠ Edit not applied: ", refusal[0], "."))
         own = fits(message.label, room.policy)
         if not own.allowed:
             await self._spillage(
@@ -463,16 +468,29 @@ class RelayEngine:
         return doc(para(f"Relayed copies withdrawn from {', '.join(keys) or 'no rooms'}: {why}."))
 
     async def handle_redaction(self, room: ManagedRoom, redacts: str, sender: str) -> None:
-        """The source was redacted: redact its copies and forget its text."""
+        """The source was redacted by its sender or an admin: its copies are withdrawn and
+        it leaves digests and search. Its sealed text is kept: a redaction is not encrypted
+        and names no device, so anyone holding the sender's access token can send one; it
+        may withdraw (the safe direction), never destroy the record."""
         item = await in_thread(self.store.item, redacts)
         if item is None or item.redacted_at is not None:
             return
-        keys = await self._redact_copies(f"redaction:{redacts}", redacts)
+        if sender != item.sender and sender not in self.settings.admins:
+            await self.audit(
+                sender,
+                "intel.redaction-ignored",
+                redacts,
+                {"room": room.key, "reason": "neither the item's sender nor an admin"},
+            )
+            return
+        keys = await self._redact_copies(f"redaction:{redacts}", redacts, forget=False)
         await self.audit(sender, "intel.redacted", redacts, {"room": room.key, "copies": keys})
 
-    async def _redact_copies(self, cause_event_id: str, item_event_id: str) -> list[str]:
+    async def _redact_copies(
+        self, cause_event_id: str, item_event_id: str, *, forget: bool = True
+    ) -> list[str]:
         """Redact every sent copy of an item (ledger rows keyed by the causing event) and
-        forget the item's text; the target room keys of the copies."""
+        retire the item, forgetting its text unless told not to; the copies' room keys."""
         copies = [
             c
             for c in await in_thread(self.store.copies_of, item_event_id)
@@ -491,9 +509,8 @@ class RelayEngine:
         ]
         for row in await in_thread(self.store.add_relays, entries):
             await self._send(row)
-        await in_thread(
-            self.store.redact_item, item_event_id, self.sealer.seal_text("", item_event_id)
-        )
+        sealed_empty = self.sealer.seal_text("", item_event_id) if forget else None
+        await in_thread(self.store.redact_item, item_event_id, sealed_empty)
         return [c.target_key for c in copies]
 
     # ------------------------------------------------------------ the ledger's tail

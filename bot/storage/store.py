@@ -497,13 +497,16 @@ class Store:
                 row.precedence, row.exercise, row.topics = precedence, exercise, list(topics)
                 row.text = text
 
-    def redact_item(self, event_id: str, sealed_empty: str) -> IntelItem | None:
-        """The source was redacted: forget its text, keep the record of what happened."""
+    def redact_item(self, event_id: str, sealed_empty: str | None) -> IntelItem | None:
+        """Retire an item (out of digests and search), keeping the record of what happened;
+        its text is replaced by `sealed_empty` unless that is None (kept sealed)."""
         with self.session() as session:
             row = _item_row(session, event_id)
             if row is None:
                 return None
-            row.text, row.redacted_at = sealed_empty, utcnow()
+            if sealed_empty is not None:
+                row.text = sealed_empty
+            row.redacted_at = utcnow()
             session.flush()
             return IntelItem.of(row)
 

@@ -1,0 +1,136 @@
+"""Issue 14, findings 4 and 19: edits and redactions of tagged intelligence, with a stolen
+access token in mind. The relay engine on a real SQLite store, its homeserver ports faked
+(they record what would be sent or redacted)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from bot.metrics import Metrics
+from bot.services.relay import RelayEngine, Source
+from bot.services.rooms import ManagedRoom
+from bot.storage import Store
+from bot.storage.migrate import upgrade
+from policy import make_room, parse_marking
+from policy.ids import EventId, RoomId, RoomKey, UserId
+
+DEU = ManagedRoom(
+    RoomKey("deu"), "DEU cell", make_room(parse_marking("DEU GEHEIM")), RoomId("!d:x")
+)
+NATO = ManagedRoom(
+    RoomKey("nato-s"),
+    "NATO SECRET liaison",
+    make_room(parse_marking("NATO SECRET")),
+    RoomId("!n:x"),
+)
+OFFICER, ADMIN, OTHER = UserId("@lo:x"), UserId("@admin:x"), UserId("@other:x")
+ORIGINAL = EventId("$original")
+
+
+@dataclass
+class Ports:
+    """The messenger, sender gate and audit ports, recording."""
+
+    untrusted: str | None = None  # what the gate says of the sending device
+    sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    redacted: list[tuple[str, str]] = field(default_factory=list)
+    audited: list[tuple[str, str]] = field(default_factory=list)
+    user_id: str = "@bot:x"
+
+    async def send(self, room_id: str, content: dict[str, Any], **_: Any) -> str:
+        self.sent.append((room_id, content))
+        return f"$copy{len(self.sent)}"
+
+    async def redact(self, room_id: str, event_id: str, reason: str, tx_id: Any = None) -> None:
+        self.redacted.append((room_id, event_id))
+
+    async def alert_admins(self, document: Any) -> None:
+        return None
+
+    async def untrusted_sender(self, room_id: str, event: Any) -> Any:
+        return None if self.untrusted is None else (self.untrusted, None)
+
+    async def __call__(self, actor: str, action: str, subject: Any, detail: Any) -> None:
+        self.audited.append((actor, action))
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    url = f"sqlite:///{tmp_path / 'relay.db'}"
+    upgrade(url)
+    store = Store.from_url(url)
+    yield store
+    store.close()
+
+
+def engine(store: Store, ports: Ports) -> RelayEngine:
+    rooms = SimpleNamespace(
+        by_key={"deu": DEU, "nato-s": NATO},
+        targets_of=lambda key: ["nato-s"] if key == "deu" else [],
+    )
+    settings = SimpleNamespace(caveats=[], officers=[OFFICER], admins=[ADMIN])
+    return RelayEngine(
+        settings,  # type: ignore[arg-type]
+        store,
+        rooms,  # type: ignore[arg-type]
+        ports,  # type: ignore[arg-type]
+        ports,  # type: ignore[arg-type]
+        ports,
+        Metrics(lambda: None),
+        "a-data-key-of-thirty-two-characters!",
+    )
+
+
+def source(event_id: str = ORIGINAL, sender: UserId = OFFICER) -> Source:
+    return Source(DEU, ORIGINAL, sender, datetime.now(UTC), SimpleNamespace(event_id=event_id))
+
+
+async def relayed(store: Store, ports: Ports) -> RelayEngine:
+    relay = engine(store, ports)
+    receipt = await relay.handle(source(), "[GEHEIM // REL TO NATO] convoy sighted")
+    assert receipt is not None and "nato-s" in receipt.plain
+    assert [room for room, _ in ports.sent] == ["!n:x"]
+    return relay
+
+
+async def test_an_edit_from_an_untrusted_device_changes_nothing(store: Store) -> None:
+    ports = Ports()
+    relay = await relayed(store, ports)
+    ports.untrusted = "device ABC is not verified by its owner"
+    reply = await relay.handle_edit(source("$edit"), "convoy sighted (marking dropped)")
+    assert reply is not None and "Edit not applied" in reply.plain
+    assert ports.redacted == []  # the copy stays
+    item = store.item(ORIGINAL)
+    assert item is not None and item.redacted_at is None
+    assert relay.open_text(item) == "convoy sighted"
+    assert (OFFICER, "relay.untrusted-device") in ports.audited
+
+
+async def test_a_redaction_by_someone_else_is_ignored_and_audited(store: Store) -> None:
+    ports = Ports()
+    relay = await relayed(store, ports)
+    await relay.handle_redaction(DEU, ORIGINAL, OTHER)
+    assert ports.redacted == []
+    item = store.item(ORIGINAL)
+    assert item is not None and item.redacted_at is None
+    assert (OTHER, "intel.redaction-ignored") in ports.audited
+
+
+@pytest.mark.parametrize("redactor", [OFFICER, ADMIN])
+async def test_a_redaction_withdraws_the_copies_but_keeps_the_sealed_record(
+    store: Store, redactor: UserId
+) -> None:
+    ports = Ports()
+    relay = await relayed(store, ports)
+    await relay.handle_redaction(DEU, ORIGINAL, redactor)
+    assert ports.redacted == [("!n:x", "$copy1")]
+    item = store.item(ORIGINAL)
+    assert item is not None and item.redacted_at is not None  # out of digests and search
+    assert relay.open_text(item) == "convoy sighted"  # not destroyed by an unsigned event
