@@ -136,6 +136,7 @@ class LiaisonBot:
             self.metrics,
             partner_of=self.direct.partner_of,
             identity_confirmed=lambda user: self.trust.invalidate([user]),
+            check_identity=self._fresh_trust,
         )
         membership.user_id = self.user_id
         self.trust = DeviceTrust(

@@ -197,3 +197,24 @@ async def test_undecryptable_message_is_reported_to_the_sender(
     assert any(
         e.action == "event.undecryptable" and e.detail.get("event_id") == event_id for e in entries
     )
+
+
+async def test_the_identity_is_pinned_at_grant_time(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    """Issue 14, finding 19: a master key swapped between the grant and the person's first
+    message must not be pinned as theirs; the grant pins the one published then."""
+    person = make_user("pinned-at-grant")
+    await make_client(person)  # cross-signed, in no room with the bot
+    assert bot_env.bot is not None
+    record = await bot_env.bot.commands.grant(
+        bot_env.admin.user_id,  # type: ignore[arg-type]
+        person.user_id,  # type: ignore[arg-type]
+        "NATO SECRET",
+        nationality="DEU",
+        expires=None,
+        caveats=(),
+    )
+    assert record.identity_key is not None
+    stored = bot_env.store.clearance(person.user_id)  # type: ignore[union-attr]
+    assert stored is not None and stored.identity_key == record.identity_key

@@ -8,7 +8,7 @@ one user before any decision that admits them (an invite, a join).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 from bot.config import BotConfig
@@ -42,6 +42,7 @@ class Membership:
         metrics: Metrics,
         partner_of: Callable[[str], UserId | None],
         identity_confirmed: Callable[[UserId], None],
+        check_identity: Callable[[UserId], Awaitable[None]],
     ) -> None:
         self.settings = settings
         self.store = store
@@ -52,6 +53,7 @@ class Membership:
         self.metrics = metrics
         self.partner_of = partner_of  # room id -> the partner of the bot's DM there
         self.identity_confirmed = identity_confirmed
+        self.check_identity = check_identity  # fetch and pin the user's master key now
         self.user_id = UserId("")  # the bot's own id, set once logged in
         self._clearances: dict[str, ClearanceRecord] = {}
 
@@ -214,6 +216,13 @@ class Membership:
         except RegisterError as exc:
             raise CommandError(str(exc)) from None
         self.remember(record)
+        # Pin their cross-signing identity now, not at their first message: a master key
+        # swapped between the grant and that moment would otherwise be pinned as theirs.
+        await self.check_identity(user_id)
+        refreshed = await in_thread(self.store.clearance, record.user_id)
+        if refreshed is not None:
+            self.remember(refreshed)
+            record = refreshed
         return record
 
     async def revoke(self, actor: UserId, user_id: UserId, scope: str | None) -> RevokeOutcome:
