@@ -156,6 +156,7 @@ class LiaisonBot:
             self.audit,
             self.tasks,
             self.progress.next_sync,
+            self._admin_room_id,
         )
         self.key_requests = KeyRequests(
             gateway,
@@ -253,6 +254,11 @@ class LiaisonBot:
 
     async def _alert_identity_change(self, record: ClearanceRecord, new_key: str) -> None:
         await self.messenger.alert_identity_change(record, new_key)
+
+    def _admin_room_id(self) -> str | None:
+        key = self.config.bot.admin_room
+        managed = self.rooms.by_key.get(key) if key is not None else None
+        return managed.room_id if managed is not None else None
 
     async def _fresh_trust(self, user_id: str) -> None:
         """Check a user's cross-signing again now, not from the cache."""

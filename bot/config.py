@@ -155,7 +155,8 @@ class BotConfig(_Section):
     officers: list[UserId] = Field(default_factory=list)
     caveats: list[str] = Field(default_factory=list)
     timezone: str = "UTC"
-    admin_room: ids.RoomId | None = None
+    # the key of a managed room (its label applies) for admin alerts; admins only
+    admin_room: RoomKey | None = None
     sweep_interval: Duration = timedelta(minutes=5)
     digest_catchup_grace: Duration = timedelta(hours=2)
     undecryptable_grace: Duration = timedelta(seconds=60)
@@ -184,13 +185,6 @@ class BotConfig(_Section):
             ZoneInfo(value)
         except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder, a long name
             raise ValueError(f"unknown timezone {value!r} (e.g. 'UTC', 'Europe/Berlin')") from None
-        return value
-
-    @field_validator("admin_room")
-    @classmethod
-    def _admin_room(cls, value: ids.RoomId | None) -> ids.RoomId | None:
-        if value is not None and not re.match(r"^!\S+:\S+$", value):
-            raise ValueError(f"bad room id {value!r}: expected '!id:server'")
         return value
 
 
@@ -518,6 +512,10 @@ def _reference_errors(raw: Mapping[str, Any]) -> list[str]:
         sources = digest.get("sources")
         for j, source in enumerate(sources if isinstance(sources, list) else []):
             refs.append(_Ref(f"digests[{i}].sources[{j}]", source))
+    bot = raw.get("bot")
+    if isinstance(bot, dict) and "admin_room" in bot:
+        # A managed room, so its label decides who gets its key and only admins stay in it.
+        refs.append(_Ref("bot.admin_room", bot.get("admin_room")))
     ingest = raw.get("ingest")
     feeds = ingest.get("feeds") if isinstance(ingest, dict) else None
     feed_keys: set[object] = set()

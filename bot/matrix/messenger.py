@@ -71,6 +71,7 @@ class Messenger:
         audit: Audit,
         tasks: Supervisor,
         next_sync: Callable[[float], Awaitable[None]],
+        admin_room: Callable[[], str | None],
     ) -> None:
         self.gateway = gateway
         self.trust = trust
@@ -80,6 +81,7 @@ class Messenger:
         self.audit = audit
         self.tasks = tasks
         self.next_sync = next_sync  # wait at most this long for the next handled sync
+        self.admin_room = admin_room  # the room id of [bot] admin_room, a managed room
 
     @property
     def user_id(self) -> str:
@@ -164,10 +166,12 @@ class Messenger:
     # ------------------------------------------------------------ direct chats and alerts
 
     async def alert_admins(self, document: Document) -> None:
-        """To [bot] admin_room, else to each admin's direct message with the bot."""
+        """To [bot] admin_room (a managed room: its label decides who gets the key, and
+        only admins stay in it), else to each admin's direct message with the bot."""
+        admin_room = self.admin_room()
         targets = (
-            [self.settings.admin_room]
-            if self.settings.admin_room
+            [admin_room]
+            if admin_room is not None
             else [await self.direct_room_for(admin) for admin in self.settings.admins]
         )
         for room_id in targets:

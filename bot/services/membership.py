@@ -87,6 +87,8 @@ class Membership:
         return datetime.now(UTC).date()
 
     def may_join(self, user_id: UserId, room: ManagedRoom) -> Decision:
+        if room.key == self.settings.admin_room and user_id not in self.settings.admins:
+            return Decision(False, (f"{user_id} is not an admin: {room.key} is the admin room",))
         record = self._clearances.get(user_id)
         if record is None:
             return Decision(False, (f"no clearance on record for {user_id}",))
