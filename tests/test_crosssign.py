@@ -104,3 +104,64 @@ def test_key_serialisation_round_trip_and_fingerprint() -> None:
     again = CrossSigningKeys.from_json(keys.to_json())
     assert again.master.public == keys.master.public
     assert normalise_fingerprint(fingerprint(keys.master.public)) == keys.master.public
+
+
+class FakeKeysAPI:
+    """A homeserver that lists the bot's device with keys of its own choosing."""
+
+    def __init__(self, listed: dict[str, Any]) -> None:
+        self.listed = listed
+        self.uploaded: dict[str, Any] | None = None
+        self.signed: list[Any] = []
+
+    async def query(self, users: Any) -> dict[str, Any]:
+        body = self.uploaded or {}
+        return {
+            "master_keys": {USER: body["master_key"]} if body else {},
+            "self_signing_keys": {USER: body["self_signing_key"]} if body else {},
+            "device_keys": {USER: {"BOTDEV": self.listed}},
+        }
+
+    async def upload_cross_signing(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.uploaded = body
+        return {}
+
+    async def upload_signatures(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.signed.append(body)
+        return {}
+
+
+def test_the_bot_signs_only_its_own_device_keys(tmp_path: Any) -> None:
+    """Issue 14, finding 18: a device listed under the bot's id with keys that are not the
+    bot's own is never signed; the start stops with the reason."""
+    import asyncio
+
+    import pytest
+
+    from bot.matrix.gateway import MatrixError
+    from bot.matrix.trust import bootstrap_cross_signing, key_sealer
+    from bot.storage import Store
+    from bot.storage.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    upgrade(url)
+    store = Store.from_url(url)
+    own = {"ed25519": SigningKey.generate().public, "curve25519": "o" * 43}
+    forged = device(SigningKey.generate(), "BOTDEV")  # the server's own choice of keys
+    api = FakeKeysAPI(forged)
+    try:
+        with pytest.raises(MatrixError, match="not this device's own"):
+            asyncio.run(
+                bootstrap_cross_signing(
+                    api,  # type: ignore[arg-type]
+                    store,
+                    key_sealer("a-pickle-key-of-thirty-two-characters"),
+                    USER,
+                    "BOTDEV",
+                    None,
+                    own,
+                )
+            )
+        assert api.signed == []
+    finally:
+        store.close()

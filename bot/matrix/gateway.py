@@ -452,6 +452,11 @@ class Gateway:
                 return device
         return None
 
+    def own_identity_keys(self) -> dict[str, str]:
+        """This device's ed25519 and curve25519 keys, from its own account."""
+        olm = self.client.olm
+        return dict(olm.account.identity_keys) if olm is not None else {}
+
     @property
     def own_sender_key(self) -> str | None:
         """This device's curve25519 key: the `sender_key` of every session it created."""

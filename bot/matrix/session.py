@@ -106,6 +106,7 @@ async def cross_sign(gateway: Gateway, config: Config, secrets: Secrets, store: 
             config.homeserver.user_id,
             gateway.device_id,
             secrets.password,
+            gateway.own_identity_keys(),
         )
     except MatrixError as exc:
         await keys_api.close()

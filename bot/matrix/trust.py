@@ -85,9 +85,14 @@ async def bootstrap_cross_signing(
     user_id: str,
     device_id: str,
     password: str | None,
+    own_keys: Mapping[str, str],
 ) -> CrossSigningKeys:
     """Make the bot a cross-signed participant: keys generated once (or reused), uploaded if
-    the server lacks them, and the bot's device signed by its self-signing key."""
+    the server lacks them, and the bot's device signed by its self-signing key.
+
+    `own_keys` are the device's identity keys as its own account holds them ("ed25519",
+    "curve25519"): the device the server lists under the bot's id is signed only if it has
+    exactly those keys, or a homeserver could get a device of its choosing signed as the bot."""
     saved = await asyncio.to_thread(store.cross_signing)
     keys = (
         CrossSigningKeys.from_json(sealer.open_text(saved[2], user_id))
@@ -129,6 +134,16 @@ async def bootstrap_cross_signing(
     device = query.get("device_keys", {}).get(user_id, {}).get(device_id)
     if device is None:
         raise MatrixError("cross-signing", None, f"own device {device_id} not on the server", None)
+    listed = device.get("keys", {}) if isinstance(device, dict) else {}
+    for algorithm in ("ed25519", "curve25519"):
+        if listed.get(f"{algorithm}:{device_id}") != own_keys.get(algorithm):
+            raise MatrixError(
+                "cross-signing",
+                None,
+                f"the server lists device {device_id} with a {algorithm} key that is not this "
+                "device's own: refusing to sign it",
+                None,
+            )
     if device_id not in check_identity(user_id, query).signed_devices:
         signed = keys.sign_device(device)
         result = await api.upload_signatures({user_id: {device_id: signed}})
