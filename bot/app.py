@@ -157,6 +157,7 @@ class LiaisonBot:
             self.tasks,
             self.progress.next_sync,
             self._admin_room_id,
+            membership.refresh_room,
         )
         self.key_requests = KeyRequests(
             gateway,

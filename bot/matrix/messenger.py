@@ -72,6 +72,7 @@ class Messenger:
         tasks: Supervisor,
         next_sync: Callable[[float], Awaitable[None]],
         admin_room: Callable[[], str | None],
+        refresh_readers: Callable[[str], Awaitable[None]],
     ) -> None:
         self.gateway = gateway
         self.trust = trust
@@ -82,6 +83,7 @@ class Messenger:
         self.tasks = tasks
         self.next_sync = next_sync  # wait at most this long for the next handled sync
         self.admin_room = admin_room  # the room id of [bot] admin_room, a managed room
+        self.refresh_readers = refresh_readers  # re-read the members' clearances
 
     @property
     def user_id(self) -> str:
@@ -120,6 +122,7 @@ class Messenger:
         also_to: Sequence[OlmDevice] = (),
     ) -> EventId:
         await self.gateway.ensure_current_members(room_id)
+        await self.refresh_readers(room_id)
         await self.trust.refresh(self.recipients(room_id))
         event_id = await self.gateway.send(
             room_id,

@@ -70,6 +70,19 @@ class Membership:
         else:
             self._clearances[user_id] = record
 
+    async def refresh_room(self, room_id: str) -> None:
+        """Re-read the records of a room's members before its key is shared: a grant or
+        revocation made with the CLI (another process) counts from the next message, not
+        from the next sweep."""
+        members = [u for u in self.control.members(room_id) or {} if u != self.user_id]
+        records = {r.user_id: r for r in await in_thread(self.store.clearances_of, members)}
+        for user_id in members:
+            record = records.get(user_id)
+            if record is None:
+                self._clearances.pop(user_id, None)
+            else:
+                self._clearances[user_id] = record
+
     def record_of(self, user_id: UserId) -> ClearanceRecord | None:
         return self._clearances.get(user_id)
 

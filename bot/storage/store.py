@@ -271,6 +271,15 @@ class Store:
             row = session.scalar(select(ClearanceRow).where(ClearanceRow.user_id == user_id))
             return ClearanceRecord.of(row) if row else None
 
+    def clearances_of(self, user_ids: Iterable[str]) -> list[ClearanceRecord]:
+        """The records of these users (those that have one), in one query."""
+        wanted = sorted(set(user_ids))
+        if not wanted:
+            return []
+        with self.session() as session:
+            rows = session.scalars(select(ClearanceRow).where(ClearanceRow.user_id.in_(wanted)))
+            return [ClearanceRecord.of(r) for r in rows]
+
     def clearances(self) -> list[ClearanceRecord]:
         with self.session() as session:
             rows = session.scalars(select(ClearanceRow).order_by(ClearanceRow.user_id))
