@@ -33,7 +33,7 @@ from bot.services.relay import RelayEngine
 from bot.services.rooms import RoomDirectory
 from bot.services.search import Inventory
 from bot.startup import Secrets, StartupError
-from bot.storage import ClearanceRecord, Store
+from bot.storage import ClearanceRecord, Store, audit_key_from, in_thread
 from bot.storage.migrate import upgrade
 from bot.tasks import Supervisor
 from commands import build_registry
@@ -83,8 +83,7 @@ class LiaisonBot:
         return self.config.homeserver.user_id
 
     @property
-    def client(self) -> Client:
-        """The Matrix client (for tests and tools; the bot itself goes through `gateway`)."""
+    def client(self) -> Client:  # for tests and tools; the bot goes through `gateway`
         return self.gateway.client
 
     # ------------------------------------------------------------ lifecycle
@@ -94,6 +93,9 @@ class LiaisonBot:
         if self.config.metrics is not None:
             runner = await serve(self.metrics, self.config.metrics.bind)
             self._exit.push_async_callback(runner.cleanup)
+        if self.store.audit_key is None:  # every row the bot writes is keyed
+            self.store.audit_key = audit_key_from(self.secrets.data_key)
+        await in_thread(self.store.key_audit_log)
         self.gateway = await login(self.config, self.secrets, self.store)
         self._exit.push_async_callback(self.gateway.client.close)
         keys_api = await cross_sign(self.gateway, self.config, self.secrets, self.store)
@@ -226,11 +228,6 @@ class LiaisonBot:
         )
         self._exit.callback(self.digests.shutdown)
 
-    async def run(self) -> None:
-        await self.start()
-        await self.tasks.stopping.wait()
-        await self.close()
-
     def request_stop(self) -> None:
         self.tasks.stopping.set()
 
@@ -257,8 +254,7 @@ class LiaisonBot:
         await self.messenger.alert_identity_change(record, new_key)
 
     def _admin_room_id(self) -> str | None:
-        key = self.config.bot.admin_room
-        managed = self.rooms.by_key.get(key) if key is not None else None
+        managed = self.rooms.by_key.get(self.config.bot.admin_room or "")
         return managed.room_id if managed is not None else None
 
     async def _fresh_trust(self, user_id: str) -> None:

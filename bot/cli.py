@@ -22,7 +22,7 @@ import click
 
 from bot.config import Config, ConfigError, load_config
 from bot.services.register import ClearanceRegister, RegisterError
-from bot.storage import Store
+from bot.storage import Store, StoreError, audit_key_from
 from bot.storage.sealing import Sealer, SealError
 from commands.views import clearance_document
 from policy import (
@@ -118,7 +118,18 @@ def _load(path: str) -> Config:
         sys.exit(EXIT_BAD)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """Refusals of the store (a keyed audit log without the data key, say) end as one line
+    naming what to fix, not a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StoreError as exc:
+            _fail(str(exc))
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="liaison-bot")
 def main() -> None:
     """liaison-bot: relay classified intelligence between national, NATO and EU Matrix rooms
@@ -347,7 +358,10 @@ def _offline_store(config: Config) -> Store:
 
     url = config.database_url()
     upgrade(url)
-    return Store.from_url(url)
+    # The data key, when set, keys the audit rows the CLI writes and lets it verify a keyed
+    # log; without it the CLI can still read, and a keyed log refuses its writes by name.
+    data_key = os.environ.get(config.storage.data_key_env)
+    return Store.from_url(url, audit_key_from(data_key) if data_key else None)
 
 
 def _cli_actor() -> str:

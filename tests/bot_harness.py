@@ -21,7 +21,7 @@ from bot.config import load_config
 from bot.devtools.botenv import ROOMS, SECRETS, BotEnv, write_config
 from bot.devtools.devserver import DevServer
 from bot.devtools.e2ee_client import E2EEClient, open_dm, talk
-from bot.storage import Store
+from bot.storage import Store, audit_key_from
 from bot.storage.migrate import upgrade
 from tests.matrix_harness import MakeClient, MakeUser
 from tests.pg import fresh_schema
@@ -193,7 +193,8 @@ async def process_scenario(
     )
     config = load_config(config_path)
     await asyncio.to_thread(upgrade, config.database_url())
-    store = Store.from_url(config.database_url())
+    data_key = "process-data-key-0123456789abcdef"
+    store = Store.from_url(config.database_url(), audit_key_from(data_key))  # as the CLI would
     register = ClearanceRegister(store)
     register.grant("cli:test", officer.user_id, "DEU GEHEIM", nationality="DEU")
     register.grant("cli:test", officer.user_id, "NATO SECRET")
@@ -201,8 +202,8 @@ async def process_scenario(
     env = {
         **os.environ,
         "LIAISON_TEST_PASSWORD": bot_user.password,
-        "LIAISON_TEST_PICKLE_KEY": "pickle",
-        "LIAISON_TEST_DATA_KEY": "data",
+        "LIAISON_TEST_PICKLE_KEY": "process-pickle-key-0123456789abcdef",
+        "LIAISON_TEST_DATA_KEY": data_key,
     }
     scenario = ProcessScenario(config_path, env, tmp_path / "bot.log", store, None, None, "", "")  # type: ignore[arg-type]
     scenario.start(**first_env)

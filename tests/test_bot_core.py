@@ -246,7 +246,8 @@ async def test_expiry_changed_from_the_cli_removes_within_the_sweep(
     from bot.services.register import ClearanceRegister
     from bot.storage import Store
 
-    offline = Store.from_url(bot_env.config.database_url())
+    assert bot_env.bot is not None  # the CLI holds the data key, as the bot does
+    offline = Store.from_url(bot_env.config.database_url(), bot_env.bot.store.audit_key)
     try:
         yesterday = (datetime.now(UTC) - timedelta(days=1)).date()
         ClearanceRegister(offline).grant(

@@ -326,3 +326,27 @@ def test_db_upgrade_shows_each_revision_as_progress(tmp_path: Path) -> None:
     )
     assert out.returncode == 0
     assert "Running upgrade  -> 0001" in out.stderr and "-> 0005" in out.stderr
+
+
+def test_a_keyed_audit_log_needs_the_data_key_for_cli_writes(tmp_path: Path) -> None:
+    """Issue 14, finding 9: once the bot has keyed the log, a CLI write without the data key
+    is refused with one line naming what to set, and changes nothing."""
+    from bot.config import load_config
+    from bot.storage import Store, audit_key_from
+    from bot.storage.migrate import upgrade
+
+    config = tmp_path / "config.toml"
+    config.write_text(EXAMPLE.read_text())
+    url = load_config(config).database_url()
+    upgrade(url)
+    keyed = Store.from_url(url, audit_key_from("the-data-key-of-at-least-32-characters"))
+    keyed.key_audit_log()
+    grant = ["clearance", "grant", "--config", str(config), "@lo:example.org", "NATO SECRET"]
+    result = CliRunner(env={"LIAISON_DATA_KEY": ""}).invoke(main, [*grant, "--nationality", "DEU"])
+    assert result.exit_code == 2, result.output
+    assert "error: the audit log is keyed with the data key" in result.output
+    assert keyed.clearance("@lo:example.org") is None
+    with_key = CliRunner(env={"LIAISON_DATA_KEY": "the-data-key-of-at-least-32-characters"})
+    assert with_key.invoke(main, [*grant, "--nationality", "DEU"]).exit_code == 0
+    assert keyed.verify_audit().intact
+    keyed.close()

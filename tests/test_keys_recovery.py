@@ -18,7 +18,8 @@ from bot.matrix.crosssign import check_identity
 from bot.matrix.trust import KeysAPI
 from tests.bot_harness import SECRETS, BotEnv
 
-ENV = {"LIAISON_TEST_PICKLE_KEY": SECRETS.pickle_key}
+# the CLI writes audit rows: the keyed log needs the data key, as the bot has it
+ENV = {"LIAISON_TEST_PICKLE_KEY": SECRETS.pickle_key, "LIAISON_TEST_DATA_KEY": SECRETS.data_key}
 
 
 def cli(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import delete, inspect, update
+from sqlalchemy import delete, inspect, select, update
 
 from bot.storage import AuditHeadRow, AuditRow, Base, Store, make_engine
 from bot.storage.migrate import head_revision, upgrade
@@ -140,3 +141,48 @@ def test_sync_token_round_trip(database_url: str) -> None:
         assert store.sync_token() == "s4_5_6"
     finally:
         store.close()
+
+
+def test_a_keyed_log_detects_a_rewrite_with_recomputed_hashes(database_url: str) -> None:
+    """Issue 14, finding 9: with write access to the database (not the data key) one can
+    rewrite a row and recompute every SHA-256 link and the head; the keyed chain says so."""
+    from bot.storage import audit_hash, audit_key_from
+
+    store = _store(database_url)
+    store.audit_key = audit_key_from("the-data-key-of-at-least-32-characters")
+    try:
+        store.key_audit_log()
+        for i in range(3):
+            store.append_audit("@a:x", "invite", f"@u{i}:x")
+        assert store.verify_audit().intact
+        with store.session() as s:  # the attacker: rewrite row 3, re-chain, move the head
+            rows = list(s.scalars(select(AuditRow).order_by(AuditRow.id)))
+            rows[2].subject = "@someone-else:x"
+            prev = rows[1].hash
+            for row in rows[2:]:
+                row.prev_hash, row.hash = prev, audit_hash(row)
+                prev = row.hash
+            s.execute(update(AuditHeadRow).values(hash=prev, keyed_from=None, key_seal=None))
+        verdict = store.verify_audit()
+        assert not verdict.intact
+        with store.session() as s:  # or leave the marker and re-hash with plain SHA-256
+            s.execute(update(AuditHeadRow).values(keyed_from=1))
+        assert not store.verify_audit().intact
+    finally:
+        store.close()
+
+
+def test_a_keyed_log_refuses_a_writer_without_the_key(database_url: str) -> None:
+    from bot.storage import StoreError, audit_key_from
+
+    keyed = _store(database_url)
+    keyed.audit_key = audit_key_from("the-data-key-of-at-least-32-characters")
+    keyed.key_audit_log()
+    keyed.close()
+    plain = _store(database_url)
+    try:
+        with pytest.raises(StoreError, match="keyed with the data key"):
+            plain.append_audit("@a:x", "invite", "@u:x")
+        assert "needs the data key" in plain.verify_audit().message
+    finally:
+        plain.close()

@@ -61,6 +61,7 @@ from bot.storage.store import (
     Store,
     append_audit,
     audit_hash,
+    audit_key_from,
 )
 
 P = ParamSpec("P")
@@ -114,6 +115,7 @@ __all__ = [
     "UTCDateTime",
     "append_audit",
     "audit_hash",
+    "audit_key_from",
     "in_thread",
     "make_engine",
 ]

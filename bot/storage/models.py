@@ -173,6 +173,10 @@ class AuditHeadRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
     last_id: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
+    # Rows from this id on are HMAC'd with a key derived from the data key; the seal (an
+    # HMAC of that id) stops anyone without the key from moving the boundary.
+    keyed_from: Mapped[int | None] = mapped_column(BigInteger)
+    key_seal: Mapped[str | None] = mapped_column(String(64))
 
 
 class SyncStateRow(Base):
@@ -350,11 +354,34 @@ def make_engine(url: str) -> Engine:
 
     SQLite: every transaction starts with BEGIN IMMEDIATE, so two writers (bot and CLI)
     queue on the write lock instead of failing on a lock upgrade; WAL lets readers go on.
+    The database file is private to its owner (0600, whatever the umask): created so
+    before SQLite opens it, and an existing file and its -wal/-shm/-journal tightened on
+    every connect. SQLite gives the files it makes beside it the database file's mode.
     """
+    import logging
+    import os
+
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
+    path = parsed.database
+    if path not in (None, "", ":memory:") and not parsed.query.get("uri"):
+        private = str(path)
+
+        @event.listens_for(engine, "do_connect")
+        def _private_file(*_: Any) -> None:
+            try:
+                os.close(os.open(private, os.O_RDONLY | os.O_CREAT, 0o600))
+            except FileNotFoundError:
+                return  # no such folder: SQLite says so in its own words
+            for name in (private, *(private + end for end in ("-wal", "-shm", "-journal"))):
+                try:
+                    os.chmod(name, 0o600)
+                except FileNotFoundError:
+                    pass
+                except PermissionError as exc:
+                    logging.getLogger(__name__).warning("cannot make %s private: %s", name, exc)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:

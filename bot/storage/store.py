@@ -9,6 +9,7 @@ transaction; the bot calls them from a worker thread so the event loop never blo
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -73,18 +74,30 @@ from bot.storage.records import (
 class Store:
     """Small intent-named functions over one engine, each one transaction."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, audit_key: bytes | None = None) -> None:
         self.engine = engine
+        self.audit_key = audit_key  # audit_key_from(the data key); None: cannot extend a keyed log
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def from_url(cls, url: str) -> Store:
-        return cls(make_engine(url))
+    def from_url(cls, url: str, audit_key: bytes | None = None) -> Store:
+        return cls(make_engine(url), audit_key)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
         with self._sessions.begin() as session:
+            session.info["audit_key"] = self.audit_key
             yield session
+
+    def key_audit_log(self) -> None:
+        """Key the audit log from its next row on, if it is not yet (the bot does this at
+        start, so a log it has written to always carries the key marker)."""
+        if self.audit_key is None:
+            raise StoreError("keying the audit log needs the data key")
+        with self.session() as session:
+            head = session.get(AuditHeadRow, 1)
+            if head is None or head.keyed_from is None:
+                append_audit(session, "liaison-bot", "audit.keyed")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -109,18 +122,37 @@ class Store:
             return [AuditEntry.of(r) for r in rows]
 
     def verify_audit(self) -> AuditVerdict:
-        """Walk the chain: each row's hash, each link, and the stored head."""
+        """Walk the chain: each row's hash (an HMAC from the key marker on), each link, the
+        stored head and the marker's seal. With write access alone the rows can be rewritten
+        and re-hashed, but not re-keyed: that needs the data key."""
+        key = self.audit_key
         with self.session() as session:
+            head = session.get(AuditHeadRow, 1)
+            keyed_from = head.keyed_from if head is not None else None
+            if keyed_from is not None:
+                if key is None:
+                    return AuditVerdict(
+                        False, 0, "the log is keyed: verifying it needs the data key"
+                    )
+                if not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from)):  # type: ignore[union-attr]
+                    return AuditVerdict(False, 0, "the key marker was changed")
+            elif key is not None and session.get(BotSessionRow, 1) is not None:
+                return AuditVerdict(
+                    False,
+                    0,
+                    "the log carries no key marker though the bot has run: the marker was "
+                    "removed (or the bot has not started since the upgrade)",
+                )
             prev = GENESIS_HASH
             last: AuditRow | None = None
             count = 0
             for row in session.scalars(select(AuditRow).order_by(AuditRow.id)):
                 if row.prev_hash != prev:
                     return AuditVerdict(False, count, f"row {row.id}: chain broken before it")
-                if audit_hash(row) != row.hash:
+                keyed = keyed_from is not None and row.id >= keyed_from
+                if not hmac.compare_digest(audit_hash(row, key if keyed else None), row.hash):
                     return AuditVerdict(False, count, f"row {row.id}: contents were modified")
                 prev, last, count = row.hash, row, count + 1
-            head = session.get(AuditHeadRow, 1)
             if last is None and (head is None or (head.last_id == 0 and head.hash == prev)):
                 return AuditVerdict(True, 0, "empty log")
             if head is None or last is None or head.last_id != last.id or head.hash != prev:
@@ -814,10 +846,18 @@ def append_audit(
 ) -> AuditEntry:
     """Append to the hash chain inside the caller's transaction, so a change and its audit
     entry commit together. Concurrent writers are serialised by the lock on the head row
-    (FOR UPDATE; on SQLite the BEGIN IMMEDIATE write lock)."""
+    (FOR UPDATE; on SQLite the BEGIN IMMEDIATE write lock). With the store's audit key the
+    row is HMAC'd (the first keyed row sets the key marker); a keyed log refuses a writer
+    without the key."""
+    key: bytes | None = session.info.get("audit_key")
     head = session.execute(
         select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update()
     ).scalar_one_or_none()
+    keyed_from = head.keyed_from if head is not None else None
+    if keyed_from is not None and key is None:
+        raise StoreError(
+            "the audit log is keyed with the data key: set it (storage.data_key_env) to write"
+        )
     prev = head.hash if head else GENESIS_HASH
     row = AuditRow(
         at=(at or utcnow()).astimezone(UTC).replace(microsecond=0),
@@ -830,15 +870,35 @@ def append_audit(
     )
     session.add(row)
     session.flush()  # assigns the id that the hash covers
-    row.hash = audit_hash(row)
+    if key is not None and keyed_from is None:
+        keyed_from = row.id
+    row.hash = audit_hash(row, key)
+    seal = _key_seal(key, keyed_from) if key is not None and keyed_from is not None else None
     if head is None:
-        session.add(AuditHeadRow(id=1, last_id=row.id, hash=row.hash))
+        session.add(
+            AuditHeadRow(id=1, last_id=row.id, hash=row.hash, keyed_from=keyed_from, key_seal=seal)
+        )
     else:
         head.last_id, head.hash = row.id, row.hash
+        head.keyed_from, head.key_seal = keyed_from, seal or head.key_seal
     return AuditEntry.of(row)
 
 
-def audit_hash(row: AuditRow) -> str:
+def audit_key_from(data_key: str) -> bytes:
+    """The audit chain's HMAC key, derived from the data key (its own HKDF purpose)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    return HKDF(
+        algorithm=hashes.SHA256(), length=32, salt=None, info=b"liaison-bot audit chain"
+    ).derive(data_key.encode())
+
+
+def _key_seal(key: bytes, keyed_from: int) -> str:
+    return hmac.new(key, f"keyed-from:{keyed_from}".encode(), hashlib.sha256).hexdigest()
+
+
+def audit_hash(row: AuditRow, key: bytes | None = None) -> str:
     """SHA-256 over the previous hash and the entry's canonical JSON (id included, so a
     deleted middle row breaks the next link)."""
     body = json.dumps(
@@ -854,4 +914,7 @@ def audit_hash(row: AuditRow) -> str:
         separators=(",", ":"),
         ensure_ascii=False,
     )
-    return hashlib.sha256((row.prev_hash + body).encode("utf-8")).hexdigest()
+    data = (row.prev_hash + body).encode("utf-8")
+    if key is not None:
+        return hmac.new(key, data, hashlib.sha256).hexdigest()
+    return hashlib.sha256(data).hexdigest()
