@@ -42,6 +42,7 @@ class Ports:
     sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     redacted: list[tuple[str, str]] = field(default_factory=list)
     audited: list[tuple[str, str]] = field(default_factory=list)
+    details: list[Any] = field(default_factory=list)
     user_id: str = "@bot:x"
 
     async def send(self, room_id: str, content: dict[str, Any], **_: Any) -> str:
@@ -59,6 +60,7 @@ class Ports:
 
     async def __call__(self, actor: str, action: str, subject: Any, detail: Any) -> None:
         self.audited.append((actor, action))
+        self.details.append(detail)
 
 
 @pytest.fixture
@@ -134,3 +136,25 @@ async def test_a_redaction_withdraws_the_copies_but_keeps_the_sealed_record(
     item = store.item(ORIGINAL)
     assert item is not None and item.redacted_at is not None  # out of digests and search
     assert relay.open_text(item) == "convoy sighted"  # not destroyed by an unsigned event
+
+
+async def test_a_malformed_marking_leaves_no_text_in_the_audit_log(store: Store) -> None:
+    """Issue 14, finding 12: the log is permanent and in clear."""
+    ports = Ports()
+    relay = engine(store, ports)
+    reply = await relay.handle(source(), "[GEHEIM // RELL TO NATO] the secret convoy route")
+    assert reply is not None and "Not stored" in reply.plain
+    assert (OFFICER, "relay.malformed") in ports.audited
+    assert "convoy" not in repr(ports.details) and "RELL" not in repr(ports.details)
+
+
+async def test_forgetting_an_item_blanks_its_sealed_copies_in_the_ledger(store: Store) -> None:
+    """Issue 14, finding 12: an edit that drops the marking forgets the text everywhere."""
+    ports = Ports()
+    relay = await relayed(store, ports)
+    reply = await relay.handle_edit(source("$edit"), "convoy sighted (marking dropped)")
+    assert reply is not None and "withdrawn" in reply.plain
+    ledger = store.ledger_of(ORIGINAL)
+    assert ledger and all(
+        "convoy" not in relay.sealer.open_text(row.content, row.txn_id) for row in ledger
+    )

@@ -118,7 +118,15 @@ class RelayEngine:
         try:
             message = parse_tagged(body, room.policy.scheme, extra_caveats=self.settings.caveats)
         except MarkingError as exc:
-            await self._audit(source.sender, "relay.malformed", room, source, {"error": str(exc)})
+            # The error quotes the message; the audit log is permanent and in clear, so it
+            # keeps where the marking broke, never the words.
+            await self._audit(
+                source.sender,
+                "relay.malformed",
+                room,
+                source,
+                {"position": exc.position, "length": len(body)},
+            )
             return doc(para("⚠ Not stored or relayed: ", str(exc), "."))
         assert message is not None
         refusal = await self.gate.untrusted_sender(room.room_id, source.event)
@@ -511,6 +519,10 @@ class RelayEngine:
             await self._send(row)
         sealed_empty = self.sealer.seal_text("", item_event_id) if forget else None
         await in_thread(self.store.redact_item, item_event_id, sealed_empty)
+        if forget:  # the ledger's sealed copies held the text too
+            ledger = await in_thread(self.store.ledger_of, item_event_id)
+            blanks = {row.txn_id: self.sealer.seal_text("{}", row.txn_id) for row in ledger}
+            await in_thread(self.store.blank_ledger, blanks)
         return [c.target_key for c in copies]
 
     # ------------------------------------------------------------ the ledger's tail

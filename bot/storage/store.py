@@ -639,6 +639,20 @@ class Store:
             )
             return [RelayEntry.of(r) for r in rows]
 
+    def ledger_of(self, item_event_id: str) -> list[RelayEntry]:
+        """Every ledger row of an item: copies, edits and withdrawals."""
+        with self.session() as session:
+            rows = session.scalars(select(RelayRow).where(RelayRow.item_event_id == item_event_id))
+            return [RelayEntry.of(r) for r in rows]
+
+    def blank_ledger(self, sealed: dict[str, str]) -> None:
+        """Replace ledger rows' sealed content (txn id -> the sealed blank), when an item is
+        forgotten; rows still pending are left to be sent."""
+        with self.session() as session:
+            for row in session.scalars(select(RelayRow).where(RelayRow.txn_id.in_(sealed))):
+                if row.state != RelayState.PENDING:
+                    row.content = sealed[row.txn_id]
+
     def copies_of(self, item_event_id: str) -> list[RelayEntry]:
         """The sent copies (kind copy) of an item, one per target room."""
         with self.session() as session:
