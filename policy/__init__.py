@@ -10,6 +10,7 @@ from policy.decisions import (
     Room,
     dominant_label,
     fits,
+    level_fits,
     make_room,
     may_join,
     may_release,
@@ -24,7 +25,14 @@ from policy.labels import (
     releasable_set,
     render,
 )
-from policy.tagged import MAX_TEXT_BYTES, Precedence, TaggedMessage, is_tagged, parse_tagged
+from policy.tagged import (
+    MAX_TEXT_BYTES,
+    Precedence,
+    TaggedMessage,
+    is_tagged,
+    levels_named,
+    parse_tagged,
+)
 
 __all__ = [
     "CATALOGUE",
@@ -44,6 +52,8 @@ __all__ = [
     "fits",
     "is_tagged",
     "known_caveats",
+    "level_fits",
+    "levels_named",
     "make_room",
     "may_join",
     "may_release",

@@ -7,7 +7,7 @@ Rules take everything they need as arguments (including today's date): no clock,
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
@@ -152,6 +152,26 @@ def fits(label: Label, room: Room) -> Decision:
     if denied:
         return Decision(False, tuple(denied))
     return Decision(True, tuple(allowed))
+
+
+def level_fits(levels: Sequence[Level], room: Room) -> Decision:
+    """Spillage judged on the level alone, for a marking that names its level but is
+    otherwise unreadable (an unknown caveat, say): refused as spillage when every reading
+    of the level is above the room's; allowed when some reading fits, or when no level can
+    be read at all (then nothing is known to spill; the message is refused as malformed)."""
+    if not levels:
+        return Decision(True, ("no level can be read: not judged on it",))
+    above = []
+    for level in levels:
+        equivalent = convert(level, room.scheme)
+        if equivalent is not None and equivalent.rank <= room.rank:
+            return Decision(True, (f"{level.banner} may be within {room.label.level.banner}",))
+        above.append(level.banner)
+    return Decision(
+        False,
+        (f"write-down: {' or '.join(above)}, above the room's {room.label.level.banner}",),
+        spillage=True,
+    )
 
 
 def may_release(label: Label, source: Room, target: Room) -> Decision:

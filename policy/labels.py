@@ -150,6 +150,19 @@ def parse_marking(
     return Label(level, frozenset(caveats), frozenset(rel_to))
 
 
+def level_candidates(text: str, context: str | None = None) -> tuple[Level, ...]:
+    """What the level segment of a marking may mean, whatever follows it: one level, the
+    candidates of an ambiguous one, or none. Total: never raises."""
+    if not isinstance(text, str) or len(text) > _MAX_RAW_LENGTH:
+        return ()
+    normal = unicodedata.normalize("NFC", text).strip()
+    first = next(_segments(normal))[1]
+    if not first:
+        return ()
+    level, candidates = _resolve(first, context.strip().upper() if context else None)
+    return (level,) if level is not None else candidates
+
+
 def parse_audience(tokens: Iterable[str]) -> frozenset[str]:
     """Audience tokens (trigraph, NATO, EU, English name) to canonical tokens."""
     tokens = tuple(tokens)

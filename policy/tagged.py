@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
-from policy.labels import Label, MarkingError, parse_marking
+from policy.catalogue import Level
+from policy.labels import Label, MarkingError, level_candidates, parse_marking
 
 MAX_TEXT_BYTES = 40_000
 _TOPIC = re.compile(r"(?<![\w&])#([\w][\w\-]{0,63})", re.UNICODE)
@@ -88,6 +89,19 @@ def parse_tagged(
     if precedence is None:
         precedence = Precedence.ROUTINE
     return TaggedMessage(label, precedence, exercise, text, topics)
+
+
+def levels_named(body: str, context: str | None = None) -> tuple[Level, ...]:
+    """The levels a tagged message's marking may mean, read from its level segment alone
+    (what follows may be malformed): one when it names one, each candidate when it is
+    ambiguous, none when no level can be read. Total: never raises."""
+    if not is_tagged(body):
+        return ()
+    try:
+        marking, _ = _bracket(body.lstrip(), body)
+    except MarkingError:
+        return ()
+    return level_candidates(marking, context)
 
 
 def _bracket(text: str, whole: str) -> tuple[str, str]:

@@ -179,3 +179,18 @@ def test_dominant_label_folds_complete_alliances() -> None:
 
 def test_dominant_label_of_nothing_is_none() -> None:
     assert dominant_label([], "NATO") is None
+
+
+def test_level_fits_judges_the_level_alone() -> None:
+    """Issue 14, finding 5: spillage as soon as the level can be read."""
+    from policy import level_fits, levels_named
+
+    restricted = make_room(parse_marking("NATO RESTRICTED"))
+    spill = level_fits(levels_named("[COSMIC TOP SECRET // NOFORN] x", "NATO"), restricted)
+    assert not spill.allowed and spill.spillage and "write-down" in spill.reason
+    ambiguous = level_fits(levels_named("[SECRET // X] x"), restricted)
+    assert not ambiguous.allowed and ambiguous.spillage
+    assert level_fits(levels_named("[NATO RESTRICTED // X] x", "NATO"), restricted).allowed
+    assert level_fits(levels_named("[NOT A LEVEL // X] x"), restricted).allowed  # unjudged
+    assert levels_named("no tag at all") == ()
+    assert levels_named("[unclosed") == ()

@@ -158,3 +158,41 @@ async def test_forgetting_an_item_blanks_its_sealed_copies_in_the_ledger(store: 
     assert ledger and all(
         "convoy" not in relay.sealer.open_text(row.content, row.txn_id) for row in ledger
     )
+
+
+NATO_R = ManagedRoom(
+    RoomKey("nato-r"),
+    "NATO RESTRICTED",
+    make_room(parse_marking("NATO RESTRICTED")),
+    RoomId("!r:x"),
+)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[COSMIC TOP SECRET // NOFORN] the whole plan",  # an unknown caveat besides the level
+        "[SECRET // BOGUS] the whole plan",  # ambiguous: every reading above the room
+    ],
+)
+async def test_spillage_is_judged_on_the_level_even_when_the_rest_is_malformed(
+    store: Store, body: str
+) -> None:
+    """Issue 14, finding 5: the text must not stay in a lower room."""
+    ports = Ports()
+    relay = engine(store, ports)
+    low = Source(NATO_R, ORIGINAL, OFFICER, datetime.now(UTC), SimpleNamespace(event_id=ORIGINAL))
+    reply = await relay.handle(low, body)
+    assert reply is not None and "removed from this room" in reply.plain
+    assert ports.redacted == [("!r:x", ORIGINAL)]
+    assert (OFFICER, "spillage") in ports.audited
+
+
+async def test_spillage_from_an_untrusted_device_is_still_removed(store: Store) -> None:
+    ports = Ports(untrusted="device ABC is not verified by its owner")
+    relay = engine(store, ports)
+    low = Source(NATO_R, ORIGINAL, OFFICER, datetime.now(UTC), SimpleNamespace(event_id=ORIGINAL))
+    reply = await relay.handle(low, "[NATO SECRET] the whole plan")
+    assert reply is not None and "removed from this room" in reply.plain
+    assert ports.redacted == [("!r:x", ORIGINAL)]
+    assert store.item(ORIGINAL) is None  # nothing stored from an untrusted device

@@ -40,6 +40,8 @@ from policy import (
     TaggedMessage,
     fits,
     is_tagged,
+    level_fits,
+    levels_named,
     may_release,
     parse_tagged,
 )
@@ -115,9 +117,22 @@ class RelayEngine:
         if not is_tagged(body):
             return None
         room = source.room
+        removed = doc(
+            para(
+                "⚠ Your message was removed from this room: its marking does not "
+                "fit the room. The security administrators were alerted; nothing "
+                "was relayed."
+            )
+        )
         try:
             message = parse_tagged(body, room.policy.scheme, extra_caveats=self.settings.caveats)
         except MarkingError as exc:
+            # Spillage is judged on the level as soon as the level can be read, whatever
+            # else is wrong with the marking: the text must not stay in a lower room.
+            level = level_fits(levels_named(body, room.policy.scheme), room.policy)
+            if not level.allowed:
+                await self._spillage(source, "unreadable marking", level.reason, [source.event_id])
+                return removed
             # The error quotes the message; the audit log is permanent and in clear, so it
             # keeps where the marking broke, never the words.
             await self._audit(
@@ -129,6 +144,10 @@ class RelayEngine:
             )
             return doc(para("⚠ Not stored or relayed: ", str(exc), "."))
         assert message is not None
+        own = fits(message.label, room.policy)
+        if not own.allowed:  # before the device gate: spillage is removed whoever sent it
+            await self._spillage(source, message.label.banner, own.reason, [source.event_id])
+            return removed
         refusal = await self.gate.untrusted_sender(room.room_id, source.event)
         if refusal is not None:
             await self._audit(
@@ -139,16 +158,6 @@ class RelayEngine:
                     "⚠ Not stored or relayed: ",
                     refusal[0],
                     ". Only devices their owner has verified may post intelligence.",
-                )
-            )
-        own = fits(message.label, room.policy)
-        if not own.allowed:
-            await self._spillage(source, message.label.banner, own.reason, [source.event_id])
-            return doc(
-                para(
-                    "⚠ Your message was removed from this room: its marking does not "
-                    "fit the room. The security administrators were alerted; nothing "
-                    "was relayed."
                 )
             )
         await self._store(source, message)
