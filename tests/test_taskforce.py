@@ -6,6 +6,8 @@ from bot.devtools.e2ee_client import open_dm, talk
 from tests.bot_harness import BotEnv, enrol
 from tests.matrix_harness import MakeClient, MakeUser
 
+BOT_EXTRA_BOT = 'caveats = ["BALTOPS"]'  # a caveat of this deployment, not the catalogue's
+
 
 async def test_task_force_room_lifecycle(
     bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
@@ -74,3 +76,17 @@ async def test_task_force_room_lifecycle(
     actions = {e.action for e in entries}
     assert {"room.provisioned", "route.added", "room.closed"} <= actions
     await talk(admin, dm, "!route remove deu tf-baltic", "no managed room 'tf-baltic'")
+
+
+async def test_a_room_with_a_configured_caveat_is_restored_after_a_restart(
+    bot_env: BotEnv, make_client: MakeClient
+) -> None:
+    """Issue 14, finding 7: stored labels are re-read with the configured caveats."""
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    await talk(admin, dm, '!room create tf-cav "Caveat cell" "NATO SECRET // BALTOPS"', "Created")
+    await bot_env.stop()
+    await bot_env.start()
+    assert bot_env.bot is not None
+    restored = bot_env.bot.rooms.by_key.get("tf-cav")  # type: ignore[call-overload]
+    assert restored is not None and "BALTOPS" in restored.policy.label.caveats

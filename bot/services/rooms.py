@@ -290,7 +290,8 @@ class RoomDirectory:
             ):
                 continue
             try:
-                policy_room = make_room(parse_marking(record.label), record.audience)
+                label = parse_marking(record.label, extra_caveats=self.config.bot.caveats)
+                policy_room = make_room(label, record.audience)
                 room_id, _ = await provision(
                     self.gateway,
                     key=record.key,
