@@ -196,3 +196,15 @@ async def test_spillage_from_an_untrusted_device_is_still_removed(store: Store) 
     assert reply is not None and "removed from this room" in reply.plain
     assert ports.redacted == [("!r:x", ORIGINAL)]
     assert store.item(ORIGINAL) is None  # nothing stored from an untrusted device
+
+
+async def test_a_message_too_long_once_relayed_is_refused_at_submission(store: Store) -> None:
+    """Issue 14, finding 8: under the 40 000-byte text cap but over the event limit once the
+    copy carries it twice and is encrypted: refused with the limit named, nothing stored."""
+    ports = Ports()
+    relay = engine(store, ports)
+    reply = await relay.handle(source(), "[GEHEIM // REL TO NATO] " + "convoy & <route> " * 1800)
+    assert reply is not None and "at most 65536" in reply.plain
+    assert store.item(ORIGINAL) is None and ports.sent == []
+    fine = await relay.handle(source(), "[GEHEIM // REL TO NATO] " + "convoy & <route> " * 300)
+    assert fine is not None and "nato-s" in fine.plain and len(ports.sent) == 1

@@ -53,6 +53,16 @@ TXN_MEMORY = timedelta(hours=23)  # Synapse forgets transaction ids after about 
 REDACT_REASON = "withdrawn"  # redaction reasons are not encrypted: nothing more specific
 
 
+EVENT_LIMIT = 65_536  # bytes: the homeserver's limit on a whole (encrypted) event
+ENVELOPE = 1_024  # bytes: the encrypted event's other fields (keys, ids, signatures)
+
+
+def encrypted_size(content: dict[str, Any]) -> int:
+    """An upper estimate of the event this content becomes once megolm-encrypted."""
+    plain = len(json.dumps(content, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    return (plain + 200) * 4 // 3 + ENVELOPE  # 200: type and room id inside the payload
+
+
 def txn_id(kind: str, event_id: str, target_key: str) -> str:
     digest = hashlib.sha256(f"{kind}|{event_id}|{target_key}".encode()).hexdigest()
     return f"lb{digest[:40]}"
@@ -160,6 +170,16 @@ class RelayEngine:
                     ". Only devices their owner has verified may post intelligence.",
                 )
             )
+        too_big = self._oversized(source, message)
+        if too_big is not None:
+            await self._audit(source.sender, "relay.too-long", room, source, {"bytes": too_big})
+            return doc(
+                para(
+                    f"⚠ Not stored or relayed: too long once relayed and encrypted "
+                    f"(about {too_big} bytes; an event may have at most {EVENT_LIMIT}). "
+                    "Shorten the text or split it into several messages."
+                )
+            )
         await self._store(source, message)
         if source.sender not in self.settings.officers:
             await self._audit(
@@ -186,6 +206,16 @@ class RelayEngine:
                 )
             targets = list(only)
         return await self._release(source, message, targets)
+
+    def _oversized(self, source: Source, message: TaggedMessage) -> int | None:
+        """The estimated size of the largest copy this message would make, when over the
+        homeserver's event limit: the copy carries the text twice (body and HTML, escaped)
+        and encryption adds a third (base64) plus its envelope. None when all fit."""
+        targets = [self.rooms.by_key[k] for k in self.route_targets(source.room.key)]
+        largest = max(
+            encrypted_size(copy_for(source, message, target)) for target in [source.room, *targets]
+        )
+        return largest if largest > EVENT_LIMIT else None
 
     def route_targets(self, room_key: str) -> list[str]:
         return self.rooms.targets_of(room_key)
