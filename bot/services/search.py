@@ -7,6 +7,9 @@ there; every match is filtered by `may_release` into the asking room first.
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
@@ -23,6 +26,7 @@ from policy.ids import RoomKey, UserId
 MAX_SCANNED = 10_000
 DEFAULT_SPAN = timedelta(days=30)
 MAX_SPAN = timedelta(days=365)
+SEARCHES_PER_MINUTE = 6  # per person: each opens up to MAX_SCANNED sealed items
 SHOWN = 10
 SNIPPET = 300
 
@@ -99,6 +103,7 @@ class Inventory:
         self.is_member = is_member
         self.item_of = item_of
         self.audit = audit
+        self._recent: dict[str, deque[float]] = {}
 
     async def search(
         self,
@@ -110,6 +115,7 @@ class Inventory:
         exercise: bool,
     ) -> Document:
         managed = self.rooms.managed(room_key)
+        self._throttle(actor)
         if not self.is_member(actor, managed):
             raise PermissionDenied(
                 f"only members of {room_key} may search from it",
@@ -124,8 +130,25 @@ class Inventory:
             raise CommandError("--since: at most 365d")
         start = datetime.now(UTC) - span
         stored = await in_thread(self.store.items_since, start, MAX_SCANNED)
-        candidates = [c for c in (self.item_of(i) for i in stored) if c is not None]
+        # Unsealing thousands of items takes a while: off the event loop.
+        opened = await asyncio.to_thread(lambda: [self.item_of(i) for i in stored])
+        candidates = [c for c in opened if c is not None]
         found = search(managed, candidates, words, topic, exercise)
         await self.audit(actor, "search", room_key, {"matches": len(found), "scanned": len(stored)})
         query = " ".join(words) + (f" #{topic.lstrip('#')}" if topic else "")
         return results_document(managed, query, found, start, len(stored), exercise)
+
+    def _throttle(self, actor: str) -> None:
+        """At most SEARCHES_PER_MINUTE per person, refused with when to try again."""
+        now = time.monotonic()
+        recent = self._recent.setdefault(actor, deque())
+        while recent and now - recent[0] > 60:
+            recent.popleft()
+        if len(recent) >= SEARCHES_PER_MINUTE:
+            wait = int(60 - (now - recent[0])) + 1
+            raise CommandError(
+                f"at most {SEARCHES_PER_MINUTE} searches a minute; try again in {wait} s"
+            )
+        recent.append(now)
+        if len(self._recent) > 10_000:  # forget the oldest callers, not the limit
+            self._recent.pop(next(iter(self._recent)))
