@@ -288,6 +288,7 @@ async def test_ledger_row_older_than_the_transaction_memory_is_reported_not_rese
 
     from sqlalchemy import update
 
+    from bot.services.relay import ledger_binding
     from bot.storage import RelayEntry, RelayRow
 
     assert bot_env.bot is not None and bot_env.store is not None
@@ -300,7 +301,8 @@ async def test_ledger_row_older_than_the_transaction_memory_is_reported_not_rese
         target_key="nato-s",
         target_room_id=target.room_id,
         content=bot_env.bot.relay.sealer.seal_text(
-            '{"msgtype": "m.text", "body": "old"}', "lb-stale-test"
+            '{"msgtype": "m.text", "body": "old"}',
+            ledger_binding("lb-stale-test", "nato-s", target.room_id),
         ),
     )
     await asyncio.to_thread(bot_env.store.add_relays, [entry])

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bot.metrics import Metrics
-from bot.services.relay import RelayEngine, Source
+from bot.services.relay import RelayEngine, Source, ledger_binding
 from bot.services.rooms import ManagedRoom
 from bot.storage import Store
 from bot.storage.migrate import upgrade
@@ -156,7 +156,11 @@ async def test_forgetting_an_item_blanks_its_sealed_copies_in_the_ledger(store: 
     assert reply is not None and "withdrawn" in reply.plain
     ledger = store.ledger_of(ORIGINAL)
     assert ledger and all(
-        "convoy" not in relay.sealer.open_text(row.content, row.txn_id) for row in ledger
+        "convoy"
+        not in relay.sealer.open_text(
+            row.content, ledger_binding(row.txn_id, row.target_key, row.target_room_id)
+        )
+        for row in ledger
     )
 
 
@@ -208,3 +212,38 @@ async def test_a_message_too_long_once_relayed_is_refused_at_submission(store: S
     assert store.item(ORIGINAL) is None and ports.sent == []
     fine = await relay.handle(source(), "[GEHEIM // REL TO NATO] " + "convoy & <route> " * 300)
     assert fine is not None and "nato-s" in fine.plain and len(ports.sent) == 1
+
+
+async def test_a_ledger_row_retargeted_in_the_database_is_never_sent(store: Store) -> None:
+    """Issue 14, finding 11: the sealed copy is bound to its target room."""
+    from sqlalchemy import update
+
+    from bot.storage import RelayKind, RelayRow
+
+    ports = Ports()
+    relay = engine(store, ports)
+    entry = relay._entry(RelayKind.COPY, "$src", "$src", NATO, {"msgtype": "m.text", "body": "x"})
+    store.add_relays([entry])
+    with store.session() as s:  # write access to the database: point it at a lower room
+        s.execute(update(RelayRow).values(target_room_id="!lower:x"))
+    await relay.resend_pending()
+    assert ports.sent == [] and store.pending_relays() == []
+
+
+async def test_an_item_whose_label_was_lowered_in_the_database_does_not_open(
+    store: Store,
+) -> None:
+    """Issue 14, finding 11: an item's text is bound to its room and label."""
+    from sqlalchemy import update
+
+    from bot.storage import IntelItemRow
+    from bot.storage.sealing import SealError
+
+    ports = Ports()
+    relay = await relayed(store, ports)
+    with store.session() as s:
+        s.execute(update(IntelItemRow).values(label="NATO UNCLASSIFIED", rank=0))
+    item = store.item(ORIGINAL)
+    assert item is not None
+    with pytest.raises(SealError):
+        relay.open_text(item)

@@ -33,7 +33,7 @@ from bot.storage import (
     Store,
     in_thread,
 )
-from bot.storage.sealing import Sealer
+from bot.storage.sealing import Sealer, SealError
 from commands.document import Code, Document, Strong, doc, items, para
 from policy import (
     MarkingError,
@@ -61,6 +61,16 @@ def encrypted_size(content: dict[str, Any]) -> int:
     """An upper estimate of the event this content becomes once megolm-encrypted."""
     plain = len(json.dumps(content, ensure_ascii=False).encode("utf-8", "surrogatepass"))
     return (plain + 200) * 4 // 3 + ENVELOPE  # 200: type and room id inside the payload
+
+
+def item_binding(event_id: str, room_key: str, label: str) -> str:
+    """What an item's sealed text is bound to: the fields that decide where it may go."""
+    return f"item|{event_id}|{room_key}|{label}"
+
+
+def ledger_binding(txn: str, target_key: str, target_room_id: str) -> str:
+    """What a ledger row's sealed copy is bound to: where it is to be sent."""
+    return f"relay|{txn}|{target_key}|{target_room_id}"
 
 
 def txn_id(kind: str, event_id: str, target_key: str) -> str:
@@ -242,7 +252,9 @@ class RelayEngine:
             precedence=message.precedence,
             exercise=message.exercise,
             topics=message.topics,
-            text=self.sealer.seal_text(message.text, source.event_id),
+            text=self.sealer.seal_text(
+                message.text, item_binding(source.event_id, source.room.key, message.label.banner)
+            ),
             created_at=source.sent_at,
             origin=origin,
         )
@@ -320,7 +332,9 @@ class RelayEngine:
             item_event_id=item_event_id,
             target_key=target.key,
             target_room_id=target.room_id,
-            content=self.sealer.seal_text(json.dumps(content), txn),
+            content=self.sealer.seal_text(
+                json.dumps(content), ledger_binding(txn, target.key, target.room_id)
+            ),
         )
 
     async def _send(self, row: RelayEntry) -> str | None:
@@ -334,7 +348,28 @@ class RelayEngine:
             self._in_flight.discard(row.txn_id)
 
     async def _send_once(self, row: RelayEntry) -> str | None:
-        content = json.loads(self.sealer.open_text(row.content, row.txn_id))
+        try:
+            content = json.loads(
+                self.sealer.open_text(
+                    row.content, ledger_binding(row.txn_id, row.target_key, row.target_room_id)
+                )
+            )
+        except SealError:
+            # Its target was changed in the database (or the row predates the binding):
+            # never sent anywhere; the admins hear of it.
+            log.error("ledger row %s does not open for its target: not sent", row.txn_id)
+            await in_thread(self.store.relay_state, row.txn_id, RelayState.STALE)
+            await self.messenger.alert_admins(
+                doc(
+                    para(
+                        "⚠ A relay to ",
+                        Strong(row.target_key),
+                        " was not sent: its sealed copy does not match its target (the "
+                        "database was changed?). Check the audit log.",
+                    )
+                )
+            )
+            return None
         try:
             if row.kind == RelayKind.REDACT:
                 await self.messenger.redact(
@@ -460,7 +495,9 @@ class RelayEngine:
             precedence=message.precedence,
             exercise=message.exercise,
             topics=message.topics,
-            text=self.sealer.seal_text(message.text, source.event_id),
+            text=self.sealer.seal_text(
+                message.text, item_binding(source.event_id, room.key, message.label.banner)
+            ),
         )
         copies = [
             c
@@ -560,7 +597,12 @@ class RelayEngine:
         await in_thread(self.store.redact_item, item_event_id, sealed_empty)
         if forget:  # the ledger's sealed copies held the text too
             ledger = await in_thread(self.store.ledger_of, item_event_id)
-            blanks = {row.txn_id: self.sealer.seal_text("{}", row.txn_id) for row in ledger}
+            blanks = {
+                row.txn_id: self.sealer.seal_text(
+                    "{}", ledger_binding(row.txn_id, row.target_key, row.target_room_id)
+                )
+                for row in ledger
+            }
             await in_thread(self.store.blank_ledger, blanks)
         return [c.target_key for c in copies]
 
@@ -604,7 +646,15 @@ class RelayEngine:
         return len(await in_thread(self.store.pending_relays))
 
     def open_text(self, item: IntelItem) -> str:
-        return self.sealer.open_text(item.text, item.event_id)
+        """An item's text, opened only with the room and label it was stored under (a label
+        lowered in the database does not open); items stored before that binding open
+        with their event id alone."""
+        try:
+            return self.sealer.open_text(
+                item.text, item_binding(item.event_id, item.room_key, item.label)
+            )
+        except SealError:
+            return self.sealer.open_text(item.text, item.event_id)
 
     async def _audit(
         self, actor: str, action: str, room: ManagedRoom, source: Source, detail: dict[str, Any]
