@@ -58,8 +58,8 @@ class BotProcess:
         self.env = {
             **os.environ,
             "LIAISON_BENCH_PASSWORD": bot_user.password,
-            "LIAISON_BENCH_PICKLE_KEY": "bench-pickle-key",
-            "LIAISON_BENCH_DATA_KEY": "bench-data-key",
+            "LIAISON_BENCH_PICKLE_KEY": "bench-pickle-key-0123456789abcdef",
+            "LIAISON_BENCH_DATA_KEY": "bench-data-key-0123456789abcdef01",
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self._offset = 0  # where this run's lines start in the log

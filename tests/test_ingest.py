@@ -93,7 +93,8 @@ async def test_feeds_post_store_route_and_refuse(
     cases = [
         (("sat", {"marking": "NS", "text": "x"}, "wrong"), 401, "bearer"),
         (("sat", {"marking": "NS", "text": "x"}, None), 401, "bearer"),
-        (("nope", {"marking": "NS", "text": "x"}, "sat-token-123"), 404, "no feed 'nope'"),
+        # an unknown feed is answered like a bad token: feed keys cannot be enumerated
+        (("nope", {"marking": "NS", "text": "x"}, "sat-token-123"), 401, "bearer"),
         (("sat", None, "sat-token-123", b"{not json"), 422, "bad JSON"),
         (("sat", ["a"], "sat-token-123"), 422, "expected an object"),
         (("sat", {"text": "x"}, "sat-token-123"), 422, "marking: required"),
@@ -128,6 +129,11 @@ async def test_feeds_post_store_route_and_refuse(
         status, body = await asyncio.to_thread(post, *args)
         assert status == code, (args[:1], status, body)
         assert message in body["error"], body
+    unknown, bad = [
+        await asyncio.to_thread(post, key, {"marking": "NS", "text": "x"}, token)
+        for key, token in (("nope", "sat-token-123"), ("sat", "wrong"))
+    ]
+    assert unknown == bad == (401, {"error": "bad or missing bearer token"})
     alert = await admin.wait_for_text(dm, "Spillage refused at the feed listener")
     assert "COSMIC TOP SECRET" in alert.body and "payload-never-shown" not in alert.body
     await asyncio.sleep(1)

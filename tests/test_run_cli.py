@@ -64,8 +64,8 @@ def test_run_logs_in_once_stops_on_sigterm_and_reuses_its_device(
     env = {
         **os.environ,
         "LIAISON_TEST_PASSWORD": bot_user.password,
-        "LIAISON_TEST_PICKLE_KEY": "pickle",
-        "LIAISON_TEST_DATA_KEY": "data",
+        "LIAISON_TEST_PICKLE_KEY": "run-cli-pickle-key-0123456789abcdef",
+        "LIAISON_TEST_DATA_KEY": "run-cli-data-key-0123456789abcdef",
     }
     log = tmp_path / "bot.log"
     proc = start(config, env, log)

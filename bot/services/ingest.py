@@ -2,22 +2,49 @@
 
 `POST /feeds/KEY` with `Authorization: Bearer …` and JSON
 `{"marking", "precedence", "text", "topics"}` → 202 (posted; the body gives the item id),
-401 (bad or missing token), 404 (no such feed), 413 (over 40 000 bytes), 422 (bad JSON, bad
-marking, or a label that does not fit the feed's room: spillage, nothing posted, admins
-alerted). An item is posted in its room, stored and audited like a tagged message, with
-provenance `feed KEY`; with `release = true` it is routed like an officer's.
+401 (bad or missing token, or no such feed: both answered alike, so feed keys cannot be
+enumerated), 408 (body not received in time), 413 (text over 40 000 bytes, or a JSON body
+over 256 000 bytes), 422 (bad JSON, bad marking, or a label that does not fit the feed's
+room: spillage, nothing posted, admins alerted). An item is posted in its room, stored and
+audited like a tagged message, with provenance `feed KEY`; with `release = true` it is
+routed like an officer's.
+
+Limits against slow or hostile clients:
+- the request line and headers must arrive within `HEADER_TIMEOUT_S` of the connection
+  opening (or of the previous response, on a kept-alive connection): aiohttp's
+  `keepalive_timeout` closes a connection whose next request has not been fully read by
+  then, so it is both the header and the idle timeout;
+- the body must arrive within `BODY_TIMEOUT_S` (`asyncio.timeout` around the read): 408
+  and the connection is closed;
+- after an answer sent before the whole body was read (401, 408, 413), aiohttp drains the
+  rest for `LINGER_S` at most (`lingering_time`, 10 s by default) before closing;
+- the body is at most `MAX_BODY_BYTES`: any text within the 40 000-byte limit fits however
+  a JSON encoder escapes it (at most 6 bytes, a `\\u00XX` escape, per byte of text), with
+  16 000 bytes to spare for the other fields;
+- `handler_cancellation` stays off: a client hanging up must not cut a handler between
+  posting the item and storing it; the timeouts bound what a slow client can hold;
+- failed authentications are audited at most `UNAUTHORISED_AUDITS_PER_MINUTE` times per
+  feed key a minute; the rest are counted (`liaison_feed_unauthorised_total{audit=
+  "suppressed"}`) and summed up in one `feed.unauthorised.suppressed` row per minute.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Sequence
+import os
+import re
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from bot.config import FeedConfig
 from bot.matrix.gateway import MatrixError
@@ -31,6 +58,19 @@ from policy import MAX_TEXT_BYTES, MarkingError, Precedence, TaggedMessage, fits
 from policy.ids import RoomKey
 
 log = logging.getLogger(__name__)
+
+HEADER_TIMEOUT_S = 10.0
+BODY_TIMEOUT_S = 30.0
+LINGER_S = 2.0
+MAX_BODY_BYTES = 6 * MAX_TEXT_BYTES + 16_000  # 256 000
+UNAUTHORISED_AUDITS_PER_MINUTE = 5
+UNAUTHORISED_KEYS_PER_MINUTE = 64  # distinct keys audited apart; beyond, pooled under "*"
+UNAUTHORISED = "bad or missing bearer token"
+_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -48,6 +88,10 @@ class FeedListener:
         messenger: Messenger,
         audit: Audit,
         metrics: Metrics,
+        *,
+        header_timeout: float = HEADER_TIMEOUT_S,
+        body_timeout: float = BODY_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.caveats = caveats
         self.rooms = rooms
@@ -57,12 +101,34 @@ class FeedListener:
         self.metrics = metrics
         self.feeds = {f.key: f for f in feeds}
         self.tokens = tokens
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        # Tokens are compared as SHA-256 digests (equal lengths, constant time); an unknown
+        # feed is compared against a random dummy, so it costs the same as a bad token.
+        self._digests = {key: _digest(token) for key, token in tokens.items() if token}
+        self._dummy = _digest(os.urandom(32).hex())
+        self._clock = clock
+        self._window_start: float | None = None
+        self._audited: Tally[str] = Tally()
+        self._suppressed: Tally[str] = Tally()
+        self.unauthorised = Counter(
+            "liaison_feed_unauthorised_total",
+            "Feed requests refused with 401, by whether an audit row was written",
+            ["audit"],
+            registry=metrics.registry,
+        )
         self._runner: web.AppRunner | None = None
 
     async def start(self, bind: str) -> None:
-        app = web.Application(client_max_size=2 * MAX_TEXT_BYTES)
+        app = web.Application(client_max_size=MAX_BODY_BYTES)
         app.router.add_post("/feeds/{key}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(
+            app,
+            access_log=None,
+            keepalive_timeout=self.header_timeout,
+            lingering_time=LINGER_S,
+            handler_cancellation=False,
+        )
         await self._runner.setup()
         host, _, port = bind.rpartition(":")
         await web.TCPSite(self._runner, host.strip("[]"), int(port)).start()
@@ -71,25 +137,32 @@ class FeedListener:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+            self._runner = None
+        try:
+            await self._flush_unauthorised()
+        except Exception:
+            log.exception("could not audit the last minute's refused feed requests")
 
     async def handle(self, request: web.Request) -> web.Response:
         key = request.match_info["key"]
         feed = self.feeds.get(RoomKey(key))
-        if feed is None:
-            return _error(404, f"no feed {key!r}")
         offered = request.headers.get("Authorization", "")
-        token = self.tokens.get(key, "")
-        if not (
-            token
-            and offered.startswith("Bearer ")
-            and hmac.compare_digest(offered[7:].encode(), token.encode())
-        ):
-            await self.audit(f"feed {key}", "feed.unauthorised", key, {})
-            return _error(401, "bad or missing bearer token")
+        supplied = offered[7:] if offered.startswith("Bearer ") else ""
+        matches = hmac.compare_digest(_digest(supplied), self._digests.get(key, self._dummy))
+        if feed is None or not supplied or not matches:
+            await self._unauthorised(key, "bad or missing token" if feed else "no such feed")
+            return _error(401, UNAUTHORISED)
+        if (request.content_length or 0) > MAX_BODY_BYTES:
+            return _too_large()
         try:
-            raw = await request.read()
+            async with asyncio.timeout(self.body_timeout):
+                raw = await request.read()
         except web.HTTPRequestEntityTooLarge:
-            return _error(413, f"body over {2 * MAX_TEXT_BYTES} bytes")
+            return _too_large()
+        except TimeoutError:
+            late = _error(408, f"body not received within {self.body_timeout:g} s")
+            late.force_close()
+            return late
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -162,6 +235,44 @@ class FeedListener:
             result["receipt"] = receipt.plain
         log.info("feed %s posted %s in %s", key, event_id, room.key)
         return web.json_response(result, status=202)
+
+    async def _unauthorised(self, key: str, reason: str) -> None:
+        """Audit a refused request, at most UNAUTHORISED_AUDITS_PER_MINUTE rows per key a
+        minute; count the rest for one summary row. Known and unknown keys take the same
+        path (and the same time), so the audit does not tell them apart to the caller."""
+        now = self._clock()
+        if self._window_start is None or now - self._window_start >= 60:
+            await self._flush_unauthorised()
+            self._window_start = now
+        bucket = key if _KEY.match(key) else "(malformed)"
+        if bucket not in self._audited and len(self._audited) >= UNAUTHORISED_KEYS_PER_MINUTE:
+            bucket = "*"
+        if self._audited[bucket] >= UNAUTHORISED_AUDITS_PER_MINUTE:
+            self._suppressed[bucket] += 1
+            self.unauthorised.labels("suppressed").inc()
+            return
+        self._audited[bucket] += 1
+        self.unauthorised.labels("audited").inc()
+        await self.audit(f"feed {bucket}", "feed.unauthorised", bucket, {"reason": reason})
+
+    async def _flush_unauthorised(self) -> None:
+        """One row for the refusals the last window did not audit one by one."""
+        suppressed = dict(sorted(self._suppressed.items()))
+        self._audited.clear()
+        self._suppressed.clear()
+        if suppressed:
+            await self.audit(
+                "feed listener",
+                "feed.unauthorised.suppressed",
+                None,
+                {"per_minute": UNAUTHORISED_AUDITS_PER_MINUTE, "suppressed": suppressed},
+            )
+
+
+def _too_large() -> web.Response:
+    return _error(
+        413, f"body over {MAX_BODY_BYTES} bytes (the text itself: at most {MAX_TEXT_BYTES})"
+    )
 
 
 def _check_fields(body: dict[str, Any]) -> str | None:

@@ -27,9 +27,18 @@ def alembic_config(url: str, connection: Connection | None = None) -> AlembicCon
 
 
 def ensure_sqlite_folder(url: str) -> None:
+    """Make a SQLite database's folder if it is missing: each folder made is private to
+    its owner (0700, whatever the umask). An existing folder is left as it is (it may be the
+    config's folder, shared with other files); the database file itself is always 0600
+    (`make_engine`)."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return
+    folder = Path(parsed.database).absolute().parent
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for path in reversed(missing):
+        path.mkdir(mode=0o700, exist_ok=True)
+        path.chmod(0o700)  # mkdir's mode is masked by the umask
 
 
 def upgrade(url: str, revision: str = "head") -> str | None:

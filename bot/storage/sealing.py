@@ -4,6 +4,11 @@ Why: the database holds the bot's access token (and, later, intelligence text an
 cross-signing keys). A copy of the database file alone must not give them away; the key
 lives only in the environment (DESIGN §7, §7a). Each purpose derives its own key (HKDF
 `info`), so a key for one purpose never opens another's data.
+
+HKDF does not stretch: the secret must already be a strong random key, not a passphrase, or
+a copy of the database could be attacked offline. `Secrets.from_env` (bot/startup.py) refuses
+keys shorter than `MIN_KEY_CHARS`; the derivation itself is unchanged, so existing databases
+still open.
 """
 
 from __future__ import annotations
