@@ -25,6 +25,8 @@ from policy.ids import EventId, UserId
 
 log = logging.getLogger(__name__)
 
+ALSO_TO_INTERVAL = 600.0  # seconds between one-off keys for the same excluded device
+
 
 class DirectRooms:
     """The bot's direct chats, room id -> partner, kept in the store across restarts."""
@@ -82,6 +84,7 @@ class Messenger:
         self.audit = audit
         self.tasks = tasks
         self.next_sync = next_sync  # wait at most this long for the next handled sync
+        self._also_to_sent: dict[tuple[str, str], float] = {}
         self.admin_room = admin_room  # the room id of [bot] admin_room, a managed room
         self.refresh_readers = refresh_readers  # re-read the members' clearances
 
@@ -121,6 +124,7 @@ class Messenger:
         tx_id: str | None = None,
         also_to: Sequence[OlmDevice] = (),
     ) -> EventId:
+        also_to = self._rationed(also_to)
         await self.gateway.ensure_current_members(room_id)
         await self.refresh_readers(room_id)
         await self.trust.refresh(self.recipients(room_id))
@@ -133,6 +137,22 @@ class Messenger:
             also_to=also_to,
         )
         return EventId(event_id)
+
+    def _rationed(self, devices: Sequence[OlmDevice]) -> list[OlmDevice]:
+        """Devices outside the policy that may read this one event. Each costs every member
+        a fresh room key, and anyone can make the bot answer an unverified device: at most
+        one such event per device every ALSO_TO_INTERVAL seconds; later ones still go to
+        the room, unreadable to that device."""
+        now = time.monotonic()
+        allowed = []
+        for device in devices:
+            key = (device.user_id, device.id)
+            if now - self._also_to_sent.get(key, -ALSO_TO_INTERVAL) >= ALSO_TO_INTERVAL:
+                self._also_to_sent[key] = now
+                allowed.append(device)
+        while len(self._also_to_sent) > 10_000:
+            self._also_to_sent.pop(next(iter(self._also_to_sent)))
+        return allowed
 
     async def send_notice(
         self,
