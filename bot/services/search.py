@@ -130,13 +130,22 @@ class Inventory:
             raise CommandError("--since: at most 365d")
         start = datetime.now(UTC) - span
         stored = await in_thread(self.store.items_since, start, MAX_SCANNED)
+        scanned = len(stored)
+        # Originator control: another room's item shows only where it was released.
+        released = {
+            i.event_id
+            for i in await in_thread(
+                self.store.relayed_items_to, [managed.key], start, datetime.now(UTC)
+            )
+        }
+        stored = [i for i in stored if i.room_key == managed.key or i.event_id in released]
         # Unsealing thousands of items takes a while: off the event loop.
         opened = await asyncio.to_thread(lambda: [self.item_of(i) for i in stored])
         candidates = [c for c in opened if c is not None]
         found = search(managed, candidates, words, topic, exercise)
-        await self.audit(actor, "search", room_key, {"matches": len(found), "scanned": len(stored)})
+        await self.audit(actor, "search", room_key, {"matches": len(found), "scanned": scanned})
         query = " ".join(words) + (f" #{topic.lstrip('#')}" if topic else "")
-        return results_document(managed, query, found, start, len(stored), exercise)
+        return results_document(managed, query, found, start, scanned, exercise)
 
     def _throttle(self, actor: str) -> None:
         """At most SEARCHES_PER_MINUTE per person, refused with when to try again."""
