@@ -9,10 +9,15 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from bot.metrics import Metrics
 from bot.services.digest import (
+    CatchUp,
     DigestItem,
     DigestService,
+    MissedWindows,
     build_digest,
     fire_times,
     plan_catch_up,
@@ -87,7 +92,7 @@ def test_digest_heading_banner_counts_topics_and_escaping() -> None:
     )
     document = build_digest(NATO, chosen, T0, T0 + timedelta(hours=12))
     plain = document.plain
-    assert plain.splitlines()[0] == "NATO SECRET"  # the dominant label of the real items
+    assert plain.splitlines()[0] == "NATO SECRET"  # the dominant label of every item shown
     assert "Window 2026-11-23 06:00Z → 2026-11-23 18:00Z" in plain
     assert "2 item(s): FLASH 1, ROUTINE 1. By source: deu 1, nato-s 1." in plain
     assert plain.index("FLASH (1)") < plain.index("ROUTINE (1)")
@@ -120,22 +125,22 @@ def test_fire_times_and_catch_up_plan() -> None:
     ]
     grace = timedelta(hours=2)
     # down over the 18:00 run, back at 19:00: post it once, late
-    assert plan_catch_up(trigger, T0, T0 + timedelta(hours=13), grace) == (
-        T0 + timedelta(hours=12),
-        [],
+    assert plan_catch_up(trigger, T0, T0 + timedelta(hours=13), grace) == CatchUp(
+        T0 + timedelta(hours=12)
     )
     # back at 21:00: too late to post; skip it
-    assert plan_catch_up(trigger, T0, T0 + timedelta(hours=15), grace) == (
-        None,
-        [T0 + timedelta(hours=12)],
+    assert plan_catch_up(trigger, T0, T0 + timedelta(hours=15), grace) == CatchUp(
+        None, MissedWindows(T0 + timedelta(hours=12), T0 + timedelta(hours=12), 1)
     )
     # down for two days, back 30 min after a run: the newest is posted, the rest skipped
-    late, skipped = plan_catch_up(trigger, T0, T0 + timedelta(days=2, minutes=30), grace)
-    assert late == T0 + timedelta(days=2) and len(skipped) == 3
+    assert plan_catch_up(trigger, T0, T0 + timedelta(days=2, minutes=30), grace) == CatchUp(
+        T0 + timedelta(days=2),
+        MissedWindows(T0 + timedelta(hours=12), T0 + timedelta(days=1, hours=12), 3),
+    )
     # nothing missed
-    assert plan_catch_up(trigger, T0 + timedelta(hours=12), T0 + timedelta(hours=13), grace) == (
-        None,
-        [],
+    assert (
+        plan_catch_up(trigger, T0 + timedelta(hours=12), T0 + timedelta(hours=13), grace)
+        == CatchUp()
     )
 
 
@@ -160,17 +165,17 @@ async def no_audit(*args: Any) -> None:
     return None
 
 
-def digest_service(store: Store, clock: Clock, messenger: FakeMessenger) -> DigestService:
-    """The service on a real database, with one config schedule for nato-s."""
+def digest_service(
+    store: Store,
+    clock: Clock,
+    messenger: FakeMessenger,
+    *,
+    cron: str = "0 6,18 * * *",
+    window: timedelta = timedelta(hours=12),
+) -> DigestService:
+    """The service on a real database, with one config schedule (cfg-1) for nato-s."""
     config = SimpleNamespace(
-        digests=[
-            SimpleNamespace(
-                room="nato-s",
-                cron="0 6,18 * * *",
-                window=timedelta(hours=12),
-                sources=["nato-s"],
-            )
-        ],
+        digests=[SimpleNamespace(room="nato-s", cron=cron, window=window, sources=["nato-s"])],
         bot=SimpleNamespace(timezone="UTC", digest_catchup_grace=timedelta(hours=2)),
     )
     return DigestService(
@@ -238,3 +243,46 @@ def test_missed_windows_older_than_the_grace_are_skipped_and_audited(tmp_path: P
         assert any(e.action == "digest.skipped" for e in store.recent_audit(5))
     finally:
         store.close()
+
+
+def test_the_banner_covers_exercise_items_too() -> None:
+    """Finding 6: the banner that opens and closes a digest is the dominant label of every
+    item shown. Exercise items are kept out of the counts but are no less classified; before,
+    a NATO SECRET drill went out under a NATO UNCLASSIFIED banner."""
+    chosen = select_items(
+        NATO,
+        [
+            item("$u", "NATO UNCLASSIFIED", NATO, 5),
+            item("$x", "NATO SECRET", NATO, 6, exercise=True, text="drill"),
+        ],
+    )
+    lines = build_digest(NATO, chosen, T0, T0 + timedelta(hours=12)).plain.splitlines()
+    assert lines[0] == "NATO SECRET" and lines[-1] == "NATO SECRET"
+
+
+MARKINGS = [
+    ("NATO UNCLASSIFIED", NATO),
+    ("NATO RESTRICTED", NATO),
+    ("NATO CONFIDENTIAL", NATO),
+    ("NATO SECRET", NATO),
+    ("VS-NfD // REL TO NATO", DEU),
+    ("GEHEIM // REL TO NATO", DEU),
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(MARKINGS), st.booleans()), min_size=1, max_size=6))
+def test_the_banner_is_at_least_every_shown_item(
+    picks: list[tuple[tuple[str, ManagedRoom], bool]],
+) -> None:
+    """Finding 6, as a property: whatever mix of real and exercise items a digest shows, its
+    banner ranks at or above each of them (it fails before the fix on any exercise item
+    above every real one)."""
+    candidates = [
+        item(f"${n}", marking, source, n, exercise=exercise)
+        for n, ((marking, source), exercise) in enumerate(picks)
+    ]
+    chosen = select_items(NATO, candidates)
+    banner = build_digest(NATO, chosen, T0, T0 + timedelta(hours=1)).plain.splitlines()[0]
+    shown = parse_marking(banner, "NATO")
+    assert all(shown.rank >= i.label.rank for i in chosen)

@@ -5,14 +5,19 @@ at start from the config and our own schedule table; each window is recorded (di
 before it is posted, under a transaction id derived from the window, so a restart never
 posts a window twice. A window missed while the bot was down is posted once, marked
 delayed, within `[bot] digest_catchup_grace`; older misses are skipped and audited.
+
+Only a schedule that has recorded a window can have missed one: on its first start there is
+nothing to catch up. The older misses of one downtime are recorded as one "skipped" run and
+one audit entry (first and last window end, and how many), however many there were.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -84,11 +89,17 @@ def build_digest(
     delayed: bool = False,
     top: int = TOP_PER_PRECEDENCE,
 ) -> Document:
-    """The digest document: heading with window and banner, counts, items, topics."""
+    """The digest document: heading with window and banner, counts, items, topics.
+
+    The banner that opens and closes the message is the dominant label of every item shown,
+    exercise ones included: an exercise item is kept out of the counts, not out of the
+    protection the message needs, so a NATO SECRET drill under a NATO UNCLASSIFIED banner
+    would under-mark the whole message.
+    """
     real = [i for i in selected if not i.exercise]
     drill = [i for i in selected if i.exercise]
     window = f"{start:%Y-%m-%d %H:%MZ} → {end:%Y-%m-%d %H:%MZ}"
-    dominant = dominant_label([i.label for i in real], room.policy.scheme, room.policy.audience)
+    dominant = dominant_label([i.label for i in selected], room.policy.scheme, room.policy.audience)
     banner = dominant.banner if dominant is not None else room.banner
     rank = dominant.rank if dominant is not None else room.policy.rank
     blocks: list[Any] = [
@@ -156,20 +167,81 @@ def _section(room: ManagedRoom, selected: Sequence[DigestItem], top: int) -> lis
 # ---------------------------------------------------------------- schedule arithmetic
 
 
+_TICK = timedelta(microseconds=1)  # the finest step of a datetime: "after" made exclusive
+
+
+def _iter_fire_times(trigger: CronTrigger, after: datetime, until: datetime) -> Iterator[datetime]:
+    previous: datetime | None = None
+    moment = after + _TICK
+    while True:
+        fire = trigger.get_next_fire_time(previous, moment)
+        if fire is None or fire > until:
+            return
+        yield fire.astimezone(UTC)
+        previous, moment = fire, fire + _TICK
+
+
 def fire_times(
     trigger: CronTrigger, after: datetime, until: datetime, limit: int = 1000
 ) -> list[datetime]:
-    """The trigger's fire times in (after, until], oldest first (at most `limit`)."""
-    out: list[datetime] = []
-    previous: datetime | None = None
-    now = after + timedelta(microseconds=1)
-    while len(out) < limit:
-        fire = trigger.get_next_fire_time(previous, now)
-        if fire is None or fire > until:
+    """The trigger's fire times in (after, until], oldest first (at most `limit`: the
+    *oldest* ones, so never take the last of them as "the newest"; see latest_fire_time)."""
+    return list(itertools.islice(_iter_fire_times(trigger, after, until), limit))
+
+
+def latest_fire_time(trigger: CronTrigger, after: datetime, until: datetime) -> datetime | None:
+    """The trigger's newest fire time in (after, until], or None.
+
+    Why a search: APScheduler 3 only steps forward, and walking forward from `after` costs one
+    step per fire time (a `* * * * *` schedule fires 1 440 times a day; any cap on the walk
+    then ends it hours early). "The earliest fire time at or after t" only grows with t, so
+    we search backwards from `until` instead: double a span back until a fire time falls in
+    it, then bisect to the microsecond. That is O(log) calls whatever the frequency.
+    """
+
+    def first_from(moment: datetime) -> datetime | None:
+        fire = trigger.get_next_fire_time(None, moment)
+        return fire if fire is not None and fire <= until else None
+
+    floor = after + _TICK
+    if floor > until:
+        return None
+    span = timedelta(seconds=1)
+    while True:  # lo: some fire time in [lo, until]
+        lo = max(until - span, floor)
+        if first_from(lo) is not None:
             break
-        out.append(fire.astimezone(UTC))
-        previous, now = fire, fire + timedelta(microseconds=1)
-    return out
+        if lo == floor:
+            return None
+        span *= 2
+    hi = until + _TICK  # no fire time in [hi, until]
+    while hi - lo > _TICK:
+        mid = lo + (hi - lo) // 2
+        if first_from(mid) is not None:
+            lo = mid
+        else:
+            hi = mid
+    fire = first_from(lo)  # lo itself, or hi at a DST gap (02:30 that never was -> 03:00)
+    assert fire is not None
+    return fire.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class MissedWindows:
+    """Windows missed while down and too old to post, summarised: a minutely schedule down
+    for a day misses 1 440 of them, and one row and one audit entry say as much as 1 440."""
+
+    first: datetime  # the oldest window end
+    last: datetime  # the newest window end (the one recorded as skipped)
+    count: int
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """What a start owes one schedule: a window to post late, and the missed ones skipped."""
+
+    late: datetime | None = None
+    skipped: MissedWindows | None = None
 
 
 def plan_catch_up(
@@ -178,17 +250,28 @@ def plan_catch_up(
     now: datetime,
     grace: timedelta,
     lookback: timedelta = timedelta(days=7),
-) -> tuple[datetime | None, list[datetime]]:
-    """(the window to post late, the windows to skip) after a downtime: the newest missed
-    window within `grace` is posted once; older missed ones are skipped."""
-    since = last_end if last_end is not None else now - min(lookback, grace)
-    missed = fire_times(trigger, max(since, now - lookback), now)
-    if not missed:
-        return None, []
-    newest = missed[-1]
-    if now - newest <= grace:
-        return newest, missed[:-1]
-    return None, missed
+) -> CatchUp:
+    """After a downtime: the newest missed window, if within `grace`, is posted once; older
+    missed ones (back to `lookback`) are skipped, as one summary.
+
+    A window can be missed only after the schedule has run: with no run recorded (the first
+    start, or a schedule just added) nothing is owed, even if fire times passed in the last
+    `grace`, because the bot was never down for them. Counting the skipped windows walks them
+    once (at most a week of a minutely schedule, ~10 000 steps), so call this off the loop.
+    """
+    if last_end is None:
+        return CatchUp()
+    since = max(last_end, now - lookback)
+    newest = latest_fire_time(trigger, since, now)
+    if newest is None:
+        return CatchUp()
+    late = newest if now - newest <= grace else None
+    last_skipped = newest if late is None else latest_fire_time(trigger, since, newest - _TICK)
+    if last_skipped is None:
+        return CatchUp(late)
+    skipped = _iter_fire_times(trigger, since, last_skipped)
+    first = next(skipped)  # there is one: last_skipped itself
+    return CatchUp(late, MissedWindows(first, last_skipped, 1 + sum(1 for _ in skipped)))
 
 
 # ---------------------------------------------------------------- the service
@@ -287,29 +370,37 @@ class DigestService:
     # -- running
 
     async def fire(self, key: str) -> None:
-        """A scheduled run: the window ends at the newest fire time not after now."""
+        """A scheduled run: the window ends at the newest fire time not after now (searched
+        backwards, so a schedule firing every minute gets this minute's window). APScheduler
+        runs a job only once its fire time has passed on the same clock, so that fire time is
+        the one this run is for; a day back bounds the search for a call with none."""
         schedule = next((s for s in await self.schedules() if s.key == key), None)
         if schedule is None:
             return
         now = self.clock()
-        ends = fire_times(
-            self.trigger(schedule), now - timedelta(days=1), now + timedelta(seconds=1)
-        )
-        if ends:
-            await self.post_window(schedule, ends[-1], delayed=False)
+        end = latest_fire_time(self.trigger(schedule), now - timedelta(days=1), now)
+        if end is not None:
+            await self.post_window(schedule, end, delayed=False)
 
     async def _catch_up(self, schedule: DigestSchedule) -> None:
+        """Post the window owed since the last recorded run, if recent; record the older
+        misses as one skipped run at the newest of them (so the next start does not count them
+        again) with one audit entry naming the first, the last and how many."""
         last = await in_thread(self.store.last_digest_run, schedule.key)
-        now = self.clock()
-        late, skipped = plan_catch_up(
-            self.trigger(schedule), last, now, self.config.bot.digest_catchup_grace
+        plan = await in_thread(
+            plan_catch_up,
+            self.trigger(schedule),
+            last,
+            self.clock(),
+            self.config.bot.digest_catchup_grace,
         )
-        for end in skipped:
-            self.metrics.digests.labels("skipped").inc()
+        missed = plan.skipped
+        if missed is not None:
+            self.metrics.digests.labels("skipped").inc(missed.count)
             await in_thread(
                 self.store.finish_digest_run,
                 schedule.key,
-                end,
+                missed.last,
                 RunState.SKIPPED,
                 None,
                 AuditNote(
@@ -318,13 +409,15 @@ class DigestService:
                     schedule.key,
                     {
                         "room": schedule.room_key,
-                        "window_end": end.isoformat(),
+                        "window_end": missed.last.isoformat(),
+                        "first_window_end": missed.first.isoformat(),
+                        "windows": missed.count,
                         "reason": "missed while down, older than digest_catchup_grace",
                     },
                 ),
             )
-        if late is not None:
-            await self.post_window(schedule, late, delayed=True)
+        if plan.late is not None:
+            await self.post_window(schedule, plan.late, delayed=True)
 
     async def post_window(
         self, schedule: DigestSchedule, end: datetime, *, delayed: bool
@@ -480,11 +573,14 @@ def describe(schedule: DigestSchedule, next_run: datetime | None) -> str:
 
 
 __all__ = [
+    "CatchUp",
     "DigestItem",
     "DigestService",
+    "MissedWindows",
     "build_digest",
     "describe",
     "fire_times",
+    "latest_fire_time",
     "plan_catch_up",
     "select_items",
 ]
