@@ -28,6 +28,7 @@ from bot.services.schedule import cron_trigger
 from bot.storage import DigestSchedule, Store
 from bot.storage.migrate import upgrade
 from policy import Precedence, make_room, parse_marking
+from policy.ids import RoomId, RoomKey
 
 NATO = ManagedRoom("nato-s", "NATO SECRET liaison", make_room(parse_marking("NATO SECRET")), "!n:x")
 DEU = ManagedRoom("deu", "DEU cell", make_room(parse_marking("DEU GEHEIM")), "!d:x")
@@ -176,12 +177,14 @@ def digest_service(
     """The service on a real database, with one config schedule (cfg-1) for nato-s."""
     config = SimpleNamespace(
         digests=[SimpleNamespace(room="nato-s", cron=cron, window=window, sources=["nato-s"])],
-        bot=SimpleNamespace(timezone="UTC", digest_catchup_grace=timedelta(hours=2)),
+        bot=SimpleNamespace(
+            timezone="UTC", digest_catchup_grace=timedelta(hours=2), caveats=["BALTOPS"]
+        ),
     )
     return DigestService(
         config,  # type: ignore[arg-type]
         store,
-        SimpleNamespace(by_key={"nato-s": NATO}),  # type: ignore[arg-type]
+        SimpleNamespace(by_key={"nato-s": NATO, "deu": DEU}),  # type: ignore[arg-type]
         messenger,  # type: ignore[arg-type]
         no_audit,
         Metrics(lambda: None),
@@ -286,3 +289,70 @@ def test_the_banner_is_at_least_every_shown_item(
     banner = build_digest(NATO, chosen, T0, T0 + timedelta(hours=1)).plain.splitlines()[0]
     shown = parse_marking(banner, "NATO")
     assert all(shown.rank >= i.label.rank for i in chosen)
+
+
+def test_a_digest_shows_another_rooms_item_only_where_it_was_released(tmp_path: Path) -> None:
+    """Issue 14, findings 10 and 7: with `deu` among its sources, the NATO digest shows a
+    DEU item only if it was relayed into the NATO room (a stored, unreleased
+    `DEU GEHEIM // REL TO NATO` item stays out); an item whose label carries a configured
+    caveat is read with it (it used to vanish)."""
+    from bot.storage import IntelItem, RelayEntry, RelayKind
+
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    upgrade(url)
+    store = Store.from_url(url)
+
+    def stored(event_id: str, room: ManagedRoom, label: str) -> None:
+        parsed = parse_marking(label, extra_caveats=["BALTOPS"])
+        store.save_item(
+            IntelItem(
+                event_id, room.key, room.room_id, "@lo:x", parsed.banner, parsed.scheme,
+                parsed.rank, Precedence.ROUTINE, False, (), "sealed", T0 + timedelta(hours=1),
+            )
+        )  # fmt: skip
+
+    try:
+        stored("$kept", DEU, "DEU GEHEIM // REL TO NATO")
+        stored("$released", DEU, "DEU GEHEIM // REL TO NATO")
+        stored("$own", NATO, "NATO SECRET")
+        copy = RelayEntry("txn1", RelayKind.COPY, "$released", "$released", "nato-s", "!n:x", "")
+        store.add_relays([copy])
+        store.relay_sent("txn1", "$copy")
+        service = digest_service(store, Clock(T0), FakeMessenger())
+        service.open_text = lambda item: f"text of {item.event_id}"
+        document = asyncio.run(
+            service.compose(NATO, ["nato-s", "deu"], T0, T0 + timedelta(hours=12))
+        )
+        assert "text of $released" in document.plain and "text of $own" in document.plain
+        assert "text of $kept" not in document.plain
+    finally:
+        store.close()
+
+
+def test_a_stored_label_with_a_configured_caveat_is_read_with_it(tmp_path: Path) -> None:
+    """Issue 14, finding 7: such items vanished from digests (and search)."""
+    from bot.storage import IntelItem
+
+    baltops = ManagedRoom(
+        RoomKey("nato-s"),
+        "Baltic ops",
+        make_room(parse_marking("NATO SECRET // BALTOPS", extra_caveats=["BALTOPS"])),
+        RoomId("!n:x"),
+    )
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    upgrade(url)
+    store = Store.from_url(url)
+    try:
+        store.save_item(
+            IntelItem(
+                "$cav", "nato-s", "!n:x", "@lo:x", "NATO SECRET // BALTOPS", "NATO", 3,
+                Precedence.ROUTINE, False, (), "sealed", T0 + timedelta(hours=1),
+            )
+        )  # fmt: skip
+        service = digest_service(store, Clock(T0), FakeMessenger())
+        service.rooms.by_key["nato-s"] = baltops  # type: ignore[index]
+        service.open_text = lambda item: "text with a caveat"
+        document = asyncio.run(service.compose(baltops, ["nato-s"], T0, T0 + timedelta(hours=12)))
+        assert "text with a caveat" in document.plain
+    finally:
+        store.close()

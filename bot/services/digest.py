@@ -42,6 +42,7 @@ from bot.storage import (
     Store,
     in_thread,
 )
+from bot.storage.sealing import SealError
 from commands.context import CommandError, PermissionDenied, Role
 from commands.document import Banner, Document, Inline, doc, heading, items, para
 from policy import Label, MarkingError, Precedence, dominant_label, may_release, parse_marking
@@ -487,9 +488,14 @@ class DigestService:
         *,
         delayed: bool = False,
     ) -> Document:
-        stored = await in_thread(self.store.items_between, sources, start, end)
-        relayed = await in_thread(self.store.relayed_items_to, sources, start, end)
-        candidates = [self._item(i) for i in [*stored, *relayed]]
+        # Originator control: the room's own items, and another source's only where they
+        # were released, i.e. relayed into this room; never merely because a label would
+        # allow it (a non-officer's item is stored, not released).
+        own = await in_thread(self.store.items_between, [room.key], start, end)
+        released = await in_thread(self.store.relayed_items_to, [room.key], start, end)
+        wanted = set(sources)
+        chosen = [i for i in [*own, *released] if i.room_key in wanted]
+        candidates = [self._item(i) for i in chosen]
         selected = select_items(room, [c for c in candidates if c is not None])
         return build_digest(room, selected, start, end, delayed=delayed)
 
@@ -498,9 +504,13 @@ class DigestService:
 
     def _item(self, item: IntelItem) -> DigestItem | None:
         try:
-            label = parse_marking(item.label)
+            label = parse_marking(item.label, extra_caveats=self.config.bot.caveats)
+            text = self.open_text(item)
         except MarkingError:
             log.error("stored item %s has an unreadable label", item.event_id)
+            return None
+        except SealError:  # its label or room was changed in the database: never shown
+            log.error("stored item %s does not open for its label and room", item.event_id)
             return None
         return DigestItem(
             event_id=item.event_id,
@@ -510,7 +520,7 @@ class DigestService:
             precedence=item.precedence,
             exercise=item.exercise,
             topics=item.topics,
-            text=self.open_text(item),
+            text=text,
             created_at=item.created_at,
         )
 
