@@ -356,3 +356,20 @@ def test_a_stored_label_with_a_configured_caveat_is_read_with_it(tmp_path: Path)
         assert "text with a caveat" in document.plain
     finally:
         store.close()
+
+
+def test_a_digest_of_many_long_items_fits_one_encrypted_event() -> None:
+    """Issue 14, finding 8: the size is judged as sent (JSON, encrypted, base64), not as
+    plain + HTML: 60 items of 500 characters used to make an event the homeserver refused,
+    and the window was lost."""
+    from bot.services.relay import EVENT_LIMIT, encrypted_size
+
+    every = list(Precedence)  # 25 a precedence are shown: spread them to show more
+    many = [
+        item(f"$i{n}", "NATO SECRET", NATO, n, precedence=every[n % 4], text="observation " * 42)
+        for n in range(60)
+    ]
+    document = build_digest(NATO, many, T0, T0 + timedelta(hours=12))
+    content = {"msgtype": "m.notice", "body": document.plain, "formatted_body": document.html}
+    assert encrypted_size(content) <= EVENT_LIMIT
+    assert "item(s) not shown" in document.plain  # counted, not silently cut

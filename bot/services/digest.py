@@ -29,6 +29,7 @@ from bot.config import Config
 from bot.matrix.gateway import MatrixError
 from bot.metrics import Metrics
 from bot.services.ports import Audit, Messenger
+from bot.services.relay import EVENT_LIMIT, encrypted_size
 from bot.services.render import EXERCISE_LINE, target_banner
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.services.schedule import cron_trigger, format_duration, parse_duration
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 
 TOP_PER_PRECEDENCE = 25  # a very large window shows this many per precedence, and the count
 MAX_ITEM_CHARS = 500
-MAX_BODY_BYTES = 30_000  # plain + HTML stay well under the homeserver's 65 536-byte event
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,8 @@ def build_digest(
         blocks.append(para(Banner(EXERCISE_LINE, 0)))
     blocks.append(para(Banner(banner, rank)))
     document = doc(*blocks)
-    size = sum(len(t.encode("utf-8", "surrogatepass")) for t in (document.plain, document.html))
-    if size > 2 * MAX_BODY_BYTES and top > 1:
+    content = {"msgtype": "m.notice", "body": document.plain, "formatted_body": document.html}
+    if encrypted_size(content) > EVENT_LIMIT and top > 1:  # as sent: encrypted, base64
         return build_digest(room, selected, start, end, delayed=delayed, top=max(1, top // 2))
     return document
 
