@@ -33,7 +33,7 @@ class Rooms:
 
 def digests(store: Store, rooms: dict[str, ManagedRoom], sealer: Sealer) -> DigestService:
     """The digest service on its own, with the ports a digest build uses (nothing is sent)."""
-    config = SimpleNamespace(digests=[], bot=SimpleNamespace(timezone="UTC"))
+    config = SimpleNamespace(digests=[], bot=SimpleNamespace(timezone="UTC", caveats=[]))
     return DigestService(
         config,  # type: ignore[arg-type]
         store,
@@ -41,7 +41,7 @@ def digests(store: Store, rooms: dict[str, ManagedRoom], sealer: Sealer) -> Dige
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         Metrics(lambda: None),
-        lambda item: sealer.open_text(item.text, item.event_id),
+        lambda item: (sealer.open_text(item.text, item.event_id), item.topics),
     )
 
 

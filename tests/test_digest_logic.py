@@ -188,7 +188,7 @@ def digest_service(
         messenger,  # type: ignore[arg-type]
         no_audit,
         Metrics(lambda: None),
-        lambda item: "text",
+        lambda item: ("text", ()),
         clock=lambda: clock.now,
     )
 
@@ -319,7 +319,7 @@ def test_a_digest_shows_another_rooms_item_only_where_it_was_released(tmp_path: 
         store.add_relays([copy])
         store.relay_sent("txn1", "$copy")
         service = digest_service(store, Clock(T0), FakeMessenger())
-        service.open_text = lambda item: f"text of {item.event_id}"
+        service.open_item = lambda item: (f"text of {item.event_id}", ())
         document = asyncio.run(
             service.compose(NATO, ["nato-s", "deu"], T0, T0 + timedelta(hours=12))
         )
@@ -351,7 +351,7 @@ def test_a_stored_label_with_a_configured_caveat_is_read_with_it(tmp_path: Path)
         )  # fmt: skip
         service = digest_service(store, Clock(T0), FakeMessenger())
         service.rooms.by_key["nato-s"] = baltops  # type: ignore[index]
-        service.open_text = lambda item: "text with a caveat"
+        service.open_item = lambda item: ("text with a caveat", ())
         document = asyncio.run(service.compose(baltops, ["nato-s"], T0, T0 + timedelta(hours=12)))
         assert "text with a caveat" in document.plain
     finally:

@@ -79,7 +79,8 @@ async def test_feeds_post_store_route_and_refuse(
     assert "&lt;b&gt;" in posted.source["content"]["formatted_body"]
     assert body["item"] == posted.event_id
     item = bot_env.store.item(body["item"])  # type: ignore[union-attr]
-    assert item is not None and item.origin == "feed sat" and item.topics == ("orbit",)
+    assert item is not None and item.origin == "feed sat" and item.topics == ()  # in clear
+    assert bot_env.bot is not None and bot_env.bot.relay.open_item(item)[1] == ("orbit",)
 
     released = f"sig-{secrets.token_hex(3)}"
     status, body = await asyncio.to_thread(

@@ -247,3 +247,18 @@ async def test_an_item_whose_label_was_lowered_in_the_database_does_not_open(
     assert item is not None
     with pytest.raises(SealError):
         relay.open_text(item)
+
+
+async def test_topics_are_sealed_with_the_text(store: Store) -> None:
+    """Issue 14, finding 12: topics say what the text is about; none of it in clear."""
+    from bot.storage import IntelItemRow
+
+    ports = Ports()
+    relay = engine(store, ports)
+    await relay.handle(source(), "[GEHEIM // REL TO NATO] convoy sighted #kiel #logistics")
+    with store.session() as s:
+        row = s.get(IntelItemRow, 1)
+        assert row is not None and not row.topics  # the clear column holds nothing
+    item = store.item(ORIGINAL)
+    assert item is not None
+    assert relay.open_item(item) == ("convoy sighted #kiel #logistics", ("kiel", "logistics"))

@@ -287,7 +287,7 @@ class DigestService:
         messenger: Messenger,
         audit: Audit,
         metrics: Metrics,
-        open_text: Callable[[IntelItem], str],
+        open_item: Callable[[IntelItem], tuple[str, tuple[str, ...]]],
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.config = config
@@ -296,7 +296,7 @@ class DigestService:
         self.messenger = messenger
         self.audit = audit
         self.metrics = metrics
-        self.open_text = open_text  # an item's text, unsealed
+        self.open_item = open_item  # an item's text and topics, unsealed
         self.clock = clock or (lambda: datetime.now(UTC))
         self.scheduler = AsyncIOScheduler(timezone=config.bot.timezone)
 
@@ -505,7 +505,7 @@ class DigestService:
     def _item(self, item: IntelItem) -> DigestItem | None:
         try:
             label = parse_marking(item.label, extra_caveats=self.config.bot.caveats)
-            text = self.open_text(item)
+            text, topics = self.open_item(item)
         except MarkingError:
             log.error("stored item %s has an unreadable label", item.event_id)
             return None
@@ -519,7 +519,7 @@ class DigestService:
             source=self.rooms.by_key.get(item.room_key),
             precedence=item.precedence,
             exercise=item.exercise,
-            topics=item.topics,
+            topics=topics,
             text=text,
             created_at=item.created_at,
         )

@@ -63,6 +63,22 @@ def encrypted_size(content: dict[str, Any]) -> int:
     return (plain + 200) * 4 // 3 + ENVELOPE  # 200: type and room id inside the payload
 
 
+def sealed_payload(text: str, topics: Sequence[str]) -> str:
+    """What is sealed for an item: its text and its topics (nothing of it in clear)."""
+    return json.dumps({"v": 2, "text": text, "topics": list(topics)}, ensure_ascii=False)
+
+
+def opened_payload(sealed: str, clear_topics: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    """(text, topics) from an opened item; a legacy item sealed its bare text."""
+    try:
+        payload = json.loads(sealed)
+    except ValueError:
+        return sealed, tuple(clear_topics)
+    if not isinstance(payload, dict) or payload.get("v") != 2:
+        return sealed, tuple(clear_topics)
+    return str(payload.get("text", "")), tuple(str(t) for t in payload.get("topics", ()))
+
+
 def item_binding(event_id: str, room_key: str, label: str) -> str:
     """What an item's sealed text is bound to: the fields that decide where it may go."""
     return f"item|{event_id}|{room_key}|{label}"
@@ -251,9 +267,10 @@ class RelayEngine:
             rank=message.label.rank,
             precedence=message.precedence,
             exercise=message.exercise,
-            topics=message.topics,
+            topics=(),  # sealed with the text: topics say what the text is about
             text=self.sealer.seal_text(
-                message.text, item_binding(source.event_id, source.room.key, message.label.banner)
+                sealed_payload(message.text, message.topics),
+                item_binding(source.event_id, source.room.key, message.label.banner),
             ),
             created_at=source.sent_at,
             origin=origin,
@@ -494,9 +511,10 @@ class RelayEngine:
             rank=message.label.rank,
             precedence=message.precedence,
             exercise=message.exercise,
-            topics=message.topics,
+            topics=(),
             text=self.sealer.seal_text(
-                message.text, item_binding(source.event_id, room.key, message.label.banner)
+                sealed_payload(message.text, message.topics),
+                item_binding(source.event_id, room.key, message.label.banner),
             ),
         )
         copies = [
@@ -646,15 +664,19 @@ class RelayEngine:
         return len(await in_thread(self.store.pending_relays))
 
     def open_text(self, item: IntelItem) -> str:
-        """An item's text, opened only with the room and label it was stored under (a label
-        lowered in the database does not open); items stored before that binding open
-        with their event id alone."""
+        return self.open_item(item)[0]
+
+    def open_item(self, item: IntelItem) -> tuple[str, tuple[str, ...]]:
+        """An item's text and topics, opened only with the room and label it was stored
+        under (a label lowered in the database does not open); items stored before that
+        binding open with their event id alone, their topics from the clear column."""
         try:
-            return self.sealer.open_text(
+            sealed = self.sealer.open_text(
                 item.text, item_binding(item.event_id, item.room_key, item.label)
             )
         except SealError:
-            return self.sealer.open_text(item.text, item.event_id)
+            sealed = self.sealer.open_text(item.text, item.event_id)
+        return opened_payload(sealed, item.topics)
 
     async def _audit(
         self, actor: str, action: str, room: ManagedRoom, source: Source, detail: dict[str, Any]
