@@ -373,3 +373,25 @@ def test_a_digest_of_many_long_items_fits_one_encrypted_event() -> None:
     content = {"msgtype": "m.notice", "body": document.plain, "formatted_body": document.html}
     assert encrypted_size(content) <= EVENT_LIMIT
     assert "item(s) not shown" in document.plain  # counted, not silently cut
+
+
+def test_a_large_window_is_split_into_events_that_each_fit() -> None:
+    """Issue 14, finding 8: every item shown, in as few events as fit the limit each."""
+    from bot.services.digest import build_digest_parts
+    from bot.services.relay import EVENT_LIMIT, encrypted_size
+
+    every = list(Precedence)
+    many = [
+        item(f"$i{n}", "NATO SECRET", NATO, n, precedence=every[n % 4], text=f"obs{n} " * 80)
+        for n in range(60)
+    ]
+    parts = build_digest_parts(NATO, select_items(NATO, many), T0, T0 + timedelta(hours=12))
+    assert len(parts) > 1
+    for n, part in enumerate(parts, 1):
+        content = {"msgtype": "m.notice", "body": part.plain, "formatted_body": part.html}
+        assert encrypted_size(content) <= EVENT_LIMIT
+        assert f"part {n} of {len(parts)}" in part.plain
+    shown = "\n".join(p.plain for p in parts)
+    assert all(f"obs{n} " in shown for n in range(60)) and "not shown" not in shown
+    small = build_digest_parts(NATO, select_items(NATO, many[:3]), T0, T0 + timedelta(hours=1))
+    assert len(small) == 1 and "part 1" not in small[0].plain

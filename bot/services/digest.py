@@ -89,8 +89,12 @@ def build_digest(
     *,
     delayed: bool = False,
     top: int = TOP_PER_PRECEDENCE,
+    part: tuple[int, int] | None = None,
+    shrink: bool = True,
 ) -> Document:
     """The digest document: heading with window and banner, counts, items, topics.
+    `part` (i, n) marks one of n events a large window is split into; with `shrink`, a
+    document over the event limit shows fewer items per precedence (the rest counted).
 
     The banner that opens and closes the message is the dominant label of every item shown,
     exercise ones included: an exercise item is kept out of the counts, not out of the
@@ -105,7 +109,10 @@ def build_digest(
     rank = dominant.rank if dominant is not None else room.policy.rank
     blocks: list[Any] = [
         para(Banner(banner, rank)),
-        heading(f"Situation digest — {room.name} ({room.key})"),
+        heading(
+            f"Situation digest — {room.name} ({room.key})"
+            + (f", part {part[0]} of {part[1]}" if part else "")
+        ),
         para(
             f"Window {window}" + (" (delayed: the bot was down when it was due)" if delayed else "")
         ),
@@ -126,9 +133,50 @@ def build_digest(
     blocks.append(para(Banner(banner, rank)))
     document = doc(*blocks)
     content = {"msgtype": "m.notice", "body": document.plain, "formatted_body": document.html}
-    if encrypted_size(content) > EVENT_LIMIT and top > 1:  # as sent: encrypted, base64
-        return build_digest(room, selected, start, end, delayed=delayed, top=max(1, top // 2))
+    if shrink and encrypted_size(content) > EVENT_LIMIT and top > 1:  # as sent: encrypted
+        return build_digest(
+            room, selected, start, end, delayed=delayed, top=max(1, top // 2), part=part
+        )
     return document
+
+
+MAX_PARTS = 8  # a window bigger than this many events shows fewer items per part
+
+
+def build_digest_parts(
+    room: ManagedRoom,
+    selected: Sequence[DigestItem],
+    start: datetime,
+    end: datetime,
+    *,
+    delayed: bool = False,
+) -> list[Document]:
+    """The digest as one event, or split into as few parts as fit the event limit each
+    (every item shown), up to MAX_PARTS; past that each part shows fewer (counted)."""
+    parts = 1
+    while True:
+        size = -(-len(selected) // parts) if selected else 1
+        chunks = [selected[i : i + size] for i in range(0, max(len(selected), 1), size)]
+        documents = [
+            build_digest(
+                room,
+                chunk,
+                start,
+                end,
+                delayed=delayed,
+                part=(n + 1, len(chunks)) if len(chunks) > 1 else None,
+                shrink=parts >= MAX_PARTS,
+            )
+            for n, chunk in enumerate(chunks)
+        ]
+        if parts >= MAX_PARTS or all(_fits(d) for d in documents):
+            return documents
+        parts *= 2
+
+
+def _fits(document: Document) -> bool:
+    content = {"msgtype": "m.notice", "body": document.plain, "formatted_body": document.html}
+    return encrypted_size(content) <= EVENT_LIMIT
 
 
 def _section(room: ManagedRoom, selected: Sequence[DigestItem], top: int) -> list[Any]:
@@ -434,10 +482,16 @@ class DigestService:
         if run.state in (RunState.POSTED, RunState.SKIPPED):
             return run.event_id
         start = end - timedelta(seconds=schedule.window_s)
-        document = await self.compose(room, schedule.sources, start, end, delayed=run.delayed)
+        parts = await self.compose_parts(room, schedule.sources, start, end, delayed=run.delayed)
         txn = "dg" + hashlib.sha256(f"{schedule.key}|{end.isoformat()}".encode()).hexdigest()[:40]
-        try:
-            event_id = await self.messenger.send_notice(room.room_id, document, tx_id=txn)
+        try:  # a fixed txn id per part: a replay after a crash posts none of them twice
+            event_ids = [
+                await self.messenger.send_notice(
+                    room.room_id, part, tx_id=txn if n == 0 else f"{txn}-{n}"
+                )
+                for n, part in enumerate(parts)
+            ]
+            event_id = event_ids[0]
         except MatrixError as exc:
             log.error("digest %s for %s not posted: %s", schedule.key, room.key, exc)
             return None
@@ -468,8 +522,9 @@ class DigestService:
         window = timedelta(seconds=schedule.window_s) if schedule else timedelta(hours=24)
         sources = schedule.sources if schedule else (room.key,)
         end = self.clock()
-        document = await self.compose(room, sources, end - window, end)
-        event_id = await self.messenger.send_notice(room.room_id, document)
+        parts = await self.compose_parts(room, sources, end - window, end)
+        event_ids = [await self.messenger.send_notice(room.room_id, part) for part in parts]
+        event_id = event_ids[0]
         self.metrics.digests.labels("posted").inc()
         await self.audit(
             actor,
@@ -488,6 +543,13 @@ class DigestService:
         *,
         delayed: bool = False,
     ) -> Document:
+        """The digest as one document (fewer items per precedence if it must)."""
+        selected = await self._selected(room, sources, start, end)
+        return build_digest(room, selected, start, end, delayed=delayed)
+
+    async def _selected(
+        self, room: ManagedRoom, sources: Sequence[str], start: datetime, end: datetime
+    ) -> list[DigestItem]:
         # Originator control: the room's own items, and another source's only where they
         # were released, i.e. relayed into this room; never merely because a label would
         # allow it (a non-officer's item is stored, not released).
@@ -496,8 +558,20 @@ class DigestService:
         wanted = set(sources)
         chosen = [i for i in [*own, *released] if i.room_key in wanted]
         candidates = [self._item(i) for i in chosen]
-        selected = select_items(room, [c for c in candidates if c is not None])
-        return build_digest(room, selected, start, end, delayed=delayed)
+        return select_items(room, [c for c in candidates if c is not None])
+
+    async def compose_parts(
+        self,
+        room: ManagedRoom,
+        sources: Sequence[str],
+        start: datetime,
+        end: datetime,
+        *,
+        delayed: bool = False,
+    ) -> list[Document]:
+        """The digest as the events to post: one, or a large window split into parts."""
+        selected = await self._selected(room, sources, start, end)
+        return build_digest_parts(room, selected, start, end, delayed=delayed)
 
     def item_of(self, item: IntelItem) -> DigestItem | None:
         return self._item(item)
