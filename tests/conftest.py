@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,3 +35,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
     for name in ("nio.crypto", "nio.crypto.log", "nio.responses", "nio.rooms", "peewee"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Any]:
+    """A migrated SQLite store of the test's own, closed afterwards."""
+    from bot.storage import Store
+    from bot.storage.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    upgrade(url)
+    opened = Store.from_url(url)
+    yield opened
+    opened.close()

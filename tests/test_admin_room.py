@@ -4,8 +4,6 @@ the alerts posted there."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,7 +14,6 @@ from bot.services.membership import Membership
 from bot.services.register import ClearanceRegister
 from bot.services.rooms import ManagedRoom
 from bot.storage import Store
-from bot.storage.migrate import upgrade
 from policy import make_room, parse_marking
 from policy.ids import RoomId, RoomKey, UserId
 
@@ -59,15 +56,6 @@ OPS = ManagedRoom(
     RoomKey("ops"), "Security operations", make_room(parse_marking("NATO SECRET")), RoomId("!ops:x")
 )
 ADMIN, OFFICER = UserId("@admin:x"), UserId("@lo:x")
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    url = f"sqlite:///{tmp_path / 'm.db'}"
-    upgrade(url)
-    store = Store.from_url(url)
-    yield store
-    store.close()
 
 
 async def test_only_cleared_admins_get_the_admin_rooms_key(store: Store) -> None:

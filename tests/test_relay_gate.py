@@ -4,10 +4,8 @@ access token in mind. The relay engine on a real SQLite store, its homeserver po
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -17,7 +15,6 @@ from bot.metrics import Metrics
 from bot.services.relay import RelayEngine, Source, ledger_binding
 from bot.services.rooms import ManagedRoom
 from bot.storage import Store
-from bot.storage.migrate import upgrade
 from policy import make_room, parse_marking
 from policy.ids import EventId, RoomId, RoomKey, UserId
 
@@ -61,15 +58,6 @@ class Ports:
     async def __call__(self, actor: str, action: str, subject: Any, detail: Any) -> None:
         self.audited.append((actor, action))
         self.details.append(detail)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    url = f"sqlite:///{tmp_path / 'relay.db'}"
-    upgrade(url)
-    store = Store.from_url(url)
-    yield store
-    store.close()
 
 
 def engine(store: Store, ports: Ports) -> RelayEngine:
