@@ -325,6 +325,9 @@ def test_a_digest_shows_another_rooms_item_only_where_it_was_released(tmp_path: 
         )
         assert "text of $released" in document.plain and "text of $own" in document.plain
         assert "text of $kept" not in document.plain
+        own_only = asyncio.run(service.compose(NATO, ["nato-s"], T0, T0 + timedelta(hours=12)))
+        assert "text of $released" in own_only.plain  # what reached the room is its traffic
+        assert "text of $kept" not in own_only.plain
     finally:
         store.close()
 

@@ -220,14 +220,23 @@ _TICK = timedelta(microseconds=1)  # the finest step of a datetime: "after" made
 
 
 def _iter_fire_times(trigger: CronTrigger, after: datetime, until: datetime) -> Iterator[datetime]:
-    previous: datetime | None = None
-    moment = after + _TICK
+    """The fire times in (after, until], stepping in UTC.
+
+    Why UTC and no previous fire time: adding to a zoned datetime is wall-clock arithmetic and
+    drops `fold`, so one microsecond after 01:59 (second time round) in a zone that turns its
+    clocks back is 01:59 the *first* time round, and APScheduler 3 (which does the same when
+    given the previous fire time) answers the same fire time for ever; a `59 * * * *` schedule
+    in Australia/Lord_Howe looped here. The check that each step advances makes the walk end
+    whatever the trigger answers.
+    """
+    moment = after.astimezone(UTC) + _TICK
     while True:
-        fire = trigger.get_next_fire_time(previous, moment)
-        if fire is None or fire > until:
+        fire = trigger.get_next_fire_time(None, moment)
+        if fire is None or fire > until or fire < moment:
             return
-        yield fire.astimezone(UTC)
-        previous, moment = fire, fire + _TICK
+        fire = fire.astimezone(UTC)
+        yield fire
+        moment = fire + _TICK
 
 
 def fire_times(
@@ -252,6 +261,7 @@ def latest_fire_time(trigger: CronTrigger, after: datetime, until: datetime) -> 
         fire = trigger.get_next_fire_time(None, moment)
         return fire if fire is not None and fire <= until else None
 
+    after, until = after.astimezone(UTC), until.astimezone(UTC)  # UTC arithmetic: see above
     floor = after + _TICK
     if floor > until:
         return None
@@ -556,7 +566,8 @@ class DigestService:
         own = await in_thread(self.store.items_between, [room.key], start, end)
         released = await in_thread(self.store.relayed_items_to, [room.key], start, end)
         wanted = set(sources)
-        chosen = [i for i in [*own, *released] if i.room_key in wanted]
+        mine = room.key in wanted  # the room's own traffic: its items and what reached it
+        chosen = [i for i in own if mine] + [i for i in released if mine or i.room_key in wanted]
         candidates = [self._item(i) for i in chosen]
         return select_items(room, [c for c in candidates if c is not None])
 
