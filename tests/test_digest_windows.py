@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
-from bot.services.digest import fire_times, latest_fire_time
+from bot.services.digest import CatchUp, MissedWindows, fire_times, latest_fire_time, plan_catch_up
 from bot.services.schedule import cron_trigger
 from bot.storage import Store
 from bot.storage.migrate import upgrade
@@ -120,6 +120,30 @@ def test_latest_fire_time_is_the_last_of_a_forward_walk(
     trigger = cron_trigger(cron, zone)
     walked = fire_times(trigger, at - back, at, limit=7 * 24 * 60 + 1)
     assert latest_fire_time(trigger, at - back, at) == (walked[-1] if walked else None)
+
+
+def test_fire_times_step_through_a_dst_fold_without_repeating() -> None:
+    """D1/D2 arithmetic at a DST fold: Lord Howe turns its clocks back half an hour (02:00 to
+    01:30 on 5 April 2026), so `59 * * * *` fires at 01:59 twice. The walk steps in UTC and
+    finds each once; before, one microsecond past the second 01:59 was wall-clock arithmetic
+    back onto the first, and the walk answered 15:29 UTC again until its limit (an unlimited
+    count of skipped windows would never have ended)."""
+    trigger = cron_trigger("59 * * * *", "Australia/Lord_Howe")
+    day = datetime(2026, 4, 4, tzinfo=UTC)
+    walked = fire_times(trigger, day + timedelta(hours=13), day + timedelta(hours=17))
+    assert walked == [
+        day + timedelta(hours=h, minutes=m) for h, m in ((13, 59), (14, 59), (15, 29), (16, 29))
+    ]
+    assert latest_fire_time(trigger, day, day + timedelta(hours=16)) == day + timedelta(
+        hours=15, minutes=29
+    )
+    # a restart after a day's outage across the fold counts each missed 01:59 once, and ends
+    # (the assertion above fails first on the old walk, which looped here without a limit)
+    plan = plan_catch_up(trigger, day, day + timedelta(hours=17), timedelta(hours=2))
+    assert plan == CatchUp(
+        day + timedelta(hours=16, minutes=29),
+        MissedWindows(day + timedelta(minutes=59), day + timedelta(hours=15, minutes=29), 16),
+    )
 
 
 # ---------------------------------------------------------------- D2: what a start owes
