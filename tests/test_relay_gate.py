@@ -99,7 +99,7 @@ async def test_an_edit_from_an_untrusted_device_changes_nothing(store: Store) ->
     assert ports.redacted == []  # the copy stays
     item = store.item(ORIGINAL)
     assert item is not None and item.redacted_at is None
-    assert relay.open_text(item) == "convoy sighted"
+    assert relay.open_item(item)[0] == "convoy sighted"
     assert (OFFICER, "relay.untrusted-device") in ports.audited
 
 
@@ -123,7 +123,7 @@ async def test_a_redaction_withdraws_the_copies_but_keeps_the_sealed_record(
     assert ports.redacted == [("!n:x", "$copy1")]
     item = store.item(ORIGINAL)
     assert item is not None and item.redacted_at is not None  # out of digests and search
-    assert relay.open_text(item) == "convoy sighted"  # not destroyed by an unsigned event
+    assert relay.open_item(item)[0] == "convoy sighted"  # not destroyed by an unsigned event
 
 
 async def test_a_malformed_marking_leaves_no_text_in_the_audit_log(store: Store) -> None:
@@ -234,7 +234,7 @@ async def test_an_item_whose_label_was_lowered_in_the_database_does_not_open(
     item = store.item(ORIGINAL)
     assert item is not None
     with pytest.raises(SealError):
-        relay.open_text(item)
+        relay.open_item(item)[0]
 
 
 async def test_topics_are_sealed_with_the_text(store: Store) -> None:

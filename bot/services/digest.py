@@ -132,8 +132,7 @@ def build_digest(
         blocks.append(para(Banner(EXERCISE_LINE, 0)))
     blocks.append(para(Banner(banner, rank)))
     document = doc(*blocks)
-    content = {"msgtype": "m.notice", "body": document.plain, "formatted_body": document.html}
-    if shrink and encrypted_size(content) > EVENT_LIMIT and top > 1:  # as sent: encrypted
+    if shrink and not _fits(document) and top > 1:
         return build_digest(
             room, selected, start, end, delayed=delayed, top=max(1, top // 2), part=part
         )
@@ -175,6 +174,7 @@ def build_digest_parts(
 
 
 def _fits(document: Document) -> bool:
+    """Whether the document fits one event as it is sent (JSON, megolm, base64)."""
     content = {"msgtype": "m.notice", "body": document.plain, "formatted_body": document.html}
     return encrypted_size(content) <= EVENT_LIMIT
 

@@ -663,9 +663,6 @@ class RelayEngine:
     async def pending_count(self) -> int:
         return len(await in_thread(self.store.pending_relays))
 
-    def open_text(self, item: IntelItem) -> str:
-        return self.open_item(item)[0]
-
     def open_item(self, item: IntelItem) -> tuple[str, tuple[str, ...]]:
         """An item's text and topics, opened only with the room and label it was stored
         under (a label lowered in the database does not open); items stored before that
