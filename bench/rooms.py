@@ -34,8 +34,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from nio import RoomMessageNotice
 
 from bench.common import RESULTS, record, rooms_config
+from bot.config import load_config
 from bot.devtools.devserver import DevServer, RegisteredUser
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
+from bot.gate.config import register_entry
 
 SCRIPT = str(Path(sys.executable).parent / "liaison-bot")
 RSS_GOAL_MB = 200
@@ -151,6 +153,7 @@ def make_bot(
     bot.config.write_text(
         rooms_config(server.base_url, bot_user.user_id, rooms, admins=(admin.user_id,))
     )
+    server.add_register(register_entry(load_config(bot.config)))
     return bot
 
 

@@ -21,6 +21,7 @@ from bench.common import RESULTS, record, rooms_config
 from bot.app import LiaisonBot, Secrets
 from bot.config import load_config
 from bot.devtools.devserver import DevServer
+from bot.gate.config import register_entry
 from bot.storage import Store
 from bot.storage.migrate import upgrade
 
@@ -45,6 +46,7 @@ async def main(rooms: int) -> None:
         user = server.register(f"bench-{secrets.token_hex(3)}", "pw-bench")
         config_path = Path(tmp) / "config.toml"
         config_path.write_text(rooms_config(server.base_url, user.user_id, rooms))
+        server.add_register(register_entry(load_config(config_path)))
         first = await start_once(config_path, user.password)
         restart = await start_once(config_path, user.password)
     figures = record(

@@ -325,6 +325,47 @@ def check_config(config_path: str) -> None:
 
 
 @main.group()
+def gate() -> None:
+    """The homeserver gate: Synapse itself refuses what the bot would refuse."""
+
+
+@gate.command("synapse-config")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--database",
+    "database",
+    help="The URL the gate reads the register with (a role with SELECT only); "
+    "default: the bot's own database_url.",
+)
+def gate_synapse_config(config_path: str, database: str | None) -> None:
+    """Print the `modules:` entry to add to Synapse's homeserver.yaml.
+
+    \b
+    Example:
+      liaison-bot gate synapse-config --config config.toml \\
+        --database postgresql+psycopg://liaison_gate@db/liaison
+    """
+    import yaml
+
+    from bot.gate.config import GateConfigError, module_entry, register_entry
+
+    config = _load(config_path)
+    try:
+        entry = register_entry(config, database)
+    except GateConfigError as exc:
+        _fail(f"--database: {exc}")
+    if database is None and not entry["database"].startswith("sqlite"):
+        click.echo(
+            "warning: this is the bot's own database login; the gate needs SELECT only: "
+            "pass --database with a read-only role (README: Server-side enforcement)",
+            err=True,
+        )
+    click.echo("# Add to homeserver.yaml (merge into an existing modules: list), restart Synapse.")
+    click.echo("# Synapse's environment needs: pip install 'liaison-bot[gate]'")
+    click.echo(yaml.safe_dump({"modules": [module_entry([entry])]}, sort_keys=False), nl=False)
+
+
+@main.group()
 def db() -> None:
     """The bot's database."""
 

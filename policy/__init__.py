@@ -12,6 +12,7 @@ from policy.decisions import (
     fits,
     level_fits,
     make_room,
+    may_enter,
     may_join,
     may_release,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "level_fits",
     "levels_named",
     "make_room",
+    "may_enter",
     "may_join",
     "may_release",
     "parse_audience",

@@ -124,6 +124,26 @@ def may_join(clearance: Clearance, room: Room, today: date) -> Decision:
     return Decision(True, tuple(allowed))
 
 
+def may_enter(
+    user_id: str,
+    clearance: Clearance | None,
+    room: Room,
+    today: date,
+    *,
+    admins: frozenset[str] | None = None,
+) -> Decision:
+    """`may_join` for anyone, record or not: the one rule both the bot (before it invites)
+    and the homeserver gate (before it lets an invite or join through) apply. `admins` is
+    given for the admin room, which only those people may enter on top of the clearance."""
+    if admins is not None and user_id not in admins:
+        return Decision(False, (f"{user_id} is not an admin: this is the admin room",))
+    if clearance is None:
+        return Decision(False, (f"no clearance on record for {user_id}",))
+    if clearance.user_id != user_id:
+        return Decision(False, (f"the record shown is {clearance.user_id}'s, not {user_id}'s",))
+    return may_join(clearance, room, today)
+
+
 def fits(label: Label, room: Room) -> Decision:
     """Whether material with `label` may live in `room`: an equivalent in the room's scheme at
     or below the room's rank, releasable to every nation of the room, caveats the room has."""

@@ -14,6 +14,7 @@ from typing import Any
 from bot.app import LiaisonBot, Secrets
 from bot.config import Config, load_config
 from bot.devtools.devserver import DevServer, RegisteredUser
+from bot.gate.config import register_entry
 from bot.storage import Store
 from bot.storage.migrate import upgrade
 
@@ -105,6 +106,8 @@ def write_config(
         )
         + textwrap.dedent(rooms)
     )
+    # The homeserver gate enforces this bot's register from now on.
+    server.add_register(register_entry(load_config(path)))
 
 
 # The managed rooms that the tests, the demo and the benchmarks set up, by key: (name, label).

@@ -23,6 +23,7 @@ from bot.config import load_config
 from bot.devtools.botenv import rooms_config
 from bot.devtools.devserver import DevServer
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
+from bot.gate.config import register_entry
 from bot.storage import Store
 from bot.storage.migrate import upgrade
 
@@ -106,6 +107,7 @@ async def scenario(workdir: Path, out: Callable[[str], None], *, linger: bool) -
         )
     )
     config = load_config(config_path)
+    server.add_register(register_entry(config))  # the homeserver gate enforces this register
     await asyncio.to_thread(upgrade, config.database_url())
     store = Store.from_url(config.database_url())
     bot = LiaisonBot(

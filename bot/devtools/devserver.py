@@ -4,8 +4,11 @@ The bot's promises (E2EE, membership gates, relay under clearance rules) only me
 against a real homeserver, so the tests start a real Synapse rather than a mock. It runs as a
 child process on a free loopback port with SQLite in a private directory, with every rate
 limit lifted (tests register, log in and send far faster than a person would) and federation
-off. Stopping keeps the directory, so a test can take the server down and bring it back with
-its users and rooms intact; only `__exit__` of a server that made its own directory deletes it.
+off. It loads the homeserver gate (`bot.gate`) unless told not to, so every integration
+test runs with server-side enforcement: a bot started against it (`botenv.write_config`)
+adds its register to the gate's registers file. Stopping keeps the directory, so a test
+can take the server down and bring it back with its users and rooms intact; only `__exit__`
+of a server that made its own directory deletes it.
 
 Synchronous on purpose: it is driven from pytest fixtures and from a CLI command, and its few
 HTTP calls (register, make room admin) are admin chores, not part of the bot's event loop.
@@ -21,6 +24,7 @@ import hashlib
 import hmac
 import importlib
 import json
+import os
 import secrets
 import shutil
 import signal
@@ -33,6 +37,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -42,6 +47,8 @@ CONFIG_NAME = "homeserver.yaml"
 LOG_CONFIG_NAME = "log.config"
 LOG_NAME = "homeserver.log"
 STDIO_NAME = "stdio.log"
+# The gate's registers file (bot.gate): bots started against this server add theirs to it.
+GATE_REGISTERS_NAME = "gate-registers.json"
 
 # Generous enough that no test or demo ever meets a 429; Synapse reads each as a float/int.
 _UNLIMITED = {"per_second": 10000, "burst_count": 100000}
@@ -129,8 +136,14 @@ class DevServer:
     """One Synapse process and its data directory; see the module docstring for why."""
 
     def __init__(
-        self, workdir: Path | None = None, server_name: str = "localhost", port: int | None = None
+        self,
+        workdir: Path | None = None,
+        server_name: str = "localhost",
+        port: int | None = None,
+        *,
+        gate: bool = True,
     ) -> None:
+        self.gate = gate
         self._owns_workdir = workdir is None
         self.workdir: Path = (
             Path(tempfile.mkdtemp(prefix="liaison-synapse-")) if workdir is None else workdir
@@ -152,6 +165,28 @@ class DevServer:
     @property
     def log_path(self) -> Path:
         return self.workdir / LOG_NAME
+
+    @property
+    def gate_registers_path(self) -> Path:
+        return self.workdir / GATE_REGISTERS_NAME
+
+    def add_register(self, entry: Mapping[str, Any]) -> None:
+        """Let the gate enforce one more bot's register (or replace that bot's entry).
+
+        Written whole to a new file and renamed over the old, so the gate, which rereads the
+        file when it changes, never sees half of it.
+        """
+        path = self.gate_registers_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            entries: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            entries = []
+        entries = [e for e in entries if e.get("bot_user_id") != entry["bot_user_id"]]
+        entries.append(dict(entry))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(entries, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -287,6 +322,15 @@ class DevServer:
                 **_RATE_LIMITS,
             }
         )
+        if self.gate:
+            config["modules"] = [
+                {
+                    "module": "bot.gate.LiaisonGate",
+                    "config": {"registers_file": str(self.gate_registers_path)},
+                }
+            ]
+        else:
+            config.pop("modules", None)
         # A pid file left by a killed server would only confuse the next start.
         config.pop("pid_file", None)
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

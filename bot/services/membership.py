@@ -22,7 +22,7 @@ from bot.storage import ClearanceRecord, Store, in_thread
 from commands.context import CommandError, Role
 from commands.services import InviteOutcome, RevokeOutcome
 from commands.views import fingerprint
-from policy import Decision, may_join
+from policy import Decision, may_enter
 from policy.ids import RoomKey, UserId
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,16 @@ class Membership:
         return datetime.now(UTC).date()
 
     def may_join(self, user_id: UserId, room: ManagedRoom) -> Decision:
-        if room.key == self.settings.admin_room and user_id not in self.settings.admins:
-            return Decision(False, (f"{user_id} is not an admin: {room.key} is the admin room",))
+        """The rule the homeserver gate (bot.gate) applies too: `policy.may_enter`."""
         record = self._clearances.get(user_id)
-        if record is None:
-            return Decision(False, (f"no clearance on record for {user_id}",))
-        return may_join(policy_clearance(record), room.policy, self.today())
+        admin_room = room.key == self.settings.admin_room
+        return may_enter(
+            user_id,
+            policy_clearance(record) if record is not None else None,
+            room.policy,
+            self.today(),
+            admins=frozenset(self.settings.admins) if admin_room else None,
+        )
 
     def may_read(self, room_id: str, user_id: UserId) -> Decision:
         """May this person read what the bot sends into the room: `may_join` in a managed

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import Config
+from bot.gate.rules import LABEL_EVENT  # the homeserver gate enforces it: one spelling
 from bot.matrix.gateway import MEGOLM, Gateway, MatrixError, StateEvent
 from bot.startup import StartupError
 from bot.storage import Origin, RoomRecord, Store, in_thread
@@ -23,7 +24,6 @@ from policy.ids import RoomId, RoomKey
 
 log = logging.getLogger(__name__)
 
-LABEL_EVENT = "io.github.liaison_bot.label"
 BOT_POWER = 100
 # Events only the bot may send: who is in the room, what it is, how it is protected.
 RESTRICTED_EVENTS = (

@@ -1,0 +1,225 @@
+"""End-to-end benchmark: what the homeserver gate adds to an invite and a join.
+
+Two real Synapses in the same run, identical but for the gate (bot.gate): on each, a bot
+account creates a labelled room and invites, then each invitee joins, N people one after
+another over HTTP. The gate's register is a SQLite file (and a PostgreSQL schema where
+LIAISON_TEST_DATABASE_URL names a server) with every invitee cleared, so every request is
+allowed and runs the whole check: the room on record, the invitee's clearance (read afresh
+on the invite; reused from the short cache on the join), the rule. Reported: p50/p95 per
+request with and without the gate, the difference of the p50s (goal: < 5 ms) and the ratio.
+Then the rule alone, in-process (µs, machine named): cached and uncached register reads.
+
+Usage: python bench/gate.py [N]   (make bench: 100)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import RESULTS, percentile, record
+from bot.devtools.devserver import DevServer, RegisteredUser
+from bot.gate.config import RegisterSpec
+from bot.gate.rules import LABEL_EVENT, Gate, Register, RoomLabel
+from bot.storage import Origin, RoomRecord, Store
+from bot.storage.migrate import upgrade
+from policy.ids import RoomId, RoomKey
+
+
+def _q(room_id: str) -> str:
+    return urllib.parse.quote(room_id, safe="")
+
+
+def _timed(server: DevServer, method: str, path: str, body: dict[str, Any], token: str) -> float:
+    started = time.perf_counter()
+    server.request(method, path, body, token=token)
+    return (time.perf_counter() - started) * 1000
+
+
+def _register(url: str, room_id: str | None, people: list[RegisteredUser]) -> None:
+    upgrade(url)
+    store = Store.from_url(url)
+    try:
+        if room_id is not None:
+            store.save_room(
+                RoomRecord(
+                    key=RoomKey("nato-s"),
+                    name="NATO SECRET liaison",
+                    label="NATO SECRET",
+                    scheme="NATO",
+                    rank=3,
+                    audience=("DEU", "POL"),
+                    room_id=RoomId(room_id),
+                    origin=Origin.CONFIG,
+                )
+            )
+        for person in people:
+            store.grant("bench", person.user_id, "NATO", "NATO SECRET", 3, nationality="POL")
+    finally:
+        store.close()
+
+
+def run_server(workdir: Path, gate: bool, n: int, database: str | None) -> dict[str, list[float]]:
+    """Invite and join `n` people into a labelled room; per-request milliseconds."""
+    with DevServer(workdir, gate=gate) as server:
+        bot = server.register(f"bench-bot-{secrets.token_hex(3)}", "pw-bench")
+        people = [server.register(f"p{i}-{secrets.token_hex(3)}", "pw") for i in range(n)]
+        if gate:
+            assert database is not None
+            _register(database, None, people)
+            server.add_register({"bot_user_id": bot.user_id, "database": database})
+        created = server.request(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            {
+                "preset": "private_chat",
+                "initial_state": [
+                    {"type": LABEL_EVENT, "state_key": "", "content": {"level": "NATO SECRET"}}
+                ],
+            },
+            token=bot.access_token,
+        )
+        room_id = created["room_id"]
+        if gate:
+            assert database is not None
+            _register(database, room_id, [])
+        times: dict[str, list[float]] = {"invite": [], "join": []}
+        # A few unmeasured rounds first: connection set-up and Synapse's caches.
+        for person in people[:5]:
+            server.request(
+                "POST",
+                f"/_matrix/client/v3/rooms/{_q(room_id)}/invite",
+                {"user_id": person.user_id},
+                token=bot.access_token,
+            )
+            server.request(
+                "POST", f"/_matrix/client/v3/join/{_q(room_id)}", {}, token=person.access_token
+            )
+        for person in people[5:]:
+            times["invite"].append(
+                _timed(
+                    server,
+                    "POST",
+                    f"/_matrix/client/v3/rooms/{_q(room_id)}/invite",
+                    {"user_id": person.user_id},
+                    bot.access_token,
+                )
+            )
+            times["join"].append(
+                _timed(
+                    server,
+                    "POST",
+                    f"/_matrix/client/v3/join/{_q(room_id)}",
+                    {},
+                    person.access_token,
+                )
+            )
+        return times
+
+
+@contextmanager
+def _postgres_schema() -> Iterator[str | None]:
+    base = os.environ.get("LIAISON_TEST_DATABASE_URL")
+    if not base:
+        yield None
+        return
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    schema = f"bench_{secrets.token_hex(5)}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except Exception as exc:
+        print(f"PostgreSQL variant skipped: {type(exc).__name__}", flush=True)
+        admin.dispose()
+        yield None
+        return
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def micro(database: str) -> dict[str, float]:
+    """The rule in-process: µs per decision with the register read cached and uncached."""
+    person = "@micro:bench"
+    store = Store.from_url(database)
+    try:
+        if store.clearance(person) is None:
+            store.grant("bench", person, "NATO", "NATO SECRET", 3, nationality="POL")
+        room = store.room("nato-s")
+        assert room is not None and room.room_id is not None
+        room_id = room.room_id
+    finally:
+        store.close()
+    out: dict[str, float] = {}
+    for name, ttl in (("cached", 60.0), ("uncached", 0.0)):
+        register = Register(RegisterSpec(bot_user_id="@bot:bench", database=database), ttl=ttl)
+        gate = Gate(lambda r=register: {"@bot:bench": r}, today=lambda: date(2026, 12, 3))
+        label = RoomLabel(True, "@bot:bench")
+        assert gate.may_enter(person, room_id, label)
+        rounds = 2000 if ttl else 300
+        started = time.perf_counter()
+        for _ in range(rounds):
+            gate.may_enter(person, room_id, label)
+        out[name] = (time.perf_counter() - started) / rounds * 1e6
+        register.close()
+    return out
+
+
+def _summary(times: dict[str, list[float]]) -> dict[str, float]:
+    return {
+        f"{what}_{q}": round(percentile(values, p), 2)
+        for what, values in times.items()
+        for q, p in (("p50", 0.5), ("p95", 0.95))
+    }
+
+
+def main(n: int) -> None:
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp, _postgres_schema() as pg:
+        sqlite = f"sqlite:///{Path(tmp) / 'register.db'}"
+        print(f"baseline Synapse (no gate): {n} invites and joins", flush=True)
+        base = _summary(run_server(Path(tmp) / "base", False, n, None))
+        variants = [("sqlite", sqlite)] + ([("postgresql", pg)] if pg else [])
+        for name, url in variants:
+            print(f"Synapse with the gate ({name} register): {n} invites and joins", flush=True)
+            gated = _summary(run_server(Path(tmp) / f"gate-{name}", True, n, url))
+            for what in ("invite", "join"):
+                added = gated[f"{what}_p50"] - base[f"{what}_p50"]
+                figures[f"gate_{name}_{what}_added_p50_ms"] = round(added, 2)
+                figures[f"gate_{name}_{what}_ratio_p50"] = round(
+                    gated[f"{what}_p50"] / base[f"{what}_p50"], 3
+                )
+                figures[f"gate_{name}_{what}_p50_ms"] = gated[f"{what}_p50"]
+                figures[f"gate_{name}_{what}_p95_ms"] = gated[f"{what}_p95"]
+            for kind, us in micro(url).items():
+                figures[f"gate_{name}_rule_{kind}_us"] = round(us, 1)
+        for what in ("invite", "join"):
+            figures[f"gate_baseline_{what}_p50_ms"] = base[f"{what}_p50"]
+            figures[f"gate_baseline_{what}_p95_ms"] = base[f"{what}_p95"]
+    figures["gate_requests"] = n
+    merged = record(figures, "gate_machine")
+    for key in sorted(merged):
+        print(f"{key}: {merged[key]}")
+    print(f"(written to {RESULTS})")
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]) if len(sys.argv) > 1 else 100)

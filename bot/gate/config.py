@@ -1,0 +1,198 @@
+"""The gate's configuration: which bots' registers it enforces, and how fresh its reads are.
+
+Given under ``modules:`` in Synapse's ``homeserver.yaml``. Usually one bot, written flat::
+
+    config:
+      bot_user_id: "@liaison:example.org"
+      database: "postgresql+psycopg://liaison_gate@db.example.org/liaison"
+
+and printed from the bot's own config by ``liaison-bot gate synapse-config``, which also
+carries the bot's admins, admin room and extra caveats (they decide the admin room and how a
+room label on record reads). Several bots on one homeserver are listed under ``registers:``;
+``registers_file`` names a JSON list of the same entries, read again whenever it changes, for
+homeservers whose bots come and go (the test and demo homeservers start many).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from bot.config import Config, RoomKey, UserId, _format_error, _Section
+
+MODULE_PATH = "bot.gate.LiaisonGate"
+
+
+class GateConfigError(ValueError):
+    """A gate config that cannot be used; the message names every bad key."""
+
+
+def _database(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a database URL (postgresql+psycopg://… or sqlite:////abs/path)")
+    try:
+        parsed = make_url(value)
+    except ArgumentError:
+        raise ValueError(f"bad database URL {value!r}") from None
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        path = parsed.database or ""
+        if path in ("", ":memory:") or not os.path.isabs(path):
+            raise ValueError(
+                f"SQLite register {value!r}: give the absolute path (sqlite:////abs/path.db); "
+                "Synapse does not run in the bot's folder"
+            )
+    elif backend != "postgresql":
+        raise ValueError(f"unsupported database {backend!r}: use postgresql or sqlite")
+    return value
+
+
+class RegisterSpec(_Section):
+    """One bot and the register the gate reads for the rooms it manages."""
+
+    bot_user_id: UserId
+    database: str
+    admins: list[UserId] = Field(default_factory=list)
+    admin_room: RoomKey | None = None
+    caveats: list[str] = Field(default_factory=list)
+
+    @field_validator("database", mode="before")
+    @classmethod
+    def _check_database(cls, value: Any) -> str:
+        return _database(value)
+
+
+class GateConfig(_Section):
+    """See the module docstring; at least one register, flat or listed, or a file of them."""
+
+    bot_user_id: UserId | None = None
+    database: str | None = None
+    admins: list[UserId] = Field(default_factory=list)
+    admin_room: RoomKey | None = None
+    caveats: list[str] = Field(default_factory=list)
+    registers: list[RegisterSpec] = Field(default_factory=list)
+    registers_file: str | None = None
+    # How long a positive read (a room on record, a valid clearance) is reused. A refusal is
+    # always read afresh, so a grant counts at once; a revocation counts within this time
+    # (and the bot removes the person anyway).
+    cache_ttl_seconds: float = Field(default=2.0, ge=0, le=60)
+
+    @field_validator("database", mode="before")
+    @classmethod
+    def _check_database(cls, value: Any) -> Any:
+        return None if value is None else _database(value)
+
+    @field_validator("registers_file")
+    @classmethod
+    def _absolute(cls, value: str | None) -> str | None:
+        if value is not None and not os.path.isabs(value):
+            raise ValueError(f"give an absolute path, not {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _some_register(self) -> GateConfig:
+        flat = (self.bot_user_id is None, self.database is None)
+        if flat[0] != flat[1]:
+            raise ValueError("bot_user_id and database go together: set both or neither")
+        if all(flat) and not self.registers and self.registers_file is None:
+            raise ValueError(
+                "no register to enforce: set bot_user_id and database "
+                "(or registers, or registers_file)"
+            )
+        bots = [spec.bot_user_id for spec in self.static_registers()]
+        twice = sorted({b for b in bots if bots.count(b) > 1})
+        if twice:
+            raise ValueError(f"bot {', '.join(twice)} is listed more than once")
+        return self
+
+    def static_registers(self) -> list[RegisterSpec]:
+        """The registers written into the config itself (the flat one first)."""
+        out = list(self.registers)
+        if self.bot_user_id is not None and self.database is not None:
+            flat = RegisterSpec(
+                bot_user_id=self.bot_user_id,
+                database=self.database,
+                admins=self.admins,
+                admin_room=self.admin_room,
+                caveats=self.caveats,
+            )
+            out.insert(0, flat)
+        return out
+
+
+def parse_gate_config(raw: Any, where: str = "modules[].config") -> GateConfig:
+    """Validate the module's config, naming each bad key under `where`."""
+    if not isinstance(raw, Mapping):
+        raise GateConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    try:
+        return GateConfig.model_validate(dict(raw))
+    except ValidationError as exc:
+        problems = [f"{where}.{_format_error(err)}" for err in exc.errors()]
+        raise GateConfigError("; ".join(problems)) from None
+
+
+def read_registers_file(path: str | Path) -> list[RegisterSpec]:
+    """The entries of a registers file (a JSON list); raises GateConfigError naming the entry."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise GateConfigError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(raw, list):
+        raise GateConfigError(f"{path}: expected a JSON list of registers")
+    specs: list[RegisterSpec] = []
+    for i, entry in enumerate(raw):
+        try:
+            specs.append(RegisterSpec.model_validate(entry))
+        except ValidationError as exc:
+            problems = [f"{path}[{i}].{_format_error(err)}" for err in exc.errors()]
+            raise GateConfigError("; ".join(problems)) from None
+    return specs
+
+
+def register_entry(config: Config, database: str | None = None) -> dict[str, Any]:
+    """The register a bot's config describes, as the gate reads it: the bot's user id, its
+    database (absolute; or `database`, e.g. a read-only role's URL), admins, admin room and
+    extra caveats."""
+    entry: dict[str, Any] = {
+        "bot_user_id": str(config.homeserver.user_id),
+        "database": database or config.database_url(),
+    }
+    if config.bot.admins:
+        entry["admins"] = [str(a) for a in config.bot.admins]
+    if config.bot.admin_room:
+        entry["admin_room"] = str(config.bot.admin_room)
+    if config.bot.caveats:
+        entry["caveats"] = list(config.bot.caveats)
+    try:
+        RegisterSpec.model_validate(entry)  # what is printed must load
+    except ValidationError as exc:
+        raise GateConfigError("; ".join(_format_error(err) for err in exc.errors())) from None
+    return entry
+
+
+def module_entry(registers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The `modules:` list item for homeserver.yaml."""
+    if len(registers) == 1:
+        return {"module": MODULE_PATH, "config": dict(registers[0])}
+    return {"module": MODULE_PATH, "config": {"registers": [dict(r) for r in registers]}}
+
+
+__all__ = [
+    "MODULE_PATH",
+    "GateConfig",
+    "GateConfigError",
+    "RegisterSpec",
+    "module_entry",
+    "parse_gate_config",
+    "read_registers_file",
+    "register_entry",
+]

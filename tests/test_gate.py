@@ -1,0 +1,317 @@
+"""Server-side enforcement against a real Synapse running the gate (bot.gate), as every
+integration test's homeserver does: a stolen bot password, a server admin, a member with
+full power and a register nobody can read all meet the same refusal the bot would give."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.parse
+from typing import Any
+
+import pytest
+
+from bot.devtools.botenv import SECRETS, BotEnv
+from bot.devtools.devserver import DevServer, DevServerError, RegisteredUser
+from bot.gate.rules import LABEL_EVENT
+from bot.storage import Store, audit_key_from
+from tests.matrix_harness import MakeUser
+
+
+def _q(room_id: str) -> str:
+    return urllib.parse.quote(room_id, safe="")
+
+
+async def _call(
+    server: DevServer, method: str, path: str, body: dict[str, Any] | None, token: str
+) -> dict[str, Any]:
+    return await asyncio.to_thread(server.request, method, path, body, token=token)
+
+
+async def _refused(
+    server: DevServer, method: str, path: str, body: dict[str, Any] | None, token: str
+) -> str:
+    """The error of a request the server must refuse with 403."""
+    with pytest.raises(DevServerError) as info:
+        await _call(server, method, path, body, token)
+    message = str(info.value)
+    assert "HTTP 403" in message, message
+    return message
+
+
+async def _stolen_login(server: DevServer, user: RegisteredUser) -> str:
+    """A new device logged in with the bot's password, as a thief would."""
+    reply = await asyncio.to_thread(
+        server.request,
+        "POST",
+        "/_matrix/client/v3/login",
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": user.user_id},
+            "password": user.password,
+            "initial_device_display_name": "not the bot",
+        },
+    )
+    token: str = reply["access_token"]
+    return token
+
+
+async def _invite(server: DevServer, token: str, room_id: str, user_id: str) -> dict[str, Any]:
+    return await _call(
+        server,
+        "POST",
+        f"/_matrix/client/v3/rooms/{_q(room_id)}/invite",
+        {"user_id": user_id},
+        token,
+    )
+
+
+async def _membership(server: DevServer, token: str, room_id: str, user_id: str) -> str | None:
+    path = f"/_matrix/client/v3/rooms/{_q(room_id)}/state/m.room.member/{_q(user_id)}"
+    try:
+        reply = await _call(server, "GET", path, None, token)
+    except DevServerError:
+        return None
+    membership: str | None = reply.get("membership")
+    return membership
+
+
+async def test_a_stolen_bot_password_cannot_invite_the_uncleared(
+    bot_env: BotEnv, make_user: MakeUser
+) -> None:
+    server, bot = bot_env.server, bot_env.bot
+    assert bot is not None
+    room_id = bot_env.room_id("deu")
+    token = await _stolen_login(server, bot_env.bot_user)
+    outsider = make_user("outsider")
+    error = await _refused(
+        server,
+        "POST",
+        f"/_matrix/client/v3/rooms/{_q(room_id)}/invite",
+        {"user_id": outsider.user_id},
+        token,
+    )
+    assert f"no clearance on record for {outsider.user_id}" in error
+    assert "deu (DEU GEHEIM)" in error
+    # Nor can the outsider walk in.
+    error = await _refused(
+        server, "POST", f"/_matrix/client/v3/join/{_q(room_id)}", {}, outsider.access_token
+    )
+    assert f"no clearance on record for {outsider.user_id}" in error
+    # A cleared person is let through: the gate refuses what the rules refuse, nothing more.
+    cleared = make_user("cleared")
+    await bot.commands.grant(
+        bot_env.admin.user_id,
+        cleared.user_id,
+        "DEU GEHEIM",
+        nationality="DEU",
+        expires=None,
+        caveats=(),
+    )
+    await _invite(server, token, room_id, cleared.user_id)
+    assert await _membership(server, token, room_id, cleared.user_id) == "invite"
+    # Someone cleared below the room is refused with the rule's own reason.
+    low = make_user("low")
+    await bot.commands.grant(
+        bot_env.admin.user_id,
+        low.user_id,
+        "DEU VS-VERTRAULICH",
+        nationality="DEU",
+        expires=None,
+        caveats=(),
+    )
+    error = await _refused(
+        server,
+        "POST",
+        f"/_matrix/client/v3/rooms/{_q(room_id)}/invite",
+        {"user_id": low.user_id},
+        token,
+    )
+    assert "is below the room's DEU GEHEIM" in error
+
+
+async def test_with_the_bot_stopped_the_server_still_refuses(
+    bot_env: BotEnv, make_user: MakeUser
+) -> None:
+    server = bot_env.server
+    room_id = bot_env.room_id("nato-s")
+    config = bot_env.config
+    await bot_env.stop()
+    try:
+        token = await _stolen_login(server, bot_env.bot_user)
+        outsider = make_user("outsider")
+        error = await _refused(
+            server,
+            "POST",
+            f"/_matrix/client/v3/rooms/{_q(room_id)}/invite",
+            {"user_id": outsider.user_id},
+            token,
+        )
+        assert f"no clearance on record for {outsider.user_id}" in error
+        # An admin grants from the CLI while the bot is down; the gate reads it at once.
+        cleared = make_user("cleared")
+        store = Store.from_url(config.database_url(), audit_key_from(SECRETS.data_key))
+        try:
+            await asyncio.to_thread(
+                store.grant,
+                bot_env.admin.user_id,
+                cleared.user_id,
+                "NATO",
+                "NATO SECRET",
+                3,
+                nationality="POL",
+            )
+        finally:
+            store.close()
+        await _invite(server, token, room_id, cleared.user_id)
+        await _call(
+            server, "POST", f"/_matrix/client/v3/join/{_q(room_id)}", {}, cleared.access_token
+        )
+        assert await _membership(server, token, room_id, cleared.user_id) == "join"
+    finally:
+        await bot_env.start()
+
+
+async def test_a_server_admin_cannot_force_the_uncleared_in(
+    bot_env: BotEnv, make_user: MakeUser
+) -> None:
+    """Synapse lets server admins past spam checks; the event check still refuses them."""
+    server = bot_env.server
+    room_id = bot_env.room_id("deu")
+    admin = make_user("hsadmin", admin=True)
+    outsider = make_user("outsider")
+    error = await _refused(
+        server,
+        "POST",
+        f"/_synapse/admin/v1/join/{_q(room_id)}",
+        {"user_id": outsider.user_id},
+        admin.access_token,
+    )
+    assert f"no clearance on record for {outsider.user_id}" in error
+    # make_room_admin would first invite the (uncleared) server admin: refused as well.
+    error = await _refused(
+        server,
+        "POST",
+        f"/_synapse/admin/v1/rooms/{_q(room_id)}/make_room_admin",
+        {"user_id": admin.user_id},
+        admin.access_token,
+    )
+    assert f"no clearance on record for {admin.user_id}" in error
+    assert await _membership(server, admin.access_token, room_id, outsider.user_id) is None
+
+
+async def test_only_the_bot_changes_the_label_and_the_rooms_rules(
+    bot_env: BotEnv, make_user: MakeUser
+) -> None:
+    server, bot = bot_env.server, bot_env.bot
+    assert bot is not None
+    room_id = bot_env.room_id("deu")
+    token = await _stolen_login(server, bot_env.bot_user)
+    member = make_user("member")
+    await bot.commands.grant(
+        bot_env.admin.user_id,
+        member.user_id,
+        "DEU GEHEIM",
+        nationality="DEU",
+        expires=None,
+        caveats=(),
+    )
+    await _invite(server, token, room_id, member.user_id)
+    await _call(server, "POST", f"/_matrix/client/v3/join/{_q(room_id)}", {}, member.access_token)
+    # The stolen token gives the member full power (the bot may; that is the limit of a
+    # gate that cannot tell the bot from its thief) ...
+    levels_path = f"/_matrix/client/v3/rooms/{_q(room_id)}/state/m.room.power_levels/"
+    levels = await _call(server, "GET", levels_path, None, token)
+    raised = {**levels, "users": {**levels.get("users", {}), member.user_id: 100}}
+    await _call(server, "PUT", levels_path, raised, token)
+    try:
+        # ... and still the member can change neither the label nor who may join or read.
+        state = f"/_matrix/client/v3/rooms/{_q(room_id)}/state"
+        error = await _refused(
+            server, "PUT", f"{state}/{LABEL_EVENT}/", {"level": "UNCLASSIFIED"}, member.access_token
+        )
+        assert f"only a liaison bot may set {LABEL_EVENT}" in error
+        for event_type, content in (
+            ("m.room.join_rules", {"join_rule": "public"}),
+            ("m.room.history_visibility", {"history_visibility": "world_readable"}),
+            ("m.room.guest_access", {"guest_access": "can_join"}),
+            ("m.room.power_levels", {**raised, "invite": 0}),
+            ("m.room.server_acl", {"allow": ["*"]}),
+        ):
+            error = await _refused(
+                server, "PUT", f"{state}/{event_type}/", content, member.access_token
+            )
+            assert f"only {bot_env.bot_user.user_id} may change {event_type}" in error
+        # Unprotected state is the room's own business.
+        await _call(
+            server, "PUT", f"{state}/m.room.name/", {"name": "renamed"}, member.access_token
+        )
+    finally:
+        await _call(server, "PUT", levels_path, levels, token)
+
+
+async def test_nobody_but_a_bot_can_make_a_room_look_managed(
+    make_user: MakeUser, synapse: DevServer
+) -> None:
+    mallory = make_user("mallory")
+    error = await _refused(
+        synapse,
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        {
+            "preset": "private_chat",
+            "initial_state": [
+                {"type": LABEL_EVENT, "state_key": "", "content": {"level": "NATO SECRET"}}
+            ],
+        },
+        mallory.access_token,
+    )
+    assert f"only a liaison bot may set {LABEL_EVENT}" in error
+
+
+async def test_an_unreachable_register_closes_managed_rooms_only(
+    make_user: MakeUser, synapse: DevServer
+) -> None:
+    ghost = make_user("ghostbot")
+    # A bot whose register the gate cannot reach (nothing listens on port 1).
+    synapse.add_register(
+        {"bot_user_id": ghost.user_id, "database": "postgresql+psycopg://gate@127.0.0.1:1/liaison"}
+    )
+    created = await _call(
+        synapse,
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        {
+            "preset": "private_chat",
+            "initial_state": [
+                {"type": LABEL_EVENT, "state_key": "", "content": {"level": "NATO SECRET"}}
+            ],
+        },
+        ghost.access_token,
+    )
+    managed = created["room_id"]
+    guest = make_user("guest")
+    error = await _refused(
+        synapse,
+        "POST",
+        f"/_matrix/client/v3/rooms/{_q(managed)}/invite",
+        {"user_id": guest.user_id},
+        ghost.access_token,
+    )
+    assert f"the clearance register of {ghost.user_id} cannot be read" in error
+    error = await _refused(
+        synapse, "POST", f"/_matrix/client/v3/join/{_q(managed)}", {}, guest.access_token
+    )
+    assert "cannot be read" in error
+    # The same users, a room that is not managed: nothing changes.
+    plain = await _call(
+        synapse,
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        {"preset": "private_chat"},
+        ghost.access_token,
+    )
+    await _invite(synapse, ghost.access_token, plain["room_id"], guest.user_id)
+    await _call(
+        synapse, "POST", f"/_matrix/client/v3/join/{_q(plain['room_id'])}", {}, guest.access_token
+    )
+    assert await _membership(synapse, ghost.access_token, plain["room_id"], guest.user_id) == "join"

@@ -1,0 +1,337 @@
+"""The homeserver gate's decisions and config, without Synapse: a real (SQLite, and where
+reachable PostgreSQL) register read through the read-only reader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from bot.config import parse_config
+from bot.gate.config import (
+    GateConfigError,
+    RegisterSpec,
+    module_entry,
+    parse_gate_config,
+    read_registers_file,
+    register_entry,
+)
+from bot.gate.rules import LABEL_EVENT, UNLABELLED, Gate, Register, RoomLabel
+from bot.storage import Origin, RoomRecord, Store
+from bot.storage.migrate import upgrade
+from bot.storage.reader import RegisterReader
+from policy.ids import RoomId, RoomKey
+from tests.pg import fresh_schema
+
+BOT = "@liaison:hs"
+ROOM = "!nato:hs"
+ADMIN_ROOM = "!admins:hs"
+LABEL = RoomLabel(True, BOT)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _fill(store: Store) -> None:
+    for key, room_id, label in (
+        ("nato-s", ROOM, "NATO SECRET"),
+        ("admins", ADMIN_ROOM, "NATO RESTRICTED"),
+    ):
+        store.save_room(
+            RoomRecord(
+                key=RoomKey(key),
+                name=key,
+                label=label,
+                scheme="NATO",
+                rank=3 if label == "NATO SECRET" else 1,
+                audience=("BEL", "DEU", "POL"),
+                room_id=RoomId(room_id),
+                origin=Origin.CONFIG,
+            )
+        )
+    store.grant("t", "@cleared:hs", "NATO", "NATO SECRET", 3, nationality="POL")
+    store.grant("t", "@low:hs", "NATO", "NATO RESTRICTED", 1, nationality="POL")
+    store.grant("t", "@sec:hs", "NATO", "NATO SECRET", 3, nationality="DEU")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def register_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'register.db'}"
+        upgrade(url)
+        store = Store.from_url(url)
+        _fill(store)
+        store.close()
+        yield url
+        return
+    with fresh_schema() as url:
+        upgrade(url)
+        store = Store.from_url(url)
+        _fill(store)
+        store.close()
+        yield url
+
+
+def _gate(url: str, clock: Clock | None = None, **spec: Any) -> tuple[Gate, Register]:
+    register = Register(
+        RegisterSpec(bot_user_id=BOT, database=url, **spec), ttl=2.0, clock=clock or Clock()
+    )
+    return Gate(lambda: {BOT: register}, today=lambda: date(2026, 12, 3)), register
+
+
+def test_the_rules_of_the_bot_decide(register_url: str) -> None:
+    gate, _ = _gate(register_url)
+    allowed = gate.may_enter("@cleared:hs", ROOM, LABEL)
+    assert allowed and "grant NATO SECRET covers NATO SECRET" in allowed.reason
+    low = gate.may_enter("@low:hs", ROOM, LABEL)
+    assert not low and "grant NATO RESTRICTED is below the room's NATO SECRET" in low.reason
+    nobody = gate.may_enter("@nobody:hs", ROOM, LABEL)
+    assert not nobody and "no clearance on record for @nobody:hs" in nobody.reason
+    assert "nato-s (NATO SECRET)" in nobody.reason
+    assert gate.may_enter(BOT, ROOM, LABEL), "the bot itself always enters its rooms"
+
+
+def test_rooms_that_are_not_managed_are_untouched(register_url: str) -> None:
+    gate, _ = _gate(register_url)
+    verdict = gate.may_enter("@nobody:hs", "!elsewhere:hs", UNLABELLED)
+    assert verdict and "not a managed room" in verdict.reason
+    # ...but a room the register lists is managed even before it carries the label
+    assert not gate.may_enter("@nobody:hs", ROOM, UNLABELLED)
+    assert gate.may_set_state("@someone:hs", "!elsewhere:hs", "m.room.power_levels", UNLABELLED)
+
+
+def test_a_label_from_an_unknown_sender_or_a_room_off_the_register_is_refused(
+    register_url: str,
+) -> None:
+    gate, _ = _gate(register_url)
+    forged = gate.may_enter("@cleared:hs", "!forged:hs", RoomLabel(True, "@mallory:hs"))
+    assert not forged and "set by @mallory:hs, which is not a bot" in forged.reason
+    missing = gate.may_enter("@cleared:hs", "!notlisted:hs", LABEL)
+    assert not missing and "its register does not list the room" in missing.reason
+
+
+def test_admin_room_admits_admins_only(register_url: str) -> None:
+    gate, _ = _gate(register_url, admins=["@sec:hs"], admin_room="admins")
+    assert gate.may_enter("@sec:hs", ADMIN_ROOM, LABEL)
+    refused = gate.may_enter("@cleared:hs", ADMIN_ROOM, LABEL)
+    assert not refused and "is not an admin" in refused.reason
+
+
+def test_revoked_expired_and_closed(register_url: str) -> None:
+    store = Store.from_url(register_url)
+    try:
+        store.revoke("t", "@low:hs")
+        store.grant(
+            "t", "@old:hs", "NATO", "NATO SECRET", 3, nationality="POL", expires=date(2026, 1, 1)
+        )
+        record = store.room("nato-s")
+        assert record is not None
+        store.save_room(
+            RoomRecord(
+                key=RoomKey("closed"),
+                name="closed",
+                label="NATO SECRET",
+                scheme="NATO",
+                rank=3,
+                audience=("POL",),
+                room_id=RoomId("!closed:hs"),
+                origin=Origin.CHAT,
+                closed_at=datetime(2026, 11, 1, tzinfo=UTC),
+            )
+        )
+    finally:
+        store.close()
+    gate, _ = _gate(register_url)
+    assert "revoked" in gate.may_enter("@low:hs", ROOM, LABEL).reason
+    assert "expired on 2026-01-01" in gate.may_enter("@old:hs", ROOM, LABEL).reason
+    closed = gate.may_enter("@cleared:hs", "!closed:hs", LABEL)
+    assert not closed and "was closed on 2026-11-01" in closed.reason
+
+
+def test_a_grant_counts_at_once_and_a_revocation_within_the_ttl(register_url: str) -> None:
+    clock = Clock()
+    gate, _ = _gate(register_url, clock)
+    assert not gate.may_enter("@new:hs", ROOM, LABEL)
+    store = Store.from_url(register_url)
+    try:
+        store.grant("t", "@new:hs", "NATO", "NATO SECRET", 3, nationality="POL")
+        assert gate.may_enter("@new:hs", ROOM, LABEL), "a refusal is never cached"
+        store.revoke("t", "@new:hs")
+        assert gate.may_enter("@new:hs", ROOM, LABEL), "a positive read lives for the TTL"
+        clock.now += 2.5
+        assert not gate.may_enter("@new:hs", ROOM, LABEL)
+    finally:
+        store.close()
+
+
+def test_an_unreadable_register_refuses_managed_rooms_only(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'gone.db'}"
+    gate, _ = _gate(url)
+    refused = gate.may_enter("@cleared:hs", ROOM, LABEL)
+    assert not refused
+    assert f"the clearance register of {BOT} cannot be read" in refused.reason
+    assert "admits nobody until it can" in refused.reason
+    assert gate.may_enter("@cleared:hs", "!plain:hs", UNLABELLED)
+    assert not (tmp_path / "gone.db").exists(), "the reader must never create a register"
+
+
+def test_an_unreachable_postgres_register_fails_within_seconds() -> None:
+    gate, _ = _gate("postgresql+psycopg://gate@127.0.0.1:1/none")
+    started = datetime.now(UTC)
+    refused = gate.may_enter("@cleared:hs", ROOM, LABEL)
+    assert not refused and "OperationalError" in refused.reason
+    assert (datetime.now(UTC) - started).total_seconds() < 10
+
+
+def test_protected_state(register_url: str) -> None:
+    gate, _ = _gate(register_url)
+    for event_type in ("m.room.power_levels", "m.room.join_rules", "m.room.encryption"):
+        refused = gate.may_set_state("@cleared:hs", ROOM, event_type, LABEL)
+        assert not refused and f"only {BOT} may change {event_type}" in refused.reason
+        assert gate.may_set_state(BOT, ROOM, event_type, LABEL)
+    assert gate.may_set_state("@cleared:hs", ROOM, "m.room.topic", LABEL)
+    forged = gate.may_set_state("@mallory:hs", "!own:hs", LABEL_EVENT, UNLABELLED)
+    assert not forged and "only a liaison bot may set" in forged.reason
+    assert gate.may_set_state(BOT, "!new:hs", LABEL_EVENT, UNLABELLED)
+
+
+def test_the_reader_cannot_write(register_url: str) -> None:
+    reader = RegisterReader.from_url(register_url)
+    try:
+        assert reader.clearance("@cleared:hs") is not None
+        with pytest.raises(SQLAlchemyError), reader.engine.begin() as conn:
+            conn.execute(text("DELETE FROM clearance_grants"))
+        assert reader.clearance("@cleared:hs") is not None
+    finally:
+        reader.close()
+
+
+# ------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({}, "no register to enforce"),
+        ({"bot_user_id": BOT}, "bot_user_id and database go together"),
+        (
+            {"bot_user_id": "liaison", "database": "sqlite:////x.db"},
+            "config.bot_user_id: bad Matrix user id",
+        ),
+        ({"bot_user_id": BOT, "database": "sqlite:///rel.db"}, "config.database: SQLite register"),
+        ({"bot_user_id": BOT, "database": "mysql://x/y"}, "unsupported database 'mysql'"),
+        ({"bot_user_id": BOT, "database": "sqlite:////x.db", "ttl": 3}, "unknown key 'ttl'"),
+        (
+            {"bot_user_id": BOT, "database": "sqlite:////x.db", "cache_ttl_seconds": 600},
+            "cache_ttl_seconds",
+        ),
+        (
+            {"registers": [{"bot_user_id": BOT}]},
+            "config.registers[0].database: required key is missing",
+        ),
+        ({"registers_file": "gate.json"}, "config.registers_file: give an absolute path"),
+        ("bot.db", "expected a mapping"),
+    ],
+)
+def test_bad_config_names_the_key(raw: Any, expected: str) -> None:
+    with pytest.raises(GateConfigError) as info:
+        parse_gate_config(raw, "config")
+    assert expected in str(info.value)
+
+
+def test_module_parse_config_raises_synapse_config_error() -> None:
+    pytest.importorskip("synapse")
+    from synapse.config._base import ConfigError
+
+    from bot.gate import LiaisonGate
+
+    with pytest.raises(ConfigError, match=r"modules\[bot.gate.LiaisonGate\].config.database"):
+        LiaisonGate.parse_config({"bot_user_id": BOT, "database": "nope"})
+
+
+def test_registers_file_entries_are_validated(tmp_path: Path) -> None:
+    path = tmp_path / "registers.json"
+    assert read_registers_file(path) == []
+    path.write_text(
+        '[{"bot_user_id": "@a:hs", "database": "sqlite:////a.db"}, {"bot_user_id": "@b:hs"}]'
+    )
+    with pytest.raises(GateConfigError, match=r"registers.json\[1\].database: required key"):
+        read_registers_file(path)
+    path.write_text("{not json")
+    with pytest.raises(GateConfigError, match="cannot read"):
+        read_registers_file(path)
+
+
+CONFIG = """
+[homeserver]
+url = "http://127.0.0.1:8008"
+user_id = "@liaison:example.org"
+password_env = "LIAISON_PASSWORD"
+
+[storage]
+database_url = "sqlite:///data/liaison.db"
+
+[bot]
+admins = ["@sec:example.org"]
+admin_room = "nato-s"
+caveats = ["ALPHA"]
+
+[[rooms]]
+key = "nato-s"
+name = "NATO SECRET liaison"
+label = "NATO SECRET"
+"""
+
+
+def test_the_entry_printed_from_a_bot_config_loads(tmp_path: Path) -> None:
+    config = parse_config(CONFIG)
+    config._base_dir = tmp_path
+    entry = register_entry(config)
+    assert entry == {
+        "bot_user_id": "@liaison:example.org",
+        "database": f"sqlite:///{tmp_path / 'data' / 'liaison.db'}",
+        "admins": ["@sec:example.org"],
+        "admin_room": "nato-s",
+        "caveats": ["ALPHA"],
+    }
+    module = module_entry([entry])
+    assert module["module"] == "bot.gate.LiaisonGate"
+    assert parse_gate_config(module["config"]).static_registers()[0].caveats == ["ALPHA"]
+
+
+def test_cli_prints_the_homeserver_yaml_entry(tmp_path: Path) -> None:
+    import yaml
+    from click.testing import CliRunner
+
+    from bot.cli import main
+
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG)
+    result = CliRunner().invoke(main, ["gate", "synapse-config", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    printed = yaml.safe_load(result.stdout)
+    (module,) = printed["modules"]
+    assert module["module"] == "bot.gate.LiaisonGate"
+    assert module["config"]["database"] == f"sqlite:///{tmp_path / 'data' / 'liaison.db'}"
+    parse_gate_config(module["config"])  # what it prints, Synapse loads
+
+    role = "postgresql+psycopg://liaison_gate@db.example.org/liaison"
+    result = CliRunner().invoke(
+        main, ["gate", "synapse-config", "--config", str(path), "--database", role]
+    )
+    assert yaml.safe_load(result.stdout)["modules"][0]["config"]["database"] == role
+    result = CliRunner().invoke(
+        main, ["gate", "synapse-config", "--config", str(path), "--database", "mysql://x/y"]
+    )
+    assert result.exit_code == 2
+    assert "--database: database: unsupported database 'mysql'" in result.stderr
