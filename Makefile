@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/relay.py 100
 	$(BIN)/python bench/throughput.py 200 3
 	$(BIN)/python bench/rooms.py 1000 100
+	$(BIN)/python bench/gate.py 100
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

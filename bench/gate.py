@@ -1,11 +1,13 @@
 """End-to-end benchmark: what the homeserver gate adds to an invite and a join.
 
-Two real Synapses in the same run, identical but for the gate (bot.gate): on each, a bot
-account creates a labelled room and invites, then each invitee joins, N people one after
-another over HTTP. The gate's register is a SQLite file (and a PostgreSQL schema where
-LIAISON_TEST_DATABASE_URL names a server) with every invitee cleared, so every request is
-allowed and runs the whole check: the room on record, the invitee's clearance (read afresh
-on the invite; reused from the short cache on the join), the rule. Reported: p50/p95 per
+Two real Synapses side by side, identical but for the gate (bot.gate): on each, a bot
+account creates a labelled room and invites N people one after another over HTTP, and each
+joins; every request is made on both servers in turn (alternating which goes first), so a
+change in the machine's load touches both alike. The gate's register is a SQLite file
+(and a PostgreSQL schema where LIAISON_TEST_DATABASE_URL names a server) with every invitee
+cleared, so every request is allowed and runs the whole check: the room on record, the
+invitee's clearance (read afresh on the invite; reused from the short cache on the join),
+the rule. Reported: p50/p95 per
 request with and without the gate, the difference of the p50s (goal: < 5 ms) and the ratio.
 Then the rule alone, in-process (µs, machine named): cached and uncached register reads.
 
@@ -70,15 +72,16 @@ def _register(url: str, room_id: str | None, people: list[RegisteredUser]) -> No
         store.close()
 
 
-def run_server(workdir: Path, gate: bool, n: int, database: str | None) -> dict[str, list[float]]:
-    """Invite and join `n` people into a labelled room; per-request milliseconds."""
-    with DevServer(workdir, gate=gate) as server:
-        bot = server.register(f"bench-bot-{secrets.token_hex(3)}", "pw-bench")
-        people = [server.register(f"p{i}-{secrets.token_hex(3)}", "pw") for i in range(n)]
-        if gate:
-            assert database is not None
-            _register(database, None, people)
-            server.add_register({"bot_user_id": bot.user_id, "database": database})
+class Side:
+    """One Synapse with a bot account, a labelled room and `n` people to bring in."""
+
+    def __init__(self, server: DevServer, n: int, database: str | None) -> None:
+        self.server = server
+        self.bot = server.register(f"bench-bot-{secrets.token_hex(3)}", "pw-bench")
+        self.people = [server.register(f"p{i}-{secrets.token_hex(3)}", "pw") for i in range(n)]
+        if database is not None:
+            _register(database, None, self.people)
+            server.add_register({"bot_user_id": self.bot.user_id, "database": database})
         created = server.request(
             "POST",
             "/_matrix/client/v3/createRoom",
@@ -88,44 +91,54 @@ def run_server(workdir: Path, gate: bool, n: int, database: str | None) -> dict[
                     {"type": LABEL_EVENT, "state_key": "", "content": {"level": "NATO SECRET"}}
                 ],
             },
-            token=bot.access_token,
+            token=self.bot.access_token,
         )
-        room_id = created["room_id"]
-        if gate:
-            assert database is not None
-            _register(database, room_id, [])
-        times: dict[str, list[float]] = {"invite": [], "join": []}
-        # A few unmeasured rounds first: connection set-up and Synapse's caches.
-        for person in people[:5]:
-            server.request(
+        self.room_id: str = created["room_id"]
+        if database is not None:
+            _register(database, self.room_id, [])
+        self.times: dict[str, list[float]] = {"invite": [], "join": []}
+
+    def invite(self, i: int) -> None:
+        self.times["invite"].append(
+            _timed(
+                self.server,
                 "POST",
-                f"/_matrix/client/v3/rooms/{_q(room_id)}/invite",
-                {"user_id": person.user_id},
-                token=bot.access_token,
+                f"/_matrix/client/v3/rooms/{_q(self.room_id)}/invite",
+                {"user_id": self.people[i].user_id},
+                self.bot.access_token,
             )
-            server.request(
-                "POST", f"/_matrix/client/v3/join/{_q(room_id)}", {}, token=person.access_token
+        )
+
+    def join(self, i: int) -> None:
+        self.times["join"].append(
+            _timed(
+                self.server,
+                "POST",
+                f"/_matrix/client/v3/join/{_q(self.room_id)}",
+                {},
+                self.people[i].access_token,
             )
-        for person in people[5:]:
-            times["invite"].append(
-                _timed(
-                    server,
-                    "POST",
-                    f"/_matrix/client/v3/rooms/{_q(room_id)}/invite",
-                    {"user_id": person.user_id},
-                    bot.access_token,
-                )
-            )
-            times["join"].append(
-                _timed(
-                    server,
-                    "POST",
-                    f"/_matrix/client/v3/join/{_q(room_id)}",
-                    {},
-                    person.access_token,
-                )
-            )
-        return times
+        )
+
+
+def run_pair(workdir: Path, n: int, database: str) -> tuple[dict[str, float], dict[str, float]]:
+    """A Synapse without the gate and one with it, side by side; each request is made on
+    one and then the other, so a drift in the machine's load touches both alike."""
+    with (
+        DevServer(workdir / "base", gate=False) as plain,
+        DevServer(workdir / "gate", gate=True) as gated,
+    ):
+        base, gate = Side(plain, n, None), Side(gated, n, database)
+        warm = 5  # unmeasured: connection set-up and Synapse's caches
+        for i in range(n):
+            for side in (base, gate) if i % 2 else (gate, base):
+                side.invite(i)
+            for side in (base, gate) if i % 2 else (gate, base):
+                side.join(i)
+        for side in (base, gate):
+            for values in side.times.values():
+                del values[:warm]
+        return _summary(base.times), _summary(gate.times)
 
 
 @contextmanager
@@ -195,25 +208,21 @@ def main(n: int) -> None:
     figures: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp, _postgres_schema() as pg:
         sqlite = f"sqlite:///{Path(tmp) / 'register.db'}"
-        print(f"baseline Synapse (no gate): {n} invites and joins", flush=True)
-        base = _summary(run_server(Path(tmp) / "base", False, n, None))
         variants = [("sqlite", sqlite)] + ([("postgresql", pg)] if pg else [])
         for name, url in variants:
-            print(f"Synapse with the gate ({name} register): {n} invites and joins", flush=True)
-            gated = _summary(run_server(Path(tmp) / f"gate-{name}", True, n, url))
+            print(f"with and without the gate ({name} register): {n} invites, joins", flush=True)
+            base, gated = run_pair(Path(tmp) / name, n, url)
             for what in ("invite", "join"):
                 added = gated[f"{what}_p50"] - base[f"{what}_p50"]
                 figures[f"gate_{name}_{what}_added_p50_ms"] = round(added, 2)
                 figures[f"gate_{name}_{what}_ratio_p50"] = round(
                     gated[f"{what}_p50"] / base[f"{what}_p50"], 3
                 )
-                figures[f"gate_{name}_{what}_p50_ms"] = gated[f"{what}_p50"]
-                figures[f"gate_{name}_{what}_p95_ms"] = gated[f"{what}_p95"]
+                for q in ("p50", "p95"):
+                    figures[f"gate_{name}_{what}_{q}_ms"] = gated[f"{what}_{q}"]
+                    figures[f"gate_{name}_baseline_{what}_{q}_ms"] = base[f"{what}_{q}"]
             for kind, us in micro(url).items():
                 figures[f"gate_{name}_rule_{kind}_us"] = round(us, 1)
-        for what in ("invite", "join"):
-            figures[f"gate_baseline_{what}_p50_ms"] = base[f"{what}_p50"]
-            figures[f"gate_baseline_{what}_p95_ms"] = base[f"{what}_p95"]
     figures["gate_requests"] = n
     merged = record(figures, "gate_machine")
     for key in sorted(merged):

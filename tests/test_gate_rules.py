@@ -335,3 +335,41 @@ def test_cli_prints_the_homeserver_yaml_entry(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "--database: database: unsupported database 'mysql'" in result.stderr
+
+
+def test_the_documented_postgres_grants_are_enough() -> None:
+    """README's role: SELECT on four tables. The gate must work with exactly that."""
+    import secrets as _secrets
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+
+    with fresh_schema() as url:
+        upgrade(url)
+        store = Store.from_url(url)
+        _fill(store)
+        store.close()
+        parsed = make_url(url)
+        schema = parsed.query["options"].split("=", 1)[1]  # type: ignore[union-attr]
+        role = f"gate_{_secrets.token_hex(4)}"
+        admin = create_engine(url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE ROLE "{role}" LOGIN'))
+            conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
+            conn.execute(
+                text(
+                    "GRANT SELECT ON rooms, clearances, clearance_grants, clearance_caveats "
+                    f'TO "{role}"'
+                )
+            )
+        try:
+            gate, register = _gate(parsed.set(username=role).render_as_string(hide_password=False))
+            assert gate.may_enter("@cleared:hs", ROOM, LABEL)
+            assert not gate.may_enter("@low:hs", ROOM, LABEL)
+            register.close()
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'REVOKE ALL ON ALL TABLES IN SCHEMA "{schema}" FROM "{role}"'))
+                conn.execute(text(f'REVOKE ALL ON SCHEMA "{schema}" FROM "{role}"'))
+                conn.execute(text(f'DROP ROLE "{role}"'))
+            admin.dispose()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -187,3 +189,28 @@ def test_no_test_hooks_in_runtime_modules() -> None:
             continue
         text = path.read_text(encoding="utf-8")
         assert "os._exit" not in text and "LIAISON_TEST_" not in text, path.relative_to(ROOT)
+
+
+def test_only_the_gate_module_imports_synapse() -> None:
+    importers = sorted(
+        str(path.relative_to(ROOT))
+        for path in runtime_modules()
+        if any(m == "synapse" or m.startswith("synapse.") for m in imported_modules(path))
+    )
+    # the CLI only probes for it, to tell a demo user which extra to install
+    assert importers == ["bot/cli.py", "bot/gate/module.py"], importers
+
+
+def test_the_gate_loads_no_matrix_client_into_synapse() -> None:
+    """Synapse imports bot.gate.module into its own process: neither nio nor the bot's
+    Matrix edge may come with it (only what the rules and the register reader need)."""
+    probe = (
+        "import sys, bot.gate.module; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('nio', 'aiohttp') "
+        "or m.startswith(('bot.matrix', 'bot.app', 'bot.services.membership'))); "
+        "print(','.join(bad))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
+    )
+    assert result.stdout.strip() == "", result.stdout

@@ -56,7 +56,8 @@ def _refusal(verdict: Verdict) -> Refusal:
 
 class _Registers:
     """The registers of the config, plus those of a registers file, reread when the file
-    changes (its mtime and size); a bad file keeps the last good set and says so."""
+    changes (a new inode, as an atomic rename gives, or a new mtime or size); a bad file
+    keeps the last good set and says so."""
 
     def __init__(self, config: GateConfig) -> None:
         self._config = config
@@ -64,7 +65,7 @@ class _Registers:
             s.bot_user_id: Register(s, config.cache_ttl_seconds) for s in config.static_registers()
         }
         self._file = config.registers_file
-        self._seen: tuple[float, int] | None = None
+        self._seen: tuple[int, float, int] | None = None
         self._from_file: dict[str, Register] = {}
         self._lock = threading.Lock()
 
@@ -73,7 +74,7 @@ class _Registers:
             return self._static
         try:
             stat = os.stat(self._file)
-            seen: tuple[float, int] | None = (stat.st_mtime, stat.st_size)
+            seen: tuple[int, float, int] | None = (stat.st_ino, stat.st_mtime, stat.st_size)
         except FileNotFoundError:
             seen = None
         with self._lock:
@@ -81,7 +82,7 @@ class _Registers:
                 self._reload(seen)
             return {**self._from_file, **self._static}
 
-    def _reload(self, seen: tuple[float, int] | None) -> None:
+    def _reload(self, seen: tuple[int, float, int] | None) -> None:
         try:
             specs = read_registers_file(self._file) if self._file and seen is not None else []
         except GateConfigError as exc:

@@ -55,6 +55,9 @@ def make_reader_engine(url: str) -> Engine:
     if backend == "postgresql":
         engine = create_engine(
             url,
+            # Each read is one statement: autocommit spares a BEGIN and a ROLLBACK round
+            # trip per read; the ping finds a connection the server dropped (a restart).
+            isolation_level="AUTOCOMMIT",
             pool_pre_ping=True,
             pool_size=2,
             max_overflow=4,
