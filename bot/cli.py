@@ -33,6 +33,7 @@ from policy import (
     Level,
     MarkingError,
     Room,
+    convert,
     known_caveats,
     make_room,
     may_join,
@@ -186,6 +187,63 @@ def label_convert(marking: str, to: str, scheme: str | None) -> None:
     if level is None:
         _fail(f"{parsed.level.banner} has no equivalent in {target}")
     click.echo(level.banner)
+
+
+@label.command("export")
+@click.argument("marking")
+@click.option("--scheme", "scheme", help="Context scheme for short names in MARKING.")
+@click.option(
+    "--format", "fmt", type=click.Choice(["xml", "json"]), default="xml", show_default=True
+)
+@click.option(
+    "--alternative",
+    "alternatives",
+    multiple=True,
+    help="Also give the equivalent label in this scheme (repeatable).",
+)
+def label_export(marking: str, scheme: str | None, fmt: str, alternatives: tuple[str, ...]) -> None:
+    """Print MARKING as a NATO ADatP-4774 confidentiality label (XML or its JSON form).
+
+    \b
+    Example:
+      liaison-bot label export "DEU GEHEIM // REL TO NATO" --alternative NATO
+      liaison-bot label export "NATO SECRET // ATOMAL" --format json
+    """
+    from policy.adatp4774 import label_metadata, to_json, to_xml
+
+    context = _scheme(scheme, "--scheme") if scheme else None
+    parsed = _marking(marking, "MARKING", context)
+    schemes = [_scheme(code, "--alternative") for code in alternatives]
+    for code in schemes:
+        if code != parsed.scheme and convert(parsed, code) is None:
+            _fail(f"--alternative: {parsed.level.banner} has no equivalent in {code}")
+    meta = label_metadata(parsed, schemes, created=datetime.now(UTC))
+    if fmt == "json":
+        _emit(to_json(meta))
+    else:
+        click.echo(to_xml(meta))
+
+
+@label.command("import")
+@click.argument("source", type=click.File("r", encoding="utf-8"))
+def label_import(source: Any) -> None:
+    """Read an ADatP-4774 label (XML, or the JSON form) from SOURCE (a file, or - for
+    standard input) and print our label as `label parse` does; exit 2 naming the element or
+    value it cannot represent (nothing is dropped in silence).
+
+    \b
+    Example:
+      liaison-bot label import label.xml
+      liaison-bot label export "NATO SECRET" | liaison-bot label import -
+    """
+    from policy.adatp4774 import MAX_LABEL_BYTES, import_label
+
+    text = source.read(MAX_LABEL_BYTES * 4 + 1)
+    try:
+        parsed = import_label(text)
+    except MarkingError as exc:
+        _fail(f"{getattr(source, 'name', 'SOURCE')}: {exc}")
+    _emit(label_json(parsed))
 
 
 # ---------------------------------------------------------------- policy

@@ -44,11 +44,48 @@ def is_tagged(body: str) -> bool:
 
 
 def parse_tagged(
-    body: str, context: str | None = None, *, extra_caveats: Iterable[str] = ()
+    body: str,
+    context: str | None = None,
+    *,
+    extra_caveats: Iterable[str] = (),
+    label: Label | None = None,
 ) -> TaggedMessage | None:
-    """None for an untagged message; MarkingError naming the problem for a malformed one."""
+    """None for an untagged message; MarkingError naming the problem for a malformed one.
+
+    `label` is a machine-readable label the message carries (ADatP-4774, already read):
+    the message is then tagged with it whether or not the text starts with a marking; a
+    marking that is there as well must say the same, else the message is refused."""
+    if label is not None:
+        return _with_label(body, context, label, extra_caveats)
     if not is_tagged(body):
         return None
+    _check_text(body)
+    marking, rest = _bracket(body.lstrip(), body)
+    return _after_marking(parse_marking(marking, context, extra_caveats=extra_caveats), rest, body)
+
+
+def _with_label(
+    body: str, context: str | None, label: Label, extra_caveats: Iterable[str]
+) -> TaggedMessage:
+    if not isinstance(body, str):
+        raise MarkingError("a tagged message must be text")
+    _check_text(body)
+    rest = body.lstrip()
+    if rest.startswith("["):
+        first, after = _bracket(rest, body)
+        word = first.strip().upper()
+        if word not in Precedence.__members__ and word != "EXERCISE":
+            marked = parse_marking(first, context, extra_caveats=extra_caveats)
+            if marked != label:
+                raise MarkingError(
+                    f"the marking {marked.banner!r} and the message's machine-readable "
+                    f"label {label.banner!r} disagree"
+                )
+            rest = after
+    return _after_marking(label, rest, body)
+
+
+def _check_text(body: str) -> None:
     size = len(body.encode("utf-8", "surrogatepass"))  # a lone surrogate: refused below
     if size > MAX_TEXT_BYTES:
         raise MarkingError(
@@ -62,9 +99,10 @@ def parse_tagged(
             f"invalid text: lone surrogate U+{ord(body[exc.start]):04X} at {exc.start} "
             "(not valid Unicode; the sending client is broken)"
         ) from None
-    rest = body.lstrip()
-    marking, rest = _bracket(rest, body)
-    label = parse_marking(marking, context, extra_caveats=extra_caveats)
+
+
+def _after_marking(label: Label, rest: str, body: str) -> TaggedMessage:
+    """Precedence and EXERCISE brackets, then the text and its topics."""
     precedence: Precedence | None = None
     exercise = False
     while rest.lstrip().startswith("[") and (precedence is None or not exercise):

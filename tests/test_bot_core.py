@@ -8,6 +8,8 @@ import pytest
 from nio import RoomMemberEvent
 
 from bot.services.rooms import LABEL_EVENT, MEGOLM, provision
+from policy import parse_marking
+from policy.adatp4774 import from_json, to_label
 from tests.bot_harness import BotEnv, audited, enrol, eventually, open_dm, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
@@ -31,6 +33,12 @@ async def test_rooms_are_encrypted_invite_only_and_labelled(bot_env: BotEnv) -> 
     assert powerful <= {bot_env.bot_user.user_id}  # room v12+: the creating bot is implicit
     deu = (await gateway.state(bot_env.room_id("deu")))[(LABEL_EVENT, "")].content
     assert deu["audience"] == ["DEU"] and deu["banner"] == "DEU GEHEIM"
+    # the same structure as the label inside every relayed copy (ADatP-4774, JSON form)
+    originator = from_json(
+        {"originatorConfidentialityLabel": deu["originatorConfidentialityLabel"]}
+    ).originator
+    assert to_label(originator) == parse_marking("DEU GEHEIM")
+    assert (originator.policy, originator.classification) == ("DEU", "GEHEIM")
 
 
 async def test_provisioning_again_with_the_same_config_changes_nothing(bot_env: BotEnv) -> None:

@@ -152,8 +152,8 @@ class FakeMessenger:
     posted: list[tuple[str, str, str | None]] = field(default_factory=list)
     user_id: str = "@bot:x"
 
-    async def send_notice(self, room_id: str, document: Any, tx_id: str | None = None) -> str:
-        self.posted.append((room_id, document.plain, tx_id))
+    async def send(self, room_id: str, content: dict[str, Any], tx_id: str | None = None) -> str:
+        self.posted.append((room_id, content["body"], tx_id))
         return f"$digest{len(self.posted)}"
 
 
@@ -382,6 +382,7 @@ def test_a_large_window_is_split_into_events_that_each_fit() -> None:
     """Issue 14, finding 8: every item shown, in as few events as fit the limit each."""
     from bot.services.digest import build_digest_parts
     from bot.services.relay import EVENT_LIMIT, encrypted_size
+    from policy.adatp4774 import from_json, to_label
 
     every = list(Precedence)
     many = [
@@ -390,10 +391,16 @@ def test_a_large_window_is_split_into_events_that_each_fit() -> None:
     ]
     parts = build_digest_parts(NATO, select_items(NATO, many), T0, T0 + timedelta(hours=12))
     assert len(parts) > 1
+    labelled: list[str] = []
     for n, part in enumerate(parts, 1):
-        content = {"msgtype": "m.notice", "body": part.plain, "formatted_body": part.html}
-        assert encrypted_size(content) <= EVENT_LIMIT
+        assert encrypted_size(part.content) <= EVENT_LIMIT
         assert f"part {n} of {len(parts)}" in part.plain
+        items_field = part.content["io.github.liaison_bot.digest"]["items"]
+        labelled += [i["source_event"] for i in items_field]
+        for entry in items_field:  # each item's own machine-readable label, and NATO's
+            meta = from_json(entry["io.github.liaison_bot.label"])
+            assert to_label(meta.originator) == parse_marking("NATO SECRET")
+    assert sorted(labelled) == sorted(f"$i{n}" for n in range(60))
     shown = "\n".join(p.plain for p in parts)
     assert all(f"obs{n} " in shown for n in range(60)) and "not shown" not in shown
     small = build_digest_parts(NATO, select_items(NATO, many[:3]), T0, T0 + timedelta(hours=1))

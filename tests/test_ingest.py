@@ -10,6 +10,9 @@ import urllib.request
 
 from bot.devtools.devserver import free_port
 from bot.devtools.e2ee_client import open_dm
+from bot.services.render import LABEL_KEY
+from policy import parse_marking
+from policy.adatp4774 import from_json, label_metadata, to_json, to_label, to_xml
 from tests.bot_harness import ROOMS, BotEnv, enrol
 from tests.matrix_harness import MakeClient, MakeUser
 
@@ -90,6 +93,31 @@ async def test_feeds_post_store_route_and_refuse(
     copy = await reader.wait_for_text(nato_s, released)
     assert "· feed deu-sig ·" in copy.body
 
+    # A feed may give the label as ADatP-4774 (XML or its JSON form) instead of a marking;
+    # the post carries it machine-readable, with the feed as originator.
+    as_xml = f"xml-{secrets.token_hex(3)}"
+    status, body = await asyncio.to_thread(
+        post,
+        "sat",
+        {"label": to_xml(label_metadata(parse_marking("NATO CONFIDENTIAL"))), "text": as_xml},
+        "sat-token-123",
+    )
+    assert status == 202, body
+    posted = await reader.wait_for_text(nato_s, as_xml)
+    assert posted.body.splitlines()[0] == "NATO CONFIDENTIAL — originator: NATO CONFIDENTIAL"
+    meta = from_json(posted.source["content"][LABEL_KEY])
+    assert to_label(meta.originator) == parse_marking("NATO CONFIDENTIAL")
+    assert meta.originator.originator == "urn:io.github.liaison-bot:feed:sat"
+    as_json = f"json-{secrets.token_hex(3)}"
+    status, body = await asyncio.to_thread(
+        post,
+        "sat",
+        {"label": to_json(label_metadata(parse_marking("NATO RESTRICTED"))), "text": as_json},
+        "sat-token-123",
+    )
+    assert status == 202, body
+    await reader.wait_for_text(nato_s, as_json)
+
     mark = reader.event_count(nato_s)
     cases = [
         (("sat", {"marking": "NS", "text": "x"}, "wrong"), 401, "bearer"),
@@ -99,6 +127,17 @@ async def test_feeds_post_store_route_and_refuse(
         (("sat", None, "sat-token-123", b"{not json"), 422, "bad JSON"),
         (("sat", ["a"], "sat-token-123"), 422, "expected an object"),
         (("sat", {"text": "x"}, "sat-token-123"), 422, "marking: required"),
+        (
+            ("sat", {"marking": "NS", "label": "<x/>", "text": "x"}, "sat-token-123"),
+            422,
+            "give one of them, not both",
+        ),
+        (("sat", {"label": 7, "text": "x"}, "sat-token-123"), 422, "label: expected"),
+        (
+            ("sat", {"label": "<originatorConfidentialityLabel/>", "text": "x"}, "sat-token-123"),
+            422,
+            "label: label: element 'originatorConfidentialityLabel' is in no namespace",
+        ),
         (("sat", {"marking": "NS", "text": ""}, "sat-token-123"), 422, "text: required"),
         (
             ("sat", {"marking": "NS", "text": "x", "precedence": "NOW"}, "sat-token-123"),

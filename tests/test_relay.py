@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from nio import RedactedEvent, RoomMessageText
+from nio import RedactedEvent, RoomMessageNotice, RoomMessageText
 
 from bot.devtools.botenv import rooms_config
+from bot.services.render import LABEL_KEY
+from policy import parse_marking
+from policy.adatp4774 import from_json, label_metadata, matrix_uri, to_json, to_label
 from tests.bot_harness import BotEnv, enrol, eventually, open_dm, talk
 from tests.matrix_harness import E2EEClient, MakeClient, MakeUser
 
@@ -97,12 +100,62 @@ async def test_releasable_item_reaches_nato_and_is_refused_for_eu(
     assert lines[3] == lines[0]
     html = copy.source["content"]["formatted_body"]
     assert "<b>sighted</b>" not in html and "&lt;b&gt;sighted&lt;/b&gt;" in html
+    # The machine-readable label (ADatP-4774): the originator's, and NATO's equivalent.
+    meta = from_json(copy.source["content"][LABEL_KEY])
+    assert to_label(meta.originator) == parse_marking("GEHEIM // REL TO NATO", "DEU")
+    assert meta.originator.originator == matrix_uri(cast.officer.user_id)
+    assert [(a.policy, a.classification) for a in meta.alternatives] == [("NATO", "SECRET")]
     assert copy.source["content"]["m.mentions"] == {}
     await asyncio.sleep(1)
     assert not any("convoy" in t for t in cast.eu.texts(eu_s)[eu_mark:])
     entries = await bot_env.bot.commands.audit_recent(30)  # type: ignore[union-attr]
     actions = {e.action for e in entries}
     assert {"relay.sent", "relay.refused", "intel.stored"} <= actions
+
+
+async def _say(client: E2EEClient, room_id: str, content: dict[str, object], expect: str) -> str:
+    mark = client.event_count(room_id)
+    await client.send_event(room_id, "m.room.message", content)
+    event = await client.wait_for(
+        room_id, lambda e: isinstance(e, RoomMessageNotice) and expect in e.body, 30, after=mark
+    )
+    return str(event.body)
+
+
+async def test_a_machine_readable_label_tags_a_message(bot_env: BotEnv, cast: Cast) -> None:
+    """A client that sends the label as ADatP-4774 needs no bracket marking; one whose
+    marking says otherwise is refused with both named."""
+    deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
+    label = parse_marking("DEU GEHEIM // REL TO NATO")
+    field = to_json(label_metadata(label))
+    receipt = await _say(
+        cast.officer,
+        deu,
+        {"msgtype": "m.text", "body": "[IMMEDIATE] bridge down at grid 31U", LABEL_KEY: field},
+        "Relayed to nato-s",
+    )
+    assert "as NATO SECRET" in receipt
+    copy = await cast.nato.wait_for_text(nato_s, "bridge down at grid 31U")
+    assert copy.body.splitlines()[0] == "NATO SECRET — originator: DEU GEHEIM // REL TO NATO"
+    assert "[IMMEDIATE] bridge down" in copy.body
+    assert to_label(from_json(copy.source["content"][LABEL_KEY]).originator) == label
+
+    refusal = await _say(
+        cast.officer,
+        deu,
+        {"msgtype": "m.text", "body": "[GEHEIM // REL TO NATO, UKR] other words", LABEL_KEY: field},
+        "disagree",
+    )
+    assert "DEU GEHEIM // REL TO NATO, UKR" in refusal and "DEU GEHEIM // REL TO NATO'" in refusal
+    unreadable = await _say(
+        cast.officer,
+        deu,
+        {"msgtype": "m.text", "body": "more words", LABEL_KEY: {"originatorConfidentialityLabel": {}}},
+        "Not stored or relayed",
+    )
+    assert "ConfidentialityInformation is missing" in unreadable
+    await asyncio.sleep(1)
+    assert not any("other words" in t or "more words" in t for t in cast.nato.texts(nato_s))
 
 
 async def test_national_only_item_goes_nowhere(bot_env: BotEnv, cast: Cast) -> None:

@@ -30,7 +30,7 @@ from bot.matrix.gateway import MatrixError
 from bot.metrics import Metrics
 from bot.services.ports import Audit, Messenger
 from bot.services.relay import EVENT_LIMIT, encrypted_size
-from bot.services.render import EXERCISE_LINE, target_banner
+from bot.services.render import EXERCISE_LINE, LABEL_KEY, target_banner
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.services.schedule import cron_trigger, format_duration, parse_duration
 from bot.storage import (
@@ -47,6 +47,7 @@ from bot.storage.sealing import SealError
 from commands.context import CommandError, PermissionDenied, Role
 from commands.document import Banner, Document, Inline, doc, heading, items, para
 from policy import Label, MarkingError, Precedence, dominant_label, may_release, parse_marking
+from policy.adatp4774 import label_metadata, to_json
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,48 @@ class DigestItem:
 
 
 # ---------------------------------------------------------------- content
+
+# Beside the message's own label (LABEL_KEY: the digest's banner, as ADatP-4774), each item
+# it shows with its machine-readable label: the originator's and the room's equivalent.
+DIGEST_KEY = "io.github.liaison_bot.digest"
+
+
+@dataclass(frozen=True)
+class DigestPart:
+    """One digest event: what people read, and the labels machines read."""
+
+    document: Document
+    labels: dict[str, Any]
+
+    @property
+    def plain(self) -> str:
+        return self.document.plain
+
+    @property
+    def content(self) -> dict[str, Any]:
+        return {
+            "msgtype": "m.notice",
+            "body": self.document.plain,
+            "format": "org.matrix.custom.html",
+            "formatted_body": self.document.html,
+            **self.labels,
+        }
+
+
+def _labels(room: ManagedRoom, banner: Label, shown: Sequence[DigestItem]) -> dict[str, Any]:
+    scheme = [room.policy.scheme]
+    return {
+        LABEL_KEY: to_json(label_metadata(banner, scheme)),
+        DIGEST_KEY: {
+            "items": [
+                {
+                    "source_event": i.event_id,
+                    LABEL_KEY: to_json(label_metadata(i.label, scheme, created=i.created_at)),
+                }
+                for i in shown
+            ]
+        },
+    }
 
 
 def select_items(room: ManagedRoom, candidates: Iterable[DigestItem]) -> list[DigestItem]:
@@ -92,7 +135,25 @@ def build_digest(
     part: tuple[int, int] | None = None,
     shrink: bool = True,
 ) -> Document:
-    """The digest document: heading with window and banner, counts, items, topics.
+    """The digest document (see `build_digest_part`)."""
+    return build_digest_part(
+        room, selected, start, end, delayed=delayed, top=top, part=part, shrink=shrink
+    ).document
+
+
+def build_digest_part(
+    room: ManagedRoom,
+    selected: Sequence[DigestItem],
+    start: datetime,
+    end: datetime,
+    *,
+    delayed: bool = False,
+    top: int = TOP_PER_PRECEDENCE,
+    part: tuple[int, int] | None = None,
+    shrink: bool = True,
+) -> DigestPart:
+    """The digest document: heading with window and banner, counts, items, topics; and the
+    machine-readable labels of the message and of each item it shows.
     `part` (i, n) marks one of n events a large window is split into; with `shrink`, a
     document over the event limit shows fewer items per precedence (the rest counted).
 
@@ -107,6 +168,8 @@ def build_digest(
     dominant = dominant_label([i.label for i in selected], room.policy.scheme, room.policy.audience)
     banner = dominant.banner if dominant is not None else room.banner
     rank = dominant.rank if dominant is not None else room.policy.rank
+    labelled = dominant if dominant is not None else room.label
+    shown: list[DigestItem] = []
     blocks: list[Any] = [
         para(Banner(banner, rank)),
         heading(
@@ -120,23 +183,23 @@ def build_digest(
     if not real and not drill:
         blocks.append(para("No items in this window."))
         blocks.append(para(Banner(banner, rank)))
-        return doc(*blocks)
+        return DigestPart(doc(*blocks), _labels(room, labelled, shown))
     if real:
-        blocks.extend(_section(room, real, top))
+        blocks.extend(_section(room, real, top, shown))
     else:
         blocks.append(para("No real items in this window."))
     if drill:
         blocks.append(para(Banner(EXERCISE_LINE, 0)))
         blocks.append(heading(f"Exercise traffic ({len(drill)}, not counted above)"))
-        blocks.extend(_section(room, drill, top))
+        blocks.extend(_section(room, drill, top, shown))
         blocks.append(para(Banner(EXERCISE_LINE, 0)))
     blocks.append(para(Banner(banner, rank)))
-    document = doc(*blocks)
-    if shrink and not _fits(document) and top > 1:
-        return build_digest(
+    built = DigestPart(doc(*blocks), _labels(room, labelled, shown))
+    if shrink and not _fits(built) and top > 1:
+        return build_digest_part(
             room, selected, start, end, delayed=delayed, top=max(1, top // 2), part=part
         )
-    return document
+    return built
 
 
 MAX_PARTS = 8  # a window bigger than this many events shows fewer items per part
@@ -149,7 +212,7 @@ def build_digest_parts(
     end: datetime,
     *,
     delayed: bool = False,
-) -> list[Document]:
+) -> list[DigestPart]:
     """The digest as one event, or split into as few parts as fit the event limit each
     (every item shown), up to MAX_PARTS; past that each part shows fewer (counted)."""
     parts = 1
@@ -157,7 +220,7 @@ def build_digest_parts(
         size = -(-len(selected) // parts) if selected else 1
         chunks = [selected[i : i + size] for i in range(0, max(len(selected), 1), size)]
         documents = [
-            build_digest(
+            build_digest_part(
                 room,
                 chunk,
                 start,
@@ -173,13 +236,14 @@ def build_digest_parts(
         parts *= 2
 
 
-def _fits(document: Document) -> bool:
-    """Whether the document fits one event as it is sent (JSON, megolm, base64)."""
-    content = {"msgtype": "m.notice", "body": document.plain, "formatted_body": document.html}
-    return encrypted_size(content) <= EVENT_LIMIT
+def _fits(part: DigestPart) -> bool:
+    """Whether the part fits one event as it is sent (JSON, megolm, base64)."""
+    return encrypted_size(part.content) <= EVENT_LIMIT
 
 
-def _section(room: ManagedRoom, selected: Sequence[DigestItem], top: int) -> list[Any]:
+def _section(
+    room: ManagedRoom, selected: Sequence[DigestItem], top: int, shown: list[DigestItem]
+) -> list[Any]:
     by_precedence = Counter(i.precedence for i in selected)
     by_source = Counter(i.source_key for i in selected)
     counts = ", ".join(f"{p.name} {by_precedence[p]}" for p in Precedence if by_precedence[p])
@@ -194,13 +258,13 @@ def _section(room: ManagedRoom, selected: Sequence[DigestItem], top: int) -> lis
             continue
         rows: list[tuple[Inline | str, ...]] = []
         for item in group[:top]:
-            shown, rank = target_banner(item.label, room.policy.scheme)
+            shown.append(item)
+            marked, rank = target_banner(item.label, room.policy.scheme)
             text = (
                 item.text if len(item.text) <= MAX_ITEM_CHARS else item.text[:MAX_ITEM_CHARS] + "…"
             )
-            rows.append(
-                (Banner(shown, rank), f" {item.created_at:%m-%d %H:%MZ} ({item.source_key}) ", text)
-            )
+            when = f" {item.created_at:%m-%d %H:%MZ} ({item.source_key}) "
+            rows.append((Banner(marked, rank), when, text))
         blocks.append(heading(f"{precedence.name} ({len(group)})"))
         blocks.append(items(rows))
         if len(group) > top:
@@ -496,8 +560,8 @@ class DigestService:
         txn = "dg" + hashlib.sha256(f"{schedule.key}|{end.isoformat()}".encode()).hexdigest()[:40]
         try:  # a fixed txn id per part: a replay after a crash posts none of them twice
             event_ids = [
-                await self.messenger.send_notice(
-                    room.room_id, part, tx_id=txn if n == 0 else f"{txn}-{n}"
+                await self.messenger.send(
+                    room.room_id, part.content, tx_id=txn if n == 0 else f"{txn}-{n}"
                 )
                 for n, part in enumerate(parts)
             ]
@@ -533,7 +597,7 @@ class DigestService:
         sources = schedule.sources if schedule else (room.key,)
         end = self.clock()
         parts = await self.compose_parts(room, sources, end - window, end)
-        event_ids = [await self.messenger.send_notice(room.room_id, part) for part in parts]
+        event_ids = [await self.messenger.send(room.room_id, part.content) for part in parts]
         event_id = event_ids[0]
         self.metrics.digests.labels("posted").inc()
         await self.audit(
@@ -579,7 +643,7 @@ class DigestService:
         end: datetime,
         *,
         delayed: bool = False,
-    ) -> list[Document]:
+    ) -> list[DigestPart]:
         """The digest as the events to post: one, or a large window split into parts."""
         selected = await self._selected(room, sources, start, end)
         return build_digest_parts(room, selected, start, end, delayed=delayed)

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from bot.services.membership import Membership
 from bot.services.ports import Audit, EventHandle, SenderGate
 from bot.services.relay import RelayEngine, Source
+from bot.services.render import LABEL_KEY
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.storage import Store, in_thread
 from bot.tasks import Supervisor
@@ -110,7 +111,10 @@ class Inbox:
                 await self._on_edit(message, managed, EventId(original))
             return
         command = is_command(message.body, self.prefixes)
-        if not command and not (managed is not None and is_tagged(message.body)):
+        labelled = message.content.get(LABEL_KEY)
+        if not command and not (
+            managed is not None and (is_tagged(message.body) or labelled is not None)
+        ):
             return
         if await in_thread(self.store.is_handled, message.event_id):
             return
@@ -120,7 +124,7 @@ class Inbox:
             source = Source(
                 managed, message.event_id, message.sender, message.sent_at, message.handle
             )
-            reply = await self.relay.handle(source, message.body)
+            reply = await self.relay.handle(source, message.body, label_field=labelled)
             await in_thread(self.store.mark_handled, message.event_id, room_id)
             if reply is not None:
                 # The receipt goes to the source room while the next message's copies go to
@@ -222,10 +226,13 @@ class Inbox:
             return
         if await self._replayed(message):
             return
-        new_body = (message.content.get("m.new_content") or {}).get("body")
+        new_content = message.content.get("m.new_content") or {}
+        new_body = new_content.get("body") if isinstance(new_content, dict) else None
         if isinstance(new_body, str):
             source = Source(managed, original, message.sender, message.sent_at, message.handle)
-            reply = await self.relay.handle_edit(source, new_body)
+            reply = await self.relay.handle_edit(
+                source, new_body, label_field=new_content.get(LABEL_KEY)
+            )
             if reply is not None:
                 await self.replier.reply_to_sender(message.room_id, message.handle, reply)
         await in_thread(self.store.mark_handled, message.event_id, message.room_id)

@@ -1,13 +1,13 @@
 """Feed ingest (DESIGN §5a): labelled data feeds post items over authenticated HTTP.
 
-`POST /feeds/KEY` with `Authorization: Bearer …` and JSON
-`{"marking", "precedence", "text", "topics"}` → 202 (posted; the body gives the item id),
-401 (bad or missing token, or no such feed: both answered alike, so feed keys cannot be
-enumerated), 408 (body not received in time), 413 (text over 40 000 bytes, or a JSON body
-over 256 000 bytes), 422 (bad JSON, bad marking, or a label that does not fit the feed's
-room: spillage, nothing posted, admins alerted). An item is posted in its room, stored and
-audited like a tagged message, with provenance `feed KEY`; with `release = true` it is
-routed like an officer's.
+`POST /feeds/KEY` with `Authorization: Bearer …` and JSON `{"marking", "precedence", "text",
+"topics"}` (or `"label"`, an ADatP-4774 label as an XML string or its JSON object, in place
+of `"marking"`) → 202 (posted; the body gives the item id), 401 (bad or missing token, or no
+such feed: both answered alike, so feed keys cannot be enumerated), 408 (body not received
+in time), 413 (text over 40 000 bytes, or a JSON body over 256 000 bytes), 422 (bad JSON,
+bad marking, or a label that does not fit the feed's room: spillage, nothing posted, admins
+alerted). An item is posted in its room, stored and audited like a tagged message, with
+provenance `feed KEY`; with `release = true` it is routed like an officer's.
 
 Limits against slow or hostile clients:
 - the request line and headers must arrive within `HEADER_TIMEOUT_S` of the connection
@@ -55,6 +55,7 @@ from bot.services.render import relay_copy
 from bot.services.rooms import RoomDirectory
 from commands.document import Strong, doc, items, para
 from policy import MAX_TEXT_BYTES, MarkingError, Precedence, TaggedMessage, fits, parse_marking
+from policy.adatp4774 import import_label
 from policy.ids import RoomKey
 
 log = logging.getLogger(__name__)
@@ -179,9 +180,14 @@ class FeedListener:
         if room is None:
             return _error(404, f"the feed's room {feed.room!r} is not managed")
         try:
-            label = parse_marking(body["marking"], room.policy.scheme, extra_caveats=self.caveats)
+            if "label" in body:
+                label = import_label(body["label"], extra_caveats=self.caveats)
+            else:
+                label = parse_marking(
+                    body["marking"], room.policy.scheme, extra_caveats=self.caveats
+                )
         except MarkingError as exc:
-            return _error(422, f"marking: {exc}")
+            return _error(422, f"{'label' if 'label' in body else 'marking'}: {exc}")
         precedence = Precedence[body.get("precedence", "ROUTINE").upper()]
         topics = tuple(dict.fromkeys(t.casefold().lstrip("#") for t in body.get("topics", [])))
         own = fits(label, room.policy)
@@ -221,6 +227,7 @@ class FeedListener:
             sent_at=now,
             source_event_id="",
             provenance=f"From feed {key} · {{when}}",
+            originator=f"urn:io.github.liaison-bot:feed:{key}",
         )
         try:
             event_id = await self.messenger.send(room.room_id, content)
@@ -277,8 +284,13 @@ def _too_large() -> web.Response:
 
 def _check_fields(body: dict[str, Any]) -> str | None:
     """None when the fields are usable, else what is wrong, naming the field."""
-    if not isinstance(body.get("marking"), str) or not body["marking"].strip():
-        return 'marking: required, a string such as "NATO SECRET"'
+    if "marking" in body and "label" in body:
+        return "marking, label: give one of them, not both"
+    if "label" in body:
+        if not isinstance(body["label"], str | dict):
+            return "label: expected an ADatP-4774 label, as an XML string or its JSON object"
+    elif not isinstance(body.get("marking"), str) or not body["marking"].strip():
+        return 'marking: required (or label), a string such as "NATO SECRET"'
     if not isinstance(body.get("text"), str) or not body["text"].strip():
         return "text: required, a non-empty string"
     precedence = body.get("precedence", "ROUTINE")
@@ -287,7 +299,7 @@ def _check_fields(body: dict[str, Any]) -> str | None:
     topics = body.get("topics", [])
     if not isinstance(topics, list) or not all(isinstance(t, str) and t for t in topics):
         return "topics: expected a list of strings"
-    unknown = sorted(set(body) - {"marking", "precedence", "text", "topics"})
+    unknown = sorted(set(body) - {"marking", "label", "precedence", "text", "topics"})
     if unknown:
         return f"unknown field(s): {', '.join(unknown)}"
     return None

@@ -45,6 +45,7 @@ from policy import (
     may_release,
     parse_tagged,
 )
+from policy.adatp4774 import import_label
 from policy.ids import EventId, UserId
 
 log = logging.getLogger(__name__)
@@ -146,11 +147,18 @@ class RelayEngine:
     # ------------------------------------------------------------ tagged messages
 
     async def handle(
-        self, source: Source, body: str, *, only: Sequence[str] | None = None
+        self,
+        source: Source,
+        body: str,
+        *,
+        only: Sequence[str] | None = None,
+        label_field: Any = None,
     ) -> Document | None:
         """Handle a possibly tagged message; None when it is not tagged. Returns the reply
-        to the sender (errors, refusals, the receipt)."""
-        if not is_tagged(body):
+        to the sender (errors, refusals, the receipt). `label_field` is the message's own
+        machine-readable label (`io.github.liaison_bot.label`, ADatP-4774), if it has one:
+        it tags the message as a bracket marking does."""
+        if label_field is None and not is_tagged(body):
             return None
         room = source.room
         removed = doc(
@@ -161,7 +169,14 @@ class RelayEngine:
             )
         )
         try:
-            message = parse_tagged(body, room.policy.scheme, extra_caveats=self.settings.caveats)
+            carried = (
+                import_label(label_field, extra_caveats=self.settings.caveats)
+                if label_field is not None
+                else None
+            )
+            message = parse_tagged(
+                body, room.policy.scheme, extra_caveats=self.settings.caveats, label=carried
+            )
         except MarkingError as exc:
             # Spillage is judged on the level as soon as the level can be read, whatever
             # else is wrong with the marking: the text must not stay in a lower room.
@@ -467,11 +482,14 @@ class RelayEngine:
 
     # ------------------------------------------------------------ edits and redactions
 
-    async def handle_edit(self, source: Source, new_body: str) -> Document | None:
-        """An edit of a message in a managed room (source.event_id is the original's)."""
+    async def handle_edit(
+        self, source: Source, new_body: str, *, label_field: Any = None
+    ) -> Document | None:
+        """An edit of a message in a managed room (source.event_id is the original's);
+        `label_field` is the new content's machine-readable label, if any."""
         item = await in_thread(self.store.item, source.event_id)
-        if item is None:
-            return await self.handle(source, new_body)  # an edit that tags an untagged message
+        if item is None:  # an edit that tags an untagged message
+            return await self.handle(source, new_body, label_field=label_field)
         if item.sender != source.sender:
             return None  # clients ignore edits by someone else; so do we
         room = source.room
@@ -483,11 +501,16 @@ class RelayEngine:
                 source.sender, "relay.untrusted-device", room, source, {"problem": refusal[0]}
             )
             return doc(para("⚠ Edit not applied: ", refusal[0], ". Nothing was changed."))
-        if not is_tagged(new_body):
+        if label_field is None and not is_tagged(new_body):
             return await self._withdraw(source, item, "the edit removed the marking")
         try:
+            carried = (
+                import_label(label_field, extra_caveats=self.settings.caveats)
+                if label_field is not None
+                else None
+            )
             message = parse_tagged(
-                new_body, room.policy.scheme, extra_caveats=self.settings.caveats
+                new_body, room.policy.scheme, extra_caveats=self.settings.caveats, label=carried
             )
         except MarkingError as exc:
             return doc(para("⚠ Edit not applied to the relayed copies: ", str(exc), "."))

@@ -13,8 +13,13 @@ from typing import Any
 
 from commands.document import Banner, Document, Paragraph, doc, para
 from policy import Label, Precedence, convert
+from policy.adatp4774 import label_metadata, to_json
 
 RELAY_KEY = "io.github.liaison_bot.relay"
+# The machine-readable label (ADatP-4774, JSON form) in every relayed copy and feed post:
+# the originator's label and its equivalent in the room's scheme. Same key as the room's
+# label state event, which carries the same structure.
+LABEL_KEY = "io.github.liaison_bot.label"
 EXERCISE_LINE = "EXERCISE EXERCISE EXERCISE"
 
 
@@ -39,9 +44,11 @@ def relay_copy(
     sent_at: datetime,
     source_event_id: str,
     provenance: str | None = None,
+    originator: str | None = None,
 ) -> dict[str, Any]:
     """The event content of one relayed copy: `m.text`, so that it notifies. `provenance`
-    replaces the "Relayed from" line (a feed's own post says where it came from)."""
+    replaces the "Relayed from" line (a feed's own post says where it came from);
+    `originator` is the label's OriginatorID (default: the sender's Matrix URI)."""
     banner, rank = target_banner(label, target_scheme)
     banner_line = para(Banner(f"{banner} — originator: {label.banner}", rank))
     lines: list[Paragraph] = []
@@ -77,6 +84,11 @@ def relay_copy(
             "precedence": precedence.name,
             "exercise": exercise,
         },
+        LABEL_KEY: to_json(
+            label_metadata(
+                label, [target_scheme], created=sent_at, originator=originator or sender
+            )
+        ),
     }
 
 

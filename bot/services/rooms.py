@@ -20,6 +20,7 @@ from bot.storage import Origin, RoomRecord, Store, in_thread
 from commands.context import CommandError
 from commands.services import RoomSummary, RouteSummary
 from policy import CATALOGUE, Label, MarkingError, Room, make_room, parse_audience, parse_marking
+from policy.adatp4774 import label_metadata, to_json
 from policy.ids import RoomId, RoomKey
 
 log = logging.getLogger(__name__)
@@ -71,9 +72,12 @@ class ManagedRoom:
 
 
 def label_content(room: Room) -> dict[str, Any]:
-    """The machine-readable label of DESIGN §6, for other tools (not encrypted)."""
+    """The machine-readable label of DESIGN §6, for other tools (not encrypted): the
+    room's label as an ADatP-4774 `originatorConfidentialityLabel` (JSON form, as in every
+    relayed copy), and the same in short for readers that want no more."""
     label = room.label
     return {
+        **to_json(label_metadata(label)),
         "scheme": label.scheme,
         "level": label.level.banner,
         "rank": label.rank,
