@@ -4,11 +4,24 @@ The bot's promises (E2EE, membership gates, relay under clearance rules) only me
 against a real homeserver, so the tests start a real Synapse rather than a mock. It runs as a
 child process on a free loopback port with SQLite in a private directory, with every rate
 limit lifted (tests register, log in and send far faster than a person would) and federation
-off. It loads the homeserver gate (`bot.gate`) unless told not to, so every integration
+off, unless it is given a test CA (`bot.devtools.testca.TestCA`): then it federates, see
+below. It loads the homeserver gate (`bot.gate`) unless told not to, so every integration
 test runs with server-side enforcement: a bot started against it (`botenv.write_config`)
 adds its register to the gate's registers file. Stopping keeps the directory, so a test
 can take the server down and bring it back with its users and rooms intact; only `__exit__`
 of a server that made its own directory deletes it.
+
+Federation (``DevServer(..., federation=ca)``) is for scenarios that span homeservers, such
+as a national server and a NATO server with relays across them. Such a server is called
+``127.0.0.1:<federation port>`` (user ids like ``@alice:127.0.0.1:40123``), an IP literal so
+that no DNS, SRV or ``.well-known`` lookup is involved, and it listens for federation with TLS
+on that port, with a certificate from the CA. Certificate verification stays on, as in the
+product: every server trusts only the test CA (`federation_custom_ca_list`). Two settings
+lift loopback restrictions meant for the open internet: ``federation_ip_range_blacklist: []``
+(Synapse refuses to federate with private addresses such as 127.0.0.1 by default, and
+``ip_range_whitelist`` does not lift that for IP-literal server names) and
+``trusted_key_servers: []`` (keys are fetched from each server itself, not matrix.org). An
+optional ``federation_whitelist`` becomes ``federation_domain_whitelist``.
 
 Synchronous on purpose: it is driven from pytest fixtures and from a CLI command, and its few
 HTTP calls (register, make room admin) are admin chores, not part of the bot's event loop.
@@ -29,6 +42,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -37,23 +51,28 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # only for annotations: this module must stay cheap to import
+    from bot.devtools.testca import TestCA
 
 CONFIG_NAME = "homeserver.yaml"
 LOG_CONFIG_NAME = "log.config"
 LOG_NAME = "homeserver.log"
 STDIO_NAME = "stdio.log"
+# The federation listener's certificate and key (`TestCA.issue` adds .pem and .key).
+TLS_NAME = "federation-tls"
 # The gate's registers file (bot.gate): bots started against this server add theirs to it.
 GATE_REGISTERS_NAME = "gate-registers.json"
 
 # Generous enough that no test or demo ever meets a 429; Synapse reads each as a float/int.
 _UNLIMITED = {"per_second": 10000, "burst_count": 100000}
 # Every rate limiter Synapse 1.163 reads (synapse/config/ratelimiting.py); nested ones are
-# dictionaries of limiters. rc_federation has a different shape and is moot without federation.
+# dictionaries of limiters. rc_federation has a different shape: see _FEDERATION_RATE_LIMIT.
 _RATE_LIMITS: dict[str, Any] = {
     "rc_message": _UNLIMITED,
     "rc_registration": _UNLIMITED,
@@ -74,6 +93,26 @@ _RATE_LIMITS: dict[str, Any] = {
     "rc_user_directory": _UNLIMITED,
     "rc_profile": _UNLIMITED,
 }
+# How much a federating server accepts from each other server (synapse/config/ratelimiting.py,
+# FederationRatelimitSettings): the defaults delay requests beyond 10 a second and run only 3
+# at once, which would slow relays in tests; set only when the server federates.
+_FEDERATION_RATE_LIMIT: dict[str, int] = {
+    "window_size": 1000,
+    "sleep_limit": 100000,
+    "sleep_delay": 0,
+    "reject_limit": 1000000,
+    "concurrent": 1000,
+}
+# Keys this module sets only on a federating server, removed again when it does not federate.
+_FEDERATION_KEYS = (
+    "tls_certificate_path",
+    "tls_private_key_path",
+    "federation_custom_ca_list",
+    "federation_ip_range_blacklist",
+    "federation_domain_whitelist",
+    "federation_verify_certificates",
+    "rc_federation",
+)
 
 # A plain, unbuffered file handler: the generated config buffers INFO lines for up to 5 s,
 # which would hide the lines that explain a failed start.
@@ -138,25 +177,59 @@ class DevServer:
     def __init__(
         self,
         workdir: Path | None = None,
-        server_name: str = "localhost",
+        server_name: str | None = None,
         port: int | None = None,
         *,
         gate: bool = True,
+        federation: TestCA | None = None,
+        federation_port: int | None = None,
+        federation_whitelist: Sequence[str] | None = None,
     ) -> None:
+        """`server_name` defaults to ``localhost``; a federating server (`federation` given)
+        names itself ``127.0.0.1:<federation_port>`` and refuses any other name.
+
+        `federation_whitelist`, if given, lists the server names this one federates with
+        (Synapse's ``federation_domain_whitelist``); it is read at every start, so a test can
+        change the attribute and restart the server.
+        """
+        if federation is None and (federation_port, federation_whitelist) != (None, None):
+            raise ValueError("federation_port and federation_whitelist need federation=TestCA")
         self.gate = gate
+        self.federation = federation
         self._owns_workdir = workdir is None
         self.workdir: Path = (
             Path(tempfile.mkdtemp(prefix="liaison-synapse-")) if workdir is None else workdir
         )
-        self.server_name = server_name
-        # Chosen once, so that clients holding base_url reconnect after a stop()/start().
+        # Chosen once, so that clients holding base_url reconnect after a stop()/start(), and
+        # (federation port, hence server name) so that user ids and rooms survive a restart.
         self.port: int = port if port is not None else free_port()
+        self.federation_port: int | None = None
+        if federation is not None:
+            self.federation_port = federation_port if federation_port is not None else free_port()
+            federated_name = f"127.0.0.1:{self.federation_port}"
+            if server_name is not None and server_name != federated_name:
+                raise ValueError(
+                    f"a federating DevServer is named {federated_name!r} (an IP literal its "
+                    f"certificate covers), not {server_name!r}"
+                )
+            server_name = federated_name
+        self.server_name: str = server_name if server_name is not None else "localhost"
+        self.federation_whitelist: list[str] | None = (
+            None if federation_whitelist is None else list(federation_whitelist)
+        )
         self._proc: subprocess.Popen[bytes] | None = None
         self._shared_secret: str | None = None
 
     @property
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def federation_url(self) -> str | None:
+        """Where other servers reach this one (HTTPS), or None if it does not federate."""
+        if self.federation_port is None:
+            return None
+        return f"https://127.0.0.1:{self.federation_port}"
 
     @property
     def config_path(self) -> Path:
@@ -282,7 +355,11 @@ class DevServer:
             )
 
     def _patch_config(self) -> None:
-        """Make the generated config local-only, fast and unthrottled; idempotent."""
+        """Make the generated config loopback-only, fast and unthrottled; idempotent.
+
+        Federation is set up here (or taken out again) at every start, so the config always
+        matches the constructor's options.
+        """
         # PyYAML comes with Synapse; looked up by name so no stubs are needed to type-check.
         yaml: Any = importlib.import_module("yaml")
 
@@ -290,19 +367,51 @@ class DevServer:
         log_config = self.workdir / LOG_CONFIG_NAME
         log_config.write_text(_LOG_CONFIG.format(path=json.dumps(str(self.log_path))))
         secret = config.get("registration_shared_secret") or secrets.token_urlsafe(32)
+        listeners: list[dict[str, Any]] = [
+            {
+                "port": self.port,
+                "bind_addresses": ["127.0.0.1"],
+                "type": "http",
+                "tls": False,
+                "x_forwarded": False,
+                "resources": [{"names": ["client"], "compress": False}],
+            }
+        ]
+        for key in _FEDERATION_KEYS:
+            config.pop(key, None)
+        if self.federation is not None:
+            listeners.append(
+                {
+                    "port": self.federation_port,
+                    "bind_addresses": ["127.0.0.1"],
+                    "type": "http",
+                    "tls": True,
+                    "x_forwarded": False,
+                    # "federation" also serves /_matrix/key, which the other servers fetch
+                    # this server's signing keys from (there is no key server).
+                    "resources": [{"names": ["federation"], "compress": False}],
+                }
+            )
+            # Issued afresh at every start, so it always matches the CA the others trust.
+            cert_path, key_path = self.federation.issue(TLS_NAME, self.workdir)
+            config.update(
+                {
+                    "tls_certificate_path": str(cert_path),
+                    "tls_private_key_path": str(key_path),
+                    "federation_custom_ca_list": [str(self.federation.ca_path)],
+                    # Synapse's default, written out: the product never turns it off.
+                    "federation_verify_certificates": True,
+                    # Not ip_range_whitelist: see the module docstring.
+                    "federation_ip_range_blacklist": [],
+                    "rc_federation": dict(_FEDERATION_RATE_LIMIT),
+                }
+            )
+            if self.federation_whitelist is not None:
+                config["federation_domain_whitelist"] = list(self.federation_whitelist)
         config.update(
             {
                 "server_name": self.server_name,
-                "listeners": [
-                    {
-                        "port": self.port,
-                        "bind_addresses": ["127.0.0.1"],
-                        "type": "http",
-                        "tls": False,
-                        "x_forwarded": False,
-                        "resources": [{"names": ["client"], "compress": False}],
-                    }
-                ],
+                "listeners": listeners,
                 "database": {
                     "name": "sqlite3",
                     "args": {"database": str(self.workdir / "homeserver.db")},
@@ -349,6 +458,7 @@ class DevServer:
                 )
             try:
                 self.request("GET", "/_matrix/client/versions", timeout=2)
+                self._check_federation_listener()
                 return
             except DevServerError as exc:
                 last_error = str(exc)
@@ -357,6 +467,23 @@ class DevServer:
             f"Synapse did not answer on {self.base_url} within {timeout:g} s "
             f"({last_error})\n{self.log_tail()}"
         )
+
+    def _check_federation_listener(self) -> None:
+        """Fetch the federation version over TLS as another server would: trusting only the
+        test CA and checking the certificate's IP, so a bad certificate fails the start
+        with a clear error instead of a test with a federation timeout."""
+        if self.federation is None or self.federation_url is None:
+            return
+        context = ssl.create_default_context(cafile=str(self.federation.ca_path))
+        path = "/_matrix/federation/v1/version"
+        try:
+            with urllib.request.urlopen(
+                self.federation_url + path, timeout=2, context=context
+            ) as response:
+                response.read()
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise DevServerError(f"GET {self.federation_url}{path} -> {reason}") from exc
 
     # -- admin chores ----------------------------------------------------------------------
 
