@@ -504,7 +504,13 @@ def run_command(config_path: str, verbose: bool) -> None:
     is_flag=True,
     help="Exit 0 when the scenario passed, 1 otherwise, instead of lingering.",
 )
-def demo_command(exit_after_scenario: bool) -> None:
+@click.option(
+    "--federated",
+    is_flag=True,
+    help="Two homeservers federating over TLS: the officer on the German one, the NATO and "
+    "EU analysts on NATO's.",
+)
+def demo_command(exit_after_scenario: bool, federated: bool) -> None:
     """Start a throwaway Synapse, the bot, three rooms and sample people; play a short
     scenario (an invite refused, a relay to NATO refused for the EU, a digest), then keep the
     homeserver up for a Matrix client until Ctrl-C. Needs the `demo` extra (Synapse).
@@ -513,6 +519,7 @@ def demo_command(exit_after_scenario: bool) -> None:
     Example:
       liaison-bot demo
       liaison-bot demo --exit-after-scenario
+      liaison-bot demo --federated
     """
     try:
         import synapse  # noqa: F401
@@ -523,7 +530,7 @@ def demo_command(exit_after_scenario: bool) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("nio", "peewee", "aiohttp", "bot"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    ok = run_demo(exit_after_scenario=exit_after_scenario)
+    ok = run_demo(exit_after_scenario=exit_after_scenario, federated=federated)
     sys.exit(EXIT_OK if ok else EXIT_NO)
 
 

@@ -45,7 +45,11 @@ from policy import (
     make_room,
     parse_audience,
     parse_marking,
+    server_of,
 )
+
+# A server name as in a user id: DNS name, IPv4 or [IPv6], optional port.
+_SERVER_NAME = re.compile(r"^(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
 
 SECRET_KEYS = {
     "password": "password_env",
@@ -210,6 +214,9 @@ class RoomConfig(_Section):
     label: str
     room_id: ids.RoomId | None = None
     audience: list[str] | None = None
+    # Homeservers members may come from (server names as in user ids, port included);
+    # default: the bot's own. Also the room's m.room.server_acl (hosts, no ports).
+    servers: list[str] | None = None
     _label: Label = PrivateAttr()
 
     @field_validator("label")
@@ -224,6 +231,21 @@ class RoomConfig(_Section):
         if value is not None and not re.match(r"^!\S+:\S+$", value):
             raise ValueError(f"bad room id {value!r}: expected '!id:server'")
         return value
+
+    @field_validator("servers")
+    @classmethod
+    def _servers(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("name at least one homeserver (the bot's own is the default)")
+        for server in value:
+            if not isinstance(server, str) or not _SERVER_NAME.match(server):
+                raise ValueError(
+                    f"bad server name {server!r}: expected a host name or IP literal, "
+                    "with an optional :port (as in a user id)"
+                )
+        return sorted(set(value))
 
     @field_validator("audience")
     @classmethod
@@ -247,9 +269,11 @@ class RoomConfig(_Section):
     def parsed_label(self) -> Label:
         return self._label
 
-    def policy_room(self) -> Room:
+    def policy_room(self, home: str | None = None) -> Room:
+        """The room as the rules see it; `home` (the bot's server) is the default server."""
         tokens = _audience_tokens(self.audience) if self.audience is not None else None
-        return make_room(self._label, tokens)
+        servers = self.servers if self.servers is not None else ([home] if home else None)
+        return make_room(self._label, tokens, servers)
 
 
 def _room_label(value: str, info: ValidationInfo) -> Label:
@@ -333,6 +357,21 @@ class Config(_Section):
 
     def room(self, key: str) -> RoomConfig | None:
         return next((r for r in self.rooms if r.key == key), None)
+
+    @property
+    def home_server(self) -> str:
+        """The bot's own homeserver, the default (and a required) server of every room."""
+        return server_of(self.homeserver.user_id)
+
+    @model_validator(mode="after")
+    def _rooms_keep_the_bot(self) -> Config:
+        for i, room in enumerate(self.rooms):
+            if room.servers is not None and self.home_server not in room.servers:
+                raise ValueError(
+                    f"rooms[{i}].servers: must include the bot's own homeserver "
+                    f"{self.home_server!r} (the room's server ACL would shut the bot out)"
+                )
+        return self
 
     def database_url(self) -> str:
         """The database URL with a relative SQLite path taken from the config's folder."""

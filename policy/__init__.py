@@ -15,6 +15,7 @@ from policy.decisions import (
     may_enter,
     may_join,
     may_release,
+    server_of,
 )
 from policy.labels import (
     Label,
@@ -64,4 +65,5 @@ __all__ = [
     "parse_tagged",
     "releasable_set",
     "render",
+    "server_of",
 ]

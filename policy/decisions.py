@@ -33,10 +33,12 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Room:
-    """What the rules need of a managed room: its label and its (possibly narrowed) audience."""
+    """What the rules need of a managed room: its label, its (possibly narrowed) audience,
+    and the homeservers its members may come from (None: any)."""
 
     label: Label
     audience: frozenset[str]
+    servers: frozenset[str] | None = None
 
     @property
     def scheme(self) -> str:
@@ -51,12 +53,23 @@ class Room:
         return self.label.caveats
 
 
-def make_room(label: Label, audience: Iterable[str] | None = None) -> Room:
+def server_of(user_id: str) -> str:
+    """The homeserver of a Matrix user id (`@lo:deu.example` -> `deu.example`)."""
+    return user_id.split(":", 1)[1] if ":" in user_id else ""
+
+
+def make_room(
+    label: Label, audience: Iterable[str] | None = None, servers: Iterable[str] | None = None
+) -> Room:
     """A room whose audience defaults to its label's releasable set; a narrowing must be a
-    non-empty subset of that set (DESIGN §3.2). Raises MarkingError naming what is outside."""
+    non-empty subset of that set (DESIGN §3.2). Raises MarkingError naming what is outside.
+    `servers`: the homeservers members may come from (None: any)."""
+    hosts = frozenset(servers) if servers is not None else None
+    if hosts is not None and not hosts:
+        raise MarkingError("a room's servers must name at least one homeserver")
     full = releasable_set(label)
     if audience is None:
-        return Room(label, full)
+        return Room(label, full, hosts)
     tokens = tuple(audience)
     nations = CATALOGUE.expand(tokens)
     if not nations:
@@ -67,7 +80,7 @@ def make_room(label: Label, audience: Iterable[str] | None = None) -> Room:
             f"audience {', '.join(outside)} is outside the releasable set of "
             f"{label.banner!r}: a room audience may only narrow it"
         )
-    return Room(label, nations)
+    return Room(label, nations, hosts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +100,8 @@ class Clearance:
 
 def may_join(clearance: Clearance, room: Room, today: date) -> Decision:
     """Allowed iff valid (not expired, not revoked), nationality in the room's audience,
-    a grant in the room's own scheme at or above its rank, and every caveat of the room."""
+    a grant in the room's own scheme at or above its rank, a homeserver the room allows, and
+    every caveat of the room."""
     denied: list[str] = []
     allowed: list[str] = []
     if clearance.revoked:
@@ -114,6 +128,15 @@ def may_join(clearance: Clearance, room: Room, today: date) -> Decision:
         denied.append(f"grant {grant.banner} is below the room's {room_level.banner}")
     else:
         allowed.append(f"grant {grant.banner} covers {room_level.banner}")
+    if room.servers is not None:
+        server = server_of(clearance.user_id)
+        if server in room.servers:
+            allowed.append(f"homeserver {server} is allowed in the room")
+        else:
+            denied.append(
+                f"homeserver {server or '(none)'} is not allowed in the room "
+                f"(allowed: {', '.join(sorted(room.servers))})"
+            )
     missing = sorted(room.caveats - clearance.caveats)
     if missing:
         denied.append(f"not briefed for caveat {', '.join(missing)}")

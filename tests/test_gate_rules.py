@@ -373,3 +373,42 @@ def test_the_documented_postgres_grants_are_enough() -> None:
                 conn.execute(text(f'REVOKE ALL ON SCHEMA "{schema}" FROM "{role}"'))
                 conn.execute(text(f'DROP ROLE "{role}"'))
             admin.dispose()
+
+
+def test_a_room_of_a_bot_on_another_homeserver_is_judged_there(register_url: str) -> None:
+    register = Register(RegisterSpec(bot_user_id=BOT, database=register_url), ttl=2.0)
+    gate = Gate(lambda: {BOT: register}, today=lambda: date(2026, 12, 3), server_name="hs")
+    remote = RoomLabel(True, "@liaison:nato.example")
+    verdict = gate.may_enter("@anyone:hs", "!r:nato.example", remote)
+    assert verdict and "nato.example's gate judges it" in verdict.reason
+    assert gate.may_set_state("@anyone:hs", "!r:nato.example", "m.room.power_levels", remote)
+    # ...but a label from an unknown local account is a forgery, refused
+    forged = gate.may_enter("@cleared:hs", "!f:hs", RoomLabel(True, "@mallory:hs"))
+    assert not forged and "not a bot this homeserver's gate knows" in forged.reason
+
+
+def test_the_rooms_servers_are_enforced(register_url: str) -> None:
+    store = Store.from_url(register_url)
+    try:
+        store.save_room(
+            RoomRecord(
+                key=RoomKey("fed"),
+                name="fed",
+                label="NATO SECRET",
+                scheme="NATO",
+                rank=3,
+                audience=("BEL", "DEU", "POL"),
+                room_id=RoomId("!fed:hs"),
+                origin=Origin.CONFIG,
+                servers=("hs", "nato.example"),
+            )
+        )
+        store.grant("t", "@far:elsewhere.example", "NATO", "NATO SECRET", 3, nationality="POL")
+        store.grant("t", "@near:nato.example", "NATO", "NATO SECRET", 3, nationality="POL")
+    finally:
+        store.close()
+    gate, _ = _gate(register_url)
+    assert gate.may_enter("@near:nato.example", "!fed:hs", LABEL)
+    refused = gate.may_enter("@far:elsewhere.example", "!fed:hs", LABEL)
+    assert not refused
+    assert "homeserver elsewhere.example is not allowed in the room (allowed: hs, nato.example)" in refused.reason

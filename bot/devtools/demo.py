@@ -23,6 +23,7 @@ from bot.config import load_config
 from bot.devtools.botenv import rooms_config
 from bot.devtools.devserver import DevServer
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
+from bot.devtools.testca import TestCA
 from bot.gate.config import register_entry
 from bot.storage import Store
 from bot.storage.migrate import upgrade
@@ -64,7 +65,20 @@ class Report:
         return all(s.ok for s in self.steps)
 
 
-def config_text(server: DevServer, bot: str, admin: str, officer: str) -> str:
+# On the federated demo's NATO homeserver: the NATO and EU analysts and the visitor.
+REMOTE_PEOPLE = ("analyst-nor", "analyst-aut", "visitor-fra")
+
+
+def federated_rooms(national: DevServer, nato: DevServer) -> str:
+    """ROOMS, with the NATO and EU rooms open to the NATO server's members too."""
+    servers = f'servers = ["{national.server_name}", "{nato.server_name}"]\n'
+    rooms = ROOMS
+    for label in ('label = "NATO SECRET"\n', 'label = "EU SECRET"\n'):
+        rooms = rooms.replace(label, label + servers, 1)
+    return rooms
+
+
+def config_text(server: DevServer, bot: str, admin: str, officer: str, rooms: str = ROOMS) -> str:
     return (
         textwrap.dedent(f"""
         [homeserver]
@@ -82,28 +96,43 @@ def config_text(server: DevServer, bot: str, admin: str, officer: str) -> str:
         admins = ["{admin}"]
         officers = ["{officer}"]
         """)
-        + ROOMS
+        + rooms
     )
 
 
-async def scenario(workdir: Path, out: Callable[[str], None], *, linger: bool) -> bool:
+async def scenario(
+    workdir: Path, out: Callable[[str], None], *, linger: bool, federated: bool = False
+) -> bool:
     report = Report(out)
-    server = DevServer(workdir / "synapse")
-    step = report.step("A throwaway Synapse homeserver on loopback (SQLite, temporary folder)")
-    await asyncio.to_thread(server.start)
-    report.check(step, True, f"homeserver running at {server.base_url}")
+    ca = TestCA.create(workdir / "ca") if federated else None
+    server = DevServer(workdir / "synapse", federation=ca)
+    remote = DevServer(workdir / "synapse-nato", federation=ca) if federated else server
+    if federated:
+        step = report.step(
+            "Two throwaway Synapses federating over TLS on loopback: the German one and NATO's"
+        )
+        await asyncio.gather(asyncio.to_thread(server.start), asyncio.to_thread(remote.start))
+        report.check(step, True, f"national homeserver {server.server_name} at {server.base_url}")
+        report.check(step, True, f"NATO homeserver {remote.server_name} at {remote.base_url}")
+    else:
+        step = report.step("A throwaway Synapse homeserver on loopback (SQLite, temporary folder)")
+        await asyncio.to_thread(server.start)
+        report.check(step, True, f"homeserver running at {server.base_url}")
 
     def password() -> str:
         return f"demo-{secrets.token_hex(4)}"
 
-    users = {
-        name: await asyncio.to_thread(server.register, name, password())
-        for name in ("liaison", "secadmin", "lo-deu", "analyst-nor", "analyst-aut", "visitor-fra")
-    }
+    names = ("liaison", "secadmin", "lo-deu", "analyst-nor", "analyst-aut", "visitor-fra")
+    home = {name: remote if name in REMOTE_PEOPLE else server for name in names}
+    users = {name: await asyncio.to_thread(home[name].register, name, password()) for name in names}
     config_path = workdir / "config.toml"
     config_path.write_text(
         config_text(
-            server, users["liaison"].user_id, users["secadmin"].user_id, users["lo-deu"].user_id
+            server,
+            users["liaison"].user_id,
+            users["secadmin"].user_id,
+            users["lo-deu"].user_id,
+            federated_rooms(server, remote) if federated else ROOMS,
         )
     )
     config = load_config(config_path)
@@ -125,9 +154,9 @@ async def scenario(workdir: Path, out: Callable[[str], None], *, linger: bool) -
 
         async def client(name: str) -> E2EEClient:
             c = await E2EEClient.create(
-                server, users[name], workdir / f"client-{name}", device_name="liaison-demo"
+                home[name], users[name], workdir / f"client-{name}", device_name="liaison-demo"
             )
-            await cross_sign(server, c, {})
+            await cross_sign(home[name], c, {})
             await c.start()
             clients.append(c)
             return c
@@ -170,7 +199,7 @@ async def scenario(workdir: Path, out: Callable[[str], None], *, linger: bool) -
             (aut, "eu-s"),
         ):
             await talk(admin, dm, f"!invite {c.user_id} {key}", "Invited", timeout=60)
-            await c.join(await c.wait_for_invite(timeout=60))
+            await c.join(await c.wait_for_invite(timeout=60), timeout=60)
             report.check(step, True, f"{c.user_id} joined {key}")
 
         step = report.step(
@@ -218,6 +247,8 @@ async def scenario(workdir: Path, out: Callable[[str], None], *, linger: bool) -
                 The homeserver keeps running until Ctrl-C. Log in with any Matrix client
                 (e.g. Element: Sign in → Edit homeserver → {server.base_url}):""")
             )
+            if federated:
+                out(f"   (the analysts and the visitor are on NATO's server: {remote.base_url})")
             for name in ("secadmin", "lo-deu", "analyst-nor", "analyst-aut", "visitor-fra"):
                 out(f"   {users[name].user_id:32}  password {users[name].password}")
             out(
@@ -239,11 +270,17 @@ async def scenario(workdir: Path, out: Callable[[str], None], *, linger: bool) -
             await bot.close()
         store.close()
         await asyncio.to_thread(server.stop)
+        if remote is not server:
+            await asyncio.to_thread(remote.stop)
 
 
-def run_demo(*, exit_after_scenario: bool, out: Callable[[str], None] = print) -> bool:
+def run_demo(
+    *, exit_after_scenario: bool, federated: bool = False, out: Callable[[str], None] = print
+) -> bool:
     with tempfile.TemporaryDirectory(prefix="liaison-demo-") as tmp:
-        return asyncio.run(scenario(Path(tmp), out, linger=not exit_after_scenario))
+        return asyncio.run(
+            scenario(Path(tmp), out, linger=not exit_after_scenario, federated=federated)
+        )
 
 
 __all__ = ["run_demo"]

@@ -112,6 +112,7 @@ _FEDERATION_KEYS = (
     "federation_domain_whitelist",
     "federation_verify_certificates",
     "rc_federation",
+    "federation",
 )
 
 # A plain, unbuffered file handler: the generated config buffers INFO lines for up to 5 s,
@@ -404,6 +405,13 @@ class DevServer:
                     # Not ip_range_whitelist: see the module docstring.
                     "federation_ip_range_blacklist": [],
                     "rc_federation": dict(_FEDERATION_RATE_LIMIT),
+                    # After a peer's outage, retry it within seconds, not Synapse's 10 min
+                    # (an outage test waits for the backlog; production keeps the default).
+                    "federation": {
+                        "destination_min_retry_interval": "1s",
+                        "destination_retry_multiplier": 1.5,
+                        "destination_max_retry_interval": "5s",
+                    },
                 }
             )
             if self.federation_whitelist is not None:

@@ -10,6 +10,7 @@ both ways so that room keys and Olm sessions exist before anything is timed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -20,6 +21,7 @@ from typing import Any
 from bot.devtools.botenv import ROOMS, BotEnv, write_config
 from bot.devtools.devserver import DevServer
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
+from bot.devtools.testca import TestCA
 
 RELEASABLE = "[GEHEIM // REL TO NATO]"  # a DEU GEHEIM marking the bot relays to nato-s
 
@@ -44,24 +46,44 @@ class RelayScenario:
             await self.member.wait_for_text(self.nato_s, f"warm-relay-{i}", timeout=60)
 
 
+def federated_rooms(national: DevServer, nato: DevServer) -> str:
+    """ROOMS, with nato-s open to the NATO server's members as well as the bot's own."""
+    return ROOMS.replace(
+        'label = "NATO SECRET"\n',
+        f'label = "NATO SECRET"\nservers = ["{national.server_name}", "{nato.server_name}"]\n',
+        1,
+    )
+
+
 @asynccontextmanager
-async def relay_scenario() -> AsyncIterator[RelayScenario]:
-    """The homeserver, the bot, the people, their clearances and rooms; torn down on exit."""
-    with tempfile.TemporaryDirectory() as tmp, DevServer(Path(tmp) / "synapse") as server:
-        work = Path(tmp)
+async def relay_scenario(*, federated: bool = False) -> AsyncIterator[RelayScenario]:
+    """The homeserver, the bot, the people, their clearances and rooms; torn down on exit.
+
+    `federated`: two homeservers federating over TLS on loopback (bot.devtools.testca): the
+    bot, the admin and the officer on the national one, the NATO member on NATO's."""
+    with contextlib.ExitStack() as stack:
+        work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        ca = TestCA.create(work / "ca") if federated else None
+        server = stack.enter_context(DevServer(work / "synapse", federation=ca))
+        remote = (
+            stack.enter_context(DevServer(work / "synapse-nato", federation=ca))
+            if federated
+            else server
+        )
         bot_user = server.register("liaison", "pw-bot")
         admin = server.register("admin", "pw-admin")
         officer = server.register("officer", "pw-officer")
-        member = server.register("member", "pw-member")
-        write_config(work / "config.toml", server, bot_user, admin.user_id, officer.user_id, ROOMS)
+        member = remote.register("member", "pw-member")
+        rooms = federated_rooms(server, remote) if federated else ROOMS
+        write_config(work / "config.toml", server, bot_user, admin.user_id, officer.user_id, rooms)
         env = BotEnv(server, work, bot_user, admin, officer, work / "config.toml")
         await env.start()
         identities: dict[str, Any] = {}
         clients: list[E2EEClient] = []
         try:
-            for user in (admin, officer, member):
-                client = await E2EEClient.create(server, user, work / f"store-{user.user_id}")
-                await cross_sign(server, client, identities)
+            for user, home in ((admin, server), (officer, server), (member, remote)):
+                client = await E2EEClient.create(home, user, work / f"store-{user.user_id}")
+                await cross_sign(home, client, identities)
                 await client.start()
                 clients.append(client)
             admin_c, officer_c, member_c = clients
@@ -79,7 +101,7 @@ async def relay_scenario() -> AsyncIterator[RelayScenario]:
                 )
             for client, key in ((officer_c, "deu"), (officer_c, "nato-s"), (member_c, "nato-s")):
                 await talk(admin_c, dm, f"!invite {client.user_id} {key}", "Invited")
-                await client.join(await client.wait_for_invite())
+                await client.join(await client.wait_for_invite(timeout=60), timeout=60)
             yield RelayScenario(
                 server,
                 env,

@@ -112,7 +112,7 @@ class LiaisonGate:
     def __init__(self, config: GateConfig, api: ModuleApi) -> None:
         self._api = api
         self._registers = _Registers(config)
-        self._gate = Gate(self._registers)
+        self._gate = Gate(self._registers, server_name=api.server_name)
         api.register_spam_checker_callbacks(
             user_may_invite=self.user_may_invite,
             federated_user_may_invite=self.federated_user_may_invite,

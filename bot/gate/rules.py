@@ -26,7 +26,7 @@ from bot.gate.config import RegisterSpec
 from bot.services.register import policy_clearance
 from bot.storage.reader import RegisterReader
 from bot.storage.records import ClearanceRecord, RoomRecord
-from policy import MarkingError, make_room, may_enter, parse_marking
+from policy import MarkingError, make_room, may_enter, parse_marking, server_of
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +179,19 @@ class Gate:
         self,
         registers: Callable[[], dict[str, Register]],
         today: Callable[[], date] = lambda: datetime.now(UTC).date(),
+        server_name: str | None = None,
     ) -> None:
         self._registers = registers
         self._today = today
+        self._server_name = server_name  # this homeserver's; None: every bot is local
+
+    def _remote(self, label: RoomLabel) -> str | None:
+        """The server of a label set by a bot on another homeserver (whose own gate judges
+        its room: this one cannot read that register), else None."""
+        if not label.labelled or self._server_name is None or label.sender is None:
+            return None
+        server = server_of(label.sender)
+        return server if server and server != self._server_name else None
 
     def _candidates(self, room_id: str, label: RoomLabel) -> tuple[list[Register], Verdict | None]:
         registers = self._registers()
@@ -189,6 +199,11 @@ class Gate:
             return list(registers.values()), None
         owner = registers.get(label.sender or "")
         if owner is None:
+            remote = self._remote(label)
+            if remote is not None:
+                return [], Verdict(
+                    True, f"{room_id} is managed by {label.sender}: {remote}'s gate judges it"
+                )
             return [], Verdict(
                 False,
                 f"{room_id} carries a liaison label set by {label.sender}, "
@@ -199,8 +214,9 @@ class Gate:
     def _managing(
         self, room_id: str, label: RoomLabel
     ) -> tuple[Register | None, RoomRecord | None, Verdict | None]:
-        """Which register manages the room, its record, or the refusal when that cannot be
-        told for a room that is managed. (None, None, None): not a managed room."""
+        """Which register manages the room and its record; or the verdict that settles it
+        already: a refusal when that cannot be told for a managed room, an allow for a room
+        another homeserver's gate judges. (None, None, None): not a managed room."""
         candidates, refusal = self._candidates(room_id, label)
         if refusal is not None:
             return None, None, refusal
@@ -244,9 +260,9 @@ class Gate:
         registers = self._registers()
         if user_id in registers:
             return Verdict(True, f"{user_id} is a liaison bot")
-        register, record, refusal = self._managing(room_id, label)
-        if refusal is not None:
-            return refusal
+        register, record, settled = self._managing(room_id, label)
+        if settled is not None:  # a refusal, or another homeserver's room to judge
+            return settled
         if register is None or record is None:
             return Verdict(True, f"{room_id} is not a managed room")
         where = f"{record.key} ({record.label})"
@@ -254,7 +270,7 @@ class Gate:
             return Verdict(False, f"{where} was closed on {record.closed_at:%Y-%m-%d}")
         try:
             label_on_record = parse_marking(record.label, extra_caveats=register.spec.caveats)
-            room = make_room(label_on_record, record.audience)
+            room = make_room(label_on_record, record.audience, record.servers)
         except MarkingError as exc:
             return Verdict(False, f"the label on record for {where} cannot be read: {exc}")
         try:
@@ -294,6 +310,8 @@ class Gate:
             if label.labelled and label.sender != sender:
                 return Verdict(False, f"{room_id} is managed by {label.sender}, not {sender}")
             return Verdict(True, f"{sender} is a liaison bot")
+        if label.labelled and label.sender not in registers and self._remote(label):
+            return Verdict(True, f"{room_id} is managed on {self._remote(label)}: its gate judges")
         if label.labelled:
             owner = label.sender
         else:

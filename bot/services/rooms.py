@@ -7,8 +7,9 @@ duplicate state events, no churn in clients), and an adopted room may have drift
 
 from __future__ import annotations
 
+import ipaddress
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,8 +138,37 @@ class Desired:
                 ("m.room.name", ""): {"name": name},
                 ("m.room.topic", ""): {"topic": f"{banner} — {name}"},
                 (LABEL_EVENT, ""): label_content(room),
+                **({("m.room.server_acl", ""): server_acl(room.servers)} if room.servers else {}),
             }
         )
+
+
+def server_acl(servers: Iterable[str]) -> dict[str, Any]:
+    """The room's m.room.server_acl: only its servers, and no IP literal unless one of them
+    is an IP literal itself. Each server is listed by host (federation compares an origin's
+    host, port stripped) and, when it has a port, whole as well (Synapse checks a new ACL
+    against its own server name as configured, port included)."""
+    names = set(servers)
+    hosts = {_host(s) for s in names}
+    return {
+        "allow": sorted(hosts | names),
+        "deny": [],
+        "allow_ip_literals": any(_is_ip(h) for h in hosts),
+    }
+
+
+def _host(server: str) -> str:
+    if server.startswith("["):
+        return server[: server.index("]") + 1]
+    return server.rsplit(":", 1)[0] if ":" in server else server
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _privileged_creator(state: Mapping[tuple[str, str], StateEvent], user_id: str) -> bool:
@@ -264,7 +294,7 @@ class RoomDirectory:
         joined = await self.gateway.joined_rooms()
         for i, cfg in enumerate(self.config.rooms):
             record = await in_thread(self.store.room, cfg.key)
-            policy_room = cfg.policy_room()
+            policy_room = cfg.policy_room(self.config.home_server)
             try:
                 room_id, changed = await provision(
                     self.gateway,
@@ -295,7 +325,9 @@ class RoomDirectory:
                 continue
             try:
                 label = parse_marking(record.label, extra_caveats=self.config.bot.caveats)
-                policy_room = make_room(label, record.audience)
+                policy_room = make_room(
+                    label, record.audience, record.servers or (self.config.home_server,)
+                )
                 room_id, _ = await provision(
                     self.gateway,
                     key=record.key,
@@ -320,7 +352,11 @@ class RoomDirectory:
             raise CommandError(f"a room with key {key!r} exists already; choose another key")
         try:
             label = parse_marking(label_text, extra_caveats=self.config.bot.caveats)
-            policy_room = make_room(label, parse_audience(audience) if audience else None)
+            policy_room = make_room(
+                label,
+                parse_audience(audience) if audience else None,
+                (self.config.home_server,),  # a task-force room: the bot's own server
+            )
         except MarkingError as exc:
             raise CommandError(f"LABEL: {exc}") from None
         try:
@@ -419,4 +455,5 @@ def _record(
         audience=tuple(sorted(room.audience)),
         room_id=room_id,
         origin=origin,
+        servers=tuple(sorted(room.servers)) if room.servers is not None else None,
     )

@@ -144,6 +144,8 @@ class RoomRow(Base):
     scheme: Mapped[str] = mapped_column(String(8))
     rank: Mapped[int] = mapped_column(Integer)
     audience: Mapped[list[str]] = mapped_column(JSON)  # nation trigraphs, sorted
+    # homeservers members may come from, sorted; NULL: stored before federation (any)
+    servers: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
     origin: Mapped[str] = mapped_column(String(16), default="config")  # config | chat
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

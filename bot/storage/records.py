@@ -152,6 +152,7 @@ class RoomRecord:
     room_id: RoomId | None = None
     origin: Origin = Origin.CONFIG
     closed_at: datetime | None = None
+    servers: tuple[str, ...] | None = None  # None: any homeserver (stored before federation)
 
     @classmethod
     def of(cls, row: RoomRow) -> RoomRecord:
@@ -165,6 +166,7 @@ class RoomRecord:
             room_id=RoomId(row.room_id) if row.room_id else None,
             origin=Origin(row.origin),
             closed_at=row.closed_at,
+            servers=tuple(sorted(row.servers)) if row.servers is not None else None,
         )
 
 

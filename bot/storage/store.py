@@ -282,6 +282,7 @@ class Store:
             row.scheme = record.scheme
             row.rank = record.rank
             row.audience = sorted(record.audience)
+            row.servers = sorted(record.servers) if record.servers is not None else None
             row.origin = record.origin
             row.closed_at = record.closed_at
             session.flush()
