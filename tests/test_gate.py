@@ -187,7 +187,8 @@ async def test_a_server_admin_cannot_force_the_uncleared_in(
         admin.access_token,
     )
     assert f"no clearance on record for {outsider.user_id}" in error
-    # make_room_admin would first invite the (uncleared) server admin: refused as well.
+    # make_room_admin sends the power change as the room's most powerful local member, the
+    # bot: refused for its content, whoever it is for.
     error = await _refused(
         server,
         "POST",
@@ -195,7 +196,12 @@ async def test_a_server_admin_cannot_force_the_uncleared_in(
         {"user_id": admin.user_id},
         admin.access_token,
     )
-    assert f"no clearance on record for {admin.user_id}" in error
+    assert f"{admin.user_id} would hold power only the bot may hold" in error
+    levels = await _call(
+        server, "GET", f"/_matrix/client/v3/rooms/{_q(room_id)}/state/m.room.power_levels/", None,
+        await _stolen_login(server, bot_env.bot_user),
+    )  # fmt: skip
+    assert admin.user_id not in levels.get("users", {}), "no power was left behind"
     assert await _membership(server, admin.access_token, room_id, outsider.user_id) is None
 
 
@@ -208,45 +214,39 @@ async def test_only_the_bot_changes_the_label_and_the_rooms_rules(
     token = await _stolen_login(server, bot_env.bot_user)
     member = make_user("member")
     await bot.commands.grant(
-        bot_env.admin.user_id,
-        member.user_id,
-        "DEU GEHEIM",
-        nationality="DEU",
-        expires=None,
-        caveats=(),
+        bot_env.admin.user_id, member.user_id, "DEU GEHEIM", nationality="DEU", expires=None, caveats=()
     )
     await _invite(server, token, room_id, member.user_id)
     await _call(server, "POST", f"/_matrix/client/v3/join/{_q(room_id)}", {}, member.access_token)
-    # The stolen token gives the member full power (the bot may; that is the limit of a
-    # gate that cannot tell the bot from its thief) ...
-    levels_path = f"/_matrix/client/v3/rooms/{_q(room_id)}/state/m.room.power_levels/"
+    state = f"/_matrix/client/v3/rooms/{_q(room_id)}/state"
+    # Even the bot's own token cannot hand out the power to invite, nor open the room:
+    # that is what a thief holding it would do first.
+    levels_path = f"{state}/m.room.power_levels/"
     levels = await _call(server, "GET", levels_path, None, token)
     raised = {**levels, "users": {**levels.get("users", {}), member.user_id: 100}}
-    await _call(server, "PUT", levels_path, raised, token)
-    try:
-        # ... and still the member can change neither the label nor who may join or read.
-        state = f"/_matrix/client/v3/rooms/{_q(room_id)}/state"
-        error = await _refused(
-            server, "PUT", f"{state}/{LABEL_EVENT}/", {"level": "UNCLASSIFIED"}, member.access_token
-        )
-        assert f"only a liaison bot may set {LABEL_EVENT}" in error
-        for event_type, content in (
-            ("m.room.join_rules", {"join_rule": "public"}),
-            ("m.room.history_visibility", {"history_visibility": "world_readable"}),
-            ("m.room.guest_access", {"guest_access": "can_join"}),
-            ("m.room.power_levels", {**raised, "invite": 0}),
-            ("m.room.server_acl", {"allow": ["*"]}),
-        ):
-            error = await _refused(
-                server, "PUT", f"{state}/{event_type}/", content, member.access_token
-            )
-            assert f"only {bot_env.bot_user.user_id} may change {event_type}" in error
-        # Unprotected state is the room's own business.
-        await _call(
-            server, "PUT", f"{state}/m.room.name/", {"name": "renamed"}, member.access_token
-        )
-    finally:
-        await _call(server, "PUT", levels_path, levels, token)
+    error = await _refused(server, "PUT", levels_path, raised, token)
+    assert f"{member.user_id} would hold power only the bot may hold" in error
+    error = await _refused(server, "PUT", f"{state}/m.room.join_rules/", {"join_rule": "public"}, token)
+    assert "join_rule must stay 'invite', not 'public'" in error
+    error = await _refused(
+        server, "PUT", f"{state}/m.room.tombstone/", {"body": "moved", "replacement_room": "!x:y"}, member.access_token
+    )
+    assert f"only {bot_env.bot_user.user_id} may change m.room.tombstone" in error
+    # A member changes neither the label nor who may join or read (the gate answers
+    # before the room's own power levels are even consulted).
+    error = await _refused(
+        server, "PUT", f"{state}/{LABEL_EVENT}/", {"level": "UNCLASSIFIED"}, member.access_token
+    )
+    assert f"only a liaison bot may set {LABEL_EVENT}" in error
+    for event_type, content in (
+        ("m.room.join_rules", {"join_rule": "public"}),
+        ("m.room.history_visibility", {"history_visibility": "world_readable"}),
+        ("m.room.guest_access", {"guest_access": "can_join"}),
+        ("m.room.power_levels", raised),
+        ("m.room.server_acl", {"allow": ["*"]}),
+    ):
+        error = await _refused(server, "PUT", f"{state}/{event_type}/", content, member.access_token)
+        assert f"only {bot_env.bot_user.user_id} may change {event_type}" in error
 
 
 async def test_nobody_but_a_bot_can_make_a_room_look_managed(

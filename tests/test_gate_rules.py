@@ -412,3 +412,37 @@ def test_the_rooms_servers_are_enforced(register_url: str) -> None:
     refused = gate.may_enter("@far:elsewhere.example", "!fed:hs", LABEL)
     assert not refused
     assert "homeserver elsewhere.example is not allowed in the room (allowed: hs, nato.example)" in refused.reason
+
+
+def test_even_the_bot_cannot_open_the_room_or_hand_out_power(register_url: str) -> None:
+    """A thief with the bot's token, or the admin API's make_room_admin (which sends as the
+    room's most powerful local member), must not be able to open a managed room."""
+    gate, _ = _gate(register_url)
+    bot_levels = {"users": {BOT: 100}, "users_default": 0, "invite": 100, "kick": 100,
+                  "ban": 100, "redact": 100, "state_default": 100}  # fmt: skip
+    assert gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, bot_levels)
+    raised = {**bot_levels, "users": {BOT: 100, "@cleared:hs": 100}}
+    refused = gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, raised)
+    assert not refused and "@cleared:hs would hold power only the bot may hold" in refused.reason
+    lowered = {**bot_levels, "invite": 0}
+    assert "users_default 0 reaches the power" in gate.may_set_state(
+        BOT, ROOM, "m.room.power_levels", LABEL, lowered
+    ).reason
+    public = gate.may_set_state(BOT, ROOM, "m.room.join_rules", LABEL, {"join_rule": "public"})
+    assert not public and "join_rule must stay 'invite', not 'public'" in public.reason
+    assert gate.may_set_state(BOT, ROOM, "m.room.join_rules", LABEL, {"join_rule": "invite"})
+    for event_type in ("m.room.tombstone", "m.room.third_party_invite"):
+        assert not gate.may_set_state("@cleared:hs", ROOM, event_type, LABEL, {})
+    # outside managed rooms the content is nobody's business but the room's
+    assert gate.may_set_state("@x:hs", "!plain:hs", "m.room.join_rules", UNLABELLED, {"join_rule": "public"})
+
+
+def test_a_room_the_register_lists_is_judged_here_whoever_set_its_label(
+    register_url: str,
+) -> None:
+    register = Register(RegisterSpec(bot_user_id=BOT, database=register_url), ttl=2.0)
+    gate = Gate(lambda: {BOT: register}, today=lambda: date(2026, 12, 3), server_name="hs")
+    odd = RoomLabel(True, "@liaison:elsewhere.example")
+    refused = gate.may_enter("@nobody:hs", ROOM, odd)
+    assert not refused and "no clearance on record" in refused.reason
+    assert not gate.may_set_state("@nobody:hs", ROOM, "m.room.power_levels", odd, {})

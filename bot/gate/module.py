@@ -11,12 +11,16 @@ Two layers, because each alone has a gap:
 - spam-checker callbacks (`user_may_invite`, `federated_user_may_invite`,
   `user_may_join_room`, `user_may_send_state_event`) refuse early with a readable error, but
   Synapse skips them for server admins and for state sent while a room is created;
-- `check_event_allowed` (third-party rules) sees every event the server creates or accepts
-  over federation, whoever asks (a server admin, the admin API's join and make-room-admin),
-  and applies the same rules to membership and protected state.
+- `check_event_allowed` (third-party rules) sees every event this server creates, whoever
+  asks (a server admin, the admin API's join and make-room-admin), and applies the same
+  rules to membership and protected state. It does not see events other servers send (only
+  knocks): that is why protected state is also checked for its *content* — nobody but the
+  bot may ever hold the power to invite, so no server can make an invite the room's own
+  auth rules accept.
 
-Reads of the register run in Synapse's thread pool (`defer_to_thread`), never on the
-reactor; the label event comes from the state Synapse hands over or keeps cached.
+Reads of the register run in a thread pool of the gate's own, never on the reactor and
+never in Synapse's shared pool; the label event comes from the state Synapse hands over or
+keeps cached.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from synapse.api.errors import Codes, SynapseError
 from synapse.config._base import ConfigError
 from synapse.events import EventBase
 from synapse.module_api import NOT_SPAM, ModuleApi
+from twisted.python.threadpool import ThreadPool
 
 from bot.gate.config import GateConfig, GateConfigError, parse_gate_config, read_registers_file
 from bot.gate.rules import (
@@ -47,6 +52,8 @@ from bot.gate.rules import (
 log = logging.getLogger(__name__)
 
 Refusal = tuple[Codes, dict[str, Any]]
+
+READ_THREADS = 4  # concurrent register reads; more waits in line, in this pool only
 
 
 def _refusal(verdict: Verdict) -> Refusal:
@@ -74,17 +81,25 @@ class _Registers:
             return self._static
         try:
             stat = os.stat(self._file)
-            seen: tuple[int, float, int] | None = (stat.st_ino, stat.st_mtime, stat.st_size)
-        except FileNotFoundError:
-            seen = None
+            seen = (stat.st_ino, stat.st_mtime, stat.st_size)
+        except OSError as exc:
+            # Gone or unreadable: keep the last good set (a deleted file must not quietly
+            # stop enforcement for the bots it listed), and say so once per change.
+            with self._lock:
+                if self._seen is not None:
+                    log.error(
+                        "liaison gate: registers file %s: %s; keeping the last", self._file, exc
+                    )
+                    self._seen = None
+                return {**self._from_file, **self._static}
         with self._lock:
             if seen != self._seen:
                 self._reload(seen)
             return {**self._from_file, **self._static}
 
-    def _reload(self, seen: tuple[int, float, int] | None) -> None:
+    def _reload(self, seen: tuple[int, float, int]) -> None:
         try:
-            specs = read_registers_file(self._file) if self._file and seen is not None else []
+            specs = read_registers_file(self._file) if self._file else []
         except GateConfigError as exc:
             log.error("liaison gate: registers file not reloaded, keeping the last: %s", exc)
             self._seen = seen
@@ -111,6 +126,12 @@ class LiaisonGate:
 
     def __init__(self, config: GateConfig, api: ModuleApi) -> None:
         self._api = api
+        # Register reads get threads of their own: Synapse's shared pool (10 threads) also
+        # encodes every response, so a slow register must not stall the whole homeserver.
+        self._pool = ThreadPool(minthreads=1, maxthreads=READ_THREADS, name="liaison-gate")
+        self._pool.start()
+        reactor: Any = api._hs.get_reactor()  # the module API offers no shutdown hook
+        reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
         self._registers = _Registers(config)
         self._gate = Gate(self._registers, server_name=api.server_name)
         api.register_spam_checker_callbacks(
@@ -148,8 +169,8 @@ class LiaisonGate:
         return RoomLabel(True, event.sender) if event is not None else UNLABELLED
 
     async def _enter(self, user_id: str, room_id: str, label: RoomLabel, what: str) -> Verdict:
-        verdict: Verdict = await self._api.defer_to_thread(
-            self._gate.may_enter, user_id, room_id, label
+        verdict: Verdict = await self._api.defer_to_threadpool(
+            self._pool, self._gate.may_enter, user_id, room_id, label
         )
         if not verdict:
             log.warning("liaison gate refused %s: %s", what, verdict.reason)
@@ -192,8 +213,8 @@ class LiaisonGate:
         if event_type not in PROTECTED_STATE:
             return NOT_SPAM
         label = await self._label(room_id)
-        verdict: Verdict = await self._api.defer_to_thread(
-            self._gate.may_set_state, user_id, room_id, event_type, label
+        verdict: Verdict = await self._api.defer_to_threadpool(
+            self._pool, self._gate.may_set_state, user_id, room_id, event_type, label, content
         )
         if not verdict:
             log.warning("liaison gate refused %s from %s: %s", event_type, user_id, verdict.reason)
@@ -226,8 +247,14 @@ class LiaisonGate:
                 target, event.room_id, label, f"{membership} of {target} by {event.sender}"
             )
         elif event.type in PROTECTED_STATE:
-            verdict = await self._api.defer_to_thread(
-                self._gate.may_set_state, event.sender, event.room_id, event.type, label
+            verdict = await self._api.defer_to_threadpool(
+                self._pool,
+                self._gate.may_set_state,
+                event.sender,
+                event.room_id,
+                event.type,
+                label,
+                event.content,
             )
             if not verdict:
                 log.warning("liaison gate refused %s: %s", event.type, verdict.reason)

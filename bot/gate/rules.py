@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from cachetools import TTLCache
 
@@ -43,8 +43,21 @@ PROTECTED_STATE = frozenset(
         "m.room.history_visibility",
         "m.room.guest_access",
         "m.room.server_acl",
+        # an upgrade would spin off an unlabelled copy; a third-party invite lets a
+        # federated server make a member without asking this one
+        "m.room.tombstone",
+        "m.room.third_party_invite",
     }
 )
+# What the managing bot itself must keep them at: even its own account (or a thief holding
+# its token, or the admin API's make_room_admin, which sends as the room's most powerful
+# local member) cannot open a managed room or hand out the power to invite.
+_REQUIRED = {
+    "m.room.join_rules": ("join_rule", "invite"),
+    "m.room.history_visibility": ("history_visibility", "joined"),
+    "m.room.guest_access": ("guest_access", "forbidden"),
+}
+_POWER_KEYS = ("invite", "kick", "ban", "redact", "state_default")
 
 # Extra field of a refusal, for clients and tests that want the reason apart from the text.
 REASON_FIELD = "io.github.liaison_bot.reason"
@@ -193,12 +206,26 @@ class Gate:
         server = server_of(label.sender)
         return server if server and server != self._server_name else None
 
+    def _listed(self, room_id: str) -> str | None:
+        """The bot whose register lists the room (a failed read counts as not listed:
+        the caller falls back to the label, which judges a local room anyway)."""
+        for bot, register in self._registers().items():
+            try:
+                if register.room(room_id, fresh=False) is not None:
+                    return bot
+            except Exception as exc:
+                log.warning("register of %s unreadable (%s)", bot, _failure(exc))
+        return None
+
     def _candidates(self, room_id: str, label: RoomLabel) -> tuple[list[Register], Verdict | None]:
         registers = self._registers()
         if not label.labelled:
             return list(registers.values()), None
         owner = registers.get(label.sender or "")
         if owner is None:
+            listed = self._listed(room_id)
+            if listed is not None:  # ours, whoever set the label: judged here
+                return [registers[listed]], None
             remote = self._remote(label)
             if remote is not None:
                 return [], Verdict(
@@ -295,33 +322,93 @@ class Gate:
         return Verdict(decision.allowed, f"{user_id} {verb} {where}: {decision.reason}")
 
     def may_set_state(
-        self, sender: str, room_id: str, event_type: str, label: RoomLabel
+        self,
+        sender: str,
+        room_id: str,
+        event_type: str,
+        label: RoomLabel,
+        content: Mapping[str, Any] | None = None,
     ) -> Verdict:
         """May `sender` send this state event: protected state of a managed room only by
-        the bot that manages it; the label event only by a bot, anywhere."""
+        the bot that manages it, and even then only with content that keeps the room
+        closed (`content_keeps_room_closed`); the label event only by a bot, anywhere."""
+        verdict, managing = self._may_set_state(sender, room_id, event_type, label)
+        if verdict.allowed and managing and content is not None:
+            problem = content_keeps_room_closed(event_type, content, sender)
+            if problem is not None:
+                return Verdict(False, f"{event_type} in managed room {room_id}: {problem}")
+        return verdict
+
+    def _may_set_state(
+        self, sender: str, room_id: str, event_type: str, label: RoomLabel
+    ) -> tuple[Verdict, bool]:
+        """The verdict, and whether it is the managing bot's own change (whose content is
+        checked next)."""
         if event_type not in PROTECTED_STATE:
-            return Verdict(True, f"{event_type} is not protected")
+            return Verdict(True, f"{event_type} is not protected"), False
         registers = self._registers()
         if event_type == LABEL_EVENT:
             if sender not in registers:
                 return Verdict(
                     False, f"only a liaison bot may set {LABEL_EVENT}; {sender} is not one"
-                )
+                ), False
             if label.labelled and label.sender != sender:
-                return Verdict(False, f"{room_id} is managed by {label.sender}, not {sender}")
-            return Verdict(True, f"{sender} is a liaison bot")
-        if label.labelled and label.sender not in registers and self._remote(label):
-            return Verdict(True, f"{room_id} is managed on {self._remote(label)}: its gate judges")
-        if label.labelled:
+                return Verdict(
+                    False, f"{room_id} is managed by {label.sender}, not {sender}"
+                ), False
+            return Verdict(True, f"{sender} is a liaison bot"), False
+        if label.labelled and label.sender not in registers:
+            listed = self._listed(room_id)
+            if listed is not None:
+                owner: str | None = listed
+            elif self._remote(label):
+                return Verdict(
+                    True, f"{room_id} is managed on {self._remote(label)}: its gate judges"
+                ), False
+            else:
+                owner = label.sender
+        elif label.labelled:
             owner = label.sender
         else:
             register, _record, _refusal = self._managing(room_id, label)
             owner = register.bot if register is not None else None
         if owner is None:
-            return Verdict(True, f"{room_id} is not a managed room")
+            return Verdict(True, f"{room_id} is not a managed room"), False
         if sender == owner:
-            return Verdict(True, f"{sender} manages {room_id}")
-        return Verdict(False, f"only {owner} may change {event_type} in managed room {room_id}")
+            return Verdict(True, f"{sender} manages {room_id}"), True
+        return Verdict(
+            False, f"only {owner} may change {event_type} in managed room {room_id}"
+        ), False
+
+
+def content_keeps_room_closed(
+    event_type: str, content: Mapping[str, Any], owner: str
+) -> str | None:
+    """None when a managed room stays as closed as the bot keeps it, else what is wrong:
+    join rules invite-only, history from joining, no guests, and nobody but `owner` (or a
+    room creator, whom room version 12 gives unlimited power and does not list) at or
+    above the power to invite, remove, ban, redact or change state."""
+    required = _REQUIRED.get(event_type)
+    if required is not None:
+        key, value = required
+        if content.get(key) != value:
+            return f"{key} must stay {value!r}, not {content.get(key)!r}"
+        return None
+    if event_type != "m.room.power_levels":
+        return None
+    try:
+        levels = {k: int(content.get(k, 50)) for k in _POWER_KEYS}
+        users_default = int(content.get("users_default", 0))
+        users = {str(u): int(v) for u, v in dict(content.get("users", {})).items()}
+    except (TypeError, ValueError):
+        return "power levels that are not integers"
+    threshold = min(levels.values())
+    if users_default >= threshold:
+        return f"users_default {users_default} reaches the power to act on others ({threshold})"
+    strong = sorted(u for u, level in users.items() if u != owner and level >= threshold)
+    if strong:
+        return f"{', '.join(strong)} would hold power only the bot may hold (>= {threshold})"
+    return None
 
 
 __all__ = [

@@ -68,6 +68,8 @@ def make_reader_engine(url: str) -> Engine:
         def _read_only(dbapi_conn: Any, _record: Any) -> None:
             cursor = dbapi_conn.cursor()
             cursor.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            # A hung server fails the read (and so the join) instead of holding a thread.
+            cursor.execute(f"SET statement_timeout = {CONNECT_TIMEOUT * 1000}")
             cursor.close()
             dbapi_conn.commit()
 
