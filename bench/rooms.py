@@ -1,18 +1,22 @@
-"""The bot as an operator runs it (`liaison-bot run`, its own process) with many rooms:
+"""The bot as an operator runs it (`liaison-bot run`, its own process) with many rooms.
 
-* `restart_100_rooms_s`: with 100 managed rooms already provisioned (first start done, bot
-  stopped with SIGTERM), from starting the process again to the bot's answer to the first
-  new event: an admin's E2EE client sends `!rooms` in its DM with the bot right after the
-  process starts, and the clock stops when the reply is decrypted. Also
-  `first_sync_100_rooms_s`, the restarted bot's own "first sync after X s" log line (from its
-  start-up inside the process, after the imports).
-* `rss_1000_rooms_mb`: the bot's resident memory (VmRSS, /proc/PID/status) with 1 000
-  managed rooms, after provisioning (the rooms are created on this first start) and the
-  first sync; the peak (VmHWM) is recorded too, and the same after a restart (rooms adopted
-  from the database) with its first-sync time.
+One bot with 1 000 managed rooms (BIG) is started (the rooms are created: a few minutes),
+stopped with SIGTERM and started again three times; SMALL (100 rooms) once the same way:
+
+* `restart_1000_rooms_s`: from starting the process again to the bot's answer to the first
+  new event, decrypted: an admin's E2EE client sends `!rooms` in its DM with the bot right
+  after the process starts, and the clock stops when the answer (its first part: a thousand
+  rooms do not fit one event) is decrypted. The median of three restarts. This includes the
+  interpreter's start and imports (about 1.2 s here), which no change to the bot's start-up
+  removes; `first_sync_1000_rooms_s` is the bot's own "first sync after X s" log line of the
+  same restarts, measured inside the process after the imports (the `!rooms` is handled in
+  that first sync, so it is the time to the first processed event without the interpreter).
+* `first_start_1000_rooms_first_sync_s`: the first start, rooms created.
+* `rss_1000_rooms_mb`: the bot's resident memory (VmRSS, /proc/PID/status) after the first
+  start's first sync; its peak (VmHWM); and after a restart (rooms restored).
+* `restart_100_rooms_s`, `first_sync_100_rooms_s`: the same restart with 100 rooms.
 
 Run with `make bench` or `python bench/rooms.py [BIG] [SMALL]` (default 1000 and 100 rooms).
-Creating 1 000 rooms on the throwaway Synapse takes a few minutes; progress is printed.
 Writes the figures into bench/results.json.
 """
 
@@ -22,6 +26,7 @@ import asyncio
 import os
 import re
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,6 +46,7 @@ from bot.gate.config import register_entry
 
 SCRIPT = str(Path(sys.executable).parent / "liaison-bot")
 RSS_GOAL_MB = 200
+RESTART_GOAL_S = 2.0
 FIRST_SYNC = re.compile(r"first sync after ([\d.]+) s")
 PROVISIONED = re.compile(r"rooms provisioned: (\d+)/(\d+)")
 
@@ -158,85 +164,67 @@ def make_bot(
 
 
 async def restart_case(
-    server: DevServer, admin: RegisteredUser, workdir: Path, rooms: int
+    server: DevServer, admin: RegisteredUser, workdir: Path, rooms: int, restarts: int
 ) -> dict[str, Any]:
     print(f"{rooms} rooms: first start (rooms created)", flush=True)
-    bot = make_bot(server, workdir, "liaison-restart", rooms, admin)
+    bot = make_bot(server, workdir, f"liaison-restart-{rooms}", rooms, admin)
     client: E2EEClient | None = None
+    walls: list[float] = []
+    syncs: list[float] = []
     try:
         began = time.perf_counter()
         bot.start()
-        first_start_sync = float((await bot.wait_for(FIRST_SYNC, 600))[1])
+        first_start_sync = float((await bot.wait_for(FIRST_SYNC, 1800))[1])
         first_start_wall = time.perf_counter() - began
-        rss = bot.memory_mb()
+        samples = await settled_memory(bot)
         client = await E2EEClient.create(server, admin, workdir / "admin-store")
         await cross_sign(server, client, {})
         await client.start()
         dm = await open_dm(client, bot.user_id)
-        await talk(client, dm, "!rooms", "Managed rooms", timeout=60)  # the path works
-        await bot.stop()
-        print(f"{rooms} rooms: restart, then `!rooms` from the admin at once", flush=True)
-        mark = client.event_count(dm)
-        began = time.perf_counter()
-        bot.start()
-        await client.send_text(dm, "!rooms")
-        try:
-            reply = await client.wait_for(
+        await talk(client, dm, "!rooms", "Managed rooms", timeout=120)  # the path works
+        for n in range(restarts):
+            await bot.stop()
+            print(f"{rooms} rooms: restart {n + 1}, then `!rooms` from the admin at once")
+            mark = client.event_count(dm)
+            began = time.perf_counter()
+            bot.start()
+            await client.send_text(dm, "!rooms")
+            try:
+                reply = await client.wait_for(
+                    dm,
+                    lambda e: isinstance(e, RoomMessageNotice) and "Managed rooms" in e.body,
+                    120,
+                    after=mark,
+                )
+            except AssertionError as exc:
+                raise BenchFailure(
+                    f"no answer to `!rooms` after the restart: {exc}\n--- bot log (this run):\n"
+                    f"{bot.output()[-5000:]}"
+                ) from None
+            walls.append(time.perf_counter() - began)
+            assert isinstance(reply, RoomMessageNotice)
+            syncs.append(float((await bot.wait_for(FIRST_SYNC, 120))[1]))
+            await client.wait_for(  # every part of the listing came, the last room included
                 dm,
-                lambda e: isinstance(e, RoomMessageNotice) and "Managed rooms" in e.body,
-                120,
+                lambda e: isinstance(e, RoomMessageNotice) and f"room-{rooms - 1} " in e.body,
+                60,
                 after=mark,
             )
-        except AssertionError as exc:
-            raise BenchFailure(
-                f"no answer to `!rooms` after the restart: {exc}\n--- bot log (this run):\n"
-                f"{bot.output()[-5000:]}"
-            ) from None
-        restart = time.perf_counter() - began
-        assert isinstance(reply, RoomMessageNotice)
-        if f"room-{rooms - 1}" not in reply.body:
-            raise BenchFailure(f"the reply does not list all {rooms} rooms:\n{reply.body[:500]}")
-        restart_sync = float((await bot.wait_for(FIRST_SYNC, 120))[1])
+        restart_samples = await settled_memory(bot)
         await bot.stop()
     finally:
         bot.kill()
         if client is not None:
             await client.stop()
     return {
-        f"restart_{rooms}_rooms_s": round(restart, 3),
-        f"first_sync_{rooms}_rooms_s": round(restart_sync, 3),
+        f"restart_{rooms}_rooms_s": round(statistics.median(walls), 3),
+        f"restart_{rooms}_rooms_runs_s": [round(w, 3) for w in walls],
+        f"first_sync_{rooms}_rooms_s": round(statistics.median(syncs), 3),
         f"first_start_{rooms}_rooms_first_sync_s": round(first_start_sync, 2),
         f"first_start_{rooms}_rooms_wall_s": round(first_start_wall, 2),
-        f"rss_{rooms}_rooms_mb": round(rss["VmRSS"], 1),
-    }
-
-
-async def rss_case(
-    server: DevServer, admin: RegisteredUser, workdir: Path, rooms: int
-) -> dict[str, Any]:
-    print(f"{rooms} rooms: first start (rooms created; this takes a while)", flush=True)
-    bot = make_bot(server, workdir, "liaison-rss", rooms, admin)
-    try:
-        began = time.perf_counter()
-        bot.start()
-        first_sync = float((await bot.wait_for(FIRST_SYNC, 1800))[1])
-        wall = time.perf_counter() - began
-        samples = await settled_memory(bot)
-        await bot.stop()
-        print(f"{rooms} rooms: restart (rooms adopted from the database)", flush=True)
-        bot.start()
-        restart_sync = float((await bot.wait_for(FIRST_SYNC, 600))[1])
-        restart_samples = await settled_memory(bot)
-        await bot.stop()
-    finally:
-        bot.kill()
-    return {
         f"rss_{rooms}_rooms_mb": round(samples[-1]["VmRSS"], 1),
         f"rss_{rooms}_rooms_peak_mb": round(max(s["VmHWM"] for s in samples), 1),
         f"rss_{rooms}_rooms_restart_mb": round(restart_samples[-1]["VmRSS"], 1),
-        f"first_start_{rooms}_rooms_first_sync_s": round(first_sync, 2),
-        f"first_start_{rooms}_rooms_wall_s": round(wall, 2),
-        f"first_sync_{rooms}_rooms_s": round(restart_sync, 2),
     }
 
 
@@ -253,8 +241,8 @@ async def settled_memory(bot: BotProcess, seconds: int = 5) -> list[dict[str, fl
 async def measure(big: int, small: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp, DevServer(Path(tmp) / "synapse") as server:
         admin = server.register("admin", "pw-admin")
-        figures = await restart_case(server, admin, Path(tmp) / f"bot-{small}", small)
-        figures.update(await rss_case(server, admin, Path(tmp) / f"bot-{big}", big))
+        figures = await restart_case(server, admin, Path(tmp) / f"bot-{small}", small, 1)
+        figures.update(await restart_case(server, admin, Path(tmp) / f"bot-{big}", big, 3))
     return figures
 
 
@@ -283,12 +271,14 @@ def main() -> None:
         f"sync after {figures[f'first_sync_{big}_rooms_s']} s, "
         f"{figures[f'rss_{big}_rooms_restart_mb']} MB resident"
     )
-    print(
-        f"restart_{small}_rooms_s = {figures[f'restart_{small}_rooms_s']} s from process start "
-        f"to the answer to `!rooms` decrypted (no goal set); the bot's first sync after "
-        f"{figures[f'first_sync_{small}_rooms_s']} s (first start: "
-        f"{figures[f'first_start_{small}_rooms_first_sync_s']} s)"
-    )
+    for rooms in (big, small):
+        wall = figures[f"restart_{rooms}_rooms_s"]
+        goal = f" (goal ≤ {RESTART_GOAL_S} s: {'met' if wall <= RESTART_GOAL_S else 'NOT met'})"
+        print(
+            f"restart_{rooms}_rooms_s = {wall} s from process start to the answer to `!rooms` "
+            f"decrypted{goal if rooms == big else ''}; inside the process (after the imports) "
+            f"the first sync, which handles it, after {figures[f'first_sync_{rooms}_rooms_s']} s"
+        )
     print(f"took {time.perf_counter() - began:.0f} s; written to {RESULTS}")
 
 

@@ -35,6 +35,7 @@ from bot.services.search import Inventory
 from bot.startup import Secrets, StartupError
 from bot.storage import ClearanceRecord, Store, audit_key_from, in_thread
 from bot.storage.migrate import upgrade
+from bot.storage.sealing import Sealer
 from bot.tasks import Supervisor
 from commands import build_registry
 from policy.ids import UserId
@@ -223,9 +224,9 @@ class LiaisonBot:
             self.audit,
         )
         self.undecryptable.on_decrypted = self.router.on_decrypted
-        self.sync = SyncLoop(
-            gateway, store, self.tasks, self.progress, self.router.handle_sync, self._first_synced
-        )
+        snapshots = Sealer(self.secrets.data_key, "room-snapshot")
+        handle, first = self.router.handle_sync, self._first_synced
+        self.sync = SyncLoop(gateway, store, self.tasks, self.progress, handle, first, snapshots)
         self._exit.callback(self.digests.shutdown)
 
     def request_stop(self) -> None:
@@ -241,6 +242,7 @@ class LiaisonBot:
     # ------------------------------------------------------------ glue between parts
 
     async def _first_synced(self) -> None:
+        self.tasks.spawn(self.rooms.revalidate(), "revalidate-rooms")  # while answering
         await self.membership.sweep()
         await self.relay.resend_pending()
         await self.digests.start()

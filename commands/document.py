@@ -9,7 +9,7 @@ user text.
 from __future__ import annotations
 
 import html
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 # Banner colours by rank, as classification banners are usually shown (rank 0 … 4).
@@ -157,3 +157,57 @@ def render_html(document: Document) -> str:
         else:
             out.append("<p>" + "".join(_html_inline(p) for p in block.parts) + "</p>")
     return "".join(out)
+
+
+def split_document(document: Document, fits: Callable[[Document], bool]) -> list[Document]:
+    """The document in consecutive parts that each `fits` (an event-size limit), cut between
+    blocks and, for a long list, between its items; never inside a line. A single block or
+    item too big on its own becomes a part of its own (the caller's limit then decides).
+
+    Parts are grown by halving: `fits` renders a whole part, so trying every line in turn
+    would render a thousand-line listing a thousand times."""
+    if fits(document):
+        return [document]
+    lines: list[tuple[int, Block | tuple[Inline, ...]]] = []  # (block index, block or row)
+    for index, block in enumerate(document.blocks):
+        if isinstance(block, Items):
+            lines += [(index, row) for row in block.items]
+        else:
+            lines.append((index, block))
+
+    def build(chunk: Sequence[tuple[int, Block | tuple[Inline, ...]]]) -> Document:
+        blocks: list[Block] = []
+        rows: list[tuple[Inline, ...]] = []
+        last = -1
+        for index, line in chunk:
+            if rows and index != last:
+                blocks.append(Items(tuple(rows)))
+                rows = []
+            if isinstance(line, tuple):
+                rows.append(line)
+            else:
+                blocks.append(line)
+            last = index
+        if rows:
+            blocks.append(Items(tuple(rows)))
+        return Document(tuple(blocks))
+
+    parts: list[Document] = []
+    start = 0
+    while start < len(lines):
+        # The longest run from `start` that fits: double while it fits, then bisect.
+        good, size = 0, 1
+        while start + size <= len(lines) and fits(build(lines[start : start + size])):
+            good, size = size, size * 2
+        if start + good < len(lines):
+            bad = min(size, len(lines) - start + 1)
+            while bad - good > 1:
+                middle = (good + bad) // 2
+                if fits(build(lines[start : start + middle])):
+                    good = middle
+                else:
+                    bad = middle
+        take = max(good, 1)  # a line too big on its own goes alone
+        parts.append(build(lines[start : start + take]))
+        start += take
+    return parts

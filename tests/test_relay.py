@@ -150,7 +150,11 @@ async def test_a_machine_readable_label_tags_a_message(bot_env: BotEnv, cast: Ca
     unreadable = await _say(
         cast.officer,
         deu,
-        {"msgtype": "m.text", "body": "more words", LABEL_KEY: {"originatorConfidentialityLabel": {}}},
+        {
+            "msgtype": "m.text",
+            "body": "more words",
+            LABEL_KEY: {"originatorConfidentialityLabel": {}},
+        },
         "Not stored or relayed",
     )
     assert "ConfidentialityInformation is missing" in unreadable
@@ -164,6 +168,52 @@ async def test_national_only_item_goes_nowhere(bot_env: BotEnv, cast: Cast) -> N
     assert "Relayed to" not in receipt.body.replace("Not relayed to", "")
     assert "Not relayed to nato-s: not releasable to" in receipt.body
     assert "Not relayed to eu-s: not releasable to" in receipt.body
+
+
+async def test_a_burst_gets_one_receipt_listing_every_message(
+    bot_env: BotEnv, cast: Cast
+) -> None:
+    """Messages a sync batch brings together (sent while the bot was down) get one receipt
+    that names each and keeps every outcome; the copies arrive in the order sent."""
+    deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
+    tag = secrets.token_hex(3)
+    mark, nato_mark = cast.officer.event_count(deu), cast.nato.event_count(nato_s)
+    await bot_env.stop()
+    bodies = [
+        f"[GEHEIM // REL TO NATO] burst-{tag}-1",
+        f"[GEHEIM] burst-{tag}-2 national only",
+        f"[GEHEIM // REL TO NATO] burst-{tag}-3",
+        f"[GEHEIM // REL TO XYZ] burst-{tag}-4",
+    ]
+    for body in bodies:
+        await cast.officer.send_text(deu, body)
+    await bot_env.start()
+    receipt = await cast.officer.wait_for(
+        deu,
+        lambda e: isinstance(e, RoomMessageNotice) and "Receipt for your 4 tagged" in e.body,
+        60,
+        after=mark,
+    )
+    text = receipt.body
+    for n in range(1, 5):
+        assert f"{n}. “" in text and f"burst-{tag}-{n}" in text
+    assert text.count("Relayed to nato-s as NATO SECRET") == 2
+    assert text.count("Not relayed to nato-s: not releasable to") == 1
+    assert "⚠ Not stored or relayed:" in text  # the unknown country, refused by name
+    await cast.nato.wait_for_text(nato_s, f"burst-{tag}-3")
+    copies = [
+        e.body
+        for e in cast.nato.events.get(nato_s, [])[nato_mark:]
+        if isinstance(e, RoomMessageText) and f"burst-{tag}" in e.body
+    ]
+    assert [c.splitlines()[1] for c in copies] == [f"burst-{tag}-1", f"burst-{tag}-3"]
+    await asyncio.sleep(1)
+    notices = [
+        e
+        for e in cast.officer.events.get(deu, [])[mark:]
+        if isinstance(e, RoomMessageNotice) and f"burst-{tag}" in e.body
+    ]
+    assert len(notices) == 1, [n.body for n in notices]
 
 
 async def test_flash_mentions_the_room(bot_env: BotEnv, cast: Cast) -> None:

@@ -29,7 +29,7 @@ from bot.matrix.keyshare import KeyRequests
 from bot.matrix.messenger import DirectRooms
 from bot.matrix.trust import DeviceTrust
 from bot.matrix.undecryptable import Undecryptable
-from bot.services.inbox import Inbox, IncomingMessage
+from bot.services.inbox import Inbox, IncomingMessage, ReceiptBatch
 from bot.services.membership import Membership
 from bot.services.ports import Audit
 from bot.services.relay import RelayEngine
@@ -79,6 +79,7 @@ class EventRouter:
         self.key_requests.offer(response.to_device_events)
         for room_id, invited in response.rooms.invite.items():
             await self._on_invite(room_id, invited.invite_state)
+        batch = ReceiptBatch()
         for room_id, info in response.rooms.join.items():
             events = list(info.timeline.events)
             if info.timeline.limited and since and info.timeline.prev_batch:
@@ -87,7 +88,8 @@ class EventRouter:
                 events = [e for e in gap if getattr(e, "event_id", None) not in seen] + events
                 log.info("back-filled %d event(s) of a gap in %s", len(gap), room_id)
             for event in events:
-                await self.on_event(room_id, event, initial)
+                await self.on_event(room_id, event, initial, batch)
+        await self.inbox.end_batch(batch)
         for room_id in response.rooms.leave:
             managed = self.rooms.by_id.get(room_id)
             if managed is not None:
@@ -154,8 +156,11 @@ class EventRouter:
             return "others are in it"
         return None
 
-    async def on_event(self, room_id: str, event: Any, initial: bool) -> None:
-        """One timeline event (also one decrypted late, with `initial` False)."""
+    async def on_event(
+        self, room_id: str, event: Any, initial: bool, batch: ReceiptBatch | None = None
+    ) -> None:
+        """One timeline event (also one decrypted late, with `initial` False and no batch:
+        its receipt goes on its own)."""
         managed = self.rooms.by_id.get(room_id)
         ours = managed is not None or room_id in self.direct
         if isinstance(event, RoomMemberEvent):
@@ -185,7 +190,8 @@ class EventRouter:
                 sent_at=sent_at(event),
                 handle=event,
                 ciphertext=self.gateway.ciphertext_of(event.event_id),
-            )
+            ),
+            batch,
         )
 
     async def on_decrypted(self, room_id: str, event: Any) -> None:

@@ -174,6 +174,40 @@ class Gateway:
         room = self.client.rooms.get(room_id)
         return None if room is None else bool(room.encrypted)
 
+    # ------------------------------------------------------------ room snapshots
+
+    def snapshot(self, room_id: str) -> dict[str, Any] | None:
+        """What a restart needs of a joined room to act at once: its encryption and who is
+        in it (joined, or invited only). None for a room not synced."""
+        room = self.client.rooms.get(room_id)
+        if room is None:
+            return None
+        return {
+            "v": 1,
+            "encrypted": bool(room.encrypted),
+            "members": {u: 0 if m.invited else 1 for u, m in room.users.items()},
+        }
+
+    def joined_room_ids(self) -> list[str]:
+        """The rooms the last syncs showed the bot in."""
+        return list(self.client.rooms)
+
+    def restore(self, snapshots: Mapping[str, Mapping[str, Any]]) -> None:
+        """Rooms as stored with the sync token, so that a sync from that token (only what
+        changed since) leaves them as a full sync would. Their member lists are checked with
+        the server before a room key is next shared (`ensure_current_members`)."""
+        client = self.client
+        for room_id, snap in snapshots.items():
+            room = MatrixRoom(room_id, client.user_id, bool(snap["encrypted"]))
+            for user_id, joined in snap["members"].items():
+                room.add_member(user_id, None, None, invited=not joined)
+            room.members_synced = False
+            client.rooms[room_id] = room
+            if room.encrypted:
+                client.encrypted_rooms.add(room_id)
+                if client.olm is not None:
+                    client.olm.update_tracked_users(room)
+
     async def after_sync(self) -> None:
         """What nio's sync_forever does between syncs: keys and to-device messages."""
         client = self.client

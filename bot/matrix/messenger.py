@@ -17,9 +17,10 @@ from bot.config import BotConfig
 from bot.matrix.gateway import MEGOLM, Gateway
 from bot.matrix.trust import DeviceTrust
 from bot.services.ports import Audit
+from bot.services.render import EVENT_LIMIT, encrypted_size
 from bot.storage import ClearanceRecord, Store, in_thread
 from bot.tasks import Supervisor
-from commands.document import Code, Document, Mention, doc, para
+from commands.document import Code, Document, Mention, doc, para, split_document
 from commands.views import fingerprint
 from policy.ids import EventId, UserId
 
@@ -58,6 +59,22 @@ class DirectRooms:
         if partner is not None:
             await in_thread(self.store.forget_direct_room, room_id)
         return partner
+
+
+PART_MARK = doc(para("(part 9999 of 9999)"))  # room kept for the part number
+
+
+def notice_content(document: Document, reply_to: str | None) -> dict[str, Any]:
+    """An m.notice with the document as text and HTML, in reply to `reply_to` if given."""
+    content: dict[str, Any] = {
+        "msgtype": "m.notice",
+        "body": document.plain,
+        "format": "org.matrix.custom.html",
+        "formatted_body": document.html,
+    }
+    if reply_to:
+        content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
+    return content
 
 
 class Messenger:
@@ -162,15 +179,28 @@ class Messenger:
         also_to: Sequence[OlmDevice] = (),
         tx_id: str | None = None,
     ) -> EventId:
-        content: dict[str, Any] = {
-            "msgtype": "m.notice",
-            "body": document.plain,
-            "format": "org.matrix.custom.html",
-            "formatted_body": document.html,
-        }
-        if reply_to:
-            content["m.relates_to"] = {"m.in_reply_to": {"event_id": reply_to}}
-        return await self.send(room_id, content, also_to=also_to, tx_id=tx_id)
+        content = notice_content(document, reply_to)
+        if encrypted_size(content) <= EVENT_LIMIT:
+            return await self.send(room_id, content, also_to=also_to, tx_id=tx_id)
+        # Too big for one event (`!rooms` with a thousand rooms): several notices, in order,
+        # each cut between lines; the first answers the question. A single line too big on
+        # its own is left for the homeserver to refuse.
+        parts = split_document(
+            document,
+            lambda part: encrypted_size(notice_content(part + PART_MARK, reply_to)) <= EVENT_LIMIT,
+        )
+        first: EventId | None = None
+        for n, part in enumerate(parts, 1):
+            numbered = part + doc(para(f"(part {n} of {len(parts)})"))
+            sent = await self.send(
+                room_id,
+                notice_content(numbered, reply_to if n == 1 else None),
+                also_to=also_to,
+                tx_id=f"{tx_id}-{n}" if tx_id else None,
+            )
+            first = first or sent
+        assert first is not None
+        return first
 
     async def redact(
         self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
@@ -180,11 +210,21 @@ class Messenger:
     async def reply_to_sender(self, room_id: str, event: Any, reply: Document) -> None:
         """A reply the sending device can read even when the policy excludes it (it is told
         why it was refused)."""
-        device = self.gateway.sender_device(room_id, event)
-        also = (
-            [device] if device is not None and not self.device_trusted(event.sender, device) else []
-        )
-        await self.send_notice(room_id, reply, event.event_id, also_to=also)
+        await self.reply_to_senders(room_id, [event], reply)
+
+    async def reply_to_senders(self, room_id: str, events: Sequence[Any], reply: Document) -> None:
+        """One reply about several messages (a batched receipt), in reply to the last; every
+        sending device can read it, as with `reply_to_sender`."""
+        also: list[Any] = []
+        for event in events:
+            device = self.gateway.sender_device(room_id, event)
+            if (
+                device is not None
+                and not self.device_trusted(event.sender, device)
+                and all(d.id != device.id or d.user_id != device.user_id for d in also)
+            ):
+                also.append(device)
+        await self.send_notice(room_id, reply, events[-1].event_id, also_to=also)
 
     # ------------------------------------------------------------ direct chats and alerts
 

@@ -29,8 +29,7 @@ from bot.config import Config
 from bot.matrix.gateway import MatrixError
 from bot.metrics import Metrics
 from bot.services.ports import Audit, Messenger
-from bot.services.relay import EVENT_LIMIT, encrypted_size
-from bot.services.render import EXERCISE_LINE, LABEL_KEY, target_banner
+from bot.services.render import EVENT_LIMIT, EXERCISE_LINE, LABEL_KEY, encrypted_size, target_banner
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.services.schedule import cron_trigger, format_duration, parse_duration
 from bot.storage import (

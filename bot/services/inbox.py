@@ -3,13 +3,18 @@
 Every message is acted on once (the handled-event table, even when a crash replays the
 sync), commands only from devices that pass the trusted-sender gate, and never in a room
 without encryption. Replies go where the command asks (the room, or the sender's DM).
+
+Receipts scale with bursts: tagged messages that one sync batch brings from one sender in
+one room get one receipt at the end of the batch, listing each message and, for each, where
+it went or why not. A message alone in its batch gets its own receipt, as before. Nothing
+in a receipt is merged away: every refusal of every message is in it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -22,7 +27,7 @@ from bot.storage import Store, in_thread
 from bot.tasks import Supervisor
 from commands.context import Invocation, Reply
 from commands.dispatch import dispatch, is_command
-from commands.document import Code, Document, Mention, doc, para
+from commands.document import Code, Document, Mention, Strong, doc, para
 from commands.registry import Registry
 from commands.services import Services
 from policy import is_tagged
@@ -61,11 +66,47 @@ class Replier(Protocol):
 
     async def reply_to_sender(self, room_id: str, event: EventHandle, reply: Document) -> None: ...
 
+    async def reply_to_senders(
+        self, room_id: str, events: Sequence[EventHandle], reply: Document
+    ) -> None: ...
+
     async def direct_room_for(self, user_id: UserId) -> str: ...
 
     def send_later(self, room_id: str, document: Document) -> None: ...
 
     async def alert_admins(self, document: Document) -> None: ...
+
+
+PREVIEW = 60  # characters of each message a batched receipt quotes, to say which it was
+
+
+@dataclass(frozen=True)
+class _Tagged:
+    event_id: EventId
+    handle: EventHandle
+    preview: str
+    receipt: Awaitable[Document]
+
+
+@dataclass
+class ReceiptBatch:
+    """The tagged messages of one sync batch, by (room, sender), in the order they came."""
+
+    pending: dict[tuple[RoomId, UserId], list[_Tagged]] = field(default_factory=dict)
+
+
+def preview(body: str) -> str:
+    """Which message a line of a batched receipt is about: its first words."""
+    flat = " ".join(body.split())
+    return flat if len(flat) <= PREVIEW else flat[: PREVIEW - 1] + "…"
+
+
+def batched_receipt(receipts: Sequence[tuple[str, Document]]) -> Document:
+    """One receipt for several tagged messages: each message named, then its own receipt."""
+    blocks = doc(f"Receipt for your {len(receipts)} tagged messages, in the order sent:")
+    for n, (quoted, receipt) in enumerate(receipts, 1):
+        blocks += doc(para(Strong(f"{n}. "), f"“{quoted}”")) + receipt
+    return blocks
 
 
 class RoomState(Protocol):
@@ -101,7 +142,9 @@ class Inbox:
         self.services = services
         self.prefixes = prefixes
 
-    async def on_message(self, message: IncomingMessage) -> None:
+    async def on_message(self, message: IncomingMessage, batch: ReceiptBatch | None = None) -> None:
+        """Act on one message. With `batch`, a tagged message's receipt waits for
+        `end_batch` (its copies are already on their way); without, it is sent on its own."""
         room_id = message.room_id
         managed = self.rooms.by_id.get(room_id)
         relates = message.content.get("m.relates_to", {}) or {}
@@ -124,7 +167,14 @@ class Inbox:
             source = Source(
                 managed, message.event_id, message.sender, message.sent_at, message.handle
             )
-            reply = await self.relay.handle(source, message.body, label_field=labelled)
+            pending = await self.relay.begin(source, message.body, label_field=labelled)
+            if pending is not None and batch is not None:
+                # Its copies go out while the next message is checked and stored.
+                batch.pending.setdefault((room_id, message.sender), []).append(
+                    _Tagged(message.event_id, message.handle, preview(message.body), pending)
+                )
+                return
+            reply = None if pending is None else await pending
             await in_thread(self.store.mark_handled, message.event_id, room_id)
             if reply is not None:
                 # The receipt goes to the source room while the next message's copies go to
@@ -189,6 +239,28 @@ class Inbox:
         if outcome is not None:
             await self._reply(invocation, outcome.reply)
         await in_thread(self.store.mark_handled, message.event_id, room_id)
+
+    async def end_batch(self, batch: ReceiptBatch) -> None:
+        """The batch's tagged messages, once their copies went out (or were queued for a
+        retry): marked handled, and one receipt per sender and room, sent while the sync
+        goes on (the batch waits for it before the sync token moves). An error in a send
+        propagates, so the batch is handled again and nothing is marked handled unsent."""
+        for (room_id, _sender), tagged in batch.pending.items():
+            receipts = [await t.receipt for t in tagged]
+            for t in tagged:
+                await in_thread(self.store.mark_handled, t.event_id, room_id)
+            if len(tagged) == 1:
+                reply = self.replier.reply_to_sender(room_id, tagged[0].handle, receipts[0])
+            else:
+                reply = self.replier.reply_to_senders(
+                    room_id,
+                    [t.handle for t in tagged],
+                    batched_receipt(
+                        [(t.preview, r) for t, r in zip(tagged, receipts, strict=True)]
+                    ),
+                )
+            self.tasks.defer(reply)
+        batch.pending.clear()
 
     async def _replayed(self, message: IncomingMessage) -> bool:
         """An encrypted message already acted on under another event id (sent again with

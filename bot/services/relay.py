@@ -5,6 +5,12 @@ and, when its sender is a liaison officer, released to each route target that
 `may_release` allows. Each copy is a ledger row written *before* the send with a fixed
 transaction id: a crash and replay re-send under the same id and the homeserver keeps one
 copy. Edits and redactions of the source follow the copies.
+
+Pipelined (`begin`): once a message's ledger rows are written its sends are queued and
+the next message is parsed, checked and stored while they go out. Copies into one target
+room still leave in the order their messages came (each waits for the one before it to that
+room), and anything that reads the ledger's sent state (an edit, a redaction, the re-send
+of pending rows) first waits for the queue to settle.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import asyncio
 import hashlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,7 +28,13 @@ from bot.config import BotConfig
 from bot.matrix.gateway import MatrixError
 from bot.metrics import Metrics
 from bot.services.ports import Audit, EventHandle, Messenger, SenderGate
-from bot.services.render import edit_of, relay_copy, target_banner
+from bot.services.render import (
+    EVENT_LIMIT,
+    edit_of,
+    encrypted_size,
+    relay_copy,
+    target_banner,
+)
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.storage import (
     AuditNote,
@@ -52,16 +64,6 @@ log = logging.getLogger(__name__)
 
 TXN_MEMORY = timedelta(hours=23)  # Synapse forgets transaction ids after about 24 hours
 REDACT_REASON = "withdrawn"  # redaction reasons are not encrypted: nothing more specific
-
-
-EVENT_LIMIT = 65_536  # bytes: the homeserver's limit on a whole (encrypted) event
-ENVELOPE = 1_024  # bytes: the encrypted event's other fields (keys, ids, signatures)
-
-
-def encrypted_size(content: dict[str, Any]) -> int:
-    """An upper estimate of the event this content becomes once megolm-encrypted."""
-    plain = len(json.dumps(content, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-    return (plain + 200) * 4 // 3 + ENVELOPE  # 200: type and room id inside the payload
 
 
 def sealed_payload(text: str, topics: Sequence[str]) -> str:
@@ -122,6 +124,13 @@ def copy_for(source: Source, message: TaggedMessage, target: ManagedRoom) -> dic
     )
 
 
+def _ready(document: Document) -> asyncio.Future[Document]:
+    """A reply that needs nothing sent first."""
+    done: asyncio.Future[Document] = asyncio.get_running_loop().create_future()
+    done.set_result(document)
+    return done
+
+
 class RelayEngine:
     def __init__(
         self,
@@ -143,6 +152,8 @@ class RelayEngine:
         self.metrics = metrics
         self.sealer = Sealer(data_key, "intel")
         self._in_flight: set[str] = set()  # transaction ids being sent right now
+        self._queued: set[asyncio.Future[Any]] = set()  # releases whose sends are going out
+        self._last_to: dict[str, asyncio.Future[Any]] = {}  # the latest send per target room
 
     # ------------------------------------------------------------ tagged messages
 
@@ -155,11 +166,31 @@ class RelayEngine:
         label_field: Any = None,
     ) -> Document | None:
         """Handle a possibly tagged message; None when it is not tagged. Returns the reply
-        to the sender (errors, refusals, the receipt). `label_field` is the message's own
-        machine-readable label (`io.github.liaison_bot.label`, ADatP-4774), if it has one:
-        it tags the message as a bracket marking does."""
+        to the sender (errors, refusals, the receipt) once its copies went out.
+        `label_field` is the message's own machine-readable label
+        (`io.github.liaison_bot.label`, ADatP-4774), if it has one: it tags the message as a
+        bracket marking does."""
+        pending = await self.begin(source, body, only=only, label_field=label_field)
+        return None if pending is None else await pending
+
+    async def begin(
+        self,
+        source: Source,
+        body: str,
+        *,
+        only: Sequence[str] | None = None,
+        label_field: Any = None,
+    ) -> Awaitable[Document] | None:
+        """`handle` up to the point where its copies are in the ledger and queued: returns
+        the receipt-to-be, which completes when they went out (or were queued for a retry).
+        The caller may go on to the next message meanwhile."""
         if label_field is None and not is_tagged(body):
             return None
+        return await self._begin(source, body, only, label_field)
+
+    async def _begin(
+        self, source: Source, body: str, only: Sequence[str] | None, label_field: Any
+    ) -> Awaitable[Document]:
         room = source.room
         removed = doc(
             para(
@@ -183,7 +214,7 @@ class RelayEngine:
             level = level_fits(levels_named(body, room.policy.scheme), room.policy)
             if not level.allowed:
                 await self._spillage(source, "unreadable marking", level.reason, [source.event_id])
-                return removed
+                return _ready(removed)
             # The error quotes the message; the audit log is permanent and in clear, so it
             # keeps where the marking broke, never the words.
             await self._audit(
@@ -193,32 +224,36 @@ class RelayEngine:
                 source,
                 {"position": exc.position, "length": len(body)},
             )
-            return doc(para("⚠ Not stored or relayed: ", str(exc), "."))
+            return _ready(doc(para("⚠ Not stored or relayed: ", str(exc), ".")))
         assert message is not None
         own = fits(message.label, room.policy)
         if not own.allowed:  # before the device gate: spillage is removed whoever sent it
             await self._spillage(source, message.label.banner, own.reason, [source.event_id])
-            return removed
+            return _ready(removed)
         refusal = await self.gate.untrusted_sender(room.room_id, source.event)
         if refusal is not None:
             await self._audit(
                 source.sender, "relay.untrusted-device", room, source, {"problem": refusal[0]}
             )
-            return doc(
-                para(
-                    "⚠ Not stored or relayed: ",
-                    refusal[0],
-                    ". Only devices their owner has verified may post intelligence.",
+            return _ready(
+                doc(
+                    para(
+                        "⚠ Not stored or relayed: ",
+                        refusal[0],
+                        ". Only devices their owner has verified may post intelligence.",
+                    )
                 )
             )
         too_big = self._oversized(source, message)
         if too_big is not None:
             await self._audit(source.sender, "relay.too-long", room, source, {"bytes": too_big})
-            return doc(
-                para(
-                    f"⚠ Not stored or relayed: too long once relayed and encrypted "
-                    f"(about {too_big} bytes; an event may have at most {EVENT_LIMIT}). "
-                    "Shorten the text or split it into several messages."
+            return _ready(
+                doc(
+                    para(
+                        f"⚠ Not stored or relayed: too long once relayed and encrypted "
+                        f"(about {too_big} bytes; an event may have at most {EVENT_LIMIT}). "
+                        "Shorten the text or split it into several messages."
+                    )
                 )
             )
         await self._store(source, message)
@@ -226,27 +261,31 @@ class RelayEngine:
             await self._audit(
                 source.sender, "relay.not-officer", room, source, {"label": message.label.banner}
             )
-            return doc(
-                para(
-                    "Stored for the digest, not relayed: only liaison officers "
-                    "release intelligence to other rooms."
+            return _ready(
+                doc(
+                    para(
+                        "Stored for the digest, not relayed: only liaison officers "
+                        "release intelligence to other rooms."
+                    )
                 )
             )
         targets = self.route_targets(room.key)
         if only is not None:
             outside = [t for t in only if t not in targets]
             if outside:
-                return doc(
-                    para(
-                        "⚠ Not relayed: ",
-                        ", ".join(outside),
-                        f" {'is' if len(outside) == 1 else 'are'} not a route target of "
-                        f"{room.key} (targets: {', '.join(targets) or 'none'}). The "
-                        "message is stored.",
+                return _ready(
+                    doc(
+                        para(
+                            "⚠ Not relayed: ",
+                            ", ".join(outside),
+                            f" {'is' if len(outside) == 1 else 'are'} not a route target of "
+                            f"{room.key} (targets: {', '.join(targets) or 'none'}). The "
+                            "message is stored.",
+                        )
                     )
                 )
             targets = list(only)
-        return await self._release(source, message, targets)
+        return await self._queue_release(source, message, targets)
 
     def _oversized(self, source: Source, message: TaggedMessage) -> int | None:
         """The estimated size of the largest copy this message would make, when over the
@@ -304,6 +343,12 @@ class RelayEngine:
     async def _release(
         self, source: Source, message: TaggedMessage, targets: Sequence[str]
     ) -> Document:
+        return await (await self._queue_release(source, message, targets))
+
+    async def _queue_release(
+        self, source: Source, message: TaggedMessage, targets: Sequence[str]
+    ) -> asyncio.Future[Document]:
+        """Write the ledger rows, queue their sends; the receipt, once they are done."""
         room = source.room
         entries: list[RelayEntry] = []
         notes: list[AuditNote] = []
@@ -333,10 +378,48 @@ class RelayEngine:
                 self._entry(RelayKind.COPY, source.event_id, source.event_id, target, content)
             )
         rows = await in_thread(self.store.add_relays, entries, notes)
+        # Copies to several rooms go out at once; into one room, after the one before.
+        sends = [self._queue_send(row) for row in rows]
+        receipt = asyncio.ensure_future(self._receipt_after(source, message, rows, sends, refused))
+        self._queued.add(receipt)
+        receipt.add_done_callback(self._queued.discard)
+        return receipt
+
+    def _queue_send(self, row: RelayEntry) -> asyncio.Future[str | None]:
+        before = self._last_to.get(row.target_key)
+        task = asyncio.ensure_future(self._send_after(row, before))
+        self._last_to[row.target_key] = task
+
+        def forget(done: asyncio.Future[str | None], key: str = row.target_key) -> None:
+            if self._last_to.get(key) is done:
+                del self._last_to[key]
+
+        task.add_done_callback(forget)
+        return task
+
+    async def _send_after(
+        self, row: RelayEntry, before: asyncio.Future[str | None] | None
+    ) -> str | None:
+        if before is not None:
+            await asyncio.wait([before])  # its outcome is its own receipt's business
+        return await self._send(row)
+
+    async def settle(self) -> None:
+        """Wait until every queued release has gone out (or was queued for a retry)."""
+        while self._queued:
+            await asyncio.wait(list(self._queued))
+
+    async def _receipt_after(
+        self,
+        source: Source,
+        message: TaggedMessage,
+        rows: Sequence[RelayEntry],
+        sends: Sequence[asyncio.Future[str | None]],
+        refused: list[tuple[str, str]],
+    ) -> Document:
         sent: list[tuple[str, str]] = []
         failed: list[str] = []
-        # Each target room has its own send lock, so copies to several rooms go out at once.
-        results = await asyncio.gather(*(self._send(row) for row in rows))
+        results = await asyncio.gather(*sends)
         for row, event_id in zip(rows, results, strict=True):
             if event_id is not None:
                 scheme = self.rooms.by_key[row.target_key].policy.scheme
@@ -487,6 +570,7 @@ class RelayEngine:
     ) -> Document | None:
         """An edit of a message in a managed room (source.event_id is the original's);
         `label_field` is the new content's machine-readable label, if any."""
+        await self.settle()  # the copies it edits must have gone out
         item = await in_thread(self.store.item, source.event_id)
         if item is None:  # an edit that tags an untagged message
             return await self.handle(source, new_body, label_field=label_field)
@@ -597,6 +681,7 @@ class RelayEngine:
         it leaves digests and search. Its sealed text is kept: a redaction is not encrypted
         and names no device, so anyone holding the sender's access token can send one; it
         may withdraw (the safe direction), never destroy the record."""
+        await self.settle()  # the copies it withdraws must have gone out
         item = await in_thread(self.store.item, redacts)
         if item is None or item.redacted_at is not None:
             return
@@ -651,6 +736,7 @@ class RelayEngine:
 
     async def resend_pending(self) -> None:
         """Re-send rows a crash or an outage left pending; report those too old to re-send."""
+        await self.settle()
         now = datetime.now(UTC)
         for row in await in_thread(self.store.pending_relays):
             if row.txn_id in self._in_flight:

@@ -7,13 +7,14 @@ duplicate state events, no churn in clients), and an adopted room may have drift
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from bot.config import Config
+from bot.config import Config, RoomConfig
 from bot.gate.rules import LABEL_EVENT  # the homeserver gate enforces it: one spelling
 from bot.matrix.gateway import MEGOLM, Gateway, MatrixError, StateEvent
 from bot.startup import StartupError
@@ -25,6 +26,8 @@ from policy.adatp4774 import label_metadata, to_json
 from policy.ids import RoomId, RoomKey
 
 log = logging.getLogger(__name__)
+
+PROVISIONING = 8  # rooms provisioned or checked at once: the homeserver's share, bounded
 
 BOT_POWER = 100
 # Events only the bot may send: who is in the room, what it is, how it is protected.
@@ -259,6 +262,7 @@ class RoomDirectory:
         self.by_key: dict[str, ManagedRoom] = {}
         self.by_id: dict[str, ManagedRoom] = {}
         self.chat_routes: list[tuple[str, str]] = []
+        self._unchecked: list[ManagedRoom] = []  # taken as stored: checked after first sync
 
     def _add(self, managed: ManagedRoom) -> None:
         self.by_key[managed.key] = managed
@@ -290,33 +294,71 @@ class RoomDirectory:
     async def provision_all(self) -> None:
         """Bring every configured room to its state (creating what is missing), then
         restore the task-force rooms made from chat. A configured room that cannot be
-        provisioned stops the start; a task-force room is logged and skipped."""
+        provisioned stops the start; a task-force room is logged and skipped.
+
+        A room the database holds exactly as configured, that the bot is still in, is taken
+        at once and its state checked after the first sync (`revalidate`): only the bot can
+        change a managed room's protected state (its power levels, and the homeserver gate),
+        so a restart need not read a thousand rooms' state before it answers anyone. New,
+        changed or adopted rooms are provisioned before the start goes on, PROVISIONING at
+        a time."""
         joined = await self.gateway.joined_rooms()
+        stored = {r.key: r for r in await in_thread(self.store.rooms)}
+        found: dict[int, ManagedRoom] = {}
+        todo = []
         for i, cfg in enumerate(self.config.rooms):
-            record = await in_thread(self.store.room, cfg.key)
+            record = stored.get(cfg.key)
             policy_room = cfg.policy_room(self.config.home_server)
-            try:
-                room_id, changed = await provision(
-                    self.gateway,
-                    key=cfg.key,
-                    name=cfg.name,
-                    room=policy_room,
-                    room_id=cfg.room_id or (record.room_id if record else None),
-                    previous_rank=record.rank if record else None,
-                    joined=joined,
-                )
-            except MatrixError as exc:
-                raise StartupError(f"rooms[{i}] ({cfg.key}): {exc}") from None
-            except ProvisionError as exc:
-                raise StartupError(f"rooms[{i}]: {exc}") from None
-            await in_thread(self.store.save_room, _record(cfg.key, cfg.name, policy_room, room_id))
-            self._add(ManagedRoom(cfg.key, cfg.name, policy_room, room_id))
+            if (
+                record is not None
+                and record.room_id is not None
+                and record.room_id in joined
+                and cfg.room_id in (None, record.room_id)
+                and record == _record(cfg.key, cfg.name, policy_room, record.room_id)
+            ):
+                found[i] = ManagedRoom(cfg.key, cfg.name, policy_room, record.room_id)
+                self._unchecked.append(found[i])
+            else:
+                todo.append((i, cfg, record, policy_room))
+        limit = asyncio.Semaphore(PROVISIONING)
+        done = len(found)
+
+        async def bring(i: int, cfg: RoomConfig, record: RoomRecord | None, room: Room) -> None:
+            nonlocal done
+            async with limit:
+                try:
+                    room_id, changed = await provision(
+                        self.gateway,
+                        key=cfg.key,
+                        name=cfg.name,
+                        room=room,
+                        room_id=cfg.room_id or (record.room_id if record else None),
+                        previous_rank=record.rank if record else None,
+                        joined=joined,
+                    )
+                except MatrixError as exc:
+                    raise StartupError(f"rooms[{i}] ({cfg.key}): {exc}") from None
+                except ProvisionError as exc:
+                    raise StartupError(f"rooms[{i}]: {exc}") from None
+                await in_thread(self.store.save_room, _record(cfg.key, cfg.name, room, room_id))
+            found[i] = ManagedRoom(cfg.key, cfg.name, room, room_id)
             if changed:
                 log.info("room %s (%s): %s", cfg.key, room_id, ", ".join(changed))
-            if (i + 1) % 20 == 0 or i + 1 == len(self.config.rooms):
-                log.info("rooms provisioned: %d/%d", i + 1, len(self.config.rooms))
+            done += 1
+            if done % 20 == 0 or done == len(self.config.rooms):
+                log.info("rooms provisioned: %d/%d", done, len(self.config.rooms))
+
+        await asyncio.gather(*(bring(*job) for job in todo))
+        if not todo:
+            log.info(
+                "rooms provisioned: %d/%d (as stored; state checked after the first sync)",
+                done,
+                len(self.config.rooms),
+            )
+        for i in sorted(found):  # in the config's order, as `!rooms` lists them
+            self._add(found[i])
         self.chat_routes = await in_thread(self.store.chat_routes)
-        for record in await in_thread(self.store.rooms):
+        for record in stored.values():
             if (
                 record.origin is not Origin.CHAT
                 or record.closed_at is not None
@@ -328,6 +370,13 @@ class RoomDirectory:
                 policy_room = make_room(
                     label, record.audience, record.servers or (self.config.home_server,)
                 )
+                if record.room_id in joined:
+                    managed = ManagedRoom(
+                        record.key, record.name, policy_room, record.room_id, Origin.CHAT
+                    )
+                    self._unchecked.append(managed)
+                    self._add(managed)
+                    continue
                 room_id, _ = await provision(
                     self.gateway,
                     key=record.key,
@@ -341,6 +390,40 @@ class RoomDirectory:
                 log.error("task-force room %s not restored: %s", record.key, exc)
                 continue
             self._add(ManagedRoom(record.key, record.name, policy_room, room_id, Origin.CHAT))
+
+    async def revalidate(self) -> None:
+        """Check the rooms taken as stored at start against their state on the server,
+        PROVISIONING at a time, and put back whatever drifted (logged: only the bot should
+        be able to change it)."""
+        rooms, self._unchecked = self._unchecked, []
+        limit = asyncio.Semaphore(PROVISIONING)
+
+        async def check(managed: ManagedRoom) -> None:
+            async with limit:
+                try:
+                    _, changed = await provision(
+                        self.gateway,
+                        key=managed.key,
+                        name=managed.name,
+                        room=managed.policy,
+                        room_id=managed.room_id,
+                        previous_rank=None,
+                        joined={managed.room_id},
+                    )
+                except (MatrixError, ProvisionError) as exc:
+                    log.error("room %s (%s) not checked: %s", managed.key, managed.room_id, exc)
+                    return
+            if changed:
+                log.warning(
+                    "room %s (%s) had drifted; put back: %s",
+                    managed.key,
+                    managed.room_id,
+                    ", ".join(changed),
+                )
+
+        await asyncio.gather(*(check(m) for m in rooms))
+        if rooms:
+            log.info("state of %d room(s) taken as stored checked", len(rooms))
 
     # ------------------------------------------------------------ from chat
 

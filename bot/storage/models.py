@@ -181,6 +181,17 @@ class AuditHeadRow(Base):
     key_seal: Mapped[str | None] = mapped_column(String(64))
 
 
+class RoomSnapshotRow(Base):
+    """What the bot knew of one joined room (members, encryption) as of the stored sync
+    token, sealed and bound to the room: a restart restores it and syncs on from the token
+    instead of asking for every room's full state (1 000 rooms: seconds, not tens)."""
+
+    __tablename__ = "room_snapshots"
+
+    room_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    sealed: Mapped[str] = mapped_column(Text)
+
+
 class SyncStateRow(Base):
     """The sync token, stored only after the events it covers were handled (DESIGN §7)."""
 

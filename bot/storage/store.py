@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
@@ -44,6 +44,7 @@ from bot.storage.models import (
     PendingEventRow,
     RelayRow,
     RoomRow,
+    RoomSnapshotRow,
     RouteRow,
     SyncStateRow,
     make_engine,
@@ -172,13 +173,33 @@ class Store:
             row = session.get(SyncStateRow, 1)
             return row.next_batch if row else None
 
-    def save_sync_token(self, token: str) -> None:
+    def save_sync_token(
+        self,
+        token: str,
+        snapshots: Mapping[str, str] | None = None,
+        forgotten: Iterable[str] = (),
+    ) -> None:
+        """The token, and in the same transaction the sealed snapshots of the rooms its sync
+        touched (`forgotten`: rooms left), so snapshots and token never disagree."""
         with self.session() as session:
             row = session.get(SyncStateRow, 1)
             if row is None:
                 session.add(SyncStateRow(id=1, next_batch=token))
             else:
                 row.next_batch = token
+            gone = list(forgotten)
+            if gone:
+                session.execute(delete(RoomSnapshotRow).where(RoomSnapshotRow.room_id.in_(gone)))
+            for room_id, sealed in (snapshots or {}).items():
+                session.merge(RoomSnapshotRow(room_id=room_id, sealed=sealed))
+
+    def room_snapshots(self) -> dict[str, str]:
+        """Every stored room snapshot (sealed), by room id."""
+        with self.session() as session:
+            return {
+                r.room_id: r.sealed
+                for r in session.execute(select(RoomSnapshotRow.room_id, RoomSnapshotRow.sealed))
+            }
 
     # ------------------------------------------------------------ bot session
 

@@ -1,0 +1,120 @@
+"""A restart with stored rooms (issue: fast restart): rooms taken as stored and checked after
+the first sync, room state restored from sealed snapshots and synced on from the token, and
+a snapshot the database's holder altered ignored (a full sync instead). Real Synapse."""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+
+import pytest
+from sqlalchemy import select, update
+
+from bot.storage import RoomSnapshotRow
+from tests.bot_harness import BotEnv, enrol, eventually, open_dm, talk
+from tests.matrix_harness import MakeClient, MakeUser
+
+
+def _topic(bot_env: BotEnv, room_id: str) -> str:
+    assert bot_env.bot is not None
+    quoted = urllib.parse.quote(room_id)
+    state = bot_env.server.request(
+        "GET",
+        f"/_matrix/client/v3/rooms/{quoted}/state/m.room.topic/",
+        token=bot_env.bot.client.access_token,
+    )
+    return str(state["topic"])
+
+
+async def test_a_restart_takes_stored_rooms_at_once_and_puts_drift_back(
+    bot_env: BotEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert bot_env.bot is not None
+    nato_s = bot_env.room_id("nato-s")
+    token = bot_env.bot.client.access_token
+    want = _topic(bot_env, nato_s)
+    await bot_env.stop()
+    # Only the bot may change it: someone holding its token does, while it is down.
+    bot_env.server.request(
+        "PUT",
+        f"/_matrix/client/v3/rooms/{urllib.parse.quote(nato_s)}/state/m.room.topic/",
+        {"topic": "tampered"},
+        token=token,
+    )
+    caplog.set_level(logging.INFO)
+    await bot_env.start()
+    assert "rooms provisioned: 2/2 (as stored; state checked after the first sync)" in caplog.text
+    await eventually(lambda: _topic(bot_env, nato_s) == want, what="topic put back")
+    assert "had drifted; put back: m.room.topic" in caplog.text
+
+
+async def test_a_restart_restores_rooms_and_syncs_on_from_the_token(
+    bot_env: BotEnv,
+    make_client: MakeClient,
+    make_user: MakeUser,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What changed while the bot was down (a member left) is applied on top of the stored
+    snapshot; the snapshots in the database are sealed (no member list in clear)."""
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    stays, leaves = make_user("stays"), make_user("leaves")
+    stays_client, leaves_client = await make_client(stays), await make_client(leaves)
+    grants = [(u.user_id, "NATO SECRET", "NOR") for u in (stays, leaves)]
+    (nato_s, _) = await enrol(
+        (admin, dm), grants, [(stays_client, "nato-s"), (leaves_client, "nato-s")]
+    )
+    assert bot_env.bot is not None
+    await eventually(
+        lambda: {stays.user_id, leaves.user_id} <= set(bot_env.bot.gateway.members(nato_s) or {}),  # type: ignore[union-attr]
+        what="both members seen",
+    )
+    await talk(admin, dm, "!whoami", "Roles: admin")  # a sync after the joins is stored
+    store = bot_env.bot.store
+    with store.session() as session:
+        sealed = session.scalars(select(RoomSnapshotRow.sealed)).all()
+    assert sealed and not any("@" in s or "stays" in s for s in sealed)
+    await bot_env.stop()
+    await leaves_client.client.room_leave(nato_s)
+    caplog.set_level(logging.INFO)
+    await bot_env.start()
+    assert "room(s) restored from their snapshots" in caplog.text
+    members = bot_env.bot.gateway.members(nato_s)
+    assert members is not None
+    assert stays.user_id in members and leaves.user_id not in members
+    assert bot_env.bot.gateway.is_encrypted(nato_s) is True
+    await talk(admin, dm, "!whoami", "Roles: admin")
+
+
+async def test_an_altered_snapshot_is_ignored_and_the_restart_syncs_in_full(
+    bot_env: BotEnv, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Someone with write access to the database swaps two rooms' snapshots (each sealed
+    for its own room): neither opens, the bot syncs every room in full and works."""
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    assert bot_env.bot is not None
+    deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
+    nato_members = bot_env.bot.gateway.members(nato_s)
+    url = bot_env.config.database_url()
+    await bot_env.stop()
+    from bot.storage import Store
+
+    store = Store.from_url(url)
+    try:
+        snapshots = store.room_snapshots()
+        with store.session() as session:
+            session.execute(
+                update(RoomSnapshotRow)
+                .where(RoomSnapshotRow.room_id == deu)
+                .values(sealed=snapshots[nato_s])
+            )
+    finally:
+        store.close()
+    caplog.set_level(logging.INFO)
+    await bot_env.start()
+    assert "room snapshots do not open" in caplog.text
+    assert "restored from their snapshots" not in caplog.text
+    assert bot_env.bot.gateway.members(nato_s) == nato_members
+    assert bot_env.bot.gateway.members(deu) != nato_members
+    await talk(admin, dm, "!whoami", "Roles: admin")
