@@ -33,8 +33,7 @@ from bot.services.relay import RelayEngine
 from bot.services.rooms import RoomDirectory
 from bot.services.search import Inventory
 from bot.startup import Secrets, StartupError
-from bot.storage import ClearanceRecord, Store, audit_key_from, in_thread
-from bot.storage.migrate import upgrade
+from bot.storage import ClearanceRecord, Store, audit_key_from, in_thread, schema_is_current
 from bot.storage.sealing import Sealer
 from bot.tasks import Supervisor
 from commands import build_registry
@@ -281,7 +280,10 @@ async def run_bot(
 ) -> None:
     """Run until SIGINT/SIGTERM: migrate the database, start, stop cleanly."""
     url = config.database_url()
-    await asyncio.to_thread(upgrade, url)
+    if not await asyncio.to_thread(schema_is_current, url):
+        from bot.storage.migrate import upgrade  # Alembic, only when there is work for it
+
+        await asyncio.to_thread(upgrade, url)
     store = Store.from_url(url)
     bot = LiaisonBot(config, store, secrets)
     loop = asyncio.get_running_loop()

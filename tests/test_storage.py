@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
@@ -19,6 +21,23 @@ def test_upgrade_creates_every_table_on_an_empty_database(database_url: str) -> 
     finally:
         engine.dispose()
     assert set(Base.metadata.tables) <= tables
+
+
+def test_a_start_knows_the_schema_is_current_without_alembic(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`run` skips loading Alembic when the database is at SCHEMA_HEAD, so the constant must
+    be the migrations' head; any other state (new, behind, missing) means migrate."""
+    from bot.storage import schema_is_current
+    from bot.storage.models import SCHEMA_HEAD
+
+    assert head_revision() == SCHEMA_HEAD
+    assert not schema_is_current(f"sqlite:///{tmp_path / 'nowhere' / 'bot.db'}")
+    assert not (tmp_path / "nowhere").exists()  # asking made nothing
+    upgrade(database_url, "0009")
+    assert not schema_is_current(database_url)
+    upgrade(database_url)
+    assert schema_is_current(database_url)
 
 
 def test_models_and_migrations_agree(database_url: str) -> None:

@@ -36,6 +36,7 @@ from bot.storage.models import (
     SyncStateRow,
     UTCDateTime,
     make_engine,
+    schema_is_current,
 )
 from bot.storage.records import (
     AuditEntry,
@@ -120,4 +121,5 @@ __all__ = [
     "audit_key_from",
     "in_thread",
     "make_engine",
+    "schema_is_current",
 ]

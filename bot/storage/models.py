@@ -5,6 +5,7 @@ these models and the migrations agree."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -24,8 +25,10 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    text,
 )
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import (
     DeclarativeBase,
     Mapped,
@@ -414,3 +417,27 @@ def make_engine(url: str) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+# The newest Alembic revision (migrations/versions): a start checks it with one query and
+# loads Alembic only when the database is behind. tests/test_storage.py keeps it in step.
+SCHEMA_HEAD = "0010"
+
+
+def schema_is_current(url: str) -> bool:
+    """Whether the database is at SCHEMA_HEAD (False when it cannot tell: no file yet, no
+    version table, no connection), without importing Alembic."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        path = parsed.database
+        if path in (None, "", ":memory:") or not os.path.exists(str(path)):
+            return False
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except SQLAlchemyError:
+        return False
+    finally:
+        engine.dispose()
+    return version == SCHEMA_HEAD
