@@ -241,7 +241,7 @@ class LiaisonBot:
     # ------------------------------------------------------------ glue between parts
 
     async def _first_synced(self) -> None:
-        self.tasks.spawn(self.rooms.revalidate(), "revalidate-rooms")  # while answering
+        self.tasks.spawn(self.rooms.revalidate(self.messenger.alert_admins), "revalidate-rooms")
         await self.membership.sweep()
         await self.relay.resend_pending()
         await self.digests.start()

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from hypothesis import given
 from hypothesis import strategies as st
 
 from bot.matrix.messenger import notice_content
-from bot.services.inbox import PREVIEW, batched_receipt, preview
+from bot.services.inbox import _Tagged, batched_receipt
 from bot.services.render import EVENT_LIMIT, encrypted_size
 from commands.document import Document, Items, Strong, doc, heading, items, para, split_document
+from policy.ids import EventId
 
 
 def _rows(document: Document) -> list[object]:
@@ -17,6 +20,15 @@ def _rows(document: Document) -> list[object]:
     for block in document.blocks:
         out.extend(block.items if isinstance(block, Items) else [block])
     return out
+
+
+def _tagged(n: int) -> _Tagged:
+    async def never() -> Document:
+        raise AssertionError("not awaited here")
+
+    return _Tagged(
+        EventId(f"$event{n}"), None, datetime(2026, 12, 3, 14, 5, n, tzinfo=UTC), never()
+    )
 
 
 def test_a_batched_receipt_names_each_message_and_keeps_every_refusal() -> None:
@@ -30,21 +42,20 @@ def test_a_batched_receipt_names_each_message_and_keeps_every_refusal() -> None:
         )
     )
     third = doc(para("⚠ Not stored or relayed: unknown caveat 'XYZ'."))
-    receipt = batched_receipt([("one", first), ("two", second), ("three", third)])
+    tagged = [_tagged(n) for n in (1, 2, 3)]
+    receipt = batched_receipt(list(zip(tagged, [first, second, third], strict=True)))
+    for t in tagged:
+        t.receipt.close()  # type: ignore[attr-defined]
     text = receipt.plain
     assert text.startswith("Receipt for your 3 tagged messages, in the order sent:")
-    assert text.index("1. “one”") < text.index("2. “two”") < text.index("3. “three”")
+    assert (
+        text.index("1. sent 14:05:01Z $event1")
+        < text.index("2. sent 14:05:02Z $event2")
+        < text.index("3. sent 14:05:03Z $event3")
+    )
     assert text.count("Relayed to nato-s") == 2
     assert "Not relayed to eu-s: not releasable to AUT." in text
     assert "unknown caveat 'XYZ'" in text
-
-
-def test_a_preview_is_the_first_words_and_escaped_in_html() -> None:
-    assert preview("[GEHEIM]  convoy\n sighted") == "[GEHEIM] convoy sighted"
-    long = preview("[GEHEIM] " + "word " * 40)
-    assert len(long) == PREVIEW and long.endswith("…")
-    html = batched_receipt([(preview("<b>x</b>"), doc("a")), ("y", doc("b"))]).html
-    assert "<b>x</b>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
 
 
 def test_a_thousand_rooms_listing_is_cut_into_notices_that_fit() -> None:

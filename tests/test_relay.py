@@ -170,11 +170,10 @@ async def test_national_only_item_goes_nowhere(bot_env: BotEnv, cast: Cast) -> N
     assert "Not relayed to eu-s: not releasable to" in receipt.body
 
 
-async def test_a_burst_gets_one_receipt_listing_every_message(
-    bot_env: BotEnv, cast: Cast
-) -> None:
+async def test_a_burst_gets_one_receipt_listing_every_message(bot_env: BotEnv, cast: Cast) -> None:
     """Messages a sync batch brings together (sent while the bot was down) get one receipt
-    that names each and keeps every outcome; the copies arrive in the order sent."""
+    that names each (by time and event id, never its words: one is spillage, removed) and
+    keeps every outcome; the copies arrive in the order sent."""
     deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
     tag = secrets.token_hex(3)
     mark, nato_mark = cast.officer.event_count(deu), cast.nato.event_count(nato_s)
@@ -182,36 +181,46 @@ async def test_a_burst_gets_one_receipt_listing_every_message(
     bodies = [
         f"[GEHEIM // REL TO NATO] burst-{tag}-1",
         f"[GEHEIM] burst-{tag}-2 national only",
-        f"[GEHEIM // REL TO NATO] burst-{tag}-3",
-        f"[GEHEIM // REL TO XYZ] burst-{tag}-4",
+        f"[STRENG GEHEIM] burst-{tag}-3 spilled words",
+        f"[GEHEIM // REL TO NATO] burst-{tag}-4",
+        f"[GEHEIM // REL TO XYZ] burst-{tag}-5",
     ]
     for body in bodies:
         await cast.officer.send_text(deu, body)
+    sent = [
+        e.event_id
+        for e in cast.officer.events.get(deu, [])[mark:]
+        if isinstance(e, RoomMessageText) and f"burst-{tag}" in e.body
+    ]
     await bot_env.start()
     receipt = await cast.officer.wait_for(
         deu,
-        lambda e: isinstance(e, RoomMessageNotice) and "Receipt for your 4 tagged" in e.body,
+        lambda e: isinstance(e, RoomMessageNotice) and "Receipt for your 5 tagged" in e.body,
         60,
         after=mark,
     )
     text = receipt.body
-    for n in range(1, 5):
-        assert f"{n}. “" in text and f"burst-{tag}-{n}" in text
+    assert f"burst-{tag}" not in text and "spilled words" not in text
+    assert [text.index(f"{n}. sent ") for n in range(1, 6)] == sorted(
+        text.index(f"{n}. sent ") for n in range(1, 6)
+    )
+    assert all(event_id in text for event_id in sent), (sent, text)
     assert text.count("Relayed to nato-s as NATO SECRET") == 2
     assert text.count("Not relayed to nato-s: not releasable to") == 1
+    assert "removed from this room" in text  # the spillage, told without its words
     assert "⚠ Not stored or relayed:" in text  # the unknown country, refused by name
-    await cast.nato.wait_for_text(nato_s, f"burst-{tag}-3")
+    await cast.nato.wait_for_text(nato_s, f"burst-{tag}-4")
     copies = [
         e.body
         for e in cast.nato.events.get(nato_s, [])[nato_mark:]
         if isinstance(e, RoomMessageText) and f"burst-{tag}" in e.body
     ]
-    assert [c.splitlines()[1] for c in copies] == [f"burst-{tag}-1", f"burst-{tag}-3"]
+    assert [c.splitlines()[1] for c in copies] == [f"burst-{tag}-1", f"burst-{tag}-4"]
     await asyncio.sleep(1)
     notices = [
         e
         for e in cast.officer.events.get(deu, [])[mark:]
-        if isinstance(e, RoomMessageNotice) and f"burst-{tag}" in e.body
+        if isinstance(e, RoomMessageNotice) and "Receipt for" in e.body
     ]
     assert len(notices) == 1, [n.body for n in notices]
 

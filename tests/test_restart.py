@@ -8,7 +8,7 @@ import logging
 import urllib.parse
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from bot.storage import RoomSnapshotRow
 from tests.bot_harness import BotEnv, enrol, eventually, open_dm, talk
@@ -27,12 +27,15 @@ def _topic(bot_env: BotEnv, room_id: str) -> str:
 
 
 async def test_a_restart_takes_stored_rooms_at_once_and_puts_drift_back(
-    bot_env: BotEnv, caplog: pytest.LogCaptureFixture
+    bot_env: BotEnv, make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
     assert bot_env.bot is not None
     nato_s = bot_env.room_id("nato-s")
     token = bot_env.bot.client.access_token
     want = _topic(bot_env, nato_s)
+    mark = admin.event_count(dm)
     await bot_env.stop()
     # Only the bot may change it: someone holding its token does, while it is down.
     bot_env.server.request(
@@ -46,6 +49,8 @@ async def test_a_restart_takes_stored_rooms_at_once_and_puts_drift_back(
     assert "rooms provisioned: 2/2 (as stored; state checked after the first sync)" in caplog.text
     await eventually(lambda: _topic(bot_env, nato_s) == want, what="topic put back")
     assert "had drifted; put back: m.room.topic" in caplog.text
+    alert = await admin.wait_for_text(dm, "Managed rooms not as the bot left them", after=mark)
+    assert "nato-s: had been changed; put back: m.room.topic" in alert.body
 
 
 async def test_a_restart_restores_rooms_and_syncs_on_from_the_token(
@@ -118,3 +123,84 @@ async def test_an_altered_snapshot_is_ignored_and_the_restart_syncs_in_full(
     assert bot_env.bot.gateway.members(nato_s) == nato_members
     assert bot_env.bot.gateway.members(deu) != nato_members
     await talk(admin, dm, "!whoami", "Roles: admin")
+
+
+async def test_an_old_snapshot_copied_back_leaves_nobody_behind(
+    bot_env: BotEnv,
+    make_client: MakeClient,
+    make_user: MakeUser,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database writer keeps a room's sealed snapshot from when someone was still in it
+    and puts it back after they left: it opens (it is that room's), but the members are
+    checked with the server after the first sync and the one who left is dropped."""
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    gone = make_user("gone")
+    gone_client = await make_client(gone)
+    (nato_s,) = await enrol(
+        (admin, dm), [(gone.user_id, "NATO SECRET", "NOR")], [(gone_client, "nato-s")]
+    )
+    assert bot_env.bot is not None
+    bot = bot_env.bot
+    await eventually(lambda: gone.user_id in (bot.gateway.members(nato_s) or {}), what="joined")
+    await talk(admin, dm, "!whoami", "Roles: admin")  # a sync after the join is stored
+    old = bot.store.room_snapshots()[nato_s]
+    await gone_client.client.room_leave(nato_s)
+    await eventually(lambda: gone.user_id not in (bot.gateway.members(nato_s) or {}), what="left")
+    await talk(admin, dm, "!whoami", "Roles: admin")
+    assert bot.store.room_snapshots()[nato_s] != old
+    url = bot_env.config.database_url()
+    await bot_env.stop()
+    from bot.storage import Store
+
+    store = Store.from_url(url)
+    try:
+        with store.session() as session:
+            session.execute(
+                update(RoomSnapshotRow).where(RoomSnapshotRow.room_id == nato_s).values(sealed=old)
+            )
+    finally:
+        store.close()
+    caplog.set_level(logging.INFO)
+    await bot_env.start()
+    assert "room(s) restored from their snapshots" in caplog.text
+    restarted = bot_env.bot
+    assert restarted is not None
+    await eventually(
+        lambda: gone.user_id not in (restarted.gateway.members(nato_s) or {}),
+        what="the one who left dropped",
+    )
+    assert f"{gone.user_id} not in {nato_s} although its snapshot said so" in caplog.text
+
+
+async def test_a_room_without_a_snapshot_is_read_from_the_server(
+    bot_env: BotEnv, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its row deleted (or the room joined after the stored token): the restart reads that
+    room's state from the server, restores the others, and writes the row again."""
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    await talk(admin, dm, "!whoami", "Roles: admin")
+    assert bot_env.bot is not None
+    deu = bot_env.room_id("deu")
+    members = bot_env.bot.gateway.members(deu)
+    url = bot_env.config.database_url()
+    await bot_env.stop()
+    from bot.storage import Store
+
+    store = Store.from_url(url)
+    try:
+        with store.session() as session:
+            session.execute(delete(RoomSnapshotRow).where(RoomSnapshotRow.room_id == deu))
+    finally:
+        store.close()
+    caplog.set_level(logging.INFO)
+    await bot_env.start()
+    assert f"room {deu} has no snapshot: its state read from the server" in caplog.text
+    assert "room(s) restored from their snapshots" in caplog.text
+    assert bot_env.bot is not None
+    assert bot_env.bot.gateway.is_encrypted(deu) is True
+    assert bot_env.bot.gateway.members(deu) == members
+    await talk(admin, dm, "!whoami", "Roles: admin")
+    assert deu in bot_env.bot.store.room_snapshots()

@@ -112,6 +112,7 @@ class Gateway:
     def __init__(self, client: AsyncClient) -> None:
         self.client = client
         self._send_locks: dict[str, asyncio.Lock] = {}
+        self._restored: set[str] = set()  # rooms from snapshots, members not yet checked
         # Rooms whose member list may have changed unseen (an invite the bot just sent, a DM
         # it just created): asked from the server before the next encryption into them.
         self._stale_members: set[str] = set()
@@ -188,8 +189,23 @@ class Gateway:
             "members": {u: 0 if m.invited else 1 for u, m in room.users.items()},
         }
 
+    async def snapshot_from_server(self, room_id: str) -> dict[str, Any]:
+        """A room's snapshot read from its current state on the server (a room the bot is
+        in that has no stored snapshot)."""
+        state = await self.state(room_id)
+        return {
+            "v": 1,
+            "encrypted": ("m.room.encryption", "") in state,
+            "members": {
+                key: 1 if event.content.get("membership") == "join" else 0
+                for (kind, key), event in state.items()
+                if kind == "m.room.member" and event.content.get("membership") in ("join", "invite")
+            },
+        }
+
     def joined_room_ids(self) -> list[str]:
-        """The rooms the last syncs showed the bot in."""
+        """The rooms nio holds: after a full sync, those the bot is in (nio keeps a room it
+        left, so this is asked only then)."""
         return list(self.client.rooms)
 
     def restore(self, snapshots: Mapping[str, Mapping[str, Any]]) -> None:
@@ -198,15 +214,33 @@ class Gateway:
         the server before a room key is next shared (`ensure_current_members`)."""
         client = self.client
         for room_id, snap in snapshots.items():
-            room = MatrixRoom(room_id, client.user_id, bool(snap["encrypted"]))
+            # Encryption cannot be switched off: nio's own record counts too.
+            encrypted = bool(snap["encrypted"]) or room_id in client.encrypted_rooms
+            room = MatrixRoom(room_id, client.user_id, encrypted)
             for user_id, joined in snap["members"].items():
                 room.add_member(user_id, None, None, invited=not joined)
             room.members_synced = False
+            self._restored.add(room_id)
             client.rooms[room_id] = room
             if room.encrypted:
                 client.encrypted_rooms.add(room_id)
                 if client.olm is not None:
                     client.olm.update_tracked_users(room)
+
+    async def check_restored_members(self) -> None:
+        """After a restart from snapshots: every restored room's members checked with the
+        server, a few rooms at a time, so that a snapshot older than the token (a database
+        restored in part) leaves nobody behind who has left."""
+        limit = asyncio.Semaphore(8)
+
+        async def check(room_id: str) -> None:
+            async with limit:
+                try:
+                    await self.ensure_current_members(room_id)
+                except MatrixError as exc:
+                    log.warning("members of %s not checked: %s", room_id, exc)
+
+        await asyncio.gather(*(check(r) for r in list(self._restored)))
 
     async def after_sync(self) -> None:
         """What nio's sync_forever does between syncs: keys and to-device messages."""
@@ -310,7 +344,13 @@ class Gateway:
         room = self.client.rooms.get(room_id)
         if room is None or not room.encrypted:
             return
-        if room.members_synced and not room.invited_users and room_id not in self._stale_members:
+        restored = room_id in self._restored
+        if (
+            room.members_synced
+            and not room.invited_users
+            and room_id not in self._stale_members
+            and not restored
+        ):
             return
         for _ in range(3):
             # A sync handled while the answer travels may be newer than it (a join or a leave
@@ -322,6 +362,14 @@ class Gateway:
         else:
             return
         self._stale_members.discard(room_id)
+        if restored:
+            # The list came from a stored snapshot, not from sync: the server's answer (no
+            # newer sync came meanwhile) is the truth, removals included. Invitees stay.
+            self._restored.discard(room_id)
+            for user_id in [u for u, m in room.users.items() if not m.invited]:
+                if user_id not in joined:
+                    log.warning("%s not in %s although its snapshot said so", user_id, room_id)
+                    room.remove_member(user_id)
         # Only additions: a member who joined unseen, an invitee who has since joined. Leaves
         # come from sync, in order (nio's own joined_members handling would also drop members
         # from a snapshot older than the last sync).

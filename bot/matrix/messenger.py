@@ -196,7 +196,7 @@ class Messenger:
                 room_id,
                 notice_content(numbered, reply_to if n == 1 else None),
                 also_to=also_to,
-                tx_id=f"{tx_id}-{n}" if tx_id else None,
+                tx_id=f"{tx_id}-{n}of{len(parts)}" if tx_id else None,
             )
             first = first or sent
         assert first is not None

@@ -13,6 +13,7 @@ altered row) makes the restart sync in full, as before.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 SYNC_FILTER = {"room": {"timeline": {"limit": 100}, "state": {"lazy_load_members": False}}}
 SYNC_TIMEOUT_MS = 30_000
+MAX_MISSING = 50  # rooms without a snapshot read one by one at a restart; more: a full sync
 
 # (the sync, the token it follows, whether this is the very first sync of a new bot)
 Handler = Callable[[SyncResponse, str | None, bool], Awaitable[None]]
@@ -92,6 +94,8 @@ class SyncLoop:
         sealer: Sealer,
     ) -> None:
         self.sealer = sealer  # purpose "room-snapshot"
+        self._left: set[str] = set()  # snapshot rows of rooms left while the bot was down
+        self._fetched: set[str] = set()  # rooms without a row, read from the server instead
         self.gateway = gateway
         self.store = store
         self.tasks = tasks
@@ -142,13 +146,23 @@ class SyncLoop:
                 await self.tasks.sleep(backoff.next())
                 continue
             token = response.next_batch
-            touched = self.gateway.joined_room_ids() if first and full else response.rooms.join
-            await in_thread(
+            everything = first and full  # the full state of every joined room
+            touched = (
+                self.gateway.joined_room_ids()
+                if everything
+                else {*response.rooms.join, *self._fetched}
+            )
+            save = functools.partial(
                 self.store.save_sync_token,
                 token,
                 self._sealed_snapshots(touched),
-                list(response.rooms.leave),
+                [*response.rooms.leave, *self._left],
+                complete=everything,
             )
+            await in_thread(save)
+            self._left, self._fetched = set(), set()
+            if first and restored:  # members as stored are checked with the server
+                self.tasks.spawn(self.gateway.check_restored_members(), "restored-members")
             if first:
                 self.progress.first_handled()
                 await self.first_synced()
@@ -157,19 +171,37 @@ class SyncLoop:
 
     async def _restore(self) -> bool:
         """The rooms as of the stored token, from their sealed snapshots; False (sync in
-        full) when there are none or one does not open."""
+        full) when there are none or one does not open. A room the bot is in without a
+        snapshot (joined after the token, or its row deleted) is read from the server; one
+        with a snapshot that the bot has left is not restored, and its row goes."""
         stored = await in_thread(self.store.room_snapshots)
         if not stored:
+            return False
+        joined = await self.gateway.joined_rooms()
+        missing = sorted(joined - set(stored))
+        if len(missing) > MAX_MISSING:
+            log.warning(
+                "%d rooms the bot is in have no snapshot: syncing every room in full",
+                len(missing),
+            )
             return False
         opened = {}
         try:
             for room_id, sealed in stored.items():
-                opened[room_id] = json.loads(self.sealer.open_text(sealed, room_id))
+                snapshot = json.loads(self.sealer.open_text(sealed, room_id))
+                if not valid_snapshot(snapshot):
+                    raise ValueError(f"unreadable snapshot of {room_id}")
+                if room_id in joined:
+                    opened[room_id] = snapshot
         except (SealError, ValueError) as exc:
             log.warning("room snapshots do not open (%s): syncing every room in full", exc)
             return False
+        for room_id in missing:
+            log.info("room %s has no snapshot: its state read from the server", room_id)
+            opened[room_id] = await self.gateway.snapshot_from_server(room_id)
         self.gateway.restore(opened)
-        log.info("%d room(s) restored from their snapshots", len(opened))
+        self._left, self._fetched = set(stored) - joined, set(missing)
+        log.info("%d room(s) restored from their snapshots", len(opened) - len(missing))
         return True
 
     def _sealed_snapshots(self, room_ids: Iterable[str]) -> dict[str, str]:
@@ -179,3 +211,14 @@ class SyncLoop:
             if snapshot is not None:
                 out[room_id] = self.sealer.seal_text(json.dumps(snapshot), room_id)
         return out
+
+
+def valid_snapshot(snapshot: Any) -> bool:
+    """The shape `Gateway.snapshot` writes (version 1)."""
+    return (
+        isinstance(snapshot, dict)
+        and snapshot.get("v") == 1
+        and isinstance(snapshot.get("encrypted"), bool)
+        and isinstance(snapshot.get("members"), dict)
+        and all(isinstance(u, str) and v in (0, 1) for u, v in snapshot["members"].items())
+    )

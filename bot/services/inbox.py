@@ -4,10 +4,11 @@ Every message is acted on once (the handled-event table, even when a crash repla
 sync), commands only from devices that pass the trusted-sender gate, and never in a room
 without encryption. Replies go where the command asks (the room, or the sender's DM).
 
-Receipts scale with bursts: tagged messages that one sync batch brings from one sender in
-one room get one receipt at the end of the batch, listing each message and, for each, where
-it went or why not. A message alone in its batch gets its own receipt, as before. Nothing
-in a receipt is merged away: every refusal of every message is in it.
+Receipts scale with bursts: tagged messages that one sync batch brings from one sender's
+device in one room get one receipt at the end of the batch, listing each message (by time
+and event id, never its words) and, for each, where it went or why not. A message alone in
+its batch gets its own receipt, as before. Nothing in a receipt is merged away: every
+refusal of every message is in it.
 """
 
 from __future__ import annotations
@@ -77,35 +78,33 @@ class Replier(Protocol):
     async def alert_admins(self, document: Document) -> None: ...
 
 
-PREVIEW = 60  # characters of each message a batched receipt quotes, to say which it was
-
-
 @dataclass(frozen=True)
 class _Tagged:
     event_id: EventId
     handle: EventHandle
-    preview: str
+    sent_at: datetime
     receipt: Awaitable[Document]
 
 
 @dataclass
 class ReceiptBatch:
-    """The tagged messages of one sync batch, by (room, sender), in the order they came."""
+    """The tagged messages of one sync batch, by (room, sender, sending device), in the
+    order they came. By device: a refusal may go to a device the policy excludes (it is told
+    why), and it must learn nothing of what the person's other devices sent."""
 
-    pending: dict[tuple[RoomId, UserId], list[_Tagged]] = field(default_factory=dict)
-
-
-def preview(body: str) -> str:
-    """Which message a line of a batched receipt is about: its first words."""
-    flat = " ".join(body.split())
-    return flat if len(flat) <= PREVIEW else flat[: PREVIEW - 1] + "…"
+    pending: dict[tuple[RoomId, UserId, str], list[_Tagged]] = field(default_factory=dict)
 
 
-def batched_receipt(receipts: Sequence[tuple[str, Document]]) -> Document:
-    """One receipt for several tagged messages: each message named, then its own receipt."""
+def batched_receipt(receipts: Sequence[tuple[_Tagged, Document]]) -> Document:
+    """One receipt for several tagged messages: each named by when it was sent and its event
+    id (never by its words: one of them may be spillage the bot just removed), then its own
+    receipt."""
     blocks = doc(f"Receipt for your {len(receipts)} tagged messages, in the order sent:")
-    for n, (quoted, receipt) in enumerate(receipts, 1):
-        blocks += doc(para(Strong(f"{n}. "), f"“{quoted}”")) + receipt
+    for n, (tagged, receipt) in enumerate(receipts, 1):
+        blocks += doc(
+            para(Strong(f"{n}. "), f"sent {tagged.sent_at:%H:%M:%S}Z ", Code(tagged.event_id))
+        )
+        blocks += receipt
     return blocks
 
 
@@ -170,8 +169,9 @@ class Inbox:
             pending = await self.relay.begin(source, message.body, label_field=labelled)
             if pending is not None and batch is not None:
                 # Its copies go out while the next message is checked and stored.
-                batch.pending.setdefault((room_id, message.sender), []).append(
-                    _Tagged(message.event_id, message.handle, preview(message.body), pending)
+                sender_key = (message.ciphertext or "").partition("|")[0]  # its device
+                batch.pending.setdefault((room_id, message.sender, sender_key), []).append(
+                    _Tagged(message.event_id, message.handle, message.sent_at, pending)
                 )
                 return
             reply = None if pending is None else await pending
@@ -245,7 +245,7 @@ class Inbox:
         retry): marked handled, and one receipt per sender and room, sent while the sync
         goes on (the batch waits for it before the sync token moves). An error in a send
         propagates, so the batch is handled again and nothing is marked handled unsent."""
-        for (room_id, _sender), tagged in batch.pending.items():
+        for (room_id, _sender, _device), tagged in batch.pending.items():
             receipts = [await t.receipt for t in tagged]
             for t in tagged:
                 await in_thread(self.store.mark_handled, t.event_id, room_id)
@@ -255,9 +255,7 @@ class Inbox:
                 reply = self.replier.reply_to_senders(
                     room_id,
                     [t.handle for t in tagged],
-                    batched_receipt(
-                        [(t.preview, r) for t, r in zip(tagged, receipts, strict=True)]
-                    ),
+                    batched_receipt(list(zip(tagged, receipts, strict=True))),
                 )
             self.tasks.defer(reply)
         batch.pending.clear()

@@ -153,6 +153,7 @@ class RelayEngine:
         self.sealer = Sealer(data_key, "intel")
         self._in_flight: set[str] = set()  # transaction ids being sent right now
         self._queued: set[asyncio.Future[Any]] = set()  # releases whose sends are going out
+        self._queued_txns: set[str] = set()  # their rows, from queueing until sent or not
         self._last_to: dict[str, asyncio.Future[Any]] = {}  # the latest send per target room
 
     # ------------------------------------------------------------ tagged messages
@@ -386,11 +387,17 @@ class RelayEngine:
         return receipt
 
     def _queue_send(self, row: RelayEntry) -> asyncio.Future[str | None]:
+        """The row's send, after the one queued before it into the same room. The engine owns
+        the task: a cancelled receipt does not cancel it (the next copy would overtake)."""
         before = self._last_to.get(row.target_key)
         task = asyncio.ensure_future(self._send_after(row, before))
         self._last_to[row.target_key] = task
+        self._queued_txns.add(row.txn_id)
 
-        def forget(done: asyncio.Future[str | None], key: str = row.target_key) -> None:
+        def forget(
+            done: asyncio.Future[str | None], key: str = row.target_key, txn: str = row.txn_id
+        ) -> None:
+            self._queued_txns.discard(txn)
             if self._last_to.get(key) is done:
                 del self._last_to[key]
 
@@ -419,10 +426,11 @@ class RelayEngine:
     ) -> Document:
         sent: list[tuple[str, str]] = []
         failed: list[str] = []
-        results = await asyncio.gather(*sends)
+        results = await asyncio.gather(*(asyncio.shield(s) for s in sends))
         for row, event_id in zip(rows, results, strict=True):
+            target = self.rooms.by_key.get(row.target_key)  # closed meanwhile: its own key
             if event_id is not None:
-                scheme = self.rooms.by_key[row.target_key].policy.scheme
+                scheme = target.policy.scheme if target is not None else message.label.scheme
                 sent.append((row.target_key, target_banner(message.label, scheme)[0]))
                 self.metrics.relays.labels("sent").inc()
                 latency = (datetime.now(UTC) - source.sent_at).total_seconds()
@@ -735,12 +743,13 @@ class RelayEngine:
     # ------------------------------------------------------------ the ledger's tail
 
     async def resend_pending(self) -> None:
-        """Re-send rows a crash or an outage left pending; report those too old to re-send."""
-        await self.settle()
+        """Re-send rows a crash or an outage left pending; report those too old to re-send.
+        Rows the live path has queued are its own: sent here they could overtake the copy
+        queued before them into the same room."""
         now = datetime.now(UTC)
         for row in await in_thread(self.store.pending_relays):
-            if row.txn_id in self._in_flight:
-                continue  # the live path is sending it right now
+            if row.txn_id in self._in_flight or row.txn_id in self._queued_txns:
+                continue  # the live path is sending it
             if row.created_at is not None and now - row.created_at > TXN_MEMORY:
                 await in_thread(
                     self.store.relay_state,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +20,7 @@ from bot.matrix.gateway import MEGOLM, Gateway, MatrixError, StateEvent
 from bot.startup import StartupError
 from bot.storage import Origin, RoomRecord, Store, in_thread
 from commands.context import CommandError
+from commands.document import Document, Strong, doc, items, para
 from commands.services import RoomSummary, RouteSummary
 from policy import CATALOGUE, Label, MarkingError, Room, make_room, parse_audience, parse_marking
 from policy.adatp4774 import label_metadata, to_json
@@ -348,7 +349,11 @@ class RoomDirectory:
             if done % 20 == 0 or done == len(self.config.rooms):
                 log.info("rooms provisioned: %d/%d", done, len(self.config.rooms))
 
-        await asyncio.gather(*(bring(*job) for job in todo))
+        # Every room started is finished (and saved) before a failure stops the start.
+        outcomes = await asyncio.gather(*(bring(*job) for job in todo), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         if not todo:
             log.info(
                 "rooms provisioned: %d/%d (as stored; state checked after the first sync)",
@@ -391,12 +396,15 @@ class RoomDirectory:
                 continue
             self._add(ManagedRoom(record.key, record.name, policy_room, room_id, Origin.CHAT))
 
-    async def revalidate(self) -> None:
+    async def revalidate(self, alert: Callable[[Document], Awaitable[None]]) -> None:
         """Check the rooms taken as stored at start against their state on the server,
-        PROVISIONING at a time, and put back whatever drifted (logged: only the bot should
-        be able to change it)."""
+        PROVISIONING at a time, and put back whatever drifted. Drift means someone changed
+        what only the bot may change (the gate was bypassed, or the bot's token is
+        elsewhere): the admins are alerted, as they are for a room that could not be
+        checked."""
         rooms, self._unchecked = self._unchecked, []
         limit = asyncio.Semaphore(PROVISIONING)
+        problems: list[tuple[str, str]] = []
 
         async def check(managed: ManagedRoom) -> None:
             async with limit:
@@ -412,6 +420,7 @@ class RoomDirectory:
                     )
                 except (MatrixError, ProvisionError) as exc:
                     log.error("room %s (%s) not checked: %s", managed.key, managed.room_id, exc)
+                    problems.append((managed.key, f"could not be checked ({exc})"))
                     return
             if changed:
                 log.warning(
@@ -420,10 +429,18 @@ class RoomDirectory:
                     managed.room_id,
                     ", ".join(changed),
                 )
+                problems.append((managed.key, f"had been changed; put back: {', '.join(changed)}"))
 
         await asyncio.gather(*(check(m) for m in rooms))
         if rooms:
             log.info("state of %d room(s) taken as stored checked", len(rooms))
+        if problems:
+            await alert(
+                doc(
+                    para("⚠ Managed rooms not as the bot left them (checked after a restart):"),
+                    items((Strong(key), ": ", what) for key, what in sorted(problems)),
+                )
+            )
 
     # ------------------------------------------------------------ from chat
 

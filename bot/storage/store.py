@@ -178,9 +178,12 @@ class Store:
         token: str,
         snapshots: Mapping[str, str] | None = None,
         forgotten: Iterable[str] = (),
+        *,
+        complete: bool = False,
     ) -> None:
         """The token, and in the same transaction the sealed snapshots of the rooms its sync
-        touched (`forgotten`: rooms left), so snapshots and token never disagree."""
+        touched (`forgotten`: rooms left), so snapshots and token never disagree.
+        `complete`: `snapshots` is every joined room (a full sync); all other rows go."""
         with self.session() as session:
             row = session.get(SyncStateRow, 1)
             if row is None:
@@ -188,6 +191,12 @@ class Store:
             else:
                 row.next_batch = token
             gone = list(forgotten)
+            if complete:
+                session.execute(
+                    delete(RoomSnapshotRow).where(
+                        RoomSnapshotRow.room_id.not_in(list(snapshots or {}))
+                    )
+                )
             if gone:
                 session.execute(delete(RoomSnapshotRow).where(RoomSnapshotRow.room_id.in_(gone)))
             for room_id, sealed in (snapshots or {}).items():
