@@ -11,13 +11,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     Engine,
+    Row,
     delete,
     select,
 )
@@ -70,6 +71,7 @@ from bot.storage.records import (
     ScheduleKey,
     StoreError,
 )
+from policy import Precedence
 
 
 class Store:
@@ -79,6 +81,7 @@ class Store:
         self.engine = engine
         self.audit_key = audit_key  # audit_key_from(the data key); None: cannot extend a keyed log
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._item_listeners: list[Callable[[str], None]] = []
 
     @classmethod
     def from_url(cls, url: str, audit_key: bytes | None = None) -> Store:
@@ -519,6 +522,18 @@ class Store:
 
     # ------------------------------------------------------------ intel items
 
+    def add_item_listener(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(event_id)` after each committed change to a stored item (stored,
+        edited, retired), from the thread that made it. Why: an edit or a retirement keeps
+        the row's id, so the search's in-memory index, which reads new rows by id, would
+        not see it; and on PostgreSQL a row may commit after one with a higher id. The
+        listener must only take note (it runs inside the writer's call) and never raise."""
+        self._item_listeners.append(listener)
+
+    def _item_changed(self, event_id: str) -> None:
+        for listener in self._item_listeners:
+            listener(event_id)
+
     def save_item(self, item: IntelItem) -> tuple[IntelItem, bool]:
         """Store a tagged message once per source event; (item, created)."""
         with self.session() as session:
@@ -542,7 +557,9 @@ class Store:
             )
             session.add(row)
             session.flush()
-            return IntelItem.of(row), True
+            stored = IntelItem.of(row)
+        self._item_changed(item.event_id)
+        return stored, True
 
     def item(self, event_id: str) -> IntelItem | None:
         with self.session() as session:
@@ -564,10 +581,12 @@ class Store:
         """An edit of the source: the item now holds the edited label and text."""
         with self.session() as session:
             row = _item_row(session, event_id)
-            if row is not None:
-                row.label, row.scheme, row.rank = label, scheme, rank
-                row.precedence, row.exercise, row.topics = precedence, exercise, list(topics)
-                row.text = text
+            if row is None:
+                return
+            row.label, row.scheme, row.rank = label, scheme, rank
+            row.precedence, row.exercise, row.topics = precedence, exercise, list(topics)
+            row.text = text
+        self._item_changed(event_id)
 
     def redact_item(self, event_id: str, sealed_empty: str | None) -> IntelItem | None:
         """Retire an item (out of digests and search), keeping the record of what happened;
@@ -580,18 +599,52 @@ class Store:
                 row.text = sealed_empty
             row.redacted_at = utcnow()
             session.flush()
-            return IntelItem.of(row)
+            retired = IntelItem.of(row)
+        self._item_changed(event_id)
+        return retired
 
     def items_since(self, start: datetime, limit: int) -> list[IntelItem]:
-        """The newest stored items from `start` on, at most `limit` (search's bounded window)."""
+        """The newest stored items from `start` on, at most `limit` (search's bounded window);
+        equal times newest row first, so the cut at `limit` is the same on every backend and
+        the same as the search's in-memory index makes."""
         with self.session() as session:
             rows = session.scalars(
                 select(IntelItemRow)
                 .where(IntelItemRow.created_at >= start, IntelItemRow.redacted_at.is_(None))
-                .order_by(IntelItemRow.created_at.desc())
+                .order_by(IntelItemRow.created_at.desc(), IntelItemRow.id.desc())
                 .limit(limit)
             )
             return [IntelItem.of(r) for r in rows]
+
+    def items_after(self, after_id: int, limit: int) -> list[tuple[int, IntelItem]]:
+        """Items not retired whose row id is above `after_id`, lowest id first, at most
+        `limit`, each with its row id: what the search's index has not read yet (columns,
+        not ORM objects, since a first read may be 100 000 rows)."""
+        with self.session() as session:
+            rows = session.execute(
+                select(*_ITEM_COLUMNS)
+                .where(IntelItemRow.id > after_id, IntelItemRow.redacted_at.is_(None))
+                .order_by(IntelItemRow.id)
+                .limit(limit)
+            )
+            return [_numbered_item(r) for r in rows]
+
+    def items_with_event_ids(self, event_ids: Iterable[str]) -> list[tuple[int, IntelItem]]:
+        """Those of these items that are not retired, each with its row id: the index
+        re-reads the items a listener said changed (an id missing from the answer was
+        retired, or never committed)."""
+        wanted = sorted(set(event_ids))
+        out: list[tuple[int, IntelItem]] = []
+        with self.session() as session:
+            for i in range(0, len(wanted), 500):  # within every backend's parameter limit
+                rows = session.execute(
+                    select(*_ITEM_COLUMNS).where(
+                        IntelItemRow.event_id.in_(wanted[i : i + 500]),
+                        IntelItemRow.redacted_at.is_(None),
+                    )
+                )
+                out.extend(_numbered_item(r) for r in rows)
+        return out
 
     def items_between(
         self, room_keys: Iterable[str], start: datetime, end: datetime
@@ -822,6 +875,20 @@ class Store:
             )
             return [IntelItem.of(r) for r in rows]
 
+    def released_item_ids(self, room_key: str) -> set[str]:
+        """Event ids of the items whose copies were sent into this room: ids only (no rows,
+        no sealed text), for the search, which holds the items and their times already."""
+        with self.session() as session:
+            return set(
+                session.scalars(
+                    select(RelayRow.item_event_id).where(
+                        RelayRow.target_key == room_key,
+                        RelayRow.kind == RelayKind.COPY,
+                        RelayRow.state == RelayState.SENT,
+                    )
+                )
+            )
+
     # ------------------------------------------------------------ chat routes
 
     def chat_routes(self) -> list[tuple[str, str]]:
@@ -865,6 +932,45 @@ class Store:
                     )
                 )
                 append_audit(session, actor, "room.closed", key, {"removed": removed})
+
+
+_ITEM_COLUMNS = (
+    IntelItemRow.id,
+    IntelItemRow.event_id,
+    IntelItemRow.room_key,
+    IntelItemRow.room_id,
+    IntelItemRow.sender,
+    IntelItemRow.label,
+    IntelItemRow.scheme,
+    IntelItemRow.rank,
+    IntelItemRow.precedence,
+    IntelItemRow.exercise,
+    IntelItemRow.topics,
+    IntelItemRow.text,
+    IntelItemRow.created_at,
+    IntelItemRow.origin,
+    IntelItemRow.redacted_at,
+)
+
+
+def _numbered_item(row: Row[*tuple[Any, ...]]) -> tuple[int, IntelItem]:
+    """(row id, item) from a select of _ITEM_COLUMNS."""
+    return int(row.id), IntelItem(
+        row.event_id,
+        row.room_key,
+        row.room_id,
+        row.sender,
+        row.label,
+        row.scheme,
+        row.rank,
+        Precedence(row.precedence),
+        row.exercise,
+        tuple(row.topics or ()),
+        row.text,
+        row.created_at,
+        row.origin,
+        row.redacted_at,
+    )
 
 
 def _item_row(session: Session, event_id: str) -> IntelItemRow | None:
