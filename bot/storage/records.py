@@ -8,6 +8,8 @@ from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
+from sqlalchemy import Row
+
 from bot.storage.models import (
     AuditRow,
     ClearanceRow,
@@ -197,7 +199,8 @@ class IntelItem:
     redacted_at: datetime | None = None
 
     @classmethod
-    def of(cls, row: IntelItemRow) -> IntelItem:
+    def of(cls, row: IntelItemRow | Row[Any]) -> IntelItem:
+        """From an ORM row, or a Core row selecting the same columns by name."""
         return cls(
             row.event_id,
             row.room_key,

@@ -71,7 +71,6 @@ from bot.storage.records import (
     ScheduleKey,
     StoreError,
 )
-from policy import Precedence
 
 
 class Store:
@@ -954,23 +953,8 @@ _ITEM_COLUMNS = (
 
 
 def _numbered_item(row: Row[*tuple[Any, ...]]) -> tuple[int, IntelItem]:
-    """(row id, item) from a select of _ITEM_COLUMNS."""
-    return int(row.id), IntelItem(
-        row.event_id,
-        row.room_key,
-        row.room_id,
-        row.sender,
-        row.label,
-        row.scheme,
-        row.rank,
-        Precedence(row.precedence),
-        row.exercise,
-        tuple(row.topics or ()),
-        row.text,
-        row.created_at,
-        row.origin,
-        row.redacted_at,
-    )
+    """(row id, item) from a select of _ITEM_COLUMNS (the same attribute names as a row)."""
+    return int(row.id), IntelItem.of(row)
 
 
 def _item_row(session: Session, event_id: str) -> IntelItemRow | None:
