@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -405,3 +406,15 @@ def test_a_large_window_is_split_into_events_that_each_fit() -> None:
     assert all(f"obs{n} " in shown for n in range(60)) and "not shown" not in shown
     small = build_digest_parts(NATO, select_items(NATO, many[:3]), T0, T0 + timedelta(hours=1))
     assert len(small) == 1 and "part 1" not in small[0].plain
+
+
+def test_stored_labels_are_read_once_per_banner_and_errors_are_not_kept() -> None:
+    from bot.services.digest import stored_label
+    from policy import MarkingError
+
+    first = stored_label("DEU GEHEIM // REL TO NATO", ())
+    assert stored_label("DEU GEHEIM // REL TO NATO", ()) is first
+    assert first == parse_marking("DEU GEHEIM // REL TO NATO")
+    for _ in range(2):  # refused every time, never cached as something else
+        with pytest.raises(MarkingError):
+            stored_label("DEU NOT A LEVEL", ())

@@ -13,6 +13,7 @@ one audit entry (first and last window end, and how many), however many there we
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import logging
@@ -65,6 +66,14 @@ class DigestItem:
     topics: tuple[str, ...]
     text: str
     created_at: datetime
+
+
+@functools.lru_cache(maxsize=4096)
+def stored_label(banner: str, caveats: tuple[str, ...]) -> Label:
+    """A stored item's label, read once per distinct banner: a cell's items share a few
+    dozen banners, and reading one takes ~30 µs, half of opening 100 000 items for a search
+    or a digest. Labels are frozen, so sharing one is safe; a MarkingError is not cached."""
+    return parse_marking(banner, extra_caveats=caveats)
 
 
 # ---------------------------------------------------------------- content
@@ -652,7 +661,7 @@ class DigestService:
 
     def _item(self, item: IntelItem) -> DigestItem | None:
         try:
-            label = parse_marking(item.label, extra_caveats=self.config.bot.caveats)
+            label = stored_label(item.label, tuple(self.config.bot.caveats))
             text, topics = self.open_item(item)
         except MarkingError:
             log.error("stored item %s has an unreadable label", item.event_id)
