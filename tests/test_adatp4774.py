@@ -240,19 +240,48 @@ def test_an_external_entity_is_never_fetched(tmp_path: Path) -> None:
         ({"originatorConfidentialityLabel": {}}, "ConfidentialityInformation is missing"),
         ({"originatorConfidentialityLabel": [], "x": 1}, "unknown element 'x'"),
         (
-            {"originatorConfidentialityLabel": {"ConfidentialityInformation": {"PolicyIdentifier": {"value": "NATO"}}}},
+            {
+                "originatorConfidentialityLabel": {
+                    "ConfidentialityInformation": {"PolicyIdentifier": {"value": "NATO"}}
+                }
+            },
             "Classification is missing",
         ),
         (
-            {"originatorConfidentialityLabel": {"ConfidentialityInformation": {"PolicyIdentifier": {"value": "NATO"}, "Classification": 3}}},
+            {
+                "originatorConfidentialityLabel": {
+                    "ConfidentialityInformation": {
+                        "PolicyIdentifier": {"value": "NATO"},
+                        "Classification": 3,
+                    }
+                }
+            },
             "Classification: expected text, got int",
         ),
         (
-            {"originatorConfidentialityLabel": {"ConfidentialityInformation": {"PolicyIdentifier": {"value": "NATO"}, "Classification": "SECRET", "Category": [{"TagName": "Releasable To", "Type": "MAYBE", "GenericValue": []}]}}},
+            {
+                "originatorConfidentialityLabel": {
+                    "ConfidentialityInformation": {
+                        "PolicyIdentifier": {"value": "NATO"},
+                        "Classification": "SECRET",
+                        "Category": [
+                            {"TagName": "Releasable To", "Type": "MAYBE", "GenericValue": []}
+                        ],
+                    }
+                }
+            },
             "'MAYBE' is not PERMISSIVE, RESTRICTIVE or INFORMATIVE",
         ),
         (
-            {"originatorConfidentialityLabel": {"ConfidentialityInformation": {"PolicyIdentifier": {"value": "NATO"}, "Classification": "SECRET"}, "CreationDateTime": "yesterday"}},
+            {
+                "originatorConfidentialityLabel": {
+                    "ConfidentialityInformation": {
+                        "PolicyIdentifier": {"value": "NATO"},
+                        "Classification": "SECRET",
+                    },
+                    "CreationDateTime": "yesterday",
+                }
+            },
             "'yesterday' is not an xs:dateTime",
         ),
     ],
@@ -295,7 +324,16 @@ def test_cli_export_then_import(tmp_path: Path) -> None:
 
     runner = CliRunner()
     exported = runner.invoke(
-        main, ["label", "export", "GEHEIM // REL TO NATO, UKR", "--scheme", "DEU", "--alternative", "NATO"]
+        main,
+        [
+            "label",
+            "export",
+            "GEHEIM // REL TO NATO, UKR",
+            "--scheme",
+            "DEU",
+            "--alternative",
+            "NATO",
+        ],
     )
     assert exported.exit_code == 0, exported.output
     assert "<slab:alternativeConfidentialityLabel>" in exported.stdout

@@ -35,7 +35,10 @@ class Servers:
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
     ca = TestCA.create(tmp_path_factory.mktemp("ca"))
     made = Servers(
-        *(DevServer(tmp_path_factory.mktemp(name), federation=ca) for name in ("deu", "nato", "other"))
+        *(
+            DevServer(tmp_path_factory.mktemp(name), federation=ca)
+            for name in ("deu", "nato", "other")
+        )
     )
     started: list[DevServer] = []
     try:
@@ -63,9 +66,7 @@ class Cast:
 
 
 @pytest.fixture(scope="module")
-async def cast(
-    servers: Servers, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Cast]:
+async def cast(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cast]:
     deu, nato = servers.deu, servers.nato
     bot_user, admin, officer = (_user(deu, p) for p in ("liaison", "secadmin", "lo-deu"))
     rooms = textwrap.dedent(
@@ -107,7 +108,11 @@ async def cast(
             )
         officer_client = await _client(deu, officer, tmp_path_factory, identities, clients)
         reader = await _client(nato, reader_user, tmp_path_factory, identities, clients)
-        for client, key in ((officer_client, "deu"), (officer_client, "nato-s"), (reader, "nato-s")):
+        for client, key in (
+            (officer_client, "deu"),
+            (officer_client, "nato-s"),
+            (reader, "nato-s"),
+        ):
             outcome = await bot.commands.invite(admin.user_id, client.user_id, key)
             assert outcome.invited, outcome
             await client.join(await client.wait_for_invite(timeout=60), timeout=60)
@@ -136,7 +141,11 @@ async def test_a_tagged_message_reaches_readers_on_the_nato_server(cast: Cast) -
     assert env.bot is not None
     phrase = f"ferry-{secrets.token_hex(3)}"
     receipt = await talk(
-        cast.officer, env.room_id("deu"), f"[GEHEIM // REL TO NATO] {phrase} at pier 4", "Relayed to nato-s", timeout=60
+        cast.officer,
+        env.room_id("deu"),
+        f"[GEHEIM // REL TO NATO] {phrase} at pier 4",
+        "Relayed to nato-s",
+        timeout=60,
     )
     assert "as NATO SECRET" in receipt.body
     copy = await cast.reader.wait_for_text(env.room_id("nato-s"), phrase, timeout=60)

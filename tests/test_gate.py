@@ -214,7 +214,12 @@ async def test_only_the_bot_changes_the_label_and_the_rooms_rules(
     token = await _stolen_login(server, bot_env.bot_user)
     member = make_user("member")
     await bot.commands.grant(
-        bot_env.admin.user_id, member.user_id, "DEU GEHEIM", nationality="DEU", expires=None, caveats=()
+        bot_env.admin.user_id,
+        member.user_id,
+        "DEU GEHEIM",
+        nationality="DEU",
+        expires=None,
+        caveats=(),
     )
     await _invite(server, token, room_id, member.user_id)
     await _call(server, "POST", f"/_matrix/client/v3/join/{_q(room_id)}", {}, member.access_token)
@@ -226,10 +231,16 @@ async def test_only_the_bot_changes_the_label_and_the_rooms_rules(
     raised = {**levels, "users": {**levels.get("users", {}), member.user_id: 100}}
     error = await _refused(server, "PUT", levels_path, raised, token)
     assert f"{member.user_id} would hold power only the bot may hold" in error
-    error = await _refused(server, "PUT", f"{state}/m.room.join_rules/", {"join_rule": "public"}, token)
+    error = await _refused(
+        server, "PUT", f"{state}/m.room.join_rules/", {"join_rule": "public"}, token
+    )
     assert "join_rule must stay 'invite', not 'public'" in error
     error = await _refused(
-        server, "PUT", f"{state}/m.room.tombstone/", {"body": "moved", "replacement_room": "!x:y"}, member.access_token
+        server,
+        "PUT",
+        f"{state}/m.room.tombstone/",
+        {"body": "moved", "replacement_room": "!x:y"},
+        member.access_token,
     )
     assert f"only {bot_env.bot_user.user_id} may change m.room.tombstone" in error
     # A member changes neither the label nor who may join or read (the gate answers
@@ -245,7 +256,9 @@ async def test_only_the_bot_changes_the_label_and_the_rooms_rules(
         ("m.room.power_levels", raised),
         ("m.room.server_acl", {"allow": ["*"]}),
     ):
-        error = await _refused(server, "PUT", f"{state}/{event_type}/", content, member.access_token)
+        error = await _refused(
+            server, "PUT", f"{state}/{event_type}/", content, member.access_token
+        )
         assert f"only {bot_env.bot_user.user_id} may change {event_type}" in error
 
 

@@ -411,7 +411,10 @@ def test_the_rooms_servers_are_enforced(register_url: str) -> None:
     assert gate.may_enter("@near:nato.example", "!fed:hs", LABEL)
     refused = gate.may_enter("@far:elsewhere.example", "!fed:hs", LABEL)
     assert not refused
-    assert "homeserver elsewhere.example is not allowed in the room (allowed: hs, nato.example)" in refused.reason
+    assert (
+        "homeserver elsewhere.example is not allowed in the room (allowed: hs, nato.example)"
+        in refused.reason
+    )
 
 
 def test_even_the_bot_cannot_open_the_room_or_hand_out_power(register_url: str) -> None:
@@ -425,16 +428,19 @@ def test_even_the_bot_cannot_open_the_room_or_hand_out_power(register_url: str) 
     refused = gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, raised)
     assert not refused and "@cleared:hs would hold power only the bot may hold" in refused.reason
     lowered = {**bot_levels, "invite": 0}
-    assert "users_default 0 reaches the power" in gate.may_set_state(
-        BOT, ROOM, "m.room.power_levels", LABEL, lowered
-    ).reason
+    assert (
+        "users_default 0 reaches the power"
+        in gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, lowered).reason
+    )
     public = gate.may_set_state(BOT, ROOM, "m.room.join_rules", LABEL, {"join_rule": "public"})
     assert not public and "join_rule must stay 'invite', not 'public'" in public.reason
     assert gate.may_set_state(BOT, ROOM, "m.room.join_rules", LABEL, {"join_rule": "invite"})
     for event_type in ("m.room.tombstone", "m.room.third_party_invite"):
         assert not gate.may_set_state("@cleared:hs", ROOM, event_type, LABEL, {})
     # outside managed rooms the content is nobody's business but the room's
-    assert gate.may_set_state("@x:hs", "!plain:hs", "m.room.join_rules", UNLABELLED, {"join_rule": "public"})
+    assert gate.may_set_state(
+        "@x:hs", "!plain:hs", "m.room.join_rules", UNLABELLED, {"join_rule": "public"}
+    )
 
 
 def test_a_room_the_register_lists_is_judged_here_whoever_set_its_label(

@@ -60,7 +60,10 @@ def test_the_rule_names_a_server_the_room_does_not_admit() -> None:
     assert may_join(near, room, today)
     refused = may_join(far, room, today)
     assert not refused
-    assert "homeserver third.example is not allowed in the room (allowed: deu.example, nato.example)" in refused.reason
+    assert (
+        "homeserver third.example is not allowed in the room (allowed: deu.example, nato.example)"
+        in refused.reason
+    )
     assert server_of("@x:127.0.0.1:8448") == "127.0.0.1:8448"
 
 
@@ -74,4 +77,6 @@ def test_server_acl_names_hosts_and_denies_ip_literals_unless_configured() -> No
     assert server_acl(["[::1]:8448"])["allow"] == ["[::1]", "[::1]:8448"]
     room = make_room(parse_marking("NATO SECRET"), None, ["deu.example"])
     assert Desired.of("x", room).events[("m.room.server_acl", "")]["allow"] == ["deu.example"]
-    assert ("m.room.server_acl", "") not in Desired.of("x", make_room(parse_marking("NATO SECRET"))).events
+    assert ("m.room.server_acl", "") not in Desired.of(
+        "x", make_room(parse_marking("NATO SECRET"))
+    ).events
