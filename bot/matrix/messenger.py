@@ -210,21 +210,11 @@ class Messenger:
     async def reply_to_sender(self, room_id: str, event: Any, reply: Document) -> None:
         """A reply the sending device can read even when the policy excludes it (it is told
         why it was refused)."""
-        await self.reply_to_senders(room_id, [event], reply)
-
-    async def reply_to_senders(self, room_id: str, events: Sequence[Any], reply: Document) -> None:
-        """One reply about several messages (a batched receipt), in reply to the last; every
-        sending device can read it, as with `reply_to_sender`."""
-        also: list[Any] = []
-        for event in events:
-            device = self.gateway.sender_device(room_id, event)
-            if (
-                device is not None
-                and not self.device_trusted(event.sender, device)
-                and all(d.id != device.id or d.user_id != device.user_id for d in also)
-            ):
-                also.append(device)
-        await self.send_notice(room_id, reply, events[-1].event_id, also_to=also)
+        device = self.gateway.sender_device(room_id, event)
+        also = (
+            [device] if device is not None and not self.device_trusted(event.sender, device) else []
+        )
+        await self.send_notice(room_id, reply, event.event_id, also_to=also)
 
     # ------------------------------------------------------------ direct chats and alerts
 

@@ -94,8 +94,6 @@ class SyncLoop:
         sealer: Sealer,
     ) -> None:
         self.sealer = sealer  # purpose "room-snapshot"
-        self._left: set[str] = set()  # snapshot rows of rooms left while the bot was down
-        self._fetched: set[str] = set()  # rooms without a row, read from the server instead
         self.gateway = gateway
         self.store = store
         self.tasks = tasks
@@ -107,8 +105,10 @@ class SyncLoop:
         client = self.gateway.client
         token = await in_thread(self.store.sync_token)
         initial = token is None  # never synced: the timeline is history, not commands
-        restored = token is not None and await self._restore()
-        full = not restored  # a first sync without snapshots asks for every room's state
+        # (rows of rooms left while the bot was down, rooms read from the server instead)
+        restored = await self._restore() if token is not None else None
+        left, fetched = restored or (set(), set())
+        full = restored is None  # a first sync without snapshots asks for every room's state
         first = True
         backoff = Backoff()
         while not self.tasks.stopping.is_set():
@@ -148,20 +148,18 @@ class SyncLoop:
             token = response.next_batch
             everything = first and full  # the full state of every joined room
             touched = (
-                self.gateway.joined_room_ids()
-                if everything
-                else {*response.rooms.join, *self._fetched}
+                self.gateway.joined_room_ids() if everything else {*response.rooms.join, *fetched}
             )
             save = functools.partial(
                 self.store.save_sync_token,
                 token,
                 self._sealed_snapshots(touched),
-                [*response.rooms.leave, *self._left],
+                [*response.rooms.leave, *left],
                 complete=everything,
             )
             await in_thread(save)
-            self._left, self._fetched = set(), set()
-            if first and restored:  # members as stored are checked with the server
+            left, fetched = set(), set()
+            if first and restored is not None:  # members as stored are checked with the server
                 self.tasks.spawn(self.gateway.check_restored_members(), "restored-members")
             if first:
                 self.progress.first_handled()
@@ -169,14 +167,15 @@ class SyncLoop:
             first = initial = False
             self.progress.handled()
 
-    async def _restore(self) -> bool:
-        """The rooms as of the stored token, from their sealed snapshots; False (sync in
+    async def _restore(self) -> tuple[set[str], set[str]] | None:
+        """The rooms as of the stored token, from their sealed snapshots; None (sync in
         full) when there are none or one does not open. A room the bot is in without a
         snapshot (joined after the token, or its row deleted) is read from the server; one
-        with a snapshot that the bot has left is not restored, and its row goes."""
+        with a snapshot that the bot has left is not restored. Returns the rows whose rooms
+        were left (to drop) and the rooms read from the server (to store)."""
         stored = await in_thread(self.store.room_snapshots)
         if not stored:
-            return False
+            return None
         joined = await self.gateway.joined_rooms()
         missing = sorted(joined - set(stored))
         if len(missing) > MAX_MISSING:
@@ -184,7 +183,7 @@ class SyncLoop:
                 "%d rooms the bot is in have no snapshot: syncing every room in full",
                 len(missing),
             )
-            return False
+            return None
         opened = {}
         try:
             for room_id, sealed in stored.items():
@@ -195,14 +194,13 @@ class SyncLoop:
                     opened[room_id] = snapshot
         except (SealError, ValueError) as exc:
             log.warning("room snapshots do not open (%s): syncing every room in full", exc)
-            return False
+            return None
         for room_id in missing:
             log.info("room %s has no snapshot: its state read from the server", room_id)
             opened[room_id] = await self.gateway.snapshot_from_server(room_id)
         self.gateway.restore(opened)
-        self._left, self._fetched = set(stored) - joined, set(missing)
         log.info("%d room(s) restored from their snapshots", len(opened) - len(missing))
-        return True
+        return set(stored) - joined, set(missing)
 
     def _sealed_snapshots(self, room_ids: Iterable[str]) -> dict[str, str]:
         out = {}

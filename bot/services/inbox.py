@@ -67,10 +67,6 @@ class Replier(Protocol):
 
     async def reply_to_sender(self, room_id: str, event: EventHandle, reply: Document) -> None: ...
 
-    async def reply_to_senders(
-        self, room_id: str, events: Sequence[EventHandle], reply: Document
-    ) -> None: ...
-
     async def direct_room_for(self, user_id: UserId) -> str: ...
 
     def send_later(self, room_id: str, document: Document) -> None: ...
@@ -242,22 +238,21 @@ class Inbox:
 
     async def end_batch(self, batch: ReceiptBatch) -> None:
         """The batch's tagged messages, once their copies went out (or were queued for a
-        retry): marked handled, and one receipt per sender and room, sent while the sync
-        goes on (the batch waits for it before the sync token moves). An error in a send
-        propagates, so the batch is handled again and nothing is marked handled unsent."""
+        retry): marked handled, and one receipt per sending device and room, in reply to the
+        last, sent while the sync goes on (the batch waits for it before the sync token
+        moves). An error in a send propagates, so the batch is handled again and nothing is
+        marked handled unsent."""
         for (room_id, _sender, _device), tagged in batch.pending.items():
             receipts = [await t.receipt for t in tagged]
             for t in tagged:
                 await in_thread(self.store.mark_handled, t.event_id, room_id)
-            if len(tagged) == 1:
-                reply = self.replier.reply_to_sender(room_id, tagged[0].handle, receipts[0])
-            else:
-                reply = self.replier.reply_to_senders(
-                    room_id,
-                    [t.handle for t in tagged],
-                    batched_receipt(list(zip(tagged, receipts, strict=True))),
-                )
-            self.tasks.defer(reply)
+            receipt = (
+                receipts[0]
+                if len(tagged) == 1
+                else batched_receipt(list(zip(tagged, receipts, strict=True)))
+            )
+            # One device sent them all, so the last one names whom to tell.
+            self.tasks.defer(self.replier.reply_to_sender(room_id, tagged[-1].handle, receipt))
         batch.pending.clear()
 
     async def _replayed(self, message: IncomingMessage) -> bool:

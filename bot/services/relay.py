@@ -151,9 +151,8 @@ class RelayEngine:
         self.audit = audit
         self.metrics = metrics
         self.sealer = Sealer(data_key, "intel")
-        self._in_flight: set[str] = set()  # transaction ids being sent right now
+        self._in_flight: set[str] = set()  # transaction ids queued or being sent right now
         self._queued: set[asyncio.Future[Any]] = set()  # releases whose sends are going out
-        self._queued_txns: set[str] = set()  # their rows, from queueing until sent or not
         self._last_to: dict[str, asyncio.Future[Any]] = {}  # the latest send per target room
 
     # ------------------------------------------------------------ tagged messages
@@ -187,11 +186,13 @@ class RelayEngine:
         The caller may go on to the next message meanwhile."""
         if label_field is None and not is_tagged(body):
             return None
-        return await self._begin(source, body, only, label_field)
+        reply = await self._begin(source, body, only, label_field)
+        return _ready(reply) if isinstance(reply, Document) else reply
 
     async def _begin(
         self, source: Source, body: str, only: Sequence[str] | None, label_field: Any
-    ) -> Awaitable[Document]:
+    ) -> Document | asyncio.Future[Document]:
+        """The reply at once (an error, a refusal), or the receipt-to-be of a release."""
         room = source.room
         removed = doc(
             para(
@@ -215,7 +216,7 @@ class RelayEngine:
             level = level_fits(levels_named(body, room.policy.scheme), room.policy)
             if not level.allowed:
                 await self._spillage(source, "unreadable marking", level.reason, [source.event_id])
-                return _ready(removed)
+                return removed
             # The error quotes the message; the audit log is permanent and in clear, so it
             # keeps where the marking broke, never the words.
             await self._audit(
@@ -225,36 +226,32 @@ class RelayEngine:
                 source,
                 {"position": exc.position, "length": len(body)},
             )
-            return _ready(doc(para("⚠ Not stored or relayed: ", str(exc), ".")))
+            return doc(para("⚠ Not stored or relayed: ", str(exc), "."))
         assert message is not None
         own = fits(message.label, room.policy)
         if not own.allowed:  # before the device gate: spillage is removed whoever sent it
             await self._spillage(source, message.label.banner, own.reason, [source.event_id])
-            return _ready(removed)
+            return removed
         refusal = await self.gate.untrusted_sender(room.room_id, source.event)
         if refusal is not None:
             await self._audit(
                 source.sender, "relay.untrusted-device", room, source, {"problem": refusal[0]}
             )
-            return _ready(
-                doc(
-                    para(
-                        "⚠ Not stored or relayed: ",
-                        refusal[0],
-                        ". Only devices their owner has verified may post intelligence.",
-                    )
+            return doc(
+                para(
+                    "⚠ Not stored or relayed: ",
+                    refusal[0],
+                    ". Only devices their owner has verified may post intelligence.",
                 )
             )
         too_big = self._oversized(source, message)
         if too_big is not None:
             await self._audit(source.sender, "relay.too-long", room, source, {"bytes": too_big})
-            return _ready(
-                doc(
-                    para(
-                        f"⚠ Not stored or relayed: too long once relayed and encrypted "
-                        f"(about {too_big} bytes; an event may have at most {EVENT_LIMIT}). "
-                        "Shorten the text or split it into several messages."
-                    )
+            return doc(
+                para(
+                    f"⚠ Not stored or relayed: too long once relayed and encrypted "
+                    f"(about {too_big} bytes; an event may have at most {EVENT_LIMIT}). "
+                    "Shorten the text or split it into several messages."
                 )
             )
         await self._store(source, message)
@@ -262,27 +259,23 @@ class RelayEngine:
             await self._audit(
                 source.sender, "relay.not-officer", room, source, {"label": message.label.banner}
             )
-            return _ready(
-                doc(
-                    para(
-                        "Stored for the digest, not relayed: only liaison officers "
-                        "release intelligence to other rooms."
-                    )
+            return doc(
+                para(
+                    "Stored for the digest, not relayed: only liaison officers "
+                    "release intelligence to other rooms."
                 )
             )
         targets = self.route_targets(room.key)
         if only is not None:
             outside = [t for t in only if t not in targets]
             if outside:
-                return _ready(
-                    doc(
-                        para(
-                            "⚠ Not relayed: ",
-                            ", ".join(outside),
-                            f" {'is' if len(outside) == 1 else 'are'} not a route target of "
-                            f"{room.key} (targets: {', '.join(targets) or 'none'}). The "
-                            "message is stored.",
-                        )
+                return doc(
+                    para(
+                        "⚠ Not relayed: ",
+                        ", ".join(outside),
+                        f" {'is' if len(outside) == 1 else 'are'} not a route target of "
+                        f"{room.key} (targets: {', '.join(targets) or 'none'}). The "
+                        "message is stored.",
                     )
                 )
             targets = list(only)
@@ -392,12 +385,12 @@ class RelayEngine:
         before = self._last_to.get(row.target_key)
         task = asyncio.ensure_future(self._send_after(row, before))
         self._last_to[row.target_key] = task
-        self._queued_txns.add(row.txn_id)
+        self._in_flight.add(row.txn_id)  # from now on: resend_pending leaves it alone
 
         def forget(
             done: asyncio.Future[str | None], key: str = row.target_key, txn: str = row.txn_id
         ) -> None:
-            self._queued_txns.discard(txn)
+            self._in_flight.discard(txn)
             if self._last_to.get(key) is done:
                 del self._last_to[key]
 
@@ -748,8 +741,8 @@ class RelayEngine:
         queued before them into the same room."""
         now = datetime.now(UTC)
         for row in await in_thread(self.store.pending_relays):
-            if row.txn_id in self._in_flight or row.txn_id in self._queued_txns:
-                continue  # the live path is sending it
+            if row.txn_id in self._in_flight:
+                continue  # the live path has it
             if row.created_at is not None and now - row.created_at > TXN_MEMORY:
                 await in_thread(
                     self.store.relay_state,
