@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from bot.config import Config
-from bot.matrix.events import EventRouter
+from bot.matrix.events import EventRouter, PoisonGuard
 from bot.matrix.gateway import Client, Gateway
 from bot.matrix.keyshare import KeyRequests
 from bot.matrix.messenger import DirectRooms, Messenger
@@ -33,7 +33,7 @@ from bot.services.relay import RelayEngine
 from bot.services.rooms import RoomDirectory
 from bot.services.search import Inventory
 from bot.startup import Secrets, StartupError
-from bot.storage import ClearanceRecord, Store, audit_key_from, in_thread, schema_is_current
+from bot.storage import Store, audit_key_from, in_thread, schema_is_current
 from bot.storage.sealing import Sealer
 from bot.tasks import Supervisor
 from commands import build_registry
@@ -97,7 +97,7 @@ class LiaisonBot:
             self.store.audit_key = audit_key_from(self.secrets.data_key)
         await in_thread(self.store.key_audit_log)
         self.gateway = await login(self.config, self.secrets, self.store)
-        self._exit.push_async_callback(self.gateway.client.close)
+        self._exit.push_async_callback(self.gateway.close)  # its client then, reloaded or not
         keys_api = await cross_sign(self.gateway, self.config, self.secrets, self.store)
         self._exit.push_async_callback(keys_api.close)
         await self.direct.load()
@@ -147,7 +147,7 @@ class LiaisonBot:
             store,
             record_of=membership.record_of,
             on_record=membership.remember,
-            alert=self._alert_identity_change,
+            alert=lambda record, key: self.messenger.alert_identity_change(record, key),
         )
         self.messenger = messenger = Messenger(
             gateway,
@@ -221,6 +221,7 @@ class LiaisonBot:
             self.relay,
             self.inbox,
             self.audit,
+            PoisonGuard(store, self.audit, messenger.alert_admins, self.metrics.events_failed.inc),
         )
         self.undecryptable.on_decrypted = self.router.on_decrypted
         snapshots = Sealer(self.secrets.data_key, "room-snapshot")
@@ -243,16 +244,13 @@ class LiaisonBot:
     async def _first_synced(self) -> None:
         self.tasks.spawn(self.rooms.revalidate(self.messenger.alert_admins), "revalidate-rooms")
         await self.membership.sweep()
-        await self.relay.resend_pending()
+        await self.relay.start()
         await self.digests.start()
         self.synced.set()
 
     async def _retry_undecryptable(self) -> None:
         await self.synced.wait()
         await self.undecryptable.run()
-
-    async def _alert_identity_change(self, record: ClearanceRecord, new_key: str) -> None:
-        await self.messenger.alert_identity_change(record, new_key)
 
     def _admin_room_id(self) -> str | None:
         managed = self.rooms.by_key.get(self.config.bot.admin_room or "")

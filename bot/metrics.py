@@ -52,6 +52,12 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.events_failed = Counter(
+            "liaison_events_failed",
+            "Events whose handling failed and that were isolated (audited, skipped), so the "
+            "sync went on",
+            registry=self.registry,
+        )
         self.sync_lag = Gauge(
             "liaison_sync_lag_seconds",
             "Seconds since the last completed sync",

@@ -599,10 +599,25 @@ def from_xml(text: str | bytes) -> LabelMetadata:
     return LabelMetadata(_label_from_xml(root, name))
 
 
-def import_label(text_or_json: str | Mapping[str, Any], extra_caveats: Iterable[str] = ()) -> Label:
-    """Our label from the XML or the JSON form (a string starting with `{` is JSON)."""
+def import_label(text_or_json: object, extra_caveats: Iterable[str] = ()) -> Label:
+    """Our label from the XML or the JSON form (a string starting with `{` is JSON).
+
+    Total: whatever a message's label field holds (any member chooses it), the answer is a
+    label or a LabelImportError naming what is wrong, never another exception."""
+    try:
+        return _import_label(text_or_json, extra_caveats)
+    except RecursionError:
+        raise _fail("label: nested too deeply") from None
+
+
+def _import_label(text_or_json: object, extra_caveats: Iterable[str]) -> Label:
     if isinstance(text_or_json, Mapping):
         return to_label(from_json(text_or_json).originator, extra_caveats)
+    if not isinstance(text_or_json, str):
+        raise _fail(
+            f"label: must be the XML form (a string) or the JSON form (an object), "
+            f"not {type(text_or_json).__name__}"
+        )
     stripped = text_or_json.lstrip()
     if stripped.startswith("{"):
         if len(stripped.encode("utf-8", "surrogatepass")) > MAX_LABEL_BYTES:

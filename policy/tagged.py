@@ -70,11 +70,20 @@ def _with_label(
     if not isinstance(body, str):
         raise MarkingError("a tagged message must be text")
     _check_text(body)
-    rest = body.lstrip()
-    if rest.startswith("["):
+    # A marking in the text is compared with the label wherever it stands among the
+    # leading brackets: first, or after the precedence and EXERCISE brackets. Looking only
+    # at the first bracket let `[PRIORITY] [COSMIC TOP SECRET] …` through under a NATO
+    # UNCLASSIFIED label.
+    head, rest = "", body.lstrip()
+    for _ in range(3):  # at most a precedence and EXERCISE before the marking
+        if not rest.startswith("["):
+            break
         first, after = _bracket(rest, body)
         word = first.strip().upper()
-        if word not in Precedence.__members__ and word != "EXERCISE":
+        if word in Precedence.__members__ or word == "EXERCISE":
+            head, rest = head + rest[: len(rest) - len(after)], after.lstrip()
+            continue
+        if not head or levels_named(f"[{first}]", context):
             marked = parse_marking(first, context, extra_caveats=extra_caveats)
             if marked != label:
                 raise MarkingError(
@@ -82,7 +91,8 @@ def _with_label(
                     f"label {label.banner!r} disagree"
                 )
             rest = after
-    return _after_marking(label, rest, body)
+        break
+    return _after_marking(label, f"{head} {rest}", body)
 
 
 def _check_text(body: str) -> None:

@@ -28,6 +28,7 @@ from bot.services.rooms import ManagedRoom
 from bot.services.schedule import cron_trigger
 from bot.storage import DigestSchedule, Store
 from bot.storage.migrate import upgrade
+from bot.storage.sealing import Sealer
 from policy import Precedence, make_room, parse_marking
 from policy.ids import RoomId, RoomKey
 
@@ -153,9 +154,14 @@ class FakeMessenger:
     posted: list[tuple[str, str, str | None]] = field(default_factory=list)
     user_id: str = "@bot:x"
 
+    alerts: list[str] = field(default_factory=list)
+
     async def send(self, room_id: str, content: dict[str, Any], tx_id: str | None = None) -> str:
         self.posted.append((room_id, content["body"], tx_id))
         return f"$digest{len(self.posted)}"
+
+    async def alert_admins(self, document: Any) -> None:
+        self.alerts.append(document.plain)
 
 
 @dataclass
@@ -191,6 +197,7 @@ def digest_service(
         Metrics(lambda: None),
         lambda item: ("text", ()),
         clock=lambda: clock.now,
+        sealer=Sealer("digest-test-key-0123456789abcdef", "digest-parts"),
     )
 
 

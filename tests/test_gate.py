@@ -13,8 +13,13 @@ import pytest
 from bot.devtools.botenv import SECRETS, BotEnv
 from bot.devtools.devserver import DevServer, DevServerError, RegisteredUser
 from bot.gate.rules import LABEL_EVENT
+from bot.services.rooms import label_content
 from bot.storage import Store, audit_key_from
+from policy import make_room, parse_marking
 from tests.matrix_harness import MakeUser
+
+# A label event as a bot writes it (the gate refuses any other shape, even from a bot).
+NATO_SECRET_LABEL = label_content(make_room(parse_marking("NATO SECRET")))
 
 
 def _q(room_id: str) -> str:
@@ -295,9 +300,7 @@ async def test_an_unreachable_register_closes_managed_rooms_only(
         "/_matrix/client/v3/createRoom",
         {
             "preset": "private_chat",
-            "initial_state": [
-                {"type": LABEL_EVENT, "state_key": "", "content": {"level": "NATO SECRET"}}
-            ],
+            "initial_state": [{"type": LABEL_EVENT, "state_key": "", "content": NATO_SECRET_LABEL}],
         },
         ghost.access_token,
     )
@@ -328,3 +331,55 @@ async def test_an_unreachable_register_closes_managed_rooms_only(
         synapse, "POST", f"/_matrix/client/v3/join/{_q(plain['room_id'])}", {}, guest.access_token
     )
     assert await _membership(synapse, ghost.access_token, plain["room_id"], guest.user_id) == "join"
+
+
+async def test_a_stolen_bot_token_cannot_loosen_power_levels_or_protected_state(
+    bot_env: BotEnv,
+) -> None:
+    """Issue 24 item 3: power levels without `invite` (the spec reads 0), an `events` map
+    that hands members join rules, power levels or the ACL, an ACL that allows `*`, and
+    encryption, tombstone and label changes are all refused by the server, even from the
+    bot's own account."""
+    server = bot_env.server
+    room_id = bot_env.room_id("deu")
+    token = await _stolen_login(server, bot_env.bot_user)
+    state = f"/_matrix/client/v3/rooms/{_q(room_id)}/state"
+    levels_path = f"{state}/m.room.power_levels/"
+    levels = await _call(server, "GET", levels_path, None, token)
+    no_invite = {k: v for k, v in levels.items() if k != "invite"}
+    error = await _refused(server, "PUT", levels_path, no_invite, token)
+    assert "users_default 0 reaches the power to act on others" in error
+    assert "invite 0 (absent: the spec's default)" in error
+    for event_type in ("m.room.join_rules", "m.room.power_levels", "m.room.server_acl"):
+        handed = {**levels, "events": {**levels.get("events", {}), event_type: 0}}
+        error = await _refused(server, "PUT", levels_path, handed, token)
+        assert f"users_default (0) would reach the level to change {event_type} (0)" in error
+    error = await _refused(
+        server,
+        "PUT",
+        f"{state}/m.room.server_acl/",
+        {"allow": ["*"], "deny": [], "allow_ip_literals": False},
+        token,
+    )
+    assert "ACL entry '*' is a pattern: only named servers are allowed" in error
+    error = await _refused(
+        server, "PUT", f"{state}/m.room.server_acl/", {"allow": [server.server_name]}, token
+    )
+    assert "allow_ip_literals must be false" in error
+    error = await _refused(server, "PUT", f"{state}/m.room.encryption/", {}, token)
+    assert "algorithm must stay 'm.megolm.v1.aes-sha2'" in error
+    error = await _refused(
+        server,
+        "PUT",
+        f"{state}/m.room.tombstone/",
+        {"body": "moved", "replacement_room": "!elsewhere:localhost"},
+        token,
+    )
+    assert "a managed room is never replaced" in error
+    label = await _call(server, "GET", f"{state}/{LABEL_EVENT}/", None, token)
+    error = await _refused(
+        server, "PUT", f"{state}/{LABEL_EVENT}/", {**label, "rank": label["rank"] - 1}, token
+    )
+    assert f"rank {label['rank'] - 1} does not agree with banner" in error
+    # nothing of it reached the room
+    assert await _call(server, "GET", levels_path, None, token) == levels

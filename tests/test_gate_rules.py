@@ -25,6 +25,7 @@ from bot.gate.rules import LABEL_EVENT, UNLABELLED, Gate, Register, RoomLabel
 from bot.storage import Origin, RoomRecord, Store
 from bot.storage.migrate import upgrade
 from bot.storage.reader import RegisterReader
+from policy import make_room, parse_marking
 from policy.ids import RoomId, RoomKey
 from tests.pg import fresh_schema
 
@@ -452,3 +453,254 @@ def test_a_room_the_register_lists_is_judged_here_whoever_set_its_label(
     refused = gate.may_enter("@nobody:hs", ROOM, odd)
     assert not refused and "no clearance on record" in refused.reason
     assert not gate.may_set_state("@nobody:hs", ROOM, "m.room.power_levels", odd, {})
+
+
+# ------------------------------------------------------------ issue 24, item 3: content
+
+
+def _bot_levels(**changes: Any) -> dict[str, Any]:
+    """What the bot itself writes (bot.services.rooms.power_levels), changed by `changes`;
+    a value of None leaves the key out."""
+    from bot.services.rooms import power_levels
+
+    content = power_levels(BOT)
+    for key, value in changes.items():
+        if value is None:
+            content.pop(key, None)
+        else:
+            content[key] = value
+    return content
+
+
+def test_what_the_bot_writes_passes(register_url: str) -> None:
+    from bot.services.rooms import Desired, power_levels, server_acl
+
+    gate, _ = _gate(register_url)
+    for levels in (power_levels(BOT), power_levels(BOT, bot_is_creator=True)):
+        assert gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, levels)
+    room = make_room(parse_marking("NATO SECRET"), None, ("hs", "127.0.0.1:8448"))
+    for (event_type, _key), content in Desired.of("x", room).events.items():
+        verdict = gate.may_set_state(BOT, ROOM, event_type, LABEL, content)
+        assert verdict, verdict.reason
+    assert gate.may_set_state(BOT, ROOM, "m.room.server_acl", LABEL, server_acl(["hs"]))
+
+
+def test_a_missing_invite_level_is_the_specs_0(register_url: str) -> None:
+    """The spec (and Synapse) read a power-levels content without `invite` as invite 0:
+    everyone could invite. It was read as 50."""
+    gate, _ = _gate(register_url)
+    refused = gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, _bot_levels(invite=None))
+    assert not refused
+    assert "users_default 0 reaches the power to act on others" in refused.reason
+    assert "invite 0 (absent: the spec's default)" in refused.reason
+    # kick, ban, redact and state_default default to 50: above users_default 0, but not
+    # above a member listed at 50
+    for key in ("kick", "ban", "redact", "state_default"):
+        content = _bot_levels(**{key: None}, users={BOT: 100, "@cleared:hs": 50})
+        verdict = gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, content)
+        assert not verdict and "@cleared:hs would hold power" in verdict.reason, key
+
+
+@pytest.mark.parametrize(
+    "event_type",
+    [
+        "m.room.join_rules",
+        "m.room.power_levels",
+        "m.room.server_acl",
+        "m.room.history_visibility",
+        "m.room.encryption",
+        "m.room.guest_access",
+        "m.room.tombstone",
+        "m.room.third_party_invite",
+        LABEL_EVENT,
+    ],
+)
+def test_the_events_map_cannot_hand_members_power_over_protected_state(
+    register_url: str, event_type: str
+) -> None:
+    gate, _ = _gate(register_url)
+    events = {**_bot_levels()["events"], event_type: 0}
+    refused = gate.may_set_state(
+        BOT, ROOM, "m.room.power_levels", LABEL, _bot_levels(events=events)
+    )
+    assert not refused
+    assert f"users_default (0) would reach the level to change {event_type} (0)" in refused.reason
+    # a member listed at 10 reaches an entry of 10; state_default is the level of a
+    # protected type the map leaves out
+    events = {**_bot_levels()["events"], event_type: 10}
+    users = {BOT: 100, "@cleared:hs": 10}
+    content = _bot_levels(events=events, users=users)
+    refused = gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, content)
+    assert not refused and f"@cleared:hs (10) would reach the level to change {event_type}" in (
+        refused.reason
+    )
+    events.pop(event_type)
+    content = _bot_levels(events=events, users=users, state_default=10, invite=50, kick=50,
+                          ban=50, redact=50)  # fmt: skip
+    refused = gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, content)
+    assert not refused
+    assert "@cleared:hs would hold power only the bot may hold (>= 10)" in refused.reason
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"invite": True}, "invite is not an integer: True"),
+        ({"kick": 1.5}, "kick is not an integer: 1.5"),
+        ({"events": ["m.room.join_rules"]}, "events is not an object"),
+        ({"users": {BOT: 100, "@cleared:hs": "lots"}}, "users[@cleared:hs] is not an integer"),
+        ({"events": {"m.room.join_rules": None}}, "events[m.room.join_rules] is not an integer"),
+    ],
+)
+def test_power_levels_of_the_wrong_shape_are_refused(
+    register_url: str, change: dict[str, Any], expected: str
+) -> None:
+    gate, _ = _gate(register_url)
+    refused = gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, _bot_levels(**change))
+    assert not refused and expected in refused.reason
+    # ...but a string of digits is a level in room versions before 10, as Synapse reads it
+    assert gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, _bot_levels(invite="100"))
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ({"allow": ["*"], "deny": [], "allow_ip_literals": False}, "'*' is a pattern"),
+        ({"allow": ["hs", "*.example"], "allow_ip_literals": False}, "'*.example' is a pattern"),
+        ({"allow": ["h?"], "allow_ip_literals": False}, "'h?' is a pattern"),
+        ({"allow": ["hs"], "allow_ip_literals": True}, "allow_ip_literals must be false"),
+        ({"allow": ["hs"]}, "absent (the spec's default: true)"),
+        ({"allow": [], "allow_ip_literals": False}, "allow must list the room's servers"),
+        ({"deny": ["evil.example"]}, "allow must list the room's servers"),
+        ({"allow": ["hs", 3], "allow_ip_literals": False}, "ACL entry 3 is not a string"),
+        ({"allow": ["hs:x"], "allow_ip_literals": False}, "'hs:x' is not a server name"),
+        ({"allow": ["hs"], "deny": "x", "allow_ip_literals": False}, "deny must be a list"),
+    ],
+)
+def test_an_acl_admits_named_servers_only(
+    register_url: str, content: dict[str, Any], expected: str
+) -> None:
+    gate, _ = _gate(register_url)
+    refused = gate.may_set_state(BOT, ROOM, "m.room.server_acl", LABEL, content)
+    assert not refused and expected in refused.reason
+    ip = {"allow": ["127.0.0.1", "127.0.0.1:8448", "[::1]:8448"], "allow_ip_literals": True}
+    assert gate.may_set_state(BOT, ROOM, "m.room.server_acl", LABEL, ip)
+
+
+def test_encryption_stays_megolm_and_a_managed_room_is_never_replaced(register_url: str) -> None:
+    gate, _ = _gate(register_url)
+    for content, expected in (
+        ({}, "algorithm must stay 'm.megolm.v1.aes-sha2', not None"),
+        ({"algorithm": "m.olm.v1.curve25519-aes-sha2"}, "not 'm.olm.v1.curve25519-aes-sha2'"),
+        (
+            {"algorithm": "m.megolm.v1.aes-sha2", "rotation_period_msgs": 10**6},
+            "rotation_period_msgs must be a whole number from 1 to 100",
+        ),
+    ):
+        refused = gate.may_set_state(BOT, ROOM, "m.room.encryption", LABEL, content)
+        assert not refused and expected in refused.reason
+    assert gate.may_set_state(
+        BOT, ROOM, "m.room.encryption", LABEL, {"algorithm": "m.megolm.v1.aes-sha2"}
+    )
+    tombstone = {"body": "moved", "replacement_room": "!new:hs"}
+    refused = gate.may_set_state(BOT, ROOM, "m.room.tombstone", LABEL, tombstone)
+    assert not refused and "a managed room is never replaced" in refused.reason
+    # outside managed rooms, none of it is the gate's business
+    assert gate.may_set_state(BOT, "!plain:hs", "m.room.tombstone", UNLABELLED, tombstone)
+
+
+def test_the_label_event_has_the_bots_shape_and_is_never_lowered(register_url: str) -> None:
+    from bot.services.rooms import label_content
+
+    gate, _ = _gate(register_url)
+    secret = label_content(make_room(parse_marking("NATO SECRET")))
+    assert gate.may_set_state(BOT, ROOM, LABEL_EVENT, LABEL, secret)
+    assert gate.may_set_state(BOT, "!new:hs", LABEL_EVENT, UNLABELLED, secret)
+    for content, expected in (
+        ({"level": "NATO SECRET"}, "banner must be the room's marking as text, not None"),
+        ({**secret, "banner": "NATO SEKRIT"}, "banner 'NATO SEKRIT' does not parse"),
+        ({**secret, "rank": 1}, "rank 1 does not agree with banner 'NATO SECRET' (3)"),
+        ({**secret, "rank": True}, "rank True does not agree"),
+        ({**secret, "level": "NATO RESTRICTED"}, "level 'NATO RESTRICTED' does not agree"),
+        ({**secret, "audience": "POL"}, "audience must be a non-empty list"),
+    ):
+        refused = gate.may_set_state(BOT, "!new:hs", LABEL_EVENT, UNLABELLED, content)
+        assert not refused and expected in refused.reason
+    lower = label_content(make_room(parse_marking("NATO RESTRICTED")))
+    refused = gate.may_set_state(BOT, ROOM, LABEL_EVENT, LABEL, lower)
+    assert not refused
+    assert "below the label on record for nato-s (NATO SECRET, rank 3)" in refused.reason
+    higher = label_content(make_room(parse_marking("COSMIC TOP SECRET")))
+    assert gate.may_set_state(BOT, ROOM, LABEL_EVENT, LABEL, higher)
+
+
+# ------------------------------------------------------------ item 10: _listed fails closed
+
+
+def test_a_register_that_cannot_be_read_is_not_read_as_not_listing_the_room(
+    tmp_path: Path,
+) -> None:
+    """A room labelled by another homeserver's bot may still be on our register: when that
+    cannot be read, the gate refuses rather than leave the room to the other gate."""
+    register = Register(
+        RegisterSpec(bot_user_id=BOT, database=f"sqlite:///{tmp_path / 'gone.db'}"), ttl=2.0
+    )
+    gate = Gate(lambda: {BOT: register}, today=lambda: date(2026, 12, 3), server_name="hs")
+    remote = RoomLabel(True, "@liaison:nato.example")
+    refused = gate.may_enter("@anyone:hs", ROOM, remote)
+    assert not refused
+    assert f"the clearance register of {BOT} (OperationalError" in refused.reason
+    assert f"cannot tell whether it manages {ROOM}; refused until it can" in refused.reason
+    refused = gate.may_set_state("@anyone:hs", ROOM, "m.room.power_levels", remote, {})
+    assert not refused and "cannot tell whether it manages" in refused.reason
+    # a forged local label is refused with the same reason rather than "not a bot"
+    forged = gate.may_enter("@anyone:hs", ROOM, RoomLabel(True, "@mallory:hs"))
+    assert not forged and "cannot tell whether it manages" in forged.reason
+
+
+# ------------------------------------------------------------ the reactor's cache-only path
+
+
+def test_the_cache_only_path_never_reads_and_agrees_with_the_full_one(register_url: str) -> None:
+    """Synapse's reactor asks `may_enter_cached` first: it must answer from the cache or
+    not at all (a read there would stall the homeserver), and give the full path's answer."""
+    reads: list[str] = []
+
+    def open_reader(url: str) -> RegisterReader:
+        reads.append(url)
+        return RegisterReader.from_url(url)
+
+    clock = Clock()
+    register = Register(
+        RegisterSpec(bot_user_id=BOT, database=register_url), ttl=2.0, clock=clock,
+        open_reader=open_reader,
+    )  # fmt: skip
+    gate = Gate(lambda: {BOT: register}, today=lambda: date(2026, 12, 3))
+    assert gate.may_enter_cached("@cleared:hs", ROOM, LABEL) is None
+    assert reads == [], "nothing opened on the cache-only path"
+    full = gate.may_enter("@cleared:hs", ROOM, LABEL)
+    assert gate.may_enter_cached("@cleared:hs", ROOM, LABEL) == full
+    # a refusal is never cached, so the cache-only path cannot answer it
+    assert not gate.may_enter("@nobody:hs", ROOM, LABEL)
+    assert gate.may_enter_cached("@nobody:hs", ROOM, LABEL) is None
+    clock.now += 2.5
+    assert gate.may_enter_cached("@cleared:hs", ROOM, LABEL) is None, "the TTL holds here too"
+    register.close()
+
+
+def test_a_label_from_another_homeserver_is_judged_there_unless_the_room_is_ours(
+    register_url: str,
+) -> None:
+    """check_event_for_spam hands over events other servers send: a label their bot sets in
+    a room no bot here manages passes (its own gate judges it); in ours it is refused."""
+    gate, _ = _gate(register_url)
+    far = "@liaison:nato.example"
+    remote = RoomLabel(True, far)
+    verdict = gate.may_set_state(far, "!r:nato.example", LABEL_EVENT, remote, {}, federated=True)
+    assert verdict and "@liaison:nato.example's own gate judges it" in verdict.reason
+    refused = gate.may_set_state(far, ROOM, LABEL_EVENT, LABEL, {}, federated=True)
+    assert not refused and f"{ROOM} is managed by {BOT}, not {far}" in refused.reason
+    refused = gate.may_set_state(far, ROOM, LABEL_EVENT, UNLABELLED, {}, federated=True)
+    assert not refused, "listed on our register, labelled or not"
+    # sent from this server, the label stays a configured bot's alone
+    assert not gate.may_set_state(far, "!r:nato.example", LABEL_EVENT, remote, {})

@@ -43,5 +43,5 @@ def test_stored_states_keep_their_spelling() -> None:
     must not change them."""
     assert [k.value for k in RelayKind] == ["copy", "edit", "redact"]
     assert [s.value for s in RelayState] == ["pending", "sent", "stale"]
-    assert [s.value for s in RunState] == ["posting", "posted", "skipped"]
+    assert [s.value for s in RunState] == ["posting", "posted", "skipped", "stale"]
     assert f"{RelayKind.COPY}|x" == "copy|x"

@@ -412,7 +412,7 @@ async def test_ledger_row_older_than_the_transaction_memory_is_reported_not_rese
         item_event_id="$old",
         target_key="nato-s",
         target_room_id=target.room_id,
-        content=bot_env.bot.relay.sealer.seal_text(
+        content=bot_env.bot.relay.ledger_sealer.seal_text(
             '{"msgtype": "m.text", "body": "old"}',
             ledger_binding("lb-stale-test", "nato-s", target.room_id),
         ),

@@ -41,6 +41,11 @@ class Ports:
     audited: list[tuple[str, str]] = field(default_factory=list)
     details: list[Any] = field(default_factory=list)
     user_id: str = "@bot:x"
+    owners: dict[str, str] = field(default_factory=dict)  # event id -> its sender
+    alerts: list[Any] = field(default_factory=list)
+
+    async def sender_of(self, room_id: str, event_id: str) -> str | None:
+        return self.owners.get(event_id)
 
     async def send(self, room_id: str, content: dict[str, Any], **_: Any) -> str:
         self.sent.append((room_id, content))
@@ -50,7 +55,7 @@ class Ports:
         self.redacted.append((room_id, event_id))
 
     async def alert_admins(self, document: Any) -> None:
-        return None
+        self.alerts.append(document)
 
     async def untrusted_sender(self, room_id: str, event: Any) -> Any:
         return None if self.untrusted is None else (self.untrusted, None)
@@ -145,7 +150,7 @@ async def test_forgetting_an_item_blanks_its_sealed_copies_in_the_ledger(store: 
     ledger = store.ledger_of(ORIGINAL)
     assert ledger and all(
         "convoy"
-        not in relay.sealer.open_text(
+        not in relay.ledger_sealer.open_text(
             row.content, ledger_binding(row.txn_id, row.target_key, row.target_room_id)
         )
         for row in ledger
@@ -250,3 +255,154 @@ async def test_topics_are_sealed_with_the_text(store: Store) -> None:
     item = store.item(ORIGINAL)
     assert item is not None
     assert relay.open_item(item) == ("convoy sighted #kiel #logistics", ("kiel", "logistics"))
+
+
+# ---------------------------------------------------------------- issue 24 (hardening III)
+
+
+def edit_by(sender: UserId, of: str = ORIGINAL, edit_id: str = "$edit") -> Source:
+    """An edit event `edit_id` by `sender` that names `of` as the event it replaces."""
+    return Source(DEU, EventId(of), sender, datetime.now(UTC), SimpleNamespace(event_id=edit_id))
+
+
+async def test_an_edit_of_someone_elses_item_marked_above_the_room_redacts_only_the_edit(
+    store: Store,
+) -> None:
+    """Finding 2: the edit's target was redacted (anyone's message, the bot's copies, room
+    state); now only the edit that carries the over-classified text is."""
+    ports = Ports()
+    relay = await relayed(store, ports)
+    reply = await relay.handle_edit(edit_by(OTHER), "[STRENG GEHEIM] the whole plan")
+    assert reply is not None and "Your edit was removed" in reply.plain
+    assert ports.redacted == [("!d:x", "$edit")]
+    item = store.item(ORIGINAL)
+    assert item is not None and item.redacted_at is None  # the officer's item stands
+    assert (OTHER, "spillage") in ports.audited
+
+
+@pytest.mark.parametrize("owner", [None, "@someone-else:x", "@bot:x"])
+async def test_an_edit_naming_an_event_without_an_item_never_redacts_that_event(
+    store: Store, owner: str | None
+) -> None:
+    """Finding 2: an m.replace may name any event id: state, the bot's digests, others'
+    messages, or one the server does not show."""
+    ports = Ports(owners={"$target": owner} if owner else {})
+    relay = engine(store, ports)
+    reply = await relay.handle_edit(edit_by(OTHER, "$target"), "[STRENG GEHEIM] words")
+    assert reply is not None and "removed" in reply.plain
+    assert ports.redacted == [("!d:x", "$edit")]
+    assert store.item("$target") is None and ports.sent == []
+    # marked within the room: someone else's message is never tagged by it
+    quiet = await relay.handle_edit(edit_by(OTHER, "$target", "$e2"), "[GEHEIM // REL TO NATO] x")
+    assert quiet is None and store.item("$target") is None and ports.sent == []
+    assert (OTHER, "intel.edit-ignored") in ports.audited
+
+
+async def test_an_own_edit_that_tags_an_untagged_message_above_the_room_removes_both(
+    store: Store,
+) -> None:
+    """The sender's own message edited into spillage: the original and the edit go (the edit
+    was left before, carrying the over-classified text)."""
+    ports = Ports(owners={ORIGINAL: OFFICER})
+    relay = engine(store, ports)
+    reply = await relay.handle_edit(edit_by(OFFICER), "[STRENG GEHEIM] words")
+    assert reply is not None and "removed from this room" in reply.plain
+    assert sorted(ports.redacted) == [("!d:x", "$edit"), ("!d:x", ORIGINAL)]
+    tagged = await relay.handle_edit(edit_by(OFFICER, edit_id="$e2"), "[GEHEIM // REL TO NATO] y")
+    assert tagged is not None and "nato-s" in tagged.plain  # an own edit still tags
+
+
+async def test_re_marking_upward_by_an_edit_withdraws_the_copies_and_retires_the_item(
+    store: Store,
+) -> None:
+    """Finding 4: the copies stayed in NATO rooms and the item in search and digests."""
+    ports = Ports()
+    relay = await relayed(store, ports)
+    reply = await relay.handle_edit(edit_by(OFFICER), "[STRENG GEHEIM] convoy sighted")
+    assert reply is not None and "copies were withdrawn" in reply.plain
+    assert ("!n:x", "$copy1") in ports.redacted  # the copy in nato-s
+    assert ("!d:x", "$edit") in ports.redacted and ("!d:x", ORIGINAL) in ports.redacted
+    item = store.item(ORIGINAL)
+    assert item is not None and item.redacted_at is not None  # out of search and digests
+    assert "convoy" not in relay.open_item(item)[0]  # and its text forgotten
+    spill = next(d for d in ports.details if "withdrawn_from" in d)
+    assert spill["withdrawn_from"] == ["nato-s"]
+
+
+async def test_an_unreadable_re_marking_above_the_room_is_spillage_too(store: Store) -> None:
+    ports = Ports()
+    relay = await relayed(store, ports)
+    reply = await relay.handle_edit(edit_by(OFFICER), "[STRENG GEHEIM // BOGUS] convoy")
+    assert reply is not None and "removed" in reply.plain
+    assert ("!n:x", "$copy1") in ports.redacted and ("!d:x", "$edit") in ports.redacted
+
+
+async def test_a_ledger_copy_written_into_an_item_row_does_not_open(store: Store) -> None:
+    """Finding 5: items and ledger rows shared a sealing context, and an item fell back to
+    its event id: a relayed copy, written into an item row, opened as an item of any room."""
+    from sqlalchemy import update
+
+    from bot.storage import IntelItemRow
+    from bot.storage.sealing import SealError
+
+    ports = Ports()
+    relay = await relayed(store, ports)
+    (row,) = store.ledger_of(ORIGINAL)
+    # Write access: the copy's sealed text as an item's, under an "event id" equal to what
+    # the copy was sealed with (the old fallback opened an item by its event id alone).
+    bound = ledger_binding(row.txn_id, row.target_key, row.target_room_id)
+    with store.session() as s:
+        s.execute(update(IntelItemRow).values(text=row.content, event_id=bound))
+    item = store.item(bound)
+    assert item is not None
+    with pytest.raises(SealError):
+        relay.open_item(item)
+
+
+async def test_old_sealed_values_are_resealed_once_and_never_again(store: Store) -> None:
+    """Finding 5: items and ledger rows of the shared context are resealed in their own,
+    once; an old-format value written into the database afterwards is not opened."""
+    from bot.services.relay import item_binding, sealed_payload
+    from bot.storage import IntelItem, RelayEntry, RelayKind
+    from bot.storage.sealing import Sealer
+    from policy import Precedence
+
+    ports = Ports()
+    relay = engine(store, ports)
+    legacy = Sealer("a-data-key-of-thirty-two-characters!", "intel")
+
+    def old_item(event_id: str, *, bound: bool) -> IntelItem:
+        text = sealed_payload(f"text of {event_id}", ["kiel"])
+        binding = item_binding(event_id, "deu", "DEU GEHEIM")
+        return IntelItem(
+            event_id=event_id, room_key="deu", room_id="!d:x", sender=OFFICER,
+            label="DEU GEHEIM", scheme="DEU", rank=2, precedence=Precedence.ROUTINE,
+            exercise=False, topics=(), created_at=datetime.now(UTC),
+            text=legacy.seal_text(text, binding if bound else event_id),
+        )  # fmt: skip
+
+    store.save_item(old_item("$bound", bound=True))
+    store.save_item(old_item("$early", bound=False))  # from before the label binding
+    store.add_relays(
+        [
+            RelayEntry(
+                txn_id="lbold", kind=RelayKind.COPY, source_event_id="$bound",
+                item_event_id="$bound", target_key="nato-s", target_room_id="!n:x",
+                content=legacy.seal_text('{"msgtype": "m.text", "body": "x"}', "lbold"),
+            )
+        ]
+    )  # fmt: skip
+    assert await relay.reseal_legacy() == (2, 1)
+    for event_id in ("$bound", "$early"):
+        item = store.item(event_id)
+        assert item is not None and item.text.startswith("v2:")
+        assert relay.open_item(item) == (f"text of {event_id}", ("kiel",))
+    await relay.resend_pending()
+    assert ports.sent == [("!n:x", {"msgtype": "m.text", "body": "x"})]
+    assert await relay.reseal_legacy() == (0, 0)  # nothing left: nothing done
+
+    store.save_item(old_item("$later", bound=True))  # written into the database afterwards
+    assert await relay.reseal_legacy() == (0, 0)
+    later = store.item("$later")
+    assert later is not None and later.text.startswith("v1:")
+    assert ("@bot:x", "intel.reseal-refused") in ports.audited and ports.alerts

@@ -5,13 +5,18 @@ a snapshot the database's holder altered ignored (a full sync instead). Real Syn
 from __future__ import annotations
 
 import logging
+import stat
 import urllib.parse
+from typing import Any
 
 import pytest
 from sqlalchemy import delete, select, update
 
+from bot.matrix.gateway import Gateway, MatrixError
+from bot.matrix.sync import MANIFEST, seal_manifest
 from bot.storage import RoomSnapshotRow
-from tests.bot_harness import BotEnv, enrol, eventually, open_dm, talk
+from bot.storage.sealing import Sealer
+from tests.bot_harness import SECRETS, BotEnv, enrol, eventually, open_dm, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
 
@@ -125,15 +130,16 @@ async def test_an_altered_snapshot_is_ignored_and_the_restart_syncs_in_full(
     await talk(admin, dm, "!whoami", "Roles: admin")
 
 
-async def test_an_old_snapshot_copied_back_leaves_nobody_behind(
+async def test_an_old_snapshot_copied_back_does_not_open(
     bot_env: BotEnv,
     make_client: MakeClient,
     make_user: MakeUser,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A database writer keeps a room's sealed snapshot from when someone was still in it
-    and puts it back after they left: it opens (it is that room's), but the members are
-    checked with the server after the first sync and the one who left is dropped."""
+    and puts it back after they left, under the newer sync token. It is that room's, but it
+    was sealed with the token it was stored with, not this one: it does not open, and the
+    restart syncs every room in full (the one who left is not a member)."""
     admin = await make_client(bot_env.admin)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     gone = make_user("gone")
@@ -164,21 +170,102 @@ async def test_an_old_snapshot_copied_back_leaves_nobody_behind(
         store.close()
     caplog.set_level(logging.INFO)
     await bot_env.start()
-    assert "room(s) restored from their snapshots" in caplog.text
+    assert "room snapshots do not open" in caplog.text
+    assert "restored from their snapshots" not in caplog.text
     restarted = bot_env.bot
     assert restarted is not None
-    await eventually(
-        lambda: gone.user_id not in (restarted.gateway.members(nato_s) or {}),
-        what="the one who left dropped",
+    assert gone.user_id not in (restarted.gateway.members(nato_s) or {})
+    await talk(admin, dm, "!whoami", "Roles: admin")
+
+
+async def test_a_member_list_the_server_never_confirmed_gets_no_room_key(
+    bot_env: BotEnv,
+    make_client: MakeClient,
+    make_user: MakeUser,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """After a restart from snapshots, `/joined_members` loses the race with a sync every
+    time it is asked (a sync that changed the room's members is handled while the answer
+    travels): the restored list is never confirmed, so no room key is shared with it; once
+    an answer holds, the room key goes out and the member reads."""
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    member = make_user("member")
+    member_client = await make_client(member)
+    (nato_s,) = await enrol(
+        (admin, dm), [(member.user_id, "NATO SECRET", "NOR")], [(member_client, "nato-s")]
     )
-    assert f"{gone.user_id} not in {nato_s} although its snapshot said so" in caplog.text
+    assert bot_env.bot is not None
+    bot = bot_env.bot
+    await eventually(lambda: member.user_id in (bot.gateway.members(nato_s) or {}), what="joined")
+    await talk(admin, dm, "!whoami", "Roles: admin")  # a sync after the join is stored
+    await bot_env.stop()
+    asked = Gateway._joined_member_ids
+    phantoms: list[str] = []
+
+    async def losing_the_race(self: Gateway, room_id: str) -> dict[str, dict[str, Any]]:
+        joined = await asked(self, room_id)
+        room = self.client.rooms.get(room_id)
+        if room_id == nato_s and room is not None:
+            # What a sync handled meanwhile would do: a new token, a change to the members.
+            self.client.next_batch = f"{self.client.next_batch}+"
+            phantoms.append(f"@phantom-{len(phantoms)}:example.invalid")
+            room.add_member(phantoms[-1], None, None, invited=True)
+        return joined
+
+    monkeypatch.setattr(Gateway, "_joined_member_ids", losing_the_race)
+    await bot_env.start()
+    restarted = bot_env.bot
+    assert restarted is not None
+    gateway = restarted.gateway
+    shared: list[str] = []
+    share = gateway._share
+
+    async def noting(room: Any, targets: list[str]) -> None:
+        shared.append(room.room_id)
+        await share(room, targets)
+
+    monkeypatch.setattr(gateway, "_share", noting)
+    with pytest.raises(MatrixError, match="not confirmed"):
+        await restarted.messenger.send(nato_s, {"msgtype": "m.notice", "body": "unconfirmed"})
+    assert phantoms and nato_s not in shared
+    monkeypatch.setattr(Gateway, "_joined_member_ids", asked)
+    room = gateway.room(nato_s)
+    assert room is not None
+    for phantom in phantoms:
+        room.remove_member(phantom)
+    await restarted.messenger.send(nato_s, {"msgtype": "m.notice", "body": "confirmed"})
+    assert nato_s in shared
+    await member_client.wait_for_text(nato_s, "confirmed")
+
+
+async def test_the_crypto_store_is_private(bot_env: BotEnv) -> None:
+    """nio makes its database (the Olm account, sessions and room keys, pickled) with the
+    umask's mode, 0644 by default. Same rule as the bot's own database: its files 0600, its
+    folder 0700, made so and tightened at every start."""
+    assert bot_env.bot is not None
+    folder = bot_env.config.crypto_store_path()
+
+    def modes() -> dict[str, int]:
+        return {p.name: stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.iterdir()]}
+
+    found = modes()
+    assert any(name.endswith(".db") for name in found), found
+    assert found == {name: 0o700 if name == folder.name else 0o600 for name in found}
+    await bot_env.stop()
+    for path in [folder, *folder.iterdir()]:
+        path.chmod(0o755 if path == folder else 0o644)
+    await bot_env.start()
+    found = modes()
+    assert found == {name: 0o700 if name == folder.name else 0o600 for name in found}
 
 
 async def test_a_room_without_a_snapshot_is_read_from_the_server(
     bot_env: BotEnv, make_client: MakeClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Its row deleted (or the room joined after the stored token): the restart reads that
-    room's state from the server, restores the others, and writes the row again."""
+    """A room joined after the stored token (its row is not among those the token lists):
+    the restart reads that room's state from the server, restores the others, and writes
+    the row again. (A row deleted alone no longer matches the token's list: a full sync.)"""
     admin = await make_client(bot_env.admin)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     await talk(admin, dm, "!whoami", "Roles: admin")
@@ -191,8 +278,18 @@ async def test_a_room_without_a_snapshot_is_read_from_the_server(
 
     store = Store.from_url(url)
     try:
+        token = store.sync_token()
+        assert token is not None
+        rows = store.room_snapshots()
+        bound = {r: row.partition(" ")[0] for r, row in rows.items() if r not in (deu, MANIFEST)}
+        manifest = seal_manifest(Sealer(SECRETS.data_key, "room-snapshot"), token, bound)
         with store.session() as session:
             session.execute(delete(RoomSnapshotRow).where(RoomSnapshotRow.room_id == deu))
+            session.execute(
+                update(RoomSnapshotRow)
+                .where(RoomSnapshotRow.room_id == MANIFEST)
+                .values(sealed=manifest)
+            )
     finally:
         store.close()
     caplog.set_level(logging.INFO)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policy import MarkingError, Precedence, parse_tagged, render
+from policy import MarkingError, Precedence, parse_marking, parse_tagged, render
 
 
 def test_untagged_message_is_none() -> None:
@@ -82,3 +82,28 @@ def test_parse_tagged_is_total(body: str) -> None:
         parse_tagged(body, "NATO")
     except MarkingError as exc:
         assert str(exc)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "[PRIORITY] [COSMIC TOP SECRET] the plan",
+        "[EXERCISE] [COSMIC TOP SECRET] the plan",
+        "[FLASH] [EXERCISE] [NATO SECRET] the plan",
+    ],
+)
+def test_a_marking_after_the_precedence_is_compared_with_the_label(body: str) -> None:
+    """Issue 24, finding 8: only the first bracket was compared with the machine-readable
+    label, so a precedence first let any marking through under a low label."""
+    low = parse_marking("NATO UNCLASSIFIED")
+    with pytest.raises(MarkingError, match="disagree"):
+        parse_tagged(body, "NATO", label=low)
+
+
+def test_a_label_with_a_matching_marking_after_the_precedence_is_read() -> None:
+    label = parse_marking("NATO SECRET")
+    message = parse_tagged("[FLASH] [EXERCISE] [NATO SECRET] #kiel x", "NATO", label=label)
+    assert message is not None and message.label == label and message.exercise
+    assert message.precedence.name == "FLASH" and message.text == "#kiel x"
+    text = parse_tagged("[PRIORITY] [UPDATE] x", "NATO", label=label)  # a bracket of text
+    assert text is not None and text.text == "[UPDATE] x"

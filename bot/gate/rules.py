@@ -12,7 +12,10 @@ says why. In a room that is not managed nothing is refused.
 
 from __future__ import annotations
 
+import functools
+import ipaddress
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -26,7 +29,7 @@ from bot.gate.config import RegisterSpec
 from bot.services.register import policy_clearance
 from bot.storage.reader import RegisterReader
 from bot.storage.records import ClearanceRecord, RoomRecord
-from policy import MarkingError, make_room, may_enter, parse_marking, server_of
+from policy import MarkingError, Room, make_room, may_enter, parse_marking, server_of
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,18 @@ _REQUIRED = {
     "m.room.history_visibility": ("history_visibility", "joined"),
     "m.room.guest_access": ("guest_access", "forbidden"),
 }
-_POWER_KEYS = ("invite", "kick", "ban", "redact", "state_default")
+# What a power-levels content means when it leaves a key out: the spec's defaults, which
+# Synapse applies too. Reading a missing `invite` as anything above 0 would let a content
+# that hands everyone the power to invite pass as closed.
+_POWER_DEFAULTS = {"invite": 0, "kick": 50, "ban": 50, "redact": 50, "state_default": 50}
+MEGOLM = "m.megolm.v1.aes-sha2"
+# The spec's recommended rotation of a Megolm session; the bot never sets more (a longer
+# one keeps a room key in use for longer than clients expect).
+_ROTATION_LIMITS = {"rotation_period_ms": 604_800_000, "rotation_period_msgs": 100}
+# Room versions in which a room's creators hold unlimited power that no power-levels
+# content lists or can take away (MSC4289: version 12 and its unstable identifier).
+_CREATOR_POWER_VERSIONS = frozenset({"org.matrix.hydra.11"})
+_HOSTNAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9.-]{0,253}[A-Za-z0-9])?$")
 
 # Extra field of a refusal, for clients and tests that want the reason apart from the text.
 REASON_FIELD = "io.github.liaison_bot.reason"
@@ -120,8 +134,18 @@ class _TtlCache(Generic[K, V]):
                 self._cache.pop(key, None)
 
 
+class NeedsRead(Exception):
+    """Raised by a cache-only lookup that would have to read the register: the caller
+    (Synapse's reactor thread, which must never wait on a database) asks again in the
+    gate's thread pool."""
+
+
 class Register:
-    """One bot's register as the gate reads it: opened lazily, read through a short cache."""
+    """One bot's register as the gate reads it: opened lazily, read through a short cache.
+
+    Every lookup can be asked `cache_only`: then it answers from the cache or raises
+    NeedsRead, so the common case (a room and a clearance read a moment ago) is decided
+    on the reactor without a hop to a thread and back."""
 
     def __init__(
         self,
@@ -147,22 +171,26 @@ class Register:
                 self._reader = self._open_reader(self.spec.database)
             return self._reader
 
-    def room(self, room_id: str, *, fresh: bool) -> RoomRecord | None:
+    def room(self, room_id: str, *, fresh: bool, cache_only: bool = False) -> RoomRecord | None:
         """The room on record; `fresh` rereads a cached absence (a labelled room must be
         found, and may have been saved a moment ago)."""
         hit, record = self._rooms.get(room_id)
         if hit and (record is not None or not fresh):
             return record
+        if cache_only:
+            raise NeedsRead(room_id)
         record = self._read().room_by_id(room_id)
         self._rooms.put(room_id, record)
         return record
 
-    def clearance(self, user_id: str) -> ClearanceRecord | None:
+    def clearance(self, user_id: str, *, cache_only: bool = False) -> ClearanceRecord | None:
         """A record on file is reused for the TTL; no record is always asked again, so a
         grant the bot just made counts for the invite it makes next."""
         hit, record = self._clearances.get(user_id)
         if hit and record is not None:
             return record
+        if cache_only:
+            raise NeedsRead(user_id)
         record = self._read().clearance(user_id)
         if record is not None:
             self._clearances.put(user_id, record)
@@ -177,6 +205,15 @@ class Register:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+
+
+@functools.lru_cache(maxsize=1024)
+def _policy_room(
+    label: str, audience: tuple[str, ...], servers: tuple[str, ...] | None, caveats: tuple[str, ...]
+) -> Room:
+    """The room a record describes, as the rules see it: parsed once per record, not once
+    per invite (parsing a marking costs more than the rest of a cached decision)."""
+    return make_room(parse_marking(label, extra_caveats=caveats), audience, servers)
 
 
 def _failure(exc: BaseException) -> str:
@@ -206,24 +243,40 @@ class Gate:
         server = server_of(label.sender)
         return server if server and server != self._server_name else None
 
-    def _listed(self, room_id: str) -> str | None:
-        """The bot whose register lists the room (a failed read counts as not listed:
-        the caller falls back to the label, which judges a local room anyway)."""
+    def _listed(self, room_id: str, cache_only: bool = False) -> tuple[str | None, Verdict | None]:
+        """The bot whose register lists the room, or a refusal when a register that might
+        list it cannot be read: a room another homeserver's bot labelled may still be
+        ours, and reading "not listed" into a failed read would hand its judgement to a
+        gate that cannot read our register (fails closed)."""
+        unreadable: list[str] = []
         for bot, register in self._registers().items():
             try:
-                if register.room(room_id, fresh=False) is not None:
-                    return bot
+                if register.room(room_id, fresh=False, cache_only=cache_only) is not None:
+                    return bot, None
+            except NeedsRead:
+                raise
             except Exception as exc:
                 log.warning("register of %s unreadable (%s)", bot, _failure(exc))
-        return None
+                unreadable.append(f"{bot} ({_failure(exc)})")
+        if unreadable:
+            return None, Verdict(
+                False,
+                f"the clearance register of {', '.join(unreadable)} cannot be read, so this "
+                f"gate cannot tell whether it manages {room_id}; refused until it can",
+            )
+        return None, None
 
-    def _candidates(self, room_id: str, label: RoomLabel) -> tuple[list[Register], Verdict | None]:
+    def _candidates(
+        self, room_id: str, label: RoomLabel, cache_only: bool = False
+    ) -> tuple[list[Register], Verdict | None]:
         registers = self._registers()
         if not label.labelled:
             return list(registers.values()), None
         owner = registers.get(label.sender or "")
         if owner is None:
-            listed = self._listed(room_id)
+            listed, unknown = self._listed(room_id, cache_only)
+            if unknown is not None:
+                return [], unknown
             if listed is not None:  # ours, whoever set the label: judged here
                 return [registers[listed]], None
             remote = self._remote(label)
@@ -239,17 +292,19 @@ class Gate:
         return [owner], None
 
     def _managing(
-        self, room_id: str, label: RoomLabel
+        self, room_id: str, label: RoomLabel, cache_only: bool = False
     ) -> tuple[Register | None, RoomRecord | None, Verdict | None]:
         """Which register manages the room and its record; or the verdict that settles it
         already: a refusal when that cannot be told for a managed room, an allow for a room
         another homeserver's gate judges. (None, None, None): not a managed room."""
-        candidates, refusal = self._candidates(room_id, label)
+        candidates, refusal = self._candidates(room_id, label, cache_only)
         if refusal is not None:
             return None, None, refusal
         for register in candidates:
             try:
-                record = register.room(room_id, fresh=label.labelled)
+                record = register.room(room_id, fresh=label.labelled, cache_only=cache_only)
+            except NeedsRead:
+                raise
             except Exception as exc:
                 if label.labelled:
                     return (
@@ -284,10 +339,21 @@ class Gate:
 
     def may_enter(self, user_id: str, room_id: str, label: RoomLabel) -> Verdict:
         """May `user_id` be invited into, or join, the room."""
+        return self._may_enter(user_id, room_id, label, cache_only=False)
+
+    def may_enter_cached(self, user_id: str, room_id: str, label: RoomLabel) -> Verdict | None:
+        """The same verdict when the cache alone can give it (no register read, so it may
+        run on Synapse's reactor), else None: ask `may_enter` in a thread."""
+        try:
+            return self._may_enter(user_id, room_id, label, cache_only=True)
+        except NeedsRead:
+            return None
+
+    def _may_enter(self, user_id: str, room_id: str, label: RoomLabel, cache_only: bool) -> Verdict:
         registers = self._registers()
         if user_id in registers:
             return Verdict(True, f"{user_id} is a liaison bot")
-        register, record, settled = self._managing(room_id, label)
+        register, record, settled = self._managing(room_id, label, cache_only)
         if settled is not None:  # a refusal, or another homeserver's room to judge
             return settled
         if register is None or record is None:
@@ -296,12 +362,15 @@ class Gate:
         if record.closed_at is not None:
             return Verdict(False, f"{where} was closed on {record.closed_at:%Y-%m-%d}")
         try:
-            label_on_record = parse_marking(record.label, extra_caveats=register.spec.caveats)
-            room = make_room(label_on_record, record.audience, record.servers)
+            room = _policy_room(
+                record.label, record.audience, record.servers, tuple(register.spec.caveats)
+            )
         except MarkingError as exc:
             return Verdict(False, f"the label on record for {where} cannot be read: {exc}")
         try:
-            clearance = register.clearance(user_id)
+            clearance = register.clearance(user_id, cache_only=cache_only)
+        except NeedsRead:
+            raise
         except Exception as exc:
             return Verdict(
                 False,
@@ -328,16 +397,70 @@ class Gate:
         event_type: str,
         label: RoomLabel,
         content: Mapping[str, Any] | None = None,
+        *,
+        federated: bool = False,
     ) -> Verdict:
         """May `sender` send this state event: protected state of a managed room only by
         the bot that manages it, and even then only with content that keeps the room
-        closed (`content_keeps_room_closed`); the label event only by a bot, anywhere."""
+        closed (`content_keeps_room_closed`); the label event only by a bot, anywhere, with
+        the content the bot writes (`label_problem`).
+
+        `federated`: the event comes from another server. A label a bot there sets in a
+        room no bot here manages is that server's gate's to judge (this one knows neither
+        the bot nor its caveats); in a room a bot here manages, only that bot sets it."""
+        if federated and event_type == LABEL_EVENT and sender not in self._registers():
+            return self._foreign_label(sender, room_id, label)
         verdict, managing = self._may_set_state(sender, room_id, event_type, label)
-        if verdict.allowed and managing and content is not None:
+        if not verdict.allowed or content is None:
+            return verdict
+        problem: str | None = None
+        if event_type == LABEL_EVENT:
+            problem = self._label_problem(sender, room_id, content, label)
+        elif managing:
             problem = content_keeps_room_closed(event_type, content, sender)
-            if problem is not None:
-                return Verdict(False, f"{event_type} in managed room {room_id}: {problem}")
+        if problem is not None:
+            where = "managed room" if managing else "room"
+            return Verdict(False, f"{event_type} in {where} {room_id}: {problem}")
         return verdict
+
+    def _foreign_label(self, sender: str, room_id: str, label: RoomLabel) -> Verdict:
+        registers = self._registers()
+        owner = label.sender if label.labelled and label.sender in registers else None
+        if owner is None:
+            listed, unknown = self._listed(room_id)
+            if unknown is not None:
+                return unknown
+            owner = listed
+        if owner is not None:
+            return Verdict(False, f"{room_id} is managed by {owner}, not {sender}")
+        return Verdict(True, f"{room_id} is not managed here: {sender}'s own gate judges it")
+
+    def _label_problem(
+        self, bot: str, room_id: str, content: Mapping[str, Any], label: RoomLabel
+    ) -> str | None:
+        """What is wrong with a label a bot sets: its shape (`label_problem`), or a rank
+        below the one on record (the bot refuses to lower a room's label; so does this).
+        A room's first label lowers nothing: it is set even when the register is down."""
+        register = self._registers().get(bot)
+        caveats = register.spec.caveats if register is not None else []
+        problem = label_problem(content, caveats)
+        if problem is not None or register is None:
+            return problem
+        try:
+            record = register.room(room_id, fresh=False)
+        except Exception as exc:
+            if not label.labelled:
+                return None
+            return (
+                f"the clearance register of {bot} cannot be read ({_failure(exc)}), so the "
+                "label on record cannot be compared"
+            )
+        if record is not None and int(content["rank"]) < record.rank:
+            return (
+                f"rank {content['rank']} ({content['banner']}) is below the label on record "
+                f"for {record.key} ({record.label}, rank {record.rank}): a label is never lowered"
+            )
+        return None
 
     def _may_set_state(
         self, sender: str, room_id: str, event_type: str, label: RoomLabel
@@ -358,7 +481,9 @@ class Gate:
                 ), False
             return Verdict(True, f"{sender} is a liaison bot"), False
         if label.labelled and label.sender not in registers:
-            listed = self._listed(room_id)
+            listed, unknown = self._listed(room_id)
+            if unknown is not None:
+                return unknown, False
             if listed is not None:
                 owner: str | None = listed
             elif self._remote(label):
@@ -381,43 +506,211 @@ class Gate:
         ), False
 
 
+class _Bad(ValueError):
+    """A content field of the wrong shape; the message names it."""
+
+
+def _level(value: Any, where: str) -> int:
+    """A power level as Synapse reads it: an integer, or (room versions before 10) a
+    string of one; anything else (a boolean, a float, a list) is refused."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise _Bad(f"{where} is not an integer: {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise _Bad(f"{where} is not an integer: {value!r}") from None
+
+
+def _mapping(value: Any, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _Bad(f"{where} is not an object: {value!r}")
+    return value
+
+
 def content_keeps_room_closed(
     event_type: str, content: Mapping[str, Any], owner: str
 ) -> str | None:
     """None when a managed room stays as closed as the bot keeps it, else what is wrong:
-    join rules invite-only, history from joining, no guests, and nobody but `owner` (or a
-    room creator, whom room version 12 gives unlimited power and does not list) at or
-    above the power to invite, remove, ban, redact or change state."""
+    join rules invite-only, history from joining, no guests, Megolm encryption for good,
+    no replacement room, a server ACL of named servers only, and nobody but `owner` (or a
+    room creator, whom room version 12 gives unlimited power and does not list) able to
+    invite, remove, ban, redact or change any protected state."""
     required = _REQUIRED.get(event_type)
     if required is not None:
         key, value = required
         if content.get(key) != value:
             return f"{key} must stay {value!r}, not {content.get(key)!r}"
         return None
-    if event_type != "m.room.power_levels":
-        return None
     try:
-        levels = {k: int(content.get(k, 50)) for k in _POWER_KEYS}
-        users_default = int(content.get("users_default", 0))
-        users = {str(u): int(v) for u, v in dict(content.get("users", {})).items()}
-    except (TypeError, ValueError):
-        return "power levels that are not integers"
+        if event_type == "m.room.power_levels":
+            return _power_problem(content, owner)
+        if event_type == "m.room.server_acl":
+            return _acl_problem(content)
+        if event_type == "m.room.encryption":
+            return _encryption_problem(content)
+    except _Bad as exc:
+        return str(exc)
+    if event_type == "m.room.tombstone":
+        # The bot never replaces a managed room: a tombstone would send its members on to
+        # a room nobody labelled or registered, whatever replacement it names.
+        return "a managed room is never replaced; make a new room with the bot instead"
+    return None
+
+
+def _power_problem(content: Mapping[str, Any], owner: str) -> str | None:
+    levels = {k: _level(content.get(k, d), k) for k, d in _POWER_DEFAULTS.items()}
+    users_default = _level(content.get("users_default", 0), "users_default")
+    users = {
+        str(u): _level(v, f"users[{u}]")
+        for u, v in _mapping(content.get("users", {}), "users").items()
+    }
+    events = {
+        str(t): _level(v, f"events[{t}]")
+        for t, v in _mapping(content.get("events", {}), "events").items()
+    }
     threshold = min(levels.values())
     if users_default >= threshold:
-        return f"users_default {users_default} reaches the power to act on others ({threshold})"
-    strong = sorted(u for u, level in users.items() if u != owner and level >= threshold)
+        at = ", ".join(
+            f"{k} {v}" + ("" if k in content else " (absent: the spec's default)")
+            for k, v in levels.items()
+            if v == threshold
+        )
+        return f"users_default {users_default} reaches the power to act on others ({at})"
+    others = {u: level for u, level in users.items() if u != owner}
+    strong = sorted(u for u, level in others.items() if level >= threshold)
     if strong:
         return f"{', '.join(strong)} would hold power only the bot may hold (>= {threshold})"
+    # Each protected type needs its own level (or state_default) above every non-owner's:
+    # an `events` entry is how the power over join rules or the ACL would be handed out.
+    top = max([users_default, *others.values()])
+    holder = "users_default" if users_default == top else max(others, key=lambda u: others[u])
+    reachable = sorted(
+        f"{t} ({events.get(t, levels['state_default'])})"
+        for t in PROTECTED_STATE
+        if events.get(t, levels["state_default"]) <= top
+    )
+    if reachable:
+        return (
+            f"{holder} ({top}) would reach the level to change {', '.join(reachable)}: "
+            "only the bot may change protected state"
+        )
     return None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host[1:-1] if host.startswith("[") else host)
+    except ValueError:
+        return False
+    return True
+
+
+def _server_name(entry: Any) -> str:
+    """The host of an ACL entry that names one server (host, optionally with a port; an
+    IPv6 literal in brackets): no glob, so it admits that server and nothing wider."""
+    if not isinstance(entry, str):
+        raise _Bad(f"ACL entry {entry!r} is not a string")
+    if "*" in entry or "?" in entry:
+        raise _Bad(f"ACL entry {entry!r} is a pattern: only named servers are allowed")
+    if entry.startswith("["):
+        end = entry.find("]")
+        host, rest = entry[: end + 1], entry[end + 1 :]
+        port_ok = end > 0 and (not rest or (rest[:1] == ":" and rest[1:].isdigit()))
+    else:
+        host, sep, port = entry.partition(":")
+        port_ok = not sep or port.isdigit()
+    if not port_ok or not (_is_ip(host) or _HOSTNAME.match(host)):
+        raise _Bad(f"ACL entry {entry!r} is not a server name")
+    return host
+
+
+def _acl_problem(content: Mapping[str, Any]) -> str | None:
+    allow = content.get("allow")
+    if not isinstance(allow, list) or not allow:
+        return (
+            "allow must list the room's servers by name "
+            f"(an empty or missing allow shuts out every server), not {allow!r}"
+        )
+    hosts = [_server_name(entry) for entry in allow]
+    deny = content.get("deny", [])
+    if not isinstance(deny, list) or not all(isinstance(d, str) for d in deny):
+        return f"deny must be a list of strings, not {deny!r}"
+    literals = content.get("allow_ip_literals", True)  # the spec's default
+    if literals is not False and not any(_is_ip(h) for h in hosts):
+        shown = (
+            "absent (the spec's default: true)"
+            if "allow_ip_literals" not in content
+            else repr(literals)
+        )
+        return (
+            f"allow_ip_literals must be false when no allowed server is an IP literal, not {shown}"
+        )
+    return None
+
+
+def _encryption_problem(content: Mapping[str, Any]) -> str | None:
+    algorithm = content.get("algorithm")
+    if algorithm != MEGOLM:
+        return f"algorithm must stay {MEGOLM!r}, not {algorithm!r}: encryption is never removed"
+    for key, limit in _ROTATION_LIMITS.items():
+        if key in content:
+            value = content[key]
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+                return f"{key} must be a whole number from 1 to {limit}, not {value!r}"
+    return None
+
+
+def label_problem(content: Mapping[str, Any], caveats: list[str]) -> str | None:
+    """None when a label event's content has the shape the bot writes and says one thing
+    (`bot.services.rooms.label_content`): a banner that parses, and the short fields
+    (scheme, level, rank, caveats) that agree with it, with an audience of nation codes."""
+    banner = content.get("banner")
+    if not isinstance(banner, str):
+        return f"banner must be the room's marking as text, not {banner!r}"
+    try:
+        label = parse_marking(banner, extra_caveats=caveats)
+    except MarkingError as exc:
+        return f"banner {banner!r} does not parse: {exc}"
+    expected = {
+        "scheme": label.scheme,
+        "level": label.level.banner,
+        "rank": label.rank,
+        "caveats": sorted(label.caveats),
+    }
+    for key, value in expected.items():
+        have = content.get(key)
+        if isinstance(have, bool) or have != value:
+            return f"{key} {have!r} does not agree with banner {banner!r} ({value!r})"
+    audience = content.get("audience")
+    if (
+        not isinstance(audience, list)
+        or not audience
+        or not all(isinstance(a, str) and a for a in audience)
+    ):
+        return f"audience must be a non-empty list of nation codes, not {audience!r}"
+    return None
+
+
+def creator_power_version(room_version: str) -> bool:
+    """Whether rooms of this version give their creators unlimited power, which no
+    power-levels content can take away (version 12 on, and its unstable identifier)."""
+    if room_version in _CREATOR_POWER_VERSIONS:
+        return True
+    return room_version.isdigit() and int(room_version) >= 12
 
 
 __all__ = [
     "LABEL_EVENT",
+    "MEGOLM",
     "PROTECTED_STATE",
     "REASON_FIELD",
     "UNLABELLED",
     "Gate",
+    "NeedsRead",
     "Register",
     "RoomLabel",
     "Verdict",
+    "content_keeps_room_closed",
+    "creator_power_version",
+    "label_problem",
 ]

@@ -5,15 +5,27 @@ Per room, in timeline order: member changes go to membership (judged on the regi
 it is now), undecryptable events are held, redactions follow relayed copies, text messages
 go to the inbox. Invites are accepted only from the bot's own rooms and its admins and
 officers (a DM); anyone else's is declined and audited.
+
+Each event's content is checked against its schema here (bot/matrix/schemas.py) before any
+service sees it, and each event is handled on its own: one that cannot be handled is
+isolated by `PoisonGuard` (logged by type and event id, audited as `event.failed`, marked
+handled, the admins alerted once per sender per hour) and the sync goes on. Only an outage
+(homeserver or database unreachable) makes the batch be tried again, a bounded number of
+times for the same event.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import time
+import traceback
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
+import sqlalchemy.exc
 from nio import (
     InviteMemberEvent,
     MegolmEvent,
@@ -27,6 +39,7 @@ from bot.config import BotConfig
 from bot.matrix.gateway import Gateway, MatrixError
 from bot.matrix.keyshare import KeyRequests
 from bot.matrix.messenger import DirectRooms
+from bot.matrix.schemas import SchemaError, member_content, message_fields, redaction_target
 from bot.matrix.trust import DeviceTrust
 from bot.matrix.undecryptable import Undecryptable
 from bot.services.inbox import Inbox, IncomingMessage, ReceiptBatch
@@ -34,9 +47,112 @@ from bot.services.membership import Membership
 from bot.services.ports import Audit
 from bot.services.relay import RelayEngine
 from bot.services.rooms import RoomDirectory
+from bot.storage import Store, in_thread
+from commands.document import Code, Document, Mention, doc, para
 from policy.ids import EventId, RoomId, UserId
 
 log = logging.getLogger(__name__)
+
+MAX_OUTAGE_ATTEMPTS = 8  # ~2 minutes of the sync loop's backoff; then the event is isolated
+ALERT_EVERY_S = 3600.0  # admins hear of one sender's failing events at most once an hour
+
+
+def is_outage(exc: BaseException) -> bool:
+    """An outage the same event may get past when tried again: the homeserver or the
+    database unreachable, overloaded or rate limiting. Anything else is the event's own
+    doing (or a defect of ours): trying it again changes nothing, so it is isolated."""
+    if isinstance(exc, MatrixError):
+        return exc.status is not None and (exc.status >= 500 or exc.status == 429)
+    return isinstance(
+        exc,
+        aiohttp.ClientError
+        | TimeoutError
+        | ConnectionError
+        | sqlalchemy.exc.OperationalError
+        | sqlalchemy.exc.InterfaceError,
+    )
+
+
+class PoisonGuard:
+    """Handles each event on its own, so that one the bot cannot handle never stops the
+    sync: before this, any member could send `{"io.github.liaison_bot.label": 1}` and the
+    exception it raised made the sync loop retry the same batch for ever, in every room."""
+
+    def __init__(
+        self,
+        store: Store,
+        audit: Audit,
+        alert: Callable[[Document], Awaitable[None]],
+        count: Callable[[], None],
+    ) -> None:
+        self.store = store
+        self.audit = audit
+        self.alert = alert
+        self.count = count
+        self._attempts: Counter[str] = Counter()  # event id -> outages met so far
+        self._alerted: dict[str, float] = {}  # sender -> when the admins last heard
+
+    async def run(self, room_id: str, event: Any, work: Awaitable[None]) -> None:
+        """Await `work` (the handling of `event`); an outage propagates (the batch is tried
+        again, at most MAX_OUTAGE_ATTEMPTS times for this event), anything else isolates
+        the event."""
+        event_id = getattr(event, "event_id", None)
+        key = event_id if isinstance(event_id, str) else f"{room_id}/{id(event)}"
+        try:
+            await work
+        except Exception as exc:
+            if is_outage(exc):
+                self._attempts[key] += 1
+                if self._attempts[key] < MAX_OUTAGE_ATTEMPTS:
+                    raise
+            self._attempts.pop(key, None)
+            await self.isolate(room_id, event, exc)
+        else:
+            self._attempts.pop(key, None)
+
+    async def isolate(self, room_id: str, event: Any, exc: BaseException) -> None:
+        event_id = getattr(event, "event_id", None)
+        sender = getattr(event, "sender", None)
+        kind = type(event).__name__
+        # Type, event id and where it failed only: an exception's message may quote the
+        # content, so neither it nor the chained exceptions are logged.
+        log.error(
+            "event %s (%s) in %s from %s could not be handled (%s); skipped. At:\n%s",
+            event_id,
+            kind,
+            room_id,
+            sender,
+            type(exc).__name__,
+            "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
+        )
+        self.count()
+        await self.audit(
+            sender if isinstance(sender, str) else "unknown",
+            "event.failed",
+            event_id if isinstance(event_id, str) else None,
+            {"room_id": room_id, "event": kind, "error": type(exc).__name__},
+        )
+        if isinstance(event_id, str):
+            await in_thread(self.store.mark_handled, event_id, room_id)
+        if not isinstance(sender, str):
+            return
+        now = time.monotonic()
+        if now - self._alerted.get(sender, -ALERT_EVERY_S) < ALERT_EVERY_S:
+            return
+        self._alerted[sender] = now
+        await self.alert(
+            doc(
+                para(
+                    "⚠ An event from ",
+                    Mention(sender),
+                    " could not be handled and was skipped (",
+                    Code(str(event_id)),
+                    f" in {room_id}, {type(exc).__name__}). The bot goes on; if more follow, "
+                    "their client may be broken or probing the bot. Further events from them "
+                    "that fail within the hour are only audited (event.failed).",
+                )
+            )
+        )
 
 
 class EventRouter:
@@ -53,6 +169,7 @@ class EventRouter:
         relay: RelayEngine,
         inbox: Inbox,
         audit: Audit,
+        guard: PoisonGuard,
     ) -> None:
         self.gateway = gateway
         self.settings = settings
@@ -65,6 +182,7 @@ class EventRouter:
         self.relay = relay
         self.inbox = inbox
         self.audit = audit
+        self.guard = guard
 
     @property
     def user_id(self) -> str:
@@ -78,7 +196,8 @@ class EventRouter:
         await self.trust.refresh(u for u in changed if self.membership.is_cleared(u))
         self.key_requests.offer(response.to_device_events)
         for room_id, invited in response.rooms.invite.items():
-            await self._on_invite(room_id, invited.invite_state)
+            invite = self._on_invite(room_id, invited.invite_state)
+            await self.guard.run(room_id, _Invite(room_id, invited.invite_state), invite)
         batch = ReceiptBatch()
         for room_id, info in response.rooms.join.items():
             events = list(info.timeline.events)
@@ -88,8 +207,8 @@ class EventRouter:
                 events = [e for e in gap if getattr(e, "event_id", None) not in seen] + events
                 log.info("back-filled %d event(s) of a gap in %s", len(gap), room_id)
             for event in events:
-                await self.on_event(room_id, event, initial, batch)
-        await self.inbox.end_batch(batch)
+                await self.guard.run(room_id, event, self.on_event(room_id, event, initial, batch))
+        await self._end_batch(batch)
         for room_id in response.rooms.leave:
             managed = self.rooms.by_id.get(room_id)
             if managed is not None:
@@ -98,12 +217,29 @@ class EventRouter:
             if partner is not None:
                 log.info("direct room with %s closed", partner)
 
+    async def _end_batch(self, batch: ReceiptBatch) -> None:
+        """The batch's receipts; a failure that is not an outage isolates the messages
+        still waiting for one (each of them, so each is audited and marked handled)."""
+        waiting = [(key[0], t.handle) for key, ts in batch.pending.items() for t in ts]
+        try:
+            await self.inbox.end_batch(batch)
+        except Exception as exc:
+            if is_outage(exc):
+                raise
+            batch.pending.clear()
+            for room_id, event in waiting:
+                await self.guard.isolate(room_id, event, exc)
+
     async def _on_invite(self, room_id: str, invite_state: Sequence[Any]) -> None:
         inviter, is_direct = None, False
         for event in invite_state:
             if isinstance(event, InviteMemberEvent) and event.state_key == self.user_id:
+                try:
+                    is_direct = bool(member_content(event.content).is_direct)
+                except SchemaError as exc:
+                    log.warning("invite to %s with malformed content: %s", room_id, exc)
+                    is_direct = False
                 inviter = event.sender
-                is_direct = bool(event.content.get("is_direct"))
         if room_id in self.rooms.by_id:
             await self.gateway.join(room_id)
             return
@@ -165,7 +301,14 @@ class EventRouter:
         ours = managed is not None or room_id in self.direct
         if isinstance(event, RoomMemberEvent):
             if managed is not None and not initial:
-                await self.membership.on_member_event(room_id, event.state_key, event.membership)
+                try:
+                    membership = member_content(event.source.get("content")).membership
+                except SchemaError as exc:
+                    # The server accepted it, so someone's membership changed: whoever
+                    # it is is judged on the register as a member would be.
+                    log.warning("member event %s dropped: %s", event.event_id, exc)
+                    membership = "join"  # judged as if joined: the safe direction
+                await self.membership.on_member_event(room_id, event.state_key, membership)
             return
         if isinstance(event, MegolmEvent):
             if event.sender != self.user_id and ours:
@@ -173,7 +316,12 @@ class EventRouter:
             return
         if isinstance(event, RedactionEvent):
             if managed is not None and not initial and event.sender != self.user_id:
-                await self.relay.handle_redaction(managed, event.redacts, event.sender)
+                try:
+                    target = redaction_target(event.source.get("content"), event.redacts)
+                except SchemaError as exc:
+                    log.warning("redaction %s dropped: %s", event.event_id, exc)
+                    return
+                await self.relay.handle_redaction(managed, target, event.sender)
             return
         if not isinstance(event, RoomMessageText) or event.sender == self.user_id or initial:
             return
@@ -186,7 +334,7 @@ class EventRouter:
                 sender=UserId(event.sender),
                 body=event.body,
                 formatted_body=event.formatted_body,
-                content=event.source.get("content", {}),
+                fields=message_fields(event.source.get("content")),
                 sent_at=sent_at(event),
                 handle=event,
                 ciphertext=self.gateway.ciphertext_of(event.event_id),
@@ -195,7 +343,17 @@ class EventRouter:
         )
 
     async def on_decrypted(self, room_id: str, event: Any) -> None:
-        await self.on_event(room_id, event, False)
+        await self.guard.run(room_id, event, self.on_event(room_id, event, False))
+
+
+class _Invite:
+    """An invite as the guard names it (an invite has no timeline event id)."""
+
+    def __init__(self, room_id: str, invite_state: Sequence[Any]) -> None:
+        self.event_id = None
+        self.sender = next(
+            (e.sender for e in invite_state if isinstance(e, InviteMemberEvent)), None
+        )
 
 
 def sent_at(event: Any) -> datetime:

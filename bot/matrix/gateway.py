@@ -21,6 +21,7 @@ from nio import (
     MegolmEvent,
     RoomContextResponse,
     RoomCreateResponse,
+    RoomGetEventResponse,
     RoomGetStateResponse,
     RoomMemberEvent,
     RoomMessagesResponse,
@@ -32,6 +33,7 @@ from nio import (
 from nio.api import Api, MessageDirection, RoomPreset, RoomVisibility
 from nio.crypto import InboundGroupSession, OlmDevice
 
+from bot.matrix.cryptostore import CryptoClient
 from policy.ids import UserId
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,11 @@ def unwrap(response: Any, expected: type[T], what: str) -> T:
     raise MatrixError(what, None, f"unexpected response {type(response).__name__}", None)
 
 
+def _membership(room: MatrixRoom) -> frozenset[tuple[str, bool]]:
+    """Who is in the room as nio has it (user, invited only): to see a sync change it."""
+    return frozenset((u, bool(m.invited)) for u, m in room.users.items())
+
+
 def _error(response: Any, what: str) -> MatrixError:
     transport = getattr(response, "transport_response", None)
     return MatrixError(
@@ -109,8 +116,11 @@ REMEMBERED_CIPHERTEXTS = 20_000
 class Gateway:
     """The operations the bot performs on the homeserver, each one call with typed errors."""
 
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(
+        self, client: AsyncClient, reopen: Callable[[CryptoClient], CryptoClient] | None = None
+    ) -> None:
         self.client = client
+        self._reopen = reopen  # the same login on a client loaded afresh from the store
         self._send_locks: dict[str, asyncio.Lock] = {}
         self._restored: set[str] = set()  # rooms from snapshots, members not yet checked
         # Rooms whose member list may have changed unseen (an invite the bot just sent, a DM
@@ -141,6 +151,34 @@ class Gateway:
             return bool(check(message_index, event))
 
         olm.message_index_ok = noted
+
+    async def reload(self) -> None:
+        """Replace the client by one loaded afresh from the crypto store (nio failed in the
+        middle of a sync, so what it holds in memory may be ahead of its store). The rooms
+        go with the old client: the caller restores them (`SyncLoop`). Sends in progress
+        finish first; a send meanwhile finds the room not synced yet and fails as such."""
+        if self._reopen is None:
+            raise RuntimeError("this gateway cannot reload its client")
+        locks = list(self._send_locks.values())
+        for lock in locks:
+            await lock.acquire()
+        try:
+            old = self.client
+            await old.close()
+            old.close_store()
+            self.client = self._reopen(old)
+            self._restored.clear()
+            self._watch_message_indexes()
+        finally:
+            for lock in locks:
+                lock.release()
+
+    async def close(self) -> None:
+        """Close the HTTP session and the crypto store of the current client."""
+        await self.client.close()
+        close_store = getattr(self.client, "close_store", None)
+        if close_store is not None:
+            close_store()
 
     def ciphertext_of(self, event_id: str) -> str | None:
         """The megolm message (sender key, session, index) a decrypted event came from;
@@ -353,13 +391,16 @@ class Gateway:
         ):
             return
         for _ in range(3):
-            # A sync handled while the answer travels may be newer than it (a join or a leave
-            # it showed would be undone): ask again then; sync alone is trusted after that.
-            before = self.client.next_batch
+            # A sync handled while the answer travels may have changed the room's members
+            # (a join or a leave it showed would be undone): ask again then.
+            before = _membership(room)
             joined = await self._joined_member_ids(room_id)
-            if self.client.next_batch == before:
+            if self.client.rooms.get(room_id) is room and _membership(room) == before:
                 break
         else:
+            # Still unconfirmed: a restored list stays marked, and no room key is shared
+            # with it (`_ensure_room_key`) until an answer holds.
+            log.warning("members of %s not confirmed: syncs kept changing them", room_id)
             return
         self._stale_members.discard(room_id)
         if restored:
@@ -383,6 +424,11 @@ class Gateway:
         olm = self.client.olm
         if olm is not None:
             olm.update_tracked_users(room)
+
+    def members_confirmed(self, room_id: str) -> bool:
+        """False for a room whose member list came from a stored snapshot and has not yet
+        been checked with the server: no room key is shared with such a list."""
+        return room_id not in self._restored
 
     async def _joined_member_ids(self, room_id: str) -> dict[str, dict[str, Any]]:
         """`/joined_members`, read without handing the answer to nio's state handling."""
@@ -479,6 +525,8 @@ class Gateway:
                     for u, member in room.users.items()
                     if not member.invited and u != self.user_id and u not in entitled
                 )
+                if not self.members_confirmed(room_id):
+                    await self.ensure_current_members(room_id)
                 await self._ensure_room_key(room, entitled, device_trusted, also_to)
                 if olm is None or olm.should_share_group_session(room_id):
                     # nio would now share the key with every member itself: never let it.
@@ -580,6 +628,18 @@ class Gateway:
             if isinstance(event, RoomMemberEvent) and event.state_key == user_id:
                 return str(event.membership)
         return None
+
+    async def event_sender(self, room_id: str, event_id: str) -> str | None:
+        """Who sent an event of the room, as the homeserver has it; None when it does not
+        show the event to the bot (unknown, or not visible). The sender is outside the
+        encryption, so no key is needed."""
+        response = await self.client.room_get_event(room_id, event_id)
+        if isinstance(response, RoomGetEventResponse):
+            sender = getattr(response.event, "sender", None)
+            return sender if isinstance(sender, str) else None
+        if getattr(response, "status_code", None) in ("M_NOT_FOUND", "M_FORBIDDEN"):
+            return None
+        raise _error(response, f"event {event_id}")
 
     async def forward_room_key(
         self, device: OlmDevice, room_id: str, session: InboundGroupSession, first_index: int
@@ -694,6 +754,14 @@ class Gateway:
             current.shared = False
         elif not olm.should_share_group_session(room.room_id):
             return
+        if not self.members_confirmed(room.room_id):
+            # The list is as a stored snapshot had it: someone in it may have left.
+            raise MatrixError(
+                f"share room key of {room.room_id}",
+                None,
+                "refused: member list not confirmed with the server",
+                None,
+            )
         targets = sorted(set(readers) | {d.user_id for d in also_to})
         try:
             await self._share(room, targets)

@@ -207,6 +207,9 @@ class Messenger:
     ) -> None:
         await self.gateway.redact(room_id, event_id, reason, tx_id)
 
+    async def sender_of(self, room_id: str, event_id: str) -> str | None:
+        return await self.gateway.event_sender(room_id, event_id)
+
     async def reply_to_sender(self, room_id: str, event: Any, reply: Document) -> None:
         """A reply the sending device can read even when the policy excludes it (it is told
         why it was refused)."""

@@ -2,6 +2,10 @@
 store and reused; a password login happens only for a new bot or a token the server
 rejected, and then to the same device. The bot never logs out: that would delete the
 device and its keys on the server.
+
+The client is nio's with the crash-safety fixes of `bot/matrix/cryptostore.py`, its store
+private (0600 files in a 0700 folder); the gateway gets a factory that builds the same
+client again from the store, for when nio fails in the middle of a sync.
 """
 
 from __future__ import annotations
@@ -9,9 +13,10 @@ from __future__ import annotations
 import logging
 import os
 
-from nio import AsyncClient, AsyncClientConfig, LoginResponse, WhoamiResponse
+from nio import AsyncClientConfig, LoginResponse, WhoamiResponse
 
 from bot.config import Config
+from bot.matrix.cryptostore import CryptoClient, PrivateStore
 from bot.matrix.gateway import Gateway, MatrixError, unwrap
 from bot.matrix.trust import KeysAPI, bootstrap_cross_signing, key_sealer
 from bot.startup import Secrets, StartupError
@@ -35,6 +40,7 @@ async def login(config: Config, secrets: Secrets, store: Store) -> Gateway:
         backoff_factor=0.5,
         max_timeout_retry_wait_time=10,
         request_timeout=60,
+        store=PrivateStore,
     )
     sealer = Sealer(secrets.pickle_key, "access-token")
     session = await in_thread(store.bot_session)
@@ -43,9 +49,13 @@ async def login(config: Config, secrets: Secrets, store: Store) -> Gateway:
             f"the database belongs to {session.user_id}, not {hs.user_id}: use its own database"
         )
     device_id = session.device_id if session else ""
-    client = AsyncClient(
-        hs.url, hs.user_id, device_id=device_id, store_path=str(store_dir), config=client_config
-    )
+
+    def new_client(device: str) -> CryptoClient:
+        return CryptoClient(
+            hs.url, hs.user_id, device_id=device, store_path=str(store_dir), config=client_config
+        )
+
+    client = new_client(device_id)
     try:
         if session is not None:
             token = sealer.open_text(session.sealed_token, session.device_id)
@@ -76,12 +86,20 @@ async def login(config: Config, secrets: Secrets, store: Store) -> Gateway:
             await client.keys_upload()
     except BaseException:
         await client.close()
+        client.close_store()
         raise
-    return Gateway(client)
+
+    def reopen(old: CryptoClient) -> CryptoClient:
+        """The same login on a client loaded afresh from the store."""
+        fresh = new_client(str(old.device_id))
+        fresh.restore_login(old.user_id, old.device_id, old.access_token)
+        return fresh
+
+    return Gateway(client, reopen)
 
 
 async def _password_login(
-    client: AsyncClient, config: Config, secrets: Secrets, store: Store, sealer: Sealer
+    client: CryptoClient, config: Config, secrets: Secrets, store: Store, sealer: Sealer
 ) -> None:
     response = await client.login(secrets.password, config.homeserver.device_name)
     login = unwrap(response, LoginResponse, "login")

@@ -2,8 +2,12 @@
 
 APScheduler 3's AsyncIOScheduler runs on the bot's loop with an in-memory job store rebuilt
 at start from the config and our own schedule table; each window is recorded (digest_runs)
-before it is posted, under a transaction id derived from the window, so a restart never
-posts a window twice. A window missed while the bot was down is posted once, marked
+before it is posted, with the events it will post (sealed) and their transaction ids,
+derived from the window, so a restart never posts a window twice: a run a crash (or a
+failed send) left claimed is re-driven at start and on its schedule's next tick with
+exactly those events and ids, and the homeserver keeps one copy of a part that had gone
+out; past the homeserver's memory of transaction ids (TXN_MEMORY) it is recorded stale and
+the admins are told instead. A window missed while the bot was down is posted once, marked
 delayed, within `[bot] digest_catchup_grace`; older misses are skipped and audited.
 
 Only a schedule that has recorded a window can have missed one: on its first start there is
@@ -16,6 +20,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
+import json
 import logging
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,22 +35,25 @@ from bot.config import Config
 from bot.matrix.gateway import MatrixError
 from bot.metrics import Metrics
 from bot.services.ports import Audit, Messenger
+from bot.services.relay import TXN_MEMORY
 from bot.services.render import EVENT_LIMIT, EXERCISE_LINE, LABEL_KEY, encrypted_size, target_banner
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.services.schedule import cron_trigger, format_duration, parse_duration
 from bot.storage import (
     AuditNote,
+    DigestRun,
     DigestSchedule,
     IntelItem,
     Origin,
     RunState,
     ScheduleKey,
     Store,
+    StoreError,
     in_thread,
 )
-from bot.storage.sealing import SealError
+from bot.storage.sealing import Sealer, SealError
 from commands.context import CommandError, PermissionDenied, Role
-from commands.document import Banner, Document, Inline, doc, heading, items, para
+from commands.document import Banner, Code, Document, Inline, Strong, doc, heading, items, para
 from policy import Label, MarkingError, Precedence, dominant_label, may_release, parse_marking
 from policy.adatp4774 import label_metadata, to_json
 
@@ -408,6 +416,19 @@ def plan_catch_up(
 # ---------------------------------------------------------------- the service
 
 
+def part_txn_ids(schedule_key: str, end: datetime, count: int) -> list[str]:
+    """The fixed transaction ids of a window's parts (the first is the window's own id, as
+    before parts were stored, so a run claimed then is re-sent under the same ids)."""
+    txn = "dg" + hashlib.sha256(f"{schedule_key}|{end.isoformat()}".encode()).hexdigest()[:40]
+    return [txn if n == 0 else f"{txn}-{n}" for n in range(count)]
+
+
+def _binding(schedule_key: str, end: datetime, room_key: str) -> str:
+    """What a run's sealed parts are bound to: moved to another run or room, they do not
+    open."""
+    return f"digest-run|{schedule_key}|{end.astimezone(UTC).isoformat()}|{room_key}"
+
+
 class DigestService:
     def __init__(
         self,
@@ -419,6 +440,7 @@ class DigestService:
         metrics: Metrics,
         open_item: Callable[[IntelItem], tuple[str, tuple[str, ...]]],
         clock: Callable[[], datetime] | None = None,
+        sealer: Sealer | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -429,6 +451,19 @@ class DigestService:
         self.open_item = open_item  # an item's text and topics, unsealed
         self.clock = clock or (lambda: datetime.now(UTC))
         self.scheduler = AsyncIOScheduler(timezone=config.bot.timezone)
+        self._sealer = sealer  # None: derived from the store's key when first needed
+        self._driving: set[tuple[str, datetime]] = set()  # runs being posted now
+
+    @property
+    def sealer(self) -> Sealer:
+        """Seals a claimed run's events. Derived from the store's audit key (itself derived
+        from the data key) unless given: every store the bot runs with holds that key, so
+        no other wiring is needed, and the purpose keeps it apart from every other key."""
+        if self._sealer is None:
+            if self.store.audit_key is None:
+                raise StoreError("sealing a digest's parts needs the data key")
+            self._sealer = Sealer(self.store.audit_key.hex(), "digest-parts")
+        return self._sealer
 
     # -- schedules
 
@@ -454,7 +489,9 @@ class DigestService:
         return cron_trigger(schedule.cron, self.config.bot.timezone)
 
     async def start(self) -> None:
-        """Catch up on windows missed while down, then schedule every job."""
+        """Post the runs a crash left claimed, catch up on windows missed while down, then
+        schedule every job."""
+        await self.redrive()
         for schedule in await self.schedules():
             await self._catch_up(schedule)
             self._add_job(schedule)
@@ -508,6 +545,7 @@ class DigestService:
         schedule = next((s for s in await self.schedules() if s.key == key), None)
         if schedule is None:
             return
+        await self.redrive(key)  # a window claimed earlier and not posted goes first
         now = self.clock()
         end = latest_fire_time(self.trigger(schedule), now - timedelta(days=1), now)
         if end is not None:
@@ -553,50 +591,170 @@ class DigestService:
     async def post_window(
         self, schedule: DigestSchedule, end: datetime, *, delayed: bool
     ) -> str | None:
-        """Post one window of a schedule, at most once."""
+        """Post one window of a schedule, at most once: compose it, claim the window with
+        its sealed events and their fixed transaction ids in one transaction, then send
+        exactly those. A window already claimed is posted from its stored events."""
         room = self.rooms.by_key.get(schedule.room_key)
         if room is None:
             log.error("digest %s: no managed room %s", schedule.key, schedule.room_key)
             return None
-        run = await in_thread(
-            self.store.claim_digest_run, schedule.key, room.key, end, delayed=delayed
-        )
-        if run.state in (RunState.POSTED, RunState.SKIPPED):
+        run = await in_thread(self.store.digest_run, schedule.key, end)
+        if run is None:
+            start = end - timedelta(seconds=schedule.window_s)
+            parts = await self.compose_parts(room, schedule.sources, start, end, delayed=delayed)
+            sealed = self._seal(schedule.key, end, room, parts)
+            run = await in_thread(
+                self.store.claim_digest_run,
+                schedule.key,
+                room.key,
+                end,
+                delayed=delayed,
+                parts=sealed,
+            )
+        if run.state != RunState.POSTING:
             return run.event_id
-        start = end - timedelta(seconds=schedule.window_s)
-        parts = await self.compose_parts(room, schedule.sources, start, end, delayed=run.delayed)
-        txn = "dg" + hashlib.sha256(f"{schedule.key}|{end.isoformat()}".encode()).hexdigest()[:40]
+        return await self._drive(run, schedule)
+
+    async def redrive(self, schedule_key: str | None = None) -> None:
+        """Post the runs left claimed (a crash between claim and post, or a send that
+        failed), with the events and transaction ids stored at the claim: the homeserver
+        keeps one copy of a part that had gone out. Called at start and on each tick of the
+        run's schedule."""
+        runs = await in_thread(self.store.posting_digest_runs, schedule_key)
+        if not runs:
+            return
+        schedules = {s.key: s for s in await self.schedules()}
+        for run in runs:
+            await self._drive(run, schedules.get(run.schedule_key))
+
+    async def _drive(self, run: DigestRun, schedule: DigestSchedule | None) -> str | None:
+        """Send a claimed run's parts and record it posted; None if it could not be (left
+        claimed for the next try, or given up as stale)."""
+        key = (run.schedule_key, run.window_end)
+        if key in self._driving:
+            return None  # being posted right now (a start's re-drive and a tick)
+        self._driving.add(key)
+        try:
+            current = await in_thread(self.store.digest_run, run.schedule_key, run.window_end)
+            if current is None or current.state != RunState.POSTING:
+                return current.event_id if current is not None else None  # done meanwhile
+            return await self._drive_once(current, schedule)
+        finally:
+            self._driving.discard(key)
+
+    async def _drive_once(self, run: DigestRun, schedule: DigestSchedule | None) -> str | None:
+        room = self.rooms.by_key.get(run.room_key)
+        age = datetime.now(UTC) - run.created_at if run.created_at is not None else None
+        if age is not None and age > TXN_MEMORY:
+            # The homeserver has forgotten the transaction ids: a re-send could post a
+            # second copy of a part that went out before the crash.
+            return await self._give_up(run, "claimed over 23 hours ago", alert=True)
+        if room is None:
+            return await self._give_up(run, f"room {run.room_key} is no longer managed")
+        if run.parts is not None:
+            try:
+                room_id, parts = self._open(run)
+            except (SealError, ValueError, KeyError, TypeError):  # changed in the database
+                return await self._give_up(run, "its stored events do not open", alert=True)
+            if room_id != room.room_id:
+                return await self._give_up(run, f"room {run.room_key} has another room id now")
+        elif schedule is not None:  # claimed before 0011: composed again, same txn ids
+            start = run.window_end - timedelta(seconds=schedule.window_s)
+            composed = await self.compose_parts(
+                room, schedule.sources, start, run.window_end, delayed=run.delayed
+            )
+            txn = part_txn_ids(run.schedule_key, run.window_end, len(composed))
+            parts = [(t, p.content) for t, p in zip(txn, composed, strict=True)]
+        else:
+            return await self._give_up(run, f"schedule {run.schedule_key} no longer exists")
         try:  # a fixed txn id per part: a replay after a crash posts none of them twice
             event_ids = [
-                await self.messenger.send(
-                    room.room_id, part.content, tx_id=txn if n == 0 else f"{txn}-{n}"
-                )
-                for n, part in enumerate(parts)
+                await self.messenger.send(room.room_id, content, tx_id=txn)
+                for txn, content in parts
             ]
             event_id = event_ids[0]
         except MatrixError as exc:
-            log.error("digest %s for %s not posted: %s", schedule.key, room.key, exc)
+            log.error("digest %s for %s not posted: %s", run.schedule_key, room.key, exc)
             return None
         await in_thread(
             self.store.finish_digest_run,
-            schedule.key,
-            end,
+            run.schedule_key,
+            run.window_end,
             RunState.POSTED,
             event_id,
             AuditNote(
                 self.messenger.user_id,
                 "digest.posted",
-                schedule.key,
+                run.schedule_key,
                 {
                     "room": room.key,
-                    "window_end": end.isoformat(),
-                    "window_s": schedule.window_s,
+                    "window_end": run.window_end.isoformat(),
+                    "window_s": schedule.window_s if schedule is not None else None,
                     "delayed": run.delayed,
+                    "parts": len(parts),
                 },
             ),
         )
         self.metrics.digests.labels("posted").inc()
         return event_id
+
+    async def _give_up(self, run: DigestRun, reason: str, *, alert: bool = False) -> str | None:
+        """Record a claimed run as stale (never sent again), audited; admins hear of the
+        ones that may be missing from the room."""
+        log.error("digest %s for %s not posted: %s", run.schedule_key, run.room_key, reason)
+        await in_thread(
+            self.store.finish_digest_run,
+            run.schedule_key,
+            run.window_end,
+            RunState.STALE,
+            None,
+            AuditNote(
+                self.messenger.user_id,
+                "digest.stale",
+                run.schedule_key,
+                {"room": run.room_key, "window_end": run.window_end.isoformat(), "reason": reason},
+            ),
+        )
+        self.metrics.digests.labels("stale").inc()
+        if alert:
+            await self.messenger.alert_admins(
+                doc(
+                    para(
+                        "⚠ The digest ",
+                        Code(run.schedule_key),
+                        " for ",
+                        Strong(run.room_key),
+                        f" of the window ending {run.window_end:%Y-%m-%d %H:%MZ} was not "
+                        f"posted ({reason}) and will not be re-sent: check the room, and "
+                        "post it with !digest now if it is missing.",
+                    )
+                )
+            )
+        return None
+
+    def _seal(
+        self, schedule_key: str, end: datetime, room: ManagedRoom, parts: Sequence[DigestPart]
+    ) -> str:
+        """The events of a window, sealed with the room id they go to and their fixed
+        transaction ids, bound to the run (schedule, window, room key)."""
+        txn = part_txn_ids(schedule_key, end, len(parts))
+        body = {
+            "room_id": room.room_id,
+            "parts": [{"txn_id": t, "content": p.content} for t, p in zip(txn, parts, strict=True)],
+        }
+        return self.sealer.seal_text(json.dumps(body), _binding(schedule_key, end, room.key))
+
+    def _open(self, run: DigestRun) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+        assert run.parts is not None
+        body = json.loads(
+            self.sealer.open_text(
+                run.parts, _binding(run.schedule_key, run.window_end, run.room_key)
+            )
+        )
+        parts = [(str(p["txn_id"]), dict(p["content"])) for p in body["parts"]]
+        if not parts:
+            raise ValueError("no parts")
+        return str(body["room_id"]), parts
 
     async def post_now(self, actor: str, room: ManagedRoom) -> str:
         """`!digest now`: this room's configured window and sources, ending now."""

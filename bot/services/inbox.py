@@ -14,7 +14,7 @@ refusal of every message is in it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -22,7 +22,6 @@ from typing import Any, Protocol
 from bot.services.membership import Membership
 from bot.services.ports import Audit, EventHandle, SenderGate
 from bot.services.relay import RelayEngine, Source
-from bot.services.render import LABEL_KEY
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.storage import Store, in_thread
 from bot.tasks import Supervisor
@@ -37,6 +36,26 @@ from policy.ids import EventId, RoomId, UserId
 log = logging.getLogger(__name__)
 
 
+# A machine-readable label as a message carries it: the XML form or the JSON form.
+LabelField = str | Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class MessageFields:
+    """What the bot reads of a message's content, checked against its schema at the Matrix
+    edge (bot/matrix/schemas.py): services never read raw content, whose types any member
+    chooses. `problem` set means the content was malformed: it names the field and what was
+    wrong (never the value), and nothing else was read except an edit's new text, which is
+    kept only so spillage in it can be removed."""
+
+    label: LabelField | None = None
+    mentions: tuple[UserId, ...] = ()
+    replaces: EventId | None = None  # an edit (m.replace) of this event
+    new_body: str | None = None
+    new_label: LabelField | None = None
+    problem: str | None = None
+
+
 @dataclass(frozen=True)
 class IncomingMessage:
     """A decrypted text message, as the event router hands it over."""
@@ -46,7 +65,7 @@ class IncomingMessage:
     sender: UserId
     body: str
     formatted_body: str | None
-    content: dict[str, Any]
+    fields: MessageFields
     sent_at: datetime
     handle: EventHandle  # the edge's own event, for the sender gate and replies
     # the encrypted message it came from (sender key, session, index); None if in clear
@@ -142,14 +161,16 @@ class Inbox:
         `end_batch` (its copies are already on their way); without, it is sent on its own."""
         room_id = message.room_id
         managed = self.rooms.by_id.get(room_id)
-        relates = message.content.get("m.relates_to", {}) or {}
-        if relates.get("rel_type") == "m.replace":  # an edit: never a command
-            original = relates.get("event_id")
-            if managed is not None and isinstance(original, str) and original:
-                await self._on_edit(message, managed, EventId(original))
+        fields = message.fields
+        if fields.problem is not None:
+            await self._malformed(message, managed, fields.problem)
+            return
+        if fields.replaces is not None:  # an edit: never a command
+            if managed is not None:
+                await self._on_edit(message, managed, fields.replaces)
             return
         command = is_command(message.body, self.prefixes)
-        labelled = message.content.get(LABEL_KEY)
+        labelled = fields.label
         if not command and not (
             managed is not None and (is_tagged(message.body) or labelled is not None)
         ):
@@ -212,7 +233,7 @@ class Inbox:
             )
             await in_thread(self.store.mark_handled, message.event_id, room_id)
             return
-        mentions = tuple(message.content.get("m.mentions", {}).get("user_ids", ()) or ())
+        mentions = fields.mentions
         invocation = Invocation(
             sender=message.sender,
             room_id=room_id,
@@ -291,15 +312,55 @@ class Inbox:
             return
         if await self._replayed(message):
             return
-        new_content = message.content.get("m.new_content") or {}
-        new_body = new_content.get("body") if isinstance(new_content, dict) else None
-        if isinstance(new_body, str):
+        new_body = message.fields.new_body
+        if new_body is not None:
             source = Source(managed, original, message.sender, message.sent_at, message.handle)
             reply = await self.relay.handle_edit(
-                source, new_body, label_field=new_content.get(LABEL_KEY)
+                source, new_body, label_field=message.fields.new_label
             )
             if reply is not None:
                 await self.replier.reply_to_sender(message.room_id, message.handle, reply)
+        await in_thread(self.store.mark_handled, message.event_id, message.room_id)
+
+    async def _malformed(
+        self, message: IncomingMessage, managed: ManagedRoom | None, problem: str
+    ) -> None:
+        """A message whose content does not fit its schema: not acted on (no command, no
+        relay), audited with the problem (never the words), and, in a managed room, its text
+        still judged for spillage: a marking above the room in a broken event is removed
+        like any other. The sender hears what was wrong when it looked like a command or
+        intelligence."""
+        if await in_thread(self.store.is_handled, message.event_id):
+            return
+        log.warning("malformed message %s from %s: %s", message.event_id, message.sender, problem)
+        await self.audit(
+            message.sender,
+            "event.malformed",
+            message.event_id,
+            {"room_id": message.room_id, "problem": problem},
+        )
+        removed = False
+        if managed is not None:
+            source = Source(
+                managed, message.event_id, message.sender, message.sent_at, message.handle
+            )
+            removed = await self.relay.remove_if_spilled(
+                source, [message.body, message.fields.new_body]
+            )
+        looked_like = is_command(message.body, self.prefixes) or is_tagged(message.body)
+        if not removed and looked_like and self.room_state.is_encrypted(message.room_id):
+            await self.replier.reply_to_sender(
+                message.room_id,
+                message.handle,
+                doc(
+                    para(
+                        "⚠ Not acted on: the message's content is malformed (",
+                        problem,
+                        "). Nothing was stored, relayed or changed; your client may be "
+                        "out of date.",
+                    )
+                ),
+            )
         await in_thread(self.store.mark_handled, message.event_id, message.room_id)
 
     async def _reply(self, invocation: Invocation, reply: Reply) -> None:

@@ -55,6 +55,10 @@ class Messenger(Protocol):
 
     async def alert_admins(self, document: Document) -> None: ...
 
+    async def sender_of(self, room_id: str, event_id: str) -> str | None:
+        """Who sent an event, as the homeserver has it; None when it does not show it."""
+        ...
+
 
 class SenderGate(Protocol):
     """The trusted-sender gate (DESIGN §7a)."""

@@ -62,6 +62,7 @@ from policy.ids import EventId, UserId
 
 log = logging.getLogger(__name__)
 
+SEAL_VERSION = b"v2"  # items and ledger rows in contexts of their own (v1: one shared)
 TXN_MEMORY = timedelta(hours=23)  # Synapse forgets transaction ids after about 24 hours
 REDACT_REASON = "withdrawn"  # redaction reasons are not encrypted: nothing more specific
 
@@ -124,6 +125,13 @@ def copy_for(source: Source, message: TaggedMessage, target: ManagedRoom) -> dic
     )
 
 
+def _own_events(source: Source) -> list[str]:
+    """The sender's own events that carry a message: the original and, when the message
+    came as an edit of their own, the edit. Never another event: an edit may name any."""
+    edit = getattr(source.event, "event_id", None)
+    return list(dict.fromkeys([source.event_id, *([edit] if isinstance(edit, str) else [])]))
+
+
 def _ready(document: Document) -> asyncio.Future[Document]:
     """A reply that needs nothing sent first."""
     done: asyncio.Future[Document] = asyncio.get_running_loop().create_future()
@@ -150,7 +158,12 @@ class RelayEngine:
         self.gate = gate
         self.audit = audit
         self.metrics = metrics
-        self.sealer = Sealer(data_key, "intel")
+        # Items and ledger rows are sealed in contexts of their own: with one context, a
+        # ledger row's sealed copy written into an item row (database write access) opened
+        # as an item of any room.
+        self.item_sealer = Sealer(data_key, "intel-item", SEAL_VERSION)
+        self.ledger_sealer = Sealer(data_key, "intel-ledger", SEAL_VERSION)
+        self._legacy_sealer = Sealer(data_key, "intel")  # only to reseal, once
         self._in_flight: set[str] = set()  # transaction ids queued or being sent right now
         self._queued: set[asyncio.Future[Any]] = set()  # releases whose sends are going out
         self._last_to: dict[str, asyncio.Future[Any]] = {}  # the latest send per target room
@@ -215,7 +228,9 @@ class RelayEngine:
             # else is wrong with the marking: the text must not stay in a lower room.
             level = level_fits(levels_named(body, room.policy.scheme), room.policy)
             if not level.allowed:
-                await self._spillage(source, "unreadable marking", level.reason, [source.event_id])
+                await self._spillage(
+                    source, "unreadable marking", level.reason, _own_events(source)
+                )
                 return removed
             # The error quotes the message; the audit log is permanent and in clear, so it
             # keeps where the marking broke, never the words.
@@ -230,7 +245,7 @@ class RelayEngine:
         assert message is not None
         own = fits(message.label, room.policy)
         if not own.allowed:  # before the device gate: spillage is removed whoever sent it
-            await self._spillage(source, message.label.banner, own.reason, [source.event_id])
+            await self._spillage(source, message.label.banner, own.reason, _own_events(source))
             return removed
         refusal = await self.gate.untrusted_sender(room.room_id, source.event)
         if refusal is not None:
@@ -316,7 +331,7 @@ class RelayEngine:
             precedence=message.precedence,
             exercise=message.exercise,
             topics=(),  # sealed with the text: topics say what the text is about
-            text=self.sealer.seal_text(
+            text=self.item_sealer.seal_text(
                 sealed_payload(message.text, message.topics),
                 item_binding(source.event_id, source.room.key, message.label.banner),
             ),
@@ -448,7 +463,7 @@ class RelayEngine:
             item_event_id=item_event_id,
             target_key=target.key,
             target_room_id=target.room_id,
-            content=self.sealer.seal_text(
+            content=self.ledger_sealer.seal_text(
                 json.dumps(content), ledger_binding(txn, target.key, target.room_id)
             ),
         )
@@ -466,7 +481,7 @@ class RelayEngine:
     async def _send_once(self, row: RelayEntry) -> str | None:
         try:
             content = json.loads(
-                self.sealer.open_text(
+                self.ledger_sealer.open_text(
                     row.content, ledger_binding(row.txn_id, row.target_key, row.target_room_id)
                 )
             )
@@ -532,10 +547,75 @@ class RelayEngine:
 
     # ------------------------------------------------------------ spillage
 
+    async def remove_if_spilled(self, source: Source, bodies: Sequence[str | None]) -> bool:
+        """A message that is not acted on (its content is malformed): if any of its texts
+        names a level above the room, it is spillage all the same, and removed (its own
+        event only, `source.event_id`). True if it was."""
+        room = source.room
+        for body in bodies:
+            if body is None:
+                continue
+            text = body.removeprefix("* ")  # an edit's fallback body
+            level = level_fits(levels_named(text, room.policy.scheme), room.policy)
+            if not level.allowed:
+                await self._spillage(source, "unreadable marking", level.reason, [source.event_id])
+                return True
+        return False
+
+    async def _foreign_edit(
+        self, source: Source, new_body: str, label_field: Any
+    ) -> Document | None:
+        """An edit of someone else's event (or of one the homeserver does not show): never
+        applied, never tagging anything. Only the edit itself is judged: if its text is
+        marked above the room it is spillage, and the edit alone is redacted, never the
+        event it names."""
+        own_event = Source(
+            source.room, EventId(source.event.event_id), source.sender, source.sent_at,
+            source.event,
+        )  # fmt: skip
+        room = source.room
+        try:
+            carried = (
+                import_label(label_field, extra_caveats=self.settings.caveats)
+                if label_field is not None
+                else None
+            )
+            message = parse_tagged(
+                new_body, room.policy.scheme, extra_caveats=self.settings.caveats, label=carried
+            )
+        except MarkingError:
+            message = None
+        if message is not None:
+            marking, decision = message.label.banner, fits(message.label, room.policy)
+        else:
+            marking = "unreadable marking"
+            decision = level_fits(levels_named(new_body, room.policy.scheme), room.policy)
+        if not decision.allowed:
+            await self._spillage(own_event, marking, decision.reason, [own_event.event_id])
+            return doc(
+                para(
+                    "⚠ Your edit was removed from this room: its marking does not fit the "
+                    "room. The administrators were alerted."
+                )
+            )
+        await self.audit(
+            source.sender,
+            "intel.edit-ignored",
+            source.event_id,
+            {"room": room.key, "edit": own_event.event_id, "reason": "not the sender's event"},
+        )
+        return None
+
     async def _spillage(
-        self, source: Source, marking: str, reason: str, event_ids: Sequence[str]
+        self,
+        source: Source,
+        marking: str,
+        reason: str,
+        event_ids: Sequence[str],
+        withdrawn: Sequence[str] = (),
     ) -> None:
-        """Breach response: remove the event(s) now, alert admins (never the text), record."""
+        """Breach response: remove the event(s) now, alert admins (never the text), record.
+        `withdrawn`: rooms whose relayed copies were withdrawn with it."""
         room = source.room
         for event_id in event_ids:
             try:
@@ -547,7 +627,12 @@ class RelayEngine:
             "spillage",
             room,
             source,
-            {"marking": marking, "reason": reason, "redacted": list(event_ids)},
+            {
+                "marking": marking,
+                "reason": reason,
+                "redacted": list(event_ids),
+                **({"withdrawn_from": list(withdrawn)} if withdrawn else {}),
+            },
         )
         await self.messenger.alert_admins(
             doc(
@@ -560,7 +645,12 @@ class RelayEngine:
                         ("why: ", reason),
                     ]
                 ),
-                para("The event was redacted from the room and nothing was relayed."),
+                para(
+                    "The event was redacted from the room and nothing was relayed."
+                    if not withdrawn
+                    else "The event was redacted from the room and its relayed copies "
+                    f"withdrawn from {', '.join(withdrawn)}."
+                ),
             )
         )
 
@@ -573,10 +663,16 @@ class RelayEngine:
         `label_field` is the new content's machine-readable label, if any."""
         await self.settle()  # the copies it edits must have gone out
         item = await in_thread(self.store.item, source.event_id)
-        if item is None:  # an edit that tags an untagged message
+        if item is None:
+            # An edit that tags an untagged message: only the sender's own. The target is
+            # whatever event id the edit names (anyone's message, the bot's copies, room
+            # state): acted on as the edit's "original", a spillage removal would redact it.
+            owner = await self.messenger.sender_of(source.room.room_id, source.event_id)
+            if owner != source.sender:
+                return await self._foreign_edit(source, new_body, label_field)
             return await self.handle(source, new_body, label_field=label_field)
-        if item.sender != source.sender:
-            return None  # clients ignore edits by someone else; so do we
+        if item.sender != source.sender:  # clients ignore edits by someone else; so do we
+            return await self._foreign_edit(source, new_body, label_field)
         room = source.room
         # Every edit of an item passes the gate, whatever it says: one that drops the
         # marking would otherwise withdraw every copy for anyone holding the sender's token.
@@ -598,17 +694,23 @@ class RelayEngine:
                 new_body, room.policy.scheme, extra_caveats=self.settings.caveats, label=carried
             )
         except MarkingError as exc:
-            return doc(para("⚠ Edit not applied to the relayed copies: ", str(exc), "."))
-        assert message is not None
-        own = fits(message.label, room.policy)
-        if not own.allowed:
-            await self._spillage(
-                source, message.label.banner, own.reason, [source.event.event_id, source.event_id]
-            )
+            level = level_fits(levels_named(new_body, room.policy.scheme), room.policy)
+            if level.allowed:
+                return doc(para("⚠ Edit not applied to the relayed copies: ", str(exc), "."))
+            message, marking, decision = None, "unreadable marking", level
+        else:
+            assert message is not None
+            marking, decision = message.label.banner, fits(message.label, room.policy)
+        if message is None or not decision.allowed:
+            # Re-marked above the room: the text now says it was never releasable where it
+            # went, so the copies are withdrawn too and the item leaves search and digests.
+            gone = await self._redact_copies(source.event.event_id, source.event_id)
+            await self._spillage(source, marking, decision.reason, _own_events(source), gone)
             return doc(
                 para(
                     "⚠ Your edited message was removed from this room: its marking "
-                    "does not fit the room. The administrators were alerted."
+                    "does not fit the room. Its relayed copies were withdrawn and the "
+                    "administrators were alerted."
                 )
             )
         await in_thread(
@@ -620,7 +722,7 @@ class RelayEngine:
             precedence=message.precedence,
             exercise=message.exercise,
             topics=(),
-            text=self.sealer.seal_text(
+            text=self.item_sealer.seal_text(
                 sealed_payload(message.text, message.topics),
                 item_binding(source.event_id, room.key, message.label.banner),
             ),
@@ -720,12 +822,19 @@ class RelayEngine:
         ]
         for row in await in_thread(self.store.add_relays, entries):
             await self._send(row)
-        sealed_empty = self.sealer.seal_text("", item_event_id) if forget else None
+        item = await in_thread(self.store.item, item_event_id) if forget else None
+        sealed_empty = (
+            self.item_sealer.seal_text(
+                sealed_payload("", ()), item_binding(item.event_id, item.room_key, item.label)
+            )
+            if item is not None
+            else None
+        )
         await in_thread(self.store.redact_item, item_event_id, sealed_empty)
         if forget:  # the ledger's sealed copies held the text too
             ledger = await in_thread(self.store.ledger_of, item_event_id)
             blanks = {
-                row.txn_id: self.sealer.seal_text(
+                row.txn_id: self.ledger_sealer.seal_text(
                     "{}", ledger_binding(row.txn_id, row.target_key, row.target_room_id)
                 )
                 for row in ledger
@@ -734,6 +843,12 @@ class RelayEngine:
         return [c.target_key for c in copies]
 
     # ------------------------------------------------------------ the ledger's tail
+
+    async def start(self) -> None:
+        """After the first sync: old sealed values resealed (before anything opens one),
+        then what a crash or an outage left pending re-sent."""
+        await self.reseal_legacy()
+        await self.resend_pending()
 
     async def resend_pending(self) -> None:
         """Re-send rows a crash or an outage left pending; report those too old to re-send.
@@ -775,16 +890,92 @@ class RelayEngine:
         return len(await in_thread(self.store.pending_relays))
 
     def open_item(self, item: IntelItem) -> tuple[str, tuple[str, ...]]:
-        """An item's text and topics, opened only with the room and label it was stored
-        under (a label lowered in the database does not open); items stored before that
-        binding open with their event id alone, their topics from the clear column."""
-        try:
-            sealed = self.sealer.open_text(
-                item.text, item_binding(item.event_id, item.room_key, item.label)
-            )
-        except SealError:
-            sealed = self.sealer.open_text(item.text, item.event_id)
+        """An item's text and topics, opened only in the items' own context and with the
+        event, room and label it was stored under (a label lowered in the database, or a
+        ledger row's copy written into an item row, does not open: SealError)."""
+        sealed = self.item_sealer.open_text(
+            item.text, item_binding(item.event_id, item.room_key, item.label)
+        )
         return opened_payload(sealed, item.topics)
+
+    async def reseal_legacy(self) -> tuple[int, int]:
+        """Reseal, once, items and ledger rows sealed before they had contexts of their own
+        (sealing version v1, one context "intel"; items from before the label binding open
+        by their event id, ledger rows from before theirs by their transaction id). Only
+        here do those old forms open, and only the first time: the audit entry
+        `intel.resealed` records that it happened, and v1 values found after it were
+        written into the database since; they are left unopened and the admins alerted.
+        Returns (items, ledger rows) resealed."""
+        items, ledger = await in_thread(self.store.sealed_with_version, "v1")
+        if not items and not ledger:
+            return 0, 0
+        if await in_thread(self.store.has_audit_action, "intel.resealed"):
+            log.error(
+                "%d item(s) and %d ledger row(s) in the old sealing format after the one-off "
+                "reseal: written into the database since; left unopened",
+                len(items),
+                len(ledger),
+            )
+            await self.audit(
+                self.messenger.user_id,
+                "intel.reseal-refused",
+                None,
+                {"items": [i.event_id for i in items][:50], "ledger": len(ledger)},
+            )
+            await self.messenger.alert_admins(
+                doc(
+                    para(
+                        f"⚠ {len(items)} item(s) and {len(ledger)} relay ledger row(s) in the "
+                        "database are in the old sealing format, after they were all resealed "
+                        "once: they were written into the database since. They are not opened "
+                        "(not shown, searched or sent). Check the audit log and who has write "
+                        "access to the database."
+                    )
+                )
+            )
+            return 0, 0
+        new_items: dict[str, str] = {}
+        for item in items:
+            binding = item_binding(item.event_id, item.room_key, item.label)
+            for associated in (binding, item.event_id):
+                try:
+                    text = self._legacy_sealer.open_text(item.text, associated)
+                except SealError:
+                    continue
+                payload = opened_payload(text, item.topics)
+                new_items[item.event_id] = self.item_sealer.seal_text(
+                    sealed_payload(*payload), binding
+                )
+                break
+        new_ledger: dict[str, str] = {}
+        for row in ledger:
+            binding = ledger_binding(row.txn_id, row.target_key, row.target_room_id)
+            for associated in (binding, row.txn_id):
+                try:
+                    content = self._legacy_sealer.open_text(row.content, associated)
+                except SealError:
+                    continue
+                new_ledger[row.txn_id] = self.ledger_sealer.seal_text(content, binding)
+                break
+        unopened = len(items) - len(new_items) + len(ledger) - len(new_ledger)
+        await in_thread(
+            self.store.reseal,
+            new_items,
+            new_ledger,
+            AuditNote(
+                self.messenger.user_id,
+                "intel.resealed",
+                None,
+                {"items": len(new_items), "ledger": len(new_ledger), "unopened": unopened},
+            ),
+        )
+        log.info(
+            "resealed %d item(s) and %d ledger row(s) in their own contexts (%d did not open)",
+            len(new_items),
+            len(new_ledger),
+            unopened,
+        )
+        return len(new_items), len(new_ledger)
 
     async def _audit(
         self, actor: str, action: str, room: ManagedRoom, source: Source, detail: dict[str, Any]

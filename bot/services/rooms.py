@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.config import Config, RoomConfig
-from bot.gate.rules import LABEL_EVENT  # the homeserver gate enforces it: one spelling
+
+# The homeserver gate enforces the label and judges creator power: one spelling, one rule.
+from bot.gate.rules import LABEL_EVENT, creator_power_version
 from bot.matrix.gateway import MEGOLM, Gateway, MatrixError, StateEvent
 from bot.startup import StartupError
 from bot.storage import Origin, RoomRecord, Store, in_thread
@@ -175,15 +177,41 @@ def _is_ip(host: str) -> bool:
     return True
 
 
+def _powerful_creators(state: Mapping[tuple[str, str], StateEvent]) -> tuple[str, set[str]]:
+    """The room's version and, if it gives creators unlimited power (room version 12 and
+    later), its creators; else no one."""
+    create = state.get(("m.room.create", ""))
+    if create is None:
+        return "", set()
+    version = str(create.content.get("room_version", "1"))
+    if not creator_power_version(version):
+        return version, set()
+    extra = create.content.get("additional_creators", ())
+    extra = extra if isinstance(extra, list | tuple) else ()
+    return version, {create.sender, *(str(c) for c in extra)}
+
+
 def _privileged_creator(state: Mapping[tuple[str, str], StateEvent], user_id: str) -> bool:
     """Whether `user_id` is a creator of a room whose version gives creators unlimited
     power (room version 12 and later)."""
-    create = state.get(("m.room.create", ""))
-    if create is None:
-        return False
-    version = str(create.content.get("room_version", "1"))
-    creators = {create.sender, *create.content.get("additional_creators", ())}
-    return version.isdigit() and int(version) >= 12 and user_id in creators
+    return user_id in _powerful_creators(state)[1]
+
+
+def creator_warning(state: Mapping[tuple[str, str], StateEvent], bot_user: str) -> str | None:
+    """What an adopted room's creators keep, if they are not the bot: in room version 12
+    and later a creator holds unlimited power that no power-levels event lists or can take
+    away, so they can remove members, redact and change state whatever the bot sets (the
+    homeserver gate still stops them letting anyone uncleared in, on servers that run it).
+    None when nobody but the bot holds it."""
+    version, creators = _powerful_creators(state)
+    others = sorted(creators - {bot_user})
+    if not others:
+        return None
+    return (
+        f"{', '.join(others)} keep{'s' if len(others) == 1 else ''} a creator's unlimited "
+        f"power (room version {version}): no power level can take it away; "
+        "move the room's work to a room the bot creates"
+    )
 
 
 def _differs(want: Mapping[str, Any], have: Mapping[str, Any] | None) -> bool:
@@ -201,10 +229,13 @@ async def provision(
     room_id: RoomId | None,
     previous_rank: int | None,
     joined: set[str],
+    warnings: list[str] | None = None,
 ) -> tuple[RoomId, list[str]]:
     """Create the room, or bring an existing/adopted one to its state.
 
-    Returns (room id, list of what changed). Refuses to lower a room's label.
+    Returns (room id, list of what changed). Refuses to lower a room's label. What the bot
+    cannot put right (a creator other than the bot with unlimited power) is appended to
+    `warnings`, for the caller to flag.
     """
     if previous_rank is not None and room.rank < previous_rank:
         old = CATALOGUE.schemes[room.scheme].level_at_or_above(previous_rank)
@@ -231,6 +262,11 @@ async def provision(
     if room_id not in joined:
         await gateway.join(room_id)
     state = await gateway.state(room_id)
+    warning = creator_warning(state, gateway.user_id)
+    if warning is not None:
+        log.warning("room %s (%s): %s", key, room_id, warning)
+        if warnings is not None:
+            warnings.append(warning)
     changed: list[str] = []
     for (event_type, state_key), content in desired.events.items():
         have: StateEvent | None = state.get((event_type, state_key))
@@ -264,6 +300,26 @@ class RoomDirectory:
         self.by_id: dict[str, ManagedRoom] = {}
         self.chat_routes: list[tuple[str, str]] = []
         self._unchecked: list[ManagedRoom] = []  # taken as stored: checked after first sync
+        # Rooms whose creator is not the bot and keeps unlimited power (room version 12 on),
+        # by key: shown by `!rooms`, audited and alerted to the admins (`revalidate`).
+        self.flagged: dict[str, str] = {}
+        self._alerted: set[tuple[str, str]] = set()
+
+    async def _flag(self, key: str, room_id: str, warnings: list[str]) -> None:
+        """Record, and audit once per start, what provisioning could not put right."""
+        if not warnings:
+            self.flagged.pop(key, None)
+            return
+        text = "; ".join(warnings)
+        if self.flagged.get(key) != text:
+            await in_thread(
+                self.store.append_audit,
+                "liaison-bot",
+                "room.creator_power",
+                key,
+                {"room_id": room_id, "warning": text},
+            )
+        self.flagged[key] = text
 
     def _add(self, managed: ManagedRoom) -> None:
         self.by_key[managed.key] = managed
@@ -327,6 +383,7 @@ class RoomDirectory:
         async def bring(i: int, cfg: RoomConfig, record: RoomRecord | None, room: Room) -> None:
             nonlocal done
             async with limit:
+                warnings: list[str] = []
                 try:
                     room_id, changed = await provision(
                         self.gateway,
@@ -336,12 +393,14 @@ class RoomDirectory:
                         room_id=cfg.room_id or (record.room_id if record else None),
                         previous_rank=record.rank if record else None,
                         joined=joined,
+                        warnings=warnings,
                     )
                 except MatrixError as exc:
                     raise StartupError(f"rooms[{i}] ({cfg.key}): {exc}") from None
                 except ProvisionError as exc:
                     raise StartupError(f"rooms[{i}]: {exc}") from None
                 await in_thread(self.store.save_room, _record(cfg.key, cfg.name, room, room_id))
+                await self._flag(cfg.key, room_id, warnings)
             found[i] = ManagedRoom(cfg.key, cfg.name, room, room_id)
             if changed:
                 log.info("room %s (%s): %s", cfg.key, room_id, ", ".join(changed))
@@ -408,6 +467,7 @@ class RoomDirectory:
 
         async def check(managed: ManagedRoom) -> None:
             async with limit:
+                warnings: list[str] = []
                 try:
                     _, changed = await provision(
                         self.gateway,
@@ -417,11 +477,13 @@ class RoomDirectory:
                         room_id=managed.room_id,
                         previous_rank=None,
                         joined={managed.room_id},
+                        warnings=warnings,
                     )
                 except (MatrixError, ProvisionError) as exc:
                     log.error("room %s (%s) not checked: %s", managed.key, managed.room_id, exc)
                     problems.append((managed.key, f"could not be checked ({exc})"))
                     return
+                await self._flag(managed.key, managed.room_id, warnings)
             if changed:
                 log.warning(
                     "room %s (%s) had drifted; put back: %s",
@@ -434,6 +496,10 @@ class RoomDirectory:
         await asyncio.gather(*(check(m) for m in rooms))
         if rooms:
             log.info("state of %d room(s) taken as stored checked", len(rooms))
+        for key, warning in sorted(self.flagged.items()):
+            if (key, warning) not in self._alerted:  # once per room and warning
+                self._alerted.add((key, warning))
+                problems.append((key, warning))
         if problems:
             await alert(
                 doc(
@@ -521,10 +587,11 @@ class RoomDirectory:
         out = []
         for managed in self.by_key.values():
             members = self.gateway.members(managed.room_id) or {}
+            flag = self.flagged.get(managed.key)
             out.append(
                 RoomSummary(
                     managed.key,
-                    managed.name,
+                    f"{managed.name} — ⚠ {flag}" if flag else managed.name,
                     managed.banner,
                     managed.policy.rank,
                     sum(1 for joined in members.values() if joined),

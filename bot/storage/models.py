@@ -94,6 +94,9 @@ class ClearanceRow(Base):
     identity_pending: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Ed25519 over the record with its grants and caveats (records.clearance_payload), by
+    # the key derived from the data key; a row that does not verify grants nothing.
+    signature: Mapped[str | None] = mapped_column(String(100))
 
     grants: Mapped[list[GrantRow]] = relationship(
         back_populates="clearance", cascade="all, delete-orphan", lazy="selectin"
@@ -153,6 +156,9 @@ class RoomRow(Base):
     closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    # Ed25519 over the record (records.room_payload); a row that does not verify is no
+    # managed room, for the bot and the gate.
+    signature: Mapped[str | None] = mapped_column(String(100))
 
 
 class AuditRow(Base):
@@ -334,7 +340,11 @@ class DigestScheduleRow(Base):
 
 
 class DigestRunRow(Base):
-    """One window of one schedule, recorded before posting: a window is posted at most once."""
+    """One window of one schedule, recorded before posting: a window is posted at most once.
+
+    The events to post are stored with the claim (sealed, each with its fixed transaction id),
+    so a run a crash left in `posting` is re-driven with exactly what was claimed, and the
+    homeserver de-duplicates a part that had gone out; they are cleared once posted."""
 
     __tablename__ = "digest_runs"
     __table_args__ = (UniqueConstraint("schedule_key", "window_end"),)
@@ -343,10 +353,13 @@ class DigestRunRow(Base):
     schedule_key: Mapped[str] = mapped_column(String(32))
     room_key: Mapped[str] = mapped_column(String(32))
     window_end: Mapped[datetime] = mapped_column(UTCDateTime)
-    state: Mapped[str] = mapped_column(String(16))  # posting | posted | skipped
+    state: Mapped[str] = mapped_column(String(16))  # posting | posted | skipped | stale
     delayed: Mapped[bool] = mapped_column(Boolean, default=False)
     event_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # sealed {"room_id", "parts": [{"txn_id", "content"}]} while posting; NULL after (or for
+    # runs claimed before 0011)
+    parts: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class RouteRow(Base):
@@ -421,7 +434,7 @@ def make_engine(url: str) -> Engine:
 
 # The newest Alembic revision (migrations/versions): a start checks it with one query and
 # loads Alembic only when the database is behind. tests/test_storage.py keeps it in step.
-SCHEMA_HEAD = "0010"
+SCHEMA_HEAD = "0012"
 
 
 def schema_is_current(url: str) -> bool:

@@ -5,10 +5,16 @@ operating-system user, and must never be able to change what it enforces: it ope
 register through an engine that cannot write (SQLite in `mode=ro`, PostgreSQL sessions set
 READ ONLY, on top of a role that only has SELECT), never creates a missing file, and gives
 up on an unreachable server within seconds rather than holding one of Synapse's threads.
+
+Given the register's public key (`RegisterVerifier`, from `store.register_public_key`),
+it also refuses every clearance or room row whose signature does not verify, logging the
+row by name: a database writer cannot grant a clearance or point a managed room's label at
+another room. Without a key it reads rows as stored (the gate's config must name the key).
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import urllib.parse
 from typing import Any
@@ -18,7 +24,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import QueuePool
 
 from bot.storage.models import ClearanceCaveatRow, ClearanceRow, GrantRow, RoomRow
-from bot.storage.records import ClearanceRecord, GrantRecord, RoomRecord
+from bot.storage.records import ClearanceRecord, GrantRecord, RegisterVerifier, RoomRecord
+
+log = logging.getLogger(__name__)
 
 # Seconds to wait for a server (PostgreSQL) or a lock (SQLite) before the read fails, and
 # with it the join or invite it was for: Synapse's caller is waiting on it.
@@ -85,12 +93,16 @@ class RegisterReader:
     waits for when the answer is not cached.
     """
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, verifier: RegisterVerifier | None = None) -> None:
         self.engine = engine
+        self.verifier = verifier  # None: rows are not verified (no key configured)
 
     @classmethod
-    def from_url(cls, url: str) -> RegisterReader:
-        return cls(make_reader_engine(url))
+    def from_url(cls, url: str, register_key: str | None = None) -> RegisterReader:
+        """`register_key`: the register's public key, as `store.register_public_key`
+        gives it (`ed25519:…`)."""
+        verifier = RegisterVerifier.from_text(register_key) if register_key else None
+        return cls(make_reader_engine(url), verifier)
 
     def clearance(self, user_id: str) -> ClearanceRecord | None:
         c, g, v = _CLEARANCES, _GRANTS, _CAVEATS
@@ -102,6 +114,7 @@ class RegisterReader:
                 c.c.revoked_at,
                 c.c.identity_key,
                 c.c.identity_pending,
+                c.c.signature,
                 g.c.scheme,
                 g.c.level,
                 g.c.rank,
@@ -118,7 +131,7 @@ class RegisterReader:
             return None
         first = rows[0]
         grants = {(r.scheme, r.level, r.rank) for r in rows if r.scheme is not None}
-        return ClearanceRecord(
+        record = ClearanceRecord(
             user_id=first.user_id,
             nationality=first.nationality,
             grants=tuple(
@@ -131,11 +144,23 @@ class RegisterReader:
             identity_key=first.identity_key,
             identity_pending=first.identity_pending,
         )
+        if self.verifier is not None and not self.verifier.clearance_verifies(
+            record, first.signature
+        ):
+            log.error("clearance row of %s does not verify: refused (not cleared)", user_id)
+            return None
+        return record
 
     def room_by_id(self, room_id: str) -> RoomRecord | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(_ROOMS).where(_ROOMS.c.room_id == room_id)).first()
-        return RoomRecord.of(row) if row is not None else None  # type: ignore[arg-type]
+        if row is None:
+            return None
+        record = RoomRecord.of(row)  # type: ignore[arg-type]
+        if self.verifier is not None and not self.verifier.room_verifies(record, row.signature):
+            log.error("room row %s (%s) does not verify: refused (not managed)", row.key, room_id)
+            return None
+        return record
 
     def close(self) -> None:
         self.engine.dispose()

@@ -3,11 +3,21 @@ session badly, and callers must not write through it)."""
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sqlalchemy import Row
 
 from bot.storage.models import (
@@ -45,6 +55,7 @@ class RunState(StrEnum):
     POSTING = "posting"  # claimed, before the send
     POSTED = "posted"
     SKIPPED = "skipped"  # missed by more than the catch-up grace
+    STALE = "stale"  # left posting past the homeserver's txn id memory: never re-sent
 
 
 class PendingOutcome(StrEnum):
@@ -275,10 +286,144 @@ class DigestRun:
     state: RunState
     delayed: bool
     event_id: str | None
+    room_key: str = ""
+    parts: str | None = None  # sealed, while posting (see DigestRunRow)
+    created_at: datetime | None = None
 
     @classmethod
     def of(cls, row: DigestRunRow) -> DigestRun:
-        return cls(row.schedule_key, row.window_end, RunState(row.state), row.delayed, row.event_id)
+        return cls(
+            row.schedule_key,
+            row.window_end,
+            RunState(row.state),
+            row.delayed,
+            row.event_id,
+            row.room_key,
+            row.parts,
+            row.created_at,
+        )
+
+
+# ---------------------------------------------------------------- register integrity
+#
+# Clearance and room rows decide who may be in which room, and the bot and the homeserver
+# gate act on them. A database writer who could change them would grant clearances or move a
+# managed room's label onto another room. So each row carries an Ed25519 signature over the
+# fields that decide access, by a key derived from the data key (through the audit key, its
+# own HKDF purpose): the bot signs as it writes, and the bot and the gate refuse a row that
+# does not verify, naming it. Ed25519 rather than an HMAC: the gate verifies with the
+# public key only, so a secret given to the homeserver cannot sign a row.
+#
+# What it does not stop: a row put back to an earlier state the bot signed (a revocation
+# undone by restoring the row as it was before it). The audit log records every change.
+
+
+def _when(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def clearance_payload(record: ClearanceRecord) -> bytes:
+    """What a clearance row's signature covers: every field that decides access or key
+    sharing (grants, caveats, nationality, expiry, revocation, the pinned identity)."""
+    body = {
+        "row": "clearance",
+        "user_id": record.user_id,
+        "nationality": record.nationality,
+        "grants": sorted([g.scheme, g.level, g.rank] for g in record.grants),
+        "caveats": sorted(record.caveats),
+        "expires": record.expires.isoformat() if record.expires is not None else None,
+        "revoked_at": _when(record.revoked_at),
+        "identity_key": record.identity_key,
+        "identity_pending": record.identity_pending,
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def room_payload(record: RoomRecord) -> bytes:
+    """What a room row's signature covers: the room key and id, its label and audience,
+    the servers its members may come from, its name, origin and closing."""
+    body = {
+        "row": "room",
+        "key": str(record.key),
+        "room_id": record.room_id,
+        "name": record.name,
+        "label": record.label,
+        "scheme": record.scheme,
+        "rank": record.rank,
+        "audience": sorted(record.audience),
+        "servers": sorted(record.servers) if record.servers is not None else None,
+        "origin": str(record.origin),
+        "closed_at": _when(record.closed_at),
+    }
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+class RegisterVerifier:
+    """Verifies register rows: all the gate holds (a public key, no secret; see
+    `store.register_public_key`)."""
+
+    def __init__(self, public: Ed25519PublicKey) -> None:
+        self._public = public
+
+    @classmethod
+    def from_text(cls, text: str) -> RegisterVerifier:
+        """From `store.register_public_key`'s text (`ed25519:`, the raw key in base64)."""
+        scheme, _, body = text.strip().partition(":")
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        if scheme != "ed25519" or len(raw) != 32:
+            raise ValueError("a register key is 'ed25519:' and 32 bytes in base64")
+        return cls(Ed25519PublicKey.from_public_bytes(raw))
+
+    @property
+    def text(self) -> str:
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+        raw = self._public.public_bytes(Encoding.Raw, PublicFormat.Raw)
+        return "ed25519:" + base64.b64encode(raw).decode("ascii")
+
+    def verifies(self, payload: bytes, signature: str | None) -> bool:
+        if not signature:
+            return False
+        try:
+            self._public.verify(base64.b64decode(signature, validate=True), payload)
+        except (InvalidSignature, binascii.Error, ValueError):
+            return False
+        return True
+
+    def clearance_verifies(self, record: ClearanceRecord, signature: str | None) -> bool:
+        return self.verifies(clearance_payload(record), signature)
+
+    def room_verifies(self, record: RoomRecord, signature: str | None) -> bool:
+        return self.verifies(room_payload(record), signature)
+
+
+class RegisterSigner(RegisterVerifier):
+    """Signs register rows as the bot (and the CLI, with the data key) writes them."""
+
+    def __init__(self, private: Ed25519PrivateKey) -> None:
+        super().__init__(private.public_key())
+        self._private = private
+
+    @classmethod
+    def from_audit_key(cls, audit_key: bytes) -> RegisterSigner:
+        """Derived from the audit key (itself derived from the data key): every store that
+        can write the audit log can sign the register, with no other key to configure."""
+        seed = HKDF(
+            algorithm=hashes.SHA256(), length=32, salt=None, info=b"liaison-bot register rows"
+        ).derive(audit_key)
+        return cls(Ed25519PrivateKey.from_private_bytes(seed))
+
+    def sign(self, payload: bytes) -> str:
+        return base64.b64encode(self._private.sign(payload)).decode("ascii")
+
+    def sign_clearance(self, record: ClearanceRecord) -> str:
+        return self.sign(clearance_payload(record))
+
+    def sign_room(self, record: RoomRecord) -> str:
+        return self.sign(room_payload(record))
 
 
 _PRECEDENCES = {int(p): p for p in Precedence}

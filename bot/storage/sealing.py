@@ -31,10 +31,14 @@ class SealError(Exception):
 class Sealer:
     """Seals and opens small values for one purpose (`access-token`, `intel`, …)."""
 
-    def __init__(self, secret: str, purpose: str) -> None:
+    def __init__(self, secret: str, purpose: str, version: bytes = _VERSION) -> None:
+        """`version` is written before every sealed value and required to open one: a
+        context that replaced another gets a new version, so a value of the old one is
+        recognisable (to reseal it once) and never opens in the new one."""
         if not secret:
             raise ValueError("an empty secret cannot seal anything")
         self.purpose = purpose
+        self.version = version
         key = HKDF(
             algorithm=hashes.SHA256(),
             length=32,
@@ -45,16 +49,19 @@ class Sealer:
 
     def seal(self, plaintext: bytes, associated: bytes = b"") -> str:
         nonce = os.urandom(12)
-        box = self._aead.encrypt(nonce, plaintext, _VERSION + associated)
-        return (_VERSION + b":" + base64.b64encode(nonce + box)).decode("ascii")
+        box = self._aead.encrypt(nonce, plaintext, self.version + associated)
+        return (self.version + b":" + base64.b64encode(nonce + box)).decode("ascii")
 
     def open(self, sealed: str, associated: bytes = b"") -> bytes:
-        version, _, body = sealed.encode("ascii").partition(b":")
-        if version != _VERSION:
-            raise SealError(f"unknown sealing version {version!r} ({self.purpose})")
-        raw = base64.b64decode(body)
         try:
-            return self._aead.decrypt(raw[:12], raw[12:], _VERSION + associated)
+            version, _, body = sealed.encode("ascii").partition(b":")
+            raw = base64.b64decode(body, validate=True)
+        except (UnicodeEncodeError, ValueError):
+            raise SealError(f"not a sealed value ({self.purpose})") from None
+        if version != self.version:
+            raise SealError(f"unknown sealing version {version!r} ({self.purpose})")
+        try:
+            return self._aead.decrypt(raw[:12], raw[12:], self.version + associated)
         except InvalidTag:
             raise SealError(
                 f"cannot open sealed {self.purpose}: wrong key or altered data"

@@ -11,8 +11,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -63,6 +65,7 @@ from bot.storage.records import (
     Origin,
     PendingEvent,
     PendingOutcome,
+    RegisterSigner,
     RelayEntry,
     RelayKind,
     RelayState,
@@ -71,6 +74,9 @@ from bot.storage.records import (
     ScheduleKey,
     StoreError,
 )
+
+log = logging.getLogger(__name__)
+REGISTER_KEYED = "register.keyed"  # the audit action of the one-off signing of old rows
 
 
 class Store:
@@ -81,6 +87,10 @@ class Store:
         self.audit_key = audit_key  # audit_key_from(the data key); None: cannot extend a keyed log
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._item_listeners: list[Callable[[str], None]] = []
+        self._signer: tuple[bytes, RegisterSigner] | None = None
+        self._register_keyed = False  # known to be keyed (REGISTER_KEYED is in the log)
+        self._refused: set[tuple[str, str, str | None]] = set()  # reported once each
+        self._refusal_listeners: list[Callable[[str, str], None]] = []
 
     @classmethod
     def from_url(cls, url: str, audit_key: bytes | None = None) -> Store:
@@ -94,13 +104,118 @@ class Store:
 
     def key_audit_log(self) -> None:
         """Key the audit log from its next row on, if it is not yet (the bot does this at
-        start, so a log it has written to always carries the key marker)."""
+        start, so a log it has written to always carries the key marker); then sign the
+        register rows from before their signatures, once (`key_register`)."""
         if self.audit_key is None:
             raise StoreError("keying the audit log needs the data key")
         with self.session() as session:
             head = session.get(AuditHeadRow, 1)
             if head is None or head.keyed_from is None:
                 append_audit(session, "liaison-bot", "audit.keyed")
+        self.key_register()
+
+    # ------------------------------------------------------------ register integrity
+
+    @property
+    def register_signer(self) -> RegisterSigner | None:
+        """The register's signing key, derived from the audit key; None without it (then
+        rows are written unsigned and read unverified: only a store with the data key, as
+        the bot's always is, protects the register)."""
+        key = self.audit_key
+        if key is None:
+            return None
+        if self._signer is None or self._signer[0] != key:
+            self._signer = (key, RegisterSigner.from_audit_key(key))
+        return self._signer[1]
+
+    def add_refusal_listener(self, listener: Callable[[str, str], None]) -> None:
+        """Call `listener(kind, name)` ("clearance" and a user id, or "room" and a room key)
+        the first time a register row that does not verify is refused (the bot alerts its
+        admins). Called inside the reading transaction: it must only take note."""
+        self._refusal_listeners.append(listener)
+
+    def key_register(self) -> int:
+        """Sign the clearance and room rows stored before rows were signed (migration 0012
+        could not: it has no key), once: the audit log records it (REGISTER_KEYED, with the
+        rows signed), and from then on an unsigned row is refused like a forged one. Done
+        at the bot's start (`key_audit_log`), before anything reads the register. Returns
+        how many rows were signed."""
+        signer = self.register_signer
+        if signer is None:
+            raise StoreError("signing the register needs the data key")
+        with self.session() as session:
+            if _register_keyed(session):
+                self._register_keyed = True
+                return 0
+            users, rooms = [], []
+            for row in session.scalars(
+                select(ClearanceRow).where(ClearanceRow.signature.is_(None))
+            ):
+                row.signature = signer.sign_clearance(ClearanceRecord.of(row))
+                users.append(row.user_id)
+            for room in session.scalars(select(RoomRow).where(RoomRow.signature.is_(None))):
+                room.signature = signer.sign_room(RoomRecord.of(room))
+                rooms.append(room.key)
+            append_audit(
+                session,
+                "liaison-bot",
+                REGISTER_KEYED,
+                None,
+                {"clearances": sorted(users), "rooms": sorted(rooms)},
+            )
+        self._register_keyed = True
+        return len(users) + len(rooms)
+
+    def _verified_clearance(self, session: Session, row: ClearanceRow) -> ClearanceRecord | None:
+        """The row's record if its signature verifies (or the store cannot verify); None,
+        logged and (once) audited naming the user, if it does not: a row written or
+        changed outside the bot grants nothing."""
+        record = ClearanceRecord.of(row)
+        signer = self.register_signer
+        if signer is None or signer.clearance_verifies(record, row.signature):
+            return record
+        self._refuse(session, "clearance", row.user_id, row.signature)
+        return None
+
+    def _clearance_verifies(self, row: ClearanceRow) -> bool:
+        """Whether the row verifies (or the store cannot tell), without reporting it: for
+        a change that refuses, or removes, what does not."""
+        signer = self.register_signer
+        return signer is None or signer.clearance_verifies(ClearanceRecord.of(row), row.signature)
+
+    def _verified_room(self, session: Session, row: RoomRow) -> RoomRecord | None:
+        """As `_verified_clearance`, for a managed room (named by its key)."""
+        record = RoomRecord.of(row)
+        signer = self.register_signer
+        if signer is None or signer.room_verifies(record, row.signature):
+            return record
+        self._refuse(session, "room", row.key, row.signature)
+        return None
+
+    def _refuse(self, session: Session, kind: str, name: str, signature: str | None) -> None:
+        if signature is None and not self._register_keyed:
+            self._register_keyed = _register_keyed(session)
+            if not self._register_keyed:  # from before signatures: signed at the next start
+                log.warning("%s row %s is not signed yet: refused until the bot starts", kind, name)
+                return
+        log.error("%s row %s does not verify (changed outside the bot): refused", kind, name)
+        if (kind, name, signature) in self._refused:
+            return
+        self._refused.add((kind, name, signature))
+        reason = "unsigned" if signature is None else "signature does not verify"
+        append_audit(
+            session, "liaison-bot", "register.refused", name, {"row": kind, "reason": reason}
+        )
+        for listener in self._refusal_listeners:
+            listener(kind, name)
+
+    def _sign_clearance(self, row: ClearanceRow) -> None:
+        signer = self.register_signer
+        row.signature = signer.sign_clearance(ClearanceRecord.of(row)) if signer else None
+
+    def _sign_room(self, row: RoomRow) -> None:
+        signer = self.register_signer
+        row.signature = signer.sign_room(RoomRecord.of(row)) if signer else None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -290,13 +405,16 @@ class Store:
     # ------------------------------------------------------------ rooms
 
     def rooms(self) -> list[RoomRecord]:
+        """Every managed room whose row verifies (a refused one is left out: not managed)."""
         with self.session() as session:
-            return [RoomRecord.of(r) for r in session.scalars(select(RoomRow).order_by(RoomRow.id))]
+            rows = session.scalars(select(RoomRow).order_by(RoomRow.id))
+            records = [self._verified_room(session, r) for r in rows]
+            return [r for r in records if r is not None]
 
     def room(self, key: str) -> RoomRecord | None:
         with self.session() as session:
             row = session.scalar(select(RoomRow).where(RoomRow.key == key))
-            return RoomRecord.of(row) if row else None
+            return self._verified_room(session, row) if row else None
 
     def save_room(self, record: RoomRecord, actor: str = "liaison-bot") -> RoomRecord:
         """Insert or update a managed room by key, audited as `room.provisioned`/`room.updated`."""
@@ -317,6 +435,7 @@ class Store:
             row.servers = sorted(record.servers) if record.servers is not None else None
             row.origin = record.origin
             row.closed_at = record.closed_at
+            self._sign_room(row)  # every signed field was just set from `record`
             session.flush()
             after = RoomRecord.of(row)
             if before != after:
@@ -332,23 +451,27 @@ class Store:
     # ------------------------------------------------------------ clearances
 
     def clearance(self, user_id: str) -> ClearanceRecord | None:
+        """The user's record; None if there is none or its row does not verify."""
         with self.session() as session:
             row = session.scalar(select(ClearanceRow).where(ClearanceRow.user_id == user_id))
-            return ClearanceRecord.of(row) if row else None
+            return self._verified_clearance(session, row) if row else None
 
     def clearances_of(self, user_ids: Iterable[str]) -> list[ClearanceRecord]:
-        """The records of these users (those that have one), in one query."""
+        """The records of these users (those that have one that verifies), in one query."""
         wanted = sorted(set(user_ids))
         if not wanted:
             return []
         with self.session() as session:
             rows = session.scalars(select(ClearanceRow).where(ClearanceRow.user_id.in_(wanted)))
-            return [ClearanceRecord.of(r) for r in rows]
+            records = [self._verified_clearance(session, r) for r in rows]
+            return [r for r in records if r is not None]
 
     def clearances(self) -> list[ClearanceRecord]:
+        """Every record whose row verifies."""
         with self.session() as session:
             rows = session.scalars(select(ClearanceRow).order_by(ClearanceRow.user_id))
-            return [ClearanceRecord.of(r) for r in rows]
+            records = [self._verified_clearance(session, r) for r in rows]
+            return [r for r in records if r is not None]
 
     def grant(
         self,
@@ -374,6 +497,11 @@ class Store:
                     )
                 row = ClearanceRow(user_id=user_id, nationality=nationality)
                 session.add(row)
+            elif not self._clearance_verifies(row):
+                raise StoreError(
+                    f"the register row of {user_id} does not verify (it was changed outside "
+                    "the bot): revoke all of it first, then grant afresh"
+                )
             elif nationality is not None:
                 row.nationality = nationality
             restored = row.revoked_at is not None
@@ -389,6 +517,7 @@ class Store:
             held = {c.caveat for c in row.caveats}
             for caveat in sorted(set(caveats) - held):
                 row.caveats.append(ClearanceCaveatRow(caveat=caveat))
+            self._sign_clearance(row)
             session.flush()
             detail: dict[str, Any] = {
                 "scheme": scheme,
@@ -411,6 +540,26 @@ class Store:
             row = session.scalar(select(ClearanceRow).where(ClearanceRow.user_id == user_id))
             if row is None:
                 raise StoreError(f"{user_id} has no clearance to revoke")
+            if not self._clearance_verifies(row):
+                if scheme is not None:
+                    raise StoreError(
+                        f"the register row of {user_id} does not verify (it was changed "
+                        "outside the bot): revoke all of it"
+                    )
+                # Nothing of a forged row is kept to be signed later: it goes, audited.
+                gone = replace(
+                    ClearanceRecord.of(row), grants=(), caveats=frozenset(), revoked_at=utcnow()
+                )
+                session.delete(row)
+                session.flush()
+                append_audit(
+                    session,
+                    actor,
+                    "clearance.revoke",
+                    user_id,
+                    {"scope": "all", "unverified": True, "removed": True},
+                )
+                return gone
             if scheme is None:
                 row.revoked_at = utcnow()
                 row.grants.clear()
@@ -422,6 +571,7 @@ class Store:
                     raise StoreError(f"{user_id} holds no {scheme} grant (grants: {held})")
                 row.grants.remove(grant)
                 detail = {"scope": scheme, "level": grant.level}
+            self._sign_clearance(row)
             session.flush()
             append_audit(session, actor, "clearance.revoke", user_id, detail)
             return ClearanceRecord.of(row)
@@ -453,11 +603,12 @@ class Store:
         """Pin `key` as the user's master key (first sight or a confirmed change), audited."""
         with self.session() as session:
             row = session.scalar(select(ClearanceRow).where(ClearanceRow.user_id == user_id))
-            if row is None:
+            if row is None or self._verified_clearance(session, row) is None:
                 return None
             previous = row.identity_key
             row.identity_key, row.identity_pending = key, None
             row.identity_pinned_at = utcnow()
+            self._sign_clearance(row)
             session.flush()
             append_audit(session, actor, action, user_id, {"key": key, "previous": previous})
             return ClearanceRecord.of(row)
@@ -468,7 +619,10 @@ class Store:
             row = session.scalar(select(ClearanceRow).where(ClearanceRow.user_id == user_id))
             if row is None or row.identity_pending == key:
                 return None
+            if self._verified_clearance(session, row) is None:
+                return None
             row.identity_pending = key
+            self._sign_clearance(row)
             session.flush()
             append_audit(
                 session,
@@ -746,6 +900,38 @@ class Store:
             )
             return [RelayEntry.of(r) for r in rows]
 
+    # ------------------------------------------------------------ resealing, once
+
+    def sealed_with_version(self, version: str) -> tuple[list[IntelItem], list[RelayEntry]]:
+        """Items and ledger rows whose sealed values carry sealing version `version`
+        (`v1`: from before items and ledger rows had separate sealing contexts)."""
+        prefix = f"{version}:%"
+        with self.session() as session:
+            items = session.scalars(select(IntelItemRow).where(IntelItemRow.text.like(prefix)))
+            ledger = session.scalars(select(RelayRow).where(RelayRow.content.like(prefix)))
+            return [IntelItem.of(r) for r in items], [RelayEntry.of(r) for r in ledger]
+
+    def reseal(self, items: Mapping[str, str], ledger: Mapping[str, str], note: AuditNote) -> None:
+        """Replace sealed values (item event id / ledger txn id -> new sealed value) and
+        audit it, in one transaction: all resealed or none."""
+        with self.session() as session:
+            for item in session.scalars(
+                select(IntelItemRow).where(IntelItemRow.event_id.in_(list(items)))
+            ):
+                item.text = items[item.event_id]
+            for row in session.scalars(select(RelayRow).where(RelayRow.txn_id.in_(list(ledger)))):
+                row.content = ledger[row.txn_id]
+            append_audit(session, note.actor, note.action, note.subject, note.detail)
+        for event_id in items:
+            self._item_changed(event_id)
+
+    def has_audit_action(self, action: str) -> bool:
+        """Whether the audit log holds an entry of this action (the log is hash-chained and
+        keyed: an entry cannot be removed unnoticed, so it records a one-off step)."""
+        with self.session() as session:
+            found = session.scalar(select(AuditRow.id).where(AuditRow.action == action).limit(1))
+            return found is not None
+
     def digest_schedules(self) -> list[DigestSchedule]:
         with self.session() as session:
             rows = session.scalars(
@@ -815,9 +1001,17 @@ class Store:
             return DigestRun.of(row) if row else None
 
     def claim_digest_run(
-        self, schedule_key: str, room_key: str, window_end: datetime, *, delayed: bool
+        self,
+        schedule_key: str,
+        room_key: str,
+        window_end: datetime,
+        *,
+        delayed: bool,
+        parts: str | None = None,
     ) -> DigestRun:
-        """Record a window as being posted; an existing record is returned as it is."""
+        """Record a window as being posted, with its sealed events (`parts`) in the same
+        transaction, so a crash after the claim leaves everything needed to post it; an
+        existing record is returned as it is (its parts, not these, are what gets posted)."""
         with self.session() as session:
             row = _digest_run_row(session, schedule_key, window_end)
             if row is None:
@@ -827,10 +1021,21 @@ class Store:
                     window_end=window_end,
                     state=RunState.POSTING,
                     delayed=delayed,
+                    parts=parts,
                 )
                 session.add(row)
                 session.flush()
             return DigestRun.of(row)
+
+    def posting_digest_runs(self, schedule_key: str | None = None) -> list[DigestRun]:
+        """Runs claimed and not yet recorded as posted (of one schedule, or all): what a
+        crash or a failed send left to re-drive, oldest window first."""
+        with self.session() as session:
+            query = select(DigestRunRow).where(DigestRunRow.state == RunState.POSTING)
+            if schedule_key is not None:
+                query = query.where(DigestRunRow.schedule_key == schedule_key)
+            rows = session.scalars(query.order_by(DigestRunRow.window_end, DigestRunRow.id))
+            return [DigestRun.of(r) for r in rows]
 
     def finish_digest_run(
         self,
@@ -851,6 +1056,8 @@ class Store:
                 )
                 session.add(row)
             row.state, row.event_id = state, event_id
+            if state != RunState.POSTING:
+                row.parts = None  # sent or given up: the sealed text is not kept
             append_audit(session, audit.actor, audit.action, audit.subject, audit.detail)
 
     def relayed_items_to(
@@ -924,7 +1131,10 @@ class Store:
         with self.session() as session:
             row = session.scalar(select(RoomRow).where(RoomRow.key == key))
             if row is not None:
+                verified = self._verified_room(session, row) is not None
                 row.closed_at = utcnow()
+                if verified:  # an unverified row stays refused: closing does not bless it
+                    self._sign_room(row)
                 session.execute(
                     delete(RouteRow).where(
                         (RouteRow.source_key == key) | (RouteRow.target_key == key)
@@ -959,6 +1169,12 @@ def _numbered_item(row: Row[*tuple[Any, ...]]) -> tuple[int, IntelItem]:
 
 def _item_row(session: Session, event_id: str) -> IntelItemRow | None:
     return session.scalar(select(IntelItemRow).where(IntelItemRow.event_id == event_id))
+
+
+def _register_keyed(session: Session) -> bool:
+    """Whether the register's old rows were signed once (the audit log says so)."""
+    found = session.scalar(select(AuditRow.id).where(AuditRow.action == REGISTER_KEYED).limit(1))
+    return found is not None
 
 
 def _digest_run_row(
@@ -1027,6 +1243,12 @@ def audit_key_from(data_key: str) -> bytes:
     return HKDF(
         algorithm=hashes.SHA256(), length=32, salt=None, info=b"liaison-bot audit chain"
     ).derive(data_key.encode())
+
+
+def register_public_key(data_key: str) -> str:
+    """The public key the homeserver gate verifies register rows with, derived from the
+    data key as the bot's signing key is (for the gate's config: it is not a secret)."""
+    return RegisterSigner.from_audit_key(audit_key_from(data_key)).text
 
 
 def _key_seal(key: bytes, keyed_from: int) -> str:

@@ -1,0 +1,157 @@
+"""The content of every event the bot acts on, validated at the Matrix edge.
+
+Why here: any member (even an unsigned device, even in clear) can send any JSON. Before this
+module, services read raw content with `.get` and trusted its types: a label field of `1` or an
+`m.relates_to` of `"x"` raised deep inside the relay, the exception left the sync handler and
+the same batch was retried for ever, stalling every room. Now the content of each event type
+is checked against a pydantic model once, here, and services only ever see the typed result
+(`MessageFields`, plain strings) or nothing.
+
+What is *not* done: a text message with malformed fields is not silently dropped. Its body is
+still a string (nio checks that much), and it may carry a marking above the room: the inbox
+gets it as `MessageFields.problem` (which field, what was wrong, never the value) so spillage is
+still judged on the body and the sender is told what was wrong. Everything else that fails its
+schema is dropped here, logged with the event id and the reason (never the content).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Annotated, Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+
+from bot.services.inbox import MessageFields
+from policy.ids import EventId, UserId
+
+MAX_MENTIONS = 200  # m.mentions user ids read; a longer list is malformed, not truncated
+MAX_ID_CHARS = 255  # the spec's limit for user, room and event ids
+
+Identifier = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]
+# A label field: the XML form (a string) or the JSON form (an object). What is inside the
+# object is checked by policy.adatp4774.import_label, which is total.
+LabelField = StrictStr | dict[StrictStr, Any]
+
+
+class _Content(BaseModel):
+    """Unknown keys are allowed (clients add their own) and never read."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+class Relation(_Content):
+    rel_type: StrictStr | None = None
+    event_id: Identifier | None = None
+
+
+class Mentions(_Content):
+    user_ids: Annotated[list[Identifier], Field(max_length=MAX_MENTIONS)] = []
+
+
+class NewContent(_Content):
+    body: StrictStr
+    label: LabelField | None = Field(default=None, alias="io.github.liaison_bot.label")
+
+
+class TextContent(_Content):
+    """m.room.message with a text-like msgtype (m.text, m.notice, m.emote)."""
+
+    msgtype: StrictStr
+    body: StrictStr
+    formatted_body: StrictStr | None = None
+    relates_to: Relation | None = Field(default=None, alias="m.relates_to")
+    new_content: NewContent | None = Field(default=None, alias="m.new_content")
+    mentions: Mentions | None = Field(default=None, alias="m.mentions")
+    label: LabelField | None = Field(default=None, alias="io.github.liaison_bot.label")
+
+
+class MemberContent(_Content):
+    membership: StrictStr
+    is_direct: StrictBool | None = None
+
+
+class RedactionContent(_Content):
+    redacts: Identifier | None = None  # room version 11 moved `redacts` into the content
+
+
+class SchemaError(ValueError):
+    """Content that does not fit its event type's schema; the message names the fields."""
+
+
+def describe(exc: ValidationError) -> str:
+    """Which fields were wrong and how, never their values (they may be classified)."""
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join(str(p) for p in error["loc"]) or "content"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts[:5]) + ("; …" if len(parts) > 5 else "")
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _validate(model: type[M], content: Any) -> M:
+    if not isinstance(content, Mapping):
+        raise SchemaError(f"content must be an object, not {type(content).__name__}")
+    try:
+        return model.model_validate(dict(content))
+    except ValidationError as exc:
+        raise SchemaError(describe(exc)) from None
+    except RecursionError:
+        raise SchemaError("content nested too deeply") from None
+
+
+def message_fields(content: Any) -> MessageFields:
+    """The typed fields of a text message's content. Total: malformed content gives
+    `MessageFields(problem=…)`, with nothing else read from it."""
+    try:
+        parsed = _validate(TextContent, content)
+    except SchemaError as exc:
+        # Nothing of it is acted on; an edit's new text is kept (if it is text) only so
+        # that spillage in it is still removed.
+        new = content.get("m.new_content") if isinstance(content, Mapping) else None
+        new_body = new.get("body") if isinstance(new, Mapping) else None
+        return MessageFields(
+            problem=str(exc), new_body=new_body if isinstance(new_body, str) else None
+        )
+    relation = parsed.relates_to
+    if relation is not None and relation.rel_type == "m.replace":
+        if relation.event_id is None:
+            return MessageFields(problem="m.relates_to.event_id: an edit must name its event")
+        new = parsed.new_content
+        return MessageFields(
+            replaces=EventId(relation.event_id),
+            new_body=new.body if new is not None else None,
+            new_label=new.label if new is not None else None,
+        )
+    mentions = parsed.mentions.user_ids if parsed.mentions is not None else []
+    return MessageFields(
+        label=parsed.label,
+        mentions=tuple(UserId(u) for u in mentions),
+    )
+
+
+def member_content(content: Any) -> MemberContent:
+    """SchemaError when the content is not a member event's."""
+    return _validate(MemberContent, content)
+
+
+def redaction_target(content: Any, redacts: Any) -> EventId:
+    """The event a redaction removes (top-level `redacts` before room version 11, in the
+    content since); SchemaError when neither is a usable event id."""
+    inner = _validate(RedactionContent, content).redacts
+    target = redacts if isinstance(redacts, str) and redacts else inner
+    if not isinstance(target, str) or not 0 < len(target) <= MAX_ID_CHARS:
+        raise SchemaError("redacts: an event id is required")
+    return EventId(target)
+
+
+__all__ = [
+    "LabelField",
+    "MemberContent",
+    "SchemaError",
+    "describe",
+    "member_content",
+    "message_fields",
+    "redaction_target",
+]

@@ -1,0 +1,253 @@
+"""Issue 24, finding 1 and "a schema for every event the bot reads": the content of each
+event the bot acts on is checked at the Matrix edge (bot/matrix/schemas.py), so a member's
+malformed event becomes a named problem, never an exception; and an event whose handling
+fails anyway is isolated (PoisonGuard), never retried for ever."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bot.matrix.events import MAX_OUTAGE_ATTEMPTS, PoisonGuard, is_outage
+from bot.matrix.gateway import MatrixError
+from bot.matrix.schemas import (
+    SchemaError,
+    TextContent,
+    member_content,
+    message_fields,
+    redaction_target,
+)
+from bot.services.render import LABEL_KEY
+from bot.storage import Store
+from bot.storage.migrate import upgrade
+from policy import MarkingError
+from policy.adatp4774 import import_label, label_metadata, to_json
+from policy.labels import parse_marking
+
+LABEL = to_json(label_metadata(parse_marking("DEU GEHEIM // REL TO NATO")))
+
+# The shapes the review sent: each stalled every room before.
+POISON: list[tuple[dict[str, Any], str]] = [
+    ({LABEL_KEY: 1}, LABEL_KEY),
+    ({LABEL_KEY: [1]}, LABEL_KEY),
+    ({LABEL_KEY: True}, LABEL_KEY),
+    ({LABEL_KEY: 1.5}, LABEL_KEY),
+    ({"m.relates_to": "x"}, "m.relates_to"),
+    ({"m.relates_to": {"rel_type": "m.replace", "event_id": 5}}, "m.relates_to.event_id"),
+    ({"m.relates_to": {"rel_type": "m.replace"}}, "m.relates_to.event_id"),
+    (
+        {
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$x"},
+            "m.new_content": {"body": "[GEHEIM] x", LABEL_KEY: 1},
+        },
+        "m.new_content",
+    ),
+    (
+        {"m.relates_to": {"rel_type": "m.replace", "event_id": "$x"}, "m.new_content": "x"},
+        "m.new_content",
+    ),
+    ({"m.mentions": "x"}, "m.mentions"),
+    ({"m.mentions": {"user_ids": "x"}}, "m.mentions.user_ids"),
+    ({"m.mentions": {"user_ids": [1]}}, "m.mentions.user_ids"),
+    ({"formatted_body": 5}, "formatted_body"),
+]
+
+
+@pytest.mark.parametrize(("extra", "field"), POISON)
+def test_each_poison_shape_is_a_named_problem(extra: dict[str, Any], field: str) -> None:
+    fields = message_fields({"msgtype": "m.text", "body": "hi", **extra})
+    assert fields.problem is not None and fields.problem.startswith(field)
+    assert fields.label is None and fields.replaces is None and fields.mentions == ()
+    assert "hi" not in fields.problem  # the words never appear in the reason
+
+
+def test_a_malformed_edit_keeps_its_new_text_only_for_the_spillage_check() -> None:
+    fields = message_fields(
+        {
+            "msgtype": "m.text",
+            "body": "* [STRENG GEHEIM] x",
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$x"},
+            "m.new_content": {"body": "[STRENG GEHEIM] x", LABEL_KEY: 1},
+        }
+    )
+    assert fields.problem is not None and fields.new_body == "[STRENG GEHEIM] x"
+    assert fields.replaces is None  # never acted on as an edit
+
+
+def test_well_formed_content_is_typed() -> None:
+    plain = message_fields(
+        {
+            "msgtype": "m.text",
+            "body": "[GEHEIM] x",
+            LABEL_KEY: LABEL,
+            "m.mentions": {"user_ids": ["@a:x"]},
+            "m.relates_to": {"m.in_reply_to": {"event_id": "$r"}},
+            "com.example.unknown": {"anything": [1, 2]},
+        }
+    )
+    assert plain.problem is None and plain.label == LABEL and plain.mentions == ("@a:x",)
+    edit = message_fields(
+        {
+            "msgtype": "m.text",
+            "body": "* x",
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$orig"},
+            "m.new_content": {"msgtype": "m.text", "body": "[GEHEIM] x", LABEL_KEY: "<xml/>"},
+        }
+    )
+    assert edit.problem is None and edit.replaces == "$orig"
+    assert edit.new_body == "[GEHEIM] x" and edit.new_label == "<xml/>"
+    assert message_fields("not an object").problem == "content must be an object, not str"
+
+
+def test_the_label_field_is_read_under_its_published_name() -> None:
+    assert TextContent.model_fields["label"].alias == LABEL_KEY
+
+
+def test_member_and_redaction_content() -> None:
+    assert member_content({"membership": "join"}).membership == "join"
+    assert member_content({"membership": "invite", "is_direct": True}).is_direct is True
+    with pytest.raises(SchemaError, match="membership"):
+        member_content({"membership": 1})
+    with pytest.raises(SchemaError, match="is_direct"):
+        member_content({"membership": "invite", "is_direct": "yes"})
+    assert redaction_target({}, "$a") == "$a"
+    assert redaction_target({"redacts": "$b"}, None) == "$b"  # room version 11
+    with pytest.raises(SchemaError):
+        redaction_target({"redacts": 7}, None)
+    with pytest.raises(SchemaError):
+        redaction_target({}, None)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.dictionaries(
+            st.sampled_from(
+                [
+                    "body",
+                    "msgtype",
+                    "rel_type",
+                    "event_id",
+                    "user_ids",
+                    "m.new_content",
+                    "m.relates_to",
+                    "m.mentions",
+                    LABEL_KEY,
+                    "originatorConfidentialityLabel",
+                    "ConfidentialityInformation",
+                    "PolicyIdentifier",
+                    "Classification",
+                    "Category",
+                    "x",
+                ]
+            ),
+            inner,
+            max_size=5,
+        )
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(content=json_values)
+def test_message_fields_is_total(content: Any) -> None:
+    """Whatever JSON a member sends, an answer: typed fields or a named problem."""
+    fields = message_fields(content)
+    assert fields.problem is not None or isinstance(content, dict)
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=json_values)
+def test_import_label_is_total(raw: Any) -> None:
+    """A label field of any JSON value: a label, or a MarkingError that names it."""
+    with contextlib.suppress(MarkingError):
+        import_label(raw)
+
+
+def test_a_label_nested_beyond_the_stack_is_refused_not_crashed() -> None:
+    deep: Any = {}
+    for _ in range(5000):
+        deep = {"originatorConfidentialityLabel": deep}
+    with pytest.raises(MarkingError):
+        import_label(deep)
+    assert message_fields({"msgtype": "m.text", "body": "x", LABEL_KEY: deep}).problem is None
+
+
+# ---------------------------------------------------------------- the poison guard
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.audits: list[tuple[str, str, Any, dict[str, Any]]] = []
+        self.alerts: list[Any] = []
+        self.failed = 0
+
+    async def audit(self, actor: str, action: str, subject: Any, detail: dict[str, Any]) -> None:
+        self.audits.append((actor, action, subject, detail))
+
+    async def alert(self, document: Any) -> None:
+        self.alerts.append(document)
+
+    def count(self) -> None:
+        self.failed += 1
+
+
+class Event:
+    def __init__(self, event_id: str, sender: str = "@mallory:x") -> None:
+        self.event_id, self.sender = event_id, sender
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    url = f"sqlite:///{tmp_path / 'guard.db'}"
+    upgrade(url)
+    return Store.from_url(url)
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+async def test_a_failing_event_is_isolated_audited_marked_and_alerted_once_an_hour(
+    store: Store,
+) -> None:
+    seen = Recorder()
+    guard = PoisonGuard(store, seen.audit, seen.alert, seen.count)
+    secret = "the convoy leaves at dawn"
+    await guard.run("!r:x", Event("$1"), _raise(ValueError(secret)))
+    await guard.run("!r:x", Event("$2"), _raise(KeyError(secret)))
+    assert [a[1] for a in seen.audits] == ["event.failed", "event.failed"]
+    assert seen.audits[0][3] == {"room_id": "!r:x", "event": "Event", "error": "ValueError"}
+    assert secret not in repr(seen.audits) and secret not in repr(seen.alerts)
+    assert store.is_handled("$1") and store.is_handled("$2")
+    assert len(seen.alerts) == 1 and seen.failed == 2  # once per sender per hour
+    await guard.run("!r:x", Event("$3", "@eve:x"), _raise(TypeError()))
+    assert len(seen.alerts) == 2
+
+
+async def test_an_outage_is_tried_again_a_bounded_number_of_times(store: Store) -> None:
+    seen = Recorder()
+    guard = PoisonGuard(store, seen.audit, seen.alert, seen.count)
+    down = MatrixError("send", "M_UNKNOWN", "bad gateway", 502)
+    for _ in range(MAX_OUTAGE_ATTEMPTS - 1):
+        with pytest.raises(MatrixError):
+            await guard.run("!r:x", Event("$o"), _raise(down))
+    assert not store.is_handled("$o")
+    await guard.run("!r:x", Event("$o"), _raise(down))  # then isolated like any other
+    assert store.is_handled("$o") and seen.failed == 1
+
+
+def test_what_counts_as_an_outage() -> None:
+    assert is_outage(MatrixError("x", "M_LIMIT_EXCEEDED", "slow down", 429))
+    assert is_outage(MatrixError("x", None, "down", 503))
+    assert is_outage(ConnectionResetError())
+    assert not is_outage(MatrixError("x", "M_FORBIDDEN", "no", 403))
+    assert not is_outage(ValueError())
+    assert not is_outage(AttributeError())
