@@ -7,7 +7,8 @@ change in the machine's load touches both alike. The gate's register is a SQLite
 (and a PostgreSQL schema where LIAISON_TEST_DATABASE_URL names a server) with every invitee
 cleared, so every request is allowed and runs the whole check: the room on record, the
 invitee's clearance (read afresh on the invite; reused from the short cache on the join),
-the rule. Reported: p50/p95 per
+each row's signature (written through a store keyed as the bot's is; the gate holds the
+register key, as `gate synapse-config` prints it), the rule. Reported: p50/p95 per
 request with and without the gate, the difference of the p50s (goal: < 5 ms; written as
 gate_{sqlite,postgres}_{invite,join}_added_p50_ms, and as gate_postgresql_… as before), the
 median of the paired differences (…_paired_added_p50_ms: request i on one server minus
@@ -40,13 +41,24 @@ from bot.devtools.devserver import DevServer, RegisteredUser
 from bot.gate.config import RegisterSpec
 from bot.gate.rules import LABEL_EVENT, Gate, Register, RoomLabel
 from bot.services.rooms import label_content
-from bot.storage import Origin, RoomRecord, Store
+from bot.storage import Origin, RoomRecord, Store, audit_key_from
 from bot.storage.migrate import upgrade
+from bot.storage.store import register_public_key
 from policy import make_room, parse_marking
 from policy.ids import RoomId, RoomKey, UserId
 
 # The label event as the bot writes it (the gate refuses any other shape, even from a bot).
 LABEL = label_content(make_room(parse_marking("NATO SECRET"), ("DEU", "POL")))
+# The bench bot's data key: its rows are signed with the key derived from it, and the gate
+# verifies them with the public half, so the figures include that check.
+DATA_KEY = "bench-gate-data-key-0123456789abcdef"
+
+
+def _store(url: str) -> Store:
+    """The register as the bot writes it: keyed, so every row it writes is signed."""
+    store = Store.from_url(url, audit_key_from(DATA_KEY))
+    store.key_audit_log()
+    return store
 
 
 def _q(room_id: str) -> str:
@@ -61,7 +73,7 @@ def _timed(server: DevServer, method: str, path: str, body: dict[str, Any], toke
 
 def _register(url: str, room_id: str | None, people: list[RegisteredUser]) -> None:
     upgrade(url)
-    store = Store.from_url(url)
+    store = _store(url)
     try:
         if room_id is not None:
             store.save_room(
@@ -91,7 +103,9 @@ class Side:
         self.people = [server.register(f"p{i}-{secrets.token_hex(3)}", "pw") for i in range(n)]
         if database is not None:
             _register(database, None, self.people)
-            server.add_register({"bot_user_id": self.bot.user_id, "database": database})
+            server.add_register(
+                {"bot_user_id": self.bot.user_id, "database": database}, data_key=DATA_KEY
+            )
         created = server.request(
             "POST",
             "/_matrix/client/v3/createRoom",
@@ -187,7 +201,7 @@ def _postgres_schema() -> Iterator[str | None]:
 def micro(database: str) -> dict[str, float]:
     """The rule in-process: µs per decision with the register read cached and uncached."""
     person = "@micro:bench"
-    store = Store.from_url(database)
+    store = _store(database)
     try:
         if store.clearance(person) is None:
             store.grant("bench", person, "NATO", "NATO SECRET", 3, nationality="POL")
@@ -198,9 +212,12 @@ def micro(database: str) -> dict[str, float]:
         store.close()
     out: dict[str, float] = {}
     for name, ttl in (("cached", 60.0), ("uncached", 0.0)):
-        register = Register(
-            RegisterSpec(bot_user_id=UserId("@bot:bench"), database=database), ttl=ttl
+        spec = RegisterSpec(
+            bot_user_id=UserId("@bot:bench"),
+            database=database,
+            register_key=register_public_key(DATA_KEY),
         )
+        register = Register(spec, ttl=ttl)
         registers = {"@bot:bench": register}
         gate = Gate(registers.copy, today=lambda: date(2026, 12, 3))
         label = RoomLabel(True, "@bot:bench")

@@ -159,7 +159,9 @@ def make_bot(
     bot.config.write_text(
         rooms_config(server.base_url, bot_user.user_id, rooms, admins=(admin.user_id,))
     )
-    server.add_register(register_entry(load_config(bot.config)))
+    server.add_register(
+        register_entry(load_config(bot.config)), data_key=bot.env["LIAISON_BENCH_DATA_KEY"]
+    )
     return bot
 
 

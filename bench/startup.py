@@ -25,13 +25,15 @@ from bot.gate.config import register_entry
 from bot.storage import Store
 from bot.storage.migrate import upgrade
 
+DATA_KEY = "data"  # the bot's data key here; the gate verifies its rows with it
+
 
 async def start_once(config_path: Path, password: str) -> float:
     config = load_config(config_path)
     await asyncio.to_thread(upgrade, config.database_url())
     store = Store.from_url(config.database_url())
     began = time.monotonic()
-    bot = LiaisonBot(config, store, Secrets("pickle", "data", password, None))
+    bot = LiaisonBot(config, store, Secrets("pickle", DATA_KEY, password, None))
     try:
         await bot.start()
         await bot.synced.wait()
@@ -46,7 +48,7 @@ async def main(rooms: int) -> None:
         user = server.register(f"bench-{secrets.token_hex(3)}", "pw-bench")
         config_path = Path(tmp) / "config.toml"
         config_path.write_text(rooms_config(server.base_url, user.user_id, rooms))
-        server.add_register(register_entry(load_config(config_path)))
+        server.add_register(register_entry(load_config(config_path)), data_key=DATA_KEY)
         first = await start_once(config_path, user.password)
         restart = await start_once(config_path, user.password)
     figures = record(

@@ -161,6 +161,7 @@ class LiaisonBot:
             self._admin_room_id,
             membership.refresh_room,
         )
+        messenger.watch_register(store)
         self.key_requests = KeyRequests(
             gateway,
             membership.may_read,

@@ -398,9 +398,13 @@ def gate() -> None:
 def gate_synapse_config(config_path: str, database: str | None) -> None:
     """Print the `modules:` entry to add to Synapse's homeserver.yaml.
 
+    With the data key in its variable (storage.data_key_env), the entry carries the
+    register's public key (register_key), so the gate refuses register rows that do not
+    verify; set it after the bot has started once on this version (it signs older rows then).
+
     \b
     Example:
-      liaison-bot gate synapse-config --config config.toml \\
+      LIAISON_DATA_KEY=… liaison-bot gate synapse-config --config config.toml \\
         --database postgresql+psycopg://liaison_gate@db/liaison
     """
     import yaml
@@ -408,10 +412,20 @@ def gate_synapse_config(config_path: str, database: str | None) -> None:
     from bot.gate.config import GateConfigError, module_entry, register_entry
 
     config = _load(config_path)
+    # Only the public key derived from the data key is printed, never the data key.
+    data_key = os.environ.get(config.storage.data_key_env)
     try:
-        entry = register_entry(config, database)
+        entry = register_entry(config, database, data_key=data_key)
     except GateConfigError as exc:
         _fail(f"--database: {exc}")
+    if not data_key:
+        click.echo(
+            f"warning: {config.storage.data_key_env} is not set, so no register_key is "
+            "printed: without it the gate does not verify register rows, and anyone who can "
+            "write the database can grant clearances. Run again with "
+            f"{config.storage.data_key_env} set to the bot's data key.",
+            err=True,
+        )
     if database is None and not entry["database"].startswith("sqlite"):
         click.echo(
             "warning: this is the bot's own database login; the gate needs SELECT only: "
@@ -419,6 +433,11 @@ def gate_synapse_config(config_path: str, database: str | None) -> None:
             err=True,
         )
     click.echo("# Add to homeserver.yaml (merge into an existing modules: list), restart Synapse.")
+    if data_key:
+        click.echo(
+            "# register_key: rows that do not verify with it admit nobody. Set it once the bot "
+            "has\n# started on this version: it signs the rows stored before then at that start."
+        )
     click.echo("# Synapse's environment needs: pip install 'liaison-bot[gate]'")
     click.echo(yaml.safe_dump({"modules": [module_entry([entry])]}, sort_keys=False), nl=False)
 

@@ -142,14 +142,23 @@ def _after_marking(label: Label, rest: str, body: str) -> TaggedMessage:
 def levels_named(body: str, context: str | None = None) -> tuple[Level, ...]:
     """The levels a tagged message's marking may mean, read from its level segment alone
     (what follows may be malformed): one when it names one, each candidate when it is
-    ambiguous, none when no level can be read. Total: never raises."""
+    ambiguous, none when no level can be read. The marking is the first bracket that is
+    not a precedence or EXERCISE (`[FLASH] [STRENG GEHEIM] …` is spillage in a GEHEIM
+    room, however it is otherwise refused). Total: never raises."""
     if not is_tagged(body):
         return ()
+    rest = body.lstrip()
     try:
-        marking, _ = _bracket(body.lstrip(), body)
+        for _ in range(3):  # a precedence or EXERCISE put first hides nothing
+            marking, after = _bracket(rest, body)
+            if marking.strip().upper() not in (*Precedence.__members__, "EXERCISE"):
+                return level_candidates(marking, context)
+            rest = after.lstrip()
+            if not rest.startswith("["):
+                return ()
     except MarkingError:
         return ()
-    return level_candidates(marking, context)
+    return ()
 
 
 def _bracket(text: str, whole: str) -> tuple[str, str]:

@@ -190,6 +190,7 @@ async def process_scenario(
         officer.user_id,
         ROOMS,
         database_url=database_url,
+        data_key="process-data-key-0123456789abcdef",
     )
     config = load_config(config_path)
     await asyncio.to_thread(upgrade, config.database_url())

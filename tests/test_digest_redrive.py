@@ -246,3 +246,23 @@ def _item_row(event_id: str, at: datetime) -> IntelItemRow:
         text="sealed",
         created_at=at,
     )
+
+
+def test_a_run_whose_item_was_withdrawn_after_the_claim_is_not_sent_as_composed(
+    store: Store,
+) -> None:
+    """Attack review of issue 24 (M4): the stored parts were sent as composed, showing an
+    item withdrawn (redacted, re-marked) since, up to 23 hours later."""
+    with store.session() as session:
+        session.add(_item_row("$in", T0 - timedelta(hours=1)))
+    bot, clock = FlakyMessenger(failures=1), Clock(T0 + timedelta(minutes=1))
+    service = digest_service(store, clock, bot)
+    asyncio.run(service.fire("cfg-1"))  # composed with $in, refused by the homeserver
+    assert bot.posted == []
+    store.redact_item("$in", None)  # its sender withdraws it
+    clock.now = T0 + timedelta(hours=12, minutes=1)
+    asyncio.run(service.fire("cfg-1"))
+    assert [p[2] for p in bot.posted] == part_txn_ids("cfg-1", T0 + timedelta(hours=12), 1)
+    stale = store.digest_run("cfg-1", T0)
+    assert stale is not None and stale.state == RunState.STALE
+    assert any("edited or withdrawn" in a for a in bot.alerts)

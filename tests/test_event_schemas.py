@@ -251,3 +251,36 @@ def test_what_counts_as_an_outage() -> None:
     assert not is_outage(MatrixError("x", "M_FORBIDDEN", "no", 403))
     assert not is_outage(ValueError())
     assert not is_outage(AttributeError())
+
+
+@pytest.mark.parametrize("target", ["..", ".", "x", "$", "$a b", "/_synapse/admin"])
+def test_an_edit_must_name_an_event_id(target: str) -> None:
+    """Attack review H2: `..` was taken as an event id; in the URL that asks the homeserver
+    for the target's sender it named another resource, the answer was an error, and the
+    edit, over-classified, was isolated unjudged."""
+    fields = message_fields(
+        {
+            "msgtype": "m.text",
+            "body": "* [STRENG GEHEIM] x",
+            "m.new_content": {"msgtype": "m.text", "body": "[STRENG GEHEIM] x"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": target},
+        }
+    )
+    assert fields.problem is not None and fields.problem.startswith("m.relates_to.event_id")
+    assert fields.new_body == "[STRENG GEHEIM] x"  # kept for the spillage check
+    with pytest.raises(SchemaError):
+        redaction_target({}, target)
+
+
+async def test_an_event_about_to_be_skipped_is_judged_for_spillage_first(store: Store) -> None:
+    seen = Recorder()
+    guard = PoisonGuard(store, seen.audit, seen.alert, seen.count)
+    judged: list[str] = []
+
+    async def judge(room_id: str, event: Any) -> None:
+        judged.append(event.event_id)
+        raise RuntimeError("and this fails too")
+
+    guard.judge = judge
+    await guard.run("!r:x", Event("$1"), _raise(ValueError()))
+    assert judged == ["$1"] and store.is_handled("$1")  # a failing judge stops nothing

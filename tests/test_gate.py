@@ -12,6 +12,7 @@ import pytest
 
 from bot.devtools.botenv import SECRETS, BotEnv
 from bot.devtools.devserver import DevServer, DevServerError, RegisteredUser
+from bot.gate.config import register_entry
 from bot.gate.rules import LABEL_EVENT
 from bot.services.rooms import label_content
 from bot.storage import Store, audit_key_from
@@ -20,6 +21,14 @@ from tests.matrix_harness import MakeUser
 
 # A label event as a bot writes it (the gate refuses any other shape, even from a bot).
 NATO_SECRET_LABEL = label_content(make_room(parse_marking("NATO SECRET")))
+
+
+@pytest.fixture(scope="module")
+def bot_env(bot_env: BotEnv) -> BotEnv:
+    """The harness's bot, its register entry carrying register_key (as `gate synapse-config`
+    prints it): every test here meets a gate that verifies the rows it reads."""
+    bot_env.server.add_register(register_entry(bot_env.config), data_key=SECRETS.data_key)
+    return bot_env
 
 
 def _q(room_id: str) -> str:
@@ -292,7 +301,8 @@ async def test_an_unreachable_register_closes_managed_rooms_only(
     ghost = make_user("ghostbot")
     # A bot whose register the gate cannot reach (nothing listens on port 1).
     synapse.add_register(
-        {"bot_user_id": ghost.user_id, "database": "postgresql+psycopg://gate@127.0.0.1:1/liaison"}
+        {"bot_user_id": ghost.user_id, "database": "postgresql+psycopg://gate@127.0.0.1:1/liaison"},
+        data_key="ghost-data-key-0123456789abcdef",
     )
     created = await _call(
         synapse,

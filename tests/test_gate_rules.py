@@ -22,9 +22,10 @@ from bot.gate.config import (
     register_entry,
 )
 from bot.gate.rules import LABEL_EVENT, UNLABELLED, Gate, Register, RoomLabel
-from bot.storage import Origin, RoomRecord, Store
+from bot.storage import Origin, RoomRecord, Store, audit_key_from
 from bot.storage.migrate import upgrade
 from bot.storage.reader import RegisterReader
+from bot.storage.store import register_public_key
 from policy import make_room, parse_marking
 from policy.ids import RoomId, RoomKey
 from tests.pg import fresh_schema
@@ -33,6 +34,16 @@ BOT = "@liaison:hs"
 ROOM = "!nato:hs"
 ADMIN_ROOM = "!admins:hs"
 LABEL = RoomLabel(True, BOT)
+# The register is written as the bot writes it, signed with the key derived from its data
+# key, and read as a production gate reads it, verifying each row with the public half.
+DATA_KEY = "gate-rules-data-key-0123456789abcdef"
+REGISTER_KEY = register_public_key(DATA_KEY)
+
+
+def _store(url: str) -> Store:
+    store = Store.from_url(url, audit_key_from(DATA_KEY))
+    store.key_audit_log()
+    return store
 
 
 class Clock:
@@ -70,20 +81,21 @@ def register_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         url = f"sqlite:///{tmp_path / 'register.db'}"
         upgrade(url)
-        store = Store.from_url(url)
+        store = _store(url)
         _fill(store)
         store.close()
         yield url
         return
     with fresh_schema() as url:
         upgrade(url)
-        store = Store.from_url(url)
+        store = _store(url)
         _fill(store)
         store.close()
         yield url
 
 
 def _gate(url: str, clock: Clock | None = None, **spec: Any) -> tuple[Gate, Register]:
+    spec.setdefault("register_key", REGISTER_KEY)
     register = Register(
         RegisterSpec(bot_user_id=BOT, database=url, **spec), ttl=2.0, clock=clock or Clock()
     )
@@ -129,7 +141,7 @@ def test_admin_room_admits_admins_only(register_url: str) -> None:
 
 
 def test_revoked_expired_and_closed(register_url: str) -> None:
-    store = Store.from_url(register_url)
+    store = _store(register_url)
     try:
         store.revoke("t", "@low:hs")
         store.grant(
@@ -163,7 +175,7 @@ def test_a_grant_counts_at_once_and_a_revocation_within_the_ttl(register_url: st
     clock = Clock()
     gate, _ = _gate(register_url, clock)
     assert not gate.may_enter("@new:hs", ROOM, LABEL)
-    store = Store.from_url(register_url)
+    store = _store(register_url)
     try:
         store.grant("t", "@new:hs", "NATO", "NATO SECRET", 3, nationality="POL")
         assert gate.may_enter("@new:hs", ROOM, LABEL), "a refusal is never cached"
@@ -347,7 +359,7 @@ def test_the_documented_postgres_grants_are_enough() -> None:
 
     with fresh_schema() as url:
         upgrade(url)
-        store = Store.from_url(url)
+        store = _store(url)
         _fill(store)
         store.close()
         parsed = make_url(url)
@@ -377,7 +389,9 @@ def test_the_documented_postgres_grants_are_enough() -> None:
 
 
 def test_a_room_of_a_bot_on_another_homeserver_is_judged_there(register_url: str) -> None:
-    register = Register(RegisterSpec(bot_user_id=BOT, database=register_url), ttl=2.0)
+    register = Register(
+        RegisterSpec(bot_user_id=BOT, database=register_url, register_key=REGISTER_KEY), ttl=2.0
+    )
     gate = Gate(lambda: {BOT: register}, today=lambda: date(2026, 12, 3), server_name="hs")
     remote = RoomLabel(True, "@liaison:nato.example")
     verdict = gate.may_enter("@anyone:hs", "!r:nato.example", remote)
@@ -389,7 +403,7 @@ def test_a_room_of_a_bot_on_another_homeserver_is_judged_there(register_url: str
 
 
 def test_the_rooms_servers_are_enforced(register_url: str) -> None:
-    store = Store.from_url(register_url)
+    store = _store(register_url)
     try:
         store.save_room(
             RoomRecord(
@@ -447,7 +461,9 @@ def test_even_the_bot_cannot_open_the_room_or_hand_out_power(register_url: str) 
 def test_a_room_the_register_lists_is_judged_here_whoever_set_its_label(
     register_url: str,
 ) -> None:
-    register = Register(RegisterSpec(bot_user_id=BOT, database=register_url), ttl=2.0)
+    register = Register(
+        RegisterSpec(bot_user_id=BOT, database=register_url, register_key=REGISTER_KEY), ttl=2.0
+    )
     gate = Gate(lambda: {BOT: register}, today=lambda: date(2026, 12, 3), server_name="hs")
     odd = RoomLabel(True, "@liaison:elsewhere.example")
     refused = gate.may_enter("@nobody:hs", ROOM, odd)
@@ -666,14 +682,14 @@ def test_the_cache_only_path_never_reads_and_agrees_with_the_full_one(register_u
     not at all (a read there would stall the homeserver), and give the full path's answer."""
     reads: list[str] = []
 
-    def open_reader(url: str) -> RegisterReader:
+    def open_reader(url: str, register_key: str | None) -> RegisterReader:
         reads.append(url)
-        return RegisterReader.from_url(url)
+        return RegisterReader.from_url(url, register_key)
 
     clock = Clock()
     register = Register(
-        RegisterSpec(bot_user_id=BOT, database=register_url), ttl=2.0, clock=clock,
-        open_reader=open_reader,
+        RegisterSpec(bot_user_id=BOT, database=register_url, register_key=REGISTER_KEY),
+        ttl=2.0, clock=clock, open_reader=open_reader,
     )  # fmt: skip
     gate = Gate(lambda: {BOT: register}, today=lambda: date(2026, 12, 3))
     assert gate.may_enter_cached("@cleared:hs", ROOM, LABEL) is None
@@ -704,3 +720,13 @@ def test_a_label_from_another_homeserver_is_judged_there_unless_the_room_is_ours
     assert not refused, "listed on our register, labelled or not"
     # sent from this server, the label stays a configured bot's alone
     assert not gate.may_set_state(far, "!r:nato.example", LABEL_EVENT, remote, {})
+
+
+def test_a_third_party_invite_is_refused_even_from_the_bot(register_url: str) -> None:
+    """Attack review of issue 24 (L3): the bot's token could plant an identity server key
+    of its holder's own in a managed room."""
+    gate, _ = _gate(register_url)
+    invite = {"display_name": "x", "key_validity_url": "https://evil/", "public_key": "AAAA"}
+    refused = gate.may_set_state(BOT, ROOM, "m.room.third_party_invite", LABEL, invite)
+    assert not refused and "third-party invites" in refused.reason
+    assert gate.may_set_state(BOT, "!plain:hs", "m.room.third_party_invite", UNLABELLED, invite)

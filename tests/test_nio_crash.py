@@ -109,10 +109,12 @@ async def test_a_crash_after_the_key_upload_loses_no_one_time_key(
     keys on the server could not open an Olm session with the bot."""
     bot_user, admin = make_user("liaison"), make_user("admin")
     config_path = tmp_path / "config.toml"
-    write_config(config_path, synapse, bot_user, admin.user_id, admin.user_id, ROOMS)
+    data_key = "process-data-key-0123456789abcdef"
+    write_config(
+        config_path, synapse, bot_user, admin.user_id, admin.user_id, ROOMS, data_key=data_key
+    )
     config = load_config(config_path)
     await asyncio.to_thread(upgrade, config.database_url())
-    data_key = "process-data-key-0123456789abcdef"
     store = Store.from_url(config.database_url(), audit_key_from(data_key))
     env = {
         **os.environ,

@@ -287,3 +287,30 @@ async def test_an_event_whose_handling_fails_is_isolated_and_the_sync_goes_on(
     assert bot_env.store is not None and bot_env.store.is_handled(event_id)
     assert bot_env.bot.metrics.events_failed._value.get() == failed_before + 1
     await relays(cast, "an injected fault")
+
+
+@pytest.mark.parametrize("shape", ["emote", "notice", "edit-fallback", "precedence-first"])
+async def test_spillage_in_any_text_a_member_shows_is_removed(
+    bot_env: BotEnv, cast: Cast, shape: str
+) -> None:
+    """Attack review of issue 24 (H1, M1): an m.emote or m.notice was never looked at, an
+    edit was judged on its new text only (older clients show its `* …` fallback), and a
+    precedence put first hid the level."""
+    words = f"[STRENG GEHEIM] plan-{secrets.token_hex(3)}"
+    if shape in ("emote", "notice"):
+        content: dict[str, Any] = {"msgtype": f"m.{shape}", "body": words}
+    elif shape == "precedence-first":
+        content = {"msgtype": "m.text", "body": f"[FLASH] {words}"}
+    else:
+        own = await cast.mallory.send_text(cast.deu, "harmless")
+        content = {
+            "msgtype": "m.text",
+            "body": f"* {words}",
+            "m.new_content": {"msgtype": "m.text", "body": "still harmless"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": own},
+        }
+    event_id = await send(cast.mallory, cast.deu, content, True)
+    await eventually(
+        lambda: is_redacted(cast.officer, cast.deu, event_id), 30, f"the {shape} is redacted"
+    )
+    await audited(bot_env, "spillage", event_id)

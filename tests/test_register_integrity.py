@@ -285,3 +285,30 @@ def test_the_gate_key_is_public_and_a_wrong_one_verifies_nothing(url: str, store
         other.close()
     with pytest.raises(ValueError, match="register key"):
         RegisterReader.from_url(url, "ed25519:short")
+
+
+@pytest.mark.parametrize("how", ["renamed", "deleted"])
+def test_removing_the_keyed_marker_gets_no_forged_row_signed(
+    url: str, store: Store, how: str
+) -> None:
+    """Attack review of issue 24 (M2): with the `register.keyed` entry renamed or deleted,
+    the next start signed every unsigned row, the attacker's included. The marker's absence
+    now counts only with an intact (keyed) audit chain."""
+    from bot.storage import AuditRow
+
+    with store.session() as session:
+        session.execute(insert(ClearanceRow).values(user_id=MALLORY, nationality="DEU"))
+        marker = update(AuditRow).where(AuditRow.action == "register.keyed")
+        if how == "renamed":
+            session.execute(marker.values(action="register.something"))
+        else:
+            session.execute(delete(AuditRow).where(AuditRow.action == "register.keyed"))
+    restarted = Store.from_url(url, audit_key_from(DATA_KEY))
+    try:
+        restarted.key_audit_log()  # the next start
+        assert restarted.clearance(MALLORY) is None
+        with restarted.session() as session:
+            row = session.scalar(select(ClearanceRow).where(ClearanceRow.user_id == MALLORY))
+            assert row is not None and row.signature is None
+    finally:
+        restarted.close()

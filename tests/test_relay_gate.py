@@ -373,10 +373,11 @@ async def test_old_sealed_values_are_resealed_once_and_never_again(store: Store)
 
     def old_item(event_id: str, *, bound: bool) -> IntelItem:
         text = sealed_payload(f"text of {event_id}", ["kiel"])
-        binding = item_binding(event_id, "deu", "DEU GEHEIM")
+        binding = item_binding(event_id, "deu", "DEU GEHEIM // REL TO NATO")
         return IntelItem(
             event_id=event_id, room_key="deu", room_id="!d:x", sender=OFFICER,
-            label="DEU GEHEIM", scheme="DEU", rank=2, precedence=Precedence.ROUTINE,
+            label="DEU GEHEIM // REL TO NATO", scheme="DEU", rank=2,
+            precedence=Precedence.ROUTINE,
             exercise=False, topics=(), created_at=datetime.now(UTC),
             text=legacy.seal_text(text, binding if bound else event_id),
         )  # fmt: skip
@@ -406,3 +407,119 @@ async def test_old_sealed_values_are_resealed_once_and_never_again(store: Store)
     later = store.item("$later")
     assert later is not None and later.text.startswith("v1:")
     assert ("@bot:x", "intel.reseal-refused") in ports.audited and ports.alerts
+
+
+# ---------------------------------------------------------------- the attack review of issue 24
+
+
+async def test_a_precedence_put_first_does_not_hide_spillage(store: Store) -> None:
+    """H1: `[FLASH] [STRENG GEHEIM] …` was refused as malformed and left in the room."""
+    ports = Ports()
+    relay = engine(store, ports)
+    reply = await relay.handle(source(), "[FLASH] [STRENG GEHEIM] the whole plan")
+    assert reply is not None and "removed from this room" in reply.plain
+    assert ports.redacted == [("!d:x", ORIGINAL)]
+
+
+class Failing(Ports):
+    """A homeserver that refuses sends into some rooms for now (an outage, a rate limit)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down: set[str] = set()
+
+    async def send(self, room_id: str, content: dict[str, Any], **kw: Any) -> str:
+        if room_id in self.down:
+            from bot.matrix.gateway import MatrixError
+
+            raise MatrixError("send", "M_LIMIT_EXCEEDED", "slow down", 429)
+        return await super().send(room_id, content, **kw)
+
+
+@pytest.mark.parametrize("withdrawal", ["re-marked national only", "redacted", "re-marked above"])
+async def test_a_copy_left_pending_never_goes_out_after_its_item_was_withdrawn(
+    store: Store, withdrawal: str
+) -> None:
+    """H3: withdrawals looked only at sent copies, and the next sweep sent the pending one,
+    with its text, to a room it could no longer reach."""
+    ports = Failing()
+    ports.down = {"!n:x"}
+    relay = engine(store, ports)
+    receipt = await relay.handle(source(), "[GEHEIM // REL TO NATO] convoy sighted")
+    assert receipt is not None and "Queued for" in receipt.plain
+    if withdrawal == "redacted":
+        await relay.handle_redaction(DEU, ORIGINAL, OFFICER)
+    elif withdrawal == "re-marked national only":
+        await relay.handle_edit(edit_by(OFFICER), "[GEHEIM] convoy sighted")
+    else:
+        await relay.handle_edit(edit_by(OFFICER), "[STRENG GEHEIM] convoy sighted")
+    ports.down = set()
+    await relay.resend_pending()
+    assert ports.sent == [] and store.pending_relays() == []
+    withheld = [e for e in store.recent_audit(10) if e.action == "relay.withheld"]
+    assert len(withheld) == 1 and withheld[0].detail["to"] == "nato-s"
+
+
+async def test_a_pending_copy_still_releasable_is_sent(store: Store) -> None:
+    ports = Failing()
+    ports.down = {"!n:x"}
+    relay = engine(store, ports)
+    await relay.handle(source(), "[GEHEIM // REL TO NATO] convoy sighted")
+    ports.down = set()
+    await relay.resend_pending()
+    assert [room for room, _ in ports.sent] == ["!n:x"]
+
+
+async def test_an_edit_from_another_room_is_someone_elses(store: Store) -> None:
+    """L2: judged and stored under the other room's policy, the item no longer opened."""
+    ports = Ports()
+    relay = await relayed(store, ports)
+    elsewhere = Source(NATO_R, ORIGINAL, OFFICER, datetime.now(UTC), SimpleNamespace(event_id="$e"))
+    assert await relay.handle_edit(elsewhere, "[NATO RESTRICTED] convoy") is None
+    item = store.item(ORIGINAL)
+    assert item is not None and item.label == "DEU GEHEIM // REL TO NATO"
+    assert relay.open_item(item)[0] == "convoy sighted"
+
+
+async def test_a_spillage_the_homeserver_would_not_redact_is_reported_so(store: Store) -> None:
+    """M5: the alert said the event was redacted when the redaction had failed."""
+    from bot.matrix.gateway import MatrixError
+
+    class NoRedact(Ports):
+        async def redact(self, room_id: str, event_id: str, reason: str, tx_id: Any = None) -> None:
+            raise MatrixError("redact", "M_FORBIDDEN", "no", 403)
+
+    ports = NoRedact()
+    relay = engine(store, ports)
+    await relay.handle(source(), "[STRENG GEHEIM] the whole plan")
+    (alert,) = ports.alerts
+    assert "refused to redact" in alert.plain and "still in the room" in alert.plain
+    spill = next(d for d in ports.details if "not_redacted" in d)
+    assert spill["not_redacted"] == [ORIGINAL] and spill["redacted"] == []
+
+
+async def test_old_sealed_values_are_not_resealed_with_a_broken_audit_chain(store: Store) -> None:
+    """Attack review M2: the reseal's record (`intel.resealed`) deleted or renamed, so that
+    old-format values written in would be opened once more; that breaks the chain, and then
+    nothing is resealed."""
+    from sqlalchemy import update
+
+    from bot.storage import AuditRow, IntelItem
+    from bot.storage.sealing import Sealer
+    from policy import Precedence
+
+    store.append_audit("cli:test", "intel.resealed", None, {"items": 0})
+    with store.session() as s:  # the record renamed: the chain no longer verifies
+        s.execute(update(AuditRow).values(action="something.else"))
+    ports = Ports()
+    relay = engine(store, ports)
+    legacy = Sealer("a-data-key-of-thirty-two-characters!", "intel")
+    store.save_item(
+        IntelItem(
+            event_id="$x", room_key="deu", room_id="!d:x", sender=OFFICER, label="DEU GEHEIM",
+            scheme="DEU", rank=2, precedence=Precedence.ROUTINE, exercise=False, topics=(),
+            created_at=datetime.now(UTC), text=legacy.seal_text("words", "$x"),
+        )
+    )  # fmt: skip
+    assert await relay.reseal_legacy() == (0, 0)
+    assert ("@bot:x", "intel.reseal-refused") in ports.audited

@@ -60,12 +60,15 @@ def test_run_logs_in_once_stops_on_sigterm_and_reuses_its_device(
 ) -> None:
     bot_user = make_user("liaison")
     config = tmp_path / "config.toml"
-    write_config(config, synapse, bot_user, "@a:localhost", "@o:localhost", ROOMS)
+    data_key = "run-cli-data-key-0123456789abcdef"
+    write_config(
+        config, synapse, bot_user, "@a:localhost", "@o:localhost", ROOMS, data_key=data_key
+    )
     env = {
         **os.environ,
         "LIAISON_TEST_PASSWORD": bot_user.password,
         "LIAISON_TEST_PICKLE_KEY": "run-cli-pickle-key-0123456789abcdef",
-        "LIAISON_TEST_DATA_KEY": "run-cli-data-key-0123456789abcdef",
+        "LIAISON_TEST_DATA_KEY": data_key,
     }
     log = tmp_path / "bot.log"
     proc = start(config, env, log)

@@ -107,3 +107,17 @@ def test_a_label_with_a_matching_marking_after_the_precedence_is_read() -> None:
     assert message.precedence.name == "FLASH" and message.text == "#kiel x"
     text = parse_tagged("[PRIORITY] [UPDATE] x", "NATO", label=label)  # a bracket of text
     assert text is not None and text.text == "[UPDATE] x"
+
+
+@pytest.mark.parametrize(
+    "body",
+    ["[FLASH] [STRENG GEHEIM] x", "[EXERCISE] [PRIORITY] [STRENG GEHEIM] x", "[STRENG GEHEIM] x"],
+)
+def test_the_level_is_read_behind_a_leading_precedence(body: str) -> None:
+    """Attack review of issue 24 (H1): spillage was judged on the first bracket only, so a
+    precedence put first left `[FLASH] [STRENG GEHEIM] …` in a GEHEIM room."""
+    from policy.tagged import levels_named
+
+    assert [lvl.name for lvl in levels_named(body, "DEU")] == ["STRENG GEHEIM"]
+    assert levels_named("[FLASH] words", "DEU") == ()
+    assert levels_named("[FLASH] [UPDATE] words", "DEU") == ()

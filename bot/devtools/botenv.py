@@ -80,7 +80,10 @@ def write_config(
     extra_bot: str = "",
     device_trust: str = "cross-signed",
     database_url: str = "sqlite:///bot.db",
+    data_key: str | None = None,
 ) -> None:
+    """Write a test bot's config and register it with the homeserver gate, which verifies
+    its rows with the public key of `data_key` (the bot's data key; SECRETS' by default)."""
     path.write_text(
         textwrap.dedent(
             f"""
@@ -107,7 +110,7 @@ def write_config(
         + textwrap.dedent(rooms)
     )
     # The homeserver gate enforces this bot's register from now on.
-    server.add_register(register_entry(load_config(path)))
+    server.add_register(register_entry(load_config(path)), data_key=data_key or SECRETS.data_key)
 
 
 # The managed rooms that the tests, the demo and the benchmarks set up, by key: (name, label).

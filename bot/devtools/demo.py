@@ -136,13 +136,16 @@ async def scenario(
         )
     )
     config = load_config(config_path)
-    server.add_register(register_entry(config))  # the homeserver gate enforces this register
+    data_key = secrets.token_hex(16)
+    # The homeserver gate enforces this register, verifying its rows with the data key's
+    # public half.
+    server.add_register(register_entry(config), data_key=data_key)
     await asyncio.to_thread(upgrade, config.database_url())
     store = Store.from_url(config.database_url())
     bot = LiaisonBot(
         config,
         store,
-        Secrets(secrets.token_hex(16), secrets.token_hex(16), users["liaison"].password, None),
+        Secrets(secrets.token_hex(16), data_key, users["liaison"].password, None),
     )
     clients: list[E2EEClient] = []
     try:

@@ -244,12 +244,28 @@ class DevServer:
     def gate_registers_path(self) -> Path:
         return self.workdir / GATE_REGISTERS_NAME
 
-    def add_register(self, entry: Mapping[str, Any]) -> None:
+    def add_register(self, entry: Mapping[str, Any], data_key: str | None = None) -> None:
         """Let the gate enforce one more bot's register (or replace that bot's entry).
+
+        `data_key`, the bot's data key, gives the entry its `register_key` (the public key
+        the bot's rows verify with; the data key itself is not written), so the gate refuses
+        rows that do not verify, as a production gate set up by `gate synapse-config` does.
+        An entry given without either is written as it is: the gate then reads its rows
+        unverified and logs that it does.
 
         Written whole to a new file and renamed over the old, so the gate, which rereads the
         file when it changes, never sees half of it.
         """
+        entry = dict(entry)
+        if data_key is not None:
+            from bot.storage.store import register_public_key  # keeps this module cheap
+
+            key = register_public_key(data_key)
+            if entry.setdefault("register_key", key) != key:
+                raise DevServerError(
+                    f"register of {entry['bot_user_id']}: its register_key differs from "
+                    "the one data_key gives"
+                )
         path = self.gate_registers_path
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -257,7 +273,7 @@ class DevServer:
         except FileNotFoundError:
             entries = []
         entries = [e for e in entries if e.get("bot_user_id") != entry["bot_user_id"]]
-        entries.append(dict(entry))
+        entries.append(entry)
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entries, indent=1), encoding="utf-8")
         os.replace(tmp, path)

@@ -5,12 +5,20 @@ Given under ``modules:`` in Synapse's ``homeserver.yaml``. Usually one bot, writ
     config:
       bot_user_id: "@liaison:example.org"
       database: "postgresql+psycopg://liaison_gate@db.example.org/liaison"
+      register_key: "ed25519:…"
 
 and printed from the bot's own config by ``liaison-bot gate synapse-config``, which also
 carries the bot's admins, admin room and extra caveats (they decide the admin room and how a
 room label on record reads). Several bots on one homeserver are listed under ``registers:``;
 ``registers_file`` names a JSON list of the same entries, read again whenever it changes, for
 homeservers whose bots come and go (the test and demo homeservers start many).
+
+``register_key`` is the public half of the key the bot signs its clearance and room rows
+with (`bot.storage.store.register_public_key`, derived from the data key). It is not a
+secret: it lets the gate check a row, never sign one. With it, a row that does not verify (an
+attacker with write access to the database inserted or changed it) admits nobody. Without it
+the gate honours rows as stored, for deployments from before rows were signed, and says so at
+every start.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from bot.config import Config, RoomKey, UserId, _format_error, _Section
+from bot.storage.records import RegisterVerifier
+from bot.storage.store import register_public_key
 
 MODULE_PATH = "bot.gate.LiaisonGate"
 
@@ -54,6 +64,20 @@ def _database(value: Any) -> str:
     return value
 
 
+def _register_key(value: Any) -> str | None:
+    """The key in its canonical text, checked now: a malformed key found only at the first
+    read would leave the gate up but refusing every managed room, far from the cause."""
+    if value is None:
+        return None
+    hint = "liaison-bot gate synapse-config prints it, with the bot's data key set"
+    if not isinstance(value, str):
+        raise ValueError(f"expected the register's public key as text ('ed25519:…'); {hint}")
+    try:
+        return RegisterVerifier.from_text(value).text
+    except ValueError as exc:
+        raise ValueError(f"{exc}, not {value!r}; {hint}") from None
+
+
 class RegisterSpec(_Section):
     """One bot and the register the gate reads for the rooms it manages."""
 
@@ -62,11 +86,18 @@ class RegisterSpec(_Section):
     admins: list[UserId] = Field(default_factory=list)
     admin_room: RoomKey | None = None
     caveats: list[str] = Field(default_factory=list)
+    # The register's public key (`ed25519:…`); None: rows are read unverified.
+    register_key: str | None = None
 
     @field_validator("database", mode="before")
     @classmethod
     def _check_database(cls, value: Any) -> str:
         return _database(value)
+
+    @field_validator("register_key", mode="before")
+    @classmethod
+    def _check_register_key(cls, value: Any) -> str | None:
+        return _register_key(value)
 
 
 class GateConfig(_Section):
@@ -77,6 +108,7 @@ class GateConfig(_Section):
     admins: list[UserId] = Field(default_factory=list)
     admin_room: RoomKey | None = None
     caveats: list[str] = Field(default_factory=list)
+    register_key: str | None = None
     registers: list[RegisterSpec] = Field(default_factory=list)
     registers_file: str | None = None
     # How long a positive read (a room on record, a valid clearance) is reused. A refusal is
@@ -88,6 +120,11 @@ class GateConfig(_Section):
     @classmethod
     def _check_database(cls, value: Any) -> Any:
         return None if value is None else _database(value)
+
+    @field_validator("register_key", mode="before")
+    @classmethod
+    def _check_register_key(cls, value: Any) -> str | None:
+        return _register_key(value)
 
     @field_validator("registers_file")
     @classmethod
@@ -101,6 +138,11 @@ class GateConfig(_Section):
         flat = (self.bot_user_id is None, self.database is None)
         if flat[0] != flat[1]:
             raise ValueError("bot_user_id and database go together: set both or neither")
+        if all(flat) and self.register_key is not None:
+            raise ValueError(
+                "register_key belongs to the register of bot_user_id and database: set them "
+                "too, or give register_key inside each entry of registers"
+            )
         if all(flat) and not self.registers and self.registers_file is None:
             raise ValueError(
                 "no register to enforce: set bot_user_id and database "
@@ -122,6 +164,7 @@ class GateConfig(_Section):
                 admins=self.admins,
                 admin_room=self.admin_room,
                 caveats=self.caveats,
+                register_key=self.register_key,
             )
             out.insert(0, flat)
         return out
@@ -158,14 +201,19 @@ def read_registers_file(path: str | Path) -> list[RegisterSpec]:
     return specs
 
 
-def register_entry(config: Config, database: str | None = None) -> dict[str, Any]:
+def register_entry(
+    config: Config, database: str | None = None, data_key: str | None = None
+) -> dict[str, Any]:
     """The register a bot's config describes, as the gate reads it: the bot's user id, its
     database (absolute; or `database`, e.g. a read-only role's URL), admins, admin room and
-    extra caveats."""
+    extra caveats; and, given the bot's data key, the public key its rows verify with (the
+    data key itself is never written: only its public derivative is)."""
     entry: dict[str, Any] = {
         "bot_user_id": str(config.homeserver.user_id),
         "database": database or config.database_url(),
     }
+    if data_key:
+        entry["register_key"] = register_public_key(data_key)
     if config.bot.admins:
         entry["admins"] = [str(a) for a in config.bot.admins]
     if config.bot.admin_room:

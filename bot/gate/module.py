@@ -4,7 +4,10 @@ Loaded by Synapse from ``homeserver.yaml``::
 
     modules:
       - module: bot.gate.LiaisonGate
-        config: {bot_user_id: "@liaison:example.org", database: "postgresql+psycopg://…"}
+        config:
+          bot_user_id: "@liaison:example.org"
+          database: "postgresql+psycopg://…"
+          register_key: "ed25519:…"  # rows that do not verify with it admit nobody
 
 Three layers, because each alone has a gap:
 
@@ -176,8 +179,11 @@ class LiaisonGate:
             check_event_for_spam=self.check_event_for_spam,
         )
         api.register_third_party_rules_callbacks(check_event_allowed=self.check_event_allowed)
-        bots = ", ".join(self._registers()) or "none yet"
-        log.info("liaison gate enforcing the clearance registers of: %s", bots)
+        bots = ", ".join(
+            f"{bot} (rows {'verified' if r.spec.register_key else 'NOT verified'})"
+            for bot, r in self._registers().items()
+        )
+        log.info("liaison gate enforcing the clearance registers of: %s", bots or "none yet")
 
     @staticmethod
     def parse_config(config: Mapping[str, Any]) -> GateConfig:

@@ -8,6 +8,13 @@ the bot applies before it invites: there is no second implementation to drift.
 Fails closed: in a room that is managed (it carries the label event, or a register lists
 it), anything that stops the gate from reading the register refuses the join or invite and
 says why. In a room that is not managed nothing is refused.
+
+Given the register's public key (`RegisterSpec.register_key`), a row that does not verify
+counts for nothing, and the refusal names it: a clearance row someone with write access to
+the database inserted or raised admits nobody (its person is judged as having no clearance),
+and a room row that does not verify closes that room, labelled or not, rather than leave it
+unmanaged (which would admit everyone). Without the key, rows are honoured as stored and
+the gate says so whenever it opens such a register.
 """
 
 from __future__ import annotations
@@ -24,11 +31,12 @@ from datetime import UTC, date, datetime
 from typing import Any, Generic, TypeVar
 
 from cachetools import TTLCache
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bot.gate.config import RegisterSpec
 from bot.services.register import policy_clearance
-from bot.storage.reader import RegisterReader
-from bot.storage.records import ClearanceRecord, RoomRecord
+from bot.storage.reader import RegisterReader, make_reader_engine
+from bot.storage.records import ClearanceRecord, RegisterVerifier, RoomRecord
 from policy import MarkingError, Room, make_room, may_enter, parse_marking, server_of
 
 log = logging.getLogger(__name__)
@@ -134,6 +142,54 @@ class _TtlCache(Generic[K, V]):
                 self._cache.pop(key, None)
 
 
+class RowRefused(LookupError):
+    """A register row whose signature does not verify; the message names the row, for
+    the refusal the client and Synapse's log show."""
+
+
+class _NotingVerifier(RegisterVerifier):
+    """A verifier that notes, per thread, which row it last refused.
+
+    The reader answers None both for a row that is absent and for one that does not verify
+    (and logs the latter); the gate wants to say which, without a second query. Register
+    reads run in several of the gate's threads at once, hence a note per thread, taken
+    (read and cleared) right after the read that made it."""
+
+    def __init__(self, public: Ed25519PublicKey) -> None:
+        super().__init__(public)
+        self._notes = threading.local()
+
+    def clearance_verifies(self, record: ClearanceRecord, signature: str | None) -> bool:
+        ok = super().clearance_verifies(record, signature)
+        if not ok:
+            self._notes.row = f"the register row of {record.user_id}"
+        return ok
+
+    def room_verifies(self, record: RoomRecord, signature: str | None) -> bool:
+        ok = super().room_verifies(record, signature)
+        if not ok:
+            self._notes.row = f"the register row of room {record.key} ({record.room_id})"
+        return ok
+
+    def take(self) -> str | None:
+        """The row the last read in this thread refused, if any; cleared."""
+        row: str | None = getattr(self._notes, "row", None)
+        self._notes.row = None
+        return row
+
+
+def open_reader(database: str, register_key: str | None) -> RegisterReader:
+    """The gate's reader of one register: `RegisterReader.from_url(database, register_key)`,
+    with a verifier that also tells the gate which row it refused."""
+    verifier = _NotingVerifier.from_text(register_key) if register_key else None
+    return RegisterReader(make_reader_engine(database), verifier)
+
+
+def _refused_row(reader: RegisterReader) -> str | None:
+    verifier = reader.verifier
+    return verifier.take() if isinstance(verifier, _NotingVerifier) else None
+
+
 class NeedsRead(Exception):
     """Raised by a cache-only lookup that would have to read the register: the caller
     (Synapse's reactor thread, which must never wait on a database) asks again in the
@@ -152,10 +208,19 @@ class Register:
         spec: RegisterSpec,
         ttl: float,
         clock: Callable[[], float] = time.monotonic,
-        open_reader: Callable[[str], RegisterReader] = RegisterReader.from_url,
+        open_reader: Callable[[str, str | None], RegisterReader] = open_reader,
     ) -> None:
         self.spec = spec
         self._open_reader = open_reader
+        if spec.register_key is None:
+            # Said whenever such a register is opened (Synapse's start, a registers file
+            # that names it): the deployment works as before, and must not look protected.
+            log.warning(
+                "liaison gate: register of %s has no register_key: its rows are NOT "
+                "verified, so anyone who can write its database can grant clearances; set "
+                "register_key (liaison-bot gate synapse-config prints it)",
+                spec.bot_user_id,
+            )
         self._reader: RegisterReader | None = None
         self._lock = threading.Lock()
         self._rooms: _TtlCache[str, RoomRecord | None] = _TtlCache(ttl, clock)
@@ -168,7 +233,7 @@ class Register:
     def _read(self) -> RegisterReader:
         with self._lock:
             if self._reader is None:
-                self._reader = self._open_reader(self.spec.database)
+                self._reader = self._open_reader(self.spec.database, self.spec.register_key)
             return self._reader
 
     def room(self, room_id: str, *, fresh: bool, cache_only: bool = False) -> RoomRecord | None:
@@ -179,7 +244,12 @@ class Register:
             return record
         if cache_only:
             raise NeedsRead(room_id)
-        record = self._read().room_by_id(room_id)
+        reader = self._read()
+        _refused_row(reader)  # a note left by a read that raised is not this read's
+        record = reader.room_by_id(room_id)
+        refused = _refused_row(reader)
+        if record is None and refused is not None:
+            raise RowRefused(f"{refused} does not verify (altered in the database?)")
         self._rooms.put(room_id, record)
         return record
 
@@ -191,7 +261,12 @@ class Register:
             return record
         if cache_only:
             raise NeedsRead(user_id)
-        record = self._read().clearance(user_id)
+        reader = self._read()
+        _refused_row(reader)  # a note left by a read that raised is not this read's
+        record = reader.clearance(user_id)
+        refused = _refused_row(reader)
+        if record is None and refused is not None:
+            raise RowRefused(f"{refused} does not verify (altered in the database?)")
         if record is not None:
             self._clearances.put(user_id, record)
         return record
@@ -214,6 +289,10 @@ def _policy_room(
     """The room a record describes, as the rules see it: parsed once per record, not once
     per invite (parsing a marking costs more than the rest of a cached decision)."""
     return make_room(parse_marking(label, extra_caveats=caveats), audience, servers)
+
+
+def _unverified_room(exc: RowRefused, room_id: str) -> Verdict:
+    return Verdict(False, f"{exc}: {room_id} admits nobody until it does")
 
 
 def _failure(exc: BaseException) -> str:
@@ -255,6 +334,8 @@ class Gate:
                     return bot, None
             except NeedsRead:
                 raise
+            except RowRefused as exc:
+                return None, _unverified_room(exc, room_id)
             except Exception as exc:
                 log.warning("register of %s unreadable (%s)", bot, _failure(exc))
                 unreadable.append(f"{bot} ({_failure(exc)})")
@@ -305,6 +386,10 @@ class Gate:
                 record = register.room(room_id, fresh=label.labelled, cache_only=cache_only)
             except NeedsRead:
                 raise
+            except RowRefused as exc:
+                # Labelled or not: were a row that does not verify read as "not listed",
+                # the room would count as unmanaged and admit everyone.
+                return register, None, _unverified_room(exc, room_id)
             except Exception as exc:
                 if label.labelled:
                     return (
@@ -371,6 +456,8 @@ class Gate:
             clearance = register.clearance(user_id, cache_only=cache_only)
         except NeedsRead:
             raise
+        except RowRefused as exc:  # counts as no clearance at all, and says why
+            return Verdict(False, f"{user_id} may not enter {where}: {exc}")
         except Exception as exc:
             return Verdict(
                 False,
@@ -448,6 +535,8 @@ class Gate:
             return problem
         try:
             record = register.room(room_id, fresh=False)
+        except RowRefused as exc:
+            return f"{exc}, so the label on record cannot be compared" if label.labelled else None
         except Exception as exc:
             if not label.labelled:
                 return None
@@ -554,6 +643,10 @@ def content_keeps_room_closed(
         # The bot never replaces a managed room: a tombstone would send its members on to
         # a room nobody labelled or registered, whatever replacement it names.
         return "a managed room is never replaced; make a new room with the bot instead"
+    if event_type == "m.room.third_party_invite":
+        # The bot never invites by e-mail: a third-party invite would let whoever holds the
+        # identity server's key named in it (a thief's own) sign a join token.
+        return "a managed room takes no third-party invites; invite by Matrix id"
     return None
 
 
@@ -709,8 +802,10 @@ __all__ = [
     "NeedsRead",
     "Register",
     "RoomLabel",
+    "RowRefused",
     "Verdict",
     "content_keeps_room_closed",
     "creator_power_version",
     "label_problem",
+    "open_reader",
 ]

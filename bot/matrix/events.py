@@ -31,6 +31,8 @@ from nio import (
     MegolmEvent,
     RedactionEvent,
     RoomMemberEvent,
+    RoomMessageEmote,
+    RoomMessageNotice,
     RoomMessageText,
     SyncResponse,
 )
@@ -45,7 +47,7 @@ from bot.matrix.undecryptable import Undecryptable
 from bot.services.inbox import Inbox, IncomingMessage, ReceiptBatch
 from bot.services.membership import Membership
 from bot.services.ports import Audit
-from bot.services.relay import RelayEngine
+from bot.services.relay import RelayEngine, Source
 from bot.services.rooms import RoomDirectory
 from bot.storage import Store, in_thread
 from commands.document import Code, Document, Mention, doc, para
@@ -90,6 +92,9 @@ class PoisonGuard:
         self.alert = alert
         self.count = count
         self._attempts: Counter[str] = Counter()  # event id -> outages met so far
+        # The last look at an event about to be skipped: spillage in its text is removed
+        # all the same (set by the event router; it must not raise past itself).
+        self.judge: Callable[[str, Any], Awaitable[None]] | None = None
         self._alerted: dict[str, float] = {}  # sender -> when the admins last heard
 
     async def run(self, room_id: str, event: Any, work: Awaitable[None]) -> None:
@@ -97,7 +102,7 @@ class PoisonGuard:
         again, at most MAX_OUTAGE_ATTEMPTS times for this event), anything else isolates
         the event."""
         event_id = getattr(event, "event_id", None)
-        key = event_id if isinstance(event_id, str) else f"{room_id}/{id(event)}"
+        key = event_id if isinstance(event_id, str) else f"{type(event).__name__}/{room_id}"
         try:
             await work
         except Exception as exc:
@@ -126,6 +131,13 @@ class PoisonGuard:
             "".join(traceback.format_tb(exc.__traceback__)).rstrip(),
         )
         self.count()
+        if self.judge is not None:
+            try:
+                await self.judge(room_id, event)
+            except Exception as again:
+                log.error(
+                    "the spillage check of %s failed too (%s)", event_id, type(again).__name__
+                )
         await self.audit(
             sender if isinstance(sender, str) else "unknown",
             "event.failed",
@@ -183,6 +195,7 @@ class EventRouter:
         self.inbox = inbox
         self.audit = audit
         self.guard = guard
+        guard.judge = self._last_look
 
     @property
     def user_id(self) -> str:
@@ -323,6 +336,9 @@ class EventRouter:
                     return
                 await self.relay.handle_redaction(managed, target, event.sender)
             return
+        if isinstance(event, RoomMessageNotice | RoomMessageEmote) and not initial:
+            await self._last_look(room_id, event)  # never acted on, but read by people
+            return
         if not isinstance(event, RoomMessageText) or event.sender == self.user_id or initial:
             return
         if not ours:
@@ -341,6 +357,24 @@ class EventRouter:
             ),
             batch,
         )
+
+    async def _last_look(self, room_id: str, event: Any) -> None:
+        """An event that is not acted on (its handling failed, or it is not a text message
+        the bot acts on): any text of it that names a level above the room is spillage all
+        the same, and the event (only it) is redacted."""
+        managed = self.rooms.by_id.get(room_id)
+        source = getattr(event, "source", None)
+        if managed is None or not isinstance(source, dict) or event.sender == self.user_id:
+            return
+        content = source.get("content")
+        if not isinstance(content, dict):
+            return
+        new = content.get("m.new_content")
+        bodies = [content.get("body"), new.get("body") if isinstance(new, dict) else None]
+        texts = [b for b in bodies if isinstance(b, str)]
+        if texts:
+            spill = Source(managed, EventId(event.event_id), event.sender, sent_at(event), event)
+            await self.relay.remove_if_spilled(spill, texts)
 
     async def on_decrypted(self, room_id: str, event: Any) -> None:
         await self.guard.run(room_id, event, self.on_event(room_id, event, False))

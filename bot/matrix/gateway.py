@@ -637,9 +637,10 @@ class Gateway:
         if isinstance(response, RoomGetEventResponse):
             sender = getattr(response.event, "sender", None)
             return sender if isinstance(sender, str) else None
-        if getattr(response, "status_code", None) in ("M_NOT_FOUND", "M_FORBIDDEN"):
-            return None
-        raise _error(response, f"event {event_id}")
+        error = _error(response, f"event {event_id}")
+        if error.status is not None and 400 <= error.status < 500 and error.status != 429:
+            return None  # not shown to the bot, whatever the reason: not theirs to edit
+        raise error
 
     async def forward_room_key(
         self, device: OlmDevice, room_id: str, session: InboundGroupSession, first_index: int

@@ -5,6 +5,7 @@ trusted-sender gate every command and tagged message passes (DESIGN §7a).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -20,7 +21,7 @@ from bot.services.ports import Audit
 from bot.services.render import EVENT_LIMIT, encrypted_size
 from bot.storage import ClearanceRecord, Store, in_thread
 from bot.tasks import Supervisor
-from commands.document import Code, Document, Mention, doc, para, split_document
+from commands.document import Code, Document, Mention, Strong, doc, para, split_document
 from commands.views import fingerprint
 from policy.ids import EventId, UserId
 
@@ -253,6 +254,30 @@ class Messenger:
                 ),
             )
         )
+
+    def watch_register(self, store: Store) -> None:
+        """Alert the admins the first time a register or room row that does not verify is
+        refused (written into the database behind the bot's back). The store calls from the
+        thread that read the row, inside its transaction: the alert is handed to the loop."""
+        loop = asyncio.get_running_loop()
+
+        def refused(kind: str, name: str) -> None:
+            loop.call_soon_threadsafe(self._register_refused, kind, name)
+
+        store.add_refusal_listener(refused)
+
+    def _register_refused(self, kind: str, name: str) -> None:
+        subject = Mention(name) if kind == "clearance" else Strong(name)
+        alert = doc(
+            para(
+                f"⚠ Refused a {kind} row of the database that does not verify: ",
+                subject,
+                ". It was changed outside the bot (write access to the database?) and is "
+                "treated as absent: nobody is cleared and no room is managed by it. Check "
+                "the audit log (register.refused) and restore the row from a backup.",
+            )
+        )
+        self.tasks.spawn(self.alert_admins(alert), f"alert-register-{kind}-{name}")
 
     def send_later(self, room_id: str, document: Document) -> None:
         """Send in the background once the room is ready (`send_when_ready`)."""

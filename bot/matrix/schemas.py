@@ -28,6 +28,9 @@ MAX_MENTIONS = 200  # m.mentions user ids read; a longer list is malformed, not 
 MAX_ID_CHARS = 255  # the spec's limit for user, room and event ids
 
 Identifier = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]
+# An event id: `$` and no whitespace. Anything else (`..`, a path) is not an id, and sent
+# to the homeserver in a URL it could name another resource.
+EventIdField = Annotated[StrictStr, Field(pattern=r"^\$\S+$", max_length=MAX_ID_CHARS)]
 # A label field: the XML form (a string) or the JSON form (an object). What is inside the
 # object is checked by policy.adatp4774.import_label, which is total.
 LabelField = StrictStr | dict[StrictStr, Any]
@@ -41,7 +44,7 @@ class _Content(BaseModel):
 
 class Relation(_Content):
     rel_type: StrictStr | None = None
-    event_id: Identifier | None = None
+    event_id: EventIdField | None = None
 
 
 class Mentions(_Content):
@@ -71,7 +74,7 @@ class MemberContent(_Content):
 
 
 class RedactionContent(_Content):
-    redacts: Identifier | None = None  # room version 11 moved `redacts` into the content
+    redacts: EventIdField | None = None  # room version 11 moved `redacts` into the content
 
 
 class SchemaError(ValueError):
@@ -141,7 +144,12 @@ def redaction_target(content: Any, redacts: Any) -> EventId:
     content since); SchemaError when neither is a usable event id."""
     inner = _validate(RedactionContent, content).redacts
     target = redacts if isinstance(redacts, str) and redacts else inner
-    if not isinstance(target, str) or not 0 < len(target) <= MAX_ID_CHARS:
+    if (
+        not isinstance(target, str)
+        or not 1 < len(target) <= MAX_ID_CHARS
+        or not target.startswith("$")
+        or any(c.isspace() for c in target)
+    ):
         raise SchemaError("redacts: an event id is required")
     return EventId(target)
 

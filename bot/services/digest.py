@@ -453,6 +453,10 @@ class DigestService:
         self.scheduler = AsyncIOScheduler(timezone=config.bot.timezone)
         self._sealer = sealer  # None: derived from the store's key when first needed
         self._driving: set[tuple[str, datetime]] = set()  # runs being posted now
+        # item event id -> when it last changed (stored, edited, withdrawn) in this process:
+        # a run re-driven after one of its window's items changed is not sent as composed.
+        self._changed: dict[str, datetime] = {}
+        store.add_item_listener(self._item_changed)
 
     @property
     def sealer(self) -> Sealer:
@@ -642,6 +646,31 @@ class DigestService:
         finally:
             self._driving.discard(key)
 
+    def _item_changed(self, event_id: str) -> None:
+        """From the writer's thread: only take note (a dict assignment is atomic)."""
+        self._changed[event_id] = datetime.now(UTC)
+
+    async def _changed_since(self, run: DigestRun) -> bool:
+        """Whether an item that may be in the run's window changed after the run was
+        composed (edited, re-marked or withdrawn): its stored parts may show what may no
+        longer be shown. Known for changes made while this process runs; a crash between
+        the claim and the post leaves a window of seconds."""
+        if run.created_at is None:
+            return False
+        horizon = datetime.now(UTC) - TXN_MEMORY
+        for event_id, at in list(self._changed.items()):
+            if at < horizon:
+                self._changed.pop(event_id, None)
+        changed = [e for e, at in self._changed.items() if at > run.created_at]
+        if not changed:
+            return False
+
+        def any_in_window() -> bool:  # withdrawn ones included
+            items = (self.store.item(e) for e in changed)
+            return any(i is not None and i.created_at <= run.window_end for i in items)
+
+        return await in_thread(any_in_window)
+
     async def _drive_once(self, run: DigestRun, schedule: DigestSchedule | None) -> str | None:
         room = self.rooms.by_key.get(run.room_key)
         age = datetime.now(UTC) - run.created_at if run.created_at is not None else None
@@ -658,6 +687,12 @@ class DigestService:
                 return await self._give_up(run, "its stored events do not open", alert=True)
             if room_id != room.room_id:
                 return await self._give_up(run, f"room {run.room_key} has another room id now")
+            if await self._changed_since(run):
+                return await self._give_up(
+                    run,
+                    "an item of its window was edited or withdrawn after it was composed",
+                    alert=True,
+                )
         elif schedule is not None:  # claimed before 0011: composed again, same txn ids
             start = run.window_end - timedelta(seconds=schedule.window_s)
             composed = await self.compose_parts(

@@ -313,6 +313,16 @@ class Inbox:
         if await self._replayed(message):
             return
         new_body = message.fields.new_body
+        # The edit's own fallback text (`* …`) is what older clients show. Spillage in it
+        # under a harmless new text is the edit's alone: it is removed, nothing else is done.
+        # (Spillage in the new text is the edit path's, which withdraws what it must.)
+        if self.relay.names_level_above(managed, message.body) and not (
+            new_body is not None and self.relay.names_level_above(managed, new_body)
+        ):
+            own = Source(managed, message.event_id, message.sender, message.sent_at, message.handle)
+            await self.relay.remove_if_spilled(own, [message.body])
+            await in_thread(self.store.mark_handled, message.event_id, message.room_id)
+            return
         if new_body is not None:
             source = Source(managed, original, message.sender, message.sent_at, message.handle)
             reply = await self.relay.handle_edit(

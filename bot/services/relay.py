@@ -55,6 +55,7 @@ from policy import (
     level_fits,
     levels_named,
     may_release,
+    parse_marking,
     parse_tagged,
 )
 from policy.adatp4774 import import_label
@@ -547,6 +548,12 @@ class RelayEngine:
 
     # ------------------------------------------------------------ spillage
 
+    @staticmethod
+    def names_level_above(room: ManagedRoom, body: str) -> bool:
+        """Whether a text's marking names a level the room may not hold."""
+        text = body.removeprefix("* ")  # an edit's fallback body
+        return not level_fits(levels_named(text, room.policy.scheme), room.policy).allowed
+
     async def remove_if_spilled(self, source: Source, bodies: Sequence[str | None]) -> bool:
         """A message that is not acted on (its content is malformed): if any of its texts
         names a level above the room, it is spillage all the same, and removed (its own
@@ -617,11 +624,13 @@ class RelayEngine:
         """Breach response: remove the event(s) now, alert admins (never the text), record.
         `withdrawn`: rooms whose relayed copies were withdrawn with it."""
         room = source.room
+        unredacted: list[str] = []
         for event_id in event_ids:
             try:
                 await self.messenger.redact(room.room_id, event_id, "spillage")
             except MatrixError as exc:
                 log.error("could not redact spilled %s in %s: %s", event_id, room.key, exc)
+                unredacted.append(event_id)
         await self._audit(
             source.sender,
             "spillage",
@@ -630,7 +639,8 @@ class RelayEngine:
             {
                 "marking": marking,
                 "reason": reason,
-                "redacted": list(event_ids),
+                "redacted": [e for e in event_ids if e not in unredacted],
+                **({"not_redacted": unredacted} if unredacted else {}),
                 **({"withdrawn_from": list(withdrawn)} if withdrawn else {}),
             },
         )
@@ -650,6 +660,12 @@ class RelayEngine:
                     if not withdrawn
                     else "The event was redacted from the room and its relayed copies "
                     f"withdrawn from {', '.join(withdrawn)}."
+                )
+                if not unredacted
+                else para(
+                    "⚠ The homeserver refused to redact ",
+                    *(Code(e) for e in unredacted),
+                    ": the text is still in the room. Redact it by hand.",
                 ),
             )
         )
@@ -671,7 +687,8 @@ class RelayEngine:
             if owner != source.sender:
                 return await self._foreign_edit(source, new_body, label_field)
             return await self.handle(source, new_body, label_field=label_field)
-        if item.sender != source.sender:  # clients ignore edits by someone else; so do we
+        if item.sender != source.sender or item.room_key != source.room.key:
+            # Clients ignore edits by someone else, or from another room; so do we.
             return await self._foreign_edit(source, new_body, label_field)
         room = source.room
         # Every edit of an item passes the gate, whatever it says: one that drops the
@@ -822,6 +839,10 @@ class RelayEngine:
         ]
         for row in await in_thread(self.store.add_relays, entries):
             await self._send(row)
+        for row in await in_thread(self.store.ledger_of, item_event_id):
+            # A copy or an edit an outage left pending must never go out now.
+            if row.state == RelayState.PENDING and row.kind != RelayKind.REDACT:
+                await self._withhold(row, "its item was withdrawn")
         item = await in_thread(self.store.item, item_event_id) if forget else None
         sealed_empty = (
             self.item_sealer.seal_text(
@@ -884,7 +905,45 @@ class RelayEngine:
                     )
                 )
                 continue
+            why = await self._withheld(row)
+            if why is not None:
+                await self._withhold(row, why)
+                continue
             await self._send(row)
+
+    async def _withheld(self, row: RelayEntry) -> str | None:
+        """Why a pending copy or edit must not go out any more, or None: its item was
+        withdrawn or re-marked since the row was queued. Without this, a copy an outage
+        left pending carried its text, at the next sweep, to a room it may no longer reach."""
+        if row.kind == RelayKind.REDACT:
+            return None
+        item = await in_thread(self.store.item, row.item_event_id)
+        if item is None or item.redacted_at is not None:
+            return "its item was withdrawn"
+        source = self.rooms.by_key.get(item.room_key)
+        target = self.rooms.by_key.get(row.target_key)
+        if source is None or target is None:
+            return None  # a closed room: the send itself reports it
+        try:
+            label = parse_marking(item.label, extra_caveats=self.settings.caveats)
+        except MarkingError:
+            return "its stored label does not read"
+        decision = may_release(label, source.policy, target.policy)
+        return None if decision.allowed else f"no longer releasable there: {decision.reason}"
+
+    async def _withhold(self, row: RelayEntry, why: str) -> None:
+        log.warning("pending relay %s to %s withheld: %s", row.txn_id, row.target_key, why)
+        await in_thread(
+            self.store.relay_state,
+            row.txn_id,
+            RelayState.STALE,
+            AuditNote(
+                self.messenger.user_id,
+                "relay.withheld",
+                row.item_event_id,
+                {"to": row.target_key, "txn_id": row.txn_id, "reason": why},
+            ),
+        )
 
     async def pending_count(self) -> int:
         return len(await in_thread(self.store.pending_relays))
@@ -909,7 +968,14 @@ class RelayEngine:
         items, ledger = await in_thread(self.store.sealed_with_version, "v1")
         if not items and not ledger:
             return 0, 0
-        if await in_thread(self.store.has_audit_action, "intel.resealed"):
+        if (
+            await in_thread(self.store.has_audit_action, "intel.resealed")
+            or not (
+                # No record of the reseal: the first start after the upgrade, or someone removed
+                # or renamed it, which breaks the keyed audit chain. Only an intact chain counts.
+                await in_thread(self.store.verify_audit)
+            ).intact
+        ):
             log.error(
                 "%d item(s) and %d ledger row(s) in the old sealing format after the one-off "
                 "reseal: written into the database since; left unopened",
@@ -927,9 +993,10 @@ class RelayEngine:
                     para(
                         f"⚠ {len(items)} item(s) and {len(ledger)} relay ledger row(s) in the "
                         "database are in the old sealing format, after they were all resealed "
-                        "once: they were written into the database since. They are not opened "
-                        "(not shown, searched or sent). Check the audit log and who has write "
-                        "access to the database."
+                        "once (or with an audit log that is not intact): they were written "
+                        "into the database since. They are not opened (not shown, searched or "
+                        "sent). Check the audit log (audit verify) and who has write access "
+                        "to the database."
                     )
                 )
             )

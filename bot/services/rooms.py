@@ -361,9 +361,18 @@ class RoomDirectory:
         a time."""
         joined = await self.gateway.joined_rooms()
         stored = {r.key: r for r in await in_thread(self.store.rooms)}
+        unverified = set(await in_thread(self.store.unverified_room_keys))
         found: dict[int, ManagedRoom] = {}
         todo = []
         for i, cfg in enumerate(self.config.rooms):
+            if cfg.key in unverified:
+                # Taken for missing, it would be created anew and the real room abandoned.
+                raise StartupError(
+                    f"rooms[{i}] ({cfg.key}): its row in the database does not verify (its "
+                    "room id or label was changed outside the bot?); not started. Restore the "
+                    "database from a backup, or delete the row to have the room provisioned "
+                    "again from the config."
+                )
             record = stored.get(cfg.key)
             policy_room = cfg.policy_room(self.config.home_server)
             if (
