@@ -284,3 +284,14 @@ async def test_an_event_about_to_be_skipped_is_judged_for_spillage_first(store: 
     guard.judge = judge
     await guard.run("!r:x", Event("$1"), _raise(ValueError()))
     assert judged == ["$1"] and store.is_handled("$1")  # a failing judge stops nothing
+
+
+def test_the_text_clients_show_for_a_formatted_body_is_read() -> None:
+    from bot.matrix.schemas import html_text
+
+    assert html_text("<b>[STRENG</b> GEHEIM] x &amp; y") == "[STRENG GEHEIM] x & y"
+    assert html_text(None) is None and html_text("") is None
+    fields = message_fields(
+        {"msgtype": "m.text", "body": "a", "formatted_body": "<p>[GEHEIM]</p> b"}
+    )
+    assert fields.shown == "[GEHEIM] b"

@@ -289,7 +289,9 @@ async def test_an_event_whose_handling_fails_is_isolated_and_the_sync_goes_on(
     await relays(cast, "an injected fault")
 
 
-@pytest.mark.parametrize("shape", ["emote", "notice", "edit-fallback", "precedence-first"])
+@pytest.mark.parametrize(
+    "shape", ["emote", "notice", "edit-fallback", "precedence-first", "formatted", "notice-html"]
+)
 async def test_spillage_in_any_text_a_member_shows_is_removed(
     bot_env: BotEnv, cast: Cast, shape: str
 ) -> None:
@@ -301,6 +303,13 @@ async def test_spillage_in_any_text_a_member_shows_is_removed(
         content: dict[str, Any] = {"msgtype": f"m.{shape}", "body": words}
     elif shape == "precedence-first":
         content = {"msgtype": "m.text", "body": f"[FLASH] {words}"}
+    elif shape in ("formatted", "notice-html"):  # clients show the formatted body
+        content = {
+            "msgtype": "m.text" if shape == "formatted" else "m.notice",
+            "body": "[GEHEIM] harmless",
+            "format": "org.matrix.custom.html",
+            "formatted_body": f"<b>{words.replace(']', ']</b>', 1)}",
+        }
     else:
         own = await cast.mallory.send_text(cast.deu, "harmless")
         content = {

@@ -41,7 +41,13 @@ from bot.config import BotConfig
 from bot.matrix.gateway import Gateway, MatrixError
 from bot.matrix.keyshare import KeyRequests
 from bot.matrix.messenger import DirectRooms
-from bot.matrix.schemas import SchemaError, member_content, message_fields, redaction_target
+from bot.matrix.schemas import (
+    SchemaError,
+    html_text,
+    member_content,
+    message_fields,
+    redaction_target,
+)
 from bot.matrix.trust import DeviceTrust
 from bot.matrix.undecryptable import Undecryptable
 from bot.services.inbox import Inbox, IncomingMessage, ReceiptBatch
@@ -370,7 +376,12 @@ class EventRouter:
         if not isinstance(content, dict):
             return
         new = content.get("m.new_content")
-        bodies = [content.get("body"), new.get("body") if isinstance(new, dict) else None]
+        formatted = content.get("formatted_body")
+        bodies = [
+            content.get("body"),
+            new.get("body") if isinstance(new, dict) else None,
+            html_text(formatted) if isinstance(formatted, str) else None,
+        ]
         texts = [b for b in bodies if isinstance(b, str)]
         if texts:
             spill = Source(managed, EventId(event.event_id), event.sender, sent_at(event), event)

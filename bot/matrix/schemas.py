@@ -17,6 +17,7 @@ schema is dropped here, logged with the event id and the reason (never the conte
 from __future__ import annotations
 
 from collections.abc import Mapping
+from html.parser import HTMLParser
 from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
@@ -77,6 +78,30 @@ class RedactionContent(_Content):
     redacts: EventIdField | None = None  # room version 11 moved `redacts` into the content
 
 
+class _Text(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.parts: list[str] = []
+
+    def handle_data(self, data: str) -> None:
+        self.parts.append(data)
+
+
+def html_text(formatted: str | None) -> str | None:
+    """The text a client shows for a formatted body (tags dropped, entities decoded): a
+    marking in it is judged like one in the plain body, which clients do not show when a
+    formatted body is there. None when there is none (or it does not read as HTML)."""
+    if not formatted:
+        return None
+    parser = _Text()
+    try:
+        parser.feed(formatted[:200_000])
+        parser.close()
+    except Exception:  # html.parser is lenient; anything it still refuses shows as is
+        return formatted
+    return "".join(parser.parts)
+
+
 class SchemaError(ValueError):
     """Content that does not fit its event type's schema; the message names the fields."""
 
@@ -131,6 +156,7 @@ def message_fields(content: Any) -> MessageFields:
     return MessageFields(
         label=parsed.label,
         mentions=tuple(UserId(u) for u in mentions),
+        shown=html_text(parsed.formatted_body),
     )
 
 

@@ -54,6 +54,7 @@ class MessageFields:
     new_body: str | None = None
     new_label: LabelField | None = None
     problem: str | None = None
+    shown: str | None = None  # the text of the formatted body: what most clients show
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,17 @@ class Inbox:
         if fields.replaces is not None:  # an edit: never a command
             if managed is not None:
                 await self._on_edit(message, managed, fields.replaces)
+            return
+        if (
+            managed is not None
+            and fields.shown is not None
+            and self.relay.names_level_above(managed, fields.shown)
+        ):
+            # What clients show (the formatted body) is marked above the room, whatever
+            # the plain body says: spillage, removed as such.
+            own = Source(managed, message.event_id, message.sender, message.sent_at, message.handle)
+            await self.relay.remove_if_spilled(own, [fields.shown])
+            await in_thread(self.store.mark_handled, message.event_id, room_id)
             return
         command = is_command(message.body, self.prefixes)
         labelled = fields.label
