@@ -274,7 +274,8 @@ async def test_an_event_whose_handling_fails_is_isolated_and_the_sync_goes_on(
         return await begin(source, body, **kw)
 
     monkeypatch.setattr(relay, "begin", faulty)
-    failed_before = bot_env.bot.metrics.events_failed._value.get()
+    registry = bot_env.bot.metrics.registry
+    failed_before = registry.get_sample_value("liaison_events_failed_total") or 0.0
     event_id = await cast.mallory.send_text(cast.deu, "[GEHEIM] boom words")
     entry = await audited(bot_env, "event.failed", event_id)
     assert entry.detail == {
@@ -285,7 +286,7 @@ async def test_an_event_whose_handling_fails_is_isolated_and_the_sync_goes_on(
     alert = await cast.admin.wait_for_text(cast.dm, "could not be handled and was skipped")
     assert cast.mallory.user_id in alert.body and "boom" not in alert.body
     assert bot_env.store is not None and bot_env.store.is_handled(event_id)
-    assert bot_env.bot.metrics.events_failed._value.get() == failed_before + 1
+    assert registry.get_sample_value("liaison_events_failed_total") == failed_before + 1
     await relays(cast, "an injected fault")
 
 
