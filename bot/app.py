@@ -235,7 +235,7 @@ class LiaisonBot:
 
     async def close(self) -> None:
         """Stop tasks and the HTTP sessions. Never logs out: that would delete the device
-        and its keys on the server (DESIGN §7a)."""
+        and its keys on the server."""
         self.tasks.stopping.set()
         await self._exit.aclose()
         log.info("stopped")

@@ -1,4 +1,4 @@
-"""The `liaison-bot` command line (DESIGN §8).
+"""The `liaison-bot` command line.
 
 Exit codes everywhere: 0 success, 1 a negative answer or failed check, 2 bad input or usage.
 Answers go to stdout (JSON for the policy commands, so scripts can read them); errors go to

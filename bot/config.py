@@ -1,4 +1,4 @@
-"""Configuration: the TOML file of DESIGN §4, validated by pydantic, every error with its key.
+"""Configuration: the TOML file, validated by pydantic, every error with its key.
 
 Why two passes: pydantic reports every field error with its location, but a model-level
 check runs only when all fields are valid. Cross-references (routes and digests naming room

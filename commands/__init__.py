@@ -1,4 +1,4 @@
-"""Chat commands: parsing, permissions and dispatch (DESIGN §5).
+"""Chat commands: parsing, permissions and dispatch.
 
 Each command is declared once, in the module of its group; handlers reach the bot's services
 through the protocols in `commands.services` and never import `bot/` or nio.

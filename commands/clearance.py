@@ -1,4 +1,4 @@
-"""The clearance register: grant, revoke, show, list (DESIGN §5)."""
+"""The clearance register: grant, revoke, show, list."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Situation digests from chat: now, schedule, list, cancel (DESIGN §5)."""
+"""Situation digests from chat: now, schedule, list, cancel."""
 
 from __future__ import annotations
 

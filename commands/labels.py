@@ -1,4 +1,4 @@
-"""Help with markings: `!label check "MARKING"` explains one (DESIGN §5)."""
+"""Help with markings: `!label check "MARKING"` explains one."""
 
 from __future__ import annotations
 

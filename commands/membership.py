@@ -1,4 +1,4 @@
-"""Inviting people into managed rooms, only after `may_join` (DESIGN §3.5)."""
+"""Inviting people into managed rooms, only after `may_join`."""
 
 from __future__ import annotations
 

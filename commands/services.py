@@ -1,7 +1,7 @@
 """What command handlers may ask of the bot: small protocols that `bot/` implements.
 
 Handlers depend on these shapes, never on nio or the database, so commands can be read and
-tested without a homeserver (DESIGN §2). Errors a user should see are raised as
+tested without a homeserver. Errors a user should see are raised as
 `commands.registry.CommandError` by the implementation.
 """
 

@@ -1,5 +1,5 @@
 """Task-force rooms and routes from chat (admins): kept in the database, managed like
-configured ones, surviving restarts (DESIGN §5)."""
+configured ones, surviving restarts."""
 
 from __future__ import annotations
 

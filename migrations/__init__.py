@@ -1,1 +1,1 @@
-"""Alembic environment and revisions: the only way the schema changes (DESIGN §7)."""
+"""Alembic environment and revisions: the only way the schema changes."""

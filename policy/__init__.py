@@ -1,6 +1,6 @@
 """The classification domain, pure: schemes, labels, clearances and access decisions.
 
-No I/O, no Matrix, no database: callers pass in everything a rule needs (DESIGN §2).
+No I/O, no Matrix, no database: callers pass in everything a rule needs.
 """
 
 from policy.catalogue import CATALOGUE, Catalogue, Level, Scheme

@@ -1,7 +1,7 @@
 """The scheme catalogue: classification schemes, levels, audiences, loaded from data.
 
 Why a data file: adding a nation or an alias must be a data change reviewed by a security
-officer, not a code change (DESIGN §2). The file is read once, at import, from inside the
+officer, not a code change. The file is read once, at import, from inside the
 package; everything after that is pure lookups on frozen values.
 """
 
@@ -24,7 +24,7 @@ ALLIANCES = ("NATO", "EU")
 
 
 def match_key(text: str) -> str:
-    """Fold text the way DESIGN §3.3 compares markings: case, white space and dashes.
+    """Fold text the way markings are compared: case, white space and dashes.
 
     Accents are kept: exact (accent-sensitive) matches are tried before folded ones.
     """

@@ -1,4 +1,4 @@
-"""Access decisions: who may join a room, which label may go where (DESIGN §3.4, §3.5).
+"""Access decisions: who may join a room, which label may go where.
 
 Deny by default, and every answer carries its reasons: a refusal names each failed
 condition, an allow says why it was allowed, so the audit log and the user see the same why.
@@ -62,7 +62,7 @@ def make_room(
     label: Label, audience: Iterable[str] | None = None, servers: Iterable[str] | None = None
 ) -> Room:
     """A room whose audience defaults to its label's releasable set; a narrowing must be a
-    non-empty subset of that set (DESIGN §3.2). Raises MarkingError naming what is outside.
+    non-empty subset of that set. Raises MarkingError naming what is outside.
     `servers`: the homeservers members may come from (None: any)."""
     hosts = frozenset(servers) if servers is not None else None
     if hosts is not None and not hosts:

@@ -1,6 +1,6 @@
 """Labels: the marking grammar (parse, render) and equivalence between schemes.
 
-Grammar (DESIGN §3.3)::
+Grammar::
 
     marking    = level { separator qualifier }
     separator  = "//" | " / "
@@ -92,7 +92,7 @@ def convert(label: Label | Level, scheme: str) -> Level | None:
     level; None when there is none (or the scheme is unknown).
 
     Returns a Level, not a Label, on purpose: a converted label would carry the target
-    scheme's audience, and decisions must use the originator's label (DESIGN §3.1).
+    scheme's audience, and decisions must use the originator's label.
     """
     target = CATALOGUE.scheme(scheme)
     if target is None:

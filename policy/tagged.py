@@ -1,4 +1,4 @@
-"""Tagged messages: `[MARKING] [PRECEDENCE] text #topic …` (DESIGN §3.3).
+"""Tagged messages: `[MARKING] [PRECEDENCE] text #topic …`.
 
 A message is tagged when it starts with `[`; the first bracket is its marking, read with the
 room's scheme as context. An optional second bracket gives the precedence (FLASH, IMMEDIATE,

@@ -1,4 +1,4 @@
-"""The policy and config CLI of DESIGN §8: JSON out, exit 0 allowed / 1 denied / 2 bad input."""
+"""The policy and config CLI: JSON out, exit 0 allowed / 1 denied / 2 bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""may_join, fits, may_release and dominant_label on the cases DESIGN §3.5 names."""
+"""may_join, fits, may_release and dominant_label on the cases the classification rules name."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Feed ingest over real HTTP (DESIGN §5a), read back with an E2EE client."""
+"""Feed ingest over real HTTP, read back with an E2EE client."""
 
 from __future__ import annotations
 

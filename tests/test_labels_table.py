@@ -1,4 +1,4 @@
-"""Every level name, alias and abbreviation of DESIGN §3.1, and the grammar of §3.3."""
+"""Every level name, alias and abbreviation , and the marking grammar."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Imports flow one way: bot/ -> commands/ -> policy/ (DESIGN §2)."""
+"""Imports flow one way: bot/ -> commands/ -> policy/."""
 
 from __future__ import annotations
 

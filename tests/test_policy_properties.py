@@ -1,4 +1,4 @@
-"""The laws of the classification domain, as hypothesis properties (DESIGN §3)."""
+"""The laws of the classification domain, as hypothesis properties."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The relay engine on a real Synapse, with E2EE clients on both sides (DESIGN §3.5, §6, §7)."""
+"""The relay engine on a real Synapse, with E2EE clients on both sides."""
 
 from __future__ import annotations
 

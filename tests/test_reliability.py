@@ -1,4 +1,4 @@
-"""The guarantees of DESIGN §7 under stress: a SIGKILL mid-stream, a homeserver outage."""
+"""The reliability guarantees under stress: a SIGKILL mid-stream, a homeserver outage."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tagged messages: `[MARKING] [PRECEDENCE] text #topic` (DESIGN §3.3)."""
+"""Tagged messages: `[MARKING] [PRECEDENCE] text #topic`."""
 
 from __future__ import annotations
 

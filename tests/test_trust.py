@@ -1,4 +1,4 @@
-"""Device trust on a real Synapse under `device_trust = "cross-signed"` (DESIGN §7a)."""
+"""Device trust on a real Synapse under `device_trust = "cross-signed"`."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Sending as the services see it: encrypted sends with room keys only for those who may
 read, notices, replies a refused device can read, direct chats, admin alerts; and the
-trusted-sender gate every command and tagged message passes (DESIGN §7a).
+trusted-sender gate every command and tagged message passes.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ class Messenger:
     async def untrusted_sender(
         self, room_id: str, event: Any
     ) -> tuple[str, OlmDevice | None] | None:
-        """The trusted-sender gate (DESIGN §7a): None when the event's device passes the
+        """The trusted-sender gate: None when the event's device passes the
         device policy, else (why not, the device when known). Tagged messages use it too."""
         device = self.gateway.sender_device(room_id, event)
         if device is None:

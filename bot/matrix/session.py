@@ -1,4 +1,4 @@
-"""Logging in: one device for life (DESIGN §7a). The access token is kept sealed in the
+"""Logging in: one device for life. The access token is kept sealed in the
 store and reused; a password login happens only for a new bot or a token the server
 rejected, and then to the same device. The bot never logs out: that would delete the
 device and its keys on the server.
@@ -34,7 +34,7 @@ async def login(config: Config, secrets: Secrets, store: Store) -> Gateway:
     os.chmod(store_dir, 0o700)
     client_config = AsyncClientConfig(
         encryption_enabled=True,
-        store_sync_tokens=False,  # our own token, stored after handling (DESIGN §7)
+        store_sync_tokens=False,  # our own token, stored after handling
         pickle_key=secrets.pickle_key,
         max_timeouts=3,
         backoff_factor=0.5,
@@ -113,7 +113,7 @@ async def _password_login(
 
 
 async def cross_sign(gateway: Gateway, config: Config, secrets: Secrets, store: Store) -> KeysAPI:
-    """Cross-sign the bot's device (DESIGN §7a); the key API stays open for the trust checks."""
+    """Cross-sign the bot's device; the key API stays open for the trust checks."""
     client = gateway.client
     keys_api = KeysAPI(config.homeserver.url, str(client.access_token))
     try:

@@ -1,4 +1,4 @@
-"""The sync loop (DESIGN §7): the token is stored only after every event it covers was
+"""The sync loop: the token is stored only after every event it covers was
 handled; a gap in a `limited` timeline is back-filled first; the first sync after start
 asks for full state; homeserver errors back off exponentially with a cap, never a tight loop.
 

@@ -1,4 +1,4 @@
-"""Device trust (DESIGN §7a): the bot's own cross-signing, who else's devices it trusts,
+"""Device trust: the bot's own cross-signing, who else's devices it trusts,
 and identity pinning.
 
 Under `device_trust = "cross-signed"` a device is trusted only when its owner signed it

@@ -1,4 +1,4 @@
-"""Scheduled situation digests (DESIGN §4 `[[digests]]`, §5, §6).
+"""Scheduled situation digests.
 
 APScheduler 3's AsyncIOScheduler runs on the bot's loop with an in-memory job store rebuilt
 at start from the config and our own schedule table; each window is recorded (digest_runs)

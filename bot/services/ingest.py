@@ -1,4 +1,4 @@
-"""Feed ingest (DESIGN §5a): labelled data feeds post items over authenticated HTTP.
+"""Feed ingest: labelled data feeds post items over authenticated HTTP.
 
 `POST /feeds/KEY` with `Authorization: Bearer …` and JSON `{"marking", "precedence", "text",
 "topics"}` (or `"label"`, an ADatP-4774 label as an XML string or its JSON object, in place

@@ -61,7 +61,7 @@ class Messenger(Protocol):
 
 
 class SenderGate(Protocol):
-    """The trusted-sender gate (DESIGN §7a)."""
+    """The trusted-sender gate."""
 
     async def untrusted_sender(
         self, room_id: str, event: EventHandle

@@ -1,5 +1,5 @@
 """The clearance register: one implementation of grant / revoke / show / list, shared by the
-chat commands and the offline CLI, so both validate and audit alike (DESIGN §5, §8)."""
+chat commands and the offline CLI, so both validate and audit alike."""
 
 from __future__ import annotations
 

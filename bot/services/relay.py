@@ -1,4 +1,4 @@
-"""The relay engine: tagged intelligence between rooms along routes, exactly once (DESIGN §5-§7).
+"""The relay engine: tagged intelligence between rooms along routes, exactly once.
 
 A tagged message is parsed with its room's scheme, checked for spillage, stored (sealed),
 and, when its sender is a liaison officer, released to each route target that
@@ -111,7 +111,7 @@ class Source:
 
 
 def copy_for(source: Source, message: TaggedMessage, target: ManagedRoom) -> dict[str, Any]:
-    """The relayed copy of `message` for `target` (DESIGN §6)."""
+    """The relayed copy of `message` for `target`."""
     return relay_copy(
         label=message.label,
         precedence=message.precedence,

@@ -1,4 +1,4 @@
-"""What people see of a relayed copy (DESIGN §6), built once and rendered to HTML and text.
+"""What people see of a relayed copy, built once and rendered to HTML and text.
 
 NATO SECRET — originator: DEU GEHEIM // REL TO NATO
 [FLASH] <the text, escaped>

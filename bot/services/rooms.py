@@ -79,7 +79,7 @@ class ManagedRoom:
 
 
 def label_content(room: Room) -> dict[str, Any]:
-    """The machine-readable label of DESIGN §6, for other tools (not encrypted): the
+    """The machine-readable label of a room, for other tools (not encrypted): the
     room's label as an ADatP-4774 `originatorConfidentialityLabel` (JSON form, as in every
     relayed copy), and the same in short for readers that want no more."""
     label = room.label

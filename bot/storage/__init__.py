@@ -1,5 +1,4 @@
-"""Storage: one package owns every table and every query, so no SQL lives anywhere else
-(DESIGN §7).
+"""Storage: one package owns every table and every query, so no SQL lives anywhere else.
 
 - `models`: the SQLAlchemy 2 tables and the engine settings per backend;
 - `records`: the frozen values the store hands out;

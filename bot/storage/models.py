@@ -202,7 +202,7 @@ class RoomSnapshotRow(Base):
 
 
 class SyncStateRow(Base):
-    """The sync token, stored only after the events it covers were handled (DESIGN §7)."""
+    """The sync token, stored only after the events it covers were handled."""
 
     __tablename__ = "sync_state"
 
@@ -212,7 +212,7 @@ class SyncStateRow(Base):
 
 
 class BotSessionRow(Base):
-    """The bot's one device for life: logged in once, reused on every start (DESIGN §7a)."""
+    """The bot's one device for life: logged in once, reused on every start."""
 
     __tablename__ = "bot_session"
 
@@ -283,7 +283,7 @@ class PendingEventRow(Base):
 
 
 class IntelItemRow(Base):
-    """A tagged message as stored for digests and search; its text sealed (DESIGN §7)."""
+    """A tagged message as stored for digests and search; its text sealed."""
 
     __tablename__ = "intel_items"
 

@@ -2,7 +2,7 @@
 
 Why: the database holds the bot's access token (and, later, intelligence text and the
 cross-signing keys). A copy of the database file alone must not give them away; the key
-lives only in the environment (DESIGN §7, §7a). Each purpose derives its own key (HKDF
+lives only in the environment. Each purpose derives its own key (HKDF
 `info`), so a key for one purpose never opens another's data.
 
 HKDF does not stretch: the secret must already be a strong random key, not a passphrase, or

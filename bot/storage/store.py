@@ -1,6 +1,6 @@
 """Storage: the SQLAlchemy 2 models and the small functions the rest of the bot calls.
 
-One module owns every table and every query, so no SQL lives anywhere else (DESIGN §7).
+One module owns every table and every query, so no SQL lives anywhere else.
 The schema itself changes only through Alembic revisions in `migrations/`; a test checks
 that these models and the migrations agree. Functions are synchronous and each runs one
 transaction; the bot calls them from a worker thread so the event loop never blocks.
