@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from nio import JoinResponse
+from nio import Event, JoinResponse, MegolmEvent, RoomMessageNotice, RoomMessageText
 
 from bot.config import load_config
 from bot.devtools.botenv import ROOMS, SECRETS, BotEnv, write_config
@@ -24,6 +25,9 @@ from bot.devtools.e2ee_client import E2EEClient, open_dm, talk
 from bot.storage import Store, audit_key_from
 from bot.storage.migrate import upgrade
 from tests.matrix_harness import MakeClient, MakeUser
+
+if TYPE_CHECKING:
+    from bot.app import Bot
 from tests.pg import fresh_schema
 
 
@@ -105,17 +109,179 @@ async def audited(bot_env: BotEnv, action: str, subject: str, timeout: float = 2
     return await eventually(entry, timeout, f"audit {action} {subject}")
 
 
+# -- negative claims, proved with a barrier ---------------------------------------------------
+#
+# "Nothing was relayed", "no duplicate", "no key for that device" cannot be seen by waiting a
+# while: a slow bot passes any fixed wait. Instead a *barrier* goes down the same path later
+# (a later tagged message relayed into the same room, a later message from the bot into the
+# room): the bot handles a room's events in order and relays into each target room in order,
+# and shares a room key before it sends the event it encrypts, so once the barrier has arrived
+# at the observer, anything forbidden that was going to arrive before it has arrived. Only then
+# is the absence asserted.
+
+Arrived = Callable[[Event], bool]
+Barrier = Callable[[], Awaitable[Arrived]]  # sends the later message; how to know it arrived
+
+
+def text_with(substring: str) -> Arrived:
+    """An event the observer could read (text or notice) whose body contains substring."""
+    return lambda e: isinstance(e, (RoomMessageText, RoomMessageNotice)) and substring in e.body
+
+
+def replying_to(event_id: str) -> Arrived:
+    """The bot's notice in reply to an event (a receipt, an answer)."""
+
+    def answers(e: Event) -> bool:
+        if not isinstance(e, RoomMessageNotice):
+            return False
+        relates = e.source.get("content", {}).get("m.relates_to", {})
+        return bool(relates.get("m.in_reply_to", {}).get("event_id") == event_id)
+
+    return answers
+
+
+async def _tagged(sender: E2EEClient, room_id: str, marking: str) -> tuple[str, str]:
+    """Send a tagged barrier message and wait for the bot's receipt of it, so that nothing of
+    the barrier is still to come when a test goes on; (its tag, its event id)."""
+    tag = f"barrier-{secrets.token_hex(4)}"
+    mark = sender.event_count(room_id)
+    event_id = await sender.send_text(room_id, f"[{marking}] {tag}")
+    await sender.wait_for(room_id, replying_to(event_id), 60, after=mark)
+    return tag, event_id
+
+
+def relayed_barrier(sender: E2EEClient, source_room: str, marking: str) -> Barrier:
+    """A later tagged message from `sender` in `source_room`, that the bot must relay into the
+    observer's room: it arrives after any earlier copy the bot made into that room."""
+
+    async def send() -> Arrived:
+        tag, _ = await _tagged(sender, source_room, marking)
+        return text_with(tag)
+
+    return send
+
+
+def answered_barrier(sender: E2EEClient, room_id: str, marking: str) -> Barrier:
+    """A later tagged message from `sender` in `room_id`; it has arrived when the bot's
+    answer to it (its receipt) has: the bot answers a room's messages in order."""
+
+    async def send() -> Arrived:
+        _, event_id = await _tagged(sender, room_id, marking)
+        return replying_to(event_id)
+
+    return send
+
+
+def posted_barrier(bot: Bot, room_id: str) -> Barrier:
+    """A later notice from the bot into the room itself (its room key shared before it is
+    sent, like every earlier one's)."""
+    from commands.document import doc
+
+    async def send() -> Arrived:
+        event_id = await bot.messenger.send_notice(room_id, doc("barrier"))
+        return lambda e: e.event_id == event_id
+
+    return send
+
+
+async def nothing_arrives(
+    observer: E2EEClient,
+    room_id: str,
+    forbidden: Callable[[Event], bool],
+    *,
+    since: int,
+    barrier: Barrier,
+    already: int = 0,
+    readable: bool = True,
+    settle: bool = False,
+    timeout: float = 60,
+    what: str = "the forbidden event",
+) -> Event:
+    """Assert that no event matching `forbidden` (the barrier's own event aside) reached
+    `observer` in the room after mark `since` (beyond the `already` legitimate ones:
+    `already=1` says "exactly once, no duplicate"), once `barrier` (sent now) has arrived
+    there after them. The barrier's event.
+
+    `readable`: every event in the window must be readable by the observer (after one more
+    sync for a late key), so a forbidden one cannot hide as ciphertext. `settle`: one more
+    whole sync after the barrier before looking, for what comes outside the timeline (room
+    keys, to-device)."""
+    arrived = await barrier()
+    event = await observer.wait_for(room_id, arrived, timeout, after=since)
+    if settle or (
+        readable and any(isinstance(e, MegolmEvent) for e in observer.events[room_id][since:])
+    ):
+        await observer.synced()
+    window = observer.events[room_id][since:]
+    if readable:
+        hidden = [e for e in window if isinstance(e, MegolmEvent)]
+        assert not hidden, f"unreadable events could hide {what}:\n{observer.summary(room_id)}"
+    seen = [e for e in window if e is not event and forbidden(e)]
+    assert len(seen) == already, (
+        f"{what}: {len(seen)} seen before the barrier, {already} allowed\n"
+        + observer.summary(room_id)
+    )
+    return event
+
+
+async def no_key_for(
+    bot: Bot, device: E2EEClient, room_id: str, event_id: str, *, barrier: Barrier
+) -> frozenset[tuple[str, str]]:
+    """Assert that `device` got no room key for the bot's event `event_id`: by the bot's own
+    record of whom that megolm session went to (the session is still the room's current
+    outbound one), and by the device itself, which still cannot decrypt the event after
+    `barrier` (a later send into the room: keys go out before the event they encrypt) and a
+    whole sync more. The devices the bot's record says the session went to."""
+    index, event = next(
+        (i, e) for i, e in enumerate(device.events[room_id]) if e.event_id == event_id
+    )
+    assert isinstance(event, MegolmEvent), f"{device.user_id} {device.device_id} reads it"
+    me = (device.user_id, device.device_id)
+
+    def holders() -> frozenset[tuple[str, str]] | None:
+        olm = bot.gateway.client.olm
+        assert olm is not None
+        session = olm.outbound_group_sessions.get(room_id)
+        if session is None or session.id != event.session_id:
+            return None  # rotated: the bot keeps no record of an old session's recipients
+        return frozenset(session.users_shared_with)
+
+    before = holders()
+    assert before is not None, "the bot no longer holds the event's session to tell"
+    assert me not in before, f"the bot's record: session shared with {me}"
+    await nothing_arrives(
+        device,
+        room_id,
+        lambda e: e.event_id == event_id and not isinstance(e, MegolmEvent),
+        since=index,
+        barrier=barrier,
+        readable=False,
+        settle=True,
+        what=f"a readable {event_id} on {me}",
+    )
+    after = holders()  # the barrier may have gone out with the same session
+    assert after is None or me not in after, f"the bot's record: session shared with {me}"
+    return before
+
+
 __all__ = [
     "ROOMS",
     "SECRETS",
     "BotEnv",
     "MakeClient",
+    "answered_barrier",
     "audited",
     "bot_env",
     "enrol",
     "eventually",
+    "no_key_for",
+    "nothing_arrives",
     "open_dm",
+    "posted_barrier",
+    "relayed_barrier",
+    "replying_to",
     "talk",
+    "text_with",
     "write_config",
 ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from nio import RoomMemberEvent
+from nio import RoomMemberEvent, RoomMessageNotice
 
 from bot.services.rooms import LABEL_EVENT, MEGOLM, provision
 from policy import parse_marking
@@ -76,9 +76,16 @@ async def test_cleared_officer_is_invited_and_reads_the_bot(
     room_id = await officer.wait_for_invite(inviter=bot_env.bot_user.user_id)
     assert room_id == bot_env.room_id("nato-s")
     await officer.join(room_id)
-    answer = await talk(officer, room_id, "!rooms", "Managed rooms")
+    mark = officer.event_count(room_id)
+    asked = await officer.send_text(room_id, "!rooms")
+    answer = await officer.wait_for(
+        room_id,
+        lambda e: isinstance(e, RoomMessageNotice) and "Managed rooms" in e.body,
+        after=mark,
+    )
+    assert isinstance(answer, RoomMessageNotice)
     assert "nato-s — NATO SECRET" in answer.body
-    assert answer.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"]
+    assert answer.source["content"]["m.relates_to"] == {"m.in_reply_to": {"event_id": asked}}
     assert not officer.undecryptable(room_id)
 
 
@@ -137,20 +144,25 @@ async def test_bad_arguments_answer_with_usage_and_change_nothing(
 async def test_non_admin_running_an_admin_command_is_refused_and_audited(
     bot_env: BotEnv, make_client: MakeClient
 ) -> None:
+    assert bot_env.bot is not None
+    commands = bot_env.bot.commands
+    officer_id = bot_env.officer.user_id
     officer = await make_client(bot_env.officer)
     dm = await open_dm(officer, bot_env.bot_user.user_id)
+    before = await commands.clearance(officer_id)
     await talk(officer, dm, "!clearance list", "is for admins only")
+    # A complete grant (with a nationality, so that it would succeed for an admin whether or
+    # not the officer has a record yet): refused, and the record is exactly as it was.
     await talk(
         officer,
         dm,
-        f'!clearance grant {bot_env.officer.user_id} "COSMIC TOP SECRET"',
+        f'!clearance grant {officer_id} "COSMIC TOP SECRET" --nationality DEU',
         "is for admins only",
     )
-    record = await bot_env.bot.commands.clearance(bot_env.officer.user_id)  # type: ignore[union-attr]
-    assert record is None or all(g.level != "COSMIC TOP SECRET" for g in record.grants)
-    entries = await bot_env.bot.commands.audit_recent(10)  # type: ignore[union-attr]
-    denied = [e for e in entries if e.action == "command.denied"]
-    assert denied and denied[0].actor == bot_env.officer.user_id
+    assert await commands.clearance(officer_id) == before
+    entries = await commands.audit_recent(10)
+    denied = [(e.actor, e.subject) for e in entries if e.action == "command.denied"]
+    assert denied[:2] == [(officer_id, "clearance grant"), (officer_id, "clearance list")]
 
 
 async def test_register_and_log_replies_go_to_the_callers_dm(
@@ -158,8 +170,17 @@ async def test_register_and_log_replies_go_to_the_callers_dm(
 ) -> None:
     admin = await make_client(bot_env.admin)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
+    assert bot_env.bot is not None
+    (newest_before,) = await bot_env.bot.commands.audit_recent(1)
     reply = await talk(admin, dm, "!audit 5", "Audit log: last")
-    assert "room.provisioned" in reply.body or "dm.accepted" in reply.body
+    # The five newest entries when asked, oldest first, each as the log holds it.
+    shown = [line for line in reply.body.splitlines() if line.startswith("• #")]
+    ids = [int(line.split()[1][1:]) for line in shown]
+    assert len(ids) == 5 and ids == list(range(ids[0], ids[0] + 5))
+    assert ids[-1] >= newest_before.id
+    logged = {e.id: e for e in await bot_env.bot.commands.audit_recent(100)}
+    for entry_id, line in zip(ids, shown, strict=True):
+        assert f" {logged[entry_id].actor} {logged[entry_id].action}" in line, line
     await talk(admin, dm, "!audit verify", "Audit chain intact")
     await talk(admin, dm, "!whoami", "no clearance on record")
 

@@ -8,7 +8,7 @@ from nio import MegolmEvent, RoomMessageNotice
 
 from bot.services.register import ClearanceRegister
 from commands.document import doc
-from tests.bot_harness import BotEnv, enrol
+from tests.bot_harness import BotEnv, enrol, no_key_for, posted_barrier
 from tests.matrix_harness import MakeClient, MakeUser
 
 
@@ -28,3 +28,8 @@ async def test_a_cli_revocation_stops_the_next_room_key(
     after = await bot.messenger.send_notice(nato_s, doc("after the revocation"))
     event = await member.wait_for(nato_s, lambda e: e.event_id == after)
     assert isinstance(event, MegolmEvent), "the revoked member got the room key"
+    # and no key for it comes later either: by the bot's record, and on the member's device
+    # once a later message from the bot has arrived (keys go out before what they encrypt)
+    await no_key_for(bot, member, nato_s, after, barrier=posted_barrier(bot, nato_s))
+    sent = bot.gateway.sent_with(nato_s, event.session_id)
+    assert [s.excluded for s in sent if s.event_id == after] == [frozenset({member.user_id})]

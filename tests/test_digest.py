@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import secrets
+from datetime import UTC, datetime, timedelta
 
 from bot.devtools.botenv import rooms_config
 from tests.bot_harness import BotEnv, enrol, open_dm, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
 BOT_ROOMS = rooms_config(digest=True)
+
+
+def _next_sunday_0730(after: datetime) -> datetime:
+    day = after.replace(hour=7, minute=30, second=0, microsecond=0)
+    day += timedelta(days=(6 - day.weekday()) % 7)
+    return day if day > after else day + timedelta(days=7)
 
 
 async def test_nato_digest_holds_the_relayed_item_not_the_national_one(
@@ -72,17 +79,21 @@ async def test_digest_schedules_from_chat(bot_env: BotEnv, make_client: MakeClie
     )
     listing = await talk(admin, dm, "!digest list", "cfg-1")
     assert "db-" not in listing.body  # nothing was stored by the bad ones
+    asked = datetime.now(UTC)
     made = await talk(
         admin, dm, '!digest schedule nato-s "30 7 * * 0" --window 7d', "Scheduled: db-"
     )
+    answered = datetime.now(UTC)
     key = made.body.split("Scheduled: ")[1].split(":")[0]
-    assert "next 2026-" in made.body or "next 20" in made.body
-    nxt = made.body.split("next ")[1]
-    # standard cron: 0 is Sunday
-    from datetime import datetime
-
-    when = datetime.strptime(nxt[:16], "%Y-%m-%d %H:%M")
-    assert when.weekday() == 6 and (when.hour, when.minute) == (7, 30)
+    # standard cron: 0 is Sunday; the next run is the first Sunday 07:30 UTC after the
+    # command (the same for both ends of the exchange unless one straddles a run)
+    nexts = {_next_sunday_0730(asked), _next_sunday_0730(answered)}
+    described = {
+        f'Scheduled: {key}: nato-s "30 7 * * 0" window 7d sources nato-s '
+        f"(next {when:%Y-%m-%d %H:%M} UTC)"
+        for when in nexts
+    }
+    assert made.body in described, made.body
     await talk(admin, dm, "!digest cancel cfg-1", "comes from the config file")
     await talk(admin, dm, f"!digest cancel {key}", "Cancelled")
     await talk(admin, dm, f"!digest cancel {key}", "no active chat schedule")

@@ -233,7 +233,15 @@ def test_catch_up_posts_once_and_a_restart_never_posts_the_same_window_twice(
         assert store.digest_run("cfg-1", T0 + timedelta(days=1)).state == "skipped"  # type: ignore[union-attr]
         assert store.digest_run("cfg-1", T0 + timedelta(hours=12)).state == "posted"  # type: ignore[union-attr]
         entries = store.recent_audit(10)
-        assert [e for e in entries if e.action == "digest.posted"]
+        posted = [
+            (e.subject, e.detail["window_end"], e.detail["delayed"])
+            for e in reversed(entries)
+            if e.action == "digest.posted"
+        ]
+        assert posted == [  # one entry per post, none for the replay
+            ("cfg-1", T0.isoformat(), False),
+            ("cfg-1", (T0 + timedelta(hours=12)).isoformat(), True),
+        ]
     finally:
         store.close()
 

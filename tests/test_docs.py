@@ -8,6 +8,7 @@ from pathlib import Path
 from bot.config import reference_keys
 
 README = Path(__file__).resolve().parent.parent / "README.md"
+MAKEFILE = README.parent / "Makefile"
 
 
 def documented() -> dict[str, str]:
@@ -25,5 +26,13 @@ def test_readme_configuration_reference_matches_the_models() -> None:
 
 
 def test_readme_shows_both_setup_commands() -> None:
+    """The "Two commands" block opens the README with exactly `make demo` and `make test`,
+    and the Makefile has both targets (the words appear elsewhere in the README too, so
+    looking for them anywhere would prove nothing)."""
     text = README.read_text(encoding="utf-8")
-    assert "make demo" in text and "make test" in text
+    section = text.split("## Two commands\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines()]
+    assert commands == ["make demo", "make test"]
+    targets = re.findall(r"^([a-z]+):", MAKEFILE.read_text(encoding="utf-8"), flags=re.MULTILINE)
+    assert {"demo", "test"} <= set(targets)

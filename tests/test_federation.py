@@ -22,6 +22,13 @@ from bot.matrix.crosssign import CrossSigningKeys
 from bot.services.render import LABEL_KEY
 from policy import parse_marking
 from policy.adatp4774 import from_json, to_label
+from tests.bot_harness import (
+    no_key_for,
+    nothing_arrives,
+    posted_barrier,
+    relayed_barrier,
+    text_with,
+)
 
 
 @dataclass
@@ -211,6 +218,7 @@ async def test_an_outage_of_the_nato_server_loses_and_doubles_nothing(
     env = cast.env
     nato_room = env.room_id("nato-s")
     phrases = [f"outage-{n}-{secrets.token_hex(3)}" for n in range(3)]
+    mark = cast.reader.event_count(nato_room)
     await asyncio.to_thread(servers.nato.stop)
     try:
         for phrase in phrases:
@@ -223,7 +231,16 @@ async def test_an_outage_of_the_nato_server_loses_and_doubles_nothing(
         await asyncio.to_thread(servers.nato.start)
     for phrase in phrases:
         await cast.reader.wait_for_text(nato_room, phrase, timeout=90)
-    await asyncio.sleep(2)
+    await nothing_arrives(
+        cast.reader,
+        nato_room,
+        lambda e: any(text_with(phrase)(e) for phrase in phrases),
+        since=mark,
+        already=len(phrases),
+        barrier=relayed_barrier(cast.officer, env.room_id("deu"), "GEHEIM // REL TO NATO"),
+        timeout=90,
+        what="copies sent during the outage",
+    )
     texts = cast.reader.texts(nato_room)
     for phrase in phrases:
         assert sum(phrase in t for t in texts) == 1, phrase
@@ -251,11 +268,19 @@ async def test_a_remote_identity_reset_stops_key_sharing(cast: Cast) -> None:
     nato_room = env.room_id("nato-s")
     mark = cast.reader.event_count(nato_room)
     phrase = f"after-reset-{secrets.token_hex(3)}"
-    await talk(
+    receipt = await talk(
         cast.officer, env.room_id("deu"), f"[GEHEIM // REL TO NATO] {phrase}",
         "Relayed to nato-s", timeout=60,
     )  # fmt: skip
-    event = await cast.reader.wait_for(nato_room, lambda e: True, 60, after=mark)
-    await asyncio.sleep(2)
+    assert env.store is not None
+    source = receipt.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"]
+    (copy,) = env.store.copies_of(source)
+    assert copy.target_event_id is not None
+    event = await cast.reader.wait_for(
+        nato_room, lambda e: e.event_id == copy.target_event_id, 60, after=mark
+    )
     assert isinstance(event, MegolmEvent), "the reset identity still got the room key"
+    await no_key_for(
+        bot, cast.reader, nato_room, copy.target_event_id, barrier=posted_barrier(bot, nato_room)
+    )
     assert not any(phrase in t for t in cast.reader.texts(nato_room))

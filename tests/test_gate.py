@@ -80,13 +80,25 @@ async def _invite(server: DevServer, token: str, room_id: str, user_id: str) -> 
 
 
 async def _membership(server: DevServer, token: str, room_id: str, user_id: str) -> str | None:
+    """The user's membership as a member of the room (`token`'s owner) reads it; None only
+    when the room has no member event for them. Any other error (a 403 to a reader who is not
+    in the room) fails the test: it would read as "not a member" whatever the truth."""
     path = f"/_matrix/client/v3/rooms/{_q(room_id)}/state/m.room.member/{_q(user_id)}"
     try:
         reply = await _call(server, "GET", path, None, token)
-    except DevServerError:
-        return None
-    membership: str | None = reply.get("membership")
+    except DevServerError as exc:
+        if "HTTP 404 M_NOT_FOUND" in str(exc):
+            return None
+        raise
+    membership: str = reply["membership"]
     return membership
+
+
+async def _members(server: DevServer, token: str, room_id: str) -> dict[str, str]:
+    """Every member event of the room (joined, invited, left, banned), user -> membership."""
+    path = f"/_matrix/client/v3/rooms/{_q(room_id)}/members"
+    reply = await _call(server, "GET", path, None, token)
+    return {e["state_key"]: e["content"]["membership"] for e in reply["chunk"]}
 
 
 async def test_a_stolen_bot_password_cannot_invite_the_uncleared(
@@ -211,12 +223,18 @@ async def test_a_server_admin_cannot_force_the_uncleared_in(
         admin.access_token,
     )
     assert f"{admin.user_id} would hold power only the bot may hold" in error
+    # Read as the bot's account, a member of the room (the server admin is not, and would be
+    # refused the room's state: that refusal must not read as "not a member").
+    bot_token = await _stolen_login(server, bot_env.bot_user)
     levels = await _call(
         server, "GET", f"/_matrix/client/v3/rooms/{_q(room_id)}/state/m.room.power_levels/", None,
-        await _stolen_login(server, bot_env.bot_user),
+        bot_token,
     )  # fmt: skip
     assert admin.user_id not in levels.get("users", {}), "no power was left behind"
-    assert await _membership(server, admin.access_token, room_id, outsider.user_id) is None
+    members = await _members(server, bot_token, room_id)
+    assert members[bot_env.bot_user.user_id] == "join"  # the read sees the room's members
+    assert (members.get(outsider.user_id), members.get(admin.user_id)) == (None, None)
+    assert await _membership(server, bot_token, room_id, outsider.user_id) is None
 
 
 async def test_only_the_bot_changes_the_label_and_the_rooms_rules(

@@ -13,7 +13,7 @@ from bot.devtools.e2ee_client import open_dm
 from bot.services.render import LABEL_KEY
 from policy import parse_marking
 from policy.adatp4774 import from_json, label_metadata, to_json, to_label, to_xml
-from tests.bot_harness import ROOMS, BotEnv, enrol
+from tests.bot_harness import ROOMS, Arrived, BotEnv, enrol, nothing_arrives, text_with
 from tests.matrix_harness import MakeClient, MakeUser
 
 PORT = free_port()
@@ -176,5 +176,16 @@ async def test_feeds_post_store_route_and_refuse(
     assert unknown == bad == (401, {"error": "bad or missing bearer token"})
     alert = await admin.wait_for_text(dm, "Spillage refused at the feed listener")
     assert "COSMIC TOP SECRET" in alert.body and "payload-never-shown" not in alert.body
-    await asyncio.sleep(1)
-    assert reader.event_count(nato_s) == mark  # nothing was posted by any refused request
+
+    async def accepted_post() -> Arrived:  # the same path, into the same room, after them
+        tag = f"barrier-{secrets.token_hex(4)}"
+        status, _ = await asyncio.to_thread(
+            post, "sat", {"marking": "NS", "text": tag}, "sat-token-123"
+        )
+        assert status == 202
+        return text_with(tag)
+
+    # nothing was posted by any refused request
+    await nothing_arrives(
+        reader, nato_s, lambda e: True, since=mark, barrier=accepted_post, what="a refused post"
+    )

@@ -69,8 +69,18 @@ def test_bad_marking_is_rejected_with_a_clear_message(
     assert message in str(info.value)
 
 
-def test_at_least_forty_bad_markings() -> None:
-    assert len(BAD) >= 40
+def test_at_least_forty_distinct_bad_markings_are_each_refused() -> None:
+    """Counted on what the parser does, not on the length of the list: forty or more
+    distinct (marking, context) cases, every one refused with a MarkingError."""
+    refused: set[tuple[str, str | None]] = set()
+    for marking, context, _ in BAD:
+        try:
+            parse_marking(marking, context)
+        except MarkingError:
+            refused.add((marking, context))
+    accepted = {(m, c) for m, c, _ in BAD} - refused
+    assert accepted == set()
+    assert len(refused) >= 40
 
 
 def test_non_text_is_rejected() -> None:

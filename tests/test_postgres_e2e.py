@@ -6,11 +6,10 @@ fresh schema; skipped with a visible notice where there is none.
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 
 from bot.devtools.e2ee_client import open_dm, talk
-from tests.bot_harness import BotEnv, enrol
+from tests.bot_harness import BotEnv, enrol, nothing_arrives, relayed_barrier, text_with
 from tests.matrix_harness import MakeClient, MakeUser
 
 BOT_DATABASE = "postgresql"
@@ -32,11 +31,19 @@ async def test_relay_and_digest_on_postgresql(
     )
     deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
     phrase = f"pg-{secrets.token_hex(4)}"
+    mark = member_client.event_count(nato_s)
     receipt = await talk(officer, deu, f"[GEHEIM // REL TO NATO] {phrase}", "Relayed to nato-s")
     source = receipt.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"]
     await member_client.wait_for_text(nato_s, phrase)
-    await asyncio.sleep(1)
-    assert sum(phrase in t for t in member_client.texts(nato_s)) == 1
+    await nothing_arrives(
+        member_client,
+        nato_s,
+        text_with(phrase),
+        since=mark,
+        already=1,
+        barrier=relayed_barrier(officer, deu, "GEHEIM // REL TO NATO"),
+        what="the copy",
+    )
     assert bot_env.store is not None
     copies = bot_env.store.copies_of(source)
     assert [(c.target_key, c.state) for c in copies] == [("nato-s", "sent")]

@@ -15,7 +15,17 @@ from bot.devtools.botenv import rooms_config
 from bot.services.render import LABEL_KEY
 from policy import parse_marking
 from policy.adatp4774 import from_json, label_metadata, matrix_uri, to_json, to_label
-from tests.bot_harness import BotEnv, enrol, eventually, open_dm, talk
+from tests.bot_harness import (
+    BotEnv,
+    answered_barrier,
+    enrol,
+    eventually,
+    nothing_arrives,
+    open_dm,
+    relayed_barrier,
+    talk,
+    text_with,
+)
 from tests.matrix_harness import E2EEClient, MakeClient, MakeUser
 
 BOT_ROOMS = rooms_config("eu-s", "nato-r", relay_to=("nato-s", "eu-s"))
@@ -106,8 +116,14 @@ async def test_releasable_item_reaches_nato_and_is_refused_for_eu(
     assert meta.originator.originator == matrix_uri(cast.officer.user_id)
     assert [(a.policy, a.classification) for a in meta.alternatives] == [("NATO", "SECRET")]
     assert copy.source["content"]["m.mentions"] == {}
-    await asyncio.sleep(1)
-    assert not any("convoy" in t for t in cast.eu.texts(eu_s)[eu_mark:])
+    await nothing_arrives(
+        cast.eu,
+        eu_s,
+        text_with("convoy"),
+        since=eu_mark,
+        barrier=relayed_barrier(cast.officer, deu, "GEHEIM // REL TO EU"),
+        what="a copy in eu-s",
+    )
     entries = await bot_env.bot.commands.audit_recent(30)  # type: ignore[union-attr]
     actions = {e.action for e in entries}
     assert {"relay.sent", "relay.refused", "intel.stored"} <= actions
@@ -128,6 +144,7 @@ async def test_a_machine_readable_label_tags_a_message(bot_env: BotEnv, cast: Ca
     deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
     label = parse_marking("DEU GEHEIM // REL TO NATO")
     field = to_json(label_metadata(label))
+    nato_mark = cast.nato.event_count(nato_s)
     receipt = await _say(
         cast.officer,
         deu,
@@ -158,8 +175,14 @@ async def test_a_machine_readable_label_tags_a_message(bot_env: BotEnv, cast: Ca
         "Not stored or relayed",
     )
     assert "ConfidentialityInformation is missing" in unreadable
-    await asyncio.sleep(1)
-    assert not any("other words" in t or "more words" in t for t in cast.nato.texts(nato_s))
+    await nothing_arrives(
+        cast.nato,
+        nato_s,
+        lambda e: text_with("other words")(e) or text_with("more words")(e),
+        since=nato_mark,
+        barrier=relayed_barrier(cast.officer, deu, "GEHEIM // REL TO NATO"),
+        what="a copy of a refused message",
+    )
 
 
 async def test_national_only_item_goes_nowhere(bot_env: BotEnv, cast: Cast) -> None:
@@ -216,13 +239,15 @@ async def test_a_burst_gets_one_receipt_listing_every_message(bot_env: BotEnv, c
         if isinstance(e, RoomMessageText) and f"burst-{tag}" in e.body
     ]
     assert [c.splitlines()[1] for c in copies] == [f"burst-{tag}-1", f"burst-{tag}-4"]
-    await asyncio.sleep(1)
-    notices = [
-        e
-        for e in cast.officer.events.get(deu, [])[mark:]
-        if isinstance(e, RoomMessageNotice) and "Receipt for" in e.body
-    ]
-    assert len(notices) == 1, [n.body for n in notices]
+    await nothing_arrives(
+        cast.officer,
+        deu,
+        text_with("Receipt for"),
+        since=mark,
+        already=1,
+        barrier=answered_barrier(cast.officer, deu, "GEHEIM // REL TO NATO"),
+        what="the burst's receipt",
+    )
 
 
 async def test_flash_mentions_the_room(bot_env: BotEnv, cast: Cast) -> None:
@@ -241,8 +266,14 @@ async def test_relay_command_narrows_targets(bot_env: BotEnv, cast: Cast) -> Non
     )
     assert "nato-s" in receipt.body and "eu-s" not in receipt.body
     await cast.nato.wait_for_text(nato_s, 'narrowed "quote')
-    await asyncio.sleep(1)
-    assert not any("narrowed" in t for t in cast.eu.texts(eu_s)[eu_mark:])
+    await nothing_arrives(
+        cast.eu,
+        eu_s,
+        text_with("narrowed"),
+        since=eu_mark,
+        barrier=relayed_barrier(cast.officer, deu, "GEHEIM // REL TO EU"),
+        what="a copy in eu-s",
+    )
     await talk(cast.officer, deu, "!relay nato-x [GEHEIM // REL TO NATO] x", "not a route target")
 
 

@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from bot.devtools.devserver import DevServer
 from bot.storage import IntelItemRow, Store
-from tests.bot_harness import process_scenario
+from tests.bot_harness import nothing_arrives, process_scenario, relayed_barrier, text_with
 from tests.matrix_harness import MakeClient, MakeUser
 from tests.pg import fresh_schema
 
@@ -46,6 +46,7 @@ async def test_crash_and_restart_relay_exactly_once(
             PYTHONPATH=os.pathsep.join(filter(None, [CRASHPOINTS, os.environ.get("PYTHONPATH")])),
         ) as s:
             phrase = f"crash-{crash_point}-{secrets.token_hex(4)}"
+            mark = s.member.event_count(s.nato_s)
             await s.officer.send_text(s.deu, f"[GEHEIM // REL TO NATO] {phrase}")
             assert await asyncio.to_thread(s.proc.wait, 60) == 70  # tests/crashpoints
             assert [r.target_key for r in s.store.pending_relays()] == ["nato-s"]
@@ -53,9 +54,15 @@ async def test_crash_and_restart_relay_exactly_once(
             await s.wait_for_log("reusing device")
             await s.member.wait_for_text(s.nato_s, phrase, timeout=60)
             await s.officer.wait_for_text(s.deu, "Relayed to nato-s", timeout=30)
-            await asyncio.sleep(3)  # room for a duplicate to show up, if there were one
-            copies = [t for t in s.member.texts(s.nato_s) if phrase in t]
-            assert len(copies) == 1, s.member.summary(s.nato_s)
+            await nothing_arrives(
+                s.member,
+                s.nato_s,
+                text_with(phrase),
+                since=mark,
+                already=1,
+                barrier=relayed_barrier(s.officer, s.deu, "GEHEIM // REL TO NATO"),
+                what="the copy",
+            )
             assert s.store.pending_relays() == []
             assert len(s.store.copies_of(_item_id(s.store, s.deu))) == 1
 

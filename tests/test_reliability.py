@@ -9,17 +9,44 @@ import subprocess
 import time
 from pathlib import Path
 
+from aiohttp import web
 from sqlalchemy import func, select
 
 from bot.devtools.devserver import DevServer, free_port
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm
 from bot.storage import IntelItemRow, RelayRow, Store
-from tests.bot_harness import ROOMS, BotEnv, enrol, process_scenario, write_config
+from tests.bot_harness import (
+    ROOMS,
+    BotEnv,
+    enrol,
+    eventually,
+    nothing_arrives,
+    process_scenario,
+    relayed_barrier,
+    text_with,
+    write_config,
+)
 from tests.matrix_harness import MakeClient, MakeUser
 from tests.proxy import CountingProxy
 from tests.test_run_cli import SCRIPT
 
 STREAM = 300
+
+
+class SwitchableProxy(CountingProxy):
+    """The counting proxy, which can also cut the bot off while the homeserver is still up,
+    answering as it does for a dead homeserver: messages sent meanwhile wait there, unseen
+    by the bot, in flight through the whole outage."""
+
+    down = False
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        if not self.down:
+            return await super()._forward(request)
+        self.times.append(time.monotonic())
+        return web.json_response(
+            {"errcode": "M_UNKNOWN", "error": "homeserver unreachable"}, status=502
+        )
 
 
 def start(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -61,28 +88,43 @@ async def test_sigkill_while_an_officer_streams_300_messages(
             for phrase in phrases:
                 await s.officer.send_text(s.deu, f"[GEHEIM // REL TO NATO] {phrase}")
 
+        mark = s.member.event_count(s.nato_s)
         streaming = asyncio.create_task(stream())
         # kill the bot once part of the stream has been relayed
         await s.member.wait_for_text(s.nato_s, phrases[60], timeout=120)
         s.proc.send_signal(signal.SIGKILL)
         assert await asyncio.to_thread(s.proc.wait, 30) == -signal.SIGKILL
-        await asyncio.sleep(2)  # the stream goes on while the bot is dead
+        sent_at_kill = len(s.officer.texts(s.deu))
+
+        def streamed_on() -> bool:  # the stream goes on while the bot is dead
+            return streaming.done() or len(s.officer.texts(s.deu)) >= sent_at_kill + 20
+
+        await eventually(streamed_on, 60, "20 more messages sent while the bot is dead")
         s.start()
         await streaming
         for phrase in phrases:
             await s.member.wait_for_text(s.nato_s, phrase, timeout=180)
-        await asyncio.sleep(3)  # room for duplicates to show up, if there were any
+        await nothing_arrives(
+            s.member,
+            s.nato_s,
+            text_with(f"m{tag}-"),
+            since=mark,
+            already=STREAM,
+            barrier=relayed_barrier(s.officer, s.deu, "GEHEIM // REL TO NATO"),
+            timeout=120,
+            what="copies of the stream",
+        )
         texts = s.member.texts(s.nato_s)
         seen = {p: sum(p in t for t in texts) for p in phrases}
         assert {p: n for p, n in seen.items() if n != 1} == {}
-        assert counts(s.store, s.deu) == (STREAM, STREAM, STREAM)
+        assert counts(s.store, s.deu) == (STREAM + 1,) * 3  # and the barrier
         assert s.store.pending_relays() == []
 
 
 async def test_homeserver_outage_backs_off_and_loses_nothing(tmp_path: Path) -> None:
     server = DevServer(tmp_path / "synapse")
     await asyncio.to_thread(server.start)
-    proxy = CountingProxy(server.base_url)
+    proxy = SwitchableProxy(server.base_url)
     await proxy.start(free_port())
     clients: list[E2EEClient] = []
     env: BotEnv | None = None
@@ -117,7 +159,9 @@ async def test_homeserver_outage_backs_off_and_loses_nothing(tmp_path: Path) -> 
             [(officer_c, "deu"), (member_c, "nato-s")],
         )
         deu, nato_s = env.room_id("deu"), env.room_id("nato-s")
+        mark = member_c.event_count(nato_s)
         before = [f"before-{i}" for i in range(10)]
+        during = [f"during-{i}" for i in range(5)]
         after = [f"after-{i}" for i in range(10)]
         for phrase in before:
             await officer_c.send_text(deu, f"[GEHEIM // REL TO NATO] {phrase}")
@@ -125,25 +169,37 @@ async def test_homeserver_outage_backs_off_and_loses_nothing(tmp_path: Path) -> 
             await member_c.wait_for_text(nato_s, phrase, timeout=60)
 
         down_at = time.monotonic()
+        proxy.down = True  # the outage begins for the bot; the officer can still post
+        for phrase in during:  # in flight: on the homeserver, not yet seen by the bot
+            await officer_c.send_text(deu, f"[GEHEIM // REL TO NATO] {phrase}")
         await asyncio.to_thread(server.stop)
-        await asyncio.sleep(10)
-        up_at = time.monotonic()
+        await asyncio.sleep(10)  # the outage, measured: not a wait for something to happen
         await asyncio.to_thread(server.start)
-        during = proxy.count_between(down_at, up_at)
-        print(f"requests to the dead homeserver in 10 s: {during}")
+        proxy.down = False
+        up_at = time.monotonic()
+        requests = proxy.count_between(down_at, up_at)
+        print(f"requests to the dead homeserver in {up_at - down_at:.0f} s: {requests}")
         # A tight loop would make thousands of requests in 10 s; backing off makes a handful.
-        assert during <= 40, f"{during} requests to a dead homeserver in 10 s"
-        assert during >= 2, "the bot did not even retry"
+        assert requests <= 40, f"{requests} requests to a dead homeserver in {up_at - down_at} s"
+        assert requests >= 2, "the bot did not even retry"
 
         for phrase in after:
             await officer_c.send_text(deu, f"[GEHEIM // REL TO NATO] {phrase}")
-        for phrase in after:
+        for phrase in during + after:
             await member_c.wait_for_text(nato_s, phrase, timeout=120)
-        await asyncio.sleep(2)
+        everything = before + during + after
+        await nothing_arrives(
+            member_c,
+            nato_s,
+            lambda e: any(text_with(p)(e) for p in everything),
+            since=mark,
+            already=len(everything),
+            barrier=relayed_barrier(officer_c, deu, "GEHEIM // REL TO NATO"),
+            timeout=120,
+            what="copies across the outage",
+        )
         texts = member_c.texts(nato_s)
-        assert {p: sum(p in t for t in texts) for p in before + after} == {
-            p: 1 for p in before + after
-        }
+        assert {p: sum(p in t for t in texts) for p in everything} == {p: 1 for p in everything}
         assert env.store is not None and env.store.pending_relays() == []
     finally:
         await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)

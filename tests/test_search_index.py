@@ -611,6 +611,11 @@ async def test_the_answer_is_the_document_the_reference_gives(store: Store) -> N
     expected = results_document(NATO, "CONVOY", found, NOW - timedelta(days=30), scanned, False)
     assert document.plain == expected.plain and document.html == expected.html
     assert "30 match(es)" in document.plain
+    # At most ten are shown, the newest first, and the rest are counted, not listed: read
+    # off the text itself (the reference renders with the same code, so it cannot tell).
+    shown = [line.rsplit(" ", 1)[1] for line in document.plain.splitlines() if "sighting" in line]
+    assert shown == [str(n) for n in range(10)]
+    assert "… and 20 more; narrow the words, --topic or --since." in document.plain
 
 
 async def test_the_index_fills_and_matches_off_the_event_loop(store: Store) -> None:

@@ -69,10 +69,20 @@ def test_an_existing_database_is_made_private_when_opened(tmp_path: Path) -> Non
         old.close()
 
 
-def test_an_existing_folder_is_left_as_it_is(tmp_path: Path) -> None:
+def test_an_existing_folder_is_left_as_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shared = tmp_path / "shared"
     shared.mkdir(mode=0o755)
     ensure_sqlite_folder(f"sqlite:///{shared / 'liaison.db'}")
     assert mode(shared) == 0o755
-    ensure_sqlite_folder("sqlite://")  # in memory: nothing to make
-    ensure_sqlite_folder("postgresql+psycopg://u@localhost/db")
+    assert list(shared.iterdir()) == []  # the folder only: the file is make_engine's
+    # Nothing is made for a database that is not a SQLite file, even one whose name reads
+    # as a relative path (it would land in the working directory).
+    monkeypatch.chdir(shared)
+    ensure_sqlite_folder("sqlite://")  # in memory
+    ensure_sqlite_folder("sqlite:///:memory:")
+    ensure_sqlite_folder("postgresql+psycopg://u@localhost/made/db")
+    assert list(shared.iterdir()) == []
+    ensure_sqlite_folder("sqlite:///made/liaison.db")  # the same name, a SQLite file: made
+    assert [(p.name, mode(p)) for p in shared.iterdir()] == [("made", 0o700)]

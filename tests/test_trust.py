@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 from canonicaljson import encode_canonical_json
@@ -11,7 +10,7 @@ from nio import MegolmEvent, RoomMessageNotice
 
 from bot.devtools.devserver import DevServer
 from bot.matrix.trust import KeysAPI
-from tests.bot_harness import BotEnv, eventually, open_dm, talk
+from tests.bot_harness import BotEnv, eventually, no_key_for, open_dm, posted_barrier, talk
 from tests.matrix_harness import E2EEClient, MakeClient, MakeUser, cross_sign
 
 
@@ -105,10 +104,13 @@ async def test_unsigned_device_of_a_cleared_user_gets_no_room_key(
     # The signed device asks: the answer is readable there and not on the unsigned device.
     mark = unsigned.event_count(room_id)
     answer = await talk(signed, room_id, "!rooms", "Managed rooms")
-    seen = await unsigned.wait_for(room_id, lambda e: e.event_id == answer.event_id, after=mark)
-    await asyncio.sleep(2)  # time for a room key that must never come
-    again = next(e for e in unsigned.events[room_id] if e.event_id == answer.event_id)
-    assert isinstance(seen, MegolmEvent) and isinstance(again, MegolmEvent)
+    await unsigned.wait_for(room_id, lambda e: e.event_id == answer.event_id, after=mark)
+    bot = bot_env.bot
+    assert bot is not None
+    holders = await no_key_for(
+        bot, unsigned, room_id, answer.event_id, barrier=posted_barrier(bot, room_id)
+    )
+    assert (signed.user_id, signed.device_id) in holders  # the record is of that session
     entries = await bot_env.bot.commands.audit_recent(20)  # type: ignore[union-attr]
     assert any(
         e.action == "command.untrusted-device" and e.actor == signed.user_id for e in entries
@@ -138,10 +140,12 @@ async def test_identity_reset_stops_keys_until_an_admin_confirms(
     mark = member.event_count(room_id)
     blocked = await talk(witness, room_id, "!rooms", "Managed rooms")
     await member.wait_for(room_id, lambda e: e.event_id == blocked.event_id, after=mark)
-    await asyncio.sleep(2)
-    assert isinstance(
-        next(e for e in member.events[room_id] if e.event_id == blocked.event_id), MegolmEvent
+    bot = bot_env.bot
+    assert bot is not None
+    holders = await no_key_for(
+        bot, member, room_id, blocked.event_id, barrier=posted_barrier(bot, room_id)
     )
+    assert (witness.user_id, witness.device_id) in holders
     await talk(admin, dm, f"!clearance confirm-identity {member.user_id} AAAA", "is not")
     await talk(
         admin,

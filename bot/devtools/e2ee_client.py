@@ -73,6 +73,7 @@ class E2EEClient:
         self._keys_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._first_sync = asyncio.Event()
+        self._syncs_done = 0  # completed rounds of the sync loop (sync, keys, decryption)
 
     @property
     def user_id(self) -> str:
@@ -154,6 +155,7 @@ class E2EEClient:
                 await self.client.send_to_device_messages()
                 await self._maintain_keys()
                 self._retry_decryption()
+                self._syncs_done += 1
                 self._first_sync.set()
                 self._notify()
             except asyncio.CancelledError:
@@ -249,6 +251,17 @@ class E2EEClient:
                 await asyncio.wait_for(changed.wait(), remaining)
 
     # -- waiting for things ------------------------------------------------------------------
+
+    async def synced(self, timeout: float = 30) -> None:
+        """Return once a whole round of the sync loop has run that began after this call:
+        whatever the homeserver held for this device when called (timeline events, room keys
+        sent to it) has been received, and decrypted where its key came."""
+        target = self._syncs_done + 2  # the round under way may have begun before the call
+        await self._wait_until(
+            lambda: True if self._syncs_done >= target else None,
+            timeout,
+            lambda: f"{self.user_id}: no complete sync within {timeout:g} s",
+        )
 
     def event_count(self, room_id: str) -> int:
         """A mark to pass as `after=` so that a wait only looks at later events."""

@@ -19,6 +19,7 @@ the gate says so whenever it opens such a register.
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import ipaddress
 import logging
@@ -109,6 +110,7 @@ UNLABELLED = RoomLabel(False)
 
 K = TypeVar("K")
 V = TypeVar("V")
+R = TypeVar("R")
 
 _MISSING = object()
 
@@ -190,6 +192,18 @@ def _refused_row(reader: RegisterReader) -> str | None:
     return verifier.take() if isinstance(verifier, _NotingVerifier) else None
 
 
+# One read of the register as a whole, from the caller's side. The connection and statement
+# limits (3 s each) are the driver's and the server's; they do not cover a server, or a
+# route, that stops answering once connected: without this the decision waited for ever
+# and held a thread of the gate's pool.
+READ_DEADLINE = 4.0
+READ_THREADS = 4  # per register; a read past its deadline keeps its thread until it ends
+
+
+class ReadTimeout(Exception):
+    """The register did not answer within READ_DEADLINE: the decision fails closed."""
+
+
 class NeedsRead(Exception):
     """Raised by a cache-only lookup that would have to read the register: the caller
     (Synapse's reactor thread, which must never wait on a database) asks again in the
@@ -223,6 +237,9 @@ class Register:
             )
         self._reader: RegisterReader | None = None
         self._lock = threading.Lock()
+        self._reads = concurrent.futures.ThreadPoolExecutor(
+            READ_THREADS, thread_name_prefix=f"liaison-gate-read-{spec.bot_user_id}"
+        )
         self._rooms: _TtlCache[str, RoomRecord | None] = _TtlCache(ttl, clock)
         self._clearances: _TtlCache[str, ClearanceRecord] = _TtlCache(ttl, clock)
 
@@ -236,6 +253,24 @@ class Register:
                 self._reader = self._open_reader(self.spec.database, self.spec.register_key)
             return self._reader
 
+    def _bounded(self, read: Callable[[RegisterReader], R]) -> tuple[R, str | None]:
+        """`read(reader)` and the row its verifier refused, if any, within READ_DEADLINE:
+        in a thread of the register's own (the verifier notes refusals per thread), so
+        the caller can stop waiting; ReadTimeout when it does."""
+        reader = self._read()
+
+        def run() -> tuple[R, str | None]:
+            _refused_row(reader)  # a note left by a read that raised is not this read's
+            record = read(reader)
+            return record, _refused_row(reader)
+
+        future = self._reads.submit(run)
+        try:
+            return future.result(timeout=READ_DEADLINE)
+        except concurrent.futures.TimeoutError:
+            future.cancel()  # still queued behind hung reads: never started
+            raise ReadTimeout(f"no answer within {READ_DEADLINE:g} s") from None
+
     def room(self, room_id: str, *, fresh: bool, cache_only: bool = False) -> RoomRecord | None:
         """The room on record; `fresh` rereads a cached absence (a labelled room must be
         found, and may have been saved a moment ago)."""
@@ -244,10 +279,7 @@ class Register:
             return record
         if cache_only:
             raise NeedsRead(room_id)
-        reader = self._read()
-        _refused_row(reader)  # a note left by a read that raised is not this read's
-        record = reader.room_by_id(room_id)
-        refused = _refused_row(reader)
+        record, refused = self._bounded(lambda reader: reader.room_by_id(room_id))
         if record is None and refused is not None:
             raise RowRefused(f"{refused} does not verify (altered in the database?)")
         self._rooms.put(room_id, record)
@@ -261,10 +293,7 @@ class Register:
             return record
         if cache_only:
             raise NeedsRead(user_id)
-        reader = self._read()
-        _refused_row(reader)  # a note left by a read that raised is not this read's
-        record = reader.clearance(user_id)
-        refused = _refused_row(reader)
+        record, refused = self._bounded(lambda reader: reader.clearance(user_id))
         if record is None and refused is not None:
             raise RowRefused(f"{refused} does not verify (altered in the database?)")
         if record is not None:
@@ -276,6 +305,7 @@ class Register:
         self._clearances.drop(user_id)
 
     def close(self) -> None:
+        self._reads.shutdown(wait=False, cancel_futures=True)
         with self._lock:
             if self._reader is not None:
                 self._reader.close()

@@ -62,7 +62,9 @@ class Backoff:
         self.first, self.cap, self.failures = first, cap, 0
 
     def next(self) -> float:
-        delay = min(self.cap, self.first * 2**self.failures)
+        # The exponent stops growing past the cap: 2**1025 does not fit a float, and an
+        # outage of hours used to end the sync loop with an OverflowError.
+        delay = min(self.cap, self.first * 2 ** min(self.failures, 64))
         self.failures += 1
         return float(delay * random.uniform(0.8, 1.0))
 
