@@ -205,3 +205,31 @@ def test_a_keyed_log_refuses_a_writer_without_the_key(database_url: str) -> None
         assert "needs the data key" in plain.verify_audit().message
     finally:
         plain.close()
+
+
+async def test_a_cancelled_caller_waits_for_its_store_call_to_end() -> None:
+    """A thread cannot be stopped: a task cancelled while its store write ran used to end at
+    once, and the write landed after the bot had stopped (test_restart saw the sync token
+    and snapshots change under it). Now the cancellation is seen once the call is over."""
+    import asyncio
+    import threading
+
+    from bot.storage import in_thread
+
+    started, release, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def write() -> None:
+        started.set()
+        release.wait(10)
+        finished.set()
+
+    task = asyncio.ensure_future(in_thread(write))
+    await asyncio.to_thread(started.wait, 10)
+    task.cancel()
+    for _ in range(5):  # loop iterations enough for the cancellation to be delivered
+        await asyncio.sleep(0)
+    assert not task.done()  # the write still runs: so does the task
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished.is_set()

@@ -10,6 +10,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
@@ -70,8 +72,19 @@ T = TypeVar("T")
 
 
 async def in_thread(fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> T:
-    """Run one store function in a worker thread: database work never blocks the loop."""
-    return await asyncio.to_thread(fn, *args, **kwargs)
+    """Run one store function in a worker thread: database work never blocks the loop.
+
+    A caller cancelled meanwhile still waits for the call to end before it sees the
+    cancellation. A thread cannot be stopped, so without this a stopped task (the bot's
+    `close`) returned while its write went on: the sync token and room snapshots were
+    seen changing after the bot had stopped."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    future = asyncio.get_running_loop().run_in_executor(None, call)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise
 
 
 __all__ = [
