@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import os
 import textwrap
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +26,6 @@ from bot.devtools.devserver import DevServer
 from bot.matrix.gateway import MatrixError
 from bot.services.digest import part_txn_ids
 from bot.storage import AuditNote, DigestRunRow, IntelItemRow, RunState, Store
-from bot.storage.migrate import upgrade
 from policy import Precedence
 from tests.bot_harness import eventually, process_scenario
 from tests.matrix_harness import MakeClient, MakeUser
@@ -150,17 +148,6 @@ class FlakyMessenger(FakeMessenger):
             self.failures -= 1
             raise MatrixError("send", None, "unreachable", None)
         return await super().send(room_id, content, tx_id)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    url = f"sqlite:///{tmp_path / 'd.db'}"
-    upgrade(url)
-    opened = Store.from_url(url)
-    try:
-        yield opened
-    finally:
-        opened.close()
 
 
 def test_a_claimed_run_is_posted_on_the_next_tick_with_what_was_claimed(store: Store) -> None:

@@ -6,7 +6,6 @@ fails anyway is isolated (PoisonGuard), never retried for ever."""
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,6 @@ from bot.matrix.schemas import (
 )
 from bot.services.render import LABEL_KEY
 from bot.storage import Store
-from bot.storage.migrate import upgrade
 from policy import MarkingError
 from policy.adatp4774 import import_label, label_metadata, to_json
 from policy.labels import parse_marking
@@ -202,13 +200,6 @@ class Recorder:
 class Event:
     def __init__(self, event_id: str, sender: str = "@mallory:x") -> None:
         self.event_id, self.sender = event_id, sender
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    url = f"sqlite:///{tmp_path / 'guard.db'}"
-    upgrade(url)
-    return Store.from_url(url)
 
 
 async def _raise(exc: BaseException) -> None:

@@ -8,7 +8,6 @@ makes of that state, not the homeserver."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,6 @@ from bot.config import parse_config
 from bot.matrix.gateway import StateEvent
 from bot.services.rooms import RoomDirectory, creator_warning
 from bot.storage import Store
-from bot.storage.migrate import upgrade
 from commands.document import Document
 
 BOT = "@liaison:example.org"
@@ -73,15 +71,6 @@ class _Gateway:
 
     def members(self, room_id: str) -> dict[str, bool]:
         return {BOT: True}
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    url = f"sqlite:///{tmp_path / 'bot.db'}"
-    upgrade(url)
-    opened = Store.from_url(url)
-    yield opened
-    opened.close()
 
 
 async def _directory(store: Store, gateway: _Gateway, tmp_path: Path) -> RoomDirectory:

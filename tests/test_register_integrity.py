@@ -128,16 +128,20 @@ def test_a_clearance_inserted_in_the_database_is_not_honoured(
     assert refusals == [("clearance", EVE)]
 
 
-def _forge(store: Store, user_id: str) -> None:
+def _forge(
+    store: Store, user_id: str, level: str = "NATO SECRET", scheme: str = "NATO", rank: int = 3
+) -> None:
+    """What an attacker with write access to the database (and no data key) writes: a
+    clearance row of their own, with a grant."""
     with store.session() as session:
         session.execute(insert(ClearanceRow).values(user_id=user_id, nationality="DEU"))
         cid = session.scalar(select(ClearanceRow.id).where(ClearanceRow.user_id == user_id))
         session.execute(
             insert(GrantRow).values(
                 clearance_id=cid,
-                scheme="NATO",
-                level="NATO SECRET",
-                rank=3,
+                scheme=scheme,
+                level=level,
+                rank=rank,
                 granted_at=datetime.now(UTC),
             )
         )

@@ -5,16 +5,14 @@ for missing and created anew (which would abandon the real room)."""
 
 from __future__ import annotations
 
-import asyncio
-from datetime import UTC, datetime
-
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import update
 
 from bot.startup import StartupError
-from bot.storage import ClearanceRow, GrantRow, RoomRow
+from bot.storage import RoomRow
 from tests.bot_harness import BotEnv, open_dm, talk
 from tests.matrix_harness import MakeClient, MakeUser
+from tests.test_register_integrity import _forge
 
 
 async def test_a_forged_clearance_clears_nobody_and_the_admins_are_told(
@@ -24,18 +22,8 @@ async def test_a_forged_clearance_clears_nobody_and_the_admins_are_told(
     admin = await make_client(bot_env.admin)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     mallory = make_user("mallory")
-    with bot_env.store.session() as session:  # write access to the database, no data key
-        session.execute(insert(ClearanceRow).values(user_id=mallory.user_id, nationality="DEU"))
-        cid = session.scalar(select(ClearanceRow.id).where(ClearanceRow.user_id == mallory.user_id))
-        session.execute(
-            insert(GrantRow).values(
-                clearance_id=cid,
-                scheme="DEU",
-                level="DEU GEHEIM",
-                rank=2,
-                granted_at=datetime.now(UTC),
-            )
-        )
+    # write access to the database, no data key
+    _forge(bot_env.store, mallory.user_id, "DEU GEHEIM", "DEU", 2)
     refused = await talk(admin, dm, f"!invite {mallory.user_id} deu", "may not join deu")
     assert "no clearance on record" in refused.body
     alert = await admin.wait_for_text(dm, "does not verify")
@@ -68,4 +56,3 @@ async def test_a_swapped_room_id_stops_the_start_naming_the_row(bot_env: BotEnv)
         store.close()
     bot = await bot_env.start()
     assert bot.rooms.by_key["nato-s"].room_id == real
-    await asyncio.sleep(0)

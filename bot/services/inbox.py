@@ -170,17 +170,13 @@ class Inbox:
             if managed is not None:
                 await self._on_edit(message, managed, fields.replaces)
             return
-        if (
-            managed is not None
-            and fields.shown is not None
-            and self.relay.names_level_above(managed, fields.shown)
-        ):
-            # What clients show (the formatted body) is marked above the room, whatever
-            # the plain body says: spillage, removed as such.
+        if managed is not None and fields.shown is not None:
+            # What clients show (the formatted body) marked above the room, whatever the
+            # plain body says, is spillage, removed as such.
             own = Source(managed, message.event_id, message.sender, message.sent_at, message.handle)
-            await self.relay.remove_if_spilled(own, [fields.shown])
-            await in_thread(self.store.mark_handled, message.event_id, room_id)
-            return
+            if await self.relay.remove_if_spilled(own, [fields.shown]):
+                await in_thread(self.store.mark_handled, message.event_id, room_id)
+                return
         command = is_command(message.body, self.prefixes)
         labelled = fields.label
         if not command and not (

@@ -48,6 +48,7 @@ from bot.storage import (
 from bot.storage.sealing import Sealer, SealError
 from commands.document import Code, Document, Strong, doc, items, para
 from policy import (
+    Decision,
     MarkingError,
     TaggedMessage,
     fits,
@@ -124,6 +125,12 @@ def copy_for(source: Source, message: TaggedMessage, target: ManagedRoom) -> dic
         sent_at=source.sent_at,
         source_event_id=source.event_id,
     )
+
+
+def _level(room: ManagedRoom, text: str) -> Decision:
+    """Whether the level a text's marking names (all its readings, if it is ambiguous)
+    fits the room, judged on the level segment alone: total, whatever else is wrong."""
+    return level_fits(levels_named(text, room.policy.scheme), room.policy)
 
 
 def _own_events(source: Source) -> list[str]:
@@ -216,18 +223,11 @@ class RelayEngine:
             )
         )
         try:
-            carried = (
-                import_label(label_field, extra_caveats=self.settings.caveats)
-                if label_field is not None
-                else None
-            )
-            message = parse_tagged(
-                body, room.policy.scheme, extra_caveats=self.settings.caveats, label=carried
-            )
+            message = self._parse(room, body, label_field)
         except MarkingError as exc:
             # Spillage is judged on the level as soon as the level can be read, whatever
             # else is wrong with the marking: the text must not stay in a lower room.
-            level = level_fits(levels_named(body, room.policy.scheme), room.policy)
+            level = _level(room, body)
             if not level.allowed:
                 await self._spillage(
                     source, "unreadable marking", level.reason, _own_events(source)
@@ -296,6 +296,18 @@ class RelayEngine:
                 )
             targets = list(only)
         return await self._queue_release(source, message, targets)
+
+    def _parse(self, room: ManagedRoom, body: str, label_field: Any) -> TaggedMessage | None:
+        """A message's marking read with its room's scheme, and its label field (the
+        ADatP-4774 label it carries), if any; MarkingError naming what is wrong."""
+        carried = (
+            import_label(label_field, extra_caveats=self.settings.caveats)
+            if label_field is not None
+            else None
+        )
+        return parse_tagged(
+            body, room.policy.scheme, extra_caveats=self.settings.caveats, label=carried
+        )
 
     def _oversized(self, source: Source, message: TaggedMessage) -> int | None:
         """The estimated size of the largest copy this message would make, when over the
@@ -550,9 +562,9 @@ class RelayEngine:
 
     @staticmethod
     def names_level_above(room: ManagedRoom, body: str) -> bool:
-        """Whether a text's marking names a level the room may not hold."""
-        text = body.removeprefix("* ")  # an edit's fallback body
-        return not level_fits(levels_named(text, room.policy.scheme), room.policy).allowed
+        """Whether a text's marking names a level the room may not hold (an edit's
+        fallback `* …` read as its marking)."""
+        return not _level(room, body.removeprefix("* ")).allowed
 
     async def remove_if_spilled(self, source: Source, bodies: Sequence[str | None]) -> bool:
         """A message that is not acted on (its content is malformed): if any of its texts
@@ -562,8 +574,7 @@ class RelayEngine:
         for body in bodies:
             if body is None:
                 continue
-            text = body.removeprefix("* ")  # an edit's fallback body
-            level = level_fits(levels_named(text, room.policy.scheme), room.policy)
+            level = _level(room, body.removeprefix("* "))  # an edit's fallback body too
             if not level.allowed:
                 await self._spillage(source, "unreadable marking", level.reason, [source.event_id])
                 return True
@@ -582,21 +593,13 @@ class RelayEngine:
         )  # fmt: skip
         room = source.room
         try:
-            carried = (
-                import_label(label_field, extra_caveats=self.settings.caveats)
-                if label_field is not None
-                else None
-            )
-            message = parse_tagged(
-                new_body, room.policy.scheme, extra_caveats=self.settings.caveats, label=carried
-            )
+            message = self._parse(room, new_body, label_field)
         except MarkingError:
             message = None
         if message is not None:
             marking, decision = message.label.banner, fits(message.label, room.policy)
         else:
-            marking = "unreadable marking"
-            decision = level_fits(levels_named(new_body, room.policy.scheme), room.policy)
+            marking, decision = "unreadable marking", _level(room, new_body)
         if not decision.allowed:
             await self._spillage(own_event, marking, decision.reason, [own_event.event_id])
             return doc(
@@ -702,16 +705,9 @@ class RelayEngine:
         if label_field is None and not is_tagged(new_body):
             return await self._withdraw(source, item, "the edit removed the marking")
         try:
-            carried = (
-                import_label(label_field, extra_caveats=self.settings.caveats)
-                if label_field is not None
-                else None
-            )
-            message = parse_tagged(
-                new_body, room.policy.scheme, extra_caveats=self.settings.caveats, label=carried
-            )
+            message = self._parse(room, new_body, label_field)
         except MarkingError as exc:
-            level = level_fits(levels_named(new_body, room.policy.scheme), room.policy)
+            level = _level(room, new_body)
             if level.allowed:
                 return doc(para("⚠ Edit not applied to the relayed copies: ", str(exc), "."))
             message, marking, decision = None, "unreadable marking", level

@@ -360,8 +360,9 @@ class RoomDirectory:
         changed or adopted rooms are provisioned before the start goes on, PROVISIONING at
         a time."""
         joined = await self.gateway.joined_rooms()
-        stored = {r.key: r for r in await in_thread(self.store.rooms)}
-        unverified = set(await in_thread(self.store.unverified_room_keys))
+        records, refused = await in_thread(self.store.rooms_and_refused)
+        stored = {r.key: r for r in records}
+        unverified = set(refused)
         found: dict[int, ManagedRoom] = {}
         todo = []
         for i, cfg in enumerate(self.config.rooms):

@@ -425,17 +425,22 @@ class Store:
 
     def rooms(self) -> list[RoomRecord]:
         """Every managed room whose row verifies (a refused one is left out: not managed)."""
-        with self.session() as session:
-            rows = session.scalars(select(RoomRow).order_by(RoomRow.id))
-            records = [self._verified_room(session, r) for r in rows]
-            return [r for r in records if r is not None]
+        return self.rooms_and_refused()[0]
 
-    def unverified_room_keys(self) -> list[str]:
-        """The keys of room rows that do not verify (left out by `rooms`): a start must
-        not take such a room for missing and create a new one in its place."""
+    def rooms_and_refused(self) -> tuple[list[RoomRecord], list[str]]:
+        """The rooms whose rows verify, and the keys of those whose rows do not, from one
+        read: a start must not take a refused room for missing and create a new one in
+        its place."""
+        verified: list[RoomRecord] = []
+        refused: list[str] = []
         with self.session() as session:
-            rows = session.scalars(select(RoomRow).order_by(RoomRow.id))
-            return [r.key for r in rows if self._verified_room(session, r) is None]
+            for row in session.scalars(select(RoomRow).order_by(RoomRow.id)):
+                record = self._verified_room(session, row)
+                if record is None:
+                    refused.append(row.key)
+                else:
+                    verified.append(record)
+        return verified, refused
 
     def room(self, key: str) -> RoomRecord | None:
         with self.session() as session:
