@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck mutants unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,9 +28,13 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict policy commands bot
+	$(BIN)/mypy --strict policy commands bot tests/mutants.py
 
-test: lint typecheck
+# One-line mutations of the guards behind the "never" claims; each must fail its tests.
+mutants: $(STAMP)
+	$(BIN)/python -m tests.mutants
+
+test: lint typecheck mutants
 	$(BIN)/pytest
 
 bench: $(STAMP)
