@@ -28,7 +28,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP)
-	$(BIN)/mypy --strict policy commands bot
+	$(BIN)/mypy --strict policy commands bot tests
 
 test: lint typecheck
 	$(BIN)/pytest
