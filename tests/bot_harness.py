@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,10 +24,11 @@ from bot.devtools.devserver import DevServer
 from bot.devtools.e2ee_client import E2EEClient, open_dm, talk
 from bot.storage import Store, audit_key_from
 from bot.storage.migrate import upgrade
+from policy.ids import RoomKey, UserId
 from tests.matrix_harness import MakeClient, MakeUser
 
 if TYPE_CHECKING:
-    from bot.app import Bot
+    from bot.app import LiaisonBot
 from tests.pg import fresh_schema
 
 
@@ -172,7 +173,7 @@ def answered_barrier(sender: E2EEClient, room_id: str, marking: str) -> Barrier:
     return send
 
 
-def posted_barrier(bot: Bot, room_id: str) -> Barrier:
+def posted_barrier(bot: LiaisonBot, room_id: str) -> Barrier:
     """A later notice from the bot into the room itself (its room key shared before it is
     sent, like every earlier one's)."""
     from commands.document import doc
@@ -225,7 +226,7 @@ async def nothing_arrives(
 
 
 async def no_key_for(
-    bot: Bot, device: E2EEClient, room_id: str, event_id: str, *, barrier: Barrier
+    bot: LiaisonBot, device: E2EEClient, room_id: str, event_id: str, *, barrier: Barrier
 ) -> frozenset[tuple[str, str]]:
     """Assert that `device` got no room key for the bot's event `event_id`: by the bot's own
     record of whom that megolm session went to (the session is still the room's current
@@ -289,17 +290,18 @@ __all__ = [
 @dataclass
 class ProcessScenario:
     """The bot as its own process (`liaison-bot run`), with an officer in `deu` and a NATO
-    member in `nato-s`, for tests that kill and restart it."""
+    member in `nato-s`, for tests that kill and restart it. The people and the room ids are
+    set once the bot has made the rooms (`process_scenario`)."""
 
     config_path: Path
     env: dict[str, str]
     log: Path
     store: Store
-    officer: E2EEClient
-    member: E2EEClient
-    deu: str
-    nato_s: str
     proc: Any = None
+    officer: E2EEClient = field(init=False, repr=False)
+    member: E2EEClient = field(init=False, repr=False)
+    deu: str = field(init=False, repr=False)
+    nato_s: str = field(init=False, repr=False)
 
     def start(self, **extra_env: str) -> Any:
         import subprocess
@@ -329,6 +331,12 @@ class ProcessScenario:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             await asyncio.to_thread(self.proc.wait, 30)
+
+
+def _room_id(store: Store, key: str) -> str:
+    room = store.room(key)
+    assert room is not None and room.room_id is not None, f"the bot has not made {key}"
+    return room.room_id
 
 
 @contextlib.asynccontextmanager
@@ -372,12 +380,11 @@ async def process_scenario(
         "LIAISON_TEST_PICKLE_KEY": "process-pickle-key-0123456789abcdef",
         "LIAISON_TEST_DATA_KEY": data_key,
     }
-    scenario = ProcessScenario(config_path, env, tmp_path / "bot.log", store, None, None, "", "")  # type: ignore[arg-type]
+    scenario = ProcessScenario(config_path, env, tmp_path / "bot.log", store)
     scenario.start(**first_env)
     try:
         await scenario.wait_for_log("first sync after")
-        scenario.deu = store.room("deu").room_id  # type: ignore[union-attr,assignment]
-        scenario.nato_s = store.room("nato-s").room_id  # type: ignore[union-attr,assignment]
+        scenario.deu, scenario.nato_s = _room_id(store, "deu"), _room_id(store, "nato-s")
         admin_client = await make_client(admin)
         dm = await open_dm(admin_client, bot_user.user_id)
         scenario.officer, scenario.member = await make_client(officer), await make_client(member)
@@ -410,11 +417,18 @@ async def enrol(
 
         async def grant(user_id: str, level: str, nation: str) -> None:
             await bot.commands.grant(
-                env.admin.user_id, user_id, level, nationality=nation, expires=None, caveats=()
+                UserId(env.admin.user_id),
+                UserId(user_id),
+                level,
+                nationality=nation,
+                expires=None,
+                caveats=(),
             )
 
         async def invite(user_id: str, key: str) -> None:
-            outcome = await bot.commands.invite(env.admin.user_id, user_id, key)
+            outcome = await bot.commands.invite(
+                UserId(env.admin.user_id), UserId(user_id), RoomKey(key)
+            )
             assert outcome.invited, outcome
 
     else:

@@ -1,5 +1,7 @@
-"""The one fake of commands.services.Services for tests (a test in
-tests/test_fuzz_commands.py checks it answers every method of the port)."""
+"""The one fake of commands.services.Services for tests, an audit port that keeps nothing
+and a messenger port for services that must send nothing. FakeServices subclasses the port, so mypy checks each method against it (and
+refuses to build one with a method missing); a test in tests/test_fuzz_commands.py also
+checks it answers every method of the port."""
 
 from __future__ import annotations
 
@@ -8,14 +10,72 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from typing import Any
 
+from bot.services.ports import Audit, Device, Messenger
 from commands.context import CommandError, Invocation
 from commands.document import Document, doc, para
-from commands.services import InviteOutcome, RevokeOutcome, RoomSummary, RouteSummary, StatusInfo
-from policy import Decision, MarkingError, make_room, parse_marking
+from commands.services import (
+    AuditInfo,
+    ClearanceInfo,
+    InviteOutcome,
+    RevokeOutcome,
+    RoomSummary,
+    RouteSummary,
+    Services,
+    StatusInfo,
+    VerdictInfo,
+)
+from policy import Decision, MarkingError, Room, make_room, parse_marking
+from policy.ids import EventId, RoomKey, UserId
+
+
+async def _no_audit(actor: str, action: str, subject: str | None, detail: dict[str, Any]) -> None:
+    return None
+
+
+no_audit: Audit = _no_audit  # the audit port, keeping nothing
+
+
+class NoMessenger(Messenger):
+    """The messenger port of a service a test uses for something else: any use is a
+    failure."""
+
+    @property
+    def user_id(self) -> str:
+        raise AssertionError("the messenger is not used here")
+
+    async def send(
+        self,
+        room_id: str,
+        content: dict[str, Any],
+        tx_id: str | None = None,
+        also_to: Sequence[Device] = (),
+    ) -> EventId:
+        raise AssertionError(f"sent into {room_id}")
+
+    async def send_notice(
+        self,
+        room_id: str,
+        document: Document,
+        reply_to: str | None = None,
+        also_to: Sequence[Device] = (),
+        tx_id: str | None = None,
+    ) -> EventId:
+        raise AssertionError(f"sent a notice into {room_id}")
+
+    async def redact(
+        self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
+    ) -> None:
+        raise AssertionError(f"redacted {event_id}")
+
+    async def alert_admins(self, document: Document) -> None:
+        raise AssertionError(f"alerted the admins: {document.plain}")
+
+    async def sender_of(self, room_id: str, event_id: str) -> str | None:
+        raise AssertionError(f"asked who sent {event_id}")
 
 
 @dataclass
-class FakeServices:
+class FakeServices(Services):
     """Every service answers, echoing user input into its documents (so escaping is
     exercised); a handler that still fails has a bug of its own. Users whose id starts with
     `@none` have no clearance on record; grants and audit entries are kept for inspection."""
@@ -23,33 +83,43 @@ class FakeServices:
     audits: list[tuple[str, str, str | None, dict[str, Any]]] = field(default_factory=list)
     grants: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
 
-    async def clearance(self, user_id: str) -> Any:
+    async def clearance(self, user_id: UserId) -> ClearanceInfo | None:
         return None if user_id.startswith("@none") else _record(user_id)
 
-    async def clearances(self) -> Sequence[Any]:
+    async def clearances(self) -> Sequence[ClearanceInfo]:
         return [_record("@a:b"), _record('@<img src=x>:"y"')]
 
-    async def grant(self, actor: str, user_id: str, level: str, **kw: Any) -> Any:
+    async def grant(
+        self,
+        actor: UserId,
+        user_id: UserId,
+        level: str,
+        *,
+        nationality: str | None,
+        expires: date | None,
+        caveats: Sequence[str],
+    ) -> ClearanceInfo:
         try:
             parse_marking(level)
         except MarkingError as exc:
             raise CommandError(f"LEVEL: {exc}") from None
+        kw = {"nationality": nationality, "expires": expires, "caveats": caveats}
         self.grants.append((actor, user_id, level, kw))
         return _record(user_id)
 
-    async def revoke(self, actor: str, user_id: str, scope: str | None) -> RevokeOutcome:
+    async def revoke(self, actor: UserId, user_id: UserId, scope: str | None) -> RevokeOutcome:
         return RevokeOutcome(_record(user_id), (scope or "all",))
 
-    async def confirm_identity(self, actor: str, user_id: str, key: str) -> Any:
+    async def confirm_identity(self, actor: UserId, user_id: UserId, key: str) -> ClearanceInfo:
         return _record(user_id, key)
 
-    async def digest_now(self, actor: str, room_key: str, roles: frozenset[Any]) -> str:
+    async def digest_now(self, actor: UserId, room_key: RoomKey, roles: frozenset[Any]) -> str:
         return f"{room_key} <script>"
 
     async def digest_schedule(
         self,
-        actor: str,
-        room_key: str,
+        actor: UserId,
+        room_key: RoomKey,
         cron: str,
         window: str | None,
         sources: Sequence[str] | None,
@@ -59,16 +129,16 @@ class FakeServices:
     async def digest_list(self) -> list[str]:
         return ["cfg-1: <b>nato-s</b>"]
 
-    async def digest_cancel(self, actor: str, key: str) -> None:
+    async def digest_cancel(self, actor: UserId, key: str) -> None:
         if not key.startswith("db-"):
             raise CommandError(f"no schedule {key!r}")
 
     async def relay_message(
-        self, invocation: Invocation, targets: Sequence[str], message: str
+        self, invocation: Invocation, targets: Sequence[RoomKey], message: str
     ) -> Document:
         return doc(para("Relayed to ", ", ".join(targets), ": ", message))
 
-    async def invite(self, actor: str, user_id: str, room_key: str) -> InviteOutcome:
+    async def invite(self, actor: UserId, user_id: UserId, room_key: RoomKey) -> InviteOutcome:
         if await self.clearance(user_id) is None:
             return InviteOutcome(Decision(False, (f"no clearance on record for {user_id}",)), False)
         allowed = room_key == "nato-s"
@@ -80,10 +150,10 @@ class FakeServices:
     async def routes(self) -> Sequence[RouteSummary]:
         return [RouteSummary("deu", ("nato-s", "<eu>"))]
 
-    async def audit_recent(self, limit: int) -> Sequence[Any]:
+    async def audit_recent(self, limit: int) -> Sequence[AuditInfo]:
         return [_Audit(1, datetime(2026, 1, 1, tzinfo=UTC), "@a:b", "x<y", None, {"e": "<&>"})]
 
-    async def audit_verify(self) -> Any:
+    async def audit_verify(self) -> VerdictInfo:
         return _Verdict(True, 3, "3 entries <ok>")
 
     async def status(self) -> StatusInfo:
@@ -91,8 +161,8 @@ class FakeServices:
 
     async def search(
         self,
-        actor: str,
-        room_key: str,
+        actor: UserId,
+        room_key: RoomKey,
         words: Sequence[str],
         topic: str | None,
         since: str | None,
@@ -101,7 +171,12 @@ class FakeServices:
         return doc(para("Searched ", room_key, " for ", " ".join(words), f" {topic} {since}"))
 
     async def room_create(
-        self, actor: str, key: str, name: str, label_text: str, audience: Sequence[str] | None
+        self,
+        actor: UserId,
+        key: RoomKey,
+        name: str,
+        label_text: str,
+        audience: Sequence[str] | None,
     ) -> Any:
         try:
             label = parse_marking(label_text)
@@ -109,14 +184,16 @@ class FakeServices:
             raise CommandError(f"LABEL: {exc}") from None
         return _Room(key, name, label.banner, _Policy(label.rank))
 
-    async def room_close(self, actor: str, key: str) -> list[str]:
+    async def room_close(self, actor: UserId, key: RoomKey) -> list[str]:
         return [f"@{key}<x>:y"]
 
-    async def route_change(self, actor: str, source: str, target: str, add: bool) -> None:
+    async def route_change(
+        self, actor: UserId, source: RoomKey, target: RoomKey, add: bool
+    ) -> None:
         if source == target:
             raise CommandError("a room cannot route to itself")
 
-    async def room_policies(self) -> list[tuple[str, str, Any]]:
+    async def room_policies(self) -> list[tuple[str, str, Room]]:
         nato = make_room(parse_marking("NATO SECRET"), None)
         return [("nato-s", "NATO <script>", nato)]
 
@@ -124,7 +201,7 @@ class FakeServices:
         return ["<ATOMAL>"]
 
     async def audit(
-        self, actor: str, action: str, subject: str | None, detail: dict[str, Any]
+        self, actor: UserId, action: str, subject: str | None, detail: dict[str, Any]
     ) -> None:
         self.audits.append((actor, action, subject, detail))
 

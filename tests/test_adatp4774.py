@@ -109,7 +109,8 @@ def test_exported_xml_has_the_4774_element_structure(label: Label) -> None:
         assert caveats.get("Type") == "RESTRICTIVE"
     rel = info.find(f"{{{NAMESPACE}}}Category[@TagName='Releasable To']")
     assert (rel is not None) == bool(label.rel_to)
-    assert root.find(f"{{{NAMESPACE}}}OriginatorID").text == "matrix:u/a:b"  # type: ignore[union-attr]
+    originator = root.find(f"{{{NAMESPACE}}}OriginatorID")
+    assert originator is not None and originator.text == "matrix:u/a:b"
 
 
 def test_alternatives_ride_in_a_4778_metadata_element() -> None:

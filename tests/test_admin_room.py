@@ -5,12 +5,14 @@ the alerts posted there."""
 from __future__ import annotations
 
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 from bot.config import ConfigError, parse_config
 from bot.metrics import Metrics
 from bot.services.membership import Membership
+from bot.services.ports import RoomControl
 from bot.services.register import ClearanceRegister
 from bot.services.rooms import ManagedRoom
 from bot.storage import Store
@@ -58,12 +60,28 @@ OPS = ManagedRoom(
 ADMIN, OFFICER = UserId("@admin:x"), UserId("@lo:x")
 
 
+class Control(RoomControl):
+    """The room-control port: the members it is given; inviting or kicking is a failure."""
+
+    def __init__(self, members: dict[UserId, bool]) -> None:
+        self._members = members
+
+    def members(self, room_id: str) -> dict[UserId, bool] | None:
+        return self._members
+
+    async def invite(self, room_id: str, user_id: str) -> None:
+        raise AssertionError(f"invited {user_id}")
+
+    async def kick(self, room_id: str, user_id: str, reason: str) -> None:
+        raise AssertionError(f"kicked {user_id}")
+
+
 async def test_only_cleared_admins_get_the_admin_rooms_key(store: Store) -> None:
     register = ClearanceRegister(store)
     for user in (ADMIN, OFFICER):  # both cleared for the room's label
         register.grant(ADMIN, user, "NATO SECRET", nationality="DEU")
 
-    async def audit(*args: object) -> None:
+    async def audit(actor: str, action: str, subject: str | None, detail: dict[str, Any]) -> None:
         return None
 
     async def check_identity(user: UserId) -> None:
@@ -71,11 +89,11 @@ async def test_only_cleared_admins_get_the_admin_rooms_key(store: Store) -> None
 
     members = {ADMIN: True, OFFICER: True, UserId("@bot:x"): True}
     membership = Membership(
-        SimpleNamespace(admins=[ADMIN], officers=[OFFICER], admin_room="ops"),  # type: ignore[arg-type]
+        SimpleNamespace(admins=[ADMIN], officers=[OFFICER], admin_room="ops"),  # type: ignore[arg-type]  # BotConfig: only its people and admin room
         store,
         register,
-        SimpleNamespace(by_id={OPS.room_id: OPS}, by_key={OPS.key: OPS}),  # type: ignore[arg-type]
-        SimpleNamespace(members=lambda room_id: members),  # type: ignore[arg-type]
+        SimpleNamespace(by_id={OPS.room_id: OPS}, by_key={OPS.key: OPS}),  # type: ignore[arg-type]  # RoomDirectory: only by_id and by_key
+        Control(members),
         audit,
         Metrics(lambda: None),
         partner_of=lambda room_id: None,

@@ -7,11 +7,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from nio import RoomMemberEvent, RoomMessageNotice
 
-from bot.services.rooms import LABEL_EVENT, MEGOLM, provision
+from bot.gate.rules import LABEL_EVENT
+from bot.matrix.gateway import MEGOLM
+from bot.services.rooms import provision
 from policy import parse_marking
 from policy.adatp4774 import from_json, to_label
+from policy.ids import UserId
 from tests.bot_harness import BotEnv, audited, enrol, eventually, open_dm, talk
-from tests.matrix_harness import MakeClient, MakeUser
+from tests.matrix_harness import E2EEClient, MakeClient, MakeUser
 
 
 async def test_rooms_are_encrypted_invite_only_and_labelled(bot_env: BotEnv) -> None:
@@ -64,7 +67,7 @@ async def test_cleared_officer_is_invited_and_reads_the_bot(
     admin = await make_client(bot_env.admin)
     officer = await make_client(bot_env.officer)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
-    officer_id = bot_env.officer.user_id
+    officer_id = UserId(bot_env.officer.user_id)
     await talk(
         admin,
         dm,
@@ -107,7 +110,8 @@ async def test_uncleared_user_is_refused_with_the_reason(
     reply = await talk(admin, dm, f"!invite {french.user_id} deu", "may not join")
     assert "nationality FRA is not in the room's audience (DEU)" in reply.body
     assert "no DEU grant" in reply.body
-    entries = await bot_env.bot.commands.audit_recent(20)  # type: ignore[union-attr]
+    assert bot_env.bot is not None
+    entries = await bot_env.bot.commands.audit_recent(20)
     assert any(e.action == "invite.refused" and e.subject == french.user_id for e in entries)
 
 
@@ -146,7 +150,7 @@ async def test_non_admin_running_an_admin_command_is_refused_and_audited(
 ) -> None:
     assert bot_env.bot is not None
     commands = bot_env.bot.commands
-    officer_id = bot_env.officer.user_id
+    officer_id = UserId(bot_env.officer.user_id)
     officer = await make_client(bot_env.officer)
     dm = await open_dm(officer, bot_env.bot_user.user_id)
     before = await commands.clearance(officer_id)
@@ -224,7 +228,7 @@ async def test_edited_command_is_never_executed(
 ) -> None:
     admin = await make_client(bot_env.admin)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
-    target = make_user("edited").user_id
+    target = UserId(make_user("edited").user_id)
     original = await admin.send_text(dm, "typo")
     await admin.send_event(
         dm,
@@ -240,7 +244,8 @@ async def test_edited_command_is_never_executed(
         },
     )
     await talk(admin, dm, "!whoami", "Roles: admin")  # the bot has handled the edit by now
-    assert await bot_env.bot.commands.clearance(target) is None  # type: ignore[union-attr]
+    assert bot_env.bot is not None
+    assert await bot_env.bot.commands.clearance(target) is None
 
 
 async def test_restart_keeps_the_device_and_still_decrypts(
@@ -304,8 +309,8 @@ async def test_revoke_removes_at_once(
     assert room_id not in await client.joined_rooms()
 
 
-async def _not_in(client: object, room_id: str) -> bool:
-    return room_id not in await client.joined_rooms()  # type: ignore[attr-defined]
+async def _not_in(client: E2EEClient, room_id: str) -> bool:
+    return room_id not in await client.joined_rooms()
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,7 @@ import pytest
 from nio import RoomGetStateEventResponse, RoomInviteError
 
 from bot.devtools.devserver import DevServerError
+from policy.ids import UserId
 from tests.bot_harness import BotEnv, enrol, open_dm
 from tests.matrix_harness import MakeClient, MakeUser
 
@@ -52,9 +53,10 @@ async def test_an_invite_by_someone_else_is_refused_by_the_homeserver(
     assert await membership(bot_env, room_id, insider.user_id) == "join"
     # Without power, the insider cannot invite even a cleared colleague: only the bot invites.
     colleague = make_user("colleague")
-    await bot_env.bot.commands.grant(  # type: ignore[union-attr]
-        bot_env.admin.user_id,
-        colleague.user_id,
+    assert bot_env.bot is not None
+    await bot_env.bot.commands.grant(
+        UserId(bot_env.admin.user_id),
+        UserId(colleague.user_id),
         "NATO SECRET",
         nationality="DEU",
         expires=None,

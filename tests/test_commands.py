@@ -8,9 +8,10 @@ import pytest
 
 from commands import build_registry
 from commands.context import CommandError, Invocation, Role
-from commands.dispatch import dispatch
+from commands.dispatch import Outcome, dispatch
 from commands.document import Banner, Code, Mention, doc, para
 from commands.registry import mention_pills, parse_command, resolve_pills, strip_prefix, tokenize
+from policy.ids import EventId, RoomId, UserId
 from tests.fakes import FakeServices
 
 REGISTRY = build_registry()
@@ -151,10 +152,12 @@ def test_document_escapes_user_text_in_html_only() -> None:
 
 
 def invocation(body: str, sender: str = "@u:x") -> Invocation:
-    return Invocation(sender=sender, room_id="!r:x", event_id="$e", body=body)
+    return Invocation(
+        sender=UserId(sender), room_id=RoomId("!r:x"), event_id=EventId("$e"), body=body
+    )
 
 
-async def run(body: str, roles: set[Role], services: FakeServices | None = None):  # type: ignore[no-untyped-def]
+async def run(body: str, roles: set[Role], services: FakeServices | None = None) -> Outcome | None:
     return await dispatch(
         REGISTRY,
         invocation(body),

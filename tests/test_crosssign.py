@@ -153,7 +153,7 @@ def test_the_bot_signs_only_its_own_device_keys(tmp_path: Any) -> None:
         with pytest.raises(MatrixError, match="not this device's own"):
             asyncio.run(
                 bootstrap_cross_signing(
-                    api,  # type: ignore[arg-type]
+                    api,  # type: ignore[arg-type]  # a fake of the concrete KeysAPI: upload and query only
                     store,
                     key_sealer("a-pickle-key-of-thirty-two-characters"),
                     USER,

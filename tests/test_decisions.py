@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date
+from typing import Any
 
 import pytest
 
@@ -25,11 +26,11 @@ from policy import (
 TODAY = date(2026, 11, 25)
 
 
-def room(marking: str, audience: list[str] | None = None):  # type: ignore[no-untyped-def]
+def room(marking: str, audience: list[str] | None = None) -> Room:
     return make_room(parse_marking(marking), audience)
 
 
-def clearance(nationality: str = "DEU", *grants: str, **kw) -> Clearance:  # type: ignore[no-untyped-def]
+def clearance(nationality: str = "DEU", *grants: str, **kw: Any) -> Clearance:
     levels = {lv.scheme: lv.level for lv in (parse_marking(g) for g in grants)}
     return Clearance("@x:example.org", nationality, levels, **kw)
 

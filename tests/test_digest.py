@@ -57,7 +57,8 @@ async def test_nato_digest_holds_the_relayed_item_not_the_national_one(
     await talk(duty_client, nato_s, "!digest now deu", "you are not in deu")
     await talk(admin, dm, "!digest now", "name the room here")
     await talk(admin, dm, "!digest now nato-s", "Digest posted in nato-s")
-    entries = await bot_env.bot.commands.audit_recent(20)  # type: ignore[union-attr]
+    assert bot_env.bot is not None
+    entries = await bot_env.bot.commands.audit_recent(20)
     assert any(e.action == "digest.posted" for e in entries)
     assert any(e.action == "command.denied" and e.subject == "digest now" for e in entries)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,16 +25,25 @@ from bot.services.digest import (
     plan_catch_up,
     select_items,
 )
+from bot.services.ports import Device, Messenger
 from bot.services.rooms import ManagedRoom
 from bot.services.schedule import cron_trigger
-from bot.storage import DigestSchedule, Store
+from bot.storage import DigestSchedule, Origin, Store
 from bot.storage.migrate import upgrade
 from bot.storage.sealing import Sealer
+from commands.document import Document
 from policy import Precedence, make_room, parse_marking
-from policy.ids import RoomId, RoomKey
+from policy.ids import EventId, RoomId, RoomKey
 
-NATO = ManagedRoom("nato-s", "NATO SECRET liaison", make_room(parse_marking("NATO SECRET")), "!n:x")
-DEU = ManagedRoom("deu", "DEU cell", make_room(parse_marking("DEU GEHEIM")), "!d:x")
+NATO = ManagedRoom(
+    RoomKey("nato-s"),
+    "NATO SECRET liaison",
+    make_room(parse_marking("NATO SECRET")),
+    RoomId("!n:x"),
+)
+DEU = ManagedRoom(
+    RoomKey("deu"), "DEU cell", make_room(parse_marking("DEU GEHEIM")), RoomId("!d:x")
+)
 T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # a Monday
 
 
@@ -148,20 +158,51 @@ def test_fire_times_and_catch_up_plan() -> None:
 
 
 @dataclass
-class FakeMessenger:
-    """The digest service's messenger port: records what it would post."""
+class FakeMessenger(Messenger):
+    """The digest service's messenger port: records what it would post (it only posts and
+    alerts; notices, redactions and sender look-ups are failures)."""
 
     posted: list[tuple[str, str, str | None]] = field(default_factory=list)
     user_id: str = "@bot:x"
 
     alerts: list[str] = field(default_factory=list)
 
-    async def send(self, room_id: str, content: dict[str, Any], tx_id: str | None = None) -> str:
+    async def send(
+        self,
+        room_id: str,
+        content: dict[str, Any],
+        tx_id: str | None = None,
+        also_to: Sequence[Device] = (),
+    ) -> EventId:
         self.posted.append((room_id, content["body"], tx_id))
-        return f"$digest{len(self.posted)}"
+        return EventId(f"$digest{len(self.posted)}")
 
-    async def alert_admins(self, document: Any) -> None:
+    async def alert_admins(self, document: Document) -> None:
         self.alerts.append(document.plain)
+
+    async def send_notice(
+        self,
+        room_id: str,
+        document: Document,
+        reply_to: str | None = None,
+        also_to: Sequence[Device] = (),
+        tx_id: str | None = None,
+    ) -> EventId:
+        raise AssertionError("a digest is sent, never a notice")
+
+    async def redact(
+        self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
+    ) -> None:
+        raise AssertionError("a digest redacts nothing")
+
+    async def sender_of(self, room_id: str, event_id: str) -> str | None:
+        raise AssertionError("a digest asks no event's sender")
+
+
+def run_state(store: Store, window_end: datetime) -> str | None:
+    """The state of cfg-1's run for the window ending then; None when it has none."""
+    run = store.digest_run("cfg-1", window_end)
+    return None if run is None else run.state
 
 
 @dataclass
@@ -169,7 +210,7 @@ class Clock:
     now: datetime
 
 
-async def no_audit(*args: Any) -> None:
+async def no_audit(actor: str, action: str, subject: str | None, detail: dict[str, Any]) -> None:
     return None
 
 
@@ -189,10 +230,10 @@ def digest_service(
         ),
     )
     return DigestService(
-        config,  # type: ignore[arg-type]
+        config,  # type: ignore[arg-type]  # Config: only digests and bot (its timezone, grace, caveats)
         store,
-        SimpleNamespace(by_key={"nato-s": NATO, "deu": DEU}),  # type: ignore[arg-type]
-        messenger,  # type: ignore[arg-type]
+        SimpleNamespace(by_key={"nato-s": NATO, "deu": DEU}),  # type: ignore[arg-type]  # RoomDirectory: only by_key
+        messenger,
         no_audit,
         Metrics(lambda: None),
         lambda item: ("text", ()),
@@ -212,7 +253,7 @@ def test_catch_up_posts_once_and_a_restart_never_posts_the_same_window_twice(
         service = digest_service(store, clock, bot)
         schedule = service.config_schedules()[0]
         assert schedule == DigestSchedule(
-            "cfg-1", "nato-s", "0 6,18 * * *", 43200, ("nato-s",), "config"
+            "cfg-1", "nato-s", "0 6,18 * * *", 43200, ("nato-s",), Origin.CONFIG
         )
 
         async def scenario() -> None:
@@ -230,8 +271,8 @@ def test_catch_up_posts_once_and_a_restart_never_posts_the_same_window_twice(
         assert "delayed" in windows[1] and "06:00Z → 2026-11-23 18:00Z" in windows[1]
         assert len({p[2] for p in bot.posted}) == 2  # one transaction id per window
         # back 5 h after the next day's 06:00 run: too late to post, so skipped
-        assert store.digest_run("cfg-1", T0 + timedelta(days=1)).state == "skipped"  # type: ignore[union-attr]
-        assert store.digest_run("cfg-1", T0 + timedelta(hours=12)).state == "posted"  # type: ignore[union-attr]
+        assert run_state(store, T0 + timedelta(days=1)) == "skipped"
+        assert run_state(store, T0 + timedelta(hours=12)) == "posted"
         entries = store.recent_audit(10)
         posted = [
             (e.subject, e.detail["window_end"], e.detail["delayed"])
@@ -258,7 +299,7 @@ def test_missed_windows_older_than_the_grace_are_skipped_and_audited(tmp_path: P
         clock.now = T0 + timedelta(hours=15)  # 18:00 missed by 3 h
         asyncio.run(service._catch_up(schedule))
         assert len(bot.posted) == 1
-        assert store.digest_run("cfg-1", T0 + timedelta(hours=12)).state == "skipped"  # type: ignore[union-attr]
+        assert run_state(store, T0 + timedelta(hours=12)) == "skipped"
         assert any(e.action == "digest.skipped" for e in store.recent_audit(5))
     finally:
         store.close()
@@ -369,7 +410,7 @@ def test_a_stored_label_with_a_configured_caveat_is_read_with_it(tmp_path: Path)
             )
         )  # fmt: skip
         service = digest_service(store, Clock(T0), FakeMessenger())
-        service.rooms.by_key["nato-s"] = baltops  # type: ignore[index]
+        service.rooms.by_key["nato-s"] = baltops
         service.open_item = lambda item: ("text with a caveat", ())
         document = asyncio.run(service.compose(baltops, ["nato-s"], T0, T0 + timedelta(hours=12)))
         assert "text with a caveat" in document.plain

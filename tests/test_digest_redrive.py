@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import os
 import textwrap
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,8 +26,10 @@ from sqlalchemy import select
 from bot.devtools.devserver import DevServer
 from bot.matrix.gateway import MatrixError
 from bot.services.digest import part_txn_ids
+from bot.services.ports import Device
 from bot.storage import AuditNote, DigestRunRow, IntelItemRow, RunState, Store
 from policy import Precedence
+from policy.ids import EventId
 from tests.bot_harness import eventually, process_scenario
 from tests.matrix_harness import MakeClient, MakeUser
 from tests.pg import fresh_schema
@@ -143,11 +146,17 @@ class FlakyMessenger(FakeMessenger):
 
     failures: int = 0
 
-    async def send(self, room_id: str, content: dict[str, Any], tx_id: str | None = None) -> str:
+    async def send(
+        self,
+        room_id: str,
+        content: dict[str, Any],
+        tx_id: str | None = None,
+        also_to: Sequence[Device] = (),
+    ) -> EventId:
         if self.failures:
             self.failures -= 1
             raise MatrixError("send", None, "unreachable", None)
-        return await super().send(room_id, content, tx_id)
+        return await super().send(room_id, content, tx_id, also_to)
 
 
 def test_a_claimed_run_is_posted_on_the_next_tick_with_what_was_claimed(store: Store) -> None:

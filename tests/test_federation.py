@@ -22,6 +22,7 @@ from bot.matrix.crosssign import CrossSigningKeys
 from bot.services.render import LABEL_KEY
 from policy import parse_marking
 from policy.adatp4774 import from_json, to_label
+from policy.ids import RoomKey, UserId
 from tests.bot_harness import (
     no_key_for,
     nothing_arrives,
@@ -111,7 +112,12 @@ async def cast(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> As
             (reader_user.user_id, "NATO SECRET", "NOR"),
         ):
             await bot.commands.grant(
-                admin.user_id, user_id, level, nationality=nation, expires=None, caveats=()
+                UserId(admin.user_id),
+                UserId(user_id),
+                level,
+                nationality=nation,
+                expires=None,
+                caveats=(),
             )
         officer_client = await _client(deu, officer, tmp_path_factory, identities, clients)
         reader = await _client(nato, reader_user, tmp_path_factory, identities, clients)
@@ -120,7 +126,9 @@ async def cast(servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> As
             (officer_client, "nato-s"),
             (reader, "nato-s"),
         ):
-            outcome = await bot.commands.invite(admin.user_id, client.user_id, key)
+            outcome = await bot.commands.invite(
+                UserId(admin.user_id), UserId(client.user_id), RoomKey(key)
+            )
             assert outcome.invited, outcome
             await client.join(await client.wait_for_invite(timeout=60), timeout=60)
         yield Cast(env, officer_client, reader, _user(servers.other, "outsider"), identities, nato)
@@ -165,17 +173,17 @@ async def test_the_room_admits_only_its_servers(cast: Cast, servers: Servers) ->
     env = cast.env
     bot = env.bot
     assert bot is not None
-    outsider = cast.outsider.user_id
+    admin, outsider = UserId(env.admin.user_id), UserId(cast.outsider.user_id)
     await bot.commands.grant(
-        env.admin.user_id, outsider, "NATO SECRET", nationality="NOR", expires=None, caveats=()
+        admin, outsider, "NATO SECRET", nationality="NOR", expires=None, caveats=()
     )
-    outcome = await bot.commands.invite(env.admin.user_id, outsider, "nato-s")
+    outcome = await bot.commands.invite(admin, outsider, RoomKey("nato-s"))
     assert not outcome.invited
     reason = outcome.decision.reason
     assert f"homeserver {servers.other.server_name} is not allowed in the room" in reason
     # The room's ACL says the same to every server in it (by host: federation strips ports;
     # a third server on the same host is told apart by the rule and the gate above).
-    state = await bot.gateway.state(env.room_id("nato-s"))  # type: ignore[union-attr]
+    state = await bot.gateway.state(env.room_id("nato-s"))
     acl = state[("m.room.server_acl", "")].content
     assert acl == {
         "allow": sorted(["127.0.0.1", servers.deu.server_name, servers.nato.server_name]),
@@ -253,7 +261,7 @@ async def test_a_remote_identity_reset_stops_key_sharing(cast: Cast) -> None:
     bot = env.bot
     assert bot is not None
     reader_id = cast.reader.user_id
-    record = bot.membership.record_of(reader_id)  # type: ignore[arg-type]
+    record = bot.membership.record_of(UserId(reader_id))
     assert record is not None and record.identity_key, "pinned when its keys were first shared"
     await cross_sign(cast.reader_server, cast.reader, cast.identities, reset=True)
 

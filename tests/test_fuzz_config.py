@@ -240,7 +240,7 @@ def _table(data: dict[str, Any], path: tuple[str, ...], draw: st.DrawFn) -> dict
 def config_documents(draw: st.DrawFn) -> dict[str, Any]:
     """The example config (or the minimal one) with a few edits: a known key set to a value
     chosen to hurt, or a random edit anywhere (new keys, other types, deletions, copies)."""
-    data = copy.deepcopy(draw(st.sampled_from([BASE_CONFIG, MINIMAL_CONFIG])))
+    data: dict[str, Any] = copy.deepcopy(draw(st.sampled_from([BASE_CONFIG, MINIMAL_CONFIG])))
     for _ in range(draw(st.integers(0, 6))):
         if draw(st.booleans()):
             path = draw(st.sampled_from(sorted(FIELD_VALUES)))

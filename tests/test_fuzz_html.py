@@ -14,6 +14,7 @@ from bot.services.render import relay_copy
 from bot.services.rooms import ManagedRoom
 from commands.document import doc, para
 from policy import Label, Precedence, make_room, parse_marking
+from policy.ids import RoomId, RoomKey
 from tests.fuzzing import FUZZ, FUZZ_SLOW, SCHEMES, checked_html, lone_surrogates, mixed
 
 
@@ -96,9 +97,14 @@ def test_relayed_copy_html_escapes_everything_the_user_wrote(
 
 
 NATO_ROOM = ManagedRoom(
-    "nato-s", "NATO SECRET liaison", make_room(parse_marking("NATO SECRET")), "!n:x"
+    RoomKey("nato-s"),
+    "NATO SECRET liaison",
+    make_room(parse_marking("NATO SECRET")),
+    RoomId("!n:x"),
 )
-DEU_ROOM = ManagedRoom("deu", "DEU cell", make_room(parse_marking("DEU GEHEIM")), "!d:x")
+DEU_ROOM = ManagedRoom(
+    RoomKey("deu"), "DEU cell", make_room(parse_marking("DEU GEHEIM")), RoomId("!d:x")
+)
 T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 
 
@@ -139,7 +145,7 @@ def test_digest_html_escapes_everything_the_user_wrote(
 ) -> None:
     """Selected or not, every item text, topic, source key and the room's name are escaped
     in the digest's HTML; the digest renders whatever the items hold."""
-    room = ManagedRoom(room_key, room_name, NATO_ROOM.policy, "!n:x")
+    room = ManagedRoom(RoomKey(room_key), room_name, NATO_ROOM.policy, RoomId("!n:x"))
     selected = select_items(room, items)
     for chosen in (selected, items):
         document = build_digest(room, chosen, T0, T0 + timedelta(hours=12))

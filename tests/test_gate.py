@@ -17,6 +17,7 @@ from bot.gate.rules import LABEL_EVENT
 from bot.services.rooms import label_content
 from bot.storage import Store, audit_key_from
 from policy import make_room, parse_marking
+from policy.ids import UserId
 from tests.matrix_harness import MakeUser
 
 # A label event as a bot writes it (the gate refuses any other shape, even from a bot).
@@ -126,8 +127,8 @@ async def test_a_stolen_bot_password_cannot_invite_the_uncleared(
     # A cleared person is let through: the gate refuses what the rules refuse, nothing more.
     cleared = make_user("cleared")
     await bot.commands.grant(
-        bot_env.admin.user_id,
-        cleared.user_id,
+        UserId(bot_env.admin.user_id),
+        UserId(cleared.user_id),
         "DEU GEHEIM",
         nationality="DEU",
         expires=None,
@@ -138,8 +139,8 @@ async def test_a_stolen_bot_password_cannot_invite_the_uncleared(
     # Someone cleared below the room is refused with the rule's own reason.
     low = make_user("low")
     await bot.commands.grant(
-        bot_env.admin.user_id,
-        low.user_id,
+        UserId(bot_env.admin.user_id),
+        UserId(low.user_id),
         "DEU VS-VERTRAULICH",
         nationality="DEU",
         expires=None,
@@ -246,8 +247,8 @@ async def test_only_the_bot_changes_the_label_and_the_rooms_rules(
     token = await _stolen_login(server, bot_env.bot_user)
     member = make_user("member")
     await bot.commands.grant(
-        bot_env.admin.user_id,
-        member.user_id,
+        UserId(bot_env.admin.user_id),
+        UserId(member.user_id),
         "DEU GEHEIM",
         nationality="DEU",
         expires=None,

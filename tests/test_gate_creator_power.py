@@ -76,7 +76,7 @@ class _Gateway:
 async def _directory(store: Store, gateway: _Gateway, tmp_path: Path) -> RoomDirectory:
     config = parse_config(CONFIG)
     config._base_dir = tmp_path
-    directory = RoomDirectory(config, store, gateway)  # type: ignore[arg-type]
+    directory = RoomDirectory(config, store, gateway)  # type: ignore[arg-type]  # _Gateway: a fake of the concrete Gateway, the state calls only
     await directory.provision_all()
     return directory
 

@@ -27,10 +27,10 @@ from bot.storage.migrate import upgrade
 from bot.storage.reader import RegisterReader
 from bot.storage.store import register_public_key
 from policy import make_room, parse_marking
-from policy.ids import RoomId, RoomKey
+from policy.ids import RoomId, RoomKey, UserId
 from tests.pg import fresh_schema
 
-BOT = "@liaison:hs"
+BOT = UserId("@liaison:hs")
 ROOM = "!nato:hs"
 ADMIN_ROOM = "!admins:hs"
 LABEL = RoomLabel(True, BOT)
@@ -363,7 +363,9 @@ def test_the_documented_postgres_grants_are_enough() -> None:
         _fill(store)
         store.close()
         parsed = make_url(url)
-        schema = parsed.query["options"].split("=", 1)[1]  # type: ignore[union-attr]
+        options = parsed.query["options"]
+        assert isinstance(options, str)  # one value, the search path
+        schema = options.split("=", 1)[1]
         role = f"gate_{_secrets.token_hex(4)}"
         admin = create_engine(url, isolation_level="AUTOCOMMIT")
         with admin.connect() as conn:

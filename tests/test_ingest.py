@@ -7,6 +7,7 @@ import json
 import secrets
 import urllib.error
 import urllib.request
+from typing import Any
 
 from bot.devtools.devserver import free_port
 from bot.devtools.e2ee_client import open_dm
@@ -38,7 +39,9 @@ release = true
 )
 
 
-def post(key: str, body: object, token: str | None, raw: bytes | None = None) -> tuple[int, dict]:
+def post(
+    key: str, body: object, token: str | None, raw: bytes | None = None
+) -> tuple[int, dict[str, Any]]:
     data = raw if raw is not None else json.dumps(body).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{PORT}/feeds/{key}", data=data, method="POST"
@@ -81,7 +84,8 @@ async def test_feeds_post_store_route_and_refuse(
     assert "From feed sat · " in posted.body and "[IMMEDIATE]" in posted.body
     assert "&lt;b&gt;" in posted.source["content"]["formatted_body"]
     assert body["item"] == posted.event_id
-    item = bot_env.store.item(body["item"])  # type: ignore[union-attr]
+    assert bot_env.store is not None
+    item = bot_env.store.item(body["item"])
     assert item is not None and item.origin == "feed sat" and item.topics == ()  # in clear
     assert bot_env.bot is not None and bot_env.bot.relay.open_item(item)[1] == ("orbit",)
 
@@ -119,7 +123,7 @@ async def test_feeds_post_store_route_and_refuse(
     await reader.wait_for_text(nato_s, as_json)
 
     mark = reader.event_count(nato_s)
-    cases = [
+    cases: list[tuple[tuple[Any, ...], int, str]] = [  # the arguments of post
         (("sat", {"marking": "NS", "text": "x"}, "wrong"), 401, "bearer"),
         (("sat", {"marking": "NS", "text": "x"}, None), 401, "bearer"),
         # an unknown feed is answered like a bad token: feed keys cannot be enumerated

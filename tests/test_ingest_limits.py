@@ -4,8 +4,9 @@ ports: refused requests, unknown feeds, body limits and slow clients."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -18,15 +19,26 @@ from bot.devtools.devserver import free_port
 from bot.metrics import Metrics
 from bot.services import ingest
 from bot.services.ingest import MAX_BODY_BYTES, UNAUTHORISED_AUDITS_PER_MINUTE, FeedListener
+from bot.services.ports import Device, Messenger
 from bot.services.rooms import ManagedRoom
+from commands.document import Document
 from policy import MAX_TEXT_BYTES, make_room, parse_marking
+from policy.ids import EventId, RoomId, RoomKey
 
 TOKEN = "sat-token-123"
-NATO = ManagedRoom("nato-s", "NATO SECRET liaison", make_room(parse_marking("NATO SECRET")), "!n:x")
+NATO = ManagedRoom(
+    RoomKey("nato-s"),
+    "NATO SECRET liaison",
+    make_room(parse_marking("NATO SECRET")),
+    RoomId("!n:x"),
+)
 
 
 @dataclass
-class Ports:
+class Ports(Messenger):
+    """The messenger port (sends and alerts), the audit port (`audit`), and the one call of
+    the relay engine the listener makes (`store_item`), recording."""
+
     audits: list[tuple[str, str, str | None, dict[str, Any]]] = field(default_factory=list)
     sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     stored: list[str] = field(default_factory=list)
@@ -37,12 +49,40 @@ class Ports:
     ) -> None:
         self.audits.append((actor, action, subject, detail))
 
-    async def send(self, room_id: str, content: dict[str, Any]) -> str:
-        self.sent.append((room_id, content))
-        return f"$event{len(self.sent)}"
+    @property
+    def user_id(self) -> str:
+        return "@bot:x"
 
-    async def alert_admins(self, document: Any) -> None:
+    async def send(
+        self,
+        room_id: str,
+        content: dict[str, Any],
+        tx_id: str | None = None,
+        also_to: Sequence[Device] = (),
+    ) -> EventId:
+        self.sent.append((room_id, content))
+        return EventId(f"$event{len(self.sent)}")
+
+    async def send_notice(
+        self,
+        room_id: str,
+        document: Document,
+        reply_to: str | None = None,
+        also_to: Sequence[Device] = (),
+        tx_id: str | None = None,
+    ) -> EventId:
+        raise AssertionError("the listener sends no notice")
+
+    async def redact(
+        self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
+    ) -> None:
+        raise AssertionError("the listener redacts nothing")
+
+    async def alert_admins(self, document: Document) -> None:
         pass
+
+    async def sender_of(self, room_id: str, event_id: str) -> str | None:
+        raise AssertionError("the listener asks no event's sender")
 
     async def store_item(self, source: Any, message: Any, origin: str) -> None:
         self.stored.append(message.text)
@@ -82,12 +122,12 @@ async def _listener(**timeouts: float) -> AsyncIterator[Listener]:
     ports = Ports()
     metrics = Metrics(lambda: None)
     listener = FeedListener(
-        [FeedConfig(key="sat", room="nato-s", token_env="LIAISON_FEED_SAT")],
+        [FeedConfig(key=RoomKey("sat"), room=RoomKey("nato-s"), token_env="LIAISON_FEED_SAT")],
         {"sat": TOKEN},
         [],
-        SimpleNamespace(by_key={"nato-s": NATO}),  # type: ignore[arg-type]
-        ports,  # type: ignore[arg-type]
-        ports,  # type: ignore[arg-type]
+        SimpleNamespace(by_key={"nato-s": NATO}),  # type: ignore[arg-type]  # RoomDirectory: only by_key
+        ports,  # type: ignore[arg-type]  # RelayEngine: only store_item
+        ports,
         ports.audit,
         metrics,
         clock=ports.clock,
@@ -121,13 +161,13 @@ async def test_an_unknown_feed_is_answered_exactly_like_a_bad_token(
     feed: Listener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     compared: list[tuple[bytes, bytes]] = []
-    real = ingest.hmac.compare_digest
+    real = hmac.compare_digest
 
     def spy(a: bytes, b: bytes) -> bool:
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(ingest.hmac, "compare_digest", spy)
+    monkeypatch.setattr(hmac, "compare_digest", spy)  # the module the listener compares with
     bad_token = await feed.post("sat", item("x"), "wrong")
     no_token = await feed.post("sat", item("x"), None)
     unknown = await feed.post("nope", item("x"), TOKEN)

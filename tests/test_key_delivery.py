@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+from typing import Any
+from unittest import mock
 
 import pytest
 from nio import MegolmEvent, RoomGetStateResponse
@@ -21,6 +23,7 @@ from bot.devtools.e2ee_client import E2EEClient
 from bot.matrix.gateway import MatrixError
 from commands.context import Role
 from commands.document import doc
+from policy.ids import RoomKey, UserId
 from tests.bot_harness import ROOMS, BotEnv, enrol, eventually, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
@@ -94,7 +97,9 @@ async def test_a_member_who_just_joined_reads_what_the_bot_posts_at_once(
             assert await asyncio.to_thread(post_feed, phrase) == 202
         else:
             phrase = "Situation digest"
-            await bot.commands.digest_now(bot_env.admin.user_id, "nato-s", frozenset({Role.ADMIN}))
+            await bot.commands.digest_now(
+                UserId(bot_env.admin.user_id), RoomKey("nato-s"), frozenset({Role.ADMIN})
+            )
         await member.wait_for_text(nato_s, phrase)
         no_undecryptable_from_bot(member, nato_s, bot_env.bot_user.user_id)
         await member.stop()
@@ -145,7 +150,10 @@ async def test_key_requests_answered_for_entitled_devices_only(
     person = make_user("reader")
     first = await make_client(person)
     await enrol(bot_env, [(person.user_id, "NATO SECRET", "NOR")])
-    assert (await bot.commands.invite(bot_env.admin.user_id, person.user_id, "nato-s")).invited
+    invited = await bot.commands.invite(
+        UserId(bot_env.admin.user_id), UserId(person.user_id), RoomKey("nato-s")
+    )
+    assert invited.invited
     # Once the bot's sync shows the invite (which starts a new session), one message goes out
     # before the join and one right after: the same session, which the member may read from
     # the second message on only.
@@ -160,9 +168,7 @@ async def test_key_requests_answered_for_entitled_devices_only(
     seen = await first.wait_for_text(nato_s, after)
     assert seen.event_id == after_id
     sealed_before = MegolmEvent.from_dict(await raw_event(bot_env, nato_s, before_id))
-    sent = bot.gateway.sent_with(  # type: ignore[union-attr]
-        nato_s, sealed_before.session_id
-    )
+    sent = bot.gateway.sent_with(nato_s, sealed_before.session_id)
     assert [s.event_id for s in sent][-2:] == [before_id, after_id], "one session for both"
     after_index = sent[-1].index
 
@@ -175,7 +181,7 @@ async def test_key_requests_answered_for_entitled_devices_only(
     await second.request_key_from(sealed, bot_user, bot_device)
     await second.wait_for_text(nato_s, after)
     assert key_requests(bot_env, "answered") == answered + 1
-    inbound = second.client.olm.inbound_group_store.get(  # type: ignore[union-attr]
+    inbound = second.client.olm.inbound_group_store.get(
         nato_s, sealed.sender_key, sealed.session_id
     )
     assert inbound is not None and inbound.first_known_index == after_index
@@ -201,7 +207,7 @@ async def test_key_requests_answered_for_entitled_devices_only(
         assert olm.inbound_group_store.get(nato_s, sealed.sender_key, sealed.session_id) is None
 
 
-async def raw_event(bot_env: BotEnv, room_id: str, event_id: str) -> dict:
+async def raw_event(bot_env: BotEnv, room_id: str, event_id: str) -> dict[str, Any]:
     """The event as the server holds it (nio may hand back a decrypted copy)."""
     assert bot_env.bot is not None and bot_env.bot.client is not None
     client = bot_env.bot.client
@@ -235,7 +241,7 @@ async def test_a_join_the_bot_has_not_synced_yet_still_gets_the_key(
         await gate.wait()
         return await real_sync(*args, **kwargs)
 
-    client.sync = held_sync  # type: ignore[method-assign]
+    client.sync = held_sync
     try:
         await bot.messenger.send_notice(
             nato_s, doc("wake the long poll")
@@ -248,7 +254,7 @@ async def test_a_join_the_bot_has_not_synced_yet_still_gets_the_key(
         phrase = f"unseen-{secrets.token_hex(3)}"
         assert await asyncio.to_thread(post_feed, phrase) == 202
     finally:
-        client.sync = real_sync  # type: ignore[method-assign]
+        client.sync = real_sync
         gate.set()
     await member.wait_for_text(nato_s, phrase)
     no_undecryptable_from_bot(member, nato_s, bot_env.bot_user.user_id)
@@ -273,16 +279,15 @@ async def test_a_key_share_that_fails_halfway_leaves_no_key_to_reuse(
     real_share = gateway._share
 
     async def fails_after_sharing(room: object, targets: list[str]) -> None:
-        await real_share(room, targets)  # type: ignore[arg-type]
+        await real_share(room, targets)
         raise MatrixError("share room key", None, "injected failure", None)
 
     olm.outbound_group_sessions.pop(nato_s, None)  # the next send must share a new key
-    gateway._share = fails_after_sharing  # type: ignore[method-assign]
-    try:
-        with pytest.raises(MatrixError, match="injected failure"):
-            await bot.messenger.send_notice(nato_s, doc("never sent"))
-    finally:
-        gateway._share = real_share  # type: ignore[method-assign]
+    with (
+        mock.patch.object(gateway, "_share", fails_after_sharing),
+        pytest.raises(MatrixError, match="injected failure"),
+    ):
+        await bot.messenger.send_notice(nato_s, doc("never sent"))
     assert nato_s not in olm.outbound_group_sessions
     phrase = f"after-failure-{secrets.token_hex(3)}"
     await bot.messenger.send_notice(nato_s, doc(phrase))

@@ -9,7 +9,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from bot.cli import main
 from bot.config import load_config
@@ -22,7 +22,7 @@ from tests.bot_harness import SECRETS, BotEnv
 ENV = {"LIAISON_TEST_PICKLE_KEY": SECRETS.pickle_key, "LIAISON_TEST_DATA_KEY": SECRETS.data_key}
 
 
-def cli(*args: str, env: dict[str, str] | None = None):  # type: ignore[no-untyped-def]
+def cli(*args: str, env: dict[str, str] | None = None) -> Result:
     return CliRunner(env=env if env is not None else ENV).invoke(main, list(args))
 
 
@@ -30,7 +30,9 @@ async def test_export_then_import_on_a_new_store(
     bot_env: BotEnv, synapse: DevServer, tmp_path: Path
 ) -> None:
     assert bot_env.store is not None and bot_env.bot is not None
-    _, master, _ = bot_env.store.cross_signing()  # type: ignore[misc]
+    generated = bot_env.store.cross_signing()
+    assert generated is not None
+    _, master, _ = generated
     recovery = tmp_path / "keys.json"
     result = cli(
         "keys", "export-recovery", "--config", str(bot_env.config_path), "--out", str(recovery)
@@ -53,7 +55,7 @@ async def test_export_then_import_on_a_new_store(
     try:
         assert other.bot is not None and other.bot.client is not None
         new_device = other.bot.client.device_id
-        assert new_device != bot_env.bot.client.device_id  # type: ignore[union-attr]
+        assert new_device != bot_env.bot.client.device_id
         api = KeysAPI(synapse.base_url, bot_env.admin.access_token)
         try:
             identity = check_identity(

@@ -4,6 +4,7 @@ the bot do. The real exchange with Synapse is in tests/test_key_delivery.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,7 +97,7 @@ def harness(entitled: set[str] | None = None, **gateway: Any) -> Harness:
         counts[outcome] = counts.get(outcome, 0) + 1
 
     handler = KeyRequests(
-        fake,  # type: ignore[arg-type]
+        fake,  # type: ignore[arg-type]  # a fake of the concrete Gateway: the calls key sharing makes
         may_read,
         lambda user_id, device: bool(getattr(device, "trusted", False)),
         refresh,
@@ -187,11 +188,12 @@ async def test_every_other_request_is_ignored_with_its_reason(
 
 async def test_cheap_refusals_ask_the_homeserver_nothing() -> None:
     h = harness(sent=SENT)
-    for make in (
+    makers: list[Callable[[], RoomKeyRequest]] = [
         lambda: request(sender_key="x"),
         lambda: request(session="S9"),
         lambda: request("@stranger:hs"),
-    ):
+    ]
+    for make in makers:
         await h.handler.handle(make())
     assert h.gateway.asked == 0
 

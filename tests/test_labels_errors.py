@@ -85,7 +85,7 @@ def test_at_least_forty_distinct_bad_markings_are_each_refused() -> None:
 
 def test_non_text_is_rejected() -> None:
     with pytest.raises(MarkingError, match="must be text"):
-        parse_marking(42)  # type: ignore[arg-type]
+        parse_marking(42)  # type: ignore[arg-type]  # deliberately not text: the parser must refuse it
 
 
 def test_error_carries_position_of_the_bad_qualifier() -> None:

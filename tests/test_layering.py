@@ -1,10 +1,14 @@
-"""Imports flow one way: bot/ -> commands/ -> policy/."""
+"""Imports flow one way: bot/ -> commands/ -> policy/. And every `type: ignore` says what
+it silences and why."""
 
 from __future__ import annotations
 
 import ast
+import io
+import re
 import subprocess
 import sys
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -189,6 +193,55 @@ def test_no_test_hooks_in_runtime_modules() -> None:
             continue
         text = path.read_text(encoding="utf-8")
         assert "os._exit" not in text and "LIAISON_TEST_" not in text, path.relative_to(ROOT)
+
+
+# An ignore comment names the error codes it silences in brackets (only those, and mypy's
+# warn_unused_ignores still sees it), then two spaces, a hash and why, on the same line.
+_IGNORE = re.compile(r"type:\s*ignore")
+_EXPLAINED = re.compile(r"# type: ignore\[[a-z][a-z-]*(, ?[a-z][a-z-]*)*\]  # \S")
+
+
+def unexplained_ignores(source: str) -> list[tuple[int, str]]:
+    """(line, comment) of each `type: ignore` comment without error codes and a reason.
+    Comments only (tokenize), so a string that mentions one is not one."""
+    found = []
+    for token in tokenize.generate_tokens(io.StringIO(source).readline):
+        if token.type != tokenize.COMMENT or not _IGNORE.search(token.string):
+            continue
+        start = _IGNORE.search(token.string)
+        assert start is not None
+        if not _EXPLAINED.match(token.string[token.string.rfind("#", 0, start.start()) :]):
+            found.append((token.start[0], token.string))
+    return found
+
+
+def test_unexplained_ignores_are_found() -> None:
+    assert unexplained_ignores("x = f()  # type: ignore[arg-type]  # f is untyped\n") == []
+    assert unexplained_ignores("x = f()  # noqa: E501  # type: ignore[misc]  # why\n") == []
+    assert unexplained_ignores('x = "# type: ignore"\n') == []  # a string, not a comment
+    bad = [
+        "x = f()  # type: ignore\n",  # every error silenced
+        "x = f()  # type: ignore[arg-type]\n",  # no reason
+        "x = f()  # type:ignore[arg-type]  # reason\n",  # not the one spelling
+        "x = f()  # type: ignore[arg-type] # reason\n",  # the reason needs two spaces before
+        "x = f()  # type: ignore  # reason\n",  # no code
+    ]
+    for source in bad:
+        assert unexplained_ignores(source) == [(1, source[source.index("#") :].rstrip())]
+
+
+def test_every_type_ignore_has_an_error_code_and_a_reason() -> None:
+    """Issue 31: a fake passed for a port was silenced with a bare ignore, so a drifted
+    port went unnoticed. An ignore names the error it expects and why it is right."""
+    checked = 0
+    bad = []
+    for folder in ("bot", "commands", "policy", "tests"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            checked += 1
+            for line, comment in unexplained_ignores(path.read_text(encoding="utf-8")):
+                bad.append(f"{path.relative_to(ROOT)}:{line}: {comment}")
+    assert checked > 100, "the check read almost nothing: it would pass for any tree"
+    assert not bad, "type: ignore without [code] and `  # reason`:\n" + "\n".join(bad)
 
 
 def test_only_the_gate_module_imports_synapse() -> None:

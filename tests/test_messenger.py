@@ -8,6 +8,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bot.matrix.messenger import Messenger
+from bot.tasks import Supervisor
 from commands.document import doc
 
 
@@ -31,16 +32,21 @@ async def test_one_off_keys_for_an_excluded_device_are_rationed() -> None:
     async def nothing(*args: Any) -> None:
         return None
 
+    async def audit(
+        actor: str, action: str, subject: str | None, detail: dict[str, Any]
+    ) -> None:  # the Audit port
+        return None
+
     trust = SimpleNamespace(refresh=nothing)
     messenger = Messenger(
-        gateway,  # type: ignore[arg-type]
-        trust,  # type: ignore[arg-type]
-        SimpleNamespace(),  # type: ignore[arg-type]
-        SimpleNamespace(),  # type: ignore[arg-type]
+        gateway,  # type: ignore[arg-type]  # a fake of the concrete Gateway: send only
+        trust,  # type: ignore[arg-type]  # a fake of the concrete DeviceTrust: refresh only
+        SimpleNamespace(),  # type: ignore[arg-type]  # BotConfig: not read on this path
+        SimpleNamespace(),  # type: ignore[arg-type]  # DirectRooms: not read on this path
         lambda room_id: [],
+        audit,
+        Supervisor(),
         nothing,
-        SimpleNamespace(),  # type: ignore[arg-type]
-        nothing,  # type: ignore[arg-type]
         lambda: None,
         nothing,
     )

@@ -66,10 +66,10 @@ def _membership(store: Store, control: RecordingControl) -> Membership:
         return None
 
     membership = Membership(
-        SimpleNamespace(admins=[], officers=[], admin_room=None),  # type: ignore[arg-type]
+        SimpleNamespace(admins=[], officers=[], admin_room=None),  # type: ignore[arg-type]  # BotConfig is a concrete class: only these fields are read
         store,
         register,
-        SimpleNamespace(by_id={ROOM.room_id: ROOM}, by_key={ROOM.key: ROOM}),  # type: ignore[arg-type]
+        SimpleNamespace(by_id={ROOM.room_id: ROOM}, by_key={ROOM.key: ROOM}),  # type: ignore[arg-type]  # RoomDirectory is a concrete class: only its two maps are read
         control,
         audit,
         Metrics(lambda: None),
@@ -142,7 +142,7 @@ async def test_a_device_its_owner_did_not_sign_is_not_trusted(store: Store) -> N
 
     trust = DeviceTrust(
         "cross-signed",
-        server,  # type: ignore[arg-type]
+        server,  # type: ignore[arg-type]  # KeysAPI is a concrete class: KeysServer answers its queries
         store,
         record_of=lambda user: None,
         on_record=lambda record: None,
@@ -173,7 +173,7 @@ async def test_provisioning_never_lowers_a_rooms_label() -> None:
     previous = make_room(parse_marking("NATO SECRET")).rank
     with pytest.raises(ProvisionError, match=r"lowering its label .* is refused"):
         await provision(
-            Untouchable(),  # type: ignore[arg-type]
+            Untouchable(),  # type: ignore[arg-type]  # any use of the gateway fails the test
             key="nato-s",
             name="NATO liaison",
             room=lower,

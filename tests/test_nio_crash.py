@@ -122,7 +122,7 @@ async def test_a_crash_after_the_key_upload_loses_no_one_time_key(
         "LIAISON_TEST_PICKLE_KEY": "process-pickle-key-0123456789abcdef",
         "LIAISON_TEST_DATA_KEY": data_key,
     }
-    bot: Any = ProcessScenario(config_path, env, tmp_path / "bot.log", store, None, None, "", "")  # type: ignore[arg-type]
+    bot = ProcessScenario(config_path, env, tmp_path / "bot.log", store)
     try:
         bot.start(**_hooks(tmp_path, "after-keys-upload"))
         assert await asyncio.to_thread(bot.proc.wait, 60) == CRASH_EXIT, bot.log.read_text()
@@ -185,7 +185,7 @@ async def test_an_exception_inside_nio_loses_no_room_key(
             raise RuntimeError("injected failure inside nio")
         create(*args, **kwargs)
 
-    olm.create_group_session = fail_once  # type: ignore[method-assign]
+    olm.create_group_session = fail_once
     caplog.set_level(logging.INFO)
     fresh = await make_client(bot_env.admin)  # a new device: a new Olm session and room key
     await fresh.wait_for_room(dm)

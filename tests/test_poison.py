@@ -10,6 +10,7 @@ clear, and the bot reads what it sends."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import secrets
 import urllib.error
 import urllib.request
@@ -223,7 +224,7 @@ async def test_an_edit_of_someone_elses_message_redacts_only_the_edit(
             True,
         )
         await eventually(
-            lambda edit=edit: is_redacted(cast.officer, cast.deu, edit),  # type: ignore[misc]
+            functools.partial(is_redacted, cast.officer, cast.deu, edit),
             30,
             "the edit is redacted",
         )

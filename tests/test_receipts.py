@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 
 from hypothesis import given
@@ -10,7 +11,17 @@ from hypothesis import strategies as st
 from bot.matrix.messenger import notice_content
 from bot.services.inbox import _Tagged, batched_receipt
 from bot.services.render import EVENT_LIMIT, encrypted_size
-from commands.document import Document, Items, Strong, doc, heading, items, para, split_document
+from commands.document import (
+    Block,
+    Document,
+    Items,
+    Strong,
+    doc,
+    heading,
+    items,
+    para,
+    split_document,
+)
 from policy.ids import EventId
 
 
@@ -45,7 +56,8 @@ def test_a_batched_receipt_names_each_message_and_keeps_every_refusal() -> None:
     tagged = [_tagged(n) for n in (1, 2, 3)]
     receipt = batched_receipt(list(zip(tagged, [first, second, third], strict=True)))
     for t in tagged:
-        t.receipt.close()  # type: ignore[attr-defined]
+        assert isinstance(t.receipt, Coroutine)
+        t.receipt.close()
     text = receipt.plain
     assert text.startswith("Receipt for your 3 tagged messages, in the order sent:")
     assert (
@@ -85,7 +97,9 @@ def test_a_thousand_rooms_listing_is_cut_into_notices_that_fit() -> None:
     ),
     st.integers(min_value=20, max_value=200),
 )
-def test_split_keeps_every_line_in_order_and_each_part_fits(blocks: list, limit: int) -> None:  # type: ignore[type-arg]
+def test_split_keeps_every_line_in_order_and_each_part_fits(
+    blocks: list[Block], limit: int
+) -> None:
     document = doc(*blocks)
 
     def fits(part: Document) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import sqlite3
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import pytest
 from nio import RedactedEvent, RoomMessageNotice, RoomMessageText
 
 from bot.devtools.botenv import rooms_config
+from bot.devtools.devserver import DevServer, RegisteredUser
+from bot.matrix.crosssign import CrossSigningKeys
 from bot.services.render import LABEL_KEY
 from policy import parse_marking
 from policy.adatp4774 import from_json, label_metadata, matrix_uri, to_json, to_label
@@ -48,15 +51,15 @@ async def cast(
     bot_env: BotEnv,
     make_user: MakeUser,
     tmp_path_factory: pytest.TempPathFactory,
-    synapse,
-    identities,
-) -> Cast:  # type: ignore[no-untyped-def]
+    synapse: DevServer,
+    identities: dict[str, CrossSigningKeys],
+) -> AsyncIterator[Cast]:
     """An officer in deu/nato-s/eu-s, a NATO member (NOR), an EU member (AUT), for the module."""
     from tests.matrix_harness import cross_sign
 
     clients: list[E2EEClient] = []
 
-    async def client_for(user):  # type: ignore[no-untyped-def]
+    async def client_for(user: RegisteredUser) -> E2EEClient:
         c = await E2EEClient.create(synapse, user, tmp_path_factory.mktemp("store"))
         await cross_sign(synapse, c, identities)
         await c.start()
@@ -124,7 +127,8 @@ async def test_releasable_item_reaches_nato_and_is_refused_for_eu(
         barrier=relayed_barrier(cast.officer, deu, "GEHEIM // REL TO EU"),
         what="a copy in eu-s",
     )
-    entries = await bot_env.bot.commands.audit_recent(30)  # type: ignore[union-attr]
+    assert bot_env.bot is not None
+    entries = await bot_env.bot.commands.audit_recent(30)
     actions = {e.action for e in entries}
     assert {"relay.sent", "relay.refused", "intel.stored"} <= actions
 
@@ -285,9 +289,10 @@ async def test_malformed_marking_is_answered_and_nothing_stored(
     assert "unknown audience 'NATOO'" in reply.body
     reply = await talk(cast.officer, deu, "[GEHEIM] [FLSH] typo", "Not stored or relayed")
     assert "did you mean 'FLASH'" in reply.body
+    assert bot_env.store is not None
     item = await asyncio.to_thread(
         bot_env.store.item,
-        reply.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"],  # type: ignore[union-attr]
+        reply.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"],
     )
     assert item is None
 
@@ -301,8 +306,9 @@ async def test_oversized_message_is_refused(bot_env: BotEnv, cast: Cast) -> None
 async def test_non_officer_is_stored_not_relayed(bot_env: BotEnv, cast: Cast) -> None:
     nato_s = bot_env.room_id("nato-s")
     reply = await talk(cast.nato, nato_s, "[SECRET] member's observation", "not relayed")
+    assert bot_env.store is not None
     item = await asyncio.to_thread(
-        bot_env.store.item,  # type: ignore[union-attr]
+        bot_env.store.item,
         reply.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"],
     )
     assert item is not None and item.label == "NATO SECRET"
@@ -323,7 +329,8 @@ async def test_spillage_is_redacted_and_alerted(
     )
     alert = await cast.admin.wait_for_text(cast.dm, "Spillage in nato-r")
     assert "NATO SECRET" in alert.body and event_id in alert.body and secret not in alert.body
-    entries = await bot_env.bot.commands.audit_recent(20)  # type: ignore[union-attr]
+    assert bot_env.bot is not None
+    entries = await bot_env.bot.commands.audit_recent(20)
     spill = next(e for e in entries if e.action == "spillage")
     assert spill.detail["marking"] == "NATO SECRET" and secret not in str(spill.detail)
 
@@ -432,13 +439,13 @@ async def test_ledger_row_older_than_the_transaction_memory_is_reported_not_rese
     from sqlalchemy import update
 
     from bot.services.relay import ledger_binding
-    from bot.storage import RelayEntry, RelayRow
+    from bot.storage import RelayEntry, RelayKind, RelayRow
 
     assert bot_env.bot is not None and bot_env.store is not None
     target = bot_env.bot.rooms.by_key["nato-s"]
     entry = RelayEntry(
         txn_id="lb-stale-test",
-        kind="copy",
+        kind=RelayKind.COPY,
         source_event_id="$old",
         item_event_id="$old",
         target_key="nato-s",

@@ -4,6 +4,7 @@ access token in mind. The relay engine on a real SQLite store, its homeserver po
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import SimpleNamespace
@@ -12,9 +13,11 @@ from typing import Any
 import pytest
 
 from bot.metrics import Metrics
+from bot.services.ports import Audit, Device, EventHandle, Messenger, SenderGate
 from bot.services.relay import RelayEngine, Source, ledger_binding
 from bot.services.rooms import ManagedRoom
 from bot.storage import Store
+from commands.document import Document
 from policy import make_room, parse_marking
 from policy.ids import EventId, RoomId, RoomKey, UserId
 
@@ -32,35 +35,59 @@ ORIGINAL = EventId("$original")
 
 
 @dataclass
-class Ports:
+class Ports(Messenger, SenderGate, Audit):
     """The messenger, sender gate and audit ports, recording."""
 
     untrusted: str | None = None  # what the gate says of the sending device
     sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    notices: list[tuple[str, Document]] = field(default_factory=list)
     redacted: list[tuple[str, str]] = field(default_factory=list)
     audited: list[tuple[str, str]] = field(default_factory=list)
     details: list[Any] = field(default_factory=list)
     user_id: str = "@bot:x"
     owners: dict[str, str] = field(default_factory=dict)  # event id -> its sender
-    alerts: list[Any] = field(default_factory=list)
+    alerts: list[Document] = field(default_factory=list)
 
     async def sender_of(self, room_id: str, event_id: str) -> str | None:
         return self.owners.get(event_id)
 
-    async def send(self, room_id: str, content: dict[str, Any], **_: Any) -> str:
+    async def send(
+        self,
+        room_id: str,
+        content: dict[str, Any],
+        tx_id: str | None = None,
+        also_to: Sequence[Device] = (),
+    ) -> EventId:
         self.sent.append((room_id, content))
-        return f"$copy{len(self.sent)}"
+        return EventId(f"$copy{len(self.sent)}")
 
-    async def redact(self, room_id: str, event_id: str, reason: str, tx_id: Any = None) -> None:
+    async def send_notice(
+        self,
+        room_id: str,
+        document: Document,
+        reply_to: str | None = None,
+        also_to: Sequence[Device] = (),
+        tx_id: str | None = None,
+    ) -> EventId:
+        self.notices.append((room_id, document))
+        return EventId(f"$notice{len(self.notices)}")
+
+    async def redact(
+        self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
+    ) -> None:
         self.redacted.append((room_id, event_id))
 
-    async def alert_admins(self, document: Any) -> None:
+    async def alert_admins(self, document: Document) -> None:
         self.alerts.append(document)
 
-    async def untrusted_sender(self, room_id: str, event: Any) -> Any:
+    async def untrusted_sender(
+        self, room_id: str, event: EventHandle
+    ) -> tuple[str, Device | None] | None:
         return None if self.untrusted is None else (self.untrusted, None)
 
-    async def __call__(self, actor: str, action: str, subject: Any, detail: Any) -> None:
+    async def __call__(
+        self, actor: str, action: str, subject: str | None, detail: dict[str, Any]
+    ) -> None:
         self.audited.append((actor, action))
         self.details.append(detail)
 
@@ -72,11 +99,11 @@ def engine(store: Store, ports: Ports) -> RelayEngine:
     )
     settings = SimpleNamespace(caveats=[], officers=[OFFICER], admins=[ADMIN])
     return RelayEngine(
-        settings,  # type: ignore[arg-type]
+        settings,  # type: ignore[arg-type]  # BotConfig: only caveats, officers and admins
         store,
-        rooms,  # type: ignore[arg-type]
-        ports,  # type: ignore[arg-type]
-        ports,  # type: ignore[arg-type]
+        rooms,  # type: ignore[arg-type]  # RoomDirectory: only by_key and targets_of
+        ports,
+        ports,
         ports,
         Metrics(lambda: None),
         "a-data-key-of-thirty-two-characters!",
@@ -428,12 +455,18 @@ class Failing(Ports):
         super().__init__()
         self.down: set[str] = set()
 
-    async def send(self, room_id: str, content: dict[str, Any], **kw: Any) -> str:
+    async def send(
+        self,
+        room_id: str,
+        content: dict[str, Any],
+        tx_id: str | None = None,
+        also_to: Sequence[Device] = (),
+    ) -> EventId:
         if room_id in self.down:
             from bot.matrix.gateway import MatrixError
 
             raise MatrixError("send", "M_LIMIT_EXCEEDED", "slow down", 429)
-        return await super().send(room_id, content, **kw)
+        return await super().send(room_id, content, tx_id, also_to)
 
 
 @pytest.mark.parametrize("withdrawal", ["re-marked national only", "redacted", "re-marked above"])

@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from bot.devtools.devserver import DevServer, free_port
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm
+from bot.matrix.crosssign import CrossSigningKeys
 from bot.storage import IntelItemRow, RelayRow, Store
 from tests.bot_harness import (
     ROOMS,
@@ -145,7 +146,7 @@ async def test_homeserver_outage_backs_off_and_loses_nothing(tmp_path: Path) -> 
         config_path.write_text(config_path.read_text().replace(server.base_url, proxy.url))
         env = BotEnv(server, tmp_path, users["liaison"], users["admin"], users["lo"], config_path)
         await env.start()
-        identities: dict = {}
+        identities: dict[str, CrossSigningKeys] = {}
         for name in ("admin", "lo", "nor"):
             client = await E2EEClient.create(server, users[name], tmp_path / f"store-{name}")
             await cross_sign(server, client, identities)

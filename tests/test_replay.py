@@ -11,6 +11,7 @@ from nio import RoomMessageNotice
 from nio.api import Api
 
 from bot.devtools.e2ee_client import E2EEClient
+from policy.ids import UserId
 from tests.bot_harness import BotEnv, audited, open_dm
 from tests.matrix_harness import MakeClient, MakeUser
 
@@ -61,5 +62,5 @@ async def test_a_grant_replayed_after_a_restart_is_refused_and_audited(
     entry = await audited(bot_env, "replay.refused", replayed)
     assert entry.actor == bot_env.admin.user_id
     assert bot_env.bot is not None
-    record = await bot_env.bot.commands.clearance(target.user_id)  # type: ignore[arg-type]
+    record = await bot_env.bot.commands.clearance(UserId(target.user_id))
     assert record is not None and record.revoked_at is not None, "the replayed grant ran"

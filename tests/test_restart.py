@@ -77,8 +77,9 @@ async def test_a_restart_restores_rooms_and_syncs_on_from_the_token(
         (admin, dm), grants, [(stays_client, "nato-s"), (leaves_client, "nato-s")]
     )
     assert bot_env.bot is not None
+    running = bot_env.bot
     await eventually(
-        lambda: {stays.user_id, leaves.user_id} <= set(bot_env.bot.gateway.members(nato_s) or {}),  # type: ignore[union-attr]
+        lambda: {stays.user_id, leaves.user_id} <= set(running.gateway.members(nato_s) or {}),
         what="both members seen",
     )
     await talk(admin, dm, "!whoami", "Roles: admin")  # a sync after the joins is stored

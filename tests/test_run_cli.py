@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from bot.devtools.devserver import DevServer
+from bot.devtools.devserver import DevServer, RegisteredUser
 from tests.bot_harness import ROOMS, write_config
 from tests.matrix_harness import MakeUser
 
@@ -95,14 +95,14 @@ def test_run_logs_in_once_stops_on_sigterm_and_reuses_its_device(
     assert len(devices["devices"]) <= 3
 
 
-def _login(server: DevServer, user: object) -> str:
+def _login(server: DevServer, user: RegisteredUser) -> str:
     response = server.request(
         "POST",
         "/_matrix/client/v3/login",
         {
             "type": "m.login.password",
-            "identifier": {"type": "m.id.user", "user": user.user_id},  # type: ignore[attr-defined]
-            "password": user.password,  # type: ignore[attr-defined]
+            "identifier": {"type": "m.id.user", "user": user.user_id},
+            "password": user.password,
         },
     )
     return str(response["access_token"])

@@ -12,7 +12,7 @@ MONDAY = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 
 
 def next_fire(expr: str, after: datetime = MONDAY) -> datetime:
-    fire = cron_trigger(expr, "UTC").get_next_fire_time(None, after)
+    fire: datetime | None = cron_trigger(expr, "UTC").get_next_fire_time(None, after)
     assert fire is not None
     return fire
 

@@ -27,6 +27,7 @@ from sqlalchemy import inspect, select, text
 import bot.services.search as search_module
 from bot.metrics import Metrics
 from bot.services.digest import DigestItem, DigestService
+from bot.services.items import MAX_ITEMS
 from bot.services.relay import item_binding, opened_payload, sealed_payload
 from bot.services.rooms import ManagedRoom
 from bot.services.search import Inventory, results_document, search
@@ -34,6 +35,7 @@ from bot.storage import Base, IntelItem, RelayEntry, RelayKind, Store
 from bot.storage.sealing import Sealer, SealError
 from policy import Precedence, make_room, parse_marking
 from policy.ids import RoomId, RoomKey, UserId
+from tests.fakes import NoMessenger, no_audit
 from tests.pg import fresh_schema
 
 NATO = ManagedRoom(
@@ -96,7 +98,7 @@ class Rooms:
         self.by_key = {r.key: r for r in rooms}
 
     def managed(self, key: str) -> ManagedRoom:
-        return self.by_key[key]
+        return self.by_key[RoomKey(key)]
 
 
 @dataclass
@@ -195,27 +197,27 @@ def open_item(sealer: Sealer) -> Callable[[IntelItem], tuple[str, tuple[str, ...
     return opened
 
 
-def world_of(store: Store, max_items: int = search_module.MAX_ITEMS) -> World:
+def world_of(store: Store, max_items: int = MAX_ITEMS) -> World:
     sealer = Sealer("test-data-key-" + "x" * 40, "intel")
     rooms = Rooms(NATO, DEU)
     config = SimpleNamespace(digests=[], bot=SimpleNamespace(timezone="UTC", caveats=[]))
     digests = DigestService(
-        config,  # type: ignore[arg-type]
+        config,  # type: ignore[arg-type]  # Config: only digests and bot (none, UTC)
         store,
-        rooms,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
-        None,  # type: ignore[arg-type]
+        rooms,  # type: ignore[arg-type]  # RoomDirectory: only by_key and managed (Rooms)
+        NoMessenger(),  # used for item_of only: it posts nothing
+        no_audit,
         Metrics(lambda: None),
         open_item(sealer),
     )
     audits: list[tuple[Any, ...]] = []
 
-    async def audit(*args: Any) -> None:
-        audits.append(args)
+    async def audit(actor: str, action: str, subject: str | None, detail: dict[str, Any]) -> None:
+        audits.append((actor, action, subject, detail))
 
     inventory = Inventory(
         store,
-        rooms,  # type: ignore[arg-type]
+        rooms,  # type: ignore[arg-type]  # RoomDirectory: only by_key and managed (Rooms)
         lambda user, room: True,
         digests.item_of,
         audit,
@@ -317,7 +319,7 @@ operations = st.lists(
 )
 # After the operations, every room, both kinds of traffic and every span, without words:
 # the whole answer compared, order included.
-SWEEP = [
+SWEEP: list[tuple[Any, ...]] = [
     ("search", room, [], None, span, exercise)
     for room in (NATO, DEU)
     for exercise in (False, True)
@@ -377,7 +379,7 @@ def run(world: World, ops: list[tuple[Any, ...]], limit: int) -> int:
 @given(
     corpus=st.lists(saves(), min_size=3, max_size=30),
     ops=operations,
-    max_items=st.sampled_from([search_module.MAX_ITEMS, 1, 4, 9]),
+    max_items=st.sampled_from([MAX_ITEMS, 1, 4, 9]),
     limit=st.sampled_from([search_module.MAX_SCANNED, 3, 8]),
 )
 def test_indexed_search_answers_as_opening_the_whole_window(
@@ -412,18 +414,20 @@ def test_a_window_larger_than_the_index_is_read_from_the_database(store: Store) 
         fallbacks.append(1)
         return real(*args)
 
-    small.inventory.find_in_database = counted  # type: ignore[method-assign]
-    month = small.inventory.find(NATO, ["convoy"], None, False, NOW - timedelta(days=30), NOW)
-    assert fallbacks == [1]
-    assert 0 < len(small.inventory.opened) <= 5
-    assert month == large.inventory.find(
-        NATO, ["convoy"], None, False, NOW - timedelta(days=30), NOW
-    )
-    assert month == small.reference(NATO, ["convoy"], None, False, NOW - timedelta(days=30), 10**6)
-    assert len(month[0]) == 20 and month[1] == 20
-    recent = small.inventory.find(NATO, ["convoy"], None, False, NOW - timedelta(hours=5), NOW)
-    assert fallbacks == [1]  # the newest items are held: answered from memory
-    assert [i.text for i in recent[0]] == ["convoy 0", "convoy 1", "convoy 2"]
+    with mock.patch.object(small.inventory, "find_in_database", counted):
+        month = small.inventory.find(NATO, ["convoy"], None, False, NOW - timedelta(days=30), NOW)
+        assert fallbacks == [1]
+        assert 0 < len(small.inventory.opened) <= 5
+        assert month == large.inventory.find(
+            NATO, ["convoy"], None, False, NOW - timedelta(days=30), NOW
+        )
+        assert month == small.reference(
+            NATO, ["convoy"], None, False, NOW - timedelta(days=30), 10**6
+        )
+        assert len(month[0]) == 20 and month[1] == 20
+        recent = small.inventory.find(NATO, ["convoy"], None, False, NOW - timedelta(hours=5), NOW)
+        assert fallbacks == [1]  # the newest items are held: answered from memory
+        assert [i.text for i in recent[0]] == ["convoy 0", "convoy 1", "convoy 2"]
 
 
 # ---------------------------------------------------------------- changes while filling
@@ -442,27 +446,23 @@ def test_a_change_committed_while_the_index_fills_is_not_lost(store: Store) -> N
     real = store.items_after
     calls: list[int] = []
 
+    def change() -> None:
+        world.edit(ids[0], "NATO SECRET", "report 0 needle", False, [])
+        store.redact_item(ids[1], None)
+        world.save("nato-s", "NATO SECRET", "late needle", at=NOW - timedelta(hours=20))
+
     def items_after(after_id: int, limit: int) -> list[tuple[int, IntelItem]]:
         rows = real(after_id, limit)
         calls.append(after_id)
         if len(calls) == 2:  # the fill has read the first batch: change from another thread
-            writer = threading.Thread(
-                target=lambda: (
-                    world.edit(ids[0], "NATO SECRET", "report 0 needle", False, []),
-                    store.redact_item(ids[1], None),
-                    world.save(
-                        "nato-s", "NATO SECRET", "late needle", at=NOW - timedelta(hours=20)
-                    ),
-                )
-            )
+            writer = threading.Thread(target=change)
             writer.start()
             writer.join()
         return rows
 
-    store.items_after = items_after  # type: ignore[method-assign]
-    world.inventory.find(NATO, ["report"], None, False, NOW - timedelta(days=1), NOW)
+    with mock.patch.object(store, "items_after", items_after):
+        world.inventory.find(NATO, ["report"], None, False, NOW - timedelta(days=1), NOW)
     assert len(calls) >= 2
-    store.items_after = real  # type: ignore[method-assign]
     found, scanned = world.inventory.find(NATO, [], None, False, NOW - timedelta(days=1), NOW)
     texts = [i.text for i in found]
     assert "report 0 needle" in texts and "report 0" not in texts
@@ -481,15 +481,12 @@ def test_a_refresh_that_fails_forgets_no_change(store: Store) -> None:
     day = NOW - timedelta(days=1)
     world.inventory.find(NATO, [], None, False, day, NOW)
     world.edit(event_id, "NATO SECRET", "after", False, [])
-    real = store.items_with_event_ids
 
     def failing(event_ids: Any) -> list[tuple[int, IntelItem]]:
         raise ConnectionError("database down")
 
-    store.items_with_event_ids = failing  # type: ignore[method-assign]
-    with pytest.raises(ConnectionError):
+    with mock.patch.object(store, "items_with_event_ids", failing), pytest.raises(ConnectionError):
         world.inventory.find(NATO, [], None, False, day, NOW)
-    store.items_with_event_ids = real  # type: ignore[method-assign]
     found, _ = world.inventory.find(NATO, [], None, False, day, NOW)
     assert [i.text for i in found] == ["after"]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import threading
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -17,6 +16,7 @@ from bot.storage import IntelItem, RelayEntry, RelayKind, Store
 from commands.context import CommandError
 from policy import Precedence, make_room, parse_marking
 from policy.ids import RoomId, RoomKey, UserId
+from tests.fakes import no_audit
 
 NATO = ManagedRoom(
     RoomKey("nato-s"), "NATO SECRET", make_room(parse_marking("NATO SECRET")), RoomId("!n:x")
@@ -38,14 +38,17 @@ def inventory(store: Store, opened_on: list[str]) -> Inventory:
     for i in range(2):
         stored(store, f"$s{i}", "nato-s", "NATO SECRET")
 
-    def item_of(item: Any) -> None:
+    def item_of(item: IntelItem) -> None:
         opened_on.append(threading.current_thread().name)
 
-    async def audit(*args: Any) -> None:
-        return None
-
     rooms = SimpleNamespace(managed=lambda key: NATO, by_key={"nato-s": NATO})
-    return Inventory(store, rooms, lambda user, room: True, item_of, audit)  # type: ignore[arg-type]
+    return Inventory(
+        store,
+        rooms,  # type: ignore[arg-type]  # RoomDirectory: only managed and by_key
+        lambda user, room: True,
+        item_of,
+        no_audit,
+    )
 
 
 async def test_searches_are_limited_per_person_and_unseal_off_the_loop(store: Store) -> None:
@@ -78,7 +81,7 @@ async def test_search_shows_another_rooms_item_only_where_it_was_released(store:
         if sent:
             store.relay_sent(txn, "$copy")
 
-    def item_of(item: Any) -> DigestItem:
+    def item_of(item: IntelItem) -> DigestItem:
         return DigestItem(
             item.event_id,
             parse_marking(item.label),
@@ -91,15 +94,12 @@ async def test_search_shows_another_rooms_item_only_where_it_was_released(store:
             item.created_at,
         )
 
-    async def audit(*args: Any) -> None:
-        return None
-
     search = Inventory(
         store,
-        SimpleNamespace(managed=lambda key: NATO, by_key=rooms_by_key),  # type: ignore[arg-type]
+        SimpleNamespace(managed=lambda key: NATO, by_key=rooms_by_key),  # type: ignore[arg-type]  # RoomDirectory: only managed and by_key
         lambda user, room: True,
-        item_of,  # type: ignore[arg-type]
-        audit,
+        item_of,
+        no_audit,
     )
     found = await search.search(ME, RoomKey("nato-s"), ["needle"], None, None, False)
     assert "$shown" in found.plain and "$own" in found.plain

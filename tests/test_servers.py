@@ -6,7 +6,7 @@ from datetime import date
 
 import pytest
 
-from bot.config import ConfigError, parse_config
+from bot.config import Config, ConfigError, parse_config
 from bot.services.rooms import Desired, server_acl
 from policy import Clearance, make_room, may_join, parse_marking, server_of
 
@@ -23,7 +23,7 @@ label = "NATO SECRET"
 """
 
 
-def _config(extra: str = ""):  # type: ignore[no-untyped-def]
+def _config(extra: str = "") -> Config:
     return parse_config(BASE + extra)
 
 

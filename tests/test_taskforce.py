@@ -88,5 +88,5 @@ async def test_a_room_with_a_configured_caveat_is_restored_after_a_restart(
     await bot_env.stop()
     await bot_env.start()
     assert bot_env.bot is not None
-    restored = bot_env.bot.rooms.by_key.get("tf-cav")  # type: ignore[call-overload]
+    restored = bot_env.bot.rooms.by_key.get("tf-cav")
     assert restored is not None and "BALTOPS" in restored.policy.label.caveats

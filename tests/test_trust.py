@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+from typing import Any
+from unittest import mock
 
 from canonicaljson import encode_canonical_json
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from nio import MegolmEvent, RoomMessageNotice
 
 from bot.devtools.devserver import DevServer
+from bot.matrix.crosssign import CrossSigningKeys
 from bot.matrix.trust import KeysAPI
+from policy.ids import UserId
 from tests.bot_harness import BotEnv, eventually, no_key_for, open_dm, posted_barrier, talk
 from tests.matrix_harness import E2EEClient, MakeClient, MakeUser, cross_sign
 
@@ -18,7 +22,7 @@ def _raw(text: str) -> bytes:
     return base64.b64decode(text + "=" * (-len(text) % 4))
 
 
-def independently_verified(obj: dict, user_id: str, key_id: str, public_key: str) -> bool:
+def independently_verified(obj: dict[str, Any], user_id: str, key_id: str, public_key: str) -> bool:
     """Ed25519 over canonical JSON, written here from the spec, not with the bot's code."""
     body = {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
     signature = obj["signatures"][user_id][key_id]
@@ -111,7 +115,8 @@ async def test_unsigned_device_of_a_cleared_user_gets_no_room_key(
         bot, unsigned, room_id, answer.event_id, barrier=posted_barrier(bot, room_id)
     )
     assert (signed.user_id, signed.device_id) in holders  # the record is of that session
-    entries = await bot_env.bot.commands.audit_recent(20)  # type: ignore[union-attr]
+    assert bot_env.bot is not None
+    entries = await bot_env.bot.commands.audit_recent(20)
     assert any(
         e.action == "command.untrusted-device" and e.actor == signed.user_id for e in entries
     )
@@ -122,20 +127,23 @@ async def test_identity_reset_stops_keys_until_an_admin_confirms(
     synapse: DevServer,
     make_client: MakeClient,
     make_user: MakeUser,
-    identities: dict,
+    identities: dict[str, CrossSigningKeys],
 ) -> None:
     member, admin, dm = await _member(bot_env, make_client, make_user, "PRT")
     room_id = bot_env.room_id("nato-s")
     witness, _, _ = await _member(bot_env, make_client, make_user, "BEL", (admin, dm))
     await talk(witness, room_id, "!rooms", "Managed rooms")  # keys shared; identity pinned
+    running = bot_env.bot
+    assert running is not None
     await eventually(
-        lambda: (r := bot_env.bot.membership.record_of(member.user_id)) and r.identity_key,  # type: ignore[union-attr]
+        lambda: (r := running.membership.record_of(UserId(member.user_id))) and r.identity_key,
         what="member's master key pinned at first sight",
     )
     new_keys = await cross_sign(synapse, member, identities, reset=True)
     alert = await admin.wait_for_text(dm, "Identity change", timeout=40)
     assert new_keys.master.public in alert.body.replace(" ", "")
-    entries = await bot_env.bot.commands.audit_recent(20)  # type: ignore[union-attr]
+    assert bot_env.bot is not None
+    entries = await bot_env.bot.commands.audit_recent(20)
     assert any(e.action == "identity.changed" and e.subject == member.user_id for e in entries)
     mark = member.event_count(room_id)
     blocked = await talk(witness, room_id, "!rooms", "Managed rooms")
@@ -188,12 +196,8 @@ async def test_undecryptable_message_is_reported_to_the_sender(
         return value or 0.0
 
     held, reported = undecryptable("held"), undecryptable("reported")
-    original = admin.trust_room_devices
-    admin.trust_room_devices = lambda room_id: None  # type: ignore[method-assign]
-    try:
+    with mock.patch.object(admin, "trust_room_devices", lambda room_id: None):
         event_id = await admin.send_text(dm, "!clearance list")
-    finally:
-        admin.trust_room_devices = original  # type: ignore[method-assign]
     report = await admin.wait_for_text(dm, "could not decrypt your message", timeout=30)
     assert event_id in report.body
     assert (undecryptable("held"), undecryptable("reported")) == (held + 1, reported + 1)
@@ -212,13 +216,14 @@ async def test_the_identity_is_pinned_at_grant_time(
     await make_client(person)  # cross-signed, in no room with the bot
     assert bot_env.bot is not None
     record = await bot_env.bot.commands.grant(
-        bot_env.admin.user_id,  # type: ignore[arg-type]
-        person.user_id,  # type: ignore[arg-type]
+        UserId(bot_env.admin.user_id),
+        UserId(person.user_id),
         "NATO SECRET",
         nationality="DEU",
         expires=None,
         caveats=(),
     )
     assert record.identity_key is not None
-    stored = bot_env.store.clearance(person.user_id)  # type: ignore[union-attr]
+    assert bot_env.store is not None
+    stored = bot_env.store.clearance(person.user_id)
     assert stored is not None and stored.identity_key == record.identity_key

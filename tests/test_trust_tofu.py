@@ -8,6 +8,7 @@ import pytest
 from nio import RoomMessageNotice
 
 from bot.matrix.gateway import MatrixError
+from policy.ids import UserId
 from tests.bot_harness import BotEnv, eventually, open_dm, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
@@ -58,8 +59,9 @@ async def test_uncleared_users_devices_still_get_nothing_under_tofu(
     assert await client.wait_for_invite() == room_id
     await client.join(room_id)
     control = bot.membership.control
+    stranger_id = UserId(stranger.user_id)
     await eventually(
-        lambda: (control.members(room_id) or {}).get(stranger.user_id),
+        lambda: (control.members(room_id) or {}).get(stranger_id),
         what="the bot sees the stranger joined",
     )
     assert stranger.user_id in bot.membership.key_recipients(room_id)  # cleared: a recipient
@@ -70,5 +72,5 @@ async def test_uncleared_users_devices_still_get_nothing_under_tofu(
     monkeypatch.setattr(control, "kick", refused)  # the removal fails: the member stays
     await asyncio.to_thread(bot.membership.store.revoke, "cli:test", stranger.user_id)
     await bot.membership.refresh_room(room_id)  # as before every share of the room's key
-    assert (control.members(room_id) or {}).get(stranger.user_id)  # still joined
+    assert (control.members(room_id) or {}).get(stranger_id)  # still joined
     assert stranger.user_id not in bot.membership.key_recipients(room_id)

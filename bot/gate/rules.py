@@ -131,7 +131,7 @@ class _TtlCache(Generic[K, V]):
             value = self._cache.get(key, _MISSING)
         if value is _MISSING:
             return False, None
-        return True, value  # type: ignore[return-value]
+        return True, value  # type: ignore[return-value]  # not _MISSING (above), so a V
 
     def put(self, key: K, value: V) -> None:
         if self._cache is not None:

@@ -156,7 +156,7 @@ class RegisterReader:
             row = conn.execute(select(_ROOMS).where(_ROOMS.c.room_id == room_id)).first()
         if row is None:
             return None
-        record = RoomRecord.of(row)  # type: ignore[arg-type]
+        record = RoomRecord.of(row)  # type: ignore[arg-type]  # a Core row of RoomRow's table: the same columns by name
         if self.verifier is not None and not self.verifier.room_verifies(record, row.signature):
             log.error("room row %s (%s) does not verify: refused (not managed)", row.key, room_id)
             return None

@@ -271,7 +271,7 @@ class Store:
                     return AuditVerdict(
                         False, 0, "the log is keyed: verifying it needs the data key"
                     )
-                if not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from)):  # type: ignore[union-attr]
+                if not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from)):  # type: ignore[union-attr]  # keyed_from is set: head is not None
                     return AuditVerdict(False, 0, "the key marker was changed")
             elif key is not None and session.get(BotSessionRow, 1) is not None:
                 return AuditVerdict(

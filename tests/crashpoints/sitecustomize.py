@@ -27,13 +27,13 @@ if _point == "after-ledger":
             os._exit(CRASH_EXIT)
         return rows
 
-    Store.add_relays = _add_relays_then_die  # type: ignore[method-assign]
+    Store.add_relays = _add_relays_then_die  # type: ignore[method-assign]  # fault injection: the crash point is the method
 elif _point == "after-send":
     from bot.storage import Store
 
     def _die_before_recording(self: Store, *args: Any, **kwargs: Any) -> Any:
         os._exit(CRASH_EXIT)
 
-    Store.relay_sent = _die_before_recording  # type: ignore[method-assign]
+    Store.relay_sent = _die_before_recording  # type: ignore[method-assign]  # fault injection: the crash point is the method
 elif _point:
     raise SystemExit(f"LIAISON_TEST_CRASH_AT: unknown crash point {_point!r}")
