@@ -745,7 +745,8 @@ def audit() -> None:
 @audit.command("verify")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 def audit_verify(config_path: str) -> None:
-    """Check the audit log's hash chain: exit 0 intact, 1 broken (naming the first bad row).
+    """Check the audit log's hash chain: exit 0 intact, 1 broken (naming the first bad row);
+    2 if the log is keyed and the data key is not set (nothing was checked).
 
     \b
     Example:

@@ -1,6 +1,8 @@
 """Events the bot could not decrypt yet: held (in the store too: the sync token may move
-on), their key asked for, retried each second, and reported to the sender when the grace
-period ends without a key. Nothing in them is read, acted on or relayed until decrypted.
+on), their key asked for (nio sends the request to the bot's own devices only), retried
+each second, so a room key that arrives late is used, and reported to the sender when the
+grace period ends without a key. Nothing in them is read, acted on or relayed until
+decrypted.
 """
 
 from __future__ import annotations

@@ -261,15 +261,17 @@ class Store:
     def verify_audit(self) -> AuditVerdict:
         """Walk the chain: each row's hash (an HMAC from the key marker on), each link, the
         stored head and the marker's seal. With write access alone the rows can be rewritten
-        and re-hashed, but not re-keyed: that needs the data key."""
+        and re-hashed, but not re-keyed: that needs the data key. A keyed log and a store
+        without the key: StoreError (it cannot be checked, which is not broken)."""
         key = self.audit_key
         with self.session() as session:
             head = session.get(AuditHeadRow, 1)
             keyed_from = head.keyed_from if head is not None else None
             if keyed_from is not None:
-                if key is None:
-                    return AuditVerdict(
-                        False, 0, "the log is keyed: verifying it needs the data key"
+                if key is None:  # not a verdict: nothing was checked
+                    raise StoreError(
+                        "the audit log is keyed with the data key: set it "
+                        "(storage.data_key_env) to verify it"
                     )
                 if not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from)):  # type: ignore[union-attr]  # keyed_from is set: head is not None
                     return AuditVerdict(False, 0, "the key marker was changed")
