@@ -21,7 +21,7 @@ from bot.matrix.session import cross_sign, login
 from bot.matrix.sync import SyncLoop, SyncProgress
 from bot.matrix.trust import DeviceTrust, KeysAPI
 from bot.matrix.undecryptable import Undecryptable
-from bot.metrics import Metrics, serve
+from bot.metrics import Metrics, bound_port, serve
 from bot.services.audit import StoreAudit
 from bot.services.command_ports import CommandPorts
 from bot.services.digest import DigestService
@@ -63,6 +63,7 @@ class LiaisonBot:
     router: EventRouter
     sync: SyncLoop
     feeds: FeedListener | None = None
+    metrics_port: int | None = None  # the port [metrics] bind holds once started
 
     def __init__(self, config: Config, store: Store, secrets: Secrets) -> None:
         self.config = config
@@ -93,6 +94,7 @@ class LiaisonBot:
         if self.config.metrics is not None:
             runner = await serve(self.metrics, self.config.metrics.bind)
             self._exit.push_async_callback(runner.cleanup)
+            self.metrics_port = bound_port(runner)
         if self.store.audit_key is None:  # every row the bot writes is keyed
             self.store.audit_key = audit_key_from(self.secrets.data_key)
         await in_thread(self.store.key_audit_log)
@@ -113,15 +115,9 @@ class LiaisonBot:
         ingest = self.config.ingest
         if ingest is not None and ingest.feeds:
             self.feeds = FeedListener(
-                list(ingest.feeds),
-                self.secrets.feed_tokens,
-                self.config.caveats,
-                self.rooms,
-                self.relay,
-                self.messenger,
-                self.audit,
-                self.metrics,
-            )
+                list(ingest.feeds), self.secrets.feed_tokens, self.config.caveats,
+                self.rooms, self.relay, self.messenger, self.audit, self.metrics,
+            )  # fmt: skip
             await self.feeds.start(ingest.bind)
             self._exit.push_async_callback(self.feeds.stop)
 

@@ -202,8 +202,9 @@ class MetricsConfig(_Section):
 
 
 def _host_port(value: str) -> str:
+    """'host:port'; port 0 takes any free port when the listener starts (it logs which)."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not int(port) < 65536:
         raise ValueError(f"bad bind address {value!r}: expected 'host:port'")
     return value
 

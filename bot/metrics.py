@@ -74,6 +74,11 @@ class Metrics:
         return bytes(generate_latest(self.registry))
 
 
+def bound_port(runner: web.AppRunner) -> int:
+    """The port a started listener holds (the one asked for, or the one port 0 got)."""
+    return int(runner.addresses[0][1])
+
+
 async def serve(metrics: Metrics, bind: str) -> web.AppRunner:
     """/metrics (Prometheus text format) and /healthz (200 only while syncing)."""
 
@@ -94,5 +99,5 @@ async def serve(metrics: Metrics, bind: str) -> web.AppRunner:
     await runner.setup()
     host, _, port = bind.rpartition(":")
     await web.TCPSite(runner, host.strip("[]"), int(port)).start()
-    log.info("metrics on http://%s/metrics", bind)
+    log.info("metrics on http://%s:%d/metrics", host, bound_port(runner))
     return runner

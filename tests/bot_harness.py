@@ -32,18 +32,12 @@ if TYPE_CHECKING:
 from tests.pg import fresh_schema
 
 
-@pytest.fixture(scope="module")
-async def bot_env(
-    request: pytest.FixtureRequest,
-    synapse: DevServer,
-    make_user: MakeUser,
-    tmp_path_factory: pytest.TempPathFactory,
+@contextlib.asynccontextmanager
+async def _started_bot(
+    request: pytest.FixtureRequest, synapse: DevServer, make_user: MakeUser, workdir: Path
 ) -> AsyncIterator[BotEnv]:
-    """A bot for the test module, managing the rooms deu and nato-s with the route between
-    them (ROOMS). A module sets BOT_ROOMS to manage others (botenv.rooms_config builds them),
-    BOT_EXTRA_CONFIG to add sections, BOT_DEVICE_TRUST = "tofu" to change policy,
-    BOT_EXTRA_BOT to add lines to the [bot] section."""
-    workdir = tmp_path_factory.mktemp("bot")
+    """A bot of its own (users, database, crypto store, rooms) as the test module asks for
+    it (BOT_ROOMS, BOT_EXTRA_CONFIG, ...: see `bot_env`), stopped at the end."""
     stack = contextlib.ExitStack()
     database = "sqlite:///bot.db"
     if getattr(request.module, "BOT_DATABASE", "sqlite") == "postgresql":
@@ -81,6 +75,62 @@ async def bot_env(
             await env.stop()
 
 
+@pytest.fixture(scope="module")
+async def bot_env(
+    request: pytest.FixtureRequest,
+    synapse: DevServer,
+    make_user: MakeUser,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[BotEnv]:
+    """A bot for the test module, managing the rooms deu and nato-s with the route between
+    them (ROOMS). A module sets BOT_ROOMS to manage others (botenv.rooms_config builds them),
+    BOT_EXTRA_CONFIG to add sections, BOT_DEVICE_TRUST = "tofu" to change policy,
+    BOT_EXTRA_BOT to add lines to the [bot] section.
+
+    The module's tests share it, in whatever order they run, so none may leave it changed
+    for the next: a test that stops and starts it again on the same database and crypto
+    store does so with `stopped(bot_env)`, which starts it again even when the test fails
+    inside (the next test gets a running bot on the same rows and device, as a restart in
+    production would leave it); a test that changes what a start reads (rows written behind
+    the bot's back, its crypto store, a start that must fail) takes `own_bot_env` instead."""
+    async with _started_bot(request, synapse, make_user, tmp_path_factory.mktemp("bot")) as env:
+        yield env
+
+
+@pytest.fixture
+async def own_bot_env(
+    request: pytest.FixtureRequest,
+    synapse: DevServer,
+    make_user: MakeUser,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[BotEnv]:
+    """A bot of the test's own, built as `bot_env` builds the module's (same module
+    settings), stopped after the test: for a test that changes what a start reads, so that
+    whatever it leaves (rows, snapshots, a stopped bot) goes with it."""
+    async with _started_bot(request, synapse, make_user, tmp_path_factory.mktemp("bot")) as env:
+        yield env
+
+
+@contextlib.asynccontextmanager
+async def stopped(env: BotEnv) -> AsyncIterator[None]:
+    """The bot stopped for the block and started again after it, on the same database and
+    crypto store, also when the block raises (a test sharing `bot_env` must not leave it
+    stopped for the tests after it)."""
+    await env.stop()
+    try:
+        yield
+    finally:
+        if env.bot is None:
+            await env.start()
+
+
+async def restart(env: BotEnv) -> None:
+    """Stop the bot and start it again on the same database and crypto store (see
+    `stopped`)."""
+    async with stopped(env):
+        pass
+
+
 async def eventually(check: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
     """Poll an async or sync check until it returns something truthy."""
     deadline = asyncio.get_running_loop().time() + timeout
@@ -100,14 +150,34 @@ async def audited(bot_env: BotEnv, action: str, subject: str, timeout: float = 2
 
     The bot acts on the homeserver first (a kick, a leave) and audits what it did after, so
     a test that sees the effect may read the log a moment before the entry is there."""
+    return await in_audit(
+        bot_env,
+        lambda entries: next(
+            (e for e in entries if e.action == action and e.subject == subject), None
+        ),
+        f"audit {action} {subject}",
+        timeout=timeout,
+    )
+
+
+async def in_audit(
+    bot_env: BotEnv,
+    check: Callable[[list[Any]], Any],
+    what: str,
+    *,
+    limit: int = 50,
+    timeout: float = 20,
+) -> Any:
+    """What `check` finds in the newest `limit` audit entries (newest first), once it finds
+    something (truthy): read again until then, as `audited` does, for claims about more
+    than one entry or about more than an action and a subject."""
     assert bot_env.bot is not None
     bot = bot_env.bot
 
-    async def entry() -> Any:
-        entries = await bot.commands.audit_recent(50)
-        return next((e for e in entries if e.action == action and e.subject == subject), None)
+    async def found() -> Any:
+        return check(list(await bot.commands.audit_recent(limit)))
 
-    return await eventually(entry, timeout, f"audit {action} {subject}")
+    return await eventually(found, timeout, what)
 
 
 # -- negative claims, proved with a barrier ---------------------------------------------------
@@ -275,12 +345,16 @@ __all__ = [
     "bot_env",
     "enrol",
     "eventually",
+    "in_audit",
     "no_key_for",
     "nothing_arrives",
     "open_dm",
+    "own_bot_env",
     "posted_barrier",
     "relayed_barrier",
     "replying_to",
+    "restart",
+    "stopped",
     "talk",
     "text_with",
     "write_config",

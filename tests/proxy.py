@@ -35,14 +35,16 @@ class CountingProxy:
     def count_between(self, start: float, end: float) -> int:
         return sum(1 for t in self.times if start <= t < end)
 
-    async def start(self, port: int) -> None:
-        self.port = port
+    async def start(self, port: int = 0) -> None:
+        """Listen on `port`; 0 (the default): any free one, held from the bind on (`port`
+        then says which)."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
         app = web.Application(client_max_size=10 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._forward)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
+        self.port = int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         if self._runner is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from nio import RoomMemberEvent, RoomMessageNotice
@@ -13,7 +14,16 @@ from bot.services.rooms import provision
 from policy import parse_marking
 from policy.adatp4774 import from_json, to_label
 from policy.ids import UserId
-from tests.bot_harness import BotEnv, audited, enrol, eventually, open_dm, talk
+from tests.bot_harness import (
+    BotEnv,
+    audited,
+    enrol,
+    eventually,
+    in_audit,
+    open_dm,
+    restart,
+    talk,
+)
 from tests.matrix_harness import E2EEClient, MakeClient, MakeUser
 
 
@@ -110,9 +120,7 @@ async def test_uncleared_user_is_refused_with_the_reason(
     reply = await talk(admin, dm, f"!invite {french.user_id} deu", "may not join")
     assert "nationality FRA is not in the room's audience (DEU)" in reply.body
     assert "no DEU grant" in reply.body
-    assert bot_env.bot is not None
-    entries = await bot_env.bot.commands.audit_recent(20)
-    assert any(e.action == "invite.refused" and e.subject == french.user_id for e in entries)
+    await audited(bot_env, "invite.refused", french.user_id)
 
 
 async def test_bad_arguments_answer_with_usage_and_change_nothing(
@@ -164,9 +172,13 @@ async def test_non_admin_running_an_admin_command_is_refused_and_audited(
         "is for admins only",
     )
     assert await commands.clearance(officer_id) == before
-    entries = await commands.audit_recent(10)
-    denied = [(e.actor, e.subject) for e in entries if e.action == "command.denied"]
-    assert denied[:2] == [(officer_id, "clearance grant"), (officer_id, "clearance list")]
+
+    def denied(entries: list[Any]) -> list[tuple[str, str]] | None:
+        found = [(e.actor, e.subject) for e in entries if e.action == "command.denied"]
+        return found if found[:1] == [(officer_id, "clearance grant")] else None
+
+    found = await in_audit(bot_env, denied, "the refused grant audited", limit=10)
+    assert found[:2] == [(officer_id, "clearance grant"), (officer_id, "clearance list")]
 
 
 async def test_register_and_log_replies_go_to_the_callers_dm(
@@ -256,8 +268,7 @@ async def test_restart_keeps_the_device_and_still_decrypts(
     device_before = bot.client.device_id
     admin = await make_client(bot_env.admin)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
-    await bot_env.stop()
-    await bot_env.start()
+    await restart(bot_env)
     assert bot_env.bot is not None and bot_env.bot.client is not None
     assert bot_env.bot.client.device_id == device_before
     reply = await talk(admin, dm, "!whoami", "Roles: admin")

@@ -5,6 +5,7 @@ homeserver gate; a third server, `other`, that no managed room admits."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import textwrap
 import urllib.parse
@@ -24,6 +25,8 @@ from policy import parse_marking
 from policy.adatp4774 import from_json, to_label
 from policy.ids import RoomKey, UserId
 from tests.bot_harness import (
+    audited,
+    eventually,
     no_key_for,
     nothing_arrives,
     posted_barrier,
@@ -254,41 +257,66 @@ async def test_an_outage_of_the_nato_server_loses_and_doubles_nothing(
         assert sum(phrase in t for t in texts) == 1, phrase
 
 
-async def test_a_remote_identity_reset_stops_key_sharing(cast: Cast) -> None:
-    """Last: the reader's identity changes. The bot sees it over federation, alerts, and
-    shares no further key with the reader's devices until an admin confirms."""
+async def test_a_remote_identity_reset_stops_key_sharing(
+    cast: Cast, servers: Servers, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """A reader of its own on the NATO server changes identity (the module's reader keeps
+    its own, so the tests run in any order). The bot sees it over federation, alerts, and
+    shares no further key with that reader's devices until an admin confirms."""
     env = cast.env
     bot = env.bot
     assert bot is not None
-    reader_id = cast.reader.user_id
-    record = bot.membership.record_of(UserId(reader_id))
-    assert record is not None and record.identity_key, "pinned when its keys were first shared"
-    await cross_sign(cast.reader_server, cast.reader, cast.identities, reset=True)
-
-    async def flagged() -> bool:
-        entries = await bot.commands.audit_recent(30)
-        return any(e.action == "identity.changed" and e.subject == reader_id for e in entries)
-
-    deadline = asyncio.get_running_loop().time() + 60
-    while not await flagged():
-        assert asyncio.get_running_loop().time() < deadline, "identity change not detected"
-        await asyncio.sleep(0.5)
     nato_room = env.room_id("nato-s")
-    mark = cast.reader.event_count(nato_room)
-    phrase = f"after-reset-{secrets.token_hex(3)}"
-    receipt = await talk(
-        cast.officer, env.room_id("deu"), f"[GEHEIM // REL TO NATO] {phrase}",
-        "Relayed to nato-s", timeout=60,
-    )  # fmt: skip
-    assert env.store is not None
-    source = receipt.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"]
-    (copy,) = env.store.copies_of(source)
-    assert copy.target_event_id is not None
-    event = await cast.reader.wait_for(
-        nato_room, lambda e: e.event_id == copy.target_event_id, 60, after=mark
+    reader_user = _user(servers.nato, "analyst-reset")
+    reader_id = UserId(reader_user.user_id)
+    await bot.commands.grant(
+        UserId(env.admin.user_id),
+        reader_id,
+        "NATO SECRET",
+        nationality="NOR",
+        expires=None,
+        caveats=(),
     )
-    assert isinstance(event, MegolmEvent), "the reset identity still got the room key"
-    await no_key_for(
-        bot, cast.reader, nato_room, copy.target_event_id, barrier=posted_barrier(bot, nato_room)
-    )
-    assert not any(phrase in t for t in cast.reader.texts(nato_room))
+    clients: list[E2EEClient] = []
+    try:
+        reader = await _client(
+            servers.nato, reader_user, tmp_path_factory, cast.identities, clients
+        )
+        outcome = await bot.commands.invite(UserId(env.admin.user_id), reader_id, RoomKey("nato-s"))
+        assert outcome.invited, outcome
+        await reader.join(await reader.wait_for_invite(timeout=60), timeout=60)
+        before = f"before-reset-{secrets.token_hex(3)}"
+        await talk(
+            cast.officer, env.room_id("deu"), f"[GEHEIM // REL TO NATO] {before}",
+            "Relayed to nato-s", timeout=60,
+        )  # fmt: skip
+        await reader.wait_for_text(nato_room, before, timeout=60)
+        await eventually(
+            lambda: (r := bot.membership.record_of(reader_id)) and r.identity_key,
+            what="the reader's master key pinned at first sight",
+        )
+        await cross_sign(servers.nato, reader, cast.identities, reset=True)
+        await audited(env, "identity.changed", reader_id, timeout=60)
+        mark = reader.event_count(nato_room)
+        phrase = f"after-reset-{secrets.token_hex(3)}"
+        receipt = await talk(
+            cast.officer, env.room_id("deu"), f"[GEHEIM // REL TO NATO] {phrase}",
+            "Relayed to nato-s", timeout=60,
+        )  # fmt: skip
+        assert env.store is not None
+        source = receipt.source["content"]["m.relates_to"]["m.in_reply_to"]["event_id"]
+        (copy,) = env.store.copies_of(source)
+        assert copy.target_event_id is not None
+        event = await reader.wait_for(
+            nato_room, lambda e: e.event_id == copy.target_event_id, 60, after=mark
+        )
+        assert isinstance(event, MegolmEvent), "the reset identity still got the room key"
+        await no_key_for(
+            bot, reader, nato_room, copy.target_event_id, barrier=posted_barrier(bot, nato_room)
+        )
+        assert not any(phrase in t for t in reader.texts(nato_room))
+    finally:
+        for client in clients:  # out of the module's room, whatever happened
+            with contextlib.suppress(Exception):
+                await client.client.room_leave(nato_room)
+        await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)

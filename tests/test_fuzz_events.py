@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from nio import RoomSendResponse
 from nio.api import Api
 
-from bot.devtools.devserver import free_port
 from bot.services.render import LABEL_KEY
 from policy.adatp4774 import label_metadata, to_json
 from policy.labels import parse_marking
@@ -29,10 +28,9 @@ from tests.fuzzing import COMBINING, HTML_BITS, INVISIBLES, LOOKALIKES
 from tests.test_poison import Cast, healthz, relays
 from tests.test_poison import cast as cast
 
-METRICS_PORT = free_port()
-BOT_EXTRA_CONFIG = f"""
+BOT_EXTRA_CONFIG = """
 [metrics]
-bind = "127.0.0.1:{METRICS_PORT}"
+bind = "127.0.0.1:0"
 """
 
 LABEL = to_json(label_metadata(parse_marking("DEU GEHEIM // REL TO NATO")))
@@ -174,4 +172,4 @@ async def test_no_content_stops_the_bot(bot_env: BotEnv, cast: Cast, batch: Any)
     for content, encrypted in batch:
         await send(cast, content, encrypted, own)
     await relays(cast, "a fuzzed batch")
-    assert await asyncio.to_thread(healthz, METRICS_PORT) == 200
+    assert await asyncio.to_thread(healthz, bot_env) == 200

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.parse
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -18,6 +19,7 @@ from bot.services.rooms import label_content
 from bot.storage import Store, audit_key_from
 from policy import make_room, parse_marking
 from policy.ids import UserId
+from tests.bot_harness import stopped
 from tests.matrix_harness import MakeUser
 
 # A label event as a bot writes it (the gate refuses any other shape, even from a bot).
@@ -162,8 +164,7 @@ async def test_with_the_bot_stopped_the_server_still_refuses(
     server = bot_env.server
     room_id = bot_env.room_id("nato-s")
     config = bot_env.config
-    await bot_env.stop()
-    try:
+    async with stopped(bot_env):
         token = await _stolen_login(server, bot_env.bot_user)
         outsider = make_user("outsider")
         error = await _refused(
@@ -194,8 +195,6 @@ async def test_with_the_bot_stopped_the_server_still_refuses(
             server, "POST", f"/_matrix/client/v3/join/{_q(room_id)}", {}, cleared.access_token
         )
         assert await _membership(server, token, room_id, cleared.user_id) == "join"
-    finally:
-        await bot_env.start()
 
 
 async def test_a_server_admin_cannot_force_the_uncleared_in(
@@ -314,15 +313,24 @@ async def test_nobody_but_a_bot_can_make_a_room_look_managed(
     assert f"only a liaison bot may set {LABEL_EVENT}" in error
 
 
-async def test_an_unreachable_register_closes_managed_rooms_only(
-    make_user: MakeUser, synapse: DevServer
-) -> None:
+@pytest.fixture
+def ghost(make_user: MakeUser, synapse: DevServer) -> Iterator[RegisteredUser]:
+    """A bot whose register the gate cannot reach (nothing listens on port 1), on the
+    session's homeserver for this test only: its entry is removed again when the test ends,
+    passed or failed (left there, every later test would run with a register that is never
+    readable, and any room of an unknown bot would be refused as perhaps its)."""
     ghost = make_user("ghostbot")
-    # A bot whose register the gate cannot reach (nothing listens on port 1).
     synapse.add_register(
         {"bot_user_id": ghost.user_id, "database": "postgresql+psycopg://gate@127.0.0.1:1/liaison"},
         data_key="ghost-data-key-0123456789abcdef",
     )
+    yield ghost
+    synapse.remove_register(ghost.user_id)
+
+
+async def test_an_unreachable_register_closes_managed_rooms_only(
+    ghost: RegisteredUser, make_user: MakeUser, synapse: DevServer
+) -> None:
     created = await _call(
         synapse,
         "POST",

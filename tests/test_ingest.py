@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import secrets
 import urllib.error
 import urllib.request
 from typing import Any
 
-from bot.devtools.devserver import free_port
 from bot.devtools.e2ee_client import open_dm
 from bot.services.render import LABEL_KEY
 from policy import parse_marking
@@ -17,13 +17,12 @@ from policy.adatp4774 import from_json, label_metadata, to_json, to_label, to_xm
 from tests.bot_harness import ROOMS, Arrived, BotEnv, enrol, nothing_arrives, text_with
 from tests.matrix_harness import MakeClient, MakeUser
 
-PORT = free_port()
 BOT_FEED_TOKENS = {"sat": "sat-token-123", "deu-sig": "sig-token-456"}
 BOT_ROOMS = (
     ROOMS
-    + f"""
+    + """
 [ingest]
-bind = "127.0.0.1:{PORT}"
+bind = "127.0.0.1:0"
 
 [[ingest.feeds]]
 key = "sat"
@@ -39,12 +38,12 @@ release = true
 )
 
 
-def post(
-    key: str, body: object, token: str | None, raw: bytes | None = None
+def post_to(
+    port: int, key: str, body: object, token: str | None, raw: bytes | None = None
 ) -> tuple[int, dict[str, Any]]:
     data = raw if raw is not None else json.dumps(body).encode()
     request = urllib.request.Request(
-        f"http://127.0.0.1:{PORT}/feeds/{key}", data=data, method="POST"
+        f"http://127.0.0.1:{port}/feeds/{key}", data=data, method="POST"
     )
     request.add_header("Content-Type", "application/json")
     if token is not None:
@@ -65,6 +64,8 @@ async def test_feeds_post_store_route_and_refuse(
     reader = await make_client(member)
     await enrol((admin, dm), [(member.user_id, "NATO SECRET", "ITA")], [(reader, "nato-s")])
     nato_s = bot_env.room_id("nato-s")
+    assert bot_env.bot is not None and bot_env.bot.feeds is not None
+    post = functools.partial(post_to, bot_env.bot.feeds.port)  # bind's port 0: any free one
 
     phrase = f"sat-{secrets.token_hex(3)}"
     status, body = await asyncio.to_thread(

@@ -15,7 +15,6 @@ import aiohttp
 import pytest
 
 from bot.config import FeedConfig
-from bot.devtools.devserver import free_port
 from bot.metrics import Metrics
 from bot.services import ingest
 from bot.services.ingest import MAX_BODY_BYTES, UNAUTHORISED_AUDITS_PER_MINUTE, FeedListener
@@ -133,8 +132,8 @@ async def _listener(**timeouts: float) -> AsyncIterator[Listener]:
         clock=ports.clock,
         **timeouts,
     )
-    port = free_port()
-    await listener.start(f"127.0.0.1:{port}")
+    await listener.start("127.0.0.1:0")  # any free port, held from the bind on
+    port = listener.port
     try:
         yield Listener(ports, listener, metrics, f"http://127.0.0.1:{port}", port)
     finally:

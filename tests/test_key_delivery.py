@@ -18,23 +18,21 @@ import pytest
 from nio import MegolmEvent, RoomGetStateResponse
 from nio.exceptions import EncryptionError
 
-from bot.devtools.devserver import free_port
 from bot.devtools.e2ee_client import E2EEClient
 from bot.matrix.gateway import MatrixError
 from commands.context import Role
 from commands.document import doc
 from policy.ids import RoomKey, UserId
-from tests.bot_harness import ROOMS, BotEnv, enrol, eventually, talk
+from tests.bot_harness import ROOMS, BotEnv, enrol, eventually, in_audit, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
 TRIALS = 21  # seven each of a relayed copy, a feed item and a digest
 DM_TRIALS = 20
-PORT = free_port()
 BOT_FEED_TOKENS = {"sat": "sat-token-kd"}
 # The harness's two rooms and route, with a digest schedule and a feed into nato-s.
 BOT_ROOMS = (
     ROOMS
-    + f"""
+    + """
 [[digests]]
 room = "nato-s"
 cron = "0 6 * * *"
@@ -42,7 +40,7 @@ window = "24h"
 sources = ["nato-s"]
 
 [ingest]
-bind = "127.0.0.1:{PORT}"
+bind = "127.0.0.1:0"
 
 [[ingest.feeds]]
 key = "sat"
@@ -52,12 +50,15 @@ token_env = "LIAISON_FEED_SAT"
 )
 
 
-def post_feed(text: str) -> int:
+def post_feed(env: BotEnv, text: str) -> int:
+    """Post to the bot's feed sat (on the port its bind's port 0 got); the status."""
+    assert env.bot is not None and env.bot.feeds is not None
+    port = env.bot.feeds.port
     import json
     import urllib.request
 
     request = urllib.request.Request(
-        f"http://127.0.0.1:{PORT}/feeds/sat",
+        f"http://127.0.0.1:{port}/feeds/sat",
         data=json.dumps({"marking": "NATO SECRET", "text": text}).encode(),
         method="POST",
     )
@@ -94,7 +95,7 @@ async def test_a_member_who_just_joined_reads_what_the_bot_posts_at_once(
         if kind == "relay":
             await officer.send_text(deu, f"[GEHEIM // REL TO NATO] {phrase}")
         elif kind == "feed":
-            assert await asyncio.to_thread(post_feed, phrase) == 202
+            assert await asyncio.to_thread(post_feed, bot_env, phrase) == 202
         else:
             phrase = "Situation digest"
             await bot.commands.digest_now(
@@ -197,8 +198,14 @@ async def test_key_requests_answered_for_entitled_devices_only(
         await client.request_key_from(sealed, bot_user, bot_device)
     await eventually(lambda: key_requests(bot_env, "ignored") >= ignored + 2, what="ignored")
     assert key_requests(bot_env, "answered") == answered + 1
-    entries = await bot.commands.audit_recent(20)
-    reasons = {e.subject: e.detail["reason"] for e in entries if e.action == "key-request.ignored"}
+
+    def ignored_both(entries: list[Any]) -> dict[str, str] | None:
+        found = {
+            e.subject: e.detail["reason"] for e in entries if e.action == "key-request.ignored"
+        }
+        return found if {stranger.user_id, person.user_id} <= found.keys() else None
+
+    reasons = await in_audit(bot_env, ignored_both, "both requests audited", limit=20)
     assert "no clearance on record" in reasons[stranger.user_id]
     assert "device policy does not trust" in reasons[person.user_id]
     for client in (stranger, unsigned):
@@ -252,7 +259,7 @@ async def test_a_join_the_bot_has_not_synced_yet_still_gets_the_key(
         )
         assert member.user_id not in client.rooms[nato_s].users  # the bot has not seen it
         phrase = f"unseen-{secrets.token_hex(3)}"
-        assert await asyncio.to_thread(post_feed, phrase) == 202
+        assert await asyncio.to_thread(post_feed, bot_env, phrase) == 202
     finally:
         client.sync = real_sync
         gate.set()

@@ -7,8 +7,11 @@ import json
 import os
 import shutil
 import stat
+import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner, Result
 
 from bot.cli import main
@@ -17,6 +20,7 @@ from bot.devtools.devserver import DevServer
 from bot.matrix.crosssign import check_identity
 from bot.matrix.trust import KeysAPI
 from tests.bot_harness import SECRETS, BotEnv
+from tests.matrix_harness import MakeUser
 
 # the CLI writes audit rows: the keyed log needs the data key, as the bot has it
 ENV = {"LIAISON_TEST_PICKLE_KEY": SECRETS.pickle_key, "LIAISON_TEST_DATA_KEY": SECRETS.data_key}
@@ -26,8 +30,40 @@ def cli(*args: str, env: dict[str, str] | None = None) -> Result:
     return CliRunner(env=env if env is not None else ENV).invoke(main, list(args))
 
 
+@pytest.fixture
+def new_devices_deleted(
+    bot_env: BotEnv, synapse: DevServer, make_user: MakeUser
+) -> Iterator[Callable[[], set[str]]]:
+    """The bot account's devices made during the test are deleted after it, passed or failed,
+    with their keys and the signatures on them (the shared bot's account is left with the
+    devices it had, not a second one signed by its identity); what it gives lists them."""
+    admin = make_user("hsadmin", admin=True)
+    path = f"/_synapse/admin/v2/users/{urllib.parse.quote(bot_env.bot_user.user_id)}/devices"
+
+    def devices() -> set[str]:
+        return {
+            d["device_id"]
+            for d in synapse.request("GET", path, token=admin.access_token)["devices"]
+        }
+
+    before = devices()
+    yield lambda: devices() - before
+    for device_id in devices() - before:
+        synapse.request("DELETE", f"{path}/{device_id}", token=admin.access_token)
+    assert devices() == before
+    user_id = bot_env.bot_user.user_id
+    keys = synapse.request(
+        "POST", "/_matrix/client/v3/keys/query", {"device_keys": {user_id: []}},
+        token=admin.access_token,
+    )  # fmt: skip
+    assert set(keys["device_keys"].get(user_id, {})) <= before, "a deleted device's keys remain"
+
+
 async def test_export_then_import_on_a_new_store(
-    bot_env: BotEnv, synapse: DevServer, tmp_path: Path
+    bot_env: BotEnv,
+    synapse: DevServer,
+    tmp_path: Path,
+    new_devices_deleted: Callable[[], set[str]],
 ) -> None:
     assert bot_env.store is not None and bot_env.bot is not None
     generated = bot_env.store.cross_signing()
@@ -65,6 +101,7 @@ async def test_export_then_import_on_a_new_store(
             await api.close()
         assert identity.master == master
         assert new_device in identity.signed_devices
+        assert new_devices_deleted() == {new_device}  # the one the fixture deletes after
     finally:
         await other.stop()
 

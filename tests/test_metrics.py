@@ -8,15 +8,13 @@ import urllib.error
 import urllib.request
 
 from bot.devtools.botenv import rooms_config
-from bot.devtools.devserver import free_port
-from bot.metrics import Metrics, serve
+from bot.metrics import Metrics, bound_port, serve
 from tests.bot_harness import BotEnv, enrol, open_dm, talk
 from tests.matrix_harness import MakeClient
 
-METRICS_PORT = free_port()
-BOT_EXTRA_CONFIG = f"""
+BOT_EXTRA_CONFIG = """
 [metrics]
-bind = "127.0.0.1:{METRICS_PORT}"
+bind = "127.0.0.1:0"
 """
 # deu relays to nato-s and eu-s (so a NATO-only item is sent once and refused once); nato-r,
 # a NATO RESTRICTED room, is where a NATO SECRET message is a spillage.
@@ -36,10 +34,9 @@ async def test_healthz_follows_the_sync_age_and_metrics_are_per_bot() -> None:
     metrics = Metrics(lambda: age[0])
     other = Metrics(lambda: 1.0)
     other.relays.labels("sent").inc(5)
-    port = free_port()
-    runner = await serve(metrics, f"127.0.0.1:{port}")
+    runner = await serve(metrics, "127.0.0.1:0")  # any free port, held from the bind on
     try:
-        base = f"http://127.0.0.1:{port}"
+        base = f"http://127.0.0.1:{bound_port(runner)}"
         assert await asyncio.to_thread(fetch, base + "/healthz") == (503, "not syncing\n")
         age[0] = 2.0
         assert await asyncio.to_thread(fetch, base + "/healthz") == (200, "ok\n")
@@ -74,7 +71,9 @@ async def test_a_fresh_bot_counts_exactly_what_it_did(
     await officer.send_text(nato_r, "[NATO SECRET] spilled")
     await officer.wait_for_text(nato_r, "removed from this room")
 
-    status, text = await asyncio.to_thread(fetch, f"http://127.0.0.1:{METRICS_PORT}/metrics")
+    assert bot_env.bot is not None
+    base = f"http://127.0.0.1:{bot_env.bot.metrics_port}"  # the port bind's port 0 got
+    status, text = await asyncio.to_thread(fetch, f"{base}/metrics")
     assert status == 200
     samples = {
         line.split(" ")[0]: float(line.split(" ")[1])
@@ -93,5 +92,5 @@ async def test_a_fresh_bot_counts_exactly_what_it_did(
     assert samples["liaison_relay_latency_seconds_count"] == 1  # one copy sent
     assert family("liaison_invites_total") == {'liaison_invites_total{result="invited"}': 2}
     assert 0 <= samples["liaison_sync_lag_seconds"] < 60
-    health = await asyncio.to_thread(fetch, f"http://127.0.0.1:{METRICS_PORT}/healthz")
+    health = await asyncio.to_thread(fetch, f"{base}/healthz")
     assert health == (200, "ok\n")

@@ -22,17 +22,15 @@ import pytest
 from nio import RedactedEvent, RoomSendResponse
 from nio.api import Api
 
-from bot.devtools.devserver import free_port
 from bot.services.render import LABEL_KEY
 from policy.adatp4774 import label_metadata, to_json
 from policy.labels import parse_marking
 from tests.bot_harness import BotEnv, audited, enrol, eventually, open_dm
 from tests.matrix_harness import E2EEClient, MakeUser
 
-METRICS_PORT = free_port()
-BOT_EXTRA_CONFIG = f"""
+BOT_EXTRA_CONFIG = """
 [metrics]
-bind = "127.0.0.1:{METRICS_PORT}"
+bind = "127.0.0.1:0"
 """
 RELAY_WITHIN_S = 30  # the issue's bound for the next tagged message after a poison event
 
@@ -110,7 +108,10 @@ async def relays(cast: Cast, what: str) -> None:
         raise AssertionError(f"no relay within {RELAY_WITHIN_S} s after {what}") from exc
 
 
-def healthz(port: int = METRICS_PORT) -> int:
+def healthz(env: BotEnv) -> int:
+    """The status of the bot's /healthz (on the port its bind's port 0 got)."""
+    assert env.bot is not None and env.bot.metrics_port is not None
+    port = env.bot.metrics_port
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
             return int(r.status)
@@ -169,7 +170,7 @@ async def test_a_poison_event_never_stops_the_bot(
         content["m.relates_to"] = {"rel_type": "m.replace", "event_id": own}
     await send(cast.mallory, cast.deu, content, encrypted)
     await relays(cast, f"poison shape {shape} ({'encrypted' if encrypted else 'in clear'})")
-    assert await asyncio.to_thread(healthz) == 200
+    assert await asyncio.to_thread(healthz, bot_env) == 200
 
 
 async def test_a_malformed_message_is_audited_and_its_sender_told(

@@ -30,11 +30,12 @@ async def test_a_forged_clearance_clears_nobody_and_the_admins_are_told(
     assert mallory.user_id in alert.body and "register.refused" in alert.body
 
 
-async def test_a_swapped_room_id_stops_the_start_naming_the_row(bot_env: BotEnv) -> None:
-    assert bot_env.store is not None
-    real = bot_env.room_id("nato-s")
-    await bot_env.stop()
-    config = bot_env.config
+async def test_a_swapped_room_id_stops_the_start_naming_the_row(own_bot_env: BotEnv) -> None:
+    """A bot of its own: its start is made to fail on a row changed behind its back."""
+    assert own_bot_env.store is not None
+    real = own_bot_env.room_id("nato-s")
+    await own_bot_env.stop()
+    config = own_bot_env.config
     from bot.storage import Store
 
     store = Store.from_url(config.database_url())
@@ -46,13 +47,13 @@ async def test_a_swapped_room_id_stops_the_start_naming_the_row(bot_env: BotEnv)
     finally:
         store.close()
     with pytest.raises(StartupError, match=r"\(nato-s\): its row in the database does not verify"):
-        await bot_env.start()
-    await bot_env.stop()
+        await own_bot_env.start()
+    await own_bot_env.stop()
     store = Store.from_url(config.database_url())
     try:
         with store.session() as session:  # put back as the bot wrote it: it verifies again
             session.execute(update(RoomRow).where(RoomRow.key == "nato-s").values(room_id=real))
     finally:
         store.close()
-    bot = await bot_env.start()
+    bot = await own_bot_env.start()
     assert bot.rooms.by_key["nato-s"].room_id == real

@@ -21,11 +21,14 @@ from policy.adatp4774 import from_json, label_metadata, matrix_uri, to_json, to_
 from tests.bot_harness import (
     BotEnv,
     answered_barrier,
+    audited,
     enrol,
     eventually,
+    in_audit,
     nothing_arrives,
     open_dm,
     relayed_barrier,
+    stopped,
     talk,
     text_with,
 )
@@ -95,7 +98,7 @@ async def test_releasable_item_reaches_nato_and_is_refused_for_eu(
     bot_env: BotEnv, cast: Cast
 ) -> None:
     deu, nato_s, eu_s = (bot_env.room_id(k) for k in ("deu", "nato-s", "eu-s"))
-    eu_mark = cast.eu.event_count(eu_s)
+    eu_mark, nato_mark = cast.eu.event_count(eu_s), cast.nato.event_count(nato_s)
     receipt = await talk(
         cast.officer,
         deu,
@@ -104,7 +107,9 @@ async def test_releasable_item_reaches_nato_and_is_refused_for_eu(
     )
     assert "as NATO SECRET" in receipt.body
     assert "Not relayed to eu-s: not releasable to AUT, CYP, IRL, MLT" in receipt.body
-    copy = await cast.nato.wait_for_text(nato_s, "originator: DEU GEHEIM // REL TO NATO")
+    copy = await cast.nato.wait_for_text(
+        nato_s, "originator: DEU GEHEIM // REL TO NATO", after=nato_mark
+    )
     assert isinstance(copy, RoomMessageText)  # m.text, so that it notifies
     lines = copy.body.splitlines()
     assert lines[0] == "NATO SECRET — originator: DEU GEHEIM // REL TO NATO"
@@ -127,10 +132,14 @@ async def test_releasable_item_reaches_nato_and_is_refused_for_eu(
         barrier=relayed_barrier(cast.officer, deu, "GEHEIM // REL TO EU"),
         what="a copy in eu-s",
     )
-    assert bot_env.bot is not None
-    entries = await bot_env.bot.commands.audit_recent(30)
-    actions = {e.action for e in entries}
-    assert {"relay.sent", "relay.refused", "intel.stored"} <= actions
+    await in_audit(
+        bot_env,
+        lambda entries: (
+            {"relay.sent", "relay.refused", "intel.stored"} <= {e.action for e in entries}
+        ),
+        "the relay, its refusal and the stored item audited",
+        limit=30,
+    )
 
 
 async def _say(client: E2EEClient, room_id: str, content: dict[str, object], expect: str) -> str:
@@ -204,22 +213,21 @@ async def test_a_burst_gets_one_receipt_listing_every_message(bot_env: BotEnv, c
     deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
     tag = secrets.token_hex(3)
     mark, nato_mark = cast.officer.event_count(deu), cast.nato.event_count(nato_s)
-    await bot_env.stop()
-    bodies = [
-        f"[GEHEIM // REL TO NATO] burst-{tag}-1",
-        f"[GEHEIM] burst-{tag}-2 national only",
-        f"[STRENG GEHEIM] burst-{tag}-3 spilled words",
-        f"[GEHEIM // REL TO NATO] burst-{tag}-4",
-        f"[GEHEIM // REL TO XYZ] burst-{tag}-5",
-    ]
-    for body in bodies:
-        await cast.officer.send_text(deu, body)
-    sent = [
-        e.event_id
-        for e in cast.officer.events.get(deu, [])[mark:]
-        if isinstance(e, RoomMessageText) and f"burst-{tag}" in e.body
-    ]
-    await bot_env.start()
+    async with stopped(bot_env):
+        bodies = [
+            f"[GEHEIM // REL TO NATO] burst-{tag}-1",
+            f"[GEHEIM] burst-{tag}-2 national only",
+            f"[STRENG GEHEIM] burst-{tag}-3 spilled words",
+            f"[GEHEIM // REL TO NATO] burst-{tag}-4",
+            f"[GEHEIM // REL TO XYZ] burst-{tag}-5",
+        ]
+        for body in bodies:
+            await cast.officer.send_text(deu, body)
+        sent = [
+            e.event_id
+            for e in cast.officer.events.get(deu, [])[mark:]
+            if isinstance(e, RoomMessageText) and f"burst-{tag}" in e.body
+        ]
     receipt = await cast.officer.wait_for(
         deu,
         lambda e: isinstance(e, RoomMessageNotice) and "Receipt for your 5 tagged" in e.body,
@@ -329,9 +337,12 @@ async def test_spillage_is_redacted_and_alerted(
     )
     alert = await cast.admin.wait_for_text(cast.dm, "Spillage in nato-r")
     assert "NATO SECRET" in alert.body and event_id in alert.body and secret not in alert.body
-    assert bot_env.bot is not None
-    entries = await bot_env.bot.commands.audit_recent(20)
-    spill = next(e for e in entries if e.action == "spillage")
+    spill = await in_audit(
+        bot_env,
+        lambda entries: next((e for e in entries if e.action == "spillage"), None),
+        "the spillage audited",
+        limit=20,
+    )
     assert spill.detail["marking"] == "NATO SECRET" and secret not in str(spill.detail)
 
 
@@ -466,5 +477,4 @@ async def test_ledger_row_older_than_the_transaction_memory_is_reported_not_rese
     assert all(r.txn_id != "lb-stale-test" for r in bot_env.store.pending_relays())
     alert = await cast.admin.wait_for_text(cast.dm, "stayed unsent for over 23 hours")
     assert "$old" in alert.body
-    entries = await bot_env.bot.commands.audit_recent(10)
-    assert any(e.action == "relay.stale" and e.subject == "$old" for e in entries)
+    await audited(bot_env, "relay.stale", "$old")

@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 from sqlalchemy import func, select
 
-from bot.devtools.devserver import DevServer, free_port
+from bot.devtools.devserver import DevServer
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm
 from bot.matrix.crosssign import CrossSigningKeys
 from bot.storage import IntelItemRow, RelayRow, Store
@@ -126,7 +126,7 @@ async def test_homeserver_outage_backs_off_and_loses_nothing(tmp_path: Path) -> 
     server = DevServer(tmp_path / "synapse")
     await asyncio.to_thread(server.start)
     proxy = SwitchableProxy(server.base_url)
-    await proxy.start(free_port())
+    await proxy.start()
     clients: list[E2EEClient] = []
     env: BotEnv | None = None
     try:

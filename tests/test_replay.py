@@ -12,7 +12,7 @@ from nio.api import Api
 
 from bot.devtools.e2ee_client import E2EEClient
 from policy.ids import UserId
-from tests.bot_harness import BotEnv, audited, open_dm
+from tests.bot_harness import BotEnv, audited, open_dm, restart
 from tests.matrix_harness import MakeClient, MakeUser
 
 
@@ -55,8 +55,7 @@ async def test_a_grant_replayed_after_a_restart_is_refused_and_audited(
     )
     await send_and_wait(admin, dm, f"!clearance revoke {target.user_id} all", "revoked")
 
-    await bot_env.stop()
-    await bot_env.start()
+    await restart(bot_env)
     replayed = await resend_ciphertext(admin, dm, grant)
 
     entry = await audited(bot_env, "replay.refused", replayed)

@@ -20,6 +20,14 @@ from tests.bot_harness import SECRETS, BotEnv, enrol, eventually, open_dm, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
 
+@pytest.fixture
+def bot_env(own_bot_env: BotEnv) -> BotEnv:
+    """Every test here stops the bot and changes what its next start reads (the room's
+    state, its snapshots, its crypto store): each has a bot of its own, so that none starts
+    on what another left."""
+    return own_bot_env
+
+
 def _topic(bot_env: BotEnv, room_id: str) -> str:
     assert bot_env.bot is not None
     quoted = urllib.parse.quote(room_id)
@@ -100,7 +108,10 @@ async def test_a_restart_restores_rooms_and_syncs_on_from_the_token(
 
 
 async def test_an_altered_snapshot_is_ignored_and_the_restart_syncs_in_full(
-    bot_env: BotEnv, make_client: MakeClient, caplog: pytest.LogCaptureFixture
+    bot_env: BotEnv,
+    make_client: MakeClient,
+    make_user: MakeUser,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Someone with write access to the database swaps two rooms' snapshots (each sealed
     for its own room): neither opens, the bot syncs every room in full and works."""
@@ -108,6 +119,13 @@ async def test_an_altered_snapshot_is_ignored_and_the_restart_syncs_in_full(
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     assert bot_env.bot is not None
     deu, nato_s = bot_env.room_id("deu"), bot_env.room_id("nato-s")
+    # A member in nato-s only, so that the two rooms' member lists differ.
+    member = make_user("member")
+    member_client = await make_client(member)
+    await enrol((admin, dm), [(member.user_id, "NATO SECRET", "NOR")], [(member_client, "nato-s")])
+    bot = bot_env.bot
+    await eventually(lambda: member.user_id in (bot.gateway.members(nato_s) or {}), what="joined")
+    await talk(admin, dm, "!whoami", "Roles: admin")  # a sync after the join is stored
     nato_members = bot_env.bot.gateway.members(nato_s)
     url = bot_env.config.database_url()
     await bot_env.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from bot.devtools.e2ee_client import open_dm, talk
-from tests.bot_harness import BotEnv, enrol
+from tests.bot_harness import BotEnv, enrol, in_audit, restart
 from tests.matrix_harness import MakeClient, MakeUser
 
 BOT_EXTRA_BOT = 'caveats = ["BALTOPS"]'  # a caveat of this deployment, not the catalogue's
@@ -55,8 +55,7 @@ async def test_task_force_room_lifecycle(
     assert "deu → tf-baltic" in routes.body
 
     # both survive a restart
-    await bot_env.stop()
-    await bot_env.start()
+    await restart(bot_env)
     assert "tf-baltic" in bot_env.bot.rooms.by_key
     receipt = await talk(
         officer,
@@ -72,9 +71,14 @@ async def test_task_force_room_lifecycle(
     assert "removed 1 member(s)" in closed.body
     assert tf_room not in await pol.joined_rooms()
     assert "tf-baltic" not in bot_env.bot.rooms.by_key
-    entries = await bot_env.bot.commands.audit_recent(40)
-    actions = {e.action for e in entries}
-    assert {"room.provisioned", "route.added", "room.closed"} <= actions
+    await in_audit(
+        bot_env,
+        lambda entries: (
+            {"room.provisioned", "route.added", "room.closed"} <= {e.action for e in entries}
+        ),
+        "the room, its route and its closing audited",
+        limit=40,
+    )
     await talk(admin, dm, "!route remove deu tf-baltic", "no managed room 'tf-baltic'")
 
 
@@ -85,8 +89,7 @@ async def test_a_room_with_a_configured_caveat_is_restored_after_a_restart(
     admin = await make_client(bot_env.admin)
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     await talk(admin, dm, '!room create tf-cav "Caveat cell" "NATO SECRET // BALTOPS"', "Created")
-    await bot_env.stop()
-    await bot_env.start()
+    await restart(bot_env)
     assert bot_env.bot is not None
     restored = bot_env.bot.rooms.by_key.get("tf-cav")
     assert restored is not None and "BALTOPS" in restored.policy.label.caveats

@@ -14,7 +14,17 @@ from bot.devtools.devserver import DevServer
 from bot.matrix.crosssign import CrossSigningKeys
 from bot.matrix.trust import KeysAPI
 from policy.ids import UserId
-from tests.bot_harness import BotEnv, eventually, no_key_for, open_dm, posted_barrier, talk
+from tests.bot_harness import (
+    BotEnv,
+    audited,
+    eventually,
+    in_audit,
+    no_key_for,
+    open_dm,
+    posted_barrier,
+    restart,
+    talk,
+)
 from tests.matrix_harness import E2EEClient, MakeClient, MakeUser, cross_sign
 
 
@@ -62,8 +72,7 @@ async def test_bot_device_is_signed_by_its_self_signing_key(
 async def test_restart_reuses_the_cross_signing_keys(bot_env: BotEnv) -> None:
     assert bot_env.store is not None
     before = bot_env.store.cross_signing()
-    await bot_env.stop()
-    await bot_env.start()
+    await restart(bot_env)
     assert bot_env.store is not None
     assert bot_env.store.cross_signing() == before
 
@@ -115,10 +124,13 @@ async def test_unsigned_device_of_a_cleared_user_gets_no_room_key(
         bot, unsigned, room_id, answer.event_id, barrier=posted_barrier(bot, room_id)
     )
     assert (signed.user_id, signed.device_id) in holders  # the record is of that session
-    assert bot_env.bot is not None
-    entries = await bot_env.bot.commands.audit_recent(20)
-    assert any(
-        e.action == "command.untrusted-device" and e.actor == signed.user_id for e in entries
+    await in_audit(
+        bot_env,
+        lambda entries: any(
+            e.action == "command.untrusted-device" and e.actor == signed.user_id for e in entries
+        ),
+        "the unsigned device's command audited",
+        limit=20,
     )
 
 
@@ -142,9 +154,7 @@ async def test_identity_reset_stops_keys_until_an_admin_confirms(
     new_keys = await cross_sign(synapse, member, identities, reset=True)
     alert = await admin.wait_for_text(dm, "Identity change", timeout=40)
     assert new_keys.master.public in alert.body.replace(" ", "")
-    assert bot_env.bot is not None
-    entries = await bot_env.bot.commands.audit_recent(20)
-    assert any(e.action == "identity.changed" and e.subject == member.user_id for e in entries)
+    await audited(bot_env, "identity.changed", member.user_id)
     mark = member.event_count(room_id)
     blocked = await talk(witness, room_id, "!rooms", "Managed rooms")
     await member.wait_for(room_id, lambda e: e.event_id == blocked.event_id, after=mark)
@@ -201,9 +211,14 @@ async def test_undecryptable_message_is_reported_to_the_sender(
     report = await admin.wait_for_text(dm, "could not decrypt your message", timeout=30)
     assert event_id in report.body
     assert (undecryptable("held"), undecryptable("reported")) == (held + 1, reported + 1)
-    entries = await bot_env.bot.commands.audit_recent(10)
-    assert any(
-        e.action == "event.undecryptable" and e.detail.get("event_id") == event_id for e in entries
+    await in_audit(
+        bot_env,
+        lambda entries: any(
+            e.action == "event.undecryptable" and e.detail.get("event_id") == event_id
+            for e in entries
+        ),
+        "the undecryptable event audited",
+        limit=10,
     )
 
 

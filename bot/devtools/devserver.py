@@ -274,9 +274,21 @@ class DevServer:
             entries = []
         entries = [e for e in entries if e.get("bot_user_id") != entry["bot_user_id"]]
         entries.append(entry)
-        tmp = path.with_suffix(".tmp")
+        self._write_registers(entries)
+
+    def remove_register(self, bot_user_id: str) -> None:
+        """Stop the gate enforcing that bot's register (written as add_register writes)."""
+        path = self.gate_registers_path
+        entries: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+        kept = [e for e in entries if e.get("bot_user_id") != bot_user_id]
+        if len(kept) == len(entries):
+            raise DevServerError(f"no register of {bot_user_id} in {path}")
+        self._write_registers(kept)
+
+    def _write_registers(self, entries: list[dict[str, Any]]) -> None:
+        tmp = self.gate_registers_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(entries, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        os.replace(tmp, self.gate_registers_path)
 
     # -- lifecycle -------------------------------------------------------------------------
 

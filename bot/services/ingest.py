@@ -48,7 +48,7 @@ from prometheus_client import Counter
 
 from bot.config import FeedConfig
 from bot.matrix.gateway import MatrixError
-from bot.metrics import Metrics
+from bot.metrics import Metrics, bound_port
 from bot.services.ports import Audit, Messenger
 from bot.services.relay import RelayEngine, Source
 from bot.services.render import relay_copy
@@ -133,7 +133,13 @@ class FeedListener:
         await self._runner.setup()
         host, _, port = bind.rpartition(":")
         await web.TCPSite(self._runner, host.strip("[]"), int(port)).start()
-        log.info("feed ingest on http://%s/feeds/…", bind)
+        log.info("feed ingest on http://%s:%d/feeds/…", host, self.port)
+
+    @property
+    def port(self) -> int:
+        """The port the started listener holds (bind's, or the one port 0 got)."""
+        assert self._runner is not None, "not started"
+        return bound_port(self._runner)
 
     async def stop(self) -> None:
         if self._runner is not None:
