@@ -31,17 +31,14 @@ if TYPE_CHECKING:
 from tests.pg import fresh_schema
 
 
-@pytest.fixture(scope="module")
-async def bot_env(
+@contextlib.asynccontextmanager
+async def bot_env_on(
     request: pytest.FixtureRequest,
-    synapse: DevServer,
+    server: DevServer,
     make_user: MakeUser,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> AsyncIterator[BotEnv]:
-    """A bot for the test module, managing the rooms deu and nato-s with the route between
-    them (ROOMS). A module sets BOT_ROOMS to manage others (botenv.rooms_config builds them),
-    BOT_EXTRA_CONFIG to add sections, BOT_DEVICE_TRUST = "tofu" to change policy,
-    BOT_EXTRA_BOT to add lines to the [bot] section."""
+    """A started bot on `server` for the test module (see `bot_env`), stopped at the end."""
     workdir = tmp_path_factory.mktemp("bot")
     stack = contextlib.ExitStack()
     database = "sqlite:///bot.db"
@@ -53,7 +50,7 @@ async def bot_env(
     config_path = workdir / "config.toml"
     write_config(
         config_path,
-        synapse,
+        server,
         bot_user,
         admin.user_id,
         officer.user_id,
@@ -62,9 +59,10 @@ async def bot_env(
         extra_bot=getattr(request.module, "BOT_EXTRA_BOT", ""),
         device_trust=getattr(request.module, "BOT_DEVICE_TRUST", "cross-signed"),
         database_url=database,
+        sweep_interval=getattr(request.module, "BOT_SWEEP_INTERVAL", "2s"),
     )
     env = BotEnv(
-        synapse,
+        server,
         workdir,
         bot_user,
         admin,
@@ -78,6 +76,36 @@ async def bot_env(
             yield env
         finally:
             await env.stop()
+
+
+@pytest.fixture(scope="module")
+async def bot_env(
+    request: pytest.FixtureRequest,
+    synapse: DevServer,
+    make_user: MakeUser,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[BotEnv]:
+    """A bot for the test module, managing the rooms deu and nato-s with the route between
+    them (ROOMS). A module sets BOT_ROOMS to manage others (botenv.rooms_config builds them),
+    BOT_EXTRA_CONFIG to add sections, BOT_DEVICE_TRUST = "tofu" to change policy,
+    BOT_EXTRA_BOT to add lines to the [bot] section, BOT_SWEEP_INTERVAL to sweep other than
+    every 2 s."""
+    async with bot_env_on(request, synapse, make_user, tmp_path_factory) as env:
+        yield env
+
+
+@pytest.fixture(scope="module")
+async def bot_env_without_gate(
+    request: pytest.FixtureRequest,
+    synapse_without_gate: DevServer,
+    make_user_without_gate: MakeUser,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[BotEnv]:
+    """The same on `synapse_without_gate`: nothing but the bot keeps its rooms closed."""
+    async with bot_env_on(
+        request, synapse_without_gate, make_user_without_gate, tmp_path_factory
+    ) as env:
+        yield env
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
@@ -272,6 +300,8 @@ __all__ = [
     "answered_barrier",
     "audited",
     "bot_env",
+    "bot_env_on",
+    "bot_env_without_gate",
     "enrol",
     "eventually",
     "no_key_for",
