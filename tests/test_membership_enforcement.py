@@ -199,7 +199,8 @@ async def test_lowering_a_rooms_label_in_the_config_is_refused(
     """README, Running the bot: "lowering a room's label is refused (make a new room)". On
     this server nothing else would stop the lowered label event (the gate refuses one below
     the register's), so the bot's own check is what is tested. The start stops with the
-    reason; the room, its label event and topic, and the register's row stay as they were."""
+    reason, audited; the room, its label event and topic, and the register's row stay as
+    they were."""
     env = bot_env_without_gate
     assert env.store is not None
     nato_s = env.room_id("nato-s")
@@ -214,15 +215,22 @@ async def test_lowering_a_rooms_label_in_the_config_is_refused(
     try:
         with pytest.raises(StartupError) as refused:
             await env.start()
-        assert str(refused.value) == (
-            "rooms[1]: room 'nato-s': lowering its label (from rank 3, NATO SECRET to "
-            "NATO CONFIDENTIAL) is refused: make a new room instead"
-        )
-        assert env.store.room("nato-s") == row_before
-    finally:
+        assert env.store is not None
+        row_refused = env.store.room("nato-s")
+        audit = [e for e in env.store.recent_audit(20) if e.action == "room.provision.refused"]
+    finally:  # put the config back, whatever happened (a restart here could hide it)
         await env.stop()
         env.config_path.write_text(config)
-        await env.start()
+    assert str(refused.value) == (
+        "rooms[1]: room 'nato-s': lowering its label (from rank 3, NATO SECRET to "
+        "NATO CONFIDENTIAL) is refused: make a new room instead"
+    )
+    assert row_refused == row_before
+    assert [(e.subject, e.detail) for e in audit] == [
+        ("nato-s", {"room_id": nato_s, "reason": str(refused.value).removeprefix("rooms[1]: ")})
+    ]
+    await env.start()
+    assert env.store is not None
     after = await _state(env.server, token, nato_s)
     for key in ((LABEL_EVENT, ""), ("m.room.topic", ""), ("m.room.name", "")):
         assert after[key]["event_id"] == before[key]["event_id"], key  # never re-sent
