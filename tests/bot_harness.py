@@ -33,11 +33,11 @@ from tests.pg import fresh_schema
 
 
 @contextlib.asynccontextmanager
-async def _started_bot(
-    request: pytest.FixtureRequest, synapse: DevServer, make_user: MakeUser, workdir: Path
+async def bot_env_on(
+    request: pytest.FixtureRequest, server: DevServer, make_user: MakeUser, workdir: Path
 ) -> AsyncIterator[BotEnv]:
-    """A bot of its own (users, database, crypto store, rooms) as the test module asks for
-    it (BOT_ROOMS, BOT_EXTRA_CONFIG, ...: see `bot_env`), stopped at the end."""
+    """A bot of its own on `server` (users, database, crypto store, rooms) as the test
+    module asks for it (BOT_ROOMS, BOT_EXTRA_CONFIG, ...: see `bot_env`), stopped at the end."""
     stack = contextlib.ExitStack()
     database = "sqlite:///bot.db"
     if getattr(request.module, "BOT_DATABASE", "sqlite") == "postgresql":
@@ -48,7 +48,7 @@ async def _started_bot(
     config_path = workdir / "config.toml"
     write_config(
         config_path,
-        synapse,
+        server,
         bot_user,
         admin.user_id,
         officer.user_id,
@@ -57,9 +57,10 @@ async def _started_bot(
         extra_bot=getattr(request.module, "BOT_EXTRA_BOT", ""),
         device_trust=getattr(request.module, "BOT_DEVICE_TRUST", "cross-signed"),
         database_url=database,
+        sweep_interval=getattr(request.module, "BOT_SWEEP_INTERVAL", "2s"),
     )
     env = BotEnv(
-        synapse,
+        server,
         workdir,
         bot_user,
         admin,
@@ -85,7 +86,8 @@ async def bot_env(
     """A bot for the test module, managing the rooms deu and nato-s with the route between
     them (ROOMS). A module sets BOT_ROOMS to manage others (botenv.rooms_config builds them),
     BOT_EXTRA_CONFIG to add sections, BOT_DEVICE_TRUST = "tofu" to change policy,
-    BOT_EXTRA_BOT to add lines to the [bot] section.
+    BOT_EXTRA_BOT to add lines to the [bot] section, BOT_SWEEP_INTERVAL to sweep other than
+    every 2 s.
 
     The module's tests share it, in whatever order they run, so none may leave it changed
     for the next: a test that stops and starts it again on the same database and crypto
@@ -93,7 +95,7 @@ async def bot_env(
     inside (the next test gets a running bot on the same rows and device, as a restart in
     production would leave it); a test that changes what a start reads (rows written behind
     the bot's back, its crypto store, a start that must fail) takes `own_bot_env` instead."""
-    async with _started_bot(request, synapse, make_user, tmp_path_factory.mktemp("bot")) as env:
+    async with bot_env_on(request, synapse, make_user, tmp_path_factory.mktemp("bot")) as env:
         yield env
 
 
@@ -107,7 +109,7 @@ async def own_bot_env(
     """A bot of the test's own, built as `bot_env` builds the module's (same module
     settings), stopped after the test: for a test that changes what a start reads, so that
     whatever it leaves (rows, snapshots, a stopped bot) goes with it."""
-    async with _started_bot(request, synapse, make_user, tmp_path_factory.mktemp("bot")) as env:
+    async with bot_env_on(request, synapse, make_user, tmp_path_factory.mktemp("bot")) as env:
         yield env
 
 
@@ -129,6 +131,19 @@ async def restart(env: BotEnv) -> None:
     `stopped`)."""
     async with stopped(env):
         pass
+
+
+@pytest.fixture(scope="module")
+async def bot_env_without_gate(
+    request: pytest.FixtureRequest,
+    synapse_without_gate: DevServer,
+    make_user_without_gate: MakeUser,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AsyncIterator[BotEnv]:
+    """The same on `synapse_without_gate`: nothing but the bot keeps its rooms closed."""
+    workdir = tmp_path_factory.mktemp("bot")
+    async with bot_env_on(request, synapse_without_gate, make_user_without_gate, workdir) as env:
+        yield env
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 20, what: str = "") -> Any:
@@ -343,6 +358,8 @@ __all__ = [
     "answered_barrier",
     "audited",
     "bot_env",
+    "bot_env_on",
+    "bot_env_without_gate",
     "enrol",
     "eventually",
     "in_audit",

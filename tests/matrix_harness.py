@@ -10,6 +10,11 @@ Loaded from tests/conftest.py as ``pytest_plugins = ["tests.matrix_harness"]`` (
 * ``make_client`` (function, async): ``await make_client(user, auto_join=False) ->
   E2EEClient``, logged in as a fresh device with its own crypto store and already syncing;
   every client it made is stopped when the test ends.
+* ``synapse_without_gate`` (session), with ``make_user_without_gate`` and
+  ``make_client_without_gate``: the same on a second Synapse that does not load the
+  homeserver gate, started (on a free loopback port) only when a test asks for it. For the
+  tests of the bot's own enforcement: with the gate, the server refuses whoever the bot would
+  remove, so the bot's removal paths never run.
 
 Event loops (pytest-asyncio 1.5, ``asyncio_mode = "auto"``,
 ``asyncio_default_fixture_loop_scope = "session"``): async fixtures, including the
@@ -36,6 +41,7 @@ not, and does not share this code). Its name avoids pytest's ``Test*`` collectio
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import secrets
 from collections.abc import AsyncIterator, Iterator
@@ -60,10 +66,7 @@ class MakeClient(Protocol):
     ) -> E2EEClient: ...
 
 
-@pytest.fixture(scope="session")
-def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
-    """One real Synapse for the whole run; ~2 s to start."""
-    server = DevServer(tmp_path_factory.mktemp("synapse"))
+def _running(server: DevServer) -> Iterator[DevServer]:
     server.start()
     try:
         yield server
@@ -72,7 +75,19 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
 
 
 @pytest.fixture(scope="session")
-def make_user(synapse: DevServer) -> MakeUser:
+def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    """One real Synapse for the whole run, with the homeserver gate; ~2 s to start."""
+    yield from _running(DevServer(tmp_path_factory.mktemp("synapse")))
+
+
+@pytest.fixture(scope="session")
+def synapse_without_gate(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
+    """A second Synapse, without the homeserver gate: someone the bot would refuse can be
+    invited or join behind its back, and only the bot's own enforcement removes them."""
+    yield from _running(DevServer(tmp_path_factory.mktemp("synapse-nogate"), gate=False))
+
+
+def users_on(server: DevServer) -> MakeUser:
     """Register users with unique names, so tests sharing the server never collide."""
     counter = itertools.count(1)
 
@@ -80,9 +95,19 @@ def make_user(synapse: DevServer) -> MakeUser:
         localpart_prefix: str = "user", admin: bool = False, *, logout: bool = False
     ) -> RegisteredUser:
         localpart = f"{localpart_prefix.lower()}-{next(counter)}-{secrets.token_hex(3)}"
-        return synapse.register(localpart, f"pw-{secrets.token_hex(8)}", admin, logout=logout)
+        return server.register(localpart, f"pw-{secrets.token_hex(8)}", admin, logout=logout)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def make_user(synapse: DevServer) -> MakeUser:
+    return users_on(synapse)
+
+
+@pytest.fixture(scope="session")
+def make_user_without_gate(synapse_without_gate: DevServer) -> MakeUser:
+    return users_on(synapse_without_gate)
 
 
 @pytest.fixture(scope="session")
@@ -91,13 +116,13 @@ def identities() -> dict[str, CrossSigningKeys]:
     return {}
 
 
-@pytest.fixture
-async def make_client(
-    synapse: DevServer,
+@contextlib.asynccontextmanager
+async def clients_on(
+    server: DevServer,
     tmp_path_factory: pytest.TempPathFactory,
     identities: dict[str, CrossSigningKeys],
 ) -> AsyncIterator[MakeClient]:
-    """Started E2EE clients, each with its own store, all stopped after the test. Each new
+    """Started E2EE clients, each with its own store, all stopped at the end. Each new
     device is cross-signed by its owner unless `cross_signed=False` (an unverified device)."""
     clients: list[E2EEClient] = []
     fixture_loop = asyncio.get_running_loop()
@@ -113,24 +138,53 @@ async def make_client(
                 "with @pytest.mark.asyncio(loop_scope='session') (see tests/matrix_harness.py)"
             )
         store = tmp_path_factory.mktemp("nio-store")
-        client = await E2EEClient.create(synapse, user, store, auto_join=auto_join)
+        client = await E2EEClient.create(server, user, store, auto_join=auto_join)
         clients.append(client)
         if cross_signed:
-            await cross_sign(synapse, client, identities)
+            await cross_sign(server, client, identities)
         await client.start()
         return client
 
-    yield make
-    await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
+    try:
+        yield make
+    finally:
+        await asyncio.gather(*(c.stop() for c in clients), return_exceptions=True)
+
+
+@pytest.fixture
+async def make_client(
+    synapse: DevServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    identities: dict[str, CrossSigningKeys],
+) -> AsyncIterator[MakeClient]:
+    """E2EE clients on `synapse`, stopped after the test (`clients_on`)."""
+    async with clients_on(synapse, tmp_path_factory, identities) as make:
+        yield make
+
+
+@pytest.fixture
+async def make_client_without_gate(
+    synapse_without_gate: DevServer,
+    tmp_path_factory: pytest.TempPathFactory,
+    identities: dict[str, CrossSigningKeys],
+) -> AsyncIterator[MakeClient]:
+    """E2EE clients on `synapse_without_gate`, stopped after the test."""
+    async with clients_on(synapse_without_gate, tmp_path_factory, identities) as make:
+        yield make
 
 
 __all__ = [
     "E2EEClient",
     "MakeClient",
     "MakeUser",
+    "clients_on",
     "cross_sign",
     "identities",
     "make_client",
+    "make_client_without_gate",
     "make_user",
+    "make_user_without_gate",
     "synapse",
+    "synapse_without_gate",
+    "users_on",
 ]

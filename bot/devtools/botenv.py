@@ -81,6 +81,7 @@ def write_config(
     device_trust: str = "cross-signed",
     database_url: str = "sqlite:///bot.db",
     data_key: str | None = None,
+    sweep_interval: str = "2s",
 ) -> None:
     """Write a test bot's config and register it with the homeserver gate, which verifies
     its rows with the public key of `data_key` (the bot's data key; SECRETS' by default)."""
@@ -102,7 +103,7 @@ def write_config(
             [bot]
             admins = ["{admin}"]
             officers = ["{officer}"]
-            sweep_interval = "2s"
+            sweep_interval = "{sweep_interval}"
             undecryptable_grace = "2s"
             {extra_bot}
             """

@@ -408,6 +408,13 @@ class RoomDirectory:
                 except MatrixError as exc:
                     raise StartupError(f"rooms[{i}] ({cfg.key}): {exc}") from None
                 except ProvisionError as exc:
+                    await in_thread(
+                        self.store.append_audit,
+                        "liaison-bot",
+                        "room.provision.refused",
+                        cfg.key,
+                        {"room_id": record.room_id if record else None, "reason": str(exc)},
+                    )
                     raise StartupError(f"rooms[{i}]: {exc}") from None
                 await in_thread(self.store.save_room, _record(cfg.key, cfg.name, room, room_id))
                 await self._flag(cfg.key, room_id, warnings)
