@@ -278,6 +278,20 @@ class DevServer:
         tmp.write_text(json.dumps(entries, indent=1), encoding="utf-8")
         os.replace(tmp, path)
 
+    def remove_register(self, bot_user_id: str) -> None:
+        """Stop the gate enforcing one bot's register (a test's register that it broke on
+        purpose, so that later tests on the same server never read it). Written whole and
+        renamed, as `add_register` does."""
+        path = self.gate_registers_path
+        try:
+            entries: list[dict[str, Any]] = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        kept = [e for e in entries if e.get("bot_user_id") != bot_user_id]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(kept, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self, timeout: float = 60) -> None:
