@@ -137,3 +137,28 @@ async def test_replays_of_a_command_and_of_a_tagged_message_alert_the_admins(
         barrier=relayed_barrier(officer, deu, "GEHEIM // REL TO NATO"),
         what="a second copy of the replayed message",
     )
+
+
+async def test_a_replay_the_running_bot_has_seen_is_refused_and_alerted_too(
+    bot_env: BotEnv, make_client: MakeClient
+) -> None:
+    """Without a restart, nio's in-memory cache knows the original. It used to leave the
+    replay undecrypted, so the bot told the sender their room key never arrived and
+    alerted nobody (and after a restart that synced the original again, the same: the
+    test above failed now and then). The bot's own record judges it instead."""
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    command = await send_and_wait(admin, dm, "!whoami", "Roles: admin")
+    mark = admin.event_count(dm)
+    replayed = await resend_ciphertext(admin, dm, command)
+    alert = await admin.wait_for(
+        dm,
+        lambda e: (
+            isinstance(e, RoomMessageNotice) and "Replay refused" in e.body and replayed in e.body
+        ),
+        30,
+        after=mark,
+    )
+    assert bot_env.admin.user_id in alert.body
+    entry = await audited(bot_env, "replay.refused", replayed)
+    assert entry.actor == bot_env.admin.user_id
