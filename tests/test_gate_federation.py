@@ -14,7 +14,9 @@ from __future__ import annotations
 import importlib
 import json
 import secrets
+import sqlite3
 import ssl
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -102,6 +104,34 @@ class _Federation:
             "GET", f"/_matrix/federation/v1/make_join/{_q(room_id)}/{_q(user_id)}?{versions}"
         )
         return reply["room_version"], reply["event"]
+
+    def invite(
+        self,
+        room_version: str,
+        room_id: str,
+        sender: str,
+        invitee: str,
+        stripped: list[dict[str, Any]] | None = None,
+    ) -> Any:
+        """/invite of `invitee` (a user of the target) into the room by `sender` (of the
+        origin), signed as the inviting server signs it, with the room's `stripped` state."""
+        version = KNOWN_ROOM_VERSIONS[room_version]
+        event: dict[str, Any] = {
+            "type": "m.room.member",
+            "room_id": room_id,
+            "sender": sender,
+            "state_key": invitee,
+            "content": {"membership": "invite"},
+            "origin_server_ts": int(time.time() * 1000),
+            "depth": 1,
+            "prev_events": [],
+            "auth_events": [],
+        }
+        add_hashes_and_signatures(version, event, self.origin.server_name, self.key)
+        event_id = make_event_from_dict(event, version).event_id
+        path = f"/_matrix/federation/v2/invite/{_q(room_id)}/{_q(event_id)}"
+        body = {"room_version": room_version, "event": event, "invite_room_state": stripped or []}
+        return self.request("PUT", path, body)
 
     def send_join(self, room_version: str, draft: dict[str, Any]) -> Any:
         """/send_join of the draft, completed and signed as the joining server does."""
@@ -235,3 +265,106 @@ def test_a_remote_user_revoked_after_the_invite_cannot_join(
     assert "HTTP 403" in message, message
     assert f"{held.user_id} may not enter nato-s (NATO SECRET)" in message, message
     assert _membership(deu, bot.access_token, room_id, held.user_id) == "invite"
+
+
+def _log_after(server: DevServer, offset: int) -> str:
+    with server.log_path.open("rb") as log_file:
+        log_file.seek(offset)
+        return log_file.read().decode("utf-8", errors="replace")
+
+
+def test_a_federated_invite_of_an_uncleared_user_is_refused_with_the_reason(
+    servers: tuple[DevServer, DevServer], ca: TestCA, tmp_path: Path
+) -> None:
+    """`federated_user_may_invite`: another server sends this one an invite of one of its
+    users into a managed room (a server in the room whose admin, or a stolen token there,
+    asks). Synapse asks the gate before anything else about the invite: an uncleared
+    invitee is refused with the rule's reason, in the answer and in Synapse's log; a cleared
+    one passes the gate. Into a room this server is not in, the label comes with the
+    invite (its stripped state): a room labelled by a bot of this server whose register
+    cannot be read (its tables missing) is refused too (fails closed), where without the
+    label the room would look unmanaged."""
+    deu, nato = servers
+    as_nato = _Federation(nato, deu, ca)
+    bot, ghost = _user(deu, "liaison"), _user(deu, "ghostbot")
+    uncleared, cleared, inviter = _user(deu, "uncleared"), _user(deu, "cleared"), _user(nato, "x")
+    register = f"sqlite:///{tmp_path / 'register.db'}"
+    upgrade(register)
+    data_key = "federated-invite-data-key-0123456789abcdef"
+    store = Store.from_url(register, audit_key_from(data_key))
+    store.key_audit_log()
+    nato_label = label_content(make_room(parse_marking("NATO SECRET")))
+    try:
+        store.grant("test", cleared.user_id, "NATO", "NATO SECRET", 3, nationality="DEU")
+        deu.add_register({"bot_user_id": bot.user_id, "database": register}, data_key=data_key)
+        room_id: str = deu.request(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            {
+                "preset": "private_chat",
+                "initial_state": [{"type": LABEL_EVENT, "state_key": "", "content": nato_label}],
+            },
+            token=bot.access_token,
+        )["room_id"]
+        store.save_room(
+            RoomRecord(
+                key=RoomKey("nato-s"),
+                name="NATO SECRET liaison",
+                label="NATO SECRET",
+                scheme="NATO",
+                rank=3,
+                audience=("DEU", "POL"),
+                room_id=RoomId(room_id),
+                origin=Origin.CONFIG,
+                servers=(deu.server_name, nato.server_name),
+            )
+        )
+    finally:
+        store.close()
+    create = f"/_matrix/client/v3/rooms/{_q(room_id)}/state/m.room.create/"
+    version = str(deu.request("GET", create, token=bot.access_token).get("room_version", "1"))
+
+    offset = deu.log_path.stat().st_size
+    with pytest.raises(DevServerError) as info:
+        as_nato.invite(version, room_id, inviter.user_id, uncleared.user_id)
+    message = str(info.value)
+    log = _log_after(deu, offset)
+    reason = f"{uncleared.user_id} may not enter nato-s (NATO SECRET): no clearance on record"
+    assert "HTTP 403" in message and reason in message, message
+    what = f"{inviter.user_id}'s federated invite of {uncleared.user_id}"
+    assert f"liaison gate refused {what}: {reason}" in log, log
+    # A cleared invitee passes the gate (the server then takes the invite as it comes).
+    answer = as_nato.invite(version, room_id, inviter.user_id, cleared.user_id)
+    assert answer["event"]["state_key"] == cleared.user_id, answer
+
+    # A room on nato only, labelled (says the invite) by a bot of deu's whose register has
+    # lost its tables.
+    empty = tmp_path / "ghost.db"
+    sqlite3.connect(empty).execute("CREATE TABLE unrelated (x INTEGER)").connection.close()
+    deu.add_register({"bot_user_id": ghost.user_id, "database": f"sqlite:///{empty}"})
+    elsewhere: str = nato.request(
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        {"preset": "private_chat"},
+        token=inviter.access_token,
+    )["room_id"]
+    path = f"/_matrix/client/v3/rooms/{_q(elsewhere)}/state/m.room.create/"
+    far_version = str(
+        nato.request("GET", path, token=inviter.access_token).get("room_version", "1")
+    )
+    stripped = [
+        {"type": LABEL_EVENT, "state_key": "", "sender": ghost.user_id, "content": nato_label}
+    ]
+    offset = deu.log_path.stat().st_size
+    with pytest.raises(DevServerError) as info:
+        as_nato.invite(far_version, elsewhere, inviter.user_id, cleared.user_id, stripped)
+    message = str(info.value)
+    log = _log_after(deu, offset)
+    reason = (
+        f"the clearance register of {ghost.user_id} cannot be read (OperationalError: "
+        "(sqlite3.OperationalError) no such table: rooms"
+    )
+    assert "HTTP 403" in message and reason in message, message
+    assert f"managed room {elsewhere} admits nobody until it can" in message, message
+    what = f"{inviter.user_id}'s federated invite of {cleared.user_id}"
+    assert f"liaison gate refused {what}: {reason}" in log, log

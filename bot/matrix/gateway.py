@@ -135,7 +135,15 @@ class Gateway:
     def _watch_message_indexes(self) -> None:
         """Note which megolm message each event decrypted from. nio checks replays only
         against an in-memory cache, emptied by a restart; the bot keeps what it acted on
-        (`ciphertext_of`), so the same message under a new event id is recognised."""
+        (`ciphertext_of`), so the same message under a new event id is recognised.
+
+        That record is the one judge of a replay: nio's verdict is not used. When nio's cache
+        caught a replay (the original seen by this process: no restart in between, or a
+        restart that synced the original again), nio left the event undecrypted, and the
+        bot told the sender its room key had never arrived and alerted nobody. Decrypted,
+        the replay of a message the bot acted on is refused as such (audited
+        `replay.refused`, admins alerted); one of a message it did not act on is not acted
+        on either."""
         olm = self.client.olm
         if olm is None:
             return
@@ -148,7 +156,8 @@ class Gateway:
             self._ciphertexts.move_to_end(event.event_id)
             while len(self._ciphertexts) > REMEMBERED_CIPHERTEXTS:
                 self._ciphertexts.popitem(last=False)
-            return bool(check(message_index, event))
+            check(message_index, event)  # nio's own note of the index; its verdict aside
+            return True
 
         olm.message_index_ok = noted
 
