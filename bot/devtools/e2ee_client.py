@@ -407,11 +407,19 @@ class E2EEClient:
         assert isinstance(response, RoomCreateResponse)
         room_id: str = response.room_id
 
+        def seen(user: str, room: MatrixRoom) -> bool:
+            # Invited, or already past it: an invitee may decline (or join and leave) before
+            # this client's sync shows the invite, and is then never in `room.users`.
+            return user in room.users or any(
+                isinstance(e, RoomMemberEvent) and e.state_key == user
+                for e in self.events.get(room_id, [])
+            )
+
         def synced() -> bool | None:
             room = self.client.rooms.get(room_id)
             if room is None or room.encrypted != encrypted:
                 return None
-            return True if all(user in room.users for user in invite) else None
+            return True if all(seen(user, room) for user in invite) else None
 
         await self._wait_until(
             synced, timeout, lambda: f"{self.user_id}: created room {room_id} not synced"
