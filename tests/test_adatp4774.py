@@ -56,8 +56,11 @@ def test_every_scheme_and_level_is_covered() -> None:
     ]
     assert sorted((lv.scheme, lv.rank, lv.name) for lv in LEVELS) == sorted(in_data)
     assert set(SCHEMES) == {raw["code"] for raw in data["schemes"]} == {
-        "NATO", "EU", "BEL", "BGR", "CZE", "DNK", "DEU", "EST", "IRL", "GRC", "ESP", "FRA",
-        "HRV", "ITA", "LUX", "NLD", "POL",
+        "NATO", "EU",
+        # the 27 EU member states (Council Decision 2013/488/EU, Appendix B)
+        "AUT", "BEL", "BGR", "CYP", "CZE", "DEU", "DNK", "ESP", "EST", "FIN", "FRA", "GRC",
+        "HRV", "HUN", "IRL", "ITA", "LTU", "LUX", "LVA", "MLT", "NLD", "POL", "PRT", "ROU",
+        "SVK", "SVN", "SWE",
     }  # fmt: skip
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from policy import CATALOGUE, MarkingError, convert, parse_marking, releasable_set, render
+from policy.labels import level_candidates
 
 # (marking, context, canonical level banner)
 NAMES = [
@@ -69,10 +70,11 @@ NAMES = [
     ("ПОВЕРИТЕЛНО", None, "BGR ПОВЕРИТЕЛНО"),
     ("ЗА СЛУЖЕБНО ПОЛЗВАНЕ", None, "BGR ЗА СЛУЖЕБНО ПОЛЗВАНЕ"),
     ("секретно", None, "BGR СЕКРЕТНО"),
-    # Czechia, with and without diacritics
+    # Czechia, with and without diacritics (TAJNÉ and PRISNE TAJNE are Slovak too)
     ("PŘÍSNĚ TAJNÉ", None, "CZE PŘÍSNĚ TAJNÉ"),
-    ("PRISNE TAJNE", None, "CZE PŘÍSNĚ TAJNÉ"),
-    ("TAJNÉ", None, "CZE TAJNÉ"),
+    ("CZE PRISNE TAJNE", None, "CZE PŘÍSNĚ TAJNÉ"),
+    ("CZE TAJNÉ", None, "CZE TAJNÉ"),
+    ("TAJNÉ", "CZE", "CZE TAJNÉ"),
     ("DŮVĚRNÉ", None, "CZE DŮVĚRNÉ"),
     ("DUVERNE", None, "CZE DŮVĚRNÉ"),
     ("VYHRAZENÉ", None, "CZE VYHRAZENÉ"),
@@ -82,7 +84,8 @@ NAMES = [
     ("FORTROLIGT", None, "DNK FORTROLIGT"),
     ("TIL TJENESTEBRUG", None, "DNK TIL TJENESTEBRUG"),
     # Germany
-    ("STRENG GEHEIM", None, "DEU STRENG GEHEIM"),
+    ("DEU STRENG GEHEIM", None, "DEU STRENG GEHEIM"),
+    ("STRENG GEHEIM", "DEU", "DEU STRENG GEHEIM"),
     ("DEU GEHEIM", None, "DEU GEHEIM"),
     ("GEHEIM", "DEU", "DEU GEHEIM"),
     ("VS-VERTRAULICH", None, "DEU VS-VERTRAULICH"),
@@ -97,27 +100,31 @@ NAMES = [
     ("SALAJANE", None, "EST SALAJANE"),
     ("KONFIDENTSIAALNE", None, "EST KONFIDENTSIAALNE"),
     ("PIIRATUD", None, "EST PIIRATUD"),
-    # Ireland: bare English names are Irish outside NATO/EU rooms, when unambiguous
+    # Ireland: Malta lists the same English names, so a bare one needs an IRL room
     ("IRL TOP SECRET", None, "IRL TOP SECRET"),
-    ("TOP SECRET", None, "IRL TOP SECRET"),
+    ("TOP SECRET", "IRL", "IRL TOP SECRET"),
     ("IRL SECRET", None, "IRL SECRET"),
     ("SECRET", "IRL", "IRL SECRET"),
-    ("CONFIDENTIAL", None, "IRL CONFIDENTIAL"),
-    ("RESTRICTED", None, "IRL RESTRICTED"),
-    # Greece, names and abbreviations
-    ("ΆΚΡΩΣ ΑΠΌΡΡΗΤΟ", None, "GRC ΆΚΡΩΣ ΑΠΌΡΡΗΤΟ"),
-    ("ΑΑΠ", None, "GRC ΆΚΡΩΣ ΑΠΌΡΡΗΤΟ"),
-    ("ΑΠΌΡΡΗΤΟ", None, "GRC ΑΠΌΡΡΗΤΟ"),
-    ("ΑΠ", None, "GRC ΑΠΌΡΡΗΤΟ"),
-    ("ΕΜΠΙΣΤΕΥΤΙΚΌ", None, "GRC ΕΜΠΙΣΤΕΥΤΙΚΌ"),
-    ("ΕΜ", None, "GRC ΕΜΠΙΣΤΕΥΤΙΚΌ"),
-    ("ΠΕΡΙΟΡΙΣΜΈΝΗΣ ΧΡΉΣΗΣ", None, "GRC ΠΕΡΙΟΡΙΣΜΈΝΗΣ ΧΡΉΣΗΣ"),
-    ("ΠΧ", None, "GRC ΠΕΡΙΟΡΙΣΜΈΝΗΣ ΧΡΉΣΗΣ"),
-    ("απόρρητο", None, "GRC ΑΠΌΡΡΗΤΟ"),
+    ("IRL CONFIDENTIAL", None, "IRL CONFIDENTIAL"),
+    ("CONFIDENTIAL", "IRL", "IRL CONFIDENTIAL"),
+    ("RESTRICTED", "IRL", "IRL RESTRICTED"),
+    # Greece, names and abbreviations (Cyprus has the same: GRC or a GRC room)
+    ("ΆΚΡΩΣ ΑΠΌΡΡΗΤΟ", "GRC", "GRC ΆΚΡΩΣ ΑΠΌΡΡΗΤΟ"),
+    ("ΑΑΠ", "GRC", "GRC ΆΚΡΩΣ ΑΠΌΡΡΗΤΟ"),
+    ("ΑΠΌΡΡΗΤΟ", "GRC", "GRC ΑΠΌΡΡΗΤΟ"),
+    ("ΑΠ", "GRC", "GRC ΑΠΌΡΡΗΤΟ"),
+    ("ΕΜΠΙΣΤΕΥΤΙΚΌ", "GRC", "GRC ΕΜΠΙΣΤΕΥΤΙΚΌ"),
+    ("ΕΜ", "GRC", "GRC ΕΜΠΙΣΤΕΥΤΙΚΌ"),
+    ("ΠΕΡΙΟΡΙΣΜΈΝΗΣ ΧΡΉΣΗΣ", "GRC", "GRC ΠΕΡΙΟΡΙΣΜΈΝΗΣ ΧΡΉΣΗΣ"),
+    ("ΠΧ", "GRC", "GRC ΠΕΡΙΟΡΙΣΜΈΝΗΣ ΧΡΉΣΗΣ"),
+    ("απόρρητο", "GRC", "GRC ΑΠΌΡΡΗΤΟ"),
+    ("GRC ΑΠΌΡΡΗΤΟ", None, "GRC ΑΠΌΡΡΗΤΟ"),
+    ("GRC ΑΚΡΩΣ ΑΠΟΡΡΗΤΟ", None, "GRC ΆΚΡΩΣ ΑΠΌΡΡΗΤΟ"),
     # Spain
-    ("SECRETO", None, "ESP SECRETO"),
-    ("RESERVADO", None, "ESP RESERVADO"),
-    ("CONFIDENCIAL", None, "ESP CONFIDENCIAL"),
+    ("ESP SECRETO", None, "ESP SECRETO"),
+    ("SECRETO", "ESP", "ESP SECRETO"),
+    ("ESP RESERVADO", None, "ESP RESERVADO"),
+    ("ESP CONFIDENCIAL", None, "ESP CONFIDENCIAL"),
     ("DIFUSIÓN LIMITADA", None, "ESP DIFUSIÓN LIMITADA"),
     ("DIFUSION LIMITADA", None, "ESP DIFUSIÓN LIMITADA"),
     # France, with the pre-2021 names as aliases and the legacy level
@@ -128,10 +135,10 @@ NAMES = [
     ("SECRET DEFENSE", None, "FRA SECRET"),
     ("SECRET", "FRA", "FRA SECRET"),
     ("CONFIDENTIEL DÉFENSE", None, "FRA CONFIDENTIEL DÉFENSE"),
-    ("DIFFUSION RESTREINTE", None, "FRA DIFFUSION RESTREINTE"),
     # Croatia
     ("VRLO TAJNO", None, "HRV VRLO TAJNO"),
-    ("TAJNO", None, "HRV TAJNO"),
+    ("HRV TAJNO", None, "HRV TAJNO"),
+    ("TAJNO", "HRV", "HRV TAJNO"),
     ("POVJERLJIVO", None, "HRV POVJERLJIVO"),
     ("OGRANIČENO", None, "HRV OGRANIČENO"),
     ("OGRANICENO", None, "HRV OGRANIČENO"),
@@ -155,6 +162,75 @@ NAMES = [
     ("TAJNE", None, "POL TAJNE"),
     ("POUFNE", None, "POL POUFNE"),
     ("ZASTRZEŻONE", None, "POL ZASTRZEŻONE"),
+    # Austria
+    ("AUT STRENG GEHEIM", None, "AUT STRENG GEHEIM"),
+    ("AUT GEHEIM", None, "AUT GEHEIM"),
+    ("VERTRAULICH", None, "AUT VERTRAULICH"),
+    ("EINGESCHRÄNKT", None, "AUT EINGESCHRÄNKT"),
+    ("EINGESCHRAENKT", None, "AUT EINGESCHRÄNKT"),
+    ("EINGESCHRANKT", None, "AUT EINGESCHRÄNKT"),
+    # Cyprus: Greece's names, so the trigraph or a CYP room
+    ("CYP ΆΚΡΩΣ ΑΠΌΡΡΗΤΟ", None, "CYP ΆΚΡΩΣ ΑΠΌΡΡΗΤΟ"),
+    ("ΑΠΌΡΡΗΤΟ", "CYP", "CYP ΑΠΌΡΡΗΤΟ"),
+    ("CYP ΕΜ", None, "CYP ΕΜΠΙΣΤΕΥΤΙΚΌ"),
+    ("CYP ΠΕΡΙΟΡΙΣΜΕΝΗΣ ΧΡΗΣΗΣ", None, "CYP ΠΕΡΙΟΡΙΣΜΈΝΗΣ ΧΡΉΣΗΣ"),
+    # Finland, Finnish and Swedish
+    ("ERITTÄIN SALAINEN", None, "FIN ERITTÄIN SALAINEN"),
+    ("YTTERST HEMLIG", None, "FIN ERITTÄIN SALAINEN"),
+    ("SALAINEN", None, "FIN SALAINEN"),
+    ("FIN HEMLIG", None, "FIN SALAINEN"),
+    ("LUOTTAMUKSELLINEN", None, "FIN LUOTTAMUKSELLINEN"),
+    ("KONFIDENTIELL", "FIN", "FIN LUOTTAMUKSELLINEN"),
+    ("KAYTTO RAJOITETTU", None, "FIN KÄYTTÖ RAJOITETTU"),
+    ("BEGRÄNSAD TILLGÅNG", None, "FIN KÄYTTÖ RAJOITETTU"),
+    # Hungary: the markings end in '!'
+    ("SZIGORÚAN TITKOS!", None, "HUN SZIGORÚAN TITKOS!"),
+    ("TITKOS", None, "HUN TITKOS!"),
+    ("BIZALMAS!", None, "HUN BIZALMAS!"),
+    ("KORLATOZOTT TERJESZTESU", None, "HUN KORLÁTOZOTT TERJESZTÉSŰ!"),
+    # Lithuania
+    ("VISIŠKAI SLAPTAI", None, "LTU VISIŠKAI SLAPTAI"),
+    ("SLAPTAI", None, "LTU SLAPTAI"),
+    ("KONFIDENCIALIAI", None, "LTU KONFIDENCIALIAI"),
+    ("RIBOTO NAUDOJIMO", None, "LTU RIBOTO NAUDOJIMO"),
+    # Latvia
+    ("SEVISKI SLEPENI", None, "LVA SEVIŠĶI SLEPENI"),
+    ("SLEPENI", None, "LVA SLEPENI"),
+    ("KONFIDENCIĀLI", None, "LVA KONFIDENCIĀLI"),
+    ("DIENESTA VAJADZĪBĀM", None, "LVA DIENESTA VAJADZĪBĀM"),
+    # Malta, Maltese and English
+    ("L-OGĦLA SEGRETEZZA", None, "MLT L-OGĦLA SEGRETEZZA"),
+    ("L-OGHLA SEGRETEZZA", None, "MLT L-OGĦLA SEGRETEZZA"),
+    ("MLT TOP SECRET", None, "MLT L-OGĦLA SEGRETEZZA"),
+    ("SIGRIET", None, "MLT SIGRIET"),
+    ("KUNFIDENZJALI", None, "MLT KUNFIDENZJALI"),
+    ("RISTRETT", None, "MLT RISTRETT"),
+    ("RESTRICTED", "MLT", "MLT RISTRETT"),
+    # Portugal: SECRETO and RESERVADO one rank below Spain's
+    ("MUITO SECRETO", None, "PRT MUITO SECRETO"),
+    ("PRT SECRETO", None, "PRT SECRETO"),
+    ("PRT CONFIDENCIAL", None, "PRT CONFIDENCIAL"),
+    ("RESERVADO", "PRT", "PRT RESERVADO"),
+    # Romania: SECRET is its CONFIDENTIAL level
+    ("STRICT SECRET DE IMPORTANTA DEOSEBITA", None, "ROU STRICT SECRET DE IMPORTANȚĂ DEOSEBITĂ"),
+    ("STRICT SECRET", None, "ROU STRICT SECRET"),
+    ("ROU SECRET", None, "ROU SECRET"),
+    ("SECRET DE SERVICIU", None, "ROU SECRET DE SERVICIU"),
+    # Slovakia
+    ("PRÍSNE TAJNÉ", None, "SVK PRÍSNE TAJNÉ"),
+    ("SVK TAJNE", None, "SVK TAJNÉ"),
+    ("DÔVERNÉ", None, "SVK DÔVERNÉ"),
+    ("VYHRADENE", None, "SVK VYHRADENÉ"),
+    # Slovenia
+    ("STROGO TAJNO", None, "SVN STROGO TAJNO"),
+    ("SVN TAJNO", None, "SVN TAJNO"),
+    ("ZAUPNO", None, "SVN ZAUPNO"),
+    ("INTERNO", None, "SVN INTERNO"),
+    # Sweden, the 2019 scheme
+    ("KVALIFICERAT HEMLIG", None, "SWE KVALIFICERAT HEMLIG"),
+    ("HEMLIG", "SWE", "SWE HEMLIG"),
+    ("SWE KONFIDENTIELL", None, "SWE KONFIDENTIELL"),
+    ("BEGRANSAT HEMLIG", None, "SWE BEGRÄNSAT HEMLIG"),
 ]
 
 
@@ -172,21 +248,24 @@ def test_every_level_of_every_scheme_is_in_the_table() -> None:
 
 
 def test_context_short_name_wins_over_other_schemes() -> None:
-    # SECRET alone is Belgian, French or Irish; in a NATO room it is NATO SECRET.
+    # SECRET alone is Belgian, French, Irish, Maltese or Romanian; in a NATO room it is NATO SECRET.
     assert parse_marking("[SECRET]".strip("[]"), "NATO").scheme == "NATO"
     assert parse_marking("TOP SECRET", "NATO").scheme == "NATO"
-    assert parse_marking("TOP SECRET", "DEU").scheme == "IRL"
+    assert parse_marking("TOP SECRET", "IRL").scheme == "IRL"
+    # Irish or Maltese: a DEU room does not decide between them
+    with pytest.raises(MarkingError, match="ambiguous"):
+        parse_marking("TOP SECRET", "DEU")
 
 
 def test_luxembourg_never_matches_bare_english_names() -> None:
     for name in ("TOP SECRET", "CONFIDENTIAL", "RESTRICTED"):
-        assert parse_marking(name).scheme != "LUX"
+        assert {lv.scheme for lv in level_candidates(name)} == {"IRL", "MLT"}
 
 
 def test_exact_match_beats_accent_folded_match() -> None:
-    # "TAJNE" is exactly Polish; accent-folded it would also be Czech "TAJNÉ".
+    # "TAJNE" is exactly Polish; accent-folded it would also be Czech or Slovak "TAJNÉ".
     assert parse_marking("TAJNE").scheme == "POL"
-    assert parse_marking("TAJNÉ").scheme == "CZE"
+    assert {lv.scheme for lv in level_candidates("TAJNÉ")} == {"CZE", "SVK"}
 
 
 def test_canonical_rendering_sorts_caveats_and_rel_to() -> None:
@@ -246,6 +325,11 @@ def test_configured_caveat_is_accepted_only_when_configured() -> None:
         ("NATO CONFIDENTIAL", "FRA", "FRA SECRET"),
         ("FRA CONFIDENTIEL DÉFENSE", "NATO", "NATO CONFIDENTIAL"),
         ("EU SECRET", "FRA", "FRA SECRET"),
+        # Romania's SECRET is CONFIDENTIAL-level; Portugal's SECRETO is SECRET-level
+        ("EU CONFIDENTIAL", "ROU", "ROU SECRET"),
+        ("ESP SECRETO", "PRT", "PRT MUITO SECRETO"),
+        ("PRT SECRETO", "ESP", "ESP RESERVADO"),
+        ("FIN HEMLIG", "SWE", "SWE HEMLIG"),
     ],
 )
 def test_convert(marking: str, scheme: str, expected: str) -> None:
