@@ -53,7 +53,7 @@ NATO_POLICY = "urn:oid:1.3.26.1.3.1"
 # which policy is meant, in a namespace nobody else uses.
 POLICY_URN = "urn:io.github.liaison-bot:policy:{code}"
 ORIGINATOR_ID_TYPE = "uniformResourceIdentifier"
-MAX_LABEL_BYTES = 16_384
+MAX_LABEL_BYTES = 32_768  # a label with an alternative in each of the 38 schemes is ~17 KiB
 _MAX_CATEGORIES = 16
 _MAX_VALUES = 300
 _MAX_TEXT = 256
