@@ -64,7 +64,10 @@ name = "B"
 label = "SECRTE"
 """
     )
-    assert errors_of(text) == ["rooms[1].label: unknown marking 'SECRTE' — did you mean 'SECRET'?"]
+    assert errors_of(text) == [
+        "rooms[1].label: unknown marking 'SECRTE' — did you mean 'BEL SECRET' or 'IRL SECRET' or "
+        "'FRA SECRET'?"
+    ]
 
 
 def test_every_error_is_listed_at_once() -> None:
