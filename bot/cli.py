@@ -586,6 +586,11 @@ def run_command(config_path: str, verbose: bool) -> None:
     )
     for noisy in ("nio", "peewee", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    schemes = config.schemes_path()
+    if schemes is not None:  # read with the config, before logging was set up
+        from bot.schemes import announce_site_schemes
+
+        announce_site_schemes(current(), schemes)
     try:
         secrets = Secrets.from_env(config)
         asyncio.run(run_bot(config, secrets))

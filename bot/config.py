@@ -463,7 +463,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     schemes_file = bot_section.get("schemes_file") if isinstance(bot_section, dict) else None
     if isinstance(schemes_file, str) and schemes_file.strip():
         try:
-            use_schemes_file((base_dir or Path.cwd()) / schemes_file.strip())
+            use_schemes_file((base_dir or Path.cwd()) / schemes_file.strip(), announce=False)
         except SchemesFileError as exc:
             errors.append(f"bot.schemes_file: {exc}")
     config: Config | None = None

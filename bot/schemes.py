@@ -46,12 +46,19 @@ def read_schemes_file(path: str | Path) -> Catalogue:
         raise SchemesFileError(str(exc)) from None
 
 
-def use_schemes_file(path: str | Path) -> Catalogue:
-    """Read the file and make its catalogue the process's; logs what it adds and replaces."""
+def use_schemes_file(path: str | Path, *, announce: bool = True) -> Catalogue:
+    """Read the file and make its catalogue the process's; logs what it adds and replaces
+    (`announce=False`: the caller does, once logging is set up)."""
     catalogue = read_schemes_file(path)
     install_catalogue(catalogue)
+    if announce:
+        announce_site_schemes(catalogue, path)
+    return catalogue
+
+
+def announce_site_schemes(catalogue: Catalogue, path: str | Path) -> None:
+    """The start's log line(s): each packaged scheme the file replaces, and what it adds."""
     for code in catalogue.overrides:
         log.warning("site schemes file %s replaces the packaged %s scheme", path, code)
     if catalogue.additions:
         log.info("site schemes file %s adds %s", path, ", ".join(catalogue.additions))
-    return catalogue

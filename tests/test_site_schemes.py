@@ -365,3 +365,12 @@ def test_read_schemes_file_errors_name_the_file() -> None:
         read_schemes_file("/nowhere.toml")
     with pytest.raises(MarkingError):
         parse_marking("CHE GEHEIM")  # the fixture put the packaged catalogue back
+
+
+def test_an_override_is_said_in_a_log_line(caplog: pytest.LogCaptureFixture) -> None:
+    from bot.schemes import use_schemes_file
+
+    with caplog.at_level("INFO", logger="bot.schemes"):
+        use_schemes_file(SITE)
+    assert f"site schemes file {SITE} replaces the packaged BEL scheme" in caplog.text
+    assert f"site schemes file {SITE} adds CHE" in caplog.text
