@@ -26,14 +26,14 @@ from bot.storage import Store, StoreError, audit_key_from
 from bot.storage.sealing import Sealer, SealError
 from commands.views import clearance_document
 from policy import (
-    CATALOGUE,
     Clearance,
     Decision,
     Label,
     Level,
     MarkingError,
     Room,
-    convert,
+    current,
+    equivalent,
     known_caveats,
     make_room,
     may_join,
@@ -64,10 +64,34 @@ def _marking(text: str, option: str, context: str | None = None) -> Label:
 
 
 def _scheme(code: str, option: str) -> str:
-    scheme = CATALOGUE.scheme(code)
+    scheme = current().scheme(code)
     if scheme is None:
-        _fail(f"{option}: unknown scheme {code!r} (known: {', '.join(sorted(CATALOGUE.schemes))})")
+        known = ", ".join(sorted(current().schemes))
+        _fail(f"{option}: unknown scheme {code!r} (known: {known})")
     return scheme.code
+
+
+def _use_schemes(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """`--schemes FILE`: install the site schemes file before any other option is read."""
+    if value is not None:
+        from bot.schemes import SchemesFileError, use_schemes_file
+
+        try:
+            use_schemes_file(value)
+        except SchemesFileError as exc:
+            _fail(f"--schemes: {exc}")
+    return value
+
+
+schemes_option = click.option(
+    "--schemes",
+    "schemes_file",
+    type=click.Path(dir_okay=False),
+    is_eager=True,
+    expose_value=False,
+    callback=_use_schemes,
+    help="A site schemes file adding or overriding national schemes ([bot] schemes_file).",
+)
 
 
 def _audience(text: str | None, option: str) -> tuple[str, ...] | None:
@@ -154,6 +178,7 @@ def label() -> None:
 
 @label.command("parse")
 @click.argument("marking")
+@schemes_option
 @click.option(
     "--scheme", "scheme", help="Room scheme giving context to short names (NATO, EU, DEU…)."
 )
@@ -171,10 +196,12 @@ def label_parse(marking: str, scheme: str | None) -> None:
 
 @label.command("convert")
 @click.argument("marking")
+@schemes_option
 @click.option("--to", "to", required=True, help="Target scheme (NATO, EU or a nation's trigraph).")
 @click.option("--scheme", "scheme", help="Context scheme for short names in MARKING.")
 def label_convert(marking: str, to: str, scheme: str | None) -> None:
-    """Print the equivalent level of MARKING in scheme TO.
+    """Print the equivalent level of MARKING in scheme TO: the level of the same rank. Where
+    TO has none (no RESTRICTED, say), exit 1 with the reason: it never rounds.
 
     \b
     Example:
@@ -183,14 +210,58 @@ def label_convert(marking: str, to: str, scheme: str | None) -> None:
     context = _scheme(scheme, "--scheme") if scheme else None
     parsed = _marking(marking, "MARKING", context)
     target = _scheme(to, "--to")
-    level = CATALOGUE.schemes[target].level_at_or_above(parsed.rank)
-    if level is None:
-        _fail(f"{parsed.level.banner} has no equivalent in {target}")
-    click.echo(level.banner)
+    found = equivalent(parsed, target)
+    if isinstance(found, str):
+        _fail(found, EXIT_NO)
+    click.echo(found.banner)
+
+
+@label.command("schemes")
+@click.argument("code", required=False)
+@schemes_option
+def label_schemes(code: str | None) -> None:
+    """List every scheme (or the one CODE names): its levels (official names, other accepted
+    forms), the NATO and EU equivalent of each (same rank) or why there is none, its sources.
+
+    \b
+    Example:
+      liaison-bot label schemes
+      liaison-bot label schemes DEU --schemes /etc/liaison/site-schemes.toml
+    """
+    from policy.labels import scheme_rows
+
+    catalogue = current()
+    codes = [_scheme(code, "CODE")] if code else sorted(catalogue.schemes, key=_scheme_order)
+    for i, name in enumerate(codes):
+        scheme = catalogue.schemes[name]
+        if i:
+            click.echo()
+        site = " (site file)" if name in catalogue.overrides + catalogue.additions else ""
+        click.echo(f"{scheme.code} — {scheme.name}{site}")
+        for row in scheme_rows(scheme.code):
+            if row.level is None:
+                click.echo(f"  rank {row.rank}: no {scheme.code} level — {row.missing}")
+                continue
+            legacy = " [legacy: read, never produced]" if row.level.legacy else ""
+            click.echo(f"  rank {row.rank}: {row.level.banner}{legacy}")
+            if row.aliases:
+                click.echo(f"    also: {', '.join(row.aliases)}")
+            click.echo(f"    NATO: {_equivalent_text(row.nato)}")
+            click.echo(f"    EU: {_equivalent_text(row.eu)}")
+        click.echo(f"  sources: {'; '.join(scheme.sources) or 'none given'}")
+
+
+def _scheme_order(code: str) -> tuple[int, str]:
+    return (0 if code == "NATO" else 1 if code == "EU" else 2, code)
+
+
+def _equivalent_text(found: Level | str) -> str:
+    return found.banner if isinstance(found, Level) else f"none: {found}"
 
 
 @label.command("export")
 @click.argument("marking")
+@schemes_option
 @click.option("--scheme", "scheme", help="Context scheme for short names in MARKING.")
 @click.option(
     "--format", "fmt", type=click.Choice(["xml", "json"]), default="xml", show_default=True
@@ -215,8 +286,8 @@ def label_export(marking: str, scheme: str | None, fmt: str, alternatives: tuple
     parsed = _marking(marking, "MARKING", context)
     schemes = [_scheme(code, "--alternative") for code in alternatives]
     for code in schemes:
-        if code != parsed.scheme and convert(parsed, code) is None:
-            _fail(f"--alternative: {parsed.level.banner} has no equivalent in {code}")
+        if code != parsed.scheme and isinstance(reason := equivalent(parsed, code), str):
+            _fail(f"--alternative: {reason}")
     meta = label_metadata(parsed, schemes, created=datetime.now(UTC))
     if fmt == "json":
         _emit(to_json(meta))
@@ -226,6 +297,7 @@ def label_export(marking: str, scheme: str | None, fmt: str, alternatives: tuple
 
 @label.command("import")
 @click.argument("source", type=click.File("r", encoding="utf-8"))
+@schemes_option
 def label_import(source: Any) -> None:
     """Read an ADatP-4774 label (XML, or the JSON form) from SOURCE (a file, or - for
     standard input) and print our label as `label parse` does; exit 2 naming the element or
@@ -282,7 +354,7 @@ def _caveats(words: Iterable[str], option: str) -> frozenset[str]:
 
 def _nationality(code: str) -> str:
     upper = code.strip().upper()
-    if upper not in CATALOGUE.countries:
+    if upper not in current().countries:
         _fail(f"--nationality: {code!r} is not an ISO 3166-1 alpha-3 code (e.g. DEU, FRA)")
     return upper
 
@@ -304,6 +376,7 @@ def parse_date(text: str, option: str) -> date:
 @click.option("--revoked", is_flag=True, help="The clearance is revoked.")
 @click.option("--room-label", required=True, help="The room's marking.")
 @click.option("--audience", help="The room's narrowed audience, comma separated.")
+@schemes_option
 def policy_may_join(
     nationality: str,
     grants: tuple[str, ...],
@@ -338,6 +411,7 @@ def policy_may_join(
 @click.option("--to-label", required=True, help="The target room's marking.")
 @click.option("--from-audience", help="The source room's narrowed audience, comma separated.")
 @click.option("--to-audience", help="The target room's narrowed audience, comma separated.")
+@schemes_option
 def policy_may_release(
     label_text: str,
     from_label: str,
@@ -439,7 +513,9 @@ def gate_synapse_config(config_path: str, database: str | None) -> None:
             "has\n# started on this version: it signs the rows stored before then at that start."
         )
     click.echo("# Synapse's environment needs: pip install 'liaison-bot[gate]'")
-    click.echo(yaml.safe_dump({"modules": [module_entry([entry])]}, sort_keys=False), nl=False)
+    schemes = config.schemes_path()
+    modules = [module_entry([entry], str(schemes) if schemes else None)]
+    click.echo(yaml.safe_dump({"modules": modules}, sort_keys=False), nl=False)
 
 
 @main.group()
@@ -510,6 +586,11 @@ def run_command(config_path: str, verbose: bool) -> None:
     )
     for noisy in ("nio", "peewee", "aiohttp"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    schemes = config.schemes_path()
+    if schemes is not None:  # read with the config, before logging was set up
+        from bot.schemes import announce_site_schemes
+
+        announce_site_schemes(current(), schemes)
     try:
         secrets = Secrets.from_env(config)
         asyncio.run(run_bot(config, secrets))

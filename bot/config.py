@@ -33,6 +33,7 @@ from pydantic import (
 )
 from sqlalchemy.engine import make_url
 
+from bot.schemes import SchemesFileError, use_schemes_file
 from bot.services.schedule import cron_trigger, parse_duration
 from commands.registry import ROOM_KEY as _ROOM_KEY
 from commands.registry import USER_ID as _USER_ID
@@ -165,6 +166,10 @@ class BotConfig(_Section):
     digest_catchup_grace: Duration = timedelta(hours=2)
     undecryptable_grace: Duration = timedelta(seconds=60)
     dm_join_timeout: Duration = timedelta(minutes=10)
+    # A site schemes file (TOML, the packaged file's [[schemes]] form) adding or overriding
+    # national schemes; relative to the config file. Read and installed before the rooms'
+    # labels are read.
+    schemes_file: str | None = None
 
     @field_validator("command_prefixes")
     @classmethod
@@ -378,6 +383,12 @@ class Config(_Section):
         """The database URL with a relative SQLite path taken from the config's folder."""
         return resolve_database_url(self.storage.database_url, self._base_dir)
 
+    def schemes_path(self) -> Path | None:
+        """The site schemes file, absolute (relative paths are from the config's folder)."""
+        if self.bot.schemes_file is None:
+            return None
+        return (self._base_dir / self.bot.schemes_file).resolve()
+
     def crypto_store_path(self) -> Path:
         return self._base_dir / self.storage.crypto_store
 
@@ -432,12 +443,14 @@ def load_config(path: str | Path) -> Config:
         raise ConfigError(str(path), [f"{path}: no such file"]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [f"{path}: cannot read: {exc}"]) from None
-    config = parse_config(text, str(path))
+    config = parse_config(text, str(path), path.resolve().parent)
     config._base_dir = path.resolve().parent
     return config
 
 
-def parse_config(text: str, source: str = "<config>") -> Config:
+def parse_config(text: str, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate a config. A `[bot] schemes_file` is read and installed first (the rooms'
+    labels may use its schemes); its errors are listed under `bot.schemes_file`."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -447,6 +460,12 @@ def parse_config(text: str, source: str = "<config>") -> Config:
     if not isinstance(caveats, list) or not all(isinstance(c, str) for c in caveats):
         caveats = []
     errors: list[str] = []
+    schemes_file = bot_section.get("schemes_file") if isinstance(bot_section, dict) else None
+    if isinstance(schemes_file, str) and schemes_file.strip():
+        try:
+            use_schemes_file((base_dir or Path.cwd()) / schemes_file.strip(), announce=False)
+        except SchemesFileError as exc:
+            errors.append(f"bot.schemes_file: {exc}")
     config: Config | None = None
     try:
         config = Config.model_validate(raw, context={"caveats": caveats})

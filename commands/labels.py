@@ -1,4 +1,5 @@
-"""Help with markings: `!label check "MARKING"` explains one."""
+"""Help with markings: `!label check "MARKING"` explains one, `!label schemes [CODE]` shows a
+nation's levels and their NATO and EU equivalents."""
 
 from __future__ import annotations
 
@@ -18,7 +19,17 @@ from commands.document import (
     para,
 )
 from commands.registry import Arg, Context, Registry
-from policy import CATALOGUE, MarkingError, Room, convert, fits, parse_marking, releasable_set
+from policy import (
+    Level,
+    MarkingError,
+    Room,
+    current,
+    equivalent,
+    fits,
+    parse_marking,
+    releasable_set,
+)
+from policy.labels import scheme_rows
 
 
 def explain(
@@ -35,10 +46,10 @@ def explain(
     schemes = ["NATO", "EU"] + ([context] if context and context not in ("NATO", "EU") else [])
     equivalents = []
     for scheme in schemes:
-        level = convert(label, scheme)
-        equivalents.append((f"{scheme}: ", level.banner if level else "no equivalent"))
+        found = equivalent(label, scheme)
+        equivalents.append((f"{scheme}: ", _shown(found)))
     nations = releasable_set(label)
-    folded = ", ".join(sorted(CATALOGUE.fold_audience(nations)))
+    folded = ", ".join(sorted(current().fold_audience(nations)))
     fitting = [
         (Strong(key), f" ({name}, {room.label.banner})")
         for key, name, room in rooms
@@ -58,13 +69,54 @@ def explain(
                 ("may be received by: ", folded, f" ({len(nations)} nation(s))"),
             ]
         ),
-        para("Equivalents (the level shown in another scheme; the original label still decides):"),
+        para(
+            "Equivalents (the level of the same rank in another scheme, never rounded; "
+            "the original label still decides):"
+        ),
         items(equivalents),
     ]
     if rooms:
         blocks.append(para("Managed rooms it fits: " if fitting else "It fits no managed room."))
         if fitting:
             blocks.append(items(fitting))
+    return doc(*blocks)
+
+
+def _shown(found: Level | str) -> str:
+    return found.banner if isinstance(found, Level) else f"none: {found}"
+
+
+def describe_scheme(code: str | None) -> Document:
+    """One scheme's levels (official names, other accepted forms), their NATO and EU
+    equivalents, the ranks it lacks and why, and its sources; without a code, the codes."""
+    catalogue = current()
+    known = ", ".join(sorted(catalogue.schemes))
+    if code is None:
+        return doc(
+            para("Known schemes: ", known, "."),
+            para("Ask for one: ", Code("!label schemes DEU")),
+        )
+    scheme = catalogue.scheme(code)
+    if scheme is None:
+        raise CommandError(f"no scheme for {code.strip().upper()!r}; known: {known}")
+    rows: list[tuple[str | Strong, ...]] = []
+    for row in scheme_rows(scheme.code):
+        if row.level is None:
+            rows.append((f"rank {row.rank}: no {scheme.code} level — ", row.missing))
+            continue
+        also = f" (also: {', '.join(row.aliases)})" if row.aliases else ""
+        legacy = " (legacy: read, never produced)" if row.level.legacy else ""
+        rows.append(
+            (
+                Strong(row.level.banner),
+                f"{also}{legacy}, rank {row.rank} — NATO: {_shown(row.nato)}; EU: {_shown(row.eu)}",
+            )
+        )
+    blocks: list[Block] = [
+        heading(f"{scheme.code} — {scheme.name}"),
+        items(rows),
+        para("Sources: ", "; ".join(scheme.sources) or "none given"),
+    ]
     return doc(*blocks)
 
 
@@ -92,3 +144,13 @@ def register(registry: Registry) -> None:
         caveats = await ctx.services.known_caveats()
         document = explain(text, context, rooms, caveats)
         return Reply(document + doc(para("Checked: ", Code(text))))
+
+    @registry.command(
+        "label schemes",
+        "Show a nation's levels and their NATO and EU equivalents (no code: the known schemes).",
+        args=(Arg("code", "text", "a scheme: DEU, NATO, EU…", optional=True, metavar="CODE"),),
+        example="label schemes DEU",
+        details="Equivalents are the level of the same rank; a rank a nation lacks is named.",
+    )
+    async def schemes(ctx: Context, values: Mapping[str, Any]) -> Reply:
+        return Reply(describe_scheme(values.get("code")))

@@ -1,9 +1,20 @@
 """The classification domain, pure: schemes, labels, clearances and access decisions.
 
 No I/O, no Matrix, no database: callers pass in everything a rule needs.
+
+`CATALOGUE` is the packaged catalogue as imported; code reads `current()`, the one in force
+(a site schemes file may replace it once at start: see policy.catalogue).
 """
 
-from policy.catalogue import CATALOGUE, Catalogue, Level, Scheme
+from policy.catalogue import (
+    CATALOGUE,
+    Catalogue,
+    CatalogueError,
+    Level,
+    Scheme,
+    current,
+    with_site,
+)
 from policy.decisions import (
     Clearance,
     Decision,
@@ -21,11 +32,14 @@ from policy.labels import (
     Label,
     MarkingError,
     convert,
+    equivalent,
+    install_catalogue,
     known_caveats,
     parse_audience,
     parse_marking,
     releasable_set,
     render,
+    why_no_equivalent,
 )
 from policy.tagged import (
     MAX_TEXT_BYTES,
@@ -40,6 +54,7 @@ __all__ = [
     "CATALOGUE",
     "MAX_TEXT_BYTES",
     "Catalogue",
+    "CatalogueError",
     "Clearance",
     "Decision",
     "Label",
@@ -50,8 +65,11 @@ __all__ = [
     "Scheme",
     "TaggedMessage",
     "convert",
+    "current",
     "dominant_label",
+    "equivalent",
     "fits",
+    "install_catalogue",
     "is_tagged",
     "known_caveats",
     "level_fits",
@@ -66,4 +84,6 @@ __all__ = [
     "releasable_set",
     "render",
     "server_of",
+    "why_no_equivalent",
+    "with_site",
 ]

@@ -41,7 +41,7 @@ from xml.etree.ElementTree import Element, SubElement, register_namespace, tostr
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
 
-from policy.catalogue import ALLIANCES, CATALOGUE, Level, match_key
+from policy.catalogue import ALLIANCES, Level, current, match_key
 from policy.labels import Label, MarkingError, convert, known_caveats
 
 NAMESPACE = "urn:nato:stanag:4774:confidentialitymetadatalabel:1:0"
@@ -57,7 +57,7 @@ MAX_LABEL_BYTES = 32_768  # a label with an alternative in each of the 38 scheme
 _MAX_CATEGORIES = 16
 _MAX_VALUES = 300
 _MAX_TEXT = 256
-_MAX_ALTERNATIVES = 32  # one per scheme is 16
+_MAX_ALTERNATIVES = 64  # one per scheme is 37 (38 schemes, less its own)
 
 RELEASABLE_TO = "Releasable To"
 ADDITIONAL_SENSITIVITY = "Additional Sensitivity"
@@ -114,7 +114,7 @@ def classification_of(level: Level) -> str:
     """The level as its policy words it: NATO and EU by their own short names (the NATO
     policy's classifications are UNCLASSIFIED … TOP SECRET), a nation by the level's name."""
     if level.scheme in ALLIANCES:
-        names = CATALOGUE.context_exact.get(level.scheme, {})
+        names = current().context_exact.get(level.scheme, {})
         for key, named in names.items():
             if named == level:
                 return key.upper()
@@ -194,14 +194,14 @@ def _fail(message: str) -> LabelImportError:
 
 
 def _level_of(policy: str, classification: str) -> Level:
-    scheme = CATALOGUE.schemes.get(policy)
+    scheme = current().schemes.get(policy)
     if scheme is None:
-        known = ", ".join(sorted(CATALOGUE.schemes))
+        known = ", ".join(sorted(current().schemes))
         raise _fail(f"PolicyIdentifier {policy!r} is not a scheme we know (known: {known})")
     key = match_key(classification)
-    found = CATALOGUE.context_exact.get(policy, {}).get(key)
+    found = current().context_exact.get(policy, {}).get(key)
     if found is None:
-        found = next((lv for lv in CATALOGUE.exact.get(key, ()) if lv.scheme == policy), None)
+        found = next((lv for lv in current().exact.get(key, ()) if lv.scheme == policy), None)
     if found is None:
         names = ", ".join(classification_of(lv) for lv in scheme.levels)
         raise _fail(
@@ -213,7 +213,7 @@ def _level_of(policy: str, classification: str) -> Level:
 
 def _audience(value: str) -> str:
     token = value.strip().upper()
-    if token in ALLIANCES or token in CATALOGUE.countries:
+    if token in ALLIANCES or token in current().countries:
         return token
     raise _fail(
         f"Releasable To value {value!r} cannot be represented: expected an ISO 3166 trigraph, "

@@ -11,8 +11,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 
-from policy.catalogue import CATALOGUE, Level
-from policy.labels import Label, MarkingError, convert, releasable_set
+from policy.catalogue import Level, current
+from policy.labels import Label, MarkingError, convert, releasable_set, why_no_equivalent
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +71,7 @@ def make_room(
     if audience is None:
         return Room(label, full, hosts)
     tokens = tuple(audience)
-    nations = CATALOGUE.expand(tokens)
+    nations = current().expand(tokens)
     if not nations:
         raise MarkingError("a room audience must name at least one nation")
     outside = sorted(nations - full)
@@ -168,14 +168,16 @@ def may_enter(
 
 
 def fits(label: Label, room: Room) -> Decision:
-    """Whether material with `label` may live in `room`: an equivalent in the room's scheme at
-    or below the room's rank, releasable to every nation of the room, caveats the room has."""
+    """Whether material with `label` may live in `room`: an equivalent in the room's scheme (the
+    level of the same rank: never rounded) at or below the room's rank, releasable to every
+    nation of the room, caveats the room has. A level the room's scheme lacks is refused
+    with the reason (`USA has no level equivalent to NATO RESTRICTED`)."""
     denied: list[str] = []
     allowed: list[str] = []
     room_level = room.label.level
     equivalent = convert(label, room.scheme)
     if equivalent is None:
-        denied.append(f"no equivalent of {label.level.banner} in {room.scheme}")
+        denied.append(why_no_equivalent(label, room.scheme))
     elif equivalent.rank > room.rank:
         denied.append(
             f"write-down: {_shown(label.level, equivalent)} is above the room's {room_level.banner}"
@@ -234,19 +236,25 @@ def dominant_label(
     of caveats, and REL TO the intersection of releasable sets when that is narrower than
     `audience` (default: the scheme's own), folded to NATO/EU where complete.
 
-    None for no labels, an unknown scheme, or a rank the scheme cannot show.
+    The level is the highest item's own when it is of `scheme`, else its equivalent of the same
+    rank: never rounded. None for no labels, an unknown scheme, or a rank the scheme has no
+    level for (`why_no_equivalent` of the highest item says why).
     """
     items = list(labels)
-    target = CATALOGUE.scheme(scheme)
+    catalogue = current()
+    target = catalogue.scheme(scheme)
     if not items or target is None:
         return None
-    level = target.level_at_or_above(max(lb.rank for lb in items))
+    top = max(lb.rank for lb in items)
+    highest = [lb for lb in items if lb.rank == top]
+    own = next((lb for lb in highest if lb.scheme == target.code), highest[0])
+    level = convert(own, target.code)
     if level is None:
         return None
     caveats = frozenset().union(*(lb.caveats for lb in items))
     common = frozenset.intersection(*(releasable_set(lb) for lb in items))
     reference = target.audience if audience is None else audience
-    rel_to = CATALOGUE.fold_audience(common) if not reference <= common else frozenset()
+    rel_to = catalogue.fold_audience(common) if not reference <= common else frozenset()
     return Label(level, caveats, rel_to)
 
 
@@ -258,4 +266,4 @@ def _shown(level: Level, equivalent: Level) -> str:
 
 
 def _audience_text(nations: frozenset[str]) -> str:
-    return ", ".join(sorted(CATALOGUE.fold_audience(nations)))
+    return ", ".join(sorted(current().fold_audience(nations)))

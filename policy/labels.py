@@ -20,7 +20,8 @@ import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from policy.catalogue import CATALOGUE, Level, fold_accents, match_key
+from policy import catalogue as _catalogue
+from policy.catalogue import ALLIANCES, Catalogue, Level, current, fold_accents, match_key
 
 MAX_MARKING_LENGTH = 256
 # Checked before NFC, which sorts runs of combining marks in quadratic time: composition
@@ -35,11 +36,18 @@ _ALLOWED_CONTROLS = {"\t"}
 class MarkingError(ValueError):
     """A marking that cannot be read; the message names the offending text."""
 
-    def __init__(self, message: str, text: str = "", position: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        text: str = "",
+        position: int | None = None,
+        suggestions: tuple[Level, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.text = text
         self.position = position
+        self.suggestions = suggestions  # the levels a did-you-mean names, if any
 
     def __str__(self) -> str:
         return self.message
@@ -81,28 +89,73 @@ def render(label: Label) -> str:
 def releasable_set(label: Label) -> frozenset[str]:
     """Nations the label may reach: its scheme's own audience and everything in REL TO.
 
-    Cached: labels are frozen, and a relay asks this once per target room."""
-    scheme = CATALOGUE.schemes.get(label.scheme)
+    Cached: labels are frozen, and a relay asks this once per target room (the cache is
+    dropped when another catalogue is installed)."""
+    catalogue = current()
+    scheme = catalogue.schemes.get(label.scheme)
     own = scheme.audience if scheme is not None else frozenset({label.scheme})
-    return own | CATALOGUE.expand(label.rel_to)
+    return own | catalogue.expand(label.rel_to)
+
+
+def install_catalogue(catalogue: Catalogue) -> Catalogue:
+    """Make `catalogue` the process's (see policy.catalogue) and drop what was cached under
+    the previous one; returns the previous one."""
+    previous = _catalogue.install(catalogue)
+    releasable_set.cache_clear()
+    return previous
 
 
 def convert(label: Label | Level, scheme: str) -> Level | None:
-    """The level that shows `label` in `scheme`: same rank, else the next higher non-legacy
-    level; None when there is none (or the scheme is unknown).
+    """The level that shows `label` in `scheme`: the level of the same rank (the label's own
+    level within its own scheme); None when the scheme has none or is unknown. It never
+    rounds: material at a level a nation lacks has no equivalent there, and
+    `why_no_equivalent` says why.
 
     Returns a Level, not a Label, on purpose: a converted label would carry the target
     scheme's audience, and decisions must use the originator's label.
     """
-    target = CATALOGUE.scheme(scheme)
+    level = label.level if isinstance(label, Label) else label
+    target = current().scheme(scheme)
     if target is None:
         return None
-    return target.level_at_or_above(label.rank)
+    if target.code == level.scheme:
+        return level
+    return target.level_at(level.rank)
+
+
+def why_no_equivalent(label: Label | Level, scheme: str) -> str:
+    """The printable reason `convert(label, scheme)` is None: `USA has no level equivalent to
+    NATO RESTRICTED`, with the scheme data's note when it gives one."""
+    level = label.level if isinstance(label, Label) else label
+    catalogue = current()
+    target = catalogue.scheme(scheme)
+    if target is None:
+        known = ", ".join(sorted(catalogue.schemes))
+        code = scheme.strip().upper()
+        return f"no equivalent of {level.banner} in {code}: no scheme for {code} (known: {known})"
+    head = f"{target.code} has no level equivalent to {level.banner}"
+    note = target.absent_note(level.rank)
+    if note:
+        return f"{head}: {note}"
+    legacy = [lv.banner for lv in target.levels if lv.rank == level.rank]
+    if legacy:
+        return f"{head}: {legacy[0]} is a legacy level, read but never produced"
+    if level.rank == 0 and target.code not in ALLIANCES:
+        return f"{head}: it has no unclassified level"
+    if target.levels and level.rank > target.levels[0].rank:
+        return f"{head}: its highest level is {target.levels[0].banner}"
+    return f"{head}: it has no level of rank {level.rank}"
+
+
+def equivalent(label: Label | Level, scheme: str) -> Level | str:
+    """`convert`, or the reason there is nothing (one call for callers that print it)."""
+    level = convert(label, scheme)
+    return level if level is not None else why_no_equivalent(label, scheme)
 
 
 def known_caveats(extra: Iterable[str] = ()) -> tuple[str, ...]:
     """Default caveats (ATOMAL, BOHEMIA, CRYPTO) plus configured ones, upper case, sorted."""
-    words = {c.strip().upper() for c in (*CATALOGUE.default_caveats, *extra) if c.strip()}
+    words = {c.strip().upper() for c in (*current().default_caveats, *extra) if c.strip()}
     return tuple(sorted(words))
 
 
@@ -119,9 +172,9 @@ def parse_marking(
     _check_length(text.strip(), _MAX_RAW_LENGTH)
     text = unicodedata.normalize("NFC", text).strip()
     _check_characters(text)
-    if context is not None and CATALOGUE.scheme(context) is None:
+    if context is not None and current().scheme(context) is None:
         raise MarkingError(
-            f"unknown scheme {context!r} (known: {', '.join(sorted(CATALOGUE.schemes))})"
+            f"unknown scheme {context!r} (known: {', '.join(sorted(current().schemes))})"
         )
     ctx = context.strip().upper() if context is not None else None
     segments = list(_segments(text))
@@ -209,11 +262,12 @@ def _strip_at(text: str, start: int, end: int) -> tuple[int, str]:
 
 
 def _candidates(key: str, ctx: str | None, folded: bool) -> tuple[Level, ...]:
+    catalogue = current()
     if folded:
         key = fold_accents(key)
-        ctx_names, names = CATALOGUE.context_folded, CATALOGUE.folded
+        ctx_names, names = catalogue.context_folded, catalogue.folded
     else:
-        ctx_names, names = CATALOGUE.context_exact, CATALOGUE.exact
+        ctx_names, names = catalogue.context_exact, catalogue.exact
     if ctx is not None and ctx in ctx_names and key in ctx_names[ctx]:
         return (ctx_names[ctx][key],)
     return names.get(key, ())
@@ -248,8 +302,77 @@ def _match_level(segment: str, ctx: str | None, text: str) -> Level:
             text,
             0,
         )
-    hint = _nearest(segment, CATALOGUE.spellings)
-    raise MarkingError(f"unknown marking {segment!r}{where}{hint}", text, 0)
+    hint, suggested = _level_hint(segment, ctx)
+    raise MarkingError(f"unknown marking {segment!r}{where}{hint}", text, 0, suggested)
+
+
+def _level_hint(segment: str, ctx: str | None) -> tuple[str, tuple[Level, ...]]:
+    """Did-you-mean for an unknown level, never across a nation: with a trigraph, only that
+    scheme's levels (or "no scheme for CHE"); without one, the room's scheme first, else any
+    scheme's, each suggestion written with its nation."""
+    catalogue = current()
+    words = segment.split(None, 1)
+    head = words[0].upper() if words else ""
+    if len(words) == 2 and (head in catalogue.schemes or head in catalogue.countries):
+        if head not in catalogue.schemes:
+            known = ", ".join(sorted(catalogue.schemes))
+            return f": no scheme for {head}; known: {known}", ()
+        found = _close(segment, catalogue.scheme_spellings.get(head, ()), head, catalogue)
+        if found:
+            return _did_you_mean(found)
+        levels = ", ".join(lv.banner for lv in catalogue.schemes[head].levels)
+        if not levels:
+            return (
+                f": {head} has no levels on record ({catalogue.schemes[head].absent_note(3)})",
+                (),
+            )
+        return f" ({head} levels: {levels})", ()
+    if ctx is not None:
+        found = _close(segment, catalogue.bare_spellings.get(ctx, ()), ctx, catalogue)
+        if found:
+            return _did_you_mean(found)
+    return _did_you_mean(_close(segment, catalogue.spellings, None, catalogue))
+
+
+def _close(
+    segment: str, pool: Iterable[str], scheme: str | None, catalogue: Catalogue
+) -> list[tuple[str, Level]]:
+    """Spellings close to `segment` and the level each names (in `scheme`, if given), as a
+    form that names the level on its own or in a room of `scheme`."""
+    forms = {o.upper(): o for o in pool}
+    out: list[tuple[str, Level]] = []
+    for close in difflib.get_close_matches(segment.upper(), list(forms), n=3, cutoff=0.6):
+        form = forms[close]
+        key = match_key(form)
+        levels = list(catalogue.exact.get(key, ()))
+        if scheme is not None:
+            ctx_level = catalogue.context_exact.get(scheme, {}).get(key)
+            levels = [lv for lv in levels if lv.scheme == scheme] or (
+                [ctx_level] if ctx_level is not None else []
+            )
+        for level in levels:
+            shown = form if scheme is not None else _named(form, level)
+            if all(lv != level for _, lv in out):
+                out.append((shown, level))
+    return out
+
+
+def _named(form: str, level: Level) -> str:
+    """`form` written so that it names its nation: an alliance's own form if it reads alone,
+    else the trigraph form (`DEU GEHEIM`) or the banner."""
+    if level.scheme in ALLIANCES and _resolve(form, None)[0] == level:
+        return form
+    return _prefixed(form, level)
+
+
+def _did_you_mean(found: list[tuple[str, Level]]) -> tuple[str, tuple[Level, ...]]:
+    if not found:
+        return "", ()
+    forms = []
+    for form, level in found[:3]:
+        named = form.upper() == level.banner.upper() or level.banner in form
+        forms.append(repr(form) if named else f"{form!r} ({level.banner})")
+    return f" — did you mean {' or '.join(forms)}?", tuple(lv for _, lv in found[:3])
 
 
 def _prefixed(segment: str, level: Level) -> str:
@@ -284,13 +407,14 @@ def _parse_rel_to(segment: str, pos: int, text: str) -> set[str]:
 def _audience_token(token: str, pos: int | None, text: str) -> str:
     key = match_key(token)
     upper = key.upper()
-    if upper in ("NATO", "EU") or upper in CATALOGUE.countries:
+    catalogue = current()
+    if upper in ("NATO", "EU") or upper in catalogue.countries:
         return upper
-    code = CATALOGUE.country_names.get(key) or CATALOGUE.country_names.get(fold_accents(key))
+    code = catalogue.country_names.get(key) or catalogue.country_names.get(fold_accents(key))
     if code is not None:
         return code
     where = f" at {pos} in {text!r}" if pos is not None and text else ""
-    options = ["NATO", "EU", *sorted(CATALOGUE.countries)]
+    options = ["NATO", "EU", *sorted(catalogue.countries)]
     hint = _nearest(token.upper(), options)
     raise MarkingError(
         f"unknown audience {token!r}{where}: expected an ISO 3166 trigraph, NATO, EU or a "
@@ -321,3 +445,47 @@ def _nearest(word: str, options: Iterable[str]) -> str:
     pool = {o.upper(): o for o in options}
     close = difflib.get_close_matches(word.upper(), list(pool), n=1, cutoff=0.6)
     return f" — did you mean {pool[close[0]]!r}?" if close else ""
+
+
+@dataclass(frozen=True, slots=True)
+class SchemeRow:
+    """One line of a scheme's table: a level (or a rank it lacks) and its equivalents."""
+
+    rank: int
+    level: Level | None  # None: the scheme has no level of this rank
+    aliases: tuple[str, ...]  # other accepted forms of the level
+    nato: Level | str  # the NATO level of the same rank, or why there is none
+    eu: Level | str  # the EU level of the same rank, or why there is none
+    missing: str = ""  # for a rank the scheme lacks: why (its absent note, or the rule)
+
+
+def scheme_rows(code: str) -> tuple[SchemeRow, ...]:
+    """A scheme's levels, highest first, each with its NATO and EU equivalents (same rank), and
+    the ranks 1-4 it has no level for (and any other rank its data notes), with the reason.
+    Empty for an unknown scheme."""
+    catalogue = current()
+    scheme = catalogue.scheme(code)
+    if scheme is None:
+        return ()
+    rows: list[SchemeRow] = []
+    nato = catalogue.schemes["NATO"]
+    for level in scheme.levels:
+        rows.append(
+            SchemeRow(
+                level.rank,
+                level,
+                scheme.aliases_of(level),
+                equivalent(level, "NATO"),
+                equivalent(level, "EU"),
+            )
+        )
+    have = {lv.rank for lv in scheme.levels if not lv.legacy}
+    noted = {rank for rank, _ in scheme.absent}
+    for rank in sorted(({1, 2, 3, 4} | noted) - have, reverse=True):
+        reference = nato.level_at(rank)
+        if reference is None:
+            continue
+        why = why_no_equivalent(reference, scheme.code)
+        rows.append(SchemeRow(rank, None, (), reference, equivalent(reference, "EU"), missing=why))
+    rows.sort(key=lambda row: (-row.rank, row.level is None))
+    return tuple(rows)

@@ -153,9 +153,13 @@ MUTANTS: tuple[Mutant, ...] = (
         "no-equivalent-admits",
         "deny by default: a label with no equivalent in the room's scheme never fits it",
         "policy/decisions.py",
-        'denied.append(f"no equivalent of {label.level.banner} in {room.scheme}")',
-        'allowed.append(f"no equivalent of {label.level.banner} in {room.scheme}")',
-        ("tests/test_decisions.py::test_no_equivalent_is_named",),
+        "denied.append(why_no_equivalent(label, room.scheme))",
+        "allowed.append(why_no_equivalent(label, room.scheme))",
+        (
+            "tests/test_decisions.py::test_no_equivalent_is_named",
+            "tests/test_decisions.py::"
+            "test_a_level_the_room_scheme_lacks_is_refused_with_the_reason_not_rounded",
+        ),
     ),
     Mutant(
         "write-down",

@@ -132,6 +132,18 @@ def test_no_equivalent_is_named() -> None:
     assert "no equivalent of DEU GEHEIM in XYZ" in decision.reason
 
 
+def test_a_level_the_room_scheme_lacks_is_refused_with_the_reason_not_rounded() -> None:
+    # Belgium has no RESTRICTED: NATO RESTRICTED is not rounded up into a CONFIDENTIEL room.
+    room = make_room(parse_marking("BEL CONFIDENTIEL"))
+    decision = fits(parse_marking("NATO RESTRICTED"), room)
+    assert not decision.allowed
+    assert "BEL has no level equivalent to NATO RESTRICTED" in decision.reason
+    # NATO UNCLASSIFIED has no national level at all
+    decision = fits(parse_marking("NATO UNCLASSIFIED"), make_room(parse_marking("DEU GEHEIM")))
+    assert not decision.allowed
+    assert "DEU has no level equivalent to NATO UNCLASSIFIED" in decision.reason
+
+
 def test_spillage_when_label_is_above_its_own_room() -> None:
     decision = may_release(parse_marking("STRENG GEHEIM", "DEU"), DEU_G, NATO_S)
     assert decision.spillage and not decision.allowed

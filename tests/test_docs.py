@@ -36,3 +36,28 @@ def test_readme_shows_both_setup_commands() -> None:
     assert commands == ["make demo", "make test"]
     targets = re.findall(r"^([a-z]+):", MAKEFILE.read_text(encoding="utf-8"), flags=re.MULTILINE)
     assert {"demo", "test"} <= set(targets)
+
+
+def test_readme_scheme_table_lists_every_scheme_with_its_levels_and_sources() -> None:
+    """The README's table of schemes is in step with the data: a row per scheme, each current
+    level's official name in its rank's column, and its sources named."""
+    from policy import CATALOGUE
+
+    text = README.read_text(encoding="utf-8")
+    section = text.split("### Schemes and equivalence", 1)[1].split("\n### ", 1)[0]
+    rows = {
+        cells[0].split(" ", 1)[0]: cells
+        for line in section.splitlines()
+        if line.startswith("| ") and not line.startswith("| nation")
+        for cells in [[c.strip() for c in line.strip("|").split(" | ")]]
+    }
+    assert set(rows) == set(CATALOGUE.schemes), "schemes missing from or extra in README"
+    for code, scheme in CATALOGUE.schemes.items():
+        cells = rows[code]
+        assert len(cells) == 6, (code, cells)
+        for column, rank in zip(cells[1:5], (4, 3, 2, 1), strict=True):
+            current = [lv.name for lv in scheme.levels if lv.rank == rank and not lv.legacy]
+            expected = current[0] if current else "none"
+            assert column.startswith(expected), (code, rank, column)
+        for source in scheme.sources:
+            assert source in cells[5], (code, source)

@@ -25,7 +25,8 @@ BAD = [
     ("GEHEIM", "NLD", "BEL GEHEIM"),
     ("TRÈS SECRET", None, "ambiguous marking 'TRÈS SECRET'"),
     ("TRES SECRET", None, "FRA TRES SECRET"),
-    ("USA SECRET", None, "'USA SECRET'"),
+    ("CHE SECRET", None, "no scheme for CHE"),  # Switzerland: a country, no scheme
+    ("ISL LEYNDARMÁL", None, "ISL has no levels on record"),  # no public source: told why
     ("XYZ GEHEIM", None, "'XYZ GEHEIM'"),
     ("FRA GEHEIM", None, "'FRA GEHEIM'"),
     ("// NATO SECRET", None, "missing level"),

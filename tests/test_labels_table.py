@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from policy import CATALOGUE, MarkingError, convert, parse_marking, releasable_set, render
+from policy import (
+    CATALOGUE,
+    MarkingError,
+    convert,
+    parse_marking,
+    releasable_set,
+    render,
+    why_no_equivalent,
+)
 from policy.labels import level_candidates
 from tests.schemes_nato_table import ROWS as NATO_ROWS
 
@@ -323,13 +331,7 @@ def test_configured_caveat_is_accepted_only_when_configured() -> None:
         ("NATO RESTRICTED", "DEU", "DEU VS-NUR FÜR DEN DIENSTGEBRAUCH"),
         ("DEU GEHEIM", "NATO", "NATO SECRET"),
         ("DEU GEHEIM", "EU", "SECRET UE/EU SECRET"),
-        # no rank 0 in the EU or Germany: the lowest level protects at least as well
-        ("NATO UNCLASSIFIED", "EU", "RESTREINT UE/EU RESTRICTED"),
-        ("NATO UNCLASSIFIED", "DEU", "DEU VS-NUR FÜR DEN DIENSTGEBRAUCH"),
-        # Belgium has no rank 1: the next higher level
-        ("NATO RESTRICTED", "BEL", "BEL CONFIDENTIEL"),
-        # France's rank 2 is legacy: never produced by conversion
-        ("NATO CONFIDENTIAL", "FRA", "FRA SECRET"),
+        # a legacy level still converts out of its scheme, at its own rank
         ("FRA CONFIDENTIEL DÉFENSE", "NATO", "NATO CONFIDENTIAL"),
         ("EU SECRET", "FRA", "FRA SECRET"),
         # Romania's SECRET is CONFIDENTIAL-level; Portugal's SECRETO is SECRET-level
@@ -343,6 +345,29 @@ def test_convert(marking: str, scheme: str, expected: str) -> None:
     level = convert(parse_marking(marking), scheme)
     assert level is not None
     assert level.banner == expected
+
+
+@pytest.mark.parametrize(
+    ("marking", "scheme", "reason"),
+    [
+        # no rank 0 in the EU or Germany: refused, never rounded up to RESTRICTED
+        ("NATO UNCLASSIFIED", "EU", "EU has no level equivalent to NATO UNCLASSIFIED"),
+        ("NATO UNCLASSIFIED", "DEU", "DEU has no level equivalent to NATO UNCLASSIFIED"),
+        # Belgium has no rank 1: refused, not rounded up to CONFIDENTIEL
+        ("NATO RESTRICTED", "BEL", "BEL has no level equivalent to NATO RESTRICTED"),
+        # France's rank 2 is legacy: never produced by conversion, and not rounded to SECRET
+        ("NATO CONFIDENTIAL", "FRA", "FRA CONFIDENTIEL DÉFENSE is a legacy level"),
+    ],
+)
+def test_convert_refuses_a_rank_the_scheme_lacks(marking: str, scheme: str, reason: str) -> None:
+    label = parse_marking(marking)
+    assert convert(label, scheme) is None
+    assert reason in why_no_equivalent(label, scheme)
+
+
+def test_convert_within_a_scheme_is_the_level_itself() -> None:
+    legacy = parse_marking("FRA CONFIDENTIEL DÉFENSE")
+    assert convert(legacy, "FRA") == legacy.level
 
 
 def test_convert_to_unknown_scheme_has_no_equivalent() -> None:

@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from bot.config import Config, RoomKey, UserId, _format_error, _Section
+from bot.schemes import SchemesFileError, use_schemes_file
 from bot.storage.records import RegisterVerifier
 from bot.storage.store import register_public_key
 
@@ -115,6 +116,9 @@ class GateConfig(_Section):
     # always read afresh, so a grant counts at once; a revocation counts within this time
     # (and the bot removes the person anyway).
     cache_ttl_seconds: float = Field(default=2.0, ge=0, le=60)
+    # The bot's site schemes file (absolute), read at start so that the gate reads room
+    # labels with the same schemes as the bot.
+    schemes_file: str | None = None
 
     @field_validator("database", mode="before")
     @classmethod
@@ -126,7 +130,7 @@ class GateConfig(_Section):
     def _check_register_key(cls, value: Any) -> str | None:
         return _register_key(value)
 
-    @field_validator("registers_file")
+    @field_validator("registers_file", "schemes_file")
     @classmethod
     def _absolute(cls, value: str | None) -> str | None:
         if value is not None and not os.path.isabs(value):
@@ -175,10 +179,16 @@ def parse_gate_config(raw: Any, where: str = "modules[].config") -> GateConfig:
     if not isinstance(raw, Mapping):
         raise GateConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     try:
-        return GateConfig.model_validate(dict(raw))
+        config = GateConfig.model_validate(dict(raw))
     except ValidationError as exc:
         problems = [f"{where}.{_format_error(err)}" for err in exc.errors()]
         raise GateConfigError("; ".join(problems)) from None
+    if config.schemes_file is not None:
+        try:
+            use_schemes_file(config.schemes_file)
+        except SchemesFileError as exc:
+            raise GateConfigError(f"{where}.schemes_file: {exc}") from None
+    return config
 
 
 def read_registers_file(path: str | Path) -> list[RegisterSpec]:
@@ -227,11 +237,17 @@ def register_entry(
     return entry
 
 
-def module_entry(registers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """The `modules:` list item for homeserver.yaml."""
+def module_entry(
+    registers: Sequence[Mapping[str, Any]], schemes_file: str | None = None
+) -> dict[str, Any]:
+    """The `modules:` list item for homeserver.yaml (with the site schemes file, if any)."""
     if len(registers) == 1:
-        return {"module": MODULE_PATH, "config": dict(registers[0])}
-    return {"module": MODULE_PATH, "config": {"registers": [dict(r) for r in registers]}}
+        config = dict(registers[0])
+    else:
+        config = {"registers": [dict(r) for r in registers]}
+    if schemes_file is not None:
+        config["schemes_file"] = schemes_file
+    return {"module": MODULE_PATH, "config": config}
 
 
 __all__ = [

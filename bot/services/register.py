@@ -9,10 +9,10 @@ from datetime import date
 from bot.storage import ClearanceRecord, Store, StoreError
 from commands.registry import USER_ID
 from policy import (
-    CATALOGUE,
     Clearance,
     Level,
     MarkingError,
+    current,
     known_caveats,
     parse_marking,
 )
@@ -88,7 +88,7 @@ class ClearanceRegister:
         return label.level
 
     def _scheme(self, scope: str) -> str:
-        scheme = CATALOGUE.scheme(scope)
+        scheme = current().scheme(scope)
         if scheme is not None:
             return scheme.code
         try:
@@ -107,7 +107,7 @@ class ClearanceRegister:
     @staticmethod
     def _nationality(code: str) -> str:
         upper = code.strip().upper()
-        if upper not in CATALOGUE.countries:
+        if upper not in current().countries:
             raise RegisterError(
                 f"nationality {code!r} is not an ISO 3166-1 alpha-3 code (e.g. DEU, FRA)"
             )
@@ -127,7 +127,7 @@ def policy_clearance(record: ClearanceRecord) -> Clearance:
     """The register's record as the pure rules see it."""
     grants: dict[str, Level] = {}
     for grant in record.grants:
-        scheme = CATALOGUE.schemes.get(grant.scheme)
+        scheme = current().schemes.get(grant.scheme)
         level = (
             next((lv for lv in scheme.levels if lv.banner == grant.level), None) if scheme else None
         )

@@ -24,7 +24,15 @@ from bot.storage import Origin, RoomRecord, Store, in_thread
 from commands.context import CommandError
 from commands.document import Document, Strong, doc, items, para
 from commands.services import RoomSummary, RouteSummary
-from policy import CATALOGUE, Label, MarkingError, Room, make_room, parse_audience, parse_marking
+from policy import (
+    Label,
+    MarkingError,
+    Room,
+    current,
+    make_room,
+    parse_audience,
+    parse_marking,
+)
 from policy.adatp4774 import label_metadata, to_json
 from policy.ids import RoomId, RoomKey
 
@@ -238,7 +246,10 @@ async def provision(
     `warnings`, for the caller to flag.
     """
     if previous_rank is not None and room.rank < previous_rank:
-        old = CATALOGUE.schemes[room.scheme].level_at_or_above(previous_rank)
+        scheme = current().schemes.get(room.scheme)
+        old = (
+            next((lv for lv in scheme.levels if lv.rank == previous_rank), None) if scheme else None
+        )
         raise ProvisionError(
             f"room {key!r}: lowering its label (from rank {previous_rank}"
             f"{f', {old.banner}' if old else ''} to {room.label.banner}) is refused: "
