@@ -201,22 +201,24 @@ def fits(label: Label, room: Room) -> Decision:
 
 def level_fits(levels: Sequence[Level], room: Room) -> Decision:
     """Spillage judged on the level alone, for a marking that names its level but is
-    otherwise unreadable (an unknown caveat, say): refused as spillage when every reading
-    of the level is above the room's; allowed when some reading fits, or when no level can
-    be read at all (then nothing is known to spill; the message is refused as malformed)."""
+    otherwise unreadable (an unknown caveat, or a word several nations use at different
+    ranks): refused as spillage when any reading of the level is above the room's (the
+    writer may have meant the highest: fail closed); allowed when every reading is within
+    it, or when no level can be read at all (then nothing is known to spill; the message is
+    refused as malformed)."""
     if not levels:
         return Decision(True, ("no level can be read: not judged on it",))
-    above = []
-    for level in levels:
-        equivalent = convert(level, room.scheme)
-        if equivalent is not None and equivalent.rank <= room.rank:
-            return Decision(True, (f"{level.banner} may be within {room.label.level.banner}",))
-        above.append(level.banner)
-    return Decision(
-        False,
-        (f"write-down: {' or '.join(above)}, above the room's {room.label.level.banner}",),
-        spillage=True,
-    )
+    above = [level.banner for level in levels if level.rank > room.rank]
+    if above:
+        return Decision(
+            False,
+            (
+                f"write-down: {' or '.join(above)}, above the room's {room.label.level.banner}",
+            ),
+            spillage=True,
+        )
+    shown = " or ".join(level.banner for level in levels)
+    return Decision(True, (f"{shown} within {room.label.level.banner}",))
 
 
 def may_release(label: Label, source: Room, target: Room) -> Decision:

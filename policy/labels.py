@@ -276,15 +276,25 @@ def _candidates(key: str, ctx: str | None, folded: bool) -> tuple[Level, ...]:
 def _resolve(segment: str, ctx: str | None) -> tuple[Level | None, tuple[Level, ...]]:
     """(level, candidates): a level when the segment names exactly one, else the candidates."""
     key = match_key(segment)
-    for folded in (False, True):
-        found = _candidates(key, ctx, folded)
-        if len(found) == 1:
-            return found[0], found
-        if found:
-            narrowed = tuple(lv for lv in found if lv.scheme == ctx)
-            if len(narrowed) == 1:
-                return narrowed[0], found
-            return None, found
+    found = _candidates(key, ctx, False)
+    if not found:
+        found = _candidates(key, ctx, True)
+    elif ctx is not None and all(lv.scheme != ctx for lv in found):
+        # Another nation's exact form, and maybe the room's own level typed without its
+        # accents (TAJNE in a Czech room: Polish TAJNE, or Czech TAJNÉ): neither wins.
+        own = tuple(lv for lv in _candidates(key, ctx, True) if lv.scheme == ctx)
+        if own:
+            return None, tuple(dict.fromkeys((*found, *own)))
+    if len(found) == 1:
+        return found[0], found
+    if found:
+        narrowed = tuple(lv for lv in found if lv.scheme == ctx)
+        # The room's reading wins only if no other reading is higher: SECRET in a Romanian
+        # room may be ROU SECRET (CONFIDENTIAL-level) or another nation's SECRET, and
+        # reading it low would relay and keep it too low. Then the trigraph must be written.
+        if len(narrowed) == 1 and all(lv.rank <= narrowed[0].rank for lv in found):
+            return narrowed[0], found
+        return None, found
     return None, ()
 
 
@@ -311,9 +321,8 @@ def _level_hint(segment: str, ctx: str | None) -> tuple[str, tuple[Level, ...]]:
     scheme's levels (or "no scheme for CHE"); without one, the room's scheme first, else any
     scheme's, each suggestion written with its nation."""
     catalogue = current()
-    words = segment.split(None, 1)
-    head = words[0].upper() if words else ""
-    if len(words) == 2 and (head in catalogue.schemes or head in catalogue.countries):
+    head = _nation_written(segment, catalogue)
+    if head is not None:
         if head not in catalogue.schemes:
             known = ", ".join(sorted(catalogue.schemes))
             return f": no scheme for {head}; known: {known}", ()
@@ -332,6 +341,28 @@ def _level_hint(segment: str, ctx: str | None) -> tuple[str, tuple[Level, ...]]:
         if found:
             return _did_you_mean(found)
     return _did_you_mean(_close(segment, catalogue.spellings, None, catalogue))
+
+
+# A nation written before the level: a trigraph or short name (UK) and a separator, or a
+# scheme's own code run into the level (DEUGEHEIM).
+_NATION_HEAD = re.compile(r"\s*([^\W\d_]{2,3})[\s\-_/.:]+\S")
+_CODE_RUN_IN = re.compile(r"\s*([A-Za-z]{3})[^\W\d_]")
+
+
+def _nation_written(segment: str, catalogue: Catalogue) -> str | None:
+    """The nation an unknown level names before its level, if any: a scheme's code, a
+    country's trigraph (which may have no scheme) or a short name such as UK."""
+    match = _NATION_HEAD.match(segment)
+    if match is not None:
+        word = match.group(1)
+        code = word.upper()
+        if code in catalogue.schemes or code in catalogue.countries:
+            return code
+        return catalogue.country_names.get(match_key(word))
+    match = _CODE_RUN_IN.match(segment)
+    if match is not None and match.group(1).upper() in catalogue.schemes:
+        return match.group(1).upper()
+    return None
 
 
 def _close(

@@ -116,6 +116,14 @@ MUTANTS: tuple[Mutant, ...] = (
         ),
     ),
     Mutant(
+        "spillage-lowest-reading",
+        "a word several nations use at different ranks is judged at its highest reading",
+        "policy/decisions.py",
+        "above = [level.banner for level in levels if level.rank > room.rank]",
+        "above = [lv.banner for lv in levels if all(o.rank > room.rank for o in levels)]",
+        ("tests/test_shared_words.py::test_a_word_with_a_reading_above_the_room_is_spillage",),
+    ),
+    Mutant(
         "backoff-uncapped",
         "the sync loop never waits longer than the cap (30 s)",
         "bot/matrix/sync.py",
