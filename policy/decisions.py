@@ -212,9 +212,7 @@ def level_fits(levels: Sequence[Level], room: Room) -> Decision:
     if above:
         return Decision(
             False,
-            (
-                f"write-down: {' or '.join(above)}, above the room's {room.label.level.banner}",
-            ),
+            (f"write-down: {' or '.join(above)}, above the room's {room.label.level.banner}",),
             spillage=True,
         )
     shown = " or ".join(level.banner for level in levels)
