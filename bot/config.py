@@ -171,6 +171,13 @@ class BotConfig(_Section):
     # labels are read.
     schemes_file: str | None = None
 
+    @field_validator("schemes_file")
+    @classmethod
+    def _schemes_file(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty: give the site schemes file's path, or leave the key out")
+        return value.strip() if value is not None else None
+
     @field_validator("command_prefixes")
     @classmethod
     def _prefixes(cls, value: list[str]) -> list[str]:
@@ -385,9 +392,9 @@ class Config(_Section):
 
     def schemes_path(self) -> Path | None:
         """The site schemes file, absolute (relative paths are from the config's folder)."""
-        if self.bot.schemes_file is None:
+        if self.bot.schemes_file is None or not self.bot.schemes_file.strip():
             return None
-        return (self._base_dir / self.bot.schemes_file).resolve()
+        return (self._base_dir / self.bot.schemes_file.strip()).resolve()
 
     def crypto_store_path(self) -> Path:
         return self._base_dir / self.storage.crypto_store

@@ -22,6 +22,9 @@ from policy import Catalogue, CatalogueError, install_catalogue, with_site
 log = logging.getLogger(__name__)
 
 
+MAX_FILE_SIZE = 1 << 20  # 1 MiB: the packaged file with every nation is under 64 KiB
+
+
 class SchemesFileError(ValueError):
     """A site schemes file that cannot be used; the message names the file and the key."""
 
@@ -31,15 +34,22 @@ def read_schemes_file(path: str | Path) -> Catalogue:
     scheme and the key (`site.toml: schemes[0] (CHE).levels[1].rank: must be 0-4`)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_FILE_SIZE + 1)  # never more: a huge file is refused unread
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise SchemesFileError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise SchemesFileError(f"{path}: cannot read: {exc}") from None
+    if len(raw) > MAX_FILE_SIZE:
+        raise SchemesFileError(f"{path}: larger than 1 MiB; a schemes file is a few KiB")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SchemesFileError(f"{path}: not valid TOML: {exc}") from None
+    except (RecursionError, MemoryError):
+        # tomllib recurses per nesting level: `[[[[…` a few thousand deep exhausts the stack.
+        raise SchemesFileError(f"{path}: nested too deeply to read") from None
     try:
         return with_site(data, str(path))
     except CatalogueError as exc:

@@ -212,6 +212,135 @@ def _texts(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) and v.strip() for v in value)
 
 
+# What a marking refuses (labels._check_characters), and line breaks: a name, note or source
+# holding one could hide or reorder what `label schemes` shows (bidi overrides), and a level
+# name holding one could never be typed.
+_HIDDEN = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
+
+
+def _check_text(text: str, at: str) -> None:
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch) in _HIDDEN:
+            raise CatalogueError(
+                f"{at}: contains the invisible or control character U+{ord(ch):04X} at {i}"
+            )
+
+
+_FORM_KEYS = ("aliases", "abbreviations", "context_names")
+# How the grammar (policy.labels) splits a marking: `//`, and `/` with white space around it;
+# after the level, `REL TO` (or `RELEASABLE TO`) starts the audience list, split on commas. A
+# level form holding one could never be parsed, or reads as a release it does not carry.
+_SLASH_BY_SPACE = re.compile(r"\s/|/\s")
+_PUNCTUATION = (",", "[", "]")
+_RELEASE = re.compile(r"(?<!\w)(?:rel|releasable) to(?!\w)")
+_LEADING_CODE = re.compile(r"[^\s\-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class _Reserved:
+    """The alliances' forms, which no national form may take, and the codes a national form
+    may not start with."""
+
+    forms: Mapping[str, tuple[str, str, str]]  # key -> (scheme, kind, banner)
+    context: Mapping[str, tuple[str, str, int]]  # key -> (scheme, banner, rank)
+    codes: frozenset[str]  # ISO 3166-1 alpha-3 codes, NATO and EU
+
+
+def _keys(form: str) -> tuple[str, ...]:
+    key = match_key(form)
+    return (key, *typed_forms(key))
+
+
+def _reserved(schemes: Iterable[Any], countries: frozenset[str]) -> _Reserved:
+    """From validated [[schemes]] tables: the NATO and EU forms, first one wins."""
+    forms: dict[str, tuple[str, str, str]] = {}
+    context: dict[str, tuple[str, str, int]] = {}
+    for raw in schemes:
+        if raw["code"] not in ALLIANCES:
+            continue
+        for lv in raw["levels"]:
+            named = [(lv["name"], "name")]
+            named += [(a, "alias") for a in lv.get("aliases", ())]
+            named += [(a, "abbreviation") for a in lv.get("abbreviations", ())]
+            for form, kind in named:
+                for key in _keys(form):
+                    forms.setdefault(key, (raw["code"], kind, lv["name"]))
+            for form in lv.get("context_names", ()):
+                for key in _keys(form):
+                    context.setdefault(key, (raw["code"], lv["name"], lv["rank"]))
+    return _Reserved(forms, context, countries | set(ALLIANCES))
+
+
+def _a(scheme: str) -> str:
+    return f"an {scheme}" if scheme == "EU" else f"a {scheme}"
+
+
+def _check_form(form: str, at: str, code: str, rank: int, kind: str, reserved: _Reserved) -> None:
+    """One level form (name, alias, abbreviation, context name) of scheme `code`: parseable
+    as a level, and, for a nation, no alliance's form and no other nation's trigraph."""
+    shown = repr(form)
+    if "//" in form:
+        raise CatalogueError(
+            f"{at}: {shown} contains '//', which a marking's grammar reads as a separator"
+        )
+    if _SLASH_BY_SPACE.search(form):
+        raise CatalogueError(
+            f"{at}: {shown} contains '/' next to a space, which a marking's grammar reads as "
+            "a separator (' / ')"
+        )
+    for mark in _PUNCTUATION:
+        if mark in form:
+            raise CatalogueError(
+                f"{at}: {shown} contains {mark!r}, which a level's name cannot hold (markings "
+                "use it around audiences)"
+            )
+    key = match_key(form)
+    if _RELEASE.search(key):
+        raise CatalogueError(
+            f"{at}: {shown} contains 'REL TO', which starts a marking's release list"
+        )
+    if code in ALLIANCES:
+        return
+    for k in _keys(form):
+        if k in reserved.forms:
+            scheme, what, banner = reserved.forms[k]
+            raise CatalogueError(f"{at}: {shown} is {_a(scheme)} level's {what} ({banner})")
+    head = _LEADING_CODE.match(key)
+    lead = head.group(0).upper() if head else ""
+    if lead != code and lead in reserved.codes:
+        what = "is" if lead == key.upper() else "starts with"
+        raise CatalogueError(f"{at}: {shown} {what} another scheme's code, {lead}")
+    for k in _keys(form):
+        for other, (scheme, what, banner) in reserved.forms.items():
+            if k.startswith(other + " "):
+                raise CatalogueError(
+                    f"{at}: {shown} starts with {_a(scheme)} level's {what} ({banner})"
+                )
+    # An English word that is also an alliance's short name (SECRET) is a genuine national
+    # name (USA, IRL; Romanian SECRET is rank 2), but an alias, abbreviation or context name
+    # taking it must mean the alliance's rank: a site cannot make SECRET mean RESTRICTED.
+    if kind != "name":
+        for k in _keys(form):
+            if k in reserved.context and reserved.context[k][2] != rank:
+                scheme, banner, other_rank = reserved.context[k]
+                raise CatalogueError(
+                    f"{at}: {shown} is {_a(scheme)} level's context name ({banner}, rank "
+                    f"{other_rank}) but this level is rank {rank}"
+                )
+
+
+def _check_forms(raw: Mapping[str, Any], where: str, reserved: _Reserved) -> None:
+    """The level forms of a structurally valid [[schemes]] table (see `_check_form`)."""
+    code = raw["code"]
+    where = f"{where} ({code})"
+    for j, lv in enumerate(raw["levels"]):
+        at = f"{where}.levels[{j}]"
+        _check_form(lv["name"], f"{at}.name", code, lv["rank"], "name", reserved)
+        for key in _FORM_KEYS:
+            for k, form in enumerate(lv.get(key, ())):
+                _check_form(form, f"{at}.{key}[{k}]", code, lv["rank"], key, reserved)
+
+
 def _check_scheme(raw: Any, where: str, countries: frozenset[str]) -> str:
     """Validate one [[schemes]] table; returns its code. Raises CatalogueError naming the key."""
     if not isinstance(raw, Mapping):
@@ -227,8 +356,12 @@ def _check_scheme(raw: Any, where: str, countries: frozenset[str]) -> str:
         raise CatalogueError(f"{where}.{unknown[0]}: unknown key (known: {sorted(_SCHEME_KEYS)})")
     if "name" in raw and (not isinstance(raw["name"], str) or not raw["name"].strip()):
         raise CatalogueError(f"{where}.name: expected the scheme's name as text")
+    if "name" in raw:
+        _check_text(raw["name"], f"{where}.name")
     if "sources" in raw and not _texts(raw["sources"]):
         raise CatalogueError(f"{where}.sources: expected a list of texts")
+    for k, source in enumerate(raw.get("sources", ())):
+        _check_text(source, f"{where}.sources[{k}]")
     levels = raw.get("levels")
     if not isinstance(levels, list):
         raise CatalogueError(f"{where}.levels: expected a list of levels")
@@ -244,9 +377,12 @@ def _check_scheme(raw: Any, where: str, countries: frozenset[str]) -> str:
             raise CatalogueError(f"{at}.rank: must be 0-4")
         if not isinstance(lv.get("name"), str) or not lv["name"].strip():
             raise CatalogueError(f"{at}.name: expected the level's official name as text")
-        for key in ("aliases", "abbreviations", "context_names"):
+        _check_text(lv["name"], f"{at}.name")
+        for key in _FORM_KEYS:
             if key in lv and not _texts(lv[key]):
                 raise CatalogueError(f"{at}.{key}: expected a list of texts")
+            for k, form in enumerate(lv.get(key, ())):
+                _check_text(form, f"{at}.{key}[{k}]")
         if "legacy" in lv and not isinstance(lv["legacy"], bool):
             raise CatalogueError(f"{at}.legacy: expected true or false")
         if not lv.get("legacy", False):
@@ -266,6 +402,7 @@ def _check_scheme(raw: Any, where: str, countries: frozenset[str]) -> str:
             raise CatalogueError(f"{at}.rank: the scheme has a level of rank {entry['rank']}")
         if not isinstance(entry.get("note"), str) or not entry["note"].strip():
             raise CatalogueError(f"{at}.note: expected the reason as text")
+        _check_text(entry["note"], f"{at}.note")
     # A nation whose levels no source gave is kept (its name, sources and why), so that its
     # officers are told why rather than offered another nation's marking; but only when
     # every classified rank says why it is missing.
@@ -309,6 +446,9 @@ def validate(data: Mapping[str, Any], source: str = "schemes.toml") -> None:
     for alliance in ALLIANCES:
         if alliance not in seen:
             raise CatalogueError(f"{source}: schemes: the {alliance} scheme is missing")
+    reserved = _reserved(schemes, countries)
+    for i, raw in enumerate(schemes):
+        _check_forms(raw, f"{source}: schemes[{i}]", reserved)
 
 
 def _build(data: Mapping[str, Any], source: str = "schemes.toml") -> Catalogue:
@@ -407,6 +547,7 @@ def with_site(site: Mapping[str, Any], source: str = "site schemes file") -> Cat
     data = packaged_data()
     countries = frozenset(data["audiences"]["iso3166_alpha3"])
     packaged = {raw["code"]: i for i, raw in enumerate(data["schemes"])}
+    reserved = _reserved(data["schemes"], countries)  # NATO and EU: never a site's
     overrides: list[str] = []
     additions: list[str] = []
     seen: set[str] = set()
@@ -418,6 +559,7 @@ def with_site(site: Mapping[str, Any], source: str = "site schemes file") -> Cat
                 "cannot be overridden by a site file"
             )
         code = _check_scheme(raw, f"{source}: schemes[{i}]", countries)
+        _check_forms(raw, f"{source}: schemes[{i}]", reserved)
         if code in seen:
             raise CatalogueError(f"{source}: schemes[{i}] ({code}).code: given twice")
         seen.add(code)

@@ -377,3 +377,284 @@ def test_an_override_is_said_in_a_log_line(caplog: pytest.LogCaptureFixture) -> 
         use_schemes_file(SITE)
     assert f"site schemes file {SITE} replaces the packaged BEL scheme" in caplog.text
     assert f"site schemes file {SITE} adds CHE" in caplog.text
+
+
+# ---------------------------------------------------------------- forms a site cannot take
+
+
+def _che_alias(rank: int = 1, **level: Any) -> dict[str, Any]:
+    return che(levels=[{"rank": 3, "name": "GEHEIM"}, {"rank": rank, "name": "INTERN", **level}])
+
+
+@pytest.mark.parametrize(
+    ("level", "message"),
+    [
+        (
+            {"aliases": ["INTERNE", "NATO SECRET"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[1]: 'NATO SECRET' is a NATO level's "
+            "name (NATO SECRET)",
+        ),
+        (
+            {"aliases": ["nato  secrét"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'nato  secrét' is a NATO level's "
+            "name (NATO SECRET)",
+        ),
+        (
+            {"name": "COSMIC TOP SECRET"},
+            "site.toml: schemes[0] (CHE).levels[1].name: 'COSMIC TOP SECRET' is a NATO level's "
+            "name (COSMIC TOP SECRET)",
+        ),
+        (
+            {"abbreviations": ["NS"]},
+            "site.toml: schemes[0] (CHE).levels[1].abbreviations[0]: 'NS' is a NATO level's "
+            "abbreviation (NATO SECRET)",
+        ),
+        (
+            {"abbreviations": ["CTS"]},
+            "site.toml: schemes[0] (CHE).levels[1].abbreviations[0]: 'CTS' is a NATO level's "
+            "abbreviation (COSMIC TOP SECRET)",
+        ),
+        (
+            {"aliases": ["TRÈS SECRET UE"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'TRÈS SECRET UE' is an EU level's "
+            "alias (TRES SECRET UE/EU TOP SECRET)",
+        ),
+        (
+            {"context_names": ["EU-R"]},
+            "site.toml: schemes[0] (CHE).levels[1].context_names[0]: 'EU-R' is an EU level's "
+            "abbreviation (RESTREINT UE/EU RESTRICTED)",
+        ),
+        (
+            {"aliases": ["DEU GEHEIM"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'DEU GEHEIM' starts with "
+            "another scheme's code, DEU",
+        ),
+        (
+            {"aliases": ["usa secret"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'usa secret' starts with "
+            "another scheme's code, USA",
+        ),
+        (
+            {"aliases": ["PER INTERN"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'PER INTERN' starts with "
+            "another scheme's code, PER",
+        ),
+        (
+            {"aliases": ["DEU-GEHEIM"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'DEU-GEHEIM' starts with "
+            "another scheme's code, DEU",
+        ),
+        (
+            {"abbreviations": ["NATO"]},
+            "site.toml: schemes[0] (CHE).levels[1].abbreviations[0]: 'NATO' is another "
+            "scheme's code, NATO",
+        ),
+        (
+            {"aliases": ["NATO INTERN"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'NATO INTERN' starts with "
+            "another scheme's code, NATO",
+        ),
+        (
+            {"aliases": ["COSMIC TOP SECRET ATOMAL"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'COSMIC TOP SECRET ATOMAL' "
+            "starts with a NATO level's name (COSMIC TOP SECRET)",
+        ),
+        (
+            {"aliases": ["INTERN // REL TO NATO"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'INTERN // REL TO NATO' contains "
+            "'//', which a marking's grammar reads as a separator",
+        ),
+        (
+            {"name": "INTERN / EXTERN"},
+            "site.toml: schemes[0] (CHE).levels[1].name: 'INTERN / EXTERN' contains '/' next to a "
+            "space",
+        ),
+        (
+            {"aliases": ["INTERN, CHE"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'INTERN, CHE' contains ','",
+        ),
+        (
+            {"abbreviations": ["[I]"]},
+            "site.toml: schemes[0] (CHE).levels[1].abbreviations[0]: '[I]' contains '['",
+        ),
+        (
+            {"aliases": ["INTERN REL TO NATO"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'INTERN REL TO NATO' contains "
+            "'REL TO'",
+        ),
+        (
+            {"aliases": ["INTERN RELEASABLE  TO CHE"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'INTERN RELEASABLE  TO CHE' "
+            "contains 'REL TO'",
+        ),
+        (
+            {"context_names": ["SECRET"]},
+            "site.toml: schemes[0] (CHE).levels[1].context_names[0]: 'SECRET' is a NATO level's "
+            "context name (NATO SECRET, rank 3) but this level is rank 1",
+        ),
+        (
+            {"aliases": ["TOP SECRET"]},
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: 'TOP SECRET' is a NATO level's "
+            "context name (COSMIC TOP SECRET, rank 4) but this level is rank 1",
+        ),
+    ],
+)
+def test_a_site_form_cannot_take_an_alliance_or_another_nations_name(
+    level: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(CatalogueError) as caught:
+        with_site({"schemes": [_che_alias(**level)]}, "site.toml")
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+def test_national_forms_that_are_genuine_stay_accepted() -> None:
+    """Own trigraph, an English word at the alliance's rank (Malta), an official name at
+    another rank (Romanian SECRET is rank 2), slashes and dots inside a word."""
+    catalogue = with_site(
+        {
+            "schemes": [
+                _che_alias(
+                    aliases=["CHE INTERN", "RESTRICTED", "INTERN/EXTERN", "INT."],
+                    context_names=["INTERNAL"],
+                ),
+                {"code": "LIE", "levels": [{"rank": 2, "name": "SECRET"}]},
+            ]
+        },
+        "site.toml",
+    )
+    install_catalogue(catalogue)
+    assert parse_marking("INTERN/EXTERN").banner == "CHE INTERN"
+    assert parse_marking("RESTRICTED", "CHE").banner == "CHE INTERN"
+    assert parse_marking("SECRET", "LIE").banner == "LIE SECRET"
+    assert parse_marking("SECRET", "NATO").banner == "NATO SECRET"
+
+
+def test_the_reviewed_spoofing_file_is_refused_and_nato_secret_stays_nato(tmp_path: Path) -> None:
+    site = tmp_path / "site_che.toml"
+    site.write_text(
+        '[[schemes]]\ncode = "CHE"\nname = "Switzerland"\nlevels = [\n'
+        '    { rank = 1, name = "INTERN", aliases = ["NATO SECRET", "DEU GEHEIM", '
+        '"COSMIC TOP SECRET"], abbreviations = ["NS", "CTS"] },\n'
+        '    { rank = 3, name = "GEHEIM" },\n]\n',
+        encoding="utf-8",
+    )
+    result = cli("label", "parse", "NATO SECRET", "--scheme", "CHE", "--schemes", str(site))
+    assert result.exit_code == 2
+    assert (
+        f"--schemes: {site}: schemes[0] (CHE).levels[0].aliases[0]: 'NATO SECRET' is a NATO "
+        "level's name" in result.stderr
+    )
+    with pytest.raises(SchemesFileError):
+        read_schemes_file(site)
+    assert parse_marking("NATO SECRET", "DEU").banner == "NATO SECRET"
+
+
+def test_the_packaged_file_is_held_to_the_same_form_rules() -> None:
+    data = packaged_data()
+    deu = next(i for i, s in enumerate(data["schemes"]) if s["code"] == "DEU")
+    data["schemes"][deu]["levels"][0].setdefault("aliases", []).append("NATO SECRET")
+    with pytest.raises(CatalogueError, match=rf"^schemes.toml: schemes\[{deu}\] \(DEU\)\.levels"):
+        build(data)
+    data = packaged_data()
+    data["schemes"][deu]["sources"][0] += "\u202e"
+    with pytest.raises(CatalogueError, match=rf"schemes\[{deu}\] \(DEU\)\.sources\[0\]: "):
+        build(data)
+
+
+# ---------------------------------------------------------------- hostile files
+
+
+@pytest.mark.parametrize(
+    ("scheme", "message"),
+    [
+        (
+            che(name="Switzerland\u202e"),
+            "site.toml: schemes[0] (CHE).name: contains the invisible or control character U+202E "
+            "at 11",
+        ),
+        (
+            che(sources=["a law", "\u2066law\u2069"]),
+            "site.toml: schemes[0] (CHE).sources[1]: contains the invisible or control character "
+            "U+2066 at 0",
+        ),
+        (
+            _che_alias(aliases=["INT\u200bERN"]),
+            "site.toml: schemes[0] (CHE).levels[1].aliases[0]: contains the invisible or control "
+            "character U+200B at 3",
+        ),
+        (
+            _che_alias(name="INTERN\n"),
+            "site.toml: schemes[0] (CHE).levels[1].name: contains the invisible or control "
+            "character U+000A at 6",
+        ),
+        (
+            _che_alias(abbreviations=["I\x1b[31m"]),
+            "site.toml: schemes[0] (CHE).levels[1].abbreviations[0]: contains the invisible or "
+            "control character U+001B at 1",
+        ),
+        (
+            _che_alias(context_names=["\u202dI"]),
+            "site.toml: schemes[0] (CHE).levels[1].context_names[0]: contains the invisible or "
+            "control character U+202D at 0",
+        ),
+        (
+            che(absent=[{"rank": 4, "note": "none\u202e"}]),
+            "site.toml: schemes[0] (CHE).absent[0].note: contains the invisible or control "
+            "character U+202E at 4",
+        ),
+    ],
+)
+def test_control_and_bidi_characters_are_refused_in_every_text(
+    scheme: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(CatalogueError) as caught:
+        with_site({"schemes": [scheme]}, "site.toml")
+    assert str(caught.value).startswith(message), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "schemes = " + "[" * 20000 + "]" * 20000 + "\n",
+        "x = " + "{a=" * 5000 + "1" + "}" * 5000 + "\n",
+    ],
+)
+def test_a_deeply_nested_file_is_an_error_naming_the_file(tmp_path: Path, text: str) -> None:
+    deep = tmp_path / "deep.toml"
+    deep.write_text(text, encoding="utf-8")
+    with pytest.raises(SchemesFileError, match=rf"^{deep}: nested too deeply to read"):
+        read_schemes_file(deep)
+    result = cli("label", "parse", "NATO SECRET", "--schemes", str(deep))
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert f"--schemes: {deep}: nested too deeply" in result.stderr
+    with pytest.raises(ConfigError) as caught:
+        load_config(_config(tmp_path, 'schemes_file = "deep.toml"'))
+    assert f"bot.schemes_file: {deep}: nested too deeply to read" in caught.value.errors[0]
+
+
+def test_a_file_over_one_mebibyte_is_refused_before_parsing(tmp_path: Path) -> None:
+    big = tmp_path / "big.toml"
+    big.write_text("# " + "x" * (1 << 20) + "\n", encoding="utf-8")
+    with pytest.raises(SchemesFileError, match=rf"^{big}: larger than 1 MiB"):
+        read_schemes_file(big)
+    fits = tmp_path / "fits.toml"
+    fits.write_text("# " + "x" * ((1 << 20) - 100) + "\n", encoding="utf-8")
+    assert read_schemes_file(fits).additions == ()
+
+
+# ---------------------------------------------------------------- the config's path
+
+
+def test_config_schemes_path_is_stripped_like_the_file_it_loads(tmp_path: Path) -> None:
+    (tmp_path / "site.toml").write_text(SITE.read_text(encoding="utf-8"), encoding="utf-8")
+    config = load_config(_config(tmp_path, 'schemes_file = " site.toml "', "CHE GEHEIM"))
+    assert config.schemes_path() == (tmp_path / "site.toml").resolve()
+
+
+@pytest.mark.parametrize("value", ['""', '"   "'])
+def test_config_schemes_file_cannot_be_empty(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(_config(tmp_path, f"schemes_file = {value}"))
+    assert any(e.startswith("bot.schemes_file: empty") for e in caught.value.errors), (
+        caught.value.errors
+    )
