@@ -462,6 +462,8 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(source, [f"{source}: not valid TOML: {exc}"]) from None
+    except (RecursionError, MemoryError):  # nested arrays or tables thousands deep
+        raise ConfigError(source, [f"{source}: nested too deeply to read"]) from None
     bot_section = raw.get("bot")
     caveats = bot_section.get("caveats", []) if isinstance(bot_section, dict) else []
     if not isinstance(caveats, list) or not all(isinstance(c, str) for c in caveats):

@@ -235,3 +235,13 @@ def test_narrowed_audience_becomes_the_room_audience() -> None:
         + "[[rooms]]\nkey = 'a'\nname = 'x'\nlabel = 'NATO SECRET'\naudience = ['DEU', 'France']"
     )
     assert parse_config(text).rooms[0].policy_room().audience == {"DEU", "FRA"}
+
+
+def test_a_config_nested_too_deeply_is_an_error_naming_it() -> None:
+    """tomllib recurses per nesting level: a hostile or broken config must not end the
+    start with a RecursionError traceback."""
+    from bot.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config("x = " + "[" * 100_000 + "]" * 100_000, "deep.toml")
+    assert info.value.errors == ["deep.toml: nested too deeply to read"]

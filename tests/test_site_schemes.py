@@ -525,7 +525,9 @@ def test_national_forms_that_are_genuine_stay_accepted() -> None:
     install_catalogue(catalogue)
     assert parse_marking("INTERN/EXTERN").banner == "CHE INTERN"
     assert parse_marking("RESTRICTED", "CHE").banner == "CHE INTERN"
-    assert parse_marking("SECRET", "LIE").banner == "LIE SECRET"
+    assert parse_marking("LIE SECRET").banner == "LIE SECRET"
+    with pytest.raises(MarkingError, match="ambiguous"):  # other nations' SECRET is higher
+        parse_marking("SECRET", "LIE")
     assert parse_marking("SECRET", "NATO").banner == "NATO SECRET"
 
 
