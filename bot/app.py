@@ -240,7 +240,7 @@ class LiaisonBot:
 
     async def _first_synced(self) -> None:
         self.tasks.spawn(self.rooms.revalidate(self.messenger.alert_admins), "revalidate-rooms")
-        await self.membership.sweep()
+        await self.membership.sweep(self.messenger.alert_admins)
         await self.relay.start()
         await self.digests.start()
         self.synced.set()
@@ -263,7 +263,7 @@ class LiaisonBot:
         interval = self.config.bot.sweep_interval.total_seconds()
         while not self.tasks.stopping.is_set():
             try:
-                await self.membership.sweep()
+                await self.membership.sweep(self.messenger.alert_admins)
                 await self.relay.resend_pending()
             except Exception:
                 log.exception("sweep failed; retrying at the next interval")

@@ -93,19 +93,23 @@ class Clearance:
     caveats: frozenset[str] = frozenset()
     expires: date | None = None  # valid through that day (UTC)
     revoked: bool = False
+    # Why the record may not be used at all (a grant on record that the schemes in force
+    # read at another rank, or not at all): each denies every decision, with the reason.
+    unusable: tuple[str, ...] = ()
 
     def __hash__(self) -> int:
         return hash((self.user_id, self.nationality, tuple(sorted(self.grants.items()))))
 
 
 def may_join(clearance: Clearance, room: Room, today: date) -> Decision:
-    """Allowed iff valid (not expired, not revoked), nationality in the room's audience,
-    a grant in the room's own scheme at or above its rank, a homeserver the room allows, and
-    every caveat of the room."""
+    """Allowed iff valid (not expired, not revoked, no grant the schemes in force read
+    otherwise), nationality in the room's audience, a grant in the room's own scheme at or
+    above its rank, a homeserver the room allows, and every caveat of the room."""
     denied: list[str] = []
     allowed: list[str] = []
     if clearance.revoked:
         denied.append(f"clearance of {clearance.user_id} is revoked")
+    denied.extend(clearance.unusable)
     if clearance.expires is not None and today > clearance.expires:
         denied.append(
             f"clearance of {clearance.user_id} expired on {clearance.expires.isoformat()}"

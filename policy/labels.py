@@ -85,6 +85,26 @@ def render(label: Label) -> str:
     return " // ".join(parts)
 
 
+def record_mismatch(label: Label, banner: str, scheme: str, rank: int) -> str | None:
+    """None when `label`, read again in the schemes in force from `banner` as stored, is
+    what was stored with it: the same banner, scheme and rank. Otherwise why not, naming
+    both (a site schemes file that redefines a scheme moves its levels' ranks; a label on
+    record is never silently raised or lowered by that, so the caller refuses the row)."""
+    if (label.banner, label.scheme, label.rank) == (banner, scheme, rank):
+        return None
+    overrides = current().overrides
+    cause = (
+        f" ({', '.join(c for c in overrides if c in (scheme, label.scheme))} is redefined by "
+        "the site schemes file)"
+        if scheme in overrides or label.scheme in overrides
+        else ""
+    )
+    return (
+        f"on record as {banner} ({scheme}, rank {rank}), but the schemes in force read it as "
+        f"{label.banner} ({label.scheme}, rank {label.rank}){cause}"
+    )
+
+
 @functools.lru_cache(maxsize=4096)
 def releasable_set(label: Label) -> frozenset[str]:
     """Nations the label may reach: its scheme's own audience and everything in REL TO.

@@ -403,7 +403,7 @@ async def test_old_sealed_values_are_resealed_once_and_never_again(store: Store)
         binding = item_binding(event_id, "deu", "DEU GEHEIM // REL TO NATO")
         return IntelItem(
             event_id=event_id, room_key="deu", room_id="!d:x", sender=OFFICER,
-            label="DEU GEHEIM // REL TO NATO", scheme="DEU", rank=2,
+            label="DEU GEHEIM // REL TO NATO", scheme="DEU", rank=3,
             precedence=Precedence.ROUTINE,
             exercise=False, topics=(), created_at=datetime.now(UTC),
             text=legacy.seal_text(text, binding if bound else event_id),

@@ -38,7 +38,15 @@ from bot.gate.config import RegisterSpec
 from bot.services.register import policy_clearance
 from bot.storage.reader import RegisterReader, make_reader_engine
 from bot.storage.records import ClearanceRecord, RegisterVerifier, RoomRecord
-from policy import MarkingError, Room, make_room, may_enter, parse_marking, server_of
+from policy import (
+    MarkingError,
+    Room,
+    make_room,
+    may_enter,
+    parse_marking,
+    record_mismatch,
+    server_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -314,11 +322,25 @@ class Register:
 
 @functools.lru_cache(maxsize=1024)
 def _policy_room(
-    label: str, audience: tuple[str, ...], servers: tuple[str, ...] | None, caveats: tuple[str, ...]
-) -> Room:
+    key: str,
+    label: str,
+    scheme: str,
+    rank: int,
+    audience: tuple[str, ...],
+    servers: tuple[str, ...] | None,
+    caveats: tuple[str, ...],
+) -> Room | str:
     """The room a record describes, as the rules see it: parsed once per record, not once
-    per invite (parsing a marking costs more than the rest of a cached decision)."""
-    return make_room(parse_marking(label, extra_caveats=caveats), audience, servers)
+    per invite (parsing a marking costs more than the rest of a cached decision). Or, when
+    the schemes in force read the label on record otherwise than its stored scheme and rank
+    (a site schemes file redefined the scheme), why: such a room admits nobody (logged once
+    per record, as it is parsed)."""
+    room = make_room(parse_marking(label, extra_caveats=caveats), audience, servers)
+    changed = record_mismatch(room.label, label, scheme, rank)
+    if changed is not None:
+        log.warning("liaison gate: managed room %s admits nobody: its label is %s", key, changed)
+        return f"its label is {changed}"
+    return room
 
 
 def _unverified_room(exc: RowRefused, room_id: str) -> Verdict:
@@ -478,10 +500,18 @@ class Gate:
             return Verdict(False, f"{where} was closed on {record.closed_at:%Y-%m-%d}")
         try:
             room = _policy_room(
-                record.label, record.audience, record.servers, tuple(register.spec.caveats)
+                record.key,
+                record.label,
+                record.scheme,
+                record.rank,
+                record.audience,
+                record.servers,
+                tuple(register.spec.caveats),
             )
         except MarkingError as exc:
             return Verdict(False, f"the label on record for {where} cannot be read: {exc}")
+        if isinstance(room, str):
+            return Verdict(False, f"{where} admits nobody: {room}")
         try:
             clearance = register.clearance(user_id, cache_only=cache_only)
         except NeedsRead:

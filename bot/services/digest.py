@@ -54,7 +54,15 @@ from bot.storage import (
 from bot.storage.sealing import Sealer, SealError
 from commands.context import CommandError, PermissionDenied, Role
 from commands.document import Banner, Code, Document, Inline, Strong, doc, heading, items, para
-from policy import Label, MarkingError, Precedence, dominant_label, may_release, parse_marking
+from policy import (
+    Label,
+    MarkingError,
+    Precedence,
+    dominant_label,
+    may_release,
+    parse_marking,
+    record_mismatch,
+)
 from policy.adatp4774 import label_metadata, to_json
 
 log = logging.getLogger(__name__)
@@ -861,6 +869,10 @@ class DigestService:
             return None
         except SealError:  # its label or room was changed in the database: never shown
             log.error("stored item %s does not open for its label and room", item.event_id)
+            return None
+        changed = record_mismatch(label, item.label, item.scheme, item.rank)
+        if changed is not None:  # never shown at a rank it was not stored at
+            log.error("stored item %s not shown: its label is %s", item.event_id, changed)
             return None
         return DigestItem(
             event_id=item.event_id,

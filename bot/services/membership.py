@@ -16,10 +16,16 @@ from bot.matrix.crosssign import normalise_fingerprint
 from bot.matrix.gateway import MatrixError
 from bot.metrics import Metrics
 from bot.services.ports import Audit, RoomControl
-from bot.services.register import ClearanceRegister, RegisterError, policy_clearance
+from bot.services.register import (
+    ClearanceRegister,
+    RegisterError,
+    clearance_mismatches,
+    policy_clearance,
+)
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.storage import ClearanceRecord, Store, in_thread
 from commands.context import CommandError, Role
+from commands.document import Document, Strong, doc, items, para
 from commands.services import InviteOutcome, RevokeOutcome
 from commands.views import fingerprint
 from policy import Decision, may_enter
@@ -56,6 +62,7 @@ class Membership:
         self.check_identity = check_identity  # fetch and pin the user's master key now
         self.user_id = UserId("")  # the bot's own id, set once logged in
         self._clearances: dict[str, ClearanceRecord] = {}
+        self._told: set[tuple[str, str]] = set()  # unusable records audited and alerted
 
     # ------------------------------------------------------------ the cache
 
@@ -176,9 +183,14 @@ class Membership:
         log.info("removed %s from %s (%s)", user_id, room.key, why)
         return True
 
-    async def sweep(self) -> list[tuple[RoomKey, UserId]]:
-        """Re-read the register (CLI changes) and remove everyone who no longer qualifies."""
+    async def sweep(
+        self, alert: Callable[[Document], Awaitable[None]] | None = None
+    ) -> list[tuple[RoomKey, UserId]]:
+        """Re-read the register (CLI changes) and remove everyone who no longer qualifies.
+        Records with a grant the schemes in force read otherwise are audited and, with
+        `alert`, told to the admins once each (they admit nobody until granted again)."""
         await self.refresh()
+        await self._unusable(alert)
         removed: list[tuple[RoomKey, UserId]] = []
         for managed in list(self.rooms.by_key.values()):
             for user_id in list(self.control.members(managed.room_id) or {}):
@@ -186,6 +198,28 @@ class Membership:
                     removed.append((managed.key, user_id))
         await in_thread(self.store.prune_handled, datetime.now(UTC) - timedelta(days=30))
         return removed
+
+    async def _unusable(self, alert: Callable[[Document], Awaitable[None]] | None) -> None:
+        found = {
+            (user_id, why)
+            for user_id, record in self._clearances.items()
+            for why in clearance_mismatches(record)
+        }
+        new = sorted(found - self._told)
+        self._told = found  # a grant made again, then changed again, is told again
+        for user_id, why in new:
+            log.error("clearance of %s not used: %s", user_id, why)
+            await self.audit(self.user_id, "clearance.unusable", user_id, {"reason": why})
+        if new and alert is not None:
+            await alert(
+                doc(
+                    para(
+                        "⚠ Clearances not used (their grants' ranks changed with the schemes "
+                        "in force; grant them again to restore them):"
+                    ),
+                    items((Strong(user_id), ": ", why) for user_id, why in new),
+                )
+            )
 
     async def invite(self, actor: UserId, user_id: UserId, room_key: RoomKey) -> InviteOutcome:
         """Invite only whom the register admits now (re-read for this user first)."""

@@ -58,6 +58,7 @@ from policy import (
     may_release,
     parse_marking,
     parse_tagged,
+    record_mismatch,
 )
 from policy.adatp4774 import import_label
 from policy.ids import EventId, UserId
@@ -924,6 +925,9 @@ class RelayEngine:
             label = parse_marking(item.label, extra_caveats=self.settings.caveats)
         except MarkingError:
             return "its stored label does not read"
+        changed = record_mismatch(label, item.label, item.scheme, item.rank)
+        if changed is not None:
+            return f"its stored label is {changed}"
         decision = may_release(label, source.policy, target.policy)
         return None if decision.allowed else f"no longer releasable there: {decision.reason}"
 

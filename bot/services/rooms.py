@@ -32,6 +32,7 @@ from policy import (
     make_room,
     parse_audience,
     parse_marking,
+    record_mismatch,
 )
 from policy.adatp4774 import label_metadata, to_json
 from policy.ids import RoomId, RoomKey
@@ -315,6 +316,9 @@ class RoomDirectory:
         # by key: shown by `!rooms`, audited and alerted to the admins (`revalidate`).
         self.flagged: dict[str, str] = {}
         self._alerted: set[tuple[str, str]] = set()
+        # Task-force rooms the start did not restore, by key, and why: told to the admins
+        # once, after the first sync (`revalidate`).
+        self.skipped: dict[str, str] = {}
 
     async def _flag(self, key: str, room_id: str, warnings: list[str]) -> None:
         """Record, and audit once per start, what provisioning could not put right."""
@@ -387,6 +391,23 @@ class RoomDirectory:
                 )
             record = stored.get(cfg.key)
             policy_room = cfg.policy_room(self.config.home_server)
+            if record is not None and record.label == policy_room.label.banner:
+                # The same words as on record at another rank: the schemes changed under
+                # the room (a site schemes file), not the config; that raises or lowers
+                # nothing by itself.
+                why = record_mismatch(policy_room.label, record.label, record.scheme, record.rank)
+                if why is not None:
+                    await in_thread(
+                        self.store.append_audit,
+                        "liaison-bot",
+                        "room.label.changed",
+                        cfg.key,
+                        {"room_id": record.room_id, "rank": record.rank, "reason": why},
+                    )
+                    raise StartupError(
+                        f"rooms[{i}] ({cfg.key}): its label is {why}; not started. Keep the "
+                        "scheme's ranks, or give the room the label it is to have in the config."
+                    )
             if (
                 record is not None
                 and record.room_id is not None
@@ -459,6 +480,10 @@ class RoomDirectory:
                 continue
             try:
                 label = parse_marking(record.label, extra_caveats=self.config.bot.caveats)
+                changed_label = record_mismatch(label, record.label, record.scheme, record.rank)
+                if changed_label is not None:
+                    await self._skip_changed(record, changed_label)
+                    continue
                 policy_room = make_room(
                     label, record.audience, record.servers or (self.config.home_server,)
                 )
@@ -480,8 +505,31 @@ class RoomDirectory:
                 )
             except (MarkingError, MatrixError, ProvisionError) as exc:
                 log.error("task-force room %s not restored: %s", record.key, exc)
+                self.skipped[record.key] = f"not restored: {exc}"
                 continue
             self._add(ManagedRoom(record.key, record.name, policy_room, room_id, Origin.CHAT))
+
+    async def _skip_changed(self, record: RoomRecord, why: str) -> None:
+        """A task-force room whose label the schemes in force read at another rank (or
+        otherwise) is not used: taken at the new rank, it would be raised or lowered
+        without anyone deciding so. Audited now; told to the admins by `revalidate`."""
+        log.error(
+            "task-force room %s (%s) not restored: its label is %s", record.key, record.room_id, why
+        )
+        self.skipped[record.key] = f"not restored: its label is {why}"
+        await in_thread(
+            self.store.append_audit,
+            "liaison-bot",
+            "room.label.changed",
+            record.key,
+            {
+                "room_id": record.room_id,
+                "label": record.label,
+                "scheme": record.scheme,
+                "rank": record.rank,
+                "reason": why,
+            },
+        )
 
     async def revalidate(self, alert: Callable[[Document], Awaitable[None]]) -> None:
         """Check the rooms taken as stored at start against their state on the server,
@@ -533,6 +581,14 @@ class RoomDirectory:
                 doc(
                     para("⚠ Managed rooms not as the bot left them (checked after a restart):"),
                     items((Strong(key), ": ", what) for key, what in sorted(problems)),
+                )
+            )
+        if self.skipped:
+            skipped, self.skipped = self.skipped, {}
+            await alert(
+                doc(
+                    para("⚠ Task-force rooms not restored at start (not in use, not relayed to):"),
+                    items((Strong(key), ": ", what) for key, what in sorted(skipped.items())),
                 )
             )
 
