@@ -53,6 +53,11 @@ def fingerprint(public_key: str) -> str:
     return " ".join(public_key[i : i + 4] for i in range(0, len(public_key), 4))
 
 
+def normalise_fingerprint(text: str) -> str:
+    """A fingerprint as people type it back (any spacing) as the key it shows."""
+    return "".join(text.split())
+
+
 def rooms_document(rooms: Sequence[RoomSummary]) -> Document:
     """`rooms`, in chat and on the command line."""
     if not rooms:

@@ -9,8 +9,8 @@ import pytest
 from nio import RoomMemberEvent, RoomMessageNotice
 
 from bot.gate.rules import LABEL_EVENT
-from bot.matrix.gateway import MEGOLM
 from bot.services.rooms import provision
+from bot.wire import MEGOLM
 from policy import parse_marking
 from policy.adatp4774 import from_json, to_label
 from policy.ids import UserId

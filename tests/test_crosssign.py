@@ -9,10 +9,9 @@ from bot.matrix.crosssign import (
     CrossSigningKeys,
     SigningKey,
     check_identity,
-    normalise_fingerprint,
     verify_signature,
 )
-from commands.views import fingerprint
+from commands.views import fingerprint, normalise_fingerprint
 
 USER = "@alice:example.org"
 

@@ -422,7 +422,7 @@ def test_a_digest_of_many_long_items_fits_one_encrypted_event() -> None:
     """Issue 14, finding 8: the size is judged as sent (JSON, encrypted, base64), not as
     plain + HTML: 60 items of 500 characters used to make an event the homeserver refused,
     and the window was lost."""
-    from bot.services.render import EVENT_LIMIT, encrypted_size
+    from bot.wire import EVENT_LIMIT, encrypted_size
 
     every = list(Precedence)  # 25 a precedence are shown: spread them to show more
     many = [
@@ -438,7 +438,7 @@ def test_a_digest_of_many_long_items_fits_one_encrypted_event() -> None:
 def test_a_large_window_is_split_into_events_that_each_fit() -> None:
     """Issue 14, finding 8: every item shown, in as few events as fit the limit each."""
     from bot.services.digest import build_digest_parts
-    from bot.services.render import EVENT_LIMIT, encrypted_size
+    from bot.wire import EVENT_LIMIT, encrypted_size
     from policy.adatp4774 import from_json, to_label
 
     every = list(Precedence)

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from bot.config import parse_config
-from bot.matrix.gateway import StateEvent
+from bot.services.ports import StateEvent
 from bot.services.rooms import RoomDirectory, creator_warning
 from bot.storage import Store
 from commands.document import Document

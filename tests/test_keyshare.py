@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from nio import RoomKeyRequest, RoomKeyRequestCancellation
 
-from bot.matrix.gateway import MEGOLM, SentIndex
+from bot.matrix.gateway import SentIndex
 from bot.matrix.keyshare import AUDITS_PER_HOUR, CHECKS_PER_MINUTE, KeyRequests
+from bot.wire import MEGOLM
 from policy import Decision
 
 BOT, ROOM, SESSION, OWN_KEY = "@bot:hs", "!room:hs", "S1", "bot-curve"

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from bot.matrix.messenger import notice_content
 from bot.services.inbox import _Tagged, batched_receipt
-from bot.services.render import EVENT_LIMIT, encrypted_size
+from bot.wire import EVENT_LIMIT, encrypted_size
 from commands.document import (
     Block,
     Document,

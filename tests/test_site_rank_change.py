@@ -21,11 +21,12 @@ from bot.gate.rules import Gate, Register, RoomLabel
 from bot.metrics import Metrics
 from bot.schemes import read_schemes_file
 from bot.services.membership import Membership
-from bot.services.register import ClearanceRegister, policy_clearance
+from bot.services.register import ClearanceRegister
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.startup import StartupError
 from bot.storage import Origin, RoomRecord, Store, audit_key_from
 from bot.storage.migrate import upgrade
+from bot.storage.register_reads import policy_clearance
 from bot.storage.store import register_public_key
 from commands.document import Document
 from policy import current, install_catalogue, make_room, may_enter, parse_marking

@@ -35,9 +35,10 @@ from cachetools import TTLCache
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bot.gate.config import RegisterSpec
-from bot.services.register import policy_clearance
 from bot.storage.reader import RegisterReader, make_reader_engine
 from bot.storage.records import ClearanceRecord, RegisterVerifier, RoomRecord
+from bot.storage.register_reads import policy_clearance
+from bot.wire import MEGOLM
 from policy import (
     MarkingError,
     Room,
@@ -81,7 +82,6 @@ _REQUIRED = {
 # Synapse applies too. Reading a missing `invite` as anything above 0 would let a content
 # that hands everyone the power to invite pass as closed.
 _POWER_DEFAULTS = {"invite": 0, "kick": 50, "ban": 50, "redact": 50, "state_default": 50}
-MEGOLM = "m.megolm.v1.aes-sha2"
 # The spec's recommended rotation of a Megolm session; the bot never sets more (a longer
 # one keeps a room key in use for longer than clients expect).
 _ROTATION_LIMITS = {"rotation_period_ms": 604_800_000, "rotation_period_msgs": 100}

@@ -202,7 +202,3 @@ def check_identity(user_id: str, query: Mapping[str, Any]) -> Identity:
         ):
             signed[device_id] = ed25519
     return Identity(user_id, master, ssk, signed)
-
-
-def normalise_fingerprint(text: str) -> str:
-    return "".join(text.split())

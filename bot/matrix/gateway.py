@@ -34,13 +34,13 @@ from nio.api import Api, MessageDirection, RoomPreset, RoomVisibility
 from nio.crypto import InboundGroupSession, OlmDevice
 
 from bot.matrix.cryptostore import CryptoClient
+from bot.services.ports import HomeserverError, StateEvent
+from bot.wire import MEGOLM
 from policy.ids import UserId
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-MEGOLM = "m.megolm.v1.aes-sha2"
 
 Client = AsyncClient  # for tools and tests that reach past the gateway (the bot does not)
 
@@ -48,15 +48,8 @@ Client = AsyncClient  # for tools and tests that reach past the gateway (the bot
 DevicePolicy = Callable[[str, OlmDevice], bool]
 
 
-class MatrixError(Exception):
-    """The homeserver said no. `errcode` is the Matrix error code (M_FORBIDDEN, …)."""
-
-    def __init__(self, what: str, errcode: str | None, message: str, status: int | None) -> None:
-        super().__init__(f"{what}: {errcode or 'error'}: {message}")
-        self.what = what
-        self.errcode = errcode
-        self.message = message
-        self.status = status
+class MatrixError(HomeserverError):
+    """The homeserver said no, as nio reported it: the services' port error, raised here."""
 
 
 def check(response: Any, what: str) -> None:
@@ -87,14 +80,6 @@ def _error(response: Any, what: str) -> MatrixError:
         getattr(response, "message", "") or str(response),
         getattr(transport, "status", None),
     )
-
-
-@dataclass(frozen=True)
-class StateEvent:
-    type: str
-    state_key: str
-    content: Mapping[str, Any]
-    sender: str = ""
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ from typing import Any
 
 from nio import RoomKeyRequest, RoomKeyRequestCancellation
 
-from bot.matrix.gateway import MEGOLM, DevicePolicy, Gateway, MatrixError
+from bot.matrix.gateway import DevicePolicy, Gateway, MatrixError
+from bot.wire import MEGOLM
 from policy import Decision
 from policy.ids import UserId
 

@@ -15,12 +15,12 @@ from typing import Any
 from nio.crypto import OlmDevice
 
 from bot.config import BotConfig
-from bot.matrix.gateway import MEGOLM, Gateway
+from bot.matrix.gateway import Gateway
 from bot.matrix.trust import DeviceTrust
 from bot.services.ports import Audit
-from bot.services.render import EVENT_LIMIT, encrypted_size
 from bot.storage import ClearanceRecord, Store, in_thread
 from bot.tasks import Supervisor
+from bot.wire import EVENT_LIMIT, MEGOLM, encrypted_size
 from commands.document import Code, Document, Mention, Strong, doc, para, split_document
 from commands.views import fingerprint
 from policy.ids import EventId, UserId

@@ -32,11 +32,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 
 from bot.config import Config
-from bot.matrix.gateway import MatrixError
 from bot.metrics import Metrics
-from bot.services.ports import Audit, Messenger
+from bot.services.ports import Audit, HomeserverError, Messenger
 from bot.services.relay import TXN_MEMORY
-from bot.services.render import EVENT_LIMIT, EXERCISE_LINE, LABEL_KEY, encrypted_size, target_banner
+from bot.services.render import EXERCISE_LINE, LABEL_KEY, target_banner
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.services.schedule import cron_trigger, format_duration, parse_duration
 from bot.storage import (
@@ -52,6 +51,7 @@ from bot.storage import (
     in_thread,
 )
 from bot.storage.sealing import Sealer, SealError
+from bot.wire import EVENT_LIMIT, encrypted_size
 from commands.context import CommandError, PermissionDenied, Role
 from commands.document import Banner, Code, Document, Inline, Strong, doc, heading, items, para
 from policy import (
@@ -716,7 +716,7 @@ class DigestService:
                 for txn, content in parts
             ]
             event_id = event_ids[0]
-        except MatrixError as exc:
+        except HomeserverError as exc:
             log.error("digest %s for %s not posted: %s", run.schedule_key, room.key, exc)
             return None
         await in_thread(

@@ -47,9 +47,8 @@ from aiohttp import web
 from prometheus_client import Counter
 
 from bot.config import FeedConfig
-from bot.matrix.gateway import MatrixError
 from bot.metrics import Metrics, bound_port
-from bot.services.ports import Audit, Messenger
+from bot.services.ports import Audit, HomeserverError, Messenger
 from bot.services.relay import RelayEngine, Source
 from bot.services.render import relay_copy
 from bot.services.rooms import RoomDirectory
@@ -237,7 +236,7 @@ class FeedListener:
         )
         try:
             event_id = await self.messenger.send(room.room_id, content)
-        except MatrixError as exc:
+        except HomeserverError as exc:
             log.error("feed %s: could not post: %s", key, exc)
             return _error(503, "the homeserver did not take the item; try again")
         source = Source(room, event_id, f"feed {key}", now, None)

@@ -12,22 +12,16 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 from bot.config import BotConfig
-from bot.matrix.crosssign import normalise_fingerprint
-from bot.matrix.gateway import MatrixError
 from bot.metrics import Metrics
-from bot.services.ports import Audit, RoomControl
-from bot.services.register import (
-    ClearanceRegister,
-    RegisterError,
-    clearance_mismatches,
-    policy_clearance,
-)
+from bot.services.ports import Audit, HomeserverError, RoomControl
+from bot.services.register import ClearanceRegister, RegisterError
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.storage import ClearanceRecord, Store, in_thread
+from bot.storage.register_reads import clearance_mismatches, policy_clearance
 from commands.context import CommandError, Role
 from commands.document import Document, Strong, doc, items, para
 from commands.services import InviteOutcome, RevokeOutcome
-from commands.views import fingerprint
+from commands.views import fingerprint, normalise_fingerprint
 from policy import Decision, may_enter
 from policy.ids import RoomKey, UserId
 
@@ -171,7 +165,7 @@ class Membership:
             return False
         try:
             await self.control.kick(room.room_id, user_id, KICK_REASON)
-        except MatrixError as exc:
+        except HomeserverError as exc:
             log.warning("could not remove %s from %s: %s", user_id, room.key, exc)
             return False
         await self.audit(
@@ -234,7 +228,7 @@ class Membership:
             return InviteOutcome(decision, False)
         try:
             await self.control.invite(managed.room_id, user_id)
-        except MatrixError as exc:
+        except HomeserverError as exc:
             await self.audit(
                 actor, "invite.failed", user_id, {"room": room_key, "error": exc.errcode or "error"}
             )

@@ -5,11 +5,36 @@ composition root (`bot.app`) wires them. A service never holds the bot itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from commands.document import Document
 from policy.ids import EventId, UserId
+
+
+class HomeserverError(Exception):
+    """The homeserver said no. `errcode` is the Matrix error code (M_FORBIDDEN, …), `status`
+    the HTTP status when there was an answer. The edge raises it (`bot.matrix.gateway`'s
+    MatrixError is one), so services catch it without knowing the edge."""
+
+    def __init__(self, what: str, errcode: str | None, message: str, status: int | None) -> None:
+        super().__init__(f"{what}: {errcode or 'error'}: {message}")
+        self.what = what
+        self.errcode = errcode
+        self.message = message
+        self.status = status
+
+
+@dataclass(frozen=True)
+class StateEvent:
+    """One state event of a room, as the homeserver has it."""
+
+    type: str
+    state_key: str
+    content: Mapping[str, Any]
+    sender: str = ""
+
 
 # A device as the homeserver edge knows it (nio's OlmDevice). Services only hand it back
 # (a reply the refused device can read), never look inside.
@@ -76,5 +101,37 @@ class RoomControl(Protocol):
         ...
 
     async def invite(self, room_id: str, user_id: str) -> None: ...
+
+    async def kick(self, room_id: str, user_id: str, reason: str) -> None: ...
+
+
+class RoomAdmin(Protocol):
+    """Making rooms and their state what the config says (the room directory's need)."""
+
+    @property
+    def user_id(self) -> UserId: ...
+
+    def members(self, room_id: str) -> dict[UserId, bool] | None: ...
+
+    async def create_room(
+        self,
+        *,
+        name: str | None,
+        topic: str | None,
+        initial_state: Sequence[Mapping[str, Any]],
+        power_levels: Mapping[str, Any] | None = None,
+        invite: Sequence[str] = (),
+        is_direct: bool = False,
+    ) -> str: ...
+
+    async def state(self, room_id: str) -> dict[tuple[str, str], StateEvent]: ...
+
+    async def put_state(
+        self, room_id: str, event_type: str, content: Mapping[str, Any], state_key: str = ""
+    ) -> None: ...
+
+    async def joined_rooms(self) -> set[str]: ...
+
+    async def join(self, room_id: str) -> None: ...
 
     async def kick(self, room_id: str, user_id: str, reason: str) -> None: ...

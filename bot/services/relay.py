@@ -25,13 +25,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bot.config import BotConfig
-from bot.matrix.gateway import MatrixError
 from bot.metrics import Metrics
-from bot.services.ports import Audit, EventHandle, Messenger, SenderGate
+from bot.services.ports import Audit, EventHandle, HomeserverError, Messenger, SenderGate
 from bot.services.render import (
-    EVENT_LIMIT,
     edit_of,
-    encrypted_size,
     relay_copy,
     target_banner,
 )
@@ -46,6 +43,7 @@ from bot.storage import (
     in_thread,
 )
 from bot.storage.sealing import Sealer, SealError
+from bot.wire import EVENT_LIMIT, encrypted_size
 from commands.document import Code, Document, Strong, doc, items, para
 from policy import (
     Decision,
@@ -523,7 +521,7 @@ class RelayEngine:
                 event_id = content["redacts"]
             else:
                 event_id = await self.messenger.send(row.target_room_id, content, tx_id=row.txn_id)
-        except MatrixError as exc:
+        except HomeserverError as exc:
             log.warning(
                 "relay %s to %s not sent yet (%s); will retry", row.txn_id, row.target_key, exc
             )
@@ -632,7 +630,7 @@ class RelayEngine:
         for event_id in event_ids:
             try:
                 await self.messenger.redact(room.room_id, event_id, "spillage")
-            except MatrixError as exc:
+            except HomeserverError as exc:
                 log.error("could not redact spilled %s in %s: %s", event_id, room.key, exc)
                 unredacted.append(event_id)
         await self._audit(

@@ -8,7 +8,6 @@ NATO SECRET — originator: DEU GEHEIM // REL TO NATO
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,17 +21,6 @@ RELAY_KEY = "io.github.liaison_bot.relay"
 # label state event, which carries the same structure.
 LABEL_KEY = "io.github.liaison_bot.label"
 EXERCISE_LINE = "EXERCISE EXERCISE EXERCISE"
-
-EVENT_LIMIT = 65_536  # bytes: the homeserver's limit on a whole (encrypted) event
-ENVELOPE = 1_024  # bytes: the encrypted event's other fields (keys, ids, signatures)
-
-
-def encrypted_size(content: dict[str, Any]) -> int:
-    """An upper estimate of the event this content becomes once megolm-encrypted."""
-    # As nio serialises it before encrypting: compact, every non-ASCII character escaped
-    # (an em dash is six bytes there, not three).
-    plain = len(json.dumps(content, separators=(",", ":")))
-    return (plain + 200) * 4 // 3 + ENVELOPE  # 200: type and room id inside the payload
 
 
 def target_banner(label: Label, scheme: str) -> tuple[str, int]:

@@ -18,9 +18,10 @@ from bot.config import Config, RoomConfig
 
 # The homeserver gate enforces the label and judges creator power: one spelling, one rule.
 from bot.gate.rules import LABEL_EVENT, creator_power_version
-from bot.matrix.gateway import MEGOLM, Gateway, MatrixError, StateEvent
+from bot.services.ports import HomeserverError, RoomAdmin, StateEvent
 from bot.startup import StartupError
 from bot.storage import Origin, RoomRecord, Store, in_thread
+from bot.wire import MEGOLM
 from commands.context import CommandError
 from commands.document import Document, Strong, doc, items, para
 from commands.services import RoomSummary, RouteSummary
@@ -230,7 +231,7 @@ def _differs(want: Mapping[str, Any], have: Mapping[str, Any] | None) -> bool:
 
 
 async def provision(
-    gateway: Gateway,
+    gateway: RoomAdmin,
     *,
     key: str,
     name: str,
@@ -304,7 +305,7 @@ class RoomDirectory:
     file's, and those added from chat (stored). Task-force rooms made from chat live here
     too, from `!room create` to `!room close`."""
 
-    def __init__(self, config: Config, store: Store, gateway: Gateway) -> None:
+    def __init__(self, config: Config, store: Store, gateway: RoomAdmin) -> None:
         self.config = config
         self.store = store
         self.gateway = gateway
@@ -437,7 +438,7 @@ class RoomDirectory:
                         joined=joined,
                         warnings=warnings,
                     )
-                except MatrixError as exc:
+                except HomeserverError as exc:
                     raise StartupError(f"rooms[{i}] ({cfg.key}): {exc}") from None
                 except ProvisionError as exc:
                     await in_thread(
@@ -503,7 +504,7 @@ class RoomDirectory:
                     previous_rank=record.rank,
                     joined=joined,
                 )
-            except (MarkingError, MatrixError, ProvisionError) as exc:
+            except (MarkingError, HomeserverError, ProvisionError) as exc:
                 log.error("task-force room %s not restored: %s", record.key, exc)
                 self.skipped[record.key] = f"not restored: {exc}"
                 continue
@@ -555,7 +556,7 @@ class RoomDirectory:
                         joined={managed.room_id},
                         warnings=warnings,
                     )
-                except (MatrixError, ProvisionError) as exc:
+                except (HomeserverError, ProvisionError) as exc:
                     log.error("room %s (%s) not checked: %s", managed.key, managed.room_id, exc)
                     problems.append((managed.key, f"could not be checked ({exc})"))
                     return
@@ -619,7 +620,7 @@ class RoomDirectory:
                 previous_rank=None,
                 joined=set(),
             )
-        except MatrixError as exc:
+        except HomeserverError as exc:
             raise CommandError(f"the homeserver did not create the room: {exc.message}") from None
         await in_thread(
             self.store.save_room, _record(key, name, policy_room, room_id, Origin.CHAT), actor
@@ -640,7 +641,7 @@ class RoomDirectory:
             try:
                 await self.gateway.kick(managed.room_id, user_id, "room closed")
                 removed.append(user_id)
-            except MatrixError as exc:
+            except HomeserverError as exc:
                 log.warning("could not remove %s from closed %s: %s", user_id, key, exc)
         await in_thread(self.store.close_room, actor, key, removed)
         self.chat_routes = [(a, b) for a, b in self.chat_routes if key not in (a, b)]
