@@ -33,8 +33,8 @@ from pydantic import (
 )
 from sqlalchemy.engine import make_url
 
+from bot.schedule import cron_trigger, parse_duration
 from bot.schemes import SchemesFileError, use_schemes_file
-from bot.services.schedule import cron_trigger, parse_duration
 from commands.registry import ROOM_KEY as _ROOM_KEY
 from commands.registry import USER_ID as _USER_ID
 from policy import (
@@ -625,7 +625,7 @@ def reference_keys(model: type[BaseModel] = Config, prefix: str = "") -> dict[st
         else:
             default = field.get_default(call_default_factory=True)
             if isinstance(default, timedelta):
-                from bot.services.schedule import format_duration
+                from bot.schedule import format_duration
 
                 default = format_duration(default)
             out[path] = "none" if default is None else json.dumps(default, ensure_ascii=False)

@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.metrics import Metrics
+from bot.schedule import cron_trigger
 from bot.services.digest import (
     CatchUp,
     DigestItem,
@@ -27,7 +28,6 @@ from bot.services.digest import (
 )
 from bot.services.ports import Device, Messenger
 from bot.services.rooms import ManagedRoom
-from bot.services.schedule import cron_trigger
 from bot.storage import DigestSchedule, Origin, Store
 from bot.storage.migrate import upgrade
 from bot.storage.sealing import Sealer

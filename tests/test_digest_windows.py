@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import func, select
 
+from bot.schedule import cron_trigger
 from bot.services.digest import CatchUp, MissedWindows, fire_times, latest_fire_time, plan_catch_up
-from bot.services.schedule import cron_trigger
 from bot.storage import Store
 from bot.storage.migrate import upgrade
 from bot.storage.models import DigestRunRow

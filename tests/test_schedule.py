@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from bot.services.schedule import cron_trigger, format_duration, parse_duration, standard_weekdays
+from bot.schedule import cron_trigger, format_duration, parse_duration, standard_weekdays
 
 MONDAY = datetime(2026, 11, 23, 0, 0, tzinfo=UTC)
 

@@ -33,11 +33,11 @@ from apscheduler.triggers.cron import CronTrigger
 
 from bot.config import Config
 from bot.metrics import Metrics
+from bot.schedule import cron_trigger, format_duration, parse_duration
 from bot.services.ports import Audit, HomeserverError, Messenger
 from bot.services.relay import TXN_MEMORY
 from bot.services.render import EXERCISE_LINE, LABEL_KEY, target_banner
 from bot.services.rooms import ManagedRoom, RoomDirectory
-from bot.services.schedule import cron_trigger, format_duration, parse_duration
 from bot.storage import (
     AuditNote,
     DigestRun,

@@ -21,12 +21,12 @@ from collections.abc import Callable, Iterable, Mapping, Sequence, Set
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+from bot.schedule import parse_duration
 from bot.services.digest import DigestItem, select_items
 from bot.services.items import MAX_ITEMS, Opened, OpenedItems
 from bot.services.ports import Audit
 from bot.services.render import EXERCISE_LINE, target_banner
 from bot.services.rooms import ManagedRoom, RoomDirectory
-from bot.services.schedule import parse_duration
 from bot.storage import IntelItem, Store
 from commands.context import CommandError, PermissionDenied
 from commands.document import Banner, Block, Document, doc, heading, items, para
