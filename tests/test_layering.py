@@ -267,3 +267,77 @@ def test_the_gate_loads_no_matrix_client_into_synapse() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True
     )
     assert result.stdout.strip() == "", result.stdout
+
+
+def loaded_by(module: str, root: Path = ROOT) -> set[str]:
+    """Every module importing `module` loads, in a fresh interpreter (transitively)."""
+    probe = f"import sys, {module}; print('\\n'.join(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=root, check=True
+    )
+    return set(result.stdout.split())
+
+
+def service_modules(root: Path = ROOT) -> list[str]:
+    return sorted(
+        ".".join(path.relative_to(root).with_suffix("").parts).removesuffix(".__init__")
+        for path in (root / "bot" / "services").rglob("*.py")
+    )
+
+
+def services_reaching_the_edge(root: Path = ROOT) -> list[str]:
+    """Services that import the Matrix edge (or nio), directly or through what they
+    import; all of them loaded in one interpreter, then each file's own imports named."""
+    modules = service_modules(root)
+    assert len(modules) > 5, "found almost no services: the check would pass for any tree"
+    loaded = loaded_by(", ".join(modules), root)
+    bad = sorted(m for m in loaded if m.startswith(("bot.matrix", "nio.")) or m == "nio")
+    direct = [
+        f"{path.relative_to(root)} imports {m}"
+        for path in sorted((root / "bot" / "services").rglob("*.py"))
+        for m in sorted(imported_modules(path))
+        if m.startswith("bot.matrix") or m.split(".")[0] == "nio"
+    ]
+    return direct + ([f"loaded: {', '.join(bad)}"] if bad else [])
+
+
+def test_no_service_reaches_into_the_matrix_edge() -> None:
+    """Issue 26: services take ports (`bot/services/ports.py`) and catch the port error
+    (HomeserverError), so the edge can be rewired (a standby's takeover) without them."""
+    assert services_reaching_the_edge() == []
+
+
+def edge_imports_of_services(root: Path = ROOT) -> list[str]:
+    """The Matrix edge drives services (events.py hands them what it received) and
+    implements their ports, but takes no measure or register read from inside one: those
+    live in `bot/wire.py` and `bot/storage/register_reads.py`."""
+    forbidden = ("bot.services.render", "bot.services.register")
+    paths = sorted((root / "bot" / "matrix").rglob("*.py"))
+    assert len(paths) > 5, "found almost no edge modules: the check would pass for any tree"
+    return [
+        f"{path.relative_to(root)} imports {m}"
+        for path in paths
+        for m in sorted(imported_modules(path))
+        if m.startswith(forbidden)
+    ]
+
+
+def test_the_matrix_edge_takes_no_measure_or_register_read_from_a_service() -> None:
+    assert edge_imports_of_services() == []
+
+
+def gate_loads(root: Path = ROOT) -> list[str]:
+    """What `bot.gate.module` brings into Synapse's process of the bot's services or nio."""
+    loaded = loaded_by("bot.gate.module", root)
+    assert "bot.gate.rules" in loaded, "the probe loaded no gate: it would pass for any tree"
+    return sorted(
+        m
+        for m in loaded
+        if (m.startswith("bot.services.") or m == "bot.services") or m.split(".")[0] == "nio"
+    )
+
+
+def test_the_gate_loads_no_service_and_no_nio() -> None:
+    """Synapse imports the gate into its own process: the register reads it shares with the
+    bot live below the services (`bot/storage/register_reads.py`)."""
+    assert gate_loads() == []
