@@ -228,6 +228,16 @@ async def test_an_outage_of_the_nato_server_loses_and_doubles_nothing(
     when it is back."""
     env = cast.env
     nato_room = env.room_id("nato-s")
+    # The reader reads a copy before the outage: the bot knows its devices (a key query over
+    # federation) and has shared the room key. Without that, run alone, the bot met the
+    # reader first while its server was down, could not learn its devices, and the copies
+    # stayed unreadable to it (a member's client then asks for the key; this one does not).
+    warm = f"before-outage-{secrets.token_hex(3)}"
+    await talk(
+        cast.officer, env.room_id("deu"), f"[GEHEIM // REL TO NATO] {warm}",
+        "Relayed to nato-s", timeout=60,
+    )  # fmt: skip
+    await cast.reader.wait_for_text(nato_room, warm, timeout=60)
     phrases = [f"outage-{n}-{secrets.token_hex(3)}" for n in range(3)]
     mark = cast.reader.event_count(nato_room)
     await asyncio.to_thread(servers.nato.stop)
