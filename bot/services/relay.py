@@ -875,17 +875,7 @@ class RelayEngine:
             if row.txn_id in self._in_flight:
                 continue  # the live path has it
             if row.created_at is not None and now - row.created_at > TXN_MEMORY:
-                await in_thread(
-                    self.store.relay_state,
-                    row.txn_id,
-                    RelayState.STALE,
-                    AuditNote(
-                        self.messenger.user_id,
-                        "relay.stale",
-                        row.item_event_id,
-                        {"to": row.target_key, "txn_id": row.txn_id},
-                    ),
-                )
+                await self._retire(row, "relay.stale")
                 await self.messenger.alert_admins(
                     doc(
                         para(
@@ -931,15 +921,19 @@ class RelayEngine:
 
     async def _withhold(self, row: RelayEntry, why: str) -> None:
         log.warning("pending relay %s to %s withheld: %s", row.txn_id, row.target_key, why)
+        await self._retire(row, "relay.withheld", reason=why)
+
+    async def _retire(self, row: RelayEntry, action: str, **detail: str) -> None:
+        """A pending row that will never be sent: marked stale, with why, in one write."""
         await in_thread(
             self.store.relay_state,
             row.txn_id,
             RelayState.STALE,
             AuditNote(
                 self.messenger.user_id,
-                "relay.withheld",
+                action,
                 row.item_event_id,
-                {"to": row.target_key, "txn_id": row.txn_id, "reason": why},
+                {"to": row.target_key, "txn_id": row.txn_id, **detail},
             ),
         )
 
