@@ -45,14 +45,6 @@ def ghost(make_user: MakeUser, synapse: DevServer) -> Iterator[RegisteredUser]:
         synapse.remove_register(bot.user_id)
 
 
-def _log_since(server: DevServer, offset: int) -> str:
-    """What Synapse logged after `offset` bytes of its log (its handler is unbuffered: a
-    line logged while a request was served is there once the answer has arrived)."""
-    with server.log_path.open("rb") as log:
-        log.seek(offset)
-        return log.read().decode("utf-8", errors="replace")
-
-
 async def _labelled_room(server: DevServer, bot: RegisteredUser) -> str:
     created = await _call(
         server,
@@ -105,7 +97,7 @@ async def _invite_and_join_refused(
     joined = await _refused(
         server, "POST", f"/_matrix/client/v3/join/{_q(room_id)}", {}, guest.access_token
     )
-    return invited, joined, _log_since(server, offset)
+    return invited, joined, server.log_since(offset)
 
 
 async def test_a_register_without_its_tables_refuses_with_the_reason(
@@ -192,7 +184,7 @@ async def test_a_register_that_accepts_and_never_answers_refuses_within_seconds(
             ghost.access_token,
         )
         elapsed = time.monotonic() - started
-        log = _log_since(synapse, offset)
+        log = synapse.log_since(offset)
         held = len(silent.held)
     finally:
         await asyncio.to_thread(silent.stop)

@@ -26,7 +26,7 @@ from bot.services.digest import (
     plan_catch_up,
     select_items,
 )
-from bot.services.ports import Device, Messenger
+from bot.services.ports import Device
 from bot.services.rooms import ManagedRoom
 from bot.storage import DigestSchedule, Origin, Store
 from bot.storage.migrate import upgrade
@@ -34,6 +34,7 @@ from bot.storage.sealing import Sealer
 from commands.document import Document
 from policy import Precedence, make_room, parse_marking
 from policy.ids import EventId, RoomId, RoomKey
+from tests.fakes import NoMessenger
 
 NATO = ManagedRoom(
     RoomKey("nato-s"),
@@ -158,9 +159,9 @@ def test_fire_times_and_catch_up_plan() -> None:
 
 
 @dataclass
-class FakeMessenger(Messenger):
+class FakeMessenger(NoMessenger):
     """The digest service's messenger port: records what it would post (it only posts and
-    alerts; notices, redactions and sender look-ups are failures)."""
+    alerts; notices, redactions and sender look-ups are failures, as NoMessenger's)."""
 
     posted: list[tuple[str, str, str | None]] = field(default_factory=list)
     user_id: str = "@bot:x"
@@ -179,24 +180,6 @@ class FakeMessenger(Messenger):
 
     async def alert_admins(self, document: Document) -> None:
         self.alerts.append(document.plain)
-
-    async def send_notice(
-        self,
-        room_id: str,
-        document: Document,
-        reply_to: str | None = None,
-        also_to: Sequence[Device] = (),
-        tx_id: str | None = None,
-    ) -> EventId:
-        raise AssertionError("a digest is sent, never a notice")
-
-    async def redact(
-        self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
-    ) -> None:
-        raise AssertionError("a digest redacts nothing")
-
-    async def sender_of(self, room_id: str, event_id: str) -> str | None:
-        raise AssertionError("a digest asks no event's sender")
 
 
 def run_state(store: Store, window_end: datetime) -> str | None:

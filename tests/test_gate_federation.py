@@ -179,6 +179,50 @@ def _membership(server: DevServer, token: str, room_id: str, user_id: str) -> st
     return membership
 
 
+def _signed_register(path: Path, data_key: str) -> tuple[str, Store]:
+    """A register written as the bot writes it (signed), which the gate verifies with the
+    public key of `data_key`: its URL and the open store."""
+    register = f"sqlite:///{path}"
+    upgrade(register)
+    store = Store.from_url(register, audit_key_from(data_key))
+    store.key_audit_log()
+    return register, store
+
+
+def _managed_nato_room(deu: DevServer, nato: DevServer, bot: RegisteredUser, store: Store) -> str:
+    """A NATO SECRET room the bot made on deu, labelled, and on its record as `nato-s`
+    (members from both servers)."""
+    room_id: str = deu.request(
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        {
+            "preset": "private_chat",
+            "initial_state": [
+                {
+                    "type": LABEL_EVENT,
+                    "state_key": "",
+                    "content": label_content(make_room(parse_marking("NATO SECRET"))),
+                }
+            ],
+        },
+        token=bot.access_token,
+    )["room_id"]
+    store.save_room(
+        RoomRecord(
+            key=RoomKey("nato-s"),
+            name="NATO SECRET liaison",
+            label="NATO SECRET",
+            scheme="NATO",
+            rank=3,
+            audience=("DEU", "POL"),
+            room_id=RoomId(room_id),
+            origin=Origin.CONFIG,
+            servers=(deu.server_name, nato.server_name),
+        )
+    )
+    return room_id
+
+
 def test_a_remote_user_revoked_after_the_invite_cannot_join(
     servers: tuple[DevServer, DevServer], ca: TestCA, tmp_path: Path
 ) -> None:
@@ -186,44 +230,13 @@ def test_a_remote_user_revoked_after_the_invite_cannot_join(
     as_nato = _Federation(nato, deu, ca)
     bot = _user(deu, "liaison")
     revoked, cleared, held = _user(nato, "revoked"), _user(nato, "cleared"), _user(nato, "held")
-    register = f"sqlite:///{tmp_path / 'register.db'}"
-    upgrade(register)
-    # Written as the bot writes it (signed), and verified by the gate with the public key.
     data_key = "federation-gate-data-key-0123456789abcdef"
-    store = Store.from_url(register, audit_key_from(data_key))
-    store.key_audit_log()
+    register, store = _signed_register(tmp_path / "register.db", data_key)
     try:
         for person in (revoked, cleared, held):
             store.grant("test", person.user_id, "NATO", "NATO SECRET", 3, nationality="POL")
         deu.add_register({"bot_user_id": bot.user_id, "database": register}, data_key=data_key)
-        room_id: str = deu.request(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            {
-                "preset": "private_chat",
-                "initial_state": [
-                    {
-                        "type": LABEL_EVENT,
-                        "state_key": "",
-                        "content": label_content(make_room(parse_marking("NATO SECRET"))),
-                    }
-                ],
-            },
-            token=bot.access_token,
-        )["room_id"]
-        store.save_room(
-            RoomRecord(
-                key=RoomKey("nato-s"),
-                name="NATO SECRET liaison",
-                label="NATO SECRET",
-                scheme="NATO",
-                rank=3,
-                audience=("DEU", "POL"),
-                room_id=RoomId(room_id),
-                origin=Origin.CONFIG,
-                servers=(deu.server_name, nato.server_name),
-            )
-        )
+        room_id = _managed_nato_room(deu, nato, bot, store)
         for person in (revoked, cleared, held):
             deu.request(
                 "POST",
@@ -267,12 +280,6 @@ def test_a_remote_user_revoked_after_the_invite_cannot_join(
     assert _membership(deu, bot.access_token, room_id, held.user_id) == "invite"
 
 
-def _log_after(server: DevServer, offset: int) -> str:
-    with server.log_path.open("rb") as log_file:
-        log_file.seek(offset)
-        return log_file.read().decode("utf-8", errors="replace")
-
-
 def test_a_federated_invite_of_an_uncleared_user_is_refused_with_the_reason(
     servers: tuple[DevServer, DevServer], ca: TestCA, tmp_path: Path
 ) -> None:
@@ -288,37 +295,13 @@ def test_a_federated_invite_of_an_uncleared_user_is_refused_with_the_reason(
     as_nato = _Federation(nato, deu, ca)
     bot, ghost = _user(deu, "liaison"), _user(deu, "ghostbot")
     uncleared, cleared, inviter = _user(deu, "uncleared"), _user(deu, "cleared"), _user(nato, "x")
-    register = f"sqlite:///{tmp_path / 'register.db'}"
-    upgrade(register)
     data_key = "federated-invite-data-key-0123456789abcdef"
-    store = Store.from_url(register, audit_key_from(data_key))
-    store.key_audit_log()
+    register, store = _signed_register(tmp_path / "register.db", data_key)
     nato_label = label_content(make_room(parse_marking("NATO SECRET")))
     try:
         store.grant("test", cleared.user_id, "NATO", "NATO SECRET", 3, nationality="DEU")
         deu.add_register({"bot_user_id": bot.user_id, "database": register}, data_key=data_key)
-        room_id: str = deu.request(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            {
-                "preset": "private_chat",
-                "initial_state": [{"type": LABEL_EVENT, "state_key": "", "content": nato_label}],
-            },
-            token=bot.access_token,
-        )["room_id"]
-        store.save_room(
-            RoomRecord(
-                key=RoomKey("nato-s"),
-                name="NATO SECRET liaison",
-                label="NATO SECRET",
-                scheme="NATO",
-                rank=3,
-                audience=("DEU", "POL"),
-                room_id=RoomId(room_id),
-                origin=Origin.CONFIG,
-                servers=(deu.server_name, nato.server_name),
-            )
-        )
+        room_id = _managed_nato_room(deu, nato, bot, store)
     finally:
         store.close()
     create = f"/_matrix/client/v3/rooms/{_q(room_id)}/state/m.room.create/"
@@ -328,7 +311,7 @@ def test_a_federated_invite_of_an_uncleared_user_is_refused_with_the_reason(
     with pytest.raises(DevServerError) as info:
         as_nato.invite(version, room_id, inviter.user_id, uncleared.user_id)
     message = str(info.value)
-    log = _log_after(deu, offset)
+    log = deu.log_since(offset)
     reason = f"{uncleared.user_id} may not enter nato-s (NATO SECRET): no clearance on record"
     assert "HTTP 403" in message and reason in message, message
     what = f"{inviter.user_id}'s federated invite of {uncleared.user_id}"
@@ -359,7 +342,7 @@ def test_a_federated_invite_of_an_uncleared_user_is_refused_with_the_reason(
     with pytest.raises(DevServerError) as info:
         as_nato.invite(far_version, elsewhere, inviter.user_id, cleared.user_id, stripped)
     message = str(info.value)
-    log = _log_after(deu, offset)
+    log = deu.log_since(offset)
     reason = (
         f"the clearance register of {ghost.user_id} cannot be read (OperationalError: "
         "(sqlite3.OperationalError) no such table: rooms"

@@ -18,11 +18,12 @@ from bot.config import FeedConfig
 from bot.metrics import Metrics
 from bot.services import ingest
 from bot.services.ingest import MAX_BODY_BYTES, UNAUTHORISED_AUDITS_PER_MINUTE, FeedListener
-from bot.services.ports import Device, Messenger
+from bot.services.ports import Device
 from bot.services.rooms import ManagedRoom
 from commands.document import Document
 from policy import MAX_TEXT_BYTES, make_room, parse_marking
 from policy.ids import EventId, RoomId, RoomKey
+from tests.fakes import NoMessenger
 
 TOKEN = "sat-token-123"
 NATO = ManagedRoom(
@@ -34,9 +35,10 @@ NATO = ManagedRoom(
 
 
 @dataclass
-class Ports(Messenger):
-    """The messenger port (sends and alerts), the audit port (`audit`), and the one call of
-    the relay engine the listener makes (`store_item`), recording."""
+class Ports(NoMessenger):
+    """The messenger port (sends and alerts; anything else fails, as NoMessenger's), the
+    audit port (`audit`), and the one call of the relay engine the listener makes
+    (`store_item`), recording."""
 
     audits: list[tuple[str, str, str | None, dict[str, Any]]] = field(default_factory=list)
     sent: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -62,26 +64,8 @@ class Ports(Messenger):
         self.sent.append((room_id, content))
         return EventId(f"$event{len(self.sent)}")
 
-    async def send_notice(
-        self,
-        room_id: str,
-        document: Document,
-        reply_to: str | None = None,
-        also_to: Sequence[Device] = (),
-        tx_id: str | None = None,
-    ) -> EventId:
-        raise AssertionError("the listener sends no notice")
-
-    async def redact(
-        self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
-    ) -> None:
-        raise AssertionError("the listener redacts nothing")
-
     async def alert_admins(self, document: Document) -> None:
         pass
-
-    async def sender_of(self, room_id: str, event_id: str) -> str | None:
-        raise AssertionError("the listener asks no event's sender")
 
     async def store_item(self, source: Any, message: Any, origin: str) -> None:
         self.stored.append(message.text)

@@ -240,6 +240,14 @@ class DevServer:
     def log_path(self) -> Path:
         return self.workdir / LOG_NAME
 
+    def log_since(self, offset: int) -> str:
+        """What Synapse logged after `offset` bytes of its log (`log_path.stat().st_size`
+        before the request): its handler is unbuffered, so a line logged while a request
+        was served is there once the answer has arrived."""
+        with self.log_path.open("rb") as log:
+            log.seek(offset)
+            return log.read().decode("utf-8", errors="replace")
+
     @property
     def gate_registers_path(self) -> Path:
         return self.workdir / GATE_REGISTERS_NAME
