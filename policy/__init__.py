@@ -40,6 +40,7 @@ from policy.labels import (
     record_mismatch,
     releasable_set,
     render,
+    stored_label,
     why_no_equivalent,
 )
 from policy.tagged import (
@@ -86,6 +87,7 @@ __all__ = [
     "releasable_set",
     "render",
     "server_of",
+    "stored_label",
     "why_no_equivalent",
     "with_site",
 ]

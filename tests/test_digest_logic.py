@@ -448,8 +448,7 @@ def test_a_large_window_is_split_into_events_that_each_fit() -> None:
 
 
 def test_stored_labels_are_read_once_per_banner_and_errors_are_not_kept() -> None:
-    from bot.services.digest import stored_label
-    from policy import MarkingError
+    from policy import MarkingError, stored_label
 
     first = stored_label("DEU GEHEIM // REL TO NATO", ())
     assert stored_label("DEU GEHEIM // REL TO NATO", ()) is first

@@ -17,7 +17,6 @@ one audit entry (first and last window end, and how many), however many there we
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import itertools
 import json
@@ -60,8 +59,8 @@ from policy import (
     Precedence,
     dominant_label,
     may_release,
-    parse_marking,
     record_mismatch,
+    stored_label,
 )
 from policy.adatp4774 import label_metadata, to_json
 
@@ -82,14 +81,6 @@ class DigestItem:
     topics: tuple[str, ...]
     text: str
     created_at: datetime
-
-
-@functools.lru_cache(maxsize=4096)
-def stored_label(banner: str, caveats: tuple[str, ...]) -> Label:
-    """A stored item's label, read once per distinct banner: a cell's items share a few
-    dozen banners, and reading one takes ~30 µs, half of opening 100 000 items for a search
-    or a digest. Labels are frozen, so sharing one is safe; a MarkingError is not cached."""
-    return parse_marking(banner, extra_caveats=caveats)
 
 
 # ---------------------------------------------------------------- content

@@ -54,9 +54,9 @@ from policy import (
     level_fits,
     levels_named,
     may_release,
-    parse_marking,
     parse_tagged,
     record_mismatch,
+    stored_label,
 )
 from policy.adatp4774 import import_label
 from policy.ids import EventId, UserId
@@ -910,7 +910,7 @@ class RelayEngine:
         if source is None or target is None:
             return None  # a closed room: the send itself reports it
         try:
-            label = parse_marking(item.label, extra_caveats=self.settings.caveats)
+            label = stored_label(item.label, tuple(self.settings.caveats))
         except MarkingError:
             return "its stored label does not read"
         changed = record_mismatch(label, item.label, item.scheme, item.rank)
