@@ -8,11 +8,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
-from collections.abc import Callable
 
 from bot.config import Config
+from bot.ha import SendGate
 from bot.matrix.events import EventRouter, PoisonGuard
 from bot.matrix.gateway import Client, Gateway
 from bot.matrix.keyshare import KeyRequests
@@ -33,7 +32,7 @@ from bot.services.relay import RelayEngine
 from bot.services.rooms import RoomDirectory
 from bot.services.search import Inventory
 from bot.startup import Secrets, StartupError
-from bot.storage import Store, audit_key_from, in_thread, schema_is_current
+from bot.storage import Store, audit_key_from, in_thread
 from bot.storage.sealing import Sealer
 from bot.tasks import Supervisor
 from commands import build_registry
@@ -41,7 +40,7 @@ from policy.ids import UserId
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LiaisonBot", "Secrets", "StartupError", "run_bot"]
+__all__ = ["LiaisonBot", "Secrets", "StartupError"]
 
 
 class LiaisonBot:
@@ -65,8 +64,11 @@ class LiaisonBot:
     feeds: FeedListener | None = None
     metrics_port: int | None = None  # the port [metrics] bind holds once started
 
-    def __init__(self, config: Config, store: Store, secrets: Secrets) -> None:
+    def __init__(
+        self, config: Config, store: Store, secrets: Secrets, gate: SendGate | None = None
+    ) -> None:
         self.config = config
+        self.gate = gate or SendGate.open_always()  # shut for a node that lost its lease
         self.store = store
         self.secrets = secrets
         self.registry = build_registry()
@@ -74,6 +76,7 @@ class LiaisonBot:
         self.synced = asyncio.Event()  # set once the first sync is handled
         self.progress = SyncProgress()
         self.metrics = Metrics(self.progress.age)
+        self.gate.on_refused = self.metrics.ha_fenced.inc
         self.audit = StoreAudit(store)
         self.direct = DirectRooms(store)
         self.started_at = time.monotonic()
@@ -91,16 +94,13 @@ class LiaisonBot:
 
     async def start(self) -> None:
         """Log in (or reuse the device), provision rooms, start syncing and sweeping."""
-        if self.config.metrics is not None:
-            runner = await serve(self.metrics, self.config.metrics.bind)
-            self._exit.push_async_callback(runner.cleanup)
-            self.metrics_port = bound_port(runner)
+        await self.serve_metrics()
         if self.store.audit_key is None:  # every row the bot writes is keyed
             self.store.audit_key = audit_key_from(self.secrets.data_key)
         await in_thread(self.store.key_audit_log)
-        self.gateway = await login(self.config, self.secrets, self.store)
+        self.gateway = await login(self.config, self.secrets, self.store, self.gate)
         self._exit.push_async_callback(self.gateway.close)  # its client then, reloaded or not
-        keys_api = await cross_sign(self.gateway, self.config, self.secrets, self.store)
+        keys_api = await cross_sign(self.gateway, self.config, self.secrets, self.store, self.gate)
         self._exit.push_async_callback(keys_api.close)
         await self.direct.load()
         self._exit.push_async_callback(self.tasks.close)  # after the scheduler stops
@@ -120,6 +120,13 @@ class LiaisonBot:
             )  # fmt: skip
             await self.feeds.start(ingest.bind)
             self._exit.push_async_callback(self.feeds.stop)
+
+    async def serve_metrics(self) -> None:
+        """The metrics listener ([metrics] bind), once: a standby serves it before start."""
+        if self.config.metrics is not None and self.metrics_port is None:
+            runner = await serve(self.metrics, self.config.metrics.bind)
+            self._exit.push_async_callback(runner.cleanup)
+            self.metrics_port = bound_port(runner)
 
     def _build(self, gateway: Gateway, keys_api: KeysAPI) -> None:
         config, store, settings = self.config, self.store, self.config.bot
@@ -268,27 +275,3 @@ class LiaisonBot:
             except Exception:
                 log.exception("sweep failed; retrying at the next interval")
             await self.tasks.sleep(interval)
-
-
-async def run_bot(
-    config: Config, secrets: Secrets, *, ready: Callable[[LiaisonBot], None] | None = None
-) -> None:
-    """Run until SIGINT/SIGTERM: migrate the database, start, stop cleanly."""
-    url = config.database_url()
-    if not await asyncio.to_thread(schema_is_current, url):
-        from bot.storage.migrate import upgrade  # Alembic, only when there is work for it
-
-        await asyncio.to_thread(upgrade, url)
-    store = Store.from_url(url)
-    bot = LiaisonBot(config, store, secrets)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, bot.request_stop)
-    try:
-        await bot.start()
-        if ready is not None:
-            ready(bot)
-        await bot.tasks.stopping.wait()
-    finally:
-        await bot.close()
-        store.close()

@@ -576,7 +576,7 @@ def run_command(config_path: str, verbose: bool) -> None:
       LIAISON_PASSWORD=… LIAISON_PICKLE_KEY=… LIAISON_DATA_KEY=… \\
           liaison-bot run --config config.toml
     """
-    from bot.app import run_bot
+    from bot.run import run_bot
     from bot.startup import Secrets, StartupError
 
     config = _load(config_path)

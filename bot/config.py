@@ -341,6 +341,48 @@ class IngestConfig(_Section):
         return _host_port(value)
 
 
+_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+class HaConfig(_Section):
+    """An active and standby processes on one PostgreSQL (README "High availability").
+
+    The timings must nest: a renewal may fail once and the next still land before the
+    self-fence time (renew × 2 < self_fence), and a process fences itself before its lease
+    can be taken (self_fence < lease), so two never act at once."""
+
+    enabled: bool = False
+    node: str | None = None
+    lease: Duration = timedelta(seconds=3)
+    renew: Duration = timedelta(milliseconds=500)
+    self_fence: Duration = timedelta(seconds=2)
+
+    @field_validator("node")
+    @classmethod
+    def _node(cls, value: str | None) -> str | None:
+        if value is not None and not _NODE.match(value):
+            raise ValueError(
+                f"bad node name {value!r}: 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _nested(self) -> HaConfig:
+        if self.enabled and self.node is None:
+            raise ValueError("node: required when enabled (a name for this process, e.g. 'a')")
+        if self.renew * 2 >= self.self_fence:
+            raise ValueError(
+                f"renew: twice the renewal interval ({self.renew.total_seconds():g}s) must be "
+                f"below self_fence ({self.self_fence.total_seconds():g}s)"
+            )
+        if self.self_fence >= self.lease:
+            raise ValueError(
+                f"self_fence: must be below the lease ({self.lease.total_seconds():g}s), so a "
+                "process stops before its lease can be taken"
+            )
+        return self
+
+
 class Config(_Section):
     homeserver: HomeserverConfig
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -350,6 +392,7 @@ class Config(_Section):
     routes: list[RouteConfig] = Field(default_factory=list)
     digests: list[DigestConfig] = Field(default_factory=list)
     ingest: IngestConfig | None = None
+    ha: HaConfig = Field(default_factory=HaConfig)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @property
@@ -384,6 +427,22 @@ class Config(_Section):
                     f"rooms[{i}].servers: must include the bot's own homeserver "
                     f"{self.home_server!r} (the room's server ACL would shut the bot out)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _ha_needs_shared_state(self) -> Config:
+        if not self.ha.enabled:
+            return self
+        if make_url(self.storage.database_url).get_backend_name() != "postgresql":
+            raise ValueError(
+                "ha.enabled: high availability needs a PostgreSQL storage.database_url "
+                "(every node shares it)"
+            )
+        if self.storage.crypto_store != "database":
+            raise ValueError(
+                'ha.enabled: set storage.crypto_store = "database" (every node must load the '
+                "same device's keys)"
+            )
         return self
 
     def database_url(self) -> str:

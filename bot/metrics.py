@@ -6,8 +6,11 @@ never mix their counters.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -16,6 +19,16 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 log = logging.getLogger(__name__)
 
 HEALTHY_SYNC_AGE_S = 90.0  # a long-poll sync returns within 30 s; three missed is unhealthy
+
+
+@dataclass(frozen=True)
+class HaView:
+    """What /healthz and the metrics say of this node's part in a pair."""
+
+    role: str  # "single" (no pair), "active", "standby", "fenced"
+    node: str | None
+    epoch: int
+    ready: bool
 
 
 class Metrics:
@@ -65,10 +78,63 @@ class Metrics:
         )
         self.sync_lag.set_function(lambda: sync_age() or -1.0)
         self._sync_age = sync_age
+        # High availability (bot/ha.py): which role this process has, under which epoch.
+        self.ha_role = Gauge(
+            "liaison_ha_role",
+            "1 for this process's role (active, standby, fenced), 0 for the others",
+            ["role"],
+            registry=self.registry,
+        )
+        self.ha_epoch = Gauge(
+            "liaison_ha_epoch", "The lease epoch this process acts under", registry=self.registry
+        )
+        self.ha_takeovers = Counter(
+            "liaison_ha_takeovers_total",
+            "Times this process took the lease",
+            registry=self.registry,
+        )
+        self.ha_takeover_seconds = Histogram(
+            "liaison_ha_takeover_seconds",
+            "From taking the lease to the first sync handled as the active",
+            buckets=(0.25, 0.5, 1, 2, 3, 5, 8, 13, 30),
+            registry=self.registry,
+        )
+        self.ha_fenced = Counter(
+            "liaison_ha_fenced_total",
+            "Homeserver requests refused because this process does not hold the lease",
+            registry=self.registry,
+        )
+        self._ha: Callable[[], HaView] = lambda: HaView("single", None, 0, True)
+        for role in ("active", "standby", "fenced"):
+            self.ha_role.labels(role).set_function(functools.partial(self._is_role, role))
+        self.ha_epoch.set_function(lambda: self._ha().epoch)
+
+    def _is_role(self, role: str) -> float:
+        return 1.0 if self._ha().role == role else 0.0
+
+    def watch_ha(self, view: Callable[[], HaView]) -> None:
+        """Report this node's role (a process that is not part of a pair reports "single")."""
+        self._ha = view
 
     def healthy(self) -> bool:
         age = self._sync_age()
         return age is not None and age < HEALTHY_SYNC_AGE_S
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        """/healthz: 200 for an active that syncs and for a ready standby; the body names
+        the role, so a look tells which node acts."""
+        ha = self._ha()
+        age = self._sync_age()
+        body: dict[str, Any] = {"role": ha.role, "epoch": ha.epoch, "node": ha.node}
+        if ha.role == "standby":
+            return (200 if ha.ready else 503), {**body, "ready": ha.ready}
+        syncing = self.healthy()
+        body["sync_age_s"] = None if age is None else round(age, 1)
+        return (200 if syncing and ha.role != "fenced" else 503), body
+
+    def active(self) -> bool:
+        """/healthz/active: only the node that acts (for the feed listener's balancer)."""
+        return self._ha().role in ("active", "single") and self.healthy()
 
     def exposition(self) -> bytes:
         return bytes(generate_latest(self.registry))
@@ -80,7 +146,8 @@ def bound_port(runner: web.AppRunner) -> int:
 
 
 async def serve(metrics: Metrics, bind: str) -> web.AppRunner:
-    """/metrics (Prometheus text format) and /healthz (200 only while syncing)."""
+    """/metrics (Prometheus text format), /healthz (JSON naming the role: 200 for an active
+    that syncs and a ready standby) and /healthz/active (200 only on the node that acts)."""
 
     async def scrape(_: web.Request) -> web.Response:
         return web.Response(
@@ -88,13 +155,18 @@ async def serve(metrics: Metrics, bind: str) -> web.AppRunner:
         )
 
     async def healthz(_: web.Request) -> web.Response:
-        if metrics.healthy():
-            return web.Response(text="ok\n")
-        return web.Response(status=503, text="not syncing\n")
+        status, body = metrics.health()
+        return web.json_response(body, status=status)
+
+    async def healthz_active(_: web.Request) -> web.Response:
+        if metrics.active():
+            return web.json_response({"active": True})
+        return web.json_response({"active": False}, status=503)
 
     app = web.Application()
     app.router.add_get("/metrics", scrape)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/healthz/active", healthz_active)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     host, _, port = bind.rpartition(":")

@@ -14,25 +14,38 @@ from datetime import timedelta, tzinfo
 from apscheduler.triggers.cron import CronTrigger
 
 _STD_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$", re.IGNORECASE)
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d{1,3})?)\s*(ms|[smhdw])\s*$", re.IGNORECASE)
+_UNITS = {
+    "ms": "milliseconds",
+    "s": "seconds",
+    "m": "minutes",
+    "h": "hours",
+    "d": "days",
+    "w": "weeks",
+}
 
 
 def parse_duration(text: str) -> timedelta:
-    """`90s`, `5m`, `12h`, `7d`, `2w` to a positive timedelta; ValueError naming the text."""
+    """`90s`, `5m`, `12h`, `7d`, `2w`, `0.5s`, `500ms` to a positive timedelta; ValueError
+    naming the text. Fractions (up to three decimals) are for the high-availability timings,
+    which are below a second."""
     match = _DURATION.match(text) if isinstance(text, str) else None
     if match is None:
         raise ValueError(
-            f"bad duration {text!r}: expected a whole number and a unit s, m, h, d or w "
-            "(e.g. '5m', '24h')"
+            f"bad duration {text!r}: expected a number and a unit ms, s, m, h, d or w "
+            "(e.g. '5m', '24h', '0.5s')"
         )
-    amount = int(match.group(1))
+    if "." in match.group(1) and match.group(2).lower() != "s":
+        raise ValueError(f"bad duration {text!r}: only seconds take a fraction (e.g. '0.5s')")
+    amount = float(match.group(1)) if "." in match.group(1) else int(match.group(1))
     if amount == 0:
         raise ValueError(f"bad duration {text!r}: must be longer than zero")
     return timedelta(**{_UNITS[match.group(2).lower()]: amount})
 
 
 def format_duration(value: timedelta) -> str:
+    if value.microseconds:
+        return f"{value.total_seconds():g}s"
     seconds = int(value.total_seconds())
     for unit, size in (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60)):
         if seconds % size == 0 and seconds >= 2 * size:  # "24h", "60s" rather than "1d", "1m"

@@ -7,11 +7,13 @@ Alembic config; a caller may also hand in an open connection (tests do).
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 
 from bot.storage import Base, make_engine
 
 config = context.config
 target_metadata = Base.metadata
+MIGRATE_LOCK = 0x6C6961697300  # "liais": one advisory lock key for schema upgrades
 
 
 def _configure(connection: object) -> None:
@@ -46,6 +48,10 @@ def run_migrations_online() -> None:
         with engine.connect() as conn:
             _configure(conn)
             with context.begin_transaction():
+                if conn.dialect.name == "postgresql":
+                    # Nodes of a pair start together: one migrates, the other waits here
+                    # and then finds nothing to do (PostgreSQL's DDL is transactional).
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATE_LOCK})
                 context.run_migrations()
     finally:
         engine.dispose()

@@ -151,8 +151,8 @@ def test_only_the_matrix_edge_imports_nio() -> None:
 def test_no_service_or_edge_module_imports_the_composition_root() -> None:
     for path in runtime_modules():
         relative = path.relative_to(ROOT)
-        if relative in (Path("bot/app.py"), Path("bot/cli.py")):
-            continue  # the root itself, and the CLI that runs it
+        if relative in (Path("bot/app.py"), Path("bot/run.py"), Path("bot/cli.py")):
+            continue  # the root itself, its process runner, and the CLI that runs it
         bad = {m for m in imported_modules(path) if m == "bot.app"}
         assert not bad, f"{relative} imports the composition root"
 
@@ -192,7 +192,13 @@ def test_no_test_hooks_in_runtime_modules() -> None:
         if path.relative_to(ROOT).parts[:2] == ("bot", "devtools"):
             continue
         text = path.read_text(encoding="utf-8")
-        assert "os._exit" not in text and "LIAISON_TEST_" not in text, path.relative_to(ROOT)
+        assert "LIAISON_TEST_" not in text, path.relative_to(ROOT)
+        if path.relative_to(ROOT) == Path("bot/ha.py"):
+            # The self-fence: a node that lost its lease ends at once, with no clean-up step
+            # that would write or send (README "High availability"); no fault injection.
+            assert text.count("os._exit") == 1
+            continue
+        assert "os._exit" not in text, path.relative_to(ROOT)
 
 
 # An ignore comment names the error codes it silences in brackets (only those, and mypy's

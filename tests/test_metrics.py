@@ -4,11 +4,13 @@ bot counts, exactly, for what it was asked to do."""
 from __future__ import annotations
 
 import asyncio
+import json
 import urllib.error
 import urllib.request
+from typing import Any
 
 from bot.devtools.botenv import rooms_config
-from bot.metrics import Metrics, bound_port, serve
+from bot.metrics import HaView, Metrics, bound_port, serve
 from tests.bot_harness import BotEnv, enrol, open_dm, talk
 from tests.matrix_harness import MakeClient
 
@@ -29,6 +31,11 @@ def fetch(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
+async def health(base: str, path: str = "/healthz") -> tuple[int, Any]:
+    status, body = await asyncio.to_thread(fetch, base + path)
+    return status, json.loads(body)
+
+
 async def test_healthz_follows_the_sync_age_and_metrics_are_per_bot() -> None:
     age: list[float | None] = [None]
     metrics = Metrics(lambda: age[0])
@@ -37,15 +44,33 @@ async def test_healthz_follows_the_sync_age_and_metrics_are_per_bot() -> None:
     runner = await serve(metrics, "127.0.0.1:0")  # any free port, held from the bind on
     try:
         base = f"http://127.0.0.1:{bound_port(runner)}"
-        assert await asyncio.to_thread(fetch, base + "/healthz") == (503, "not syncing\n")
+        single = {"role": "single", "epoch": 0, "node": None}
+        assert await health(base) == (503, {**single, "sync_age_s": None})
+        assert await health(base, "/healthz/active") == (503, {"active": False})
         age[0] = 2.0
-        assert await asyncio.to_thread(fetch, base + "/healthz") == (200, "ok\n")
+        assert await health(base) == (200, {**single, "sync_age_s": 2.0})
+        assert await health(base, "/healthz/active") == (200, {"active": True})
         age[0] = 600.0
-        assert (await asyncio.to_thread(fetch, base + "/healthz"))[0] == 503
+        assert (await health(base))[0] == 503
+        # A pair's standby: 200 while ready, never "active"; a fenced node: 503.
+        metrics.watch_ha(lambda: HaView("standby", "b", 0, True))
+        assert await health(base) == (200, {"role": "standby", "epoch": 0, "node": "b",
+                                            "ready": True})  # fmt: skip
+        assert (await health(base, "/healthz/active"))[0] == 503
+        age[0] = 2.0
+        metrics.watch_ha(lambda: HaView("fenced", "a", 7, False))
+        assert (await health(base))[0] == 503
+        assert (await health(base, "/healthz/active"))[0] == 503
+        metrics.watch_ha(lambda: HaView("active", "a", 8, True))
+        assert await health(base) == (200, {"role": "active", "epoch": 8, "node": "a",
+                                            "sync_age_s": 2.0})  # fmt: skip
+        assert (await health(base, "/healthz/active"))[0] == 200
+        age[0] = 600.0
         metrics.relays.labels("sent").inc()
         status, text = await asyncio.to_thread(fetch, base + "/metrics")
         assert status == 200 and 'liaison_relays_total{result="sent"} 1.0' in text
         assert "liaison_sync_lag_seconds 600.0" in text
+        assert 'liaison_ha_role{role="active"} 1.0' in text and "liaison_ha_epoch 8.0" in text
     finally:
         await runner.cleanup()
 
@@ -92,5 +117,5 @@ async def test_a_fresh_bot_counts_exactly_what_it_did(
     assert samples["liaison_relay_latency_seconds_count"] == 1  # one copy sent
     assert family("liaison_invites_total") == {'liaison_invites_total{result="invited"}': 2}
     assert 0 <= samples["liaison_sync_lag_seconds"] < 60
-    health = await asyncio.to_thread(fetch, f"{base}/healthz")
-    assert health == (200, "ok\n")
+    status, body = await health(base)
+    assert status == 200 and body["role"] == "single"

@@ -71,6 +71,9 @@ def test_bad_cron_is_rejected_naming_it(expr: str) -> None:
         ("12h", timedelta(hours=12)),
         ("7d", timedelta(days=7)),
         ("2w", timedelta(weeks=2)),
+        ("0.5s", timedelta(milliseconds=500)),
+        ("500ms", timedelta(milliseconds=500)),
+        ("2.25s", timedelta(milliseconds=2250)),
     ],
 )
 def test_durations(text: str, value: timedelta) -> None:
@@ -78,7 +81,9 @@ def test_durations(text: str, value: timedelta) -> None:
     assert parse_duration(format_duration(value)) == value
 
 
-@pytest.mark.parametrize("text", ["", "5", "m", "5 minutes", "-5m", "0h", "1.5h"])
+@pytest.mark.parametrize(
+    "text", ["", "5", "m", "5 minutes", "-5m", "0h", "1.5h", "0.0001s", "0ms", "1.s"]
+)
 def test_bad_durations(text: str) -> None:
     with pytest.raises(ValueError, match="bad duration"):
         parse_duration(text)

@@ -33,6 +33,8 @@ from nio import AsyncClient, KeysUploadResponse, SyncResponse
 from nio.api import Api
 from nio.store import DefaultStore
 
+from bot.ha import SendGate
+
 log = logging.getLogger(__name__)
 
 # SQLite's files beside a database: a rollback journal, or the WAL and its index.
@@ -77,6 +79,13 @@ class CryptoClient(AsyncClient):  # type: ignore[misc]  # nio ships no types
     # False: a failure inside nio's processing of a sync is logged, not raised (nio's own
     # way), for a sync that fails again and again after reloads (`bot/matrix/sync.py`).
     strict = True
+    # In front of every request (nio's `send`, which its retries go through too): a node of
+    # a high-availability pair that lost its lease sends nothing (bot/ha.py).
+    gate: SendGate = SendGate.open_always()
+
+    async def send(self, *args: Any, **kwargs: Any) -> Any:
+        self.gate.check()
+        return await super().send(*args, **kwargs)
 
     async def keys_upload(self) -> Any:
         """Upload new one-time keys, with the account that holds them saved first.

@@ -16,6 +16,7 @@ import os
 from nio import AsyncClientConfig, LoginResponse, WhoamiResponse
 
 from bot.config import Config
+from bot.ha import SendGate
 from bot.matrix.cryptostore import CryptoClient, PrivateStore
 from bot.matrix.gateway import Gateway, MatrixError, unwrap
 from bot.matrix.trust import KeysAPI, bootstrap_cross_signing, key_sealer
@@ -27,7 +28,9 @@ from commands.views import fingerprint
 log = logging.getLogger(__name__)
 
 
-async def login(config: Config, secrets: Secrets, store: Store) -> Gateway:
+async def login(
+    config: Config, secrets: Secrets, store: Store, gate: SendGate | None = None
+) -> Gateway:
     hs = config.homeserver
     store_dir = config.crypto_store_path()
     store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -51,9 +54,12 @@ async def login(config: Config, secrets: Secrets, store: Store) -> Gateway:
     device_id = session.device_id if session else ""
 
     def new_client(device: str) -> CryptoClient:
-        return CryptoClient(
+        client = CryptoClient(
             hs.url, hs.user_id, device_id=device, store_path=str(store_dir), config=client_config
         )
+        if gate is not None:
+            client.gate = gate
+        return client
 
     client = new_client(device_id)
     try:
@@ -112,10 +118,12 @@ async def _password_login(
     log.info("logged in as %s, device %s", login.user_id, login.device_id)
 
 
-async def cross_sign(gateway: Gateway, config: Config, secrets: Secrets, store: Store) -> KeysAPI:
+async def cross_sign(
+    gateway: Gateway, config: Config, secrets: Secrets, store: Store, gate: SendGate | None = None
+) -> KeysAPI:
     """Cross-sign the bot's device; the key API stays open for the trust checks."""
     client = gateway.client
-    keys_api = KeysAPI(config.homeserver.url, str(client.access_token))
+    keys_api = KeysAPI(config.homeserver.url, str(client.access_token), gate)
     try:
         keys = await bootstrap_cross_signing(
             keys_api,

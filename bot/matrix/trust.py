@@ -17,6 +17,7 @@ from typing import Any
 
 import aiohttp
 
+from bot.ha import SendGate
 from bot.matrix.crosssign import CrossSigningKeys, Identity, check_identity
 from bot.matrix.gateway import MatrixError
 from bot.storage import ClearanceRecord, Store
@@ -39,12 +40,14 @@ class AuthRequired(MatrixError):
 class KeysAPI:
     """The three key endpoints nio does not cover, over aiohttp with the bot's token."""
 
-    def __init__(self, base_url: str, access_token: str) -> None:
+    def __init__(self, base_url: str, access_token: str, gate: SendGate | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = access_token
         self._session: aiohttp.ClientSession | None = None
+        self._gate = gate or SendGate.open_always()  # a fenced node asks nothing either
 
     async def _request(self, method: str, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        self._gate.check()
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
         url = f"{self.base_url}/_matrix/client/v3{path}"

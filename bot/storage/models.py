@@ -6,6 +6,7 @@ these models and the migrations agree."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -375,11 +376,42 @@ class RouteRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class HaLeaderRow(Base):
+    """Who may act for the bot when two or more processes share the database: one row.
+
+    The epoch is the fencing token: it grows by one at each takeover, every write of the
+    active carries it (PostgreSQL trigger `liaison_fence`, migration 0013), so a process
+    that lost the lease is refused even if it never noticed. The lease is timed on the
+    database's clock (`lease_until`), never a host's."""
+
+    __tablename__ = "ha_leader"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    epoch: Mapped[int] = mapped_column(BigInteger)
+    holder: Mapped[str] = mapped_column(String(100))
+    lease_until: Mapped[datetime] = mapped_column(UTCDateTime)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 # ---------------------------------------------------------------- engine
 
 
-def make_engine(url: str) -> Engine:
+def with_options(current: Mapping[str, Any], extra: Mapping[str, str]) -> dict[str, str]:
+    """libpq parameters `extra` on top of `current`, their `options` (`-c name=value` ...)
+    added to the URL's own rather than replacing them (a URL may set its search_path)."""
+    merged = dict(extra)
+    if "options" in extra and current.get("options"):
+        merged["options"] = f"{current['options']} {extra['options']}"
+    return merged
+
+
+def make_engine(url: str, connect_params: Callable[[], Mapping[str, str]] | None = None) -> Engine:
     """An engine with the settings each backend needs for serialised, durable writes.
+
+    `connect_params` (PostgreSQL) are asked for at every new connection and added to its
+    libpq parameters: a node of a high-availability pair names itself and its epoch there
+    (`application_name`, `options=-c liaison.epoch=N`), so that the fence trigger can
+    refuse a stale node's writes and a new active can end the old one's sessions.
 
     SQLite: every transaction starts with BEGIN IMMEDIATE, so two writers (bot and CLI)
     queue on the write lock instead of failing on a lock upgrade; WAL lets readers go on.
@@ -392,7 +424,17 @@ def make_engine(url: str) -> Engine:
 
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
+        server = create_engine(url, pool_pre_ping=True)
+        if connect_params is not None:
+            ask = connect_params
+
+            @event.listens_for(server, "do_connect")
+            def _identify(_d: Any, _r: Any, _a: Any, cparams: dict[str, Any]) -> None:
+                cparams.update(with_options(cparams, ask()))
+
+        return server
+    if connect_params is not None:
+        raise ValueError("connection parameters are for PostgreSQL (high availability) only")
     engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": 30})
     path = parsed.database
     if path not in (None, "", ":memory:") and not parsed.query.get("uri"):
@@ -434,7 +476,7 @@ def make_engine(url: str) -> Engine:
 
 # The newest Alembic revision (migrations/versions): a start checks it with one query and
 # loads Alembic only when the database is behind. tests/test_storage.py keeps it in step.
-SCHEMA_HEAD = "0012"
+SCHEMA_HEAD = "0013"
 
 
 def schema_is_current(url: str) -> bool:

@@ -93,8 +93,13 @@ class Store:
         self._refusal_listeners: list[Callable[[str, str], None]] = []
 
     @classmethod
-    def from_url(cls, url: str, audit_key: bytes | None = None) -> Store:
-        return cls(make_engine(url), audit_key)
+    def from_url(
+        cls,
+        url: str,
+        audit_key: bytes | None = None,
+        connect_params: Callable[[], Mapping[str, str]] | None = None,
+    ) -> Store:
+        return cls(make_engine(url, connect_params), audit_key)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
