@@ -37,6 +37,9 @@ mutants: $(STAMP)
 test: lint typecheck mutants
 	$(BIN)/pytest
 
+# The PostgreSQL the failover benchmark (and the database crypto store's relay figures) use.
+BENCH_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
+
 bench: $(STAMP)
 	$(BIN)/python bench/decision.py
 	$(BIN)/python bench/digest.py 10000
@@ -46,6 +49,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py 50 5
 	$(BIN)/python bench/rooms.py 1000 100
 	$(BIN)/python bench/gate.py 100
+	LIAISON_BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python bench/failover.py 5
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

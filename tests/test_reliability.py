@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 
 from bot.devtools.devserver import DevServer
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm
+from bot.devtools.proxy import CountingProxy
 from bot.matrix.crosssign import CrossSigningKeys
 from bot.storage import IntelItemRow, RelayRow, Store
 from tests.bot_harness import (
@@ -28,7 +29,6 @@ from tests.bot_harness import (
     write_config,
 )
 from tests.matrix_harness import MakeClient, MakeUser
-from tests.proxy import CountingProxy
 from tests.test_run_cli import SCRIPT
 
 STREAM = 300

@@ -1,6 +1,7 @@
 """A small counting HTTP proxy between the bot and its homeserver, for outage tests: it
 counts every request (so a test can prove the bot backs off instead of looping) and answers
-502 while the homeserver is down."""
+502 while the homeserver is down. `RecordingProxy` also keeps each request's method and
+path, for the high-availability tests (which node sent what, and when)."""
 
 from __future__ import annotations
 
@@ -68,3 +69,27 @@ class CountingProxy:
             return web.json_response(
                 {"errcode": "M_UNKNOWN", "error": "homeserver unreachable"}, status=502
             )
+
+
+class RecordingProxy(CountingProxy):
+    """The counting proxy, also keeping each request's time, method and path."""
+
+    def __init__(self, upstream: str) -> None:
+        super().__init__(upstream)
+        self.requests: list[tuple[float, str, str]] = []
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append((time.monotonic(), request.method, request.path))
+        return await super()._forward(request)
+
+    def sends(self, room_id: str | None = None, since: float = 0.0) -> list[float]:
+        """When events were put into a room (any room: None) through here, since then."""
+        marker = f"/rooms/{room_id}/" if room_id else "/rooms/"
+        return [
+            t
+            for t, method, path in self.requests
+            if t >= since and method == "PUT" and marker in path and "/send/" in path
+        ]
+
+    def after(self, since: float) -> list[tuple[float, str, str]]:
+        return [r for r in self.requests if r[0] >= since]
