@@ -31,7 +31,9 @@ def register(registry: Registry) -> None:
         key = values["room"] or ctx.invocation.room_key
         if key is None:
             raise CommandError("name the room here: !digest now ROOMKEY (it is posted there)")
-        posted = await ctx.services.digest_now(ctx.sender, key, ctx.roles)
+        posted = await ctx.services.digest_now(
+            ctx.sender, key, ctx.roles, cause=ctx.invocation.event_id
+        )
         return Reply(doc(para("Digest posted in ", Code(posted), ".")))
 
     @registry.command(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from commands.context import Invocation
 from policy import Decision, Room
-from policy.ids import RoomKey, UserId
+from policy.ids import EventId, RoomKey, UserId
 
 if TYPE_CHECKING:
     from commands.document import Document
@@ -184,7 +184,16 @@ class IntelPort(Protocol):
 class DigestPort(Protocol):
     """`!digest …`."""
 
-    async def digest_now(self, actor: UserId, room_key: RoomKey, roles: frozenset[Any]) -> str: ...
+    async def digest_now(
+        self,
+        actor: UserId,
+        room_key: RoomKey,
+        roles: frozenset[Any],
+        cause: EventId | None = None,
+    ) -> str:
+        """Post the room's digest now; the room key. `cause`: the command's event, which
+        fixes the parts' transaction ids (handled again, it posts no second digest)."""
+        ...
 
     async def digest_schedule(
         self,

@@ -67,7 +67,7 @@ class NoMessenger(Messenger):
     ) -> None:
         raise AssertionError(f"redacted {event_id}")
 
-    async def alert_admins(self, document: Document) -> None:
+    async def alert_admins(self, document: Document, tx_id: str | None = None) -> None:
         raise AssertionError(f"alerted the admins: {document.plain}")
 
     async def sender_of(self, room_id: str, event_id: str) -> str | None:
@@ -113,7 +113,13 @@ class FakeServices(Services):
     async def confirm_identity(self, actor: UserId, user_id: UserId, key: str) -> ClearanceInfo:
         return _record(user_id, key)
 
-    async def digest_now(self, actor: UserId, room_key: RoomKey, roles: frozenset[Any]) -> str:
+    async def digest_now(
+        self,
+        actor: UserId,
+        room_key: RoomKey,
+        roles: frozenset[Any],
+        cause: EventId | None = None,
+    ) -> str:
         return f"{room_key} <script>"
 
     async def digest_schedule(

@@ -178,7 +178,7 @@ class FakeMessenger(NoMessenger):
         self.posted.append((room_id, content["body"], tx_id))
         return EventId(f"$digest{len(self.posted)}")
 
-    async def alert_admins(self, document: Document) -> None:
+    async def alert_admins(self, document: Document, tx_id: str | None = None) -> None:
         self.alerts.append(document.plain)
 
 

@@ -190,7 +190,7 @@ class Recorder:
     async def audit(self, actor: str, action: str, subject: Any, detail: dict[str, Any]) -> None:
         self.audits.append((actor, action, subject, detail))
 
-    async def alert(self, document: Any) -> None:
+    async def alert(self, document: Any, tx_id: str | None = None) -> None:
         self.alerts.append(document)
 
     def count(self) -> None:

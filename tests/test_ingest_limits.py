@@ -64,7 +64,7 @@ class Ports(NoMessenger):
         self.sent.append((room_id, content))
         return EventId(f"$event{len(self.sent)}")
 
-    async def alert_admins(self, document: Document) -> None:
+    async def alert_admins(self, document: Document, tx_id: str | None = None) -> None:
         pass
 
     async def store_item(self, source: Any, message: Any, origin: str) -> None:

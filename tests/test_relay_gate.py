@@ -77,7 +77,7 @@ class Ports(Messenger, SenderGate, Audit):
     ) -> None:
         self.redacted.append((room_id, event_id))
 
-    async def alert_admins(self, document: Document) -> None:
+    async def alert_admins(self, document: Document, tx_id: str | None = None) -> None:
         self.alerts.append(document)
 
     async def untrusted_sender(

@@ -22,7 +22,7 @@ import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import sqlalchemy.exc
@@ -56,6 +56,7 @@ from bot.services.ports import Audit
 from bot.services.relay import RelayEngine, Source
 from bot.services.rooms import RoomDirectory
 from bot.storage import Store, in_thread
+from bot.wire import txn_id
 from commands.document import Code, Document, Mention, doc, para
 from policy.ids import EventId, RoomId, UserId
 
@@ -63,6 +64,12 @@ log = logging.getLogger(__name__)
 
 MAX_OUTAGE_ATTEMPTS = 8  # ~2 minutes of the sync loop's backoff; then the event is isolated
 ALERT_EVERY_S = 3600.0  # admins hear of one sender's failing events at most once an hour
+
+
+class AlertAdmins(Protocol):
+    """The messenger's `alert_admins`: `tx_id` fixed by the event an alert is about."""
+
+    async def __call__(self, document: Document, tx_id: str | None = None) -> None: ...
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -90,7 +97,7 @@ class PoisonGuard:
         self,
         store: Store,
         audit: Audit,
-        alert: Callable[[Document], Awaitable[None]],
+        alert: AlertAdmins,
         count: Callable[[], None],
     ) -> None:
         self.store = store
@@ -169,7 +176,10 @@ class PoisonGuard:
                     "their client may be broken or probing the bot. Further events from them "
                     "that fail within the hour are only audited (event.failed).",
                 )
-            )
+            ),
+            # fixed by the event (a standby handling it again alerts once); an event without
+            # an id (an invite) has nothing to fix it by
+            txn_id("alert-poison", event_id) if isinstance(event_id, str) else None,
         )
 
 

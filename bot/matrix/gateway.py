@@ -444,10 +444,9 @@ class Gateway:
         response = await self.client.room_kick(room_id, user_id, reason)
         check(response, f"remove {user_id} from {room_id}")
 
-    async def redact(
-        self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
-    ) -> None:
-        """Reasons are not encrypted: callers keep markings and room names out of them."""
+    async def redact(self, room_id: str, event_id: str, reason: str, tx_id: str) -> None:
+        """Reasons are not encrypted: callers keep markings and room names out of them.
+        `tx_id` is fixed by the redaction's cause (nio would make a random one)."""
         response = await self.client.room_redact(room_id, event_id, reason, tx_id=tx_id)
         check(response, f"redact {event_id} in {room_id}")
 
@@ -529,6 +528,9 @@ class Gateway:
             index = session.message_index if session is not None else None
             event_id: str | None = None
             try:
+                # Random only for a send no event causes (a periodic or start-up alert, a
+                # feed's post): everything event handling sends passes an id fixed by its
+                # cause (`bot.wire.txn_id`), so a replay or a standby yields one event.
                 response = await self.client.room_send(
                     room_id, event_type, dict(content), tx_id=tx_id or str(uuid4())
                 )
@@ -671,7 +673,7 @@ class Gateway:
             # It now holds the room's current key: if it may no longer read, that key is
             # rotated like any other holder's (_ensure_room_key).
             current.users_shared_with.add((device.user_id, device.id))
-        unwrap(
+        unwrap(  # nio picks a random transaction id: fresh Olm ciphertext, as in _share
             await client.to_device(message),
             ToDeviceResponse,
             f"forward a room key to {device.user_id} {device.id}",
@@ -774,6 +776,9 @@ class Gateway:
         if missing:
             await client.keys_claim(missing)
         for sharing_with, to_device in olm.share_group_session_parallel(room.room_id, targets):
+            # A random id on purpose: each share is new Olm ciphertext of this process's
+            # session; a fixed id would make the homeserver drop a standby's share as the
+            # active's and leave the readers without the key the standby encrypts with.
             method, path, data = Api.to_device(
                 client.access_token, "m.room.encrypted", to_device, uuid4()
             )

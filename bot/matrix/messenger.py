@@ -20,7 +20,7 @@ from bot.matrix.trust import DeviceTrust
 from bot.services.ports import Audit
 from bot.storage import ClearanceRecord, Store, in_thread
 from bot.tasks import Supervisor
-from bot.wire import EVENT_LIMIT, MEGOLM, encrypted_size
+from bot.wire import EVENT_LIMIT, MEGOLM, encrypted_size, txn_id
 from commands.document import Code, Document, Mention, Strong, doc, para, split_document
 from commands.views import fingerprint
 from policy.ids import EventId, UserId
@@ -203,28 +203,30 @@ class Messenger:
         assert first is not None
         return first
 
-    async def redact(
-        self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
-    ) -> None:
+    async def redact(self, room_id: str, event_id: str, reason: str, tx_id: str) -> None:
         await self.gateway.redact(room_id, event_id, reason, tx_id)
 
     async def sender_of(self, room_id: str, event_id: str) -> str | None:
         return await self.gateway.event_sender(room_id, event_id)
 
-    async def reply_to_sender(self, room_id: str, event: Any, reply: Document) -> None:
+    async def reply_to_sender(
+        self, room_id: str, event: Any, reply: Document, *, tx_id: str
+    ) -> None:
         """A reply the sending device can read even when the policy excludes it (it is told
-        why it was refused)."""
+        why it was refused). `tx_id` is fixed by what it answers: a reply always has a cause."""
         device = self.gateway.sender_device(room_id, event)
         also = (
             [device] if device is not None and not self.device_trusted(event.sender, device) else []
         )
-        await self.send_notice(room_id, reply, event.event_id, also_to=also)
+        await self.send_notice(room_id, reply, event.event_id, also_to=also, tx_id=tx_id)
 
     # ------------------------------------------------------------ direct chats and alerts
 
-    async def alert_admins(self, document: Document) -> None:
+    async def alert_admins(self, document: Document, tx_id: str | None = None) -> None:
         """To [bot] admin_room (a managed room: its label decides who gets the key, and
-        only admins stay in it), else to each admin's direct message with the bot."""
+        only admins stay in it), else to each admin's direct message with the bot. An alert
+        about an event comes with a `tx_id` fixed by that event; each room it goes to gets
+        its own id made from it (one alert, several DMs)."""
         admin_room = self.admin_room()
         targets = (
             [admin_room]
@@ -233,9 +235,15 @@ class Messenger:
         )
         for room_id in targets:
             if room_id is not None:
-                self.tasks.spawn(self.send_when_ready(room_id, document), f"alert-{room_id}")
+                room_tx = txn_id("alert", room_id, tx_id) if tx_id is not None else None
+                self.tasks.spawn(
+                    self.send_when_ready(room_id, document, tx_id=room_tx), f"alert-{room_id}"
+                )
 
     async def alert_identity_change(self, record: ClearanceRecord, new_key: str) -> None:
+        # No transaction id: a key query, not an event, finds the change, and the store
+        # flags it once (a standby finds it flagged); a key changed back and again within
+        # the homeserver's memory of ids must be alerted again, not taken for this one.
         await self.alert_admins(
             doc(
                 para(
@@ -277,11 +285,12 @@ class Messenger:
                 "the audit log (register.refused) and restore the row from a backup.",
             )
         )
+        # No transaction id: no event causes it; each process alerts once per row it refuses.
         self.tasks.spawn(self.alert_admins(alert), f"alert-register-{kind}-{name}")
 
-    def send_later(self, room_id: str, document: Document) -> None:
+    def send_later(self, room_id: str, document: Document, tx_id: str | None = None) -> None:
         """Send in the background once the room is ready (`send_when_ready`)."""
-        self.tasks.spawn(self.send_when_ready(room_id, document), f"send-{room_id}")
+        self.tasks.spawn(self.send_when_ready(room_id, document, tx_id), f"send-{room_id}")
 
     async def direct_room_for(self, user_id: UserId) -> str:
         """The DM with this person, created (encrypted) if there is none."""
@@ -331,7 +340,9 @@ class Messenger:
         partner = self.direct.partner_of(room_id)
         return partner is None or bool(members.get(partner))
 
-    async def send_when_ready(self, room_id: str, document: Document) -> None:
+    async def send_when_ready(
+        self, room_id: str, document: Document, tx_id: str | None = None
+    ) -> None:
         """Send once the room is ready (`_ready_for`), judged after each sync; a reply whose
         reader does not join within `dm_join_timeout` is dropped and audited, never sent."""
         timeout = self.settings.dm_join_timeout.total_seconds()
@@ -349,4 +360,4 @@ class Messenger:
                 return
             with contextlib.suppress(TimeoutError):
                 await self.next_sync(remaining)
-        await self.send_notice(room_id, document)
+        await self.send_notice(room_id, document, tx_id=tx_id)

@@ -19,6 +19,7 @@ from bot.matrix.messenger import Messenger
 from bot.metrics import Metrics
 from bot.storage import PendingOutcome, Store, in_thread
 from bot.tasks import Supervisor
+from bot.wire import txn_id
 from commands.document import Code, doc, para
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,7 @@ class Undecryptable:
                 ),
                 event.event_id,
                 also_to=[device] if device is not None else [],
+                tx_id=txn_id("undecryptable", room_id, event.event_id),
             )
         except MatrixError as exc:
             log.error("could not tell %s about an unreadable message: %s", event.sender, exc)

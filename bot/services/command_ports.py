@@ -19,7 +19,7 @@ from commands.context import CommandError, Invocation, Role
 from commands.document import Document
 from commands.services import InviteOutcome, RevokeOutcome, RoomSummary, RouteSummary, StatusInfo
 from policy import Room
-from policy.ids import RoomKey, UserId
+from policy.ids import EventId, RoomKey, UserId
 
 
 class CommandPorts:
@@ -143,10 +143,16 @@ class CommandPorts:
     ) -> Document:
         return await self.inventory.search(actor, room_key, words, topic, since, exercise)
 
-    async def digest_now(self, actor: UserId, room_key: RoomKey, roles: frozenset[Role]) -> str:
+    async def digest_now(
+        self,
+        actor: UserId,
+        room_key: RoomKey,
+        roles: frozenset[Role],
+        cause: EventId | None = None,
+    ) -> str:
         managed = self.directory.managed(room_key)
         is_member = self.membership.is_member(actor, managed)
-        return await self.digests.post_now_for(actor, room_key, roles, is_member)
+        return await self.digests.post_now_for(actor, room_key, roles, is_member, cause)
 
     async def digest_schedule(
         self,

@@ -50,7 +50,7 @@ from bot.storage import (
     in_thread,
 )
 from bot.storage.sealing import Sealer, SealError
-from bot.wire import EVENT_LIMIT, encrypted_size
+from bot.wire import EVENT_LIMIT, encrypted_size, txn_id
 from commands.context import CommandError, PermissionDenied, Role
 from commands.document import Banner, Code, Document, Inline, Strong, doc, heading, items, para
 from policy import (
@@ -762,7 +762,8 @@ class DigestService:
                         f"posted ({reason}) and will not be re-sent: check the room, and "
                         "post it with !digest now if it is missing.",
                     )
-                )
+                ),
+                txn_id("alert-digest", run.schedule_key, run.window_end.isoformat()),
             )
         return None
 
@@ -790,14 +791,24 @@ class DigestService:
             raise ValueError("no parts")
         return str(body["room_id"]), parts
 
-    async def post_now(self, actor: str, room: ManagedRoom) -> str:
-        """`!digest now`: this room's configured window and sources, ending now."""
+    async def post_now(self, actor: str, room: ManagedRoom, cause: str | None = None) -> str:
+        """`!digest now`: this room's configured window and sources, ending now. `cause` is
+        the command's event: each part's transaction id is fixed by it, so the command
+        handled again (a replay, a standby) posts no second digest. Without one (not asked
+        from chat) the ids are random."""
         schedule = next((s for s in await self.schedules() if s.room_key == room.key), None)
         window = timedelta(seconds=schedule.window_s) if schedule else timedelta(hours=24)
         sources = schedule.sources if schedule else (room.key,)
         end = self.clock()
         parts = await self.compose_parts(room, sources, end - window, end)
-        event_ids = [await self.messenger.send(room.room_id, part.content) for part in parts]
+        event_ids = [
+            await self.messenger.send(
+                room.room_id,
+                part.content,
+                tx_id=None if cause is None else txn_id("digest-now", room.room_id, cause, str(n)),
+            )
+            for n, part in enumerate(parts, 1)
+        ]
         event_id = event_ids[0]
         self.metrics.digests.labels("posted").inc()
         await self.audit(
@@ -880,9 +891,15 @@ class DigestService:
     # -- from chat
 
     async def post_now_for(
-        self, actor: str, room_key: str, roles: frozenset[Role], is_member: bool
+        self,
+        actor: str,
+        room_key: str,
+        roles: frozenset[Role],
+        is_member: bool,
+        cause: str | None = None,
     ) -> str:
-        """`!digest now`: members for their own room; admins and officers for any."""
+        """`!digest now`: members for their own room; admins and officers for any. `cause`:
+        the command's event (see `post_now`)."""
         managed = self.rooms.managed(room_key)
         if not roles & {Role.ADMIN, Role.OFFICER} and not is_member:
             raise PermissionDenied(
@@ -890,7 +907,7 @@ class DigestService:
                 "not a member of that room",
                 room=room_key,
             )
-        await self.post_now(actor, managed)
+        await self.post_now(actor, managed, cause)
         return managed.key
 
     async def schedule_from_chat(

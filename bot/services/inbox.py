@@ -9,6 +9,10 @@ device in one room get one receipt at the end of the batch, listing each message
 and event id, never its words) and, for each, where it went or why not. A message alone in
 its batch gets its own receipt, as before. Nothing in a receipt is merged away: every
 refusal of every message is in it.
+
+Every answer, refusal and alert has a transaction id fixed by the event(s) it answers
+(`bot.wire.txn_id`): the same message handled again, after a crash or by a standby that took
+over, gives the same event, not a second one.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from bot.services.relay import RelayEngine, Source
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.storage import Store, in_thread
 from bot.tasks import Supervisor
+from bot.wire import txn_id
 from commands.context import Invocation, Reply
 from commands.dispatch import dispatch, is_command
 from commands.document import Code, Document, Mention, Strong, doc, para
@@ -74,7 +79,9 @@ class IncomingMessage:
 
 
 class Replier(Protocol):
-    """What the inbox needs of the messenger."""
+    """What the inbox needs of the messenger. Everything the inbox sends answers an event,
+    so each send takes its transaction id (the messenger makes random ones only for sends
+    without a cause)."""
 
     async def send_notice(
         self,
@@ -82,16 +89,19 @@ class Replier(Protocol):
         document: Document,
         reply_to: str | None = None,
         also_to: Sequence[Any] = (),
-        tx_id: str | None = None,
+        *,
+        tx_id: str,
     ) -> str: ...
 
-    async def reply_to_sender(self, room_id: str, event: EventHandle, reply: Document) -> None: ...
+    async def reply_to_sender(
+        self, room_id: str, event: EventHandle, reply: Document, *, tx_id: str
+    ) -> None: ...
 
     async def direct_room_for(self, user_id: UserId) -> str: ...
 
-    def send_later(self, room_id: str, document: Document) -> None: ...
+    def send_later(self, room_id: str, document: Document, tx_id: str) -> None: ...
 
-    async def alert_admins(self, document: Document) -> None: ...
+    async def alert_admins(self, document: Document, tx_id: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,12 @@ def batched_receipt(receipts: Sequence[tuple[_Tagged, Document]]) -> Document:
         )
         blocks += receipt
     return blocks
+
+
+def receipt_txn(room_id: str, tagged: Sequence[EventId]) -> str:
+    """A receipt's id: fixed by the messages it answers (the same batch handled again gives
+    the same id; a batch cut otherwise, a receipt of its own)."""
+    return txn_id("receipt", room_id, *tagged)
 
 
 class RoomState(Protocol):
@@ -204,7 +220,14 @@ class Inbox:
             if reply is not None:
                 # The receipt goes to the source room while the next message's copies go to
                 # the targets; the batch waits for it before the sync token moves.
-                self.tasks.defer(self.replier.reply_to_sender(room_id, message.handle, reply))
+                self.tasks.defer(
+                    self.replier.reply_to_sender(
+                        room_id,
+                        message.handle,
+                        reply,
+                        tx_id=receipt_txn(room_id, [message.event_id]),
+                    )
+                )
             return
         if self.room_state.is_encrypted(room_id) is False:
             await self.audit(
@@ -238,6 +261,7 @@ class Inbox:
                 ),
                 message.event_id,
                 also_to=[device] if device is not None else [],
+                tx_id=txn_id("refusal", room_id, message.event_id),
             )
             await in_thread(self.store.mark_handled, message.event_id, room_id)
             return
@@ -281,7 +305,14 @@ class Inbox:
                 else batched_receipt(list(zip(tagged, receipts, strict=True)))
             )
             # One device sent them all, so the last one names whom to tell.
-            self.tasks.defer(self.replier.reply_to_sender(room_id, tagged[-1].handle, receipt))
+            self.tasks.defer(
+                self.replier.reply_to_sender(
+                    room_id,
+                    tagged[-1].handle,
+                    receipt,
+                    tx_id=receipt_txn(room_id, [t.event_id for t in tagged]),
+                )
+            )
         batch.pending.clear()
 
     async def _replayed(self, message: IncomingMessage) -> bool:
@@ -309,7 +340,8 @@ class Inbox:
                     Code(message.event_id),
                     "). Someone may hold their access token: check their sessions.",
                 )
-            )
+            ),
+            txn_id("alert-replay", message.event_id),
         )
         return True
 
@@ -337,7 +369,12 @@ class Inbox:
                 source, new_body, label_field=message.fields.new_label
             )
             if reply is not None:
-                await self.replier.reply_to_sender(message.room_id, message.handle, reply)
+                await self.replier.reply_to_sender(
+                    message.room_id,
+                    message.handle,
+                    reply,
+                    tx_id=txn_id("edit-reply", message.room_id, message.event_id),
+                )
         await in_thread(self.store.mark_handled, message.event_id, message.room_id)
 
     async def _malformed(
@@ -378,17 +415,24 @@ class Inbox:
                         "out of date.",
                     )
                 ),
+                tx_id=txn_id("malformed", message.room_id, message.event_id),
             )
         await in_thread(self.store.mark_handled, message.event_id, message.room_id)
 
     async def _reply(self, invocation: Invocation, reply: Reply) -> None:
+        """The command's answer, in the room or (private) in the sender's DM with a pointer
+        to it in the room; each with its own id fixed by the command's event."""
+        room_id, event_id = invocation.room_id, invocation.event_id
         if not reply.private or invocation.is_direct:
-            await self.replier.send_notice(invocation.room_id, reply.document, invocation.event_id)
+            await self.replier.send_notice(
+                room_id, reply.document, event_id, tx_id=txn_id("answer", room_id, event_id)
+            )
             return
         dm = await self.replier.direct_room_for(invocation.sender)
         await self.replier.send_notice(
-            invocation.room_id,
+            room_id,
             doc("Answered in your direct messages with the bot."),
-            invocation.event_id,
+            event_id,
+            tx_id=txn_id("answer-pointer", room_id, event_id),
         )
-        self.replier.send_later(dm, reply.document)
+        self.replier.send_later(dm, reply.document, txn_id("answer", dm, event_id))

@@ -204,6 +204,7 @@ class FeedListener:
                 {"room": room.key, "marking": label.banner, "reason": own.reason},
             )
             self.metrics.relays.labels("spillage").inc()
+            # No transaction id: an HTTP request, not an event, causes it (see the post).
             await self.messenger.alert_admins(
                 doc(
                     para(
@@ -234,6 +235,10 @@ class FeedListener:
             provenance=f"From feed {key} · {{when}}",
             originator=f"urn:io.github.liaison-bot:feed:{key}",
         )
+        # A random transaction id: the request carries no id of its own, and one made from
+        # its text would swallow a feed's legitimate second post of the same text. So a
+        # request the bot dies in (posted, not answered 202) is posted again if the feed
+        # sends it again: the feed API has no idempotency key yet.
         try:
             event_id = await self.messenger.send(room.room_id, content)
         except HomeserverError as exc:

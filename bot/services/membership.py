@@ -205,6 +205,8 @@ class Membership:
             log.error("clearance of %s not used: %s", user_id, why)
             await self.audit(self.user_id, "clearance.unusable", user_id, {"reason": why})
         if new and alert is not None:
+            # A random transaction id: a sweep, not an event, finds these; what is told is
+            # kept in memory, so a standby's first sweep tells them again, as a restart does.
             await alert(
                 doc(
                     para(

@@ -52,7 +52,11 @@ class Audit(Protocol):
 
 
 class Messenger(Protocol):
-    """Sending into rooms, encrypted, room keys only for those who may read."""
+    """Sending into rooms, encrypted, room keys only for those who may read.
+
+    `tx_id`: the send's transaction id (`bot.wire.txn_id`), fixed by what caused it, so that
+    the same cause handled again (a replay, a standby's takeover) yields the same event. Only
+    a send no event causes leaves it out (a random one is used)."""
 
     @property
     def user_id(self) -> str: ...
@@ -74,11 +78,14 @@ class Messenger(Protocol):
         tx_id: str | None = None,
     ) -> EventId: ...
 
-    async def redact(
-        self, room_id: str, event_id: str, reason: str, tx_id: str | None = None
-    ) -> None: ...
+    async def redact(self, room_id: str, event_id: str, reason: str, tx_id: str) -> None:
+        """Every redaction answers an event (spillage, a withdrawn copy): its id is fixed."""
+        ...
 
-    async def alert_admins(self, document: Document) -> None: ...
+    async def alert_admins(self, document: Document, tx_id: str | None = None) -> None:
+        """To the admins' room or each admin's DM; `tx_id` is the alert's own, made into one
+        per room the alert goes to."""
+        ...
 
     async def sender_of(self, room_id: str, event_id: str) -> str | None:
         """Who sent an event, as the homeserver has it; None when it does not show it."""

@@ -16,7 +16,6 @@ of pending rows) first waits for the queue to settle.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Sequence
@@ -43,7 +42,7 @@ from bot.storage import (
     in_thread,
 )
 from bot.storage.sealing import Sealer, SealError
-from bot.wire import EVENT_LIMIT, encrypted_size
+from bot.wire import EVENT_LIMIT, encrypted_size, txn_id
 from commands.document import Code, Document, Strong, doc, items, para
 from policy import (
     Decision,
@@ -92,11 +91,6 @@ def item_binding(event_id: str, room_key: str, label: str) -> str:
 def ledger_binding(txn: str, target_key: str, target_room_id: str) -> str:
     """What a ledger row's sealed copy is bound to: where it is to be sent."""
     return f"relay|{txn}|{target_key}|{target_room_id}"
-
-
-def txn_id(kind: str, event_id: str, target_key: str) -> str:
-    digest = hashlib.sha256(f"{kind}|{event_id}|{target_key}".encode()).hexdigest()
-    return f"lb{digest[:40]}"
 
 
 @dataclass(frozen=True)
@@ -510,7 +504,8 @@ class RelayEngine:
                         " was not sent: its sealed copy does not match its target (the "
                         "database was changed?). Check the audit log.",
                     )
-                )
+                ),
+                txn_id("alert-ledger", row.txn_id),
             )
             return None
         try:
@@ -629,7 +624,12 @@ class RelayEngine:
         unredacted: list[str] = []
         for event_id in event_ids:
             try:
-                await self.messenger.redact(room.room_id, event_id, "spillage")
+                await self.messenger.redact(
+                    room.room_id,
+                    event_id,
+                    "spillage",
+                    tx_id=txn_id("spillage-redact", room.room_id, event_id),
+                )
             except HomeserverError as exc:
                 log.error("could not redact spilled %s in %s: %s", event_id, room.key, exc)
                 unredacted.append(event_id)
@@ -669,7 +669,8 @@ class RelayEngine:
                     *(Code(e) for e in unredacted),
                     ": the text is still in the room. Redact it by hand.",
                 ),
-            )
+            ),
+            txn_id("alert-spillage", room.room_id, source.event_id, *event_ids),
         )
 
     # ------------------------------------------------------------ edits and redactions
@@ -887,7 +888,8 @@ class RelayEngine:
                             "the homeserver no longer recognises its transaction id; check "
                             "the target room and send it again if it is missing.",
                         )
-                    )
+                    ),
+                    txn_id("alert-stale", row.txn_id),
                 )
                 continue
             why = await self._withheld(row)
@@ -980,6 +982,8 @@ class RelayEngine:
                 None,
                 {"items": [i.event_id for i in items][:50], "ledger": len(ledger)},
             )
+            # No transaction id: no event causes it; it is found at a start, and the counts
+            # a later start finds are news of their own.
             await self.messenger.alert_admins(
                 doc(
                     para(

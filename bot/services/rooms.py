@@ -577,6 +577,8 @@ class RoomDirectory:
             if (key, warning) not in self._alerted:  # once per room and warning
                 self._alerted.add((key, warning))
                 problems.append((key, warning))
+        # Random transaction ids: a start's check, not an event, finds these, and a later
+        # start's findings are news of their own.
         if problems:
             await alert(
                 doc(
