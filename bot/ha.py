@@ -157,6 +157,7 @@ class HaNode:
             last_versions = float("-inf")
             while not stopping.is_set():
                 started = self._clock()
+                wait = self.renew_s
                 try:
                     got = await asyncio.to_thread(self.leases.acquire, self.lease)
                 except Exception as exc:  # the database is away: stay a standby, keep asking
@@ -168,8 +169,9 @@ class HaNode:
                         return got
                     self.status.ready = await self._homeserver_ok(http, last_versions)
                     last_versions = self._clock()
+                    wait = min(self.renew_s, _until_expiry(got))
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), self.renew_s)
+                    await asyncio.wait_for(stopping.wait(), wait)
         return None
 
     async def _homeserver_ok(self, http: aiohttp.ClientSession, last: float) -> bool:
@@ -264,3 +266,10 @@ class HaNode:
 
     def previous_state(self) -> LeaseState | None:
         return self.takeover.previous if self.takeover else None
+
+
+def _until_expiry(state: LeaseState) -> float:
+    """Seconds until the holder's lease ends (on the database's clock), a little after: a
+    standby asks again then rather than up to a whole renewal interval later, which is
+    where a takeover's time goes."""
+    return max(0.01, (state.lease_until - state.now).total_seconds() + 0.01)

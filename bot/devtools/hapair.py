@@ -157,10 +157,13 @@ async def ha_pair(
     ha_extra: str = "",
     rooms: str = ROOMS,
     start_together: bool = False,
+    first_env: dict[str, str] | None = None,
 ) -> AsyncIterator[HaPair]:
     """Register the people, grant clearances offline (as the CLI does), start the first node
     (it becomes the active) and then the others (standbys), then invite and join everyone.
-    With `start_together` every node starts at once (within milliseconds): one must win."""
+    With `start_together` every node starts at once (within milliseconds): one must win.
+    `first_env`: extra environment for the first node only (a crash point): the others start
+    without waiting for it, and whichever becomes active first is waited for."""
     from bot.services.register import ClearanceRegister
 
     bot_user, admin, officer, member = (make_user(p) for p in ("liaison", "admin", "lo", "nor"))
@@ -205,6 +208,13 @@ async def ha_pair(
             await _first_active(list(nodes.values()))
             for node in nodes.values():
                 await node.wait_for_log(f"node {node.name} standing by")
+        elif first_env is not None:
+            first, *others = nodes.values()
+            first.start(**first_env)
+            await first.wait_for_log(f"node {first.name} standing by")
+            for node in others:
+                node.start()
+            await _first_active(list(nodes.values()))
         else:
             first, *others = nodes.values()
             first.start()
