@@ -341,7 +341,9 @@ class IngestConfig(_Section):
         return _host_port(value)
 
 
-_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+# A node's sessions are named `liaison-bot/<node>/e<epoch>` (PostgreSQL keeps 63 bytes of an
+# application_name): 40 characters leave room for any epoch.
+_NODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}\Z")
 
 
 class HaConfig(_Section):
@@ -362,7 +364,7 @@ class HaConfig(_Section):
     def _node(cls, value: str | None) -> str | None:
         if value is not None and not _NODE.match(value):
             raise ValueError(
-                f"bad node name {value!r}: 1-64 characters of A-Z, a-z, 0-9, '.', '_' and '-'"
+                f"bad node name {value!r}: 1-40 characters of A-Z, a-z, 0-9, '.', '_' and '-'"
             )
         return value
 

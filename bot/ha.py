@@ -31,6 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
+from sqlalchemy.exc import DBAPIError
 
 from bot.config import Config, HaConfig
 from bot.storage.lease import LeaseState, LeaseStore, Takeover, work_name
@@ -203,7 +204,18 @@ class HaNode:
         previous = self.takeover.previous if self.takeover else None
         if previous is None:
             return 0
-        return self.leases.end_sessions(previous)
+        try:
+            return self.leases.end_sessions(previous)
+        except DBAPIError as exc:
+            # Most likely a missing grant: the commit-time fence still refuses the old
+            # holder's writes, but its open transactions keep their locks until it resumes.
+            log.error(
+                "could not end node %s's database sessions (grant the bot's role "
+                "pg_signal_backend, or run every node as the same role): %s",
+                previous.holder,
+                exc,
+            )
+            return 0
 
     # ------------------------------------------------------------ active
 
@@ -216,13 +228,19 @@ class HaNode:
 
     def _renew_forever(self) -> None:
         epoch = self.status.epoch
-        while not self._stop.wait(self.renew_s):
+        retried = False
+        while not self._stop.wait(0 if retried else self.renew_s):
             started = self._clock()
             try:
                 held = self.leases.renew(epoch, self.lease)
             except Exception as exc:  # not renewed this time; the watchdog keeps count
+                # Once more at once, on a new connection: the usual cause is a connection
+                # a successor ended (this process was frozen), and the retry then learns
+                # the lease is gone without waiting out another interval.
                 log.warning("lease renewal failed: %s", exc)
+                retried = not retried
                 continue
+            retried = False
             if not held:
                 self._lost("the lease was taken over")
                 return
@@ -257,11 +275,11 @@ class HaNode:
         for thread in self._threads:
             thread.join(timeout=self.fence_s)
         if self.status.role is Role.ACTIVE:
+            self.gate.shut()  # first: once released, a standby may act at once
             try:
                 self.leases.release(self.status.epoch)
             except Exception as exc:
                 log.warning("lease not released (a standby waits it out): %s", exc)
-            self.gate.shut()
         self.leases.close()
 
     def previous_state(self) -> LeaseState | None:

@@ -142,6 +142,57 @@ def test_a_new_holder_ends_the_old_holders_open_transaction(
         assert session.execute(text("SELECT count(*) FROM routes")).scalar() == 0
 
 
+@pytest.mark.parametrize("isolation", ["READ COMMITTED", "REPEATABLE READ"])
+def test_a_transaction_begun_before_a_takeover_cannot_commit_after_it(
+    pg_url: str, leases: tuple[LeaseStore, LeaseStore], isolation: str
+) -> None:
+    """Even when its session is not ended (a missing grant, a name that did not match):
+    the fence checks again at commit."""
+    a, b = leases
+    a.acquire(LEASE)
+    params = {"application_name": "not-a-node-name", "options": "-c liaison.epoch=1"}
+    engine = create_engine(
+        pg_url,
+        connect_args=with_options(make_url(pg_url).query, params),
+        isolation_level=isolation.replace(" ", "_"),
+    )
+    try:
+        with engine.connect() as conn:
+            transaction = conn.begin()
+            conn.execute(text("INSERT INTO routes (source_key, target_key, created_by, "
+                              "created_at) VALUES ('x', 'y', 'paused', now())"))  # fmt: skip
+            expire(a)
+            assert isinstance(b.acquire(LEASE), Takeover), "the open transaction held it up"
+            with pytest.raises(DBAPIError) as err:
+                transaction.commit()
+            assert getattr(err.value.orig, "sqlstate", None) in ("LB001", "40001")
+    finally:
+        engine.dispose()
+    with Store.from_url(pg_url).session() as session:
+        assert session.execute(text("SELECT count(*) FROM routes")).scalar() == 0
+
+
+def test_a_temporary_table_cannot_stand_in_for_the_lease(
+    pg_url: str, leases: tuple[LeaseStore, LeaseStore]
+) -> None:
+    a, b = leases
+    a.acquire(LEASE)
+    expire(a)
+    b.acquire(LEASE)
+    old = node_store(pg_url, "a", 1)
+    try:
+        with pytest.raises(DBAPIError, match="fenced"), old.session() as session:
+            schema = session.execute(text("SELECT quote_ident(current_schema())")).scalar()
+            session.execute(
+                text("CREATE TEMPORARY TABLE ha_leader AS SELECT 1 AS id, 1::bigint AS epoch")
+            )
+            session.execute(text(f"SET LOCAL search_path = pg_temp, {schema}"))
+            session.execute(text("INSERT INTO routes (source_key, target_key, created_by, "
+                                 "created_at) VALUES ('x', 'y', 'forged', now())"))  # fmt: skip
+    finally:
+        old.close()
+
+
 def test_every_table_but_the_lease_is_fenced(pg_url: str) -> None:
     engine = create_engine(pg_url)
     with engine.connect() as conn:
@@ -154,9 +205,20 @@ def test_every_table_but_the_lease_is_fenced(pg_url: str) -> None:
                 )
             ).scalars()
         )
-    engine.dispose()
     assert set(Base.metadata.tables) - {"ha_leader"} <= fenced
     assert "ha_leader" not in fenced
+    with engine.connect() as conn:
+        at_commit = set(
+            conn.execute(
+                text(
+                    "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+                    "WHERE t.tgname = 'liaison_fence_commit' AND t.tgdeferrable AND "
+                    "t.tginitdeferred AND c.relnamespace = current_schema()::regnamespace"
+                )
+            ).scalars()
+        )
+    engine.dispose()
+    assert at_commit == fenced
 
 
 # ---------------------------------------------------------------- the send gate
@@ -298,8 +360,9 @@ def test_a_node_whose_lease_is_taken_exits_with_the_lease_lost_code(
     try:
         time.sleep(0.3)  # renewals succeed meanwhile: the node stays active
         assert codes == [] and node.gate.is_open()
-        expire(other)
-        assert isinstance(other.acquire(LEASE), Takeover)
+        # Taken over in one statement: expiring it first would race the node's renewals.
+        with other.engine.begin() as conn:
+            conn.execute(update(HaLeaderRow).values(epoch=HaLeaderRow.epoch + 1, holder="b"))
         assert done.wait(2), "the node did not notice its lease was taken"
         assert codes == [EXIT_LEASE_LOST]
         assert not node.gate.is_open() and node.status.role is Role.FENCED
@@ -343,3 +406,26 @@ def test_the_watchdog_fences_a_node_whose_renewals_hang(pg_url: str, tmp_path: P
     assert not node.gate.is_open()
     unblock.set()
     node.leases.close()
+
+
+def test_a_site_can_make_the_fence_refuse_sessions_that_say_nothing(
+    pg_url: str, leases: tuple[LeaseStore, LeaseStore]
+) -> None:
+    """With `ALTER ROLE … SET liaison.epoch = 'unset'` (simulated here in the URL), a session
+    that names no epoch is refused, while the bot's own sessions (the CLI's included) say
+    what they are and pass."""
+    a, _ = leases
+    a.acquire(LEASE)
+    url = make_url(pg_url)
+    closed = url.update_query_dict(
+        {"options": f"{url.query['options']} -c liaison.epoch=unset"}
+    ).render_as_string(hide_password=False)
+    cli = Store.from_url(closed)
+    bare = create_engine(closed)
+    try:
+        cli.append_audit("cli:admin", "test.write", None, {})
+        with pytest.raises(DBAPIError, match="invalid input syntax"), bare.begin() as conn:
+            conn.execute(text("DELETE FROM routes"))
+    finally:
+        cli.close()
+        bare.dispose()

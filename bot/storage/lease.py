@@ -25,6 +25,7 @@ from bot.storage.models import HaLeaderRow, with_options
 LEADER_ROW = 1
 NOBODY = ""  # the holder of the lease row before anyone took it
 EPOCH_SETTING = "liaison.epoch"
+END_WAIT_MS = 900  # below the lease connection's statement timeout
 
 
 def work_name(node: str, epoch: int) -> str:
@@ -163,10 +164,12 @@ class LeaseStore:
         with Session(self.engine) as session, session.begin():
             ended = session.execute(
                 text(
-                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+                    # With a timeout, each call waits until the session is gone (or says
+                    # it is not), so the old holder's open transactions have ended on return.
+                    "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, :wait_ms)) "
                     "FROM pg_stat_activity "
                     "WHERE application_name = ANY(:names) AND pid <> pg_backend_pid()"
                 ),
-                {"names": names},
+                {"names": names, "wait_ms": END_WAIT_MS},
             ).scalar()
         return int(ended or 0)

@@ -396,6 +396,9 @@ class HaLeaderRow(Base):
 # ---------------------------------------------------------------- engine
 
 
+NOT_A_NODE = {"options": "-c liaison.epoch="}
+
+
 def with_options(current: Mapping[str, Any], extra: Mapping[str, str]) -> dict[str, str]:
     """libpq parameters `extra` on top of `current`, their `options` (`-c name=value` ...)
     added to the URL's own rather than replacing them (a URL may set its search_path)."""
@@ -425,12 +428,13 @@ def make_engine(url: str, connect_params: Callable[[], Mapping[str, str]] | None
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         server = create_engine(url, pool_pre_ping=True)
-        if connect_params is not None:
-            ask = connect_params
+        # Not a node of a pair: say so (an empty epoch), so that a site that makes the fence
+        # refuse sessions that say nothing (README "High availability") still lets this in.
+        ask = connect_params or NOT_A_NODE.copy
 
-            @event.listens_for(server, "do_connect")
-            def _identify(_d: Any, _r: Any, _a: Any, cparams: dict[str, Any]) -> None:
-                cparams.update(with_options(cparams, ask()))
+        @event.listens_for(server, "do_connect")
+        def _identify(_d: Any, _r: Any, _a: Any, cparams: dict[str, Any]) -> None:
+            cparams.update(with_options(cparams, ask()))
 
         return server
     if connect_params is not None:

@@ -5,12 +5,12 @@ Revises: 0012
 Create Date: 2026-12-06 14:00:00
 
 `ha_leader` holds one row: the epoch (fencing token), the node holding the lease and when
-the lease ends on the database's clock. On PostgreSQL a statement trigger on every other
-table refuses a write from a session whose `liaison.epoch` setting names an epoch that no
-longer holds the lease: an active that was paused or cut off, and did not notice, can write
-nothing after a standby took over. Sessions without the setting (the CLI, a bot that is not
-part of a pair, Alembic) are not fenced. SQLite has no pair (high availability needs
-PostgreSQL), so there only the table is made.
+the lease ends on the database's clock. On PostgreSQL triggers on every other table refuse a
+write from a session whose `liaison.epoch` setting names an epoch that no longer holds the
+lease, before each statement and again at commit: an active that was paused or cut off, and
+did not notice, can write nothing after a standby took over. Sessions with an empty setting
+(the CLI, a bot that is not part of a pair, Alembic) are not fenced. SQLite has no pair (high
+availability needs PostgreSQL), so there only the table is made.
 """
 
 from collections.abc import Sequence
@@ -47,15 +47,30 @@ FENCED = (
     "routes",
 )
 
+# Two checks, both against the lease row named with its schema (the function's search_path
+# is pinned, so a temporary table cannot stand in for it):
+# - before each statement (and TRUNCATE, which has no rows): the session's epoch holds the
+#   lease now (read without a lock: a paused node's open transaction must never hold up the
+#   takeover that fences it);
+# - at commit (a deferred constraint trigger, for each row written): it still does. There the
+#   row is read FOR KEY SHARE, which waits for a takeover in progress (FOR UPDATE) but not for
+#   a renewal, so a transaction begun before a takeover cannot commit after it, whatever its
+#   isolation level (REPEATABLE READ fails with a serialization error instead).
 FENCE = """
-CREATE OR REPLACE FUNCTION liaison_fence() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE OR REPLACE FUNCTION {schema}.liaison_fence() RETURNS trigger LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     mine text := current_setting('liaison.epoch', true);
 BEGIN
     IF mine IS NULL OR mine = '' THEN
         RETURN NULL;  -- not a node of a pair: the CLI, a single bot, a migration
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM ha_leader WHERE id = 1 AND epoch = mine::bigint) THEN
+    IF TG_LEVEL = 'ROW' THEN  -- at commit
+        PERFORM 1 FROM {schema}.ha_leader WHERE id = 1 AND epoch = mine::bigint FOR KEY SHARE;
+    ELSE  -- before a statement: no lock, so an open transaction never holds up a takeover
+        PERFORM 1 FROM {schema}.ha_leader WHERE id = 1 AND epoch = mine::bigint;
+    END IF;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'liaison-bot fenced: epoch % no longer holds the lease', mine
             USING ERRCODE = 'LB001';
     END IF;
@@ -63,6 +78,22 @@ BEGIN
 END
 $$
 """
+
+
+def fence(table: str, schema: str) -> list[str]:
+    """The statements that fence one table (a later revision adding a table uses them)."""
+    return [
+        f"CREATE TRIGGER liaison_fence BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE "
+        f"ON {table} FOR EACH STATEMENT EXECUTE FUNCTION {schema}.liaison_fence()",
+        f"CREATE CONSTRAINT TRIGGER liaison_fence_commit AFTER INSERT OR UPDATE OR DELETE "
+        f"ON {table} DEFERRABLE INITIALLY DEFERRED FOR EACH ROW "
+        f"EXECUTE FUNCTION {schema}.liaison_fence()",
+    ]
+
+
+def current_schema() -> str:
+    name = op.get_bind().execute(sa.text("SELECT quote_ident(current_schema())")).scalar()
+    return str(name)
 
 
 def upgrade() -> None:
@@ -77,17 +108,17 @@ def upgrade() -> None:
     )
     if op.get_bind().dialect.name != "postgresql":
         return
-    op.execute(FENCE)
+    schema = current_schema()
+    op.execute(FENCE.format(schema=schema))
     for table in FENCED:
-        op.execute(
-            f"CREATE TRIGGER liaison_fence BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE "
-            f"ON {table} FOR EACH STATEMENT EXECUTE FUNCTION liaison_fence()"
-        )
+        for statement in fence(table, schema):
+            op.execute(statement)
 
 
 def downgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         for table in FENCED:
             op.execute(f"DROP TRIGGER IF EXISTS liaison_fence ON {table}")
-        op.execute("DROP FUNCTION IF EXISTS liaison_fence()")
+            op.execute(f"DROP TRIGGER IF EXISTS liaison_fence_commit ON {table}")
+        op.execute(f"DROP FUNCTION IF EXISTS {current_schema()}.liaison_fence()")
     op.drop_table("ha_leader")
