@@ -82,9 +82,11 @@ def write_config(
     database_url: str = "sqlite:///bot.db",
     data_key: str | None = None,
     sweep_interval: str = "2s",
+    crypto_store: str = "crypto",
 ) -> None:
     """Write a test bot's config and register it with the homeserver gate, which verifies
-    its rows with the public key of `data_key` (the bot's data key; SECRETS' by default)."""
+    its rows with the public key of `data_key` (the bot's data key; SECRETS' by default).
+    `crypto_store`: a folder beside the config, or "database" (PostgreSQL only)."""
     path.write_text(
         textwrap.dedent(
             f"""
@@ -97,7 +99,7 @@ def write_config(
 
             [storage]
             database_url = "{database_url}"
-            crypto_store = "crypto"
+            crypto_store = "{crypto_store}"
             data_key_env = "LIAISON_TEST_DATA_KEY"
 
             [bot]
