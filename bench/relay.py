@@ -7,24 +7,71 @@ Run with `make bench` or `python bench/relay.py [N]` (default 100 messages each 
 since a relay is two hops (officer → bot, bot → member). The set-up is bot/devtools/scenario.py's.
 With `--federated` the member is on a second homeserver (federation over TLS on loopback):
 both paths cross it, and the figures are `relay_federated_latency_*`.
+
+With `--crypto-store database` the bot keeps its crypto store in PostgreSQL (issue 26, as a
+high-availability pair does) and its own tables there too: the figures are
+`relay_dbstore_latency_*`, beside the SQLite run's `relay_latency_*`, each with the direct
+path of its own run as the baseline of its ratio. It needs a server: `--database-url` or
+LIAISON_TEST_DATABASE_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test); the run
+works in a schema of its own there, dropped afterwards. `--database-url` with the folder
+store measures PostgreSQL for the bot's tables alone: `relay_pg_latency_*`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
+import os
+import secrets
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
 from bench.common import RESULTS, percentile, record
 from bot.devtools.scenario import RELEASABLE, relay_scenario
+from bot.matrix.dbstore import crypto_schema
+
+PG_ENV = "LIAISON_TEST_DATABASE_URL"
 
 
-async def measure(n: int, federated: bool = False) -> dict[str, float]:
-    async with relay_scenario(federated=federated) as sc:
+@contextlib.contextmanager
+def bench_schema(base_url: str) -> Iterator[str]:
+    """A database URL whose search_path is a new schema on `base_url`'s server; it and the
+    crypto store's schema beside it are dropped afterwards."""
+    schema = f"bench_{secrets.token_hex(6)}"
+    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"})
+        try:
+            yield url.render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP SCHEMA IF EXISTS "{crypto_schema(schema)}" CASCADE'))
+                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
+async def measure(
+    n: int,
+    federated: bool = False,
+    database_url: str = "sqlite:///bot.db",
+    crypto_store: str = "crypto",
+    suffix: str = "",
+) -> dict[str, float]:
+    async with relay_scenario(
+        federated=federated, database_url=database_url, crypto_store=crypto_store
+    ) as sc:
         officer_c, member_c, deu, nato_s = sc.officer, sc.member, sc.deu, sc.nato_s
         await sc.warm_up()
         direct: list[float] = []
@@ -41,49 +88,73 @@ async def measure(n: int, federated: bool = False) -> dict[str, float]:
             await member_c.wait_for_text(nato_s, f"relay-{i}-", timeout=60, after=mark)
             relay.append(time.perf_counter() - began)
     p50_direct, p50_relay = statistics.median(direct), statistics.median(relay)
-    if federated:
-        return {
-            "relay_federated_latency_p50_s": round(p50_relay, 4),
-            "relay_federated_latency_p95_s": round(percentile(relay, 0.95), 4),
-            "direct_federated_latency_p50_s": round(p50_direct, 4),
-            "direct_federated_latency_p95_s": round(percentile(direct, 0.95), 4),
-            "relay_federated_latency_ratio": round(p50_relay / (2 * p50_direct), 3),
-            "relay_federated_latency_samples": n,
-        }
     return {
-        "relay_latency_p50_s": round(p50_relay, 4),
-        "relay_latency_p95_s": round(percentile(relay, 0.95), 4),
-        "direct_latency_p50_s": round(p50_direct, 4),
-        "direct_latency_p95_s": round(percentile(direct, 0.95), 4),
-        "relay_latency_ratio": round(p50_relay / (2 * p50_direct), 3),
-        "relay_latency_samples": n,
+        f"relay{suffix}_latency_p50_s": round(p50_relay, 4),
+        f"relay{suffix}_latency_p95_s": round(percentile(relay, 0.95), 4),
+        f"direct{suffix}_latency_p50_s": round(p50_direct, 4),
+        f"direct{suffix}_latency_p95_s": round(percentile(direct, 0.95), 4),
+        f"relay{suffix}_latency_ratio": round(p50_relay / (2 * p50_direct), 3),
+        f"relay{suffix}_latency_samples": n,
     }
 
 
 def main() -> None:
-    args = [a for a in sys.argv[1:] if a != "--federated"]
-    n = int(args[0]) if args else 100
-    if "--federated" in sys.argv[1:]:
-        figures = record(asyncio.run(measure(n, federated=True)), "relay_federated_machine")
-        print(f"machine: {figures['relay_federated_machine']}")
-        for name, key in (("relay ", "relay_federated"), ("direct", "direct_federated")):
-            p50 = figures[f"{key}_latency_p50_s"] * 1000
-            p95 = figures[f"{key}_latency_p95_s"] * 1000
-            print(f"{name} across federation, decrypted: p50 {p50:.0f} ms, p95 {p95:.0f} ms")
-        print(f"relay_federated_latency_ratio = {figures['relay_federated_latency_ratio']}")
-        print(f"written to {RESULTS}")
-        return
-    figures = record(asyncio.run(measure(n)), "relay_latency_machine")
-    print(f"machine: {figures['relay_latency_machine']}")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("n", nargs="?", type=int, default=100, help="messages each way")
+    parser.add_argument("--federated", action="store_true", help="the member on a 2nd server")
+    parser.add_argument(
+        "--crypto-store",
+        choices=["folder", "database"],
+        default="folder",
+        help='the bot\'s crypto store: a folder (SQLite) or "database" (PostgreSQL)',
+    )
+    parser.add_argument(
+        "--database-url",
+        help=f"PostgreSQL server for the bot (default with --crypto-store database: ${PG_ENV})",
+    )
+    args = parser.parse_args()
+    base_url = args.database_url
+    if args.crypto_store == "database" and not base_url:
+        base_url = os.environ.get(PG_ENV)
+        if not base_url:
+            parser.error(
+                f"--crypto-store database needs PostgreSQL: give --database-url or set {PG_ENV} "
+                "(e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test)"
+            )
+    suffix = "_federated" if args.federated else ""
+    if args.crypto_store == "database":
+        suffix += "_dbstore"
+    elif base_url:
+        suffix += "_pg"
+    with contextlib.ExitStack() as stack:
+        database_url = stack.enter_context(bench_schema(base_url)) if base_url else None
+        crypto_store = "database" if args.crypto_store == "database" else "crypto"
+        figures = asyncio.run(
+            measure(
+                args.n,
+                federated=args.federated,
+                database_url=database_url or "sqlite:///bot.db",
+                crypto_store=crypto_store,
+                suffix=suffix,
+            )
+        )
+    # The machine keys as they were: relay_latency_machine and relay_federated_machine.
+    machine_key = f"relay{suffix}_machine" if suffix else "relay_latency_machine"
+    figures = record(figures, machine_key)
+    where = f"; bot database {make_url(database_url).render_as_string()}" if database_url else ""
+    print(f"machine: {figures[machine_key]}{where}, crypto store: {args.crypto_store}")
+    across = " across federation" if args.federated else ""
     for name, key in (
         ("relay  (officer → bot → member)", "relay"),
         ("direct (officer → member)", "direct"),
     ):
-        p50, p95 = figures[f"{key}_latency_p50_s"] * 1000, figures[f"{key}_latency_p95_s"] * 1000
-        print(f"{name}, decrypted: p50 {p50:.0f} ms, p95 {p95:.0f} ms")
+        p50 = figures[f"{key}{suffix}_latency_p50_s"] * 1000
+        p95 = figures[f"{key}{suffix}_latency_p95_s"] * 1000
+        print(f"{name}{across}, decrypted: p50 {p50:.0f} ms, p95 {p95:.0f} ms")
+    ratio = f"relay{suffix}_latency_ratio"
     print(
-        f"relay_latency_ratio = p50 relay / (2 × p50 direct) = {figures['relay_latency_ratio']} "
-        f"(goal ≤ 1.25) over {n} messages each"
+        f"{ratio} = p50 relay / (2 × p50 direct) = {figures[ratio]} (goal ≤ 1.25) "
+        f"over {args.n} messages each"
     )
     print(f"written to {RESULTS}")
 

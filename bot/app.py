@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Mapping
 
 from bot.config import Config
 from bot.ha import SendGate
@@ -65,10 +66,16 @@ class LiaisonBot:
     metrics_port: int | None = None  # the port [metrics] bind holds once started
 
     def __init__(
-        self, config: Config, store: Store, secrets: Secrets, gate: SendGate | None = None
+        self,
+        config: Config,
+        store: Store,
+        secrets: Secrets,
+        gate: SendGate | None = None,
+        connect_params: Callable[[], Mapping[str, str]] | None = None,
     ) -> None:
         self.config = config
         self.gate = gate or SendGate.open_always()  # shut for a node that lost its lease
+        self.connect_params = connect_params  # a node's epoch, for the crypto store's sessions
         self.store = store
         self.secrets = secrets
         self.registry = build_registry()
@@ -98,7 +105,9 @@ class LiaisonBot:
         if self.store.audit_key is None:  # every row the bot writes is keyed
             self.store.audit_key = audit_key_from(self.secrets.data_key)
         await in_thread(self.store.key_audit_log)
-        self.gateway = await login(self.config, self.secrets, self.store, self.gate)
+        self.gateway = await login(
+            self.config, self.secrets, self.store, self.gate, connect_params=self.connect_params
+        )
         self._exit.push_async_callback(self.gateway.close)  # its client then, reloaded or not
         keys_api = await cross_sign(self.gateway, self.config, self.secrets, self.store, self.gate)
         self._exit.push_async_callback(keys_api.close)

@@ -132,8 +132,14 @@ class HomeserverConfig(_Section):
         return self
 
 
+# `storage.crypto_store` set to this keeps nio's crypto store in the (PostgreSQL) database
+# instead of a folder: both processes of a high-availability pair need the same one.
+CRYPTO_STORE_DATABASE = "database"
+
+
 class StorageConfig(_Section):
     database_url: str = "sqlite:///data/liaison.db"
+    # A folder (relative to the config's), or CRYPTO_STORE_DATABASE.
     crypto_store: str = "data/crypto"
     data_key_env: EnvName = "LIAISON_DATA_KEY"
 
@@ -151,6 +157,22 @@ class StorageConfig(_Section):
             )
         if url.password:
             raise ValueError("database_url must not hold a password: use a .pgpass file")
+        return value
+
+    @field_validator("crypto_store")
+    @classmethod
+    def _crypto_store(cls, value: str, info: ValidationInfo) -> str:
+        """The database store is PostgreSQL's only (bot/matrix/dbstore.py): on SQLite the
+        folder store does the same job, and a pair of bots cannot share a SQLite file."""
+        if value != CRYPTO_STORE_DATABASE or "database_url" not in info.data:
+            return value  # a bad database_url is reported on its own
+        backend = make_url(info.data["database_url"]).get_backend_name()
+        if backend != "postgresql":
+            raise ValueError(
+                f'"{CRYPTO_STORE_DATABASE}" keeps the crypto store in the database, which '
+                f"needs PostgreSQL: database_url is {backend} (use a folder, e.g. "
+                '"data/crypto", or a postgresql+psycopg:// database_url)'
+            )
         return value
 
 
@@ -457,7 +479,15 @@ class Config(_Section):
             return None
         return (self._base_dir / self.bot.schemes_file.strip()).resolve()
 
+    @property
+    def crypto_store_in_database(self) -> bool:
+        """`storage.crypto_store = "database"`: nio's crypto store lives in the database."""
+        return self.storage.crypto_store == CRYPTO_STORE_DATABASE
+
     def crypto_store_path(self) -> Path:
+        """The crypto store's folder (relative paths are from the config's folder)."""
+        if self.crypto_store_in_database:
+            raise ValueError("the crypto store is in the database: it has no folder")
         return self._base_dir / self.storage.crypto_store
 
     def secret_variables(self) -> dict[str, str]:

@@ -42,7 +42,10 @@ async def run_bot(
         await asyncio.to_thread(upgrade, url)
     node = HaNode(config) if config.ha.enabled else None
     store = Store.from_url(url, connect_params=node.connect_params if node else None)
-    bot = LiaisonBot(config, store, secrets, node.gate if node else None)
+    if node is None:
+        bot = LiaisonBot(config, store, secrets)
+    else:
+        bot = LiaisonBot(config, store, secrets, node.gate, node.connect_params)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, bot.request_stop)

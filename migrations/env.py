@@ -17,6 +17,9 @@ MIGRATE_LOCK = 0x6C6961697300  # "liais": one advisory lock key for schema upgra
 
 
 def _configure(connection: object) -> None:
+    # include_schemas stays off: autogenerate and compare_metadata look at the bot's own
+    # schema only, so the crypto store's (revision 0014: nio's tables, made by hand, not
+    # models) is never taken for tables to drop.
     context.configure(
         connection=connection,
         target_metadata=target_metadata,

@@ -58,6 +58,7 @@ async def bot_env_on(
         device_trust=getattr(request.module, "BOT_DEVICE_TRUST", "cross-signed"),
         database_url=database,
         sweep_interval=getattr(request.module, "BOT_SWEEP_INTERVAL", "2s"),
+        crypto_store=getattr(request.module, "BOT_CRYPTO_STORE", "crypto"),
     )
     env = BotEnv(
         server,
@@ -87,7 +88,8 @@ async def bot_env(
     them (ROOMS). A module sets BOT_ROOMS to manage others (botenv.rooms_config builds them),
     BOT_EXTRA_CONFIG to add sections, BOT_DEVICE_TRUST = "tofu" to change policy,
     BOT_EXTRA_BOT to add lines to the [bot] section, BOT_SWEEP_INTERVAL to sweep other than
-    every 2 s.
+    every 2 s, BOT_CRYPTO_STORE = "database" to keep the crypto store in the database (with
+    BOT_DATABASE = "postgresql").
 
     The module's tests share it, in whatever order they run, so none may leave it changed
     for the next: a test that stops and starts it again on the same database and crypto
@@ -437,10 +439,12 @@ async def process_scenario(
     make_user: MakeUser,
     make_client: MakeClient,
     database_url: str = "sqlite:///bot.db",
+    crypto_store: str = "crypto",
     **first_env: str,
 ) -> AsyncIterator[ProcessScenario]:
     """Register the people, grant clearances offline, start the bot process (with
-    `first_env` for its first run), invite and join everyone."""
+    `first_env` for its first run), invite and join everyone. `crypto_store` as in the
+    config: a folder, or "database" (with a PostgreSQL `database_url`)."""
     import os
 
     from bot.services.register import ClearanceRegister
@@ -456,6 +460,7 @@ async def process_scenario(
         ROOMS,
         database_url=database_url,
         data_key="process-data-key-0123456789abcdef",
+        crypto_store=crypto_store,
     )
     config = load_config(config_path)
     await asyncio.to_thread(upgrade, config.database_url())

@@ -38,7 +38,8 @@ SKIP_REASON = _reason()
 
 @contextmanager
 def fresh_schema() -> Iterator[str]:
-    """A database URL whose search_path is a new, empty schema; dropped afterwards."""
+    """A database URL whose search_path is a new, empty schema; dropped afterwards, with
+    the crypto store's schema that migrating it makes beside it (revision 0014)."""
     if SKIP_REASON is not None:
         pytest.skip(SKIP_REASON)
     base = os.environ[PG_ENV]
@@ -51,5 +52,6 @@ def fresh_schema() -> Iterator[str]:
         yield url.render_as_string(hide_password=False)
     finally:
         with admin.connect() as conn:
+            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}_nio_crypto" CASCADE'))
             conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
         admin.dispose()

@@ -259,6 +259,17 @@ def test_check_config_lists_every_error_and_exits_2(tmp_path: Path) -> None:
     assert "error: routes[0].to[0]: no room with key 'nato-x'" in result.stderr
 
 
+def test_check_config_refuses_the_database_crypto_store_on_sqlite(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        EXAMPLE.read_text().replace('crypto_store = "data/crypto"', 'crypto_store = "database"')
+    )
+    result = cli("check-config", "--config", str(bad))
+    assert result.exit_code == 2
+    assert "error: storage.crypto_store: " in result.stderr
+    assert "needs PostgreSQL" in result.stderr
+
+
 def test_check_config_missing_file_exits_2(tmp_path: Path) -> None:
     result = cli("check-config", "--config", str(tmp_path / "missing.toml"))
     assert result.exit_code == 2

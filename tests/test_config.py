@@ -130,6 +130,11 @@ cron = "0 6 * *"
         ),
         ('[storage]\ndatabase_url = "postgresql://u:pw@h/db"', "must not hold a password"),
         (
+            '[storage]\ncrypto_store = "database"',
+            'storage.crypto_store: "database" keeps the crypto store in the database, which '
+            "needs PostgreSQL: database_url is sqlite",
+        ),
+        (
             '[storage]\ndata_key = "abc"',
             "storage.data_key: secrets are not read from the config file",
         ),
@@ -181,6 +186,27 @@ cron = "0 6 * *"
 def test_bad_values_name_their_key(snippet: str, message: str) -> None:
     errors = errors_of(MINIMAL + snippet)
     assert any(message in e for e in errors), errors
+
+
+def test_the_crypto_store_is_a_folder_or_the_postgresql_database() -> None:
+    """`crypto_store = "database"` (a high-availability pair shares it) needs PostgreSQL;
+    anything else is a folder, relative to the config's, as before."""
+    folder = parse_config(MINIMAL)
+    assert not folder.crypto_store_in_database
+    assert folder.crypto_store_path().name == "crypto"
+    database = parse_config(
+        MINIMAL
+        + '[storage]\ndatabase_url = "postgresql+psycopg://liaison@db:5432/liaison"\n'
+        + 'crypto_store = "database"\n'
+    )
+    assert database.crypto_store_in_database
+    with pytest.raises(ValueError, match="no folder"):
+        database.crypto_store_path()
+    # A bad database_url is its own error, not also the crypto store's.
+    errors = errors_of(
+        MINIMAL + '[storage]\ndatabase_url = "mysql://x/y"\ncrypto_store = "database"'
+    )
+    assert [e.split(":")[0] for e in errors] == ["storage.database_url"]
 
 
 def test_credentials_are_required() -> None:

@@ -16,7 +16,7 @@ from sqlalchemy.exc import DBAPIError
 
 from bot.config import ConfigError, parse_config
 from bot.ha import EXIT_LEASE_LOST, Fenced, HaNode, Role, SendGate
-from bot.storage import Base, HaLeaderRow, Store
+from bot.storage import HaLeaderRow, Store
 from bot.storage.lease import LeaseState, LeaseStore, Takeover, work_name
 from bot.storage.migrate import upgrade
 from bot.storage.models import with_options
@@ -194,31 +194,41 @@ def test_a_temporary_table_cannot_stand_in_for_the_lease(
 
 
 def test_every_table_but_the_lease_is_fenced(pg_url: str) -> None:
+    """Every table of the bot's and of the crypto store's (its own schema) carries both
+    fences; ha_leader none. A later revision adding a table without them fails here."""
     engine = create_engine(pg_url)
-    with engine.connect() as conn:
-        fenced = set(
-            conn.execute(
+
+    def tables(query: str) -> set[tuple[str, str]]:
+        with engine.connect() as conn:
+            found = conn.execute(
                 text(
-                    "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                    "WHERE t.tgname = 'liaison_fence' AND c.relnamespace = "
-                    "current_schema()::regnamespace"
+                    "SELECT n.nspname, c.relname FROM pg_class c "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE c.relkind = 'r' AND n.nspname IN "
+                    "(current_schema(), current_schema() || '_nio_crypto') " + query
                 )
-            ).scalars()
+            ).all()
+        return {(str(schema), str(name)) for schema, name in found}
+
+    def with_trigger(name: str, deferred: bool) -> set[tuple[str, str]]:
+        return tables(
+            "AND EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = c.oid AND "
+            f"t.tgname = '{name}'"
+            + (" AND t.tgdeferrable AND t.tginitdeferred)" if deferred else ")")
         )
-    assert set(Base.metadata.tables) - {"ha_leader"} <= fenced
-    assert "ha_leader" not in fenced
-    with engine.connect() as conn:
-        at_commit = set(
-            conn.execute(
-                text(
-                    "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
-                    "WHERE t.tgname = 'liaison_fence_commit' AND t.tgdeferrable AND "
-                    "t.tginitdeferred AND c.relnamespace = current_schema()::regnamespace"
-                )
-            ).scalars()
+
+    try:
+        every = tables("")
+        statement, commit = (
+            with_trigger("liaison_fence", False),
+            with_trigger("liaison_fence_commit", True),
         )
-    engine.dispose()
-    assert at_commit == fenced
+    finally:
+        engine.dispose()
+    crypto = {t for s, t in every if s.endswith("_nio_crypto")}
+    assert {"accounts", "olmsessions", "megolminboundsessions"} <= crypto
+    unfenced = {t for _, t in every - statement} | {t for _, t in every - commit}
+    assert unfenced == {"ha_leader", "alembic_version"}
 
 
 # ---------------------------------------------------------------- the send gate
@@ -291,7 +301,7 @@ def test_inconsistent_ha_settings_are_refused_with_the_key(extra: str, error: st
 @pytest.mark.parametrize(
     ("storage", "error"),
     [
-        ('database_url = "sqlite:///x.db"\ncrypto_store = "database"', "PostgreSQL"),
+        ('database_url = "sqlite:///x.db"\ncrypto_store = "data/crypto"', "PostgreSQL"),
         ('database_url = "postgresql+psycopg://bot@db/l"', 'crypto_store = "database"'),
     ],
 )

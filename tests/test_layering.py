@@ -137,15 +137,24 @@ def runtime_modules() -> list[Path]:
     ]
 
 
-def test_only_the_matrix_edge_imports_nio() -> None:
+@pytest.mark.parametrize(
+    "library",
+    [
+        ("nio",),
+        # nio's database layer, for the crypto store in PostgreSQL (bot/matrix/dbstore.py):
+        # the rest of the bot reads and writes its database through SQLAlchemy only.
+        ("peewee", "playhouse"),
+    ],
+)
+def test_only_the_matrix_edge_imports_nio(library: tuple[str, ...]) -> None:
     importers = sorted(
         str(path.relative_to(ROOT))
         for path in runtime_modules()
-        if any(m == "nio" or m.startswith("nio.") for m in imported_modules(path))
+        if any(m.split(".")[0] in library for m in imported_modules(path))
     )
     assert importers, "the check found no importer at all: it would pass for any tree"
     outside = [p for p in importers if not p.startswith("bot/matrix/")]
-    assert not outside, f"nio imported outside bot/matrix/: {outside}"
+    assert not outside, f"{library[0]} imported outside bot/matrix/: {outside}"
 
 
 def test_no_service_or_edge_module_imports_the_composition_root() -> None:

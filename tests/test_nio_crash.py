@@ -9,6 +9,9 @@
   still received (the message is read), since the client is reloaded from its store and
   syncs again from the stored token.
 
+Items 12 and 13 run with each crypto store: the folder (SQLite) and the PostgreSQL database
+(`crypto_store = "database"`, bot/matrix/dbstore.py), whose transactions must hold the same.
+
 The process crashes come from a `sitecustomize` written into the test's own folder and put on
 the bot process's PYTHONPATH (as tests/crashpoints does): the bot's code holds no hooks.
 """
@@ -16,10 +19,12 @@ the bot process's PYTHONPATH (as tests/crashpoints does): the bot's code holds n
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +44,7 @@ from tests.bot_harness import (
     write_config,
 )
 from tests.matrix_harness import MakeClient, MakeUser
+from tests.pg import fresh_schema
 
 CRASH_EXIT = 70
 
@@ -100,48 +106,81 @@ def _hooks(tmp_path: Path, point: str, armed: Path | None = None) -> dict[str, s
     return env
 
 
+@contextlib.contextmanager
+def _storage(crypto_store: str) -> Iterator[tuple[str, str]]:
+    """(database_url, crypto_store) for the config: SQLite and the folder store, or a fresh
+    PostgreSQL schema holding the crypto store too (skipped without a server)."""
+    if crypto_store == "folder":
+        yield "sqlite:///bot.db", "crypto"
+        return
+    with fresh_schema() as url:
+        yield url, "database"
+
+
+STORES = pytest.mark.parametrize("crypto_store", ["folder", "database"])
+
+
+@STORES
 async def test_a_crash_after_the_key_upload_loses_no_one_time_key(
-    tmp_path: Path, synapse: DevServer, make_user: MakeUser, make_client: MakeClient
+    tmp_path: Path,
+    synapse: DevServer,
+    make_user: MakeUser,
+    make_client: MakeClient,
+    crypto_store: str,
 ) -> None:
     """The first start dies the moment the homeserver has taken the bot's one-time keys.
     Before the fix nio had not saved them: the restarted account made other keys under the
     same ids, every upload failed ("already exists"), and a device that claimed one of the
     keys on the server could not open an Olm session with the bot."""
-    bot_user, admin = make_user("liaison"), make_user("admin")
-    config_path = tmp_path / "config.toml"
-    data_key = "process-data-key-0123456789abcdef"
-    write_config(
-        config_path, synapse, bot_user, admin.user_id, admin.user_id, ROOMS, data_key=data_key
-    )
-    config = load_config(config_path)
-    await asyncio.to_thread(upgrade, config.database_url())
-    store = Store.from_url(config.database_url(), audit_key_from(data_key))
-    env = {
-        **os.environ,
-        "LIAISON_TEST_PASSWORD": bot_user.password,
-        "LIAISON_TEST_PICKLE_KEY": "process-pickle-key-0123456789abcdef",
-        "LIAISON_TEST_DATA_KEY": data_key,
-    }
-    bot = ProcessScenario(config_path, env, tmp_path / "bot.log", store)
-    try:
-        bot.start(**_hooks(tmp_path, "after-keys-upload"))
-        assert await asyncio.to_thread(bot.proc.wait, 60) == CRASH_EXIT, bot.log.read_text()
-        assert store.bot_session() is not None  # the device is kept: the restart reuses it
-        bot.start()
-        await bot.wait_for_log("first sync after")
-        # A device that has never talked to the bot claims one of its one-time keys.
-        person = await make_client(admin)
-        dm = await open_dm(person, bot_user.user_id)
-        await talk(person, dm, "!whoami", "Roles: admin", timeout=45)
-        log = bot.log.read_text(errors="replace")
-        assert "one-time keys not uploaded" not in log, log[-3000:]
-    finally:
-        await bot.stop()
-        store.close()
+    with _storage(crypto_store) as (database_url, store_setting):
+        bot_user, admin = make_user("liaison"), make_user("admin")
+        config_path = tmp_path / "config.toml"
+        data_key = "process-data-key-0123456789abcdef"
+        write_config(
+            config_path,
+            synapse,
+            bot_user,
+            admin.user_id,
+            admin.user_id,
+            ROOMS,
+            data_key=data_key,
+            database_url=database_url,
+            crypto_store=store_setting,
+        )
+        config = load_config(config_path)
+        await asyncio.to_thread(upgrade, config.database_url())
+        store = Store.from_url(config.database_url(), audit_key_from(data_key))
+        env = {
+            **os.environ,
+            "LIAISON_TEST_PASSWORD": bot_user.password,
+            "LIAISON_TEST_PICKLE_KEY": "process-pickle-key-0123456789abcdef",
+            "LIAISON_TEST_DATA_KEY": data_key,
+        }
+        bot = ProcessScenario(config_path, env, tmp_path / "bot.log", store)
+        try:
+            bot.start(**_hooks(tmp_path, "after-keys-upload"))
+            assert await asyncio.to_thread(bot.proc.wait, 60) == CRASH_EXIT, bot.log.read_text()
+            assert store.bot_session() is not None  # the device is kept: the restart reuses it
+            bot.start()
+            await bot.wait_for_log("first sync after")
+            # A device that has never talked to the bot claims one of its one-time keys.
+            person = await make_client(admin)
+            dm = await open_dm(person, bot_user.user_id)
+            await talk(person, dm, "!whoami", "Roles: admin", timeout=45)
+            log = bot.log.read_text(errors="replace")
+            assert "one-time keys not uploaded" not in log, log[-3000:]
+        finally:
+            await bot.stop()
+            store.close()
 
 
+@STORES
 async def test_a_crash_inside_a_pre_key_message_loses_no_room_key(
-    tmp_path: Path, synapse: DevServer, make_user: MakeUser, make_client: MakeClient
+    tmp_path: Path,
+    synapse: DevServer,
+    make_user: MakeUser,
+    make_client: MakeClient,
+    crypto_store: str,
 ) -> None:
     """The officer's first message into `deu` brings the bot a new Olm session and a room
     key in one pre-key message; the bot process dies between writing the session and the
@@ -149,17 +188,24 @@ async def test_a_crash_inside_a_pre_key_message_loses_no_room_key(
     already committed: the message that is delivered again after the restart no longer
     decrypts, and the room key is lost. Now nothing of it is committed, and it is read."""
     armed = tmp_path / "armed"
-    async with process_scenario(
-        tmp_path, synapse, make_user, make_client, **_hooks(tmp_path, "before-room-key", armed)
-    ) as s:
-        armed.touch()  # set-up done: the next room key kills the process
-        phrase = f"room-key-{secrets.token_hex(4)}"
-        await s.officer.send_text(s.deu, f"[GEHEIM // REL TO NATO] {phrase}")
-        assert await asyncio.to_thread(s.proc.wait, 60) == CRASH_EXIT, s.log.read_text()
-        armed.unlink()
-        s.start()  # no crash point now
-        await s.wait_for_log("reusing device")
-        await s.member.wait_for_text(s.nato_s, phrase, timeout=60)
+    with _storage(crypto_store) as (database_url, store_setting):
+        async with process_scenario(
+            tmp_path,
+            synapse,
+            make_user,
+            make_client,
+            database_url,
+            store_setting,
+            **_hooks(tmp_path, "before-room-key", armed),
+        ) as s:
+            armed.touch()  # set-up done: the next room key kills the process
+            phrase = f"room-key-{secrets.token_hex(4)}"
+            await s.officer.send_text(s.deu, f"[GEHEIM // REL TO NATO] {phrase}")
+            assert await asyncio.to_thread(s.proc.wait, 60) == CRASH_EXIT, s.log.read_text()
+            armed.unlink()
+            s.start()  # no crash point now
+            await s.wait_for_log("reusing device")
+            await s.member.wait_for_text(s.nato_s, phrase, timeout=60)
 
 
 async def test_an_exception_inside_nio_loses_no_room_key(

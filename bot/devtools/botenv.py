@@ -85,7 +85,8 @@ def write_config(
     crypto_store: str = "crypto",
 ) -> None:
     """Write a test bot's config and register it with the homeserver gate, which verifies
-    its rows with the public key of `data_key` (the bot's data key; SECRETS' by default)."""
+    its rows with the public key of `data_key` (the bot's data key; SECRETS' by default).
+    `crypto_store`: a folder beside the config, or "database" (PostgreSQL only)."""
     path.write_text(
         textwrap.dedent(
             f"""

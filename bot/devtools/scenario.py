@@ -56,11 +56,18 @@ def federated_rooms(national: DevServer, nato: DevServer) -> str:
 
 
 @asynccontextmanager
-async def relay_scenario(*, federated: bool = False) -> AsyncIterator[RelayScenario]:
+async def relay_scenario(
+    *,
+    federated: bool = False,
+    database_url: str = "sqlite:///bot.db",
+    crypto_store: str = "crypto",
+) -> AsyncIterator[RelayScenario]:
     """The homeserver, the bot, the people, their clearances and rooms; torn down on exit.
 
     `federated`: two homeservers federating over TLS on loopback (bot.devtools.testca): the
-    bot, the admin and the officer on the national one, the NATO member on NATO's."""
+    bot, the admin and the officer on the national one, the NATO member on NATO's.
+    `database_url` and `crypto_store`: the bot's storage, as in its config (a relative
+    SQLite path is in the scenario's throwaway folder; "database" needs PostgreSQL)."""
     with contextlib.ExitStack() as stack:
         work = Path(stack.enter_context(tempfile.TemporaryDirectory()))
         ca = TestCA.create(work / "ca") if federated else None
@@ -75,7 +82,16 @@ async def relay_scenario(*, federated: bool = False) -> AsyncIterator[RelayScena
         officer = server.register("officer", "pw-officer")
         member = remote.register("member", "pw-member")
         rooms = federated_rooms(server, remote) if federated else ROOMS
-        write_config(work / "config.toml", server, bot_user, admin.user_id, officer.user_id, rooms)
+        write_config(
+            work / "config.toml",
+            server,
+            bot_user,
+            admin.user_id,
+            officer.user_id,
+            rooms,
+            database_url=database_url,
+            crypto_store=crypto_store,
+        )
         env = BotEnv(server, work, bot_user, admin, officer, work / "config.toml")
         await env.start()
         identities: dict[str, Any] = {}

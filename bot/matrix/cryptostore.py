@@ -19,7 +19,9 @@ nio 0.26 keeps the Olm account, the Olm sessions and the room keys in a SQLite f
 `CryptoClient` closes each gap: the store's files are private, the account is saved before
 its keys leave, each to-device event is handled in one transaction, and an exception
 inside nio's processing of a sync is raised as `ClientStateLost`, after which the caller
-drops this client and builds another from the store (`bot/matrix/sync.py`).
+drops this client and builds another from the store (`bot/matrix/sync.py`). The same holds
+with the crypto store in PostgreSQL (`bot/matrix/dbstore.py`): its `database.atomic()` is a
+PostgreSQL transaction, and the account is saved there before the upload just the same.
 """
 
 from __future__ import annotations

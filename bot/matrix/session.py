@@ -3,38 +3,70 @@ store and reused; a password login happens only for a new bot or a token the ser
 rejected, and then to the same device. The bot never logs out: that would delete the
 device and its keys on the server.
 
-The client is nio's with the crash-safety fixes of `bot/matrix/cryptostore.py`, its store
-private (0600 files in a 0700 folder); the gateway gets a factory that builds the same
-client again from the store, for when nio fails in the middle of a sync.
+The client is nio's with the crash-safety fixes of `bot/matrix/cryptostore.py`; its crypto
+store is a private folder (0600 files in a 0700 folder) or, with `crypto_store =
+"database"`, the bot's PostgreSQL database (`bot/matrix/dbstore.py`), which both processes
+of a high-availability pair share. The gateway gets a factory that builds the same client
+again from the store, for when nio fails in the middle of a sync.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from nio import AsyncClientConfig, LoginResponse, WhoamiResponse
 
 from bot.config import Config
 from bot.ha import SendGate
 from bot.matrix.cryptostore import CryptoClient, PrivateStore
+from bot.matrix.dbstore import DatabaseStore
 from bot.matrix.gateway import Gateway, MatrixError, unwrap
 from bot.matrix.trust import KeysAPI, bootstrap_cross_signing, key_sealer
 from bot.startup import Secrets, StartupError
 from bot.storage import Store, in_thread
+from bot.storage.models import NOT_A_NODE
 from bot.storage.sealing import Sealer
 from commands.views import fingerprint
 
 log = logging.getLogger(__name__)
 
 
-async def login(
-    config: Config, secrets: Secrets, store: Store, gate: SendGate | None = None
-) -> Gateway:
-    hs = config.homeserver
+def crypto_store(
+    config: Config, connect_params: Callable[[], Mapping[str, str]] = dict
+) -> tuple[Any, str]:
+    """The crypto store nio's client builds (a class, or a factory called as nio calls its
+    store classes) and the store path to give the client: the database, or the folder,
+    made private here."""
+    if config.crypto_store_in_database:
+        factory = functools.partial(
+            DatabaseStore, database_url=config.database_url(), connect_params=connect_params
+        )
+        # nio loads no store for a client without a store path; this one names no folder.
+        return factory, config.storage.crypto_store
     store_dir = config.crypto_store_path()
     store_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(store_dir, 0o700)
+    return PrivateStore, str(store_dir)
+
+
+async def login(
+    config: Config,
+    secrets: Secrets,
+    store: Store,
+    gate: SendGate | None = None,
+    *,
+    connect_params: Callable[[], Mapping[str, str]] | None = None,
+) -> Gateway:
+    """Log in (or reuse the stored login); `connect_params` is added to every connection of
+    a database crypto store (the high-availability pair's epoch and node name; without
+    them, those of a process that is not a node), and `gate` shuts every request of a node
+    that lost its lease."""
+    hs = config.homeserver
+    store_class, store_path = crypto_store(config, connect_params or NOT_A_NODE.copy)
     client_config = AsyncClientConfig(
         encryption_enabled=True,
         store_sync_tokens=False,  # our own token, stored after handling
@@ -43,7 +75,7 @@ async def login(
         backoff_factor=0.5,
         max_timeout_retry_wait_time=10,
         request_timeout=60,
-        store=PrivateStore,
+        store=store_class,
     )
     sealer = Sealer(secrets.pickle_key, "access-token")
     session = await in_thread(store.bot_session)
@@ -55,7 +87,7 @@ async def login(
 
     def new_client(device: str) -> CryptoClient:
         client = CryptoClient(
-            hs.url, hs.user_id, device_id=device, store_path=str(store_dir), config=client_config
+            hs.url, hs.user_id, device_id=device, store_path=store_path, config=client_config
         )
         if gate is not None:
             client.gate = gate

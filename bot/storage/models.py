@@ -480,7 +480,7 @@ def make_engine(url: str, connect_params: Callable[[], Mapping[str, str]] | None
 
 # The newest Alembic revision (migrations/versions): a start checks it with one query and
 # loads Alembic only when the database is behind. tests/test_storage.py keeps it in step.
-SCHEMA_HEAD = "0013"
+SCHEMA_HEAD = "0014"
 
 
 def schema_is_current(url: str) -> bool:
