@@ -193,6 +193,25 @@ MUTANTS: tuple[Mutant, ...] = (
         "if False:",
         ("tests/test_decisions.py::test_may_join_refusals_name_the_condition",),
     ),
+    Mutant(
+        "fenced-node-sends",
+        "a node that lost its lease sends nothing to the homeserver",
+        "bot/matrix/cryptostore.py",
+        "        self.gate.check()\n        return await super().send(*args, **kwargs)",
+        "        return await super().send(*args, **kwargs)",
+        ("tests/test_ha_gate.py::test_a_shut_gate_lets_no_request_out",),
+        slow=True,
+    ),
+    Mutant(
+        "gate-ignores-time",
+        "a paused node finds its gate shut when it resumes, before its watchdog runs",
+        "bot/ha.py",
+        "return not self._shut and self._clock() < self._until",
+        "return not self._shut",
+        (
+            "tests/test_ha_lease.py::test_the_gate_opens_only_until_the_self_fence_time_after_a_renewal",
+        ),
+    ),
 )
 
 
