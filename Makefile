@@ -49,7 +49,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py 50 5
 	$(BIN)/python bench/rooms.py 1000 100
 	$(BIN)/python bench/gate.py 100
-	LIAISON_BENCH_DATABASE_URL=$(BENCH_DATABASE_URL) $(BIN)/python bench/failover.py 5
+	$(BIN)/python bench/relay.py 100 --crypto-store database --database-url $(BENCH_DATABASE_URL)
+	$(BIN)/python bench/cryptostore.py --database-url $(BENCH_DATABASE_URL)
+	$(BIN)/python bench/failover.py 5 --database-url $(BENCH_DATABASE_URL)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -25,43 +25,19 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-
 from bench.common import RESULTS, record
+from bench.relay import bench_schema
 from bot.devtools.devserver import DevServer, RegisteredUser
 from bot.devtools.e2ee_client import E2EEClient, cross_sign
 from bot.devtools.hapair import HaPair, ha_pair
 
 MARKING = "[GEHEIM // REL TO NATO]"
 PER_ROUND = 12
-
-
-@contextmanager
-def fresh_schema(base: str) -> Iterator[str]:
-    """A URL whose search_path is a new, empty schema on `base`'s server; dropped after."""
-    schema = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield (
-            make_url(base)
-            .update_query_dict({"options": f"-csearch_path={schema}"})
-            .render_as_string(hide_password=False)
-        )
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
 
 
 async def one_round(pair: HaPair, round_no: int, tag: str) -> tuple[float, list[str]]:
@@ -161,7 +137,7 @@ def main() -> None:
     if not args.database_url:
         print("failover: skipped, no PostgreSQL: set LIAISON_BENCH_DATABASE_URL or --database-url")
         return
-    with fresh_schema(args.database_url) as url:
+    with bench_schema(args.database_url) as url:
         figures = asyncio.run(measure(args.kills, url))
     print(record(figures))
     print(f"written to {RESULTS}")
