@@ -76,7 +76,10 @@ def register(registry: Registry) -> None:
         user = values["user"] or ctx.sender
         if user != ctx.sender and Role.ADMIN not in ctx.roles:
             raise PermissionDenied(
-                "only admins may see another person's clearance", "not admin", user=user
+                "only admins may see another person's clearance",
+                "not admin",
+                code="permission.not_admin",
+                user=user,
             )
         record = await ctx.services.clearance(user)
         if record is None:

@@ -34,11 +34,13 @@ class CommandError(Exception):
 
 class PermissionDenied(CommandError):
     """The caller may not do this. Raised wherever the rule is known (a role, membership of
-    a room, whose record it is); `commands.dispatch` audits it as `command.denied`, once."""
+    a room, whose record it is); `commands.dispatch` audits it as `command.denied`, once.
+    `code` is the rule's stable machine code, the form of the reason a SIEM export carries."""
 
-    def __init__(self, message: str, reason: str, **detail: Any) -> None:
+    def __init__(self, message: str, reason: str, *, code: str, **detail: Any) -> None:
         super().__init__(message)
         self.reason = reason
+        self.code = code
         self.detail = detail
 
 

@@ -51,7 +51,7 @@ async def dispatch(
             invocation.sender,
             "command.error",
             None,
-            {"room_id": invocation.room_id, "error": exc.message},
+            {"room_id": invocation.room_id, "error": exc.message, "reason_code": "command.invalid"},
         )
         return Outcome(_error(exc), None, False)
     command = parsed.command
@@ -60,7 +60,10 @@ async def dispatch(
         if not command.allowed(roles):
             needed = " or ".join(sorted(r.value for r in command.roles))
             raise PermissionDenied(
-                f"{display}{command.name} is for {needed}s only", f"needs {needed}", needs=needed
+                f"{display}{command.name} is for {needed}s only",
+                f"needs {needed}",
+                code="permission.role_missing",
+                needs=needed,
             )
         reply = await command.handler(ctx, parsed.values)
     except PermissionDenied as exc:
@@ -68,7 +71,12 @@ async def dispatch(
             invocation.sender,
             "command.denied",
             command.name,
-            {"room_id": invocation.room_id, "reason": exc.reason, **exc.detail},
+            {
+                "room_id": invocation.room_id,
+                "reason": exc.reason,
+                "reason_code": exc.code,
+                **exc.detail,
+            },
         )
         return Outcome(_error(exc), command.name, False)
     except CommandError as exc:
@@ -76,7 +84,7 @@ async def dispatch(
             invocation.sender,
             "command.error",
             command.name,
-            {"room_id": invocation.room_id, "error": exc.message},
+            {"room_id": invocation.room_id, "error": exc.message, "reason_code": "command.failed"},
         )
         return Outcome(_error(exc), command.name, False)
     except Exception:
@@ -85,7 +93,11 @@ async def dispatch(
             invocation.sender,
             "command.error",
             command.name,
-            {"room_id": invocation.room_id, "error": "internal error"},
+            {
+                "room_id": invocation.room_id,
+                "error": "internal error",
+                "reason_code": "command.internal_error",
+            },
         )
         return Outcome(
             Reply(

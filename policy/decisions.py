@@ -7,25 +7,51 @@ Rules take everything they need as arguments (including today's date): no clock,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 
 from policy.catalogue import Level, current
 from policy.labels import Label, MarkingError, convert, releasable_set, why_no_equivalent
 
+# A reason code: dotted lower-case words (`clearance.level_too_low`). Codes are stable: a SOC
+# filters on them, so one is never renamed or reused for another condition.
+CODE = re.compile(r"[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)*")
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    """An answer with its reasons; `spillage` marks a label that does not fit its own room."""
+    """An answer with its reasons; `spillage` marks a label that does not fit its own room.
+
+    `codes` holds one short machine code per reason, in the same order: the reasons are
+    for people and name levels, caveats and audiences, which must not leave the bot in
+    clear (the SIEM export carries the code, never the text)."""
 
     allowed: bool
     reasons: tuple[str, ...]
     spillage: bool = False
+    codes: tuple[str, ...] = field(kw_only=True)
+
+    def __post_init__(self) -> None:
+        # Only the count is checked here (a decision is made per relay target and must stay
+        # cheap); the codes' form is a property the tests check over every rule.
+        if len(self.codes) != len(self.reasons):
+            raise ValueError(
+                f"a decision needs one code per reason: {len(self.reasons)} reasons, "
+                f"codes {self.codes!r}"
+            )
 
     @property
     def reason(self) -> str:
         return "; ".join(self.reasons)
+
+    @property
+    def code(self) -> str:
+        """The first reason's code: for a refusal, the first condition that failed
+        (`spillage` for a release whose label does not fit its own room); "" for a decision
+        without reasons."""
+        return self.codes[0] if self.codes else ""
 
     def __bool__(self) -> bool:
         return self.allowed
@@ -105,50 +131,63 @@ def may_join(clearance: Clearance, room: Room, today: date) -> Decision:
     """Allowed iff valid (not expired, not revoked, no grant the schemes in force read
     otherwise), nationality in the room's audience, a grant in the room's own scheme at or
     above its rank, a homeserver the room allows, and every caveat of the room."""
-    denied: list[str] = []
-    allowed: list[str] = []
+    denied = _Reasons()
+    allowed = _Reasons()
     if clearance.revoked:
-        denied.append(f"clearance of {clearance.user_id} is revoked")
-    denied.extend(clearance.unusable)
+        denied.add("clearance.revoked", f"clearance of {clearance.user_id} is revoked")
+    for why in clearance.unusable:
+        denied.add("clearance.unusable", why)
     if clearance.expires is not None and today > clearance.expires:
-        denied.append(
-            f"clearance of {clearance.user_id} expired on {clearance.expires.isoformat()}"
+        denied.add(
+            "clearance.expired",
+            f"clearance of {clearance.user_id} expired on {clearance.expires.isoformat()}",
         )
     elif clearance.expires is not None:
-        allowed.append(f"valid through {clearance.expires.isoformat()}")
+        allowed.add("clearance.valid", f"valid through {clearance.expires.isoformat()}")
     if clearance.nationality in room.audience:
-        allowed.append(f"nationality {clearance.nationality} is in the room's audience")
+        allowed.add(
+            "audience.nationality_in",
+            f"nationality {clearance.nationality} is in the room's audience",
+        )
     else:
-        denied.append(
+        denied.add(
+            "audience.nationality_outside",
             f"nationality {clearance.nationality} is not in the room's audience "
-            f"({_audience_text(room.audience)})"
+            f"({_audience_text(room.audience)})",
         )
     grant = clearance.grants.get(room.scheme)
     room_level = room.label.level
     if grant is None:
         held = ", ".join(sorted(lv.banner for lv in clearance.grants.values())) or "none"
-        denied.append(f"no {room.scheme} grant for a {room_level.banner} room (holds: {held})")
+        denied.add(
+            "clearance.no_grant_in_scheme",
+            f"no {room.scheme} grant for a {room_level.banner} room (holds: {held})",
+        )
     elif grant.rank < room.rank:
-        denied.append(f"grant {grant.banner} is below the room's {room_level.banner}")
+        denied.add(
+            "clearance.level_too_low",
+            f"grant {grant.banner} is below the room's {room_level.banner}",
+        )
     else:
-        allowed.append(f"grant {grant.banner} covers {room_level.banner}")
+        allowed.add("clearance.level_covers", f"grant {grant.banner} covers {room_level.banner}")
     if room.servers is not None:
         server = server_of(clearance.user_id)
         if server in room.servers:
-            allowed.append(f"homeserver {server} is allowed in the room")
+            allowed.add("server.allowed", f"homeserver {server} is allowed in the room")
         else:
-            denied.append(
+            denied.add(
+                "server.not_allowed",
                 f"homeserver {server or '(none)'} is not allowed in the room "
-                f"(allowed: {', '.join(sorted(room.servers))})"
+                f"(allowed: {', '.join(sorted(room.servers))})",
             )
     missing = sorted(room.caveats - clearance.caveats)
     if missing:
-        denied.append(f"not briefed for caveat {', '.join(missing)}")
+        denied.add("caveat.missing", f"not briefed for caveat {', '.join(missing)}")
     elif room.caveats:
-        allowed.append(f"briefed for {', '.join(sorted(room.caveats))}")
+        allowed.add("caveat.briefed", f"briefed for {', '.join(sorted(room.caveats))}")
     if denied:
-        return Decision(False, tuple(denied))
-    return Decision(True, tuple(allowed))
+        return denied.decision(False)
+    return allowed.decision(True)
 
 
 def may_enter(
@@ -163,11 +202,21 @@ def may_enter(
     and the homeserver gate (before it lets an invite or join through) apply. `admins` is
     given for the admin room, which only those people may enter on top of the clearance."""
     if admins is not None and user_id not in admins:
-        return Decision(False, (f"{user_id} is not an admin: this is the admin room",))
+        return Decision(
+            False,
+            (f"{user_id} is not an admin: this is the admin room",),
+            codes=("admin_room.not_admin",),
+        )
     if clearance is None:
-        return Decision(False, (f"no clearance on record for {user_id}",))
+        return Decision(
+            False, (f"no clearance on record for {user_id}",), codes=("clearance.none",)
+        )
     if clearance.user_id != user_id:
-        return Decision(False, (f"the record shown is {clearance.user_id}'s, not {user_id}'s",))
+        return Decision(
+            False,
+            (f"the record shown is {clearance.user_id}'s, not {user_id}'s",),
+            codes=("clearance.wrong_record",),
+        )
     return may_join(clearance, room, today)
 
 
@@ -176,31 +225,45 @@ def fits(label: Label, room: Room) -> Decision:
     level of the same rank: never rounded) at or below the room's rank, releasable to every
     nation of the room, caveats the room has. A level the room's scheme lacks is refused
     with the reason (`USA has no level equivalent to NATO RESTRICTED`)."""
-    denied: list[str] = []
-    allowed: list[str] = []
+    denied = _Reasons()
+    allowed = _Reasons()
     room_level = room.label.level
     equivalent = convert(label, room.scheme)
     if equivalent is None:
-        denied.append(why_no_equivalent(label, room.scheme))
+        denied.add("level.no_equivalent", why_no_equivalent(label, room.scheme))
     elif equivalent.rank > room.rank:
-        denied.append(
-            f"write-down: {_shown(label.level, equivalent)} is above the room's {room_level.banner}"
+        shown = _shown(label.level, equivalent)
+        denied.add(
+            "level.above_room", f"write-down: {shown} is above the room's {room_level.banner}"
         )
     else:
-        allowed.append(f"{_shown(label.level, equivalent)} is within {room_level.banner}")
+        allowed.add(
+            "level.within_room",
+            f"{_shown(label.level, equivalent)} is within {room_level.banner}",
+        )
     missing = room.audience - releasable_set(label)
     if missing:
-        denied.append(f"not releasable to {', '.join(sorted(missing))}")
+        denied.add(
+            "releasability.nation_missing", f"not releasable to {', '.join(sorted(missing))}"
+        )
     else:
-        allowed.append(f"releasable to the room's audience ({_audience_text(room.audience)})")
+        allowed.add(
+            "releasability.audience_covered",
+            f"releasable to the room's audience ({_audience_text(room.audience)})",
+        )
     extra = sorted(label.caveats - room.caveats)
     if extra:
-        denied.append(f"caveat {', '.join(extra)} not held by the {room_level.banner} room")
+        denied.add(
+            "caveat.not_held_by_room",
+            f"caveat {', '.join(extra)} not held by the {room_level.banner} room",
+        )
     elif label.caveats:
-        allowed.append(f"caveats {', '.join(sorted(label.caveats))} held by the room")
+        allowed.add(
+            "caveat.held_by_room", f"caveats {', '.join(sorted(label.caveats))} held by the room"
+        )
     if denied:
-        return Decision(False, tuple(denied))
-    return Decision(True, tuple(allowed))
+        return denied.decision(False)
+    return allowed.decision(True)
 
 
 def level_fits(levels: Sequence[Level], room: Room) -> Decision:
@@ -211,16 +274,21 @@ def level_fits(levels: Sequence[Level], room: Room) -> Decision:
     it, or when no level can be read at all (then nothing is known to spill; the message is
     refused as malformed)."""
     if not levels:
-        return Decision(True, ("no level can be read: not judged on it",))
+        return Decision(
+            True, ("no level can be read: not judged on it",), codes=("label.unreadable",)
+        )
     above = [level.banner for level in levels if level.rank > room.rank]
     if above:
         return Decision(
             False,
             (f"write-down: {' or '.join(above)}, above the room's {room.label.level.banner}",),
             spillage=True,
+            codes=("level.above_room",),
         )
     shown = " or ".join(level.banner for level in levels)
-    return Decision(True, (f"{shown} within {room.label.level.banner}",))
+    return Decision(
+        True, (f"{shown} within {room.label.level.banner}",), codes=("level.within_room",)
+    )
 
 
 def may_release(label: Label, source: Room, target: Room) -> Decision:
@@ -229,7 +297,7 @@ def may_release(label: Label, source: Room, target: Room) -> Decision:
     own = fits(label, source)
     if not own.allowed:
         head = f"spillage: {label.banner} does not fit its own room ({source.label.banner})"
-        return Decision(False, (head, *own.reasons), spillage=True)
+        return Decision(False, (head, *own.reasons), spillage=True, codes=("spillage", *own.codes))
     return fits(label, target)
 
 
@@ -260,6 +328,26 @@ def dominant_label(
     reference = target.audience if audience is None else audience
     rel_to = catalogue.fold_audience(common) if not reference <= common else frozenset()
     return Label(level, caveats, rel_to)
+
+
+class _Reasons:
+    """Reasons collected with their codes, in the order the conditions were checked."""
+
+    __slots__ = ("codes", "texts")
+
+    def __init__(self) -> None:
+        self.codes: list[str] = []
+        self.texts: list[str] = []
+
+    def add(self, code: str, text: str) -> None:
+        self.codes.append(code)
+        self.texts.append(text)
+
+    def __bool__(self) -> bool:
+        return bool(self.texts)
+
+    def decision(self, allowed: bool) -> Decision:
+        return Decision(allowed, tuple(self.texts), codes=tuple(self.codes))
 
 
 def _shown(level: Level, equivalent: Level) -> str:

@@ -146,9 +146,13 @@ class FakeServices(Services):
 
     async def invite(self, actor: UserId, user_id: UserId, room_key: RoomKey) -> InviteOutcome:
         if await self.clearance(user_id) is None:
-            return InviteOutcome(Decision(False, (f"no clearance on record for {user_id}",)), False)
+            refusal = Decision(
+                False, (f"no clearance on record for {user_id}",), codes=("clearance.none",)
+            )
+            return InviteOutcome(refusal, False)
         allowed = room_key == "nato-s"
-        return InviteOutcome(Decision(allowed, (f"{user_id} <i>checked</i>",)), allowed)
+        checked = Decision(allowed, (f"{user_id} <i>checked</i>",), codes=("fake.checked",))
+        return InviteOutcome(checked, allowed)
 
     async def rooms(self) -> Sequence[RoomSummary]:
         return [RoomSummary("nato-s", "NATO <script>", "NATO SECRET", 3, 2, "!r:x")]

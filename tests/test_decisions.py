@@ -10,6 +10,7 @@ import pytest
 from policy import (
     CATALOGUE,
     Clearance,
+    Decision,
     Label,
     Level,
     MarkingError,
@@ -207,3 +208,47 @@ def test_level_fits_judges_the_level_alone() -> None:
     assert level_fits(levels_named("[NOT A LEVEL // X] x"), restricted).allowed  # unjudged
     assert levels_named("no tag at all") == ()
     assert levels_named("[unclosed") == ()
+
+
+@pytest.mark.parametrize(
+    ("person", "room_", "code"),
+    [
+        (clearance("FRA", "NATO CONFIDENTIAL"), NATO_S, "clearance.level_too_low"),
+        (clearance("DEU", "DEU STRENG GEHEIM"), NATO_S, "clearance.no_grant_in_scheme"),
+        (clearance("UKR", "NATO SECRET"), NATO_S, "audience.nationality_outside"),
+        (clearance("DEU", "NATO SECRET", revoked=True), NATO_S, "clearance.revoked"),
+        (clearance("DEU", "NATO SECRET"), room("NATO SECRET // CRYPTO"), "caveat.missing"),
+        (clearance("DEU", "NATO SECRET"), NATO_S, "audience.nationality_in"),
+    ],
+)
+def test_may_join_gives_a_code_per_reason(person: Clearance, room_: Room, code: str) -> None:
+    """The code travels where the words may not (the SIEM export): it names the condition,
+    never a level, caveat or nation."""
+    decision = may_join(person, room_, TODAY)
+    assert decision.code == code
+    assert len(decision.codes) == len(decision.reasons)
+
+
+@pytest.mark.parametrize(
+    ("marking", "source", "target", "code"),
+    [
+        ("GEHEIM // REL TO NATO", DEU_G, EU_S, "releasability.nation_missing"),
+        ("DEU GEHEIM // REL TO NATO", DEU_G, NATO_S, "level.within_room"),
+        ("NATO SECRET // CRYPTO", NATO_S, NATO_S, "spillage"),
+        ("COSMIC TOP SECRET", NATO_S, NATO_S, "spillage"),
+        ("NATO SECRET", NATO_S, room("NATO CONFIDENTIAL"), "level.above_room"),
+    ],
+)
+def test_may_release_gives_a_code_per_reason(
+    marking: str, source: Room, target: Room, code: str
+) -> None:
+    decision = may_release(parse_marking(marking, source.scheme), source, target)
+    assert decision.code == code
+    if decision.spillage:  # the head, then what failed in the own room
+        assert decision.codes[1:] == fits(parse_marking(marking, source.scheme), source).codes
+
+
+def test_a_decision_without_a_code_per_reason_is_refused() -> None:
+    with pytest.raises(ValueError, match="one code per reason"):
+        Decision(False, ("one", "two"), codes=("clearance.none",))
+    assert Decision(True, (), codes=()).code == ""

@@ -160,9 +160,15 @@ async def test_an_unknown_feed_is_answered_exactly_like_a_bad_token(
     good = await feed.post("sat", item("posted"), TOKEN)
     assert good[0] == 202 and feed.ports.stored == ["posted"]
     assert [(a[1], a[3]) for a in feed.ports.audits] == [
-        ("feed.unauthorised", {"reason": "bad or missing token"}),
-        ("feed.unauthorised", {"reason": "bad or missing token"}),
-        ("feed.unauthorised", {"reason": "no such feed"}),
+        (
+            "feed.unauthorised",
+            {"reason": "bad or missing token", "reason_code": "feed.token_invalid"},
+        ),
+        (
+            "feed.unauthorised",
+            {"reason": "bad or missing token", "reason_code": "feed.token_invalid"},
+        ),
+        ("feed.unauthorised", {"reason": "no such feed", "reason_code": "feed.unknown"}),
     ]
 
 

@@ -85,8 +85,12 @@ def harness(entitled: set[str] | None = None, **gateway: Any) -> Harness:
 
     def may_read(room_id: str, user_id: str) -> Decision:
         if room_id == ROOM and user_id in allowed:
-            return Decision(True, (f"{user_id} is cleared for the room",))
-        return Decision(False, (f"no clearance on record for {user_id}",))
+            return Decision(
+                True, (f"{user_id} is cleared for the room",), codes=("clearance.level_covers",)
+            )
+        return Decision(
+            False, (f"no clearance on record for {user_id}",), codes=("clearance.none",)
+        )
 
     async def refresh(user_id: str) -> None:
         return None

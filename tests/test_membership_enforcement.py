@@ -103,6 +103,7 @@ async def test_an_invite_made_behind_the_bots_back_is_rescinded_at_once(
         "room": "nato-s",
         "why": "invite event",  # on the event, not at a sweep
         "reason": f"no clearance on record for {outsider.user_id}",
+        "reason_code": "clearance.none",
     }
     state = await _state(env.server, insider.client.access_token, nato_s)
     member = state[("m.room.member", outsider.user_id)]
@@ -152,6 +153,7 @@ async def test_someone_who_joins_behind_the_bots_back_is_removed_at_once(
             "room": "nato-s",
             "why": "join event",
             "reason": f"no clearance on record for {joiner.user_id}",
+            "reason_code": "clearance.none",
         }
         assert nato_s not in await client.joined_rooms()
     finally:
@@ -227,7 +229,14 @@ async def test_lowering_a_rooms_label_in_the_config_is_refused(
     )
     assert row_refused == row_before
     assert [(e.subject, e.detail) for e in audit] == [
-        ("nato-s", {"room_id": nato_s, "reason": str(refused.value).removeprefix("rooms[1]: ")})
+        (
+            "nato-s",
+            {
+                "room_id": nato_s,
+                "reason": str(refused.value).removeprefix("rooms[1]: "),
+                "reason_code": "label.lowering_refused",
+            },
+        )
     ]
     await env.start()
     assert env.store is not None

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from policy import (
     CATALOGUE,
     Clearance,
+    Decision,
     Label,
     Level,
     MarkingError,
@@ -19,7 +20,9 @@ from policy import (
     convert,
     dominant_label,
     fits,
+    level_fits,
     make_room,
+    may_enter,
     may_join,
     may_release,
     parse_marking,
@@ -27,6 +30,7 @@ from policy import (
     render,
     server_of,
 )
+from policy.decisions import CODE
 
 LEVELS: list[Level] = sorted(lv for s in CATALOGUE.schemes.values() for lv in s.levels)
 CAVEATS = list(CATALOGUE.default_caveats)
@@ -342,3 +346,74 @@ def test_parse_is_total(text: str, context: str | None) -> None:
         assert str(exc)
     else:
         assert parse_marking(render(label)) == label
+
+
+# Every code the rules can give, by what it says: a SOC filters on these (they are what the
+# SIEM export carries of a reason), so a new one is added here on purpose, never by accident.
+REFUSAL_CODES = {
+    "admin_room.not_admin",
+    "audience.nationality_outside",
+    "caveat.missing",
+    "caveat.not_held_by_room",
+    "clearance.expired",
+    "clearance.level_too_low",
+    "clearance.no_grant_in_scheme",
+    "clearance.none",
+    "clearance.revoked",
+    "clearance.unusable",
+    "clearance.wrong_record",
+    "level.above_room",
+    "level.no_equivalent",
+    "releasability.nation_missing",
+    "server.not_allowed",
+    "spillage",
+}
+ALLOW_CODES = {
+    "audience.nationality_in",
+    "caveat.briefed",
+    "caveat.held_by_room",
+    "clearance.level_covers",
+    "clearance.valid",
+    "label.unreadable",
+    "level.within_room",
+    "releasability.audience_covered",
+    "server.allowed",
+}
+
+
+def _coded(decision: Decision) -> None:
+    """One well-formed code per reason, from the refusal or the allow vocabulary."""
+    assert len(decision.codes) == len(decision.reasons)
+    assert all(CODE.fullmatch(c) for c in decision.codes), decision.codes
+    assert set(decision.codes) <= (ALLOW_CODES if decision.allowed else REFUSAL_CODES)
+    assert decision.code == decision.codes[0]
+
+
+@given(labels, rooms(), rooms())
+def test_every_release_reason_has_its_code(label: Label, source: Room, target: Room) -> None:
+    decision = may_release(label, source, target)
+    _coded(decision)
+    assert (decision.code == "spillage") is decision.spillage
+    if not decision.allowed and not decision.spillage:
+        assert set(decision.codes) <= {
+            "level.above_room",
+            "level.no_equivalent",
+            "releasability.nation_missing",
+            "caveat.not_held_by_room",
+        }
+
+
+@given(clearances(), rooms(), st.dates(TODAY - timedelta(days=800), TODAY + timedelta(days=800)))
+def test_every_join_reason_has_its_code(clearance: Clearance, room: Room, today: date) -> None:
+    decision = may_join(clearance, room, today)
+    _coded(decision)
+    for user in (clearance.user_id, "@someone-else:x.example"):
+        _coded(may_enter(user, clearance, room, today, admins=frozenset({clearance.user_id})))
+    _coded(may_enter(clearance.user_id, None, room, today))
+
+
+@given(st.lists(levels, max_size=3), rooms())
+def test_every_level_only_reason_has_its_code(found: list[Level], room: Room) -> None:
+    decision = level_fits(found, room)
+    _coded(decision)
+    assert (decision.code == "level.above_room") is decision.spillage

@@ -72,10 +72,13 @@ class _PerUser:
 
 @dataclass(frozen=True)
 class KeyRequestOutcome:
-    """What was done with one request, and why (every allow has a reason, as every refusal)."""
+    """What was done with one request, and why (every allow has a reason, as every refusal);
+    `code` is the reason's stable machine code, which the audit row carries beside the words
+    (a refusal's words may name the room's levels or audience)."""
 
     answered: bool
     reason: str
+    code: str
     first_index: int | None = None
 
 
@@ -142,10 +145,12 @@ class KeyRequests:
         try:
             outcome = await self._decide_and_forward(request)
         except MatrixError as exc:
-            outcome = KeyRequestOutcome(False, f"the homeserver refused: {exc.message}")
+            outcome = KeyRequestOutcome(
+                False, f"the homeserver refused: {exc.message}", "homeserver.refused"
+            )
         except Exception as exc:  # a failed request must not stop the ones after it
             log.warning("a key request from %s failed: %s", request.sender, exc)
-            outcome = KeyRequestOutcome(False, f"failed: {type(exc).__name__}")
+            outcome = KeyRequestOutcome(False, f"failed: {type(exc).__name__}", "internal.failed")
         if outcome.answered:
             self._count("answered")
             await self._audit(
@@ -158,6 +163,7 @@ class KeyRequests:
                     "session_id": request.session_id,
                     "first_index": outcome.first_index,
                     "reason": outcome.reason,
+                    "reason_code": outcome.code,
                 },
             )
             log.info(
@@ -196,6 +202,7 @@ class KeyRequests:
                     "room_id": key[2],
                     "session_id": key[3],
                     "reason": outcome.reason,
+                    "reason_code": outcome.code,
                 },
             )
         return outcome
@@ -203,28 +210,38 @@ class KeyRequests:
     async def _decide_and_forward(self, request: RoomKeyRequest) -> KeyRequestOutcome:
         gateway, user_id, room_id = self._gateway, request.sender, request.room_id
         if request.algorithm != MEGOLM:
-            return KeyRequestOutcome(False, "not a megolm session")
+            return KeyRequestOutcome(False, "not a megolm session", "key.not_megolm")
         if request.sender_key != gateway.own_sender_key:
-            return KeyRequestOutcome(False, "not a session the bot created")
+            return KeyRequestOutcome(False, "not a session the bot created", "key.not_own_session")
         session = gateway.own_inbound_session(room_id, request.session_id)
         if session is None:
-            return KeyRequestOutcome(False, "no such session of the bot's in that room")
+            return KeyRequestOutcome(
+                False, "no such session of the bot's in that room", "key.no_session"
+            )
         decision = self._entitled(room_id, UserId(user_id))
         if not decision.allowed:
-            return KeyRequestOutcome(False, decision.reason)
+            return KeyRequestOutcome(False, decision.reason, decision.code)
         sent = gateway.sent_with(room_id, request.session_id)
         if not sent:
-            return KeyRequestOutcome(False, "the bot does not remember that session's messages")
+            return KeyRequestOutcome(
+                False, "the bot does not remember that session's messages", "key.session_forgotten"
+            )
         if not self._checks.allow(user_id):
-            return KeyRequestOutcome(False, f"more than {CHECKS_PER_MINUTE} requests a minute")
+            return KeyRequestOutcome(
+                False, f"more than {CHECKS_PER_MINUTE} requests a minute", "key.rate_limited"
+            )
         if not await gateway.joined_now(room_id, user_id):
-            return KeyRequestOutcome(False, "the user is not in the room now")
+            return KeyRequestOutcome(False, "the user is not in the room now", "key.not_joined")
         device = await gateway.current_device(user_id, request.requesting_device_id)
         if device is None:
-            return KeyRequestOutcome(False, "the requesting device is not among the user's")
+            return KeyRequestOutcome(
+                False, "the requesting device is not among the user's", "device.unknown"
+            )
         await self._refresh_trust(user_id)  # its owner's signatures as they are now
         if not self._device_trusted(user_id, device):
-            return KeyRequestOutcome(False, "the device policy does not trust that device")
+            return KeyRequestOutcome(
+                False, "the device policy does not trust that device", "device.untrusted"
+            )
         first: int | None = None
         for item in reversed(sent):
             if item.event_id is None:
@@ -236,7 +253,9 @@ class KeyRequests:
             first = item.index
         if first is None:
             return KeyRequestOutcome(
-                False, "the user was not joined when the session's last message was sent"
+                False,
+                "the user was not joined when the session's last message was sent",
+                "key.not_joined_at_send",
             )
         await gateway.forward_room_key(device, room_id, session, first)
-        return KeyRequestOutcome(True, decision.reason, first)
+        return KeyRequestOutcome(True, decision.reason, decision.code, first)

@@ -905,6 +905,7 @@ class DigestService:
             raise PermissionDenied(
                 f"members may ask for the digest of their own room only; you are not in {room_key}",
                 "not a member of that room",
+                code="permission.not_member",
                 room=room_key,
             )
         await self.post_now(actor, managed, cause)

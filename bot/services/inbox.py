@@ -234,7 +234,11 @@ class Inbox:
                 message.sender,
                 "command.refused",
                 None,
-                {"room_id": room_id, "reason": "room not encrypted"},
+                {
+                    "room_id": room_id,
+                    "reason": "room not encrypted",
+                    "reason_code": "room.not_encrypted",
+                },
             )
             # Not answered: nothing but room state goes to a room without encryption.
             log.warning("command in unencrypted room %s refused", room_id)

@@ -121,9 +121,19 @@ class Membership:
         partner = self.partner_of(room_id)
         if partner is not None:
             if partner == user_id:
-                return Decision(True, (f"{user_id} is the partner of this direct chat",))
-            return Decision(False, (f"{user_id} is not the partner of this direct chat",))
-        return Decision(False, ("not a room the bot manages or a direct chat it holds",))
+                return Decision(
+                    True, (f"{user_id} is the partner of this direct chat",), codes=("dm.partner",)
+                )
+            return Decision(
+                False,
+                (f"{user_id} is not the partner of this direct chat",),
+                codes=("dm.not_partner",),
+            )
+        return Decision(
+            False,
+            ("not a room the bot manages or a direct chat it holds",),
+            codes=("room.unmanaged",),
+        )
 
     def key_recipients(self, room_id: str) -> list[UserId]:
         """Who may hold this room's key: members and invitees who may read it (the gateway
@@ -172,7 +182,12 @@ class Membership:
             self.user_id,
             "member.removed",
             user_id,
-            {"room": room.key, "why": why, "reason": decision.reason},
+            {
+                "room": room.key,
+                "why": why,
+                "reason": decision.reason,
+                "reason_code": decision.code,
+            },
         )
         log.info("removed %s from %s (%s)", user_id, room.key, why)
         return True
@@ -224,7 +239,10 @@ class Membership:
         decision = self.may_join(user_id, managed)
         if not decision.allowed:
             await self.audit(
-                actor, "invite.refused", user_id, {"room": room_key, "reason": decision.reason}
+                actor,
+                "invite.refused",
+                user_id,
+                {"room": room_key, "reason": decision.reason, "reason_code": decision.code},
             )
             self.metrics.invites.labels("refused").inc()
             return InviteOutcome(decision, False)
@@ -236,7 +254,12 @@ class Membership:
             )
             self.metrics.invites.labels("failed").inc()
             raise CommandError(f"the homeserver did not invite {user_id}: {exc.message}") from None
-        await self.audit(actor, "invite", user_id, {"room": room_key, "reason": decision.reason})
+        await self.audit(
+            actor,
+            "invite",
+            user_id,
+            {"room": room_key, "reason": decision.reason, "reason_code": decision.code},
+        )
         self.metrics.invites.labels("invited").inc()
         return InviteOutcome(decision, True)
 

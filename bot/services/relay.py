@@ -222,9 +222,7 @@ class RelayEngine:
             # else is wrong with the marking: the text must not stay in a lower room.
             level = _level(room, body)
             if not level.allowed:
-                await self._spillage(
-                    source, "unreadable marking", level.reason, _own_events(source)
-                )
+                await self._spillage(source, "unreadable marking", level, _own_events(source))
                 return removed
             # The error quotes the message; the audit log is permanent and in clear, so it
             # keeps where the marking broke, never the words.
@@ -239,7 +237,7 @@ class RelayEngine:
         assert message is not None
         own = fits(message.label, room.policy)
         if not own.allowed:  # before the device gate: spillage is removed whoever sent it
-            await self._spillage(source, message.label.banner, own.reason, _own_events(source))
+            await self._spillage(source, message.label.banner, own, _own_events(source))
             return removed
         refusal = await self.gate.untrusted_sender(room.room_id, source.event)
         if refusal is not None:
@@ -384,6 +382,7 @@ class RelayEngine:
                             "to": key,
                             "label": message.label.banner,
                             "reason": decision.reason,
+                            "reason_code": decision.code,
                         },
                     )
                 )
@@ -570,7 +569,7 @@ class RelayEngine:
                 continue
             level = _level(room, body.removeprefix("* "))  # an edit's fallback body too
             if not level.allowed:
-                await self._spillage(source, "unreadable marking", level.reason, [source.event_id])
+                await self._spillage(source, "unreadable marking", level, [source.event_id])
                 return True
         return False
 
@@ -595,7 +594,7 @@ class RelayEngine:
         else:
             marking, decision = "unreadable marking", _level(room, new_body)
         if not decision.allowed:
-            await self._spillage(own_event, marking, decision.reason, [own_event.event_id])
+            await self._spillage(own_event, marking, decision, [own_event.event_id])
             return doc(
                 para(
                     "⚠ Your edit was removed from this room: its marking does not fit the "
@@ -614,13 +613,16 @@ class RelayEngine:
         self,
         source: Source,
         marking: str,
-        reason: str,
+        decision: Decision,
         event_ids: Sequence[str],
         withdrawn: Sequence[str] = (),
     ) -> None:
         """Breach response: remove the event(s) now, alert admins (never the text), record.
+        `decision`: the refusal that found it (its reasons name levels and audiences, so
+        the audit row carries its code too, the one form a SIEM export may take out).
         `withdrawn`: rooms whose relayed copies were withdrawn with it."""
         room = source.room
+        reason = decision.reason
         unredacted: list[str] = []
         for event_id in event_ids:
             try:
@@ -641,6 +643,7 @@ class RelayEngine:
             {
                 "marking": marking,
                 "reason": reason,
+                "reason_code": decision.code,
                 "redacted": [e for e in event_ids if e not in unredacted],
                 **({"not_redacted": unredacted} if unredacted else {}),
                 **({"withdrawn_from": list(withdrawn)} if withdrawn else {}),
@@ -718,7 +721,7 @@ class RelayEngine:
             # Re-marked above the room: the text now says it was never releasable where it
             # went, so the copies are withdrawn too and the item leaves search and digests.
             gone = await self._redact_copies(source.event.event_id, source.event_id)
-            await self._spillage(source, marking, decision.reason, _own_events(source), gone)
+            await self._spillage(source, marking, decision, _own_events(source), gone)
             return doc(
                 para(
                     "⚠ Your edited message was removed from this room: its marking "
@@ -838,7 +841,7 @@ class RelayEngine:
         for row in await in_thread(self.store.ledger_of, item_event_id):
             # A copy or an edit an outage left pending must never go out now.
             if row.state == RelayState.PENDING and row.kind != RelayKind.REDACT:
-                await self._withhold(row, "its item was withdrawn")
+                await self._withhold(row, "its item was withdrawn", "item.withdrawn")
         item = await in_thread(self.store.item, item_event_id) if forget else None
         sealed_empty = (
             self.item_sealer.seal_text(
@@ -892,21 +895,22 @@ class RelayEngine:
                     txn_id("alert-stale", row.txn_id),
                 )
                 continue
-            why = await self._withheld(row)
-            if why is not None:
-                await self._withhold(row, why)
+            withheld = await self._withheld(row)
+            if withheld is not None:
+                await self._withhold(row, *withheld)
                 continue
             await self._send(row)
 
-    async def _withheld(self, row: RelayEntry) -> str | None:
-        """Why a pending copy or edit must not go out any more, or None: its item was
-        withdrawn or re-marked since the row was queued. Without this, a copy an outage
-        left pending carried its text, at the next sweep, to a room it may no longer reach."""
+    async def _withheld(self, row: RelayEntry) -> tuple[str, str] | None:
+        """Why a pending copy or edit must not go out any more, and the reason's code, or
+        None: its item was withdrawn or re-marked since the row was queued. Without this, a
+        copy an outage left pending carried its text, at the next sweep, to a room it may
+        no longer reach."""
         if row.kind == RelayKind.REDACT:
             return None
         item = await in_thread(self.store.item, row.item_event_id)
         if item is None or item.redacted_at is not None:
-            return "its item was withdrawn"
+            return "its item was withdrawn", "item.withdrawn"
         source = self.rooms.by_key.get(item.room_key)
         target = self.rooms.by_key.get(row.target_key)
         if source is None or target is None:
@@ -914,16 +918,20 @@ class RelayEngine:
         try:
             label = stored_label(item.label, tuple(self.settings.caveats))
         except MarkingError:
-            return "its stored label does not read"
+            return "its stored label does not read", "label.unreadable"
         changed = record_mismatch(label, item.label, item.scheme, item.rank)
         if changed is not None:
-            return f"its stored label is {changed}"
+            return f"its stored label is {changed}", "label.rank_changed"
         decision = may_release(label, source.policy, target.policy)
-        return None if decision.allowed else f"no longer releasable there: {decision.reason}"
+        if decision.allowed:
+            return None
+        return f"no longer releasable there: {decision.reason}", decision.code
 
-    async def _withhold(self, row: RelayEntry, why: str) -> None:
+    async def _withhold(self, row: RelayEntry, why: str, code: str) -> None:
+        """Retire a pending row that must not go out; the audit row carries the reason's
+        code beside its words (the words name labels and audiences)."""
         log.warning("pending relay %s to %s withheld: %s", row.txn_id, row.target_key, why)
-        await self._retire(row, "relay.withheld", reason=why)
+        await self._retire(row, "relay.withheld", reason=why, reason_code=code)
 
     async def _retire(self, row: RelayEntry, action: str, **detail: str) -> None:
         """A pending row that will never be sent: marked stale, with why, in one write."""

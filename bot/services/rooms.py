@@ -62,7 +62,12 @@ RESTRICTED_EVENTS = (
 
 
 class ProvisionError(Exception):
-    """A room cannot be brought to its configured state; the message names the room."""
+    """A room cannot be brought to its configured state; the message names the room (and
+    labels), `code` the condition in the stable form the audit log's SIEM export carries."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -255,7 +260,8 @@ async def provision(
         raise ProvisionError(
             f"room {key!r}: lowering its label (from rank {previous_rank}"
             f"{f', {old.banner}' if old else ''} to {room.label.banner}) is refused: "
-            "make a new room instead"
+            "make a new room instead",
+            "label.lowering_refused",
         )
     desired = Desired.of(name, room)
     if room_id is None:
@@ -403,7 +409,12 @@ class RoomDirectory:
                         "liaison-bot",
                         "room.label.changed",
                         cfg.key,
-                        {"room_id": record.room_id, "rank": record.rank, "reason": why},
+                        {
+                            "room_id": record.room_id,
+                            "rank": record.rank,
+                            "reason": why,
+                            "reason_code": "label.rank_changed",
+                        },
                     )
                     raise StartupError(
                         f"rooms[{i}] ({cfg.key}): its label is {why}; not started. Keep the "
@@ -446,7 +457,11 @@ class RoomDirectory:
                         "liaison-bot",
                         "room.provision.refused",
                         cfg.key,
-                        {"room_id": record.room_id if record else None, "reason": str(exc)},
+                        {
+                            "room_id": record.room_id if record else None,
+                            "reason": str(exc),
+                            "reason_code": exc.code,
+                        },
                     )
                     raise StartupError(f"rooms[{i}]: {exc}") from None
                 await in_thread(self.store.save_room, _record(cfg.key, cfg.name, room, room_id))
@@ -529,6 +544,7 @@ class RoomDirectory:
                 "scheme": record.scheme,
                 "rank": record.rank,
                 "reason": why,
+                "reason_code": "label.rank_changed",
             },
         )
 

@@ -197,6 +197,7 @@ class Inventory:
             raise PermissionDenied(
                 f"only members of {room_key} may search from it",
                 "not a member of that room",
+                code="permission.not_member",
                 room=room_key,
             )
         try:

@@ -87,16 +87,31 @@ class ScheduleKey:
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
+    """One row of the audit chain. `prev_hash` and `hash` are the row's links (None only
+    for an entry made by hand, not read from the log): an export carries them so that its
+    receiver can check the chain for gaps without the database."""
+
     id: int
     at: datetime
     actor: str
     action: str
     subject: str | None
     detail: dict[str, Any]
+    prev_hash: str | None = None
+    hash: str | None = None
 
     @classmethod
     def of(cls, row: AuditRow) -> AuditEntry:
-        return cls(row.id, row.at, row.actor, row.action, row.subject, dict(row.detail))
+        return cls(
+            row.id,
+            row.at,
+            row.actor,
+            row.action,
+            row.subject,
+            dict(row.detail),
+            prev_hash=row.prev_hash,
+            hash=row.hash,
+        )
 
 
 @dataclass(frozen=True, slots=True)
