@@ -161,8 +161,8 @@ MUTANTS: tuple[Mutant, ...] = (
         "no-equivalent-admits",
         "deny by default: a label with no equivalent in the room's scheme never fits it",
         "policy/decisions.py",
-        "denied.append(why_no_equivalent(label, room.scheme))",
-        "allowed.append(why_no_equivalent(label, room.scheme))",
+        'denied.add("level.no_equivalent", why_no_equivalent(label, room.scheme))',
+        'allowed.add("level.no_equivalent", why_no_equivalent(label, room.scheme))',
         (
             "tests/test_decisions.py::test_no_equivalent_is_named",
             "tests/test_decisions.py::"
