@@ -160,10 +160,20 @@ async def test_an_unknown_feed_is_answered_exactly_like_a_bad_token(
     good = await feed.post("sat", item("posted"), TOKEN)
     assert good[0] == 202 and feed.ports.stored == ["posted"]
     assert [(a[1], a[3]) for a in feed.ports.audits] == [
-        ("feed.unauthorised", {"reason": "bad or missing token"}),
-        ("feed.unauthorised", {"reason": "bad or missing token"}),
-        ("feed.unauthorised", {"reason": "no such feed"}),
+        ("feed.unauthorised", {"reason": "bad or missing token", "source": "127.0.0.1"}),
+        ("feed.unauthorised", {"reason": "bad or missing token", "source": "127.0.0.1"}),
+        ("feed.unauthorised", {"reason": "no such feed", "source": "127.0.0.1"}),
     ]
+
+
+async def test_a_feeds_spillage_row_names_the_remote_address(feed: Listener) -> None:
+    """The SOC gets the audit (README "Audit to the SOC"): it can tell which host posted."""
+    body = json.dumps({"marking": "COSMIC TOP SECRET", "text": "never shown"}).encode()
+    status, answer = await feed.post("sat", body)
+    assert status == 422 and "spillage" in answer["error"]
+    [(actor, action, subject, detail)] = feed.ports.audits
+    assert (actor, action, subject) == ("feed sat", "spillage", "sat")
+    assert detail["source"] == "127.0.0.1" and "never shown" not in json.dumps(detail)
 
 
 async def test_refused_requests_are_audited_at_most_n_a_minute_per_key(feed: Listener) -> None:
@@ -182,7 +192,7 @@ async def test_refused_requests_are_audited_at_most_n_a_minute_per_key(feed: Lis
     assert summary[1:] == (
         "feed.unauthorised.suppressed",
         None,
-        {"per_minute": n, "suppressed": {"nope": 2, "sat": 15}},
+        {"per_minute": n, "suppressed": {"nope": 2, "sat": 15}, "sources": ["127.0.0.1"]},
     )
     assert row[1:3] == ("feed.unauthorised", "sat")
 
@@ -193,7 +203,7 @@ async def test_refused_requests_are_audited_at_most_n_a_minute_per_key(feed: Lis
     assert rows[-1][1:] == (
         "feed.unauthorised.suppressed",
         None,
-        {"per_minute": n, "suppressed": {"sat": 2}},
+        {"per_minute": n, "suppressed": {"sat": 2}, "sources": ["127.0.0.1"]},
     )
 
 
