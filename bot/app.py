@@ -259,6 +259,12 @@ class LiaisonBot:
         await self.membership.sweep(self.messenger.alert_admins)
         await self.relay.start()
         await self.digests.start()
+        if self.config.siem is not None:  # the audit to the SOC; only where configured
+            from bot.siem.wiring import build_exporter
+
+            alert = self.messenger.alert_admins
+            siem = build_exporter(self.config, self.store, alert, self.metrics)
+            self.tasks.spawn(siem.run(), "siem-export")
         self.synced.set()
 
     async def _retry_undecryptable(self) -> None:

@@ -843,6 +843,116 @@ def audit_verify(config_path: str) -> None:
     sys.exit(EXIT_OK if verdict.intact else EXIT_NO)
 
 
+EXPORT_CHUNK = 1000  # rows read at a time by `audit export`
+
+
+@audit.command("export")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--from", "from_id", type=click.IntRange(min=1), default=1, help="First row id (default 1)."
+)
+@click.option("--to", "to_id", type=click.IntRange(min=1), help="Last row id (default: newest).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["ocsf", "cef"]),
+    help="Event format (default: [siem] format, else ocsf).",
+)
+def audit_export(config_path: str, from_id: int, to_id: int | None, fmt: str | None) -> None:
+    """Write the audit rows FROM..TO to stdout as the SIEM gets them, one event a line (OCSF:
+    NDJSON; CEF: one record a line), with the markings [siem] sets; no SIEM needed.
+
+    \b
+    Example:
+      liaison-bot audit export --config config.toml --from 1200 --to 1300 > audit.ndjson
+    """
+    from bot.siem.wiring import formatter
+
+    config = _load(config_path)
+    if to_id is not None and to_id < from_id:
+        _fail(f"--to: {to_id} is before --from {from_id}")
+    chosen = fmt or (config.siem.format if config.siem else "ocsf")
+    render = formatter(
+        "cef" if chosen == "cef" else "ocsf", config.siem.markings if config.siem else "level"
+    )
+    store = _offline_store(config)
+    try:
+        installation = store.siem_installation()
+        after = from_id - 1
+        while rows := store.audit_after(after, EXPORT_CHUNK, until_id=to_id):
+            for row in rows:
+                click.echo(render(row.entry, installation).body)
+            after = rows[-1].entry.id
+    finally:
+        store.close()
+
+
+@audit.command("siem-status")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def audit_siem_status(config_path: str) -> None:
+    """The SIEM export as JSON: the cursor (last row confirmed, when), the rows waiting, the
+    outage in progress (failures, since when, the last error).
+
+    \b
+    Example:
+      liaison-bot audit siem-status --config config.toml
+    """
+    config = _load(config_path)
+    store = _offline_store(config)
+    try:
+        cursor = store.siem_cursor()
+        position = cursor.position if cursor else None
+        waiting = store.audit_rows_after(position.last_id if position else 0)
+    finally:
+        store.close()
+
+    def when(at: datetime | None) -> str | None:
+        return at.isoformat(timespec="seconds") if at else None
+
+    _emit(
+        {
+            "target": config.siem.target if config.siem else None,
+            "installation": cursor.installation if cursor else None,
+            "started": position is not None,
+            "last_id": position.last_id if position else None,
+            "last_hash": position.last_hash if position else None,
+            "confirmed_at": when(cursor.confirmed_at) if cursor else None,
+            "lag_rows": waiting,
+            "failures": cursor.failures if cursor else 0,
+            "failing_since": when(cursor.failing_since) if cursor else None,
+            "last_error": cursor.last_error if cursor else None,
+        }
+    )
+
+
+@audit.command("siem-rewind")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--to",
+    "to_id",
+    required=True,
+    type=click.IntRange(min=0),
+    help="Send again every row after this id (0: the whole log).",
+)
+def audit_siem_rewind(config_path: str, to_id: int) -> None:
+    """Send the audit rows after TO to the SIEM again (a SIEM that lost them, a new one);
+    audited `siem.rewound`. Never forward: nothing is skipped this way. The running bot
+    notices at its next batch (this command's own audit row is one).
+
+    \b
+    Example:
+      liaison-bot audit siem-rewind --config config.toml --to 1200
+    """
+    config = _load(config_path)
+    store = _offline_store(config)
+    try:
+        store.rewind_siem_cursor(_cli_actor(), to_id)
+        waiting = store.audit_rows_after(to_id)
+    finally:
+        store.close()
+    click.echo(f"the SIEM export resends from after row {to_id}: {waiting} row(s) to send")
+
+
 # ---------------------------------------------------------------- keys
 
 

@@ -12,6 +12,7 @@ import difflib
 import json
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    StrictInt,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -407,6 +409,147 @@ class HaConfig(_Section):
         return self
 
 
+# RFC 5424's PRINTUSASCII (%d33-126): a syslog HOSTNAME is 1-255 of them.
+_PRINTUSASCII = re.compile(r"^[\x21-\x7e]{1,255}\Z")
+# A host as a TLS client names it: DNS name or IP literal (IPv6 in brackets in a target).
+_HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?|[0-9A-Fa-f:.]+)\Z")
+
+
+class SiemConfig(_Section):
+    """`[siem]`: every audit row, as it is written, to the SOC's SIEM as RFC 5424 syslog over
+    TLS (RFC 5425); README "Audit to the SOC". The files are read at start (they must load
+    as PEM certificates and key), so a wrong path stops the start, naming its key, rather
+    than turning into an outage that retries for ever."""
+
+    target: str  # "host:port" (6514 is syslog over TLS)
+    server_name: str | None = None  # the name the receiver's certificate must carry
+    ca_file: str | None = None  # none: the system's trusted CAs
+    cert_file: str | None = None
+    key_file: str | None = None
+    format: Literal["ocsf", "cef"] = "ocsf"
+    batch: StrictInt = Field(default=200, ge=1, le=10_000)
+    retry_max: Duration = timedelta(seconds=60)
+    alert_after: Duration = timedelta(minutes=10)
+    start: Literal["beginning", "now"] = "beginning"
+    markings: Literal["level", "full", "none"] = "level"
+    hostname: str | None = None  # the syslog HOSTNAME; none: this host's name
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+        if (
+            not sep
+            or not _HOST.match(bare)
+            or not (port.isascii() and port.isdigit())
+            or not 0 < int(port) < 65536
+        ):
+            raise ValueError(
+                f"bad target {value!r}: expected 'host:port', e.g. 'siem.example.org:6514'"
+            )
+        return value
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, value: str | None) -> str | None:
+        if value is not None and not _HOST.match(value):
+            raise ValueError(f"bad server name {value!r}: expected a DNS name or IP address")
+        return value
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str | None) -> str | None:
+        if value is not None and not _PRINTUSASCII.match(value):
+            raise ValueError(
+                f"bad hostname {value!r}: 1-255 printable ASCII characters without spaces "
+                "(RFC 5424 HOSTNAME)"
+            )
+        return value
+
+    @field_validator("retry_max")
+    @classmethod
+    def _retry_max(cls, value: timedelta) -> timedelta:
+        if not timedelta(milliseconds=200) <= value <= timedelta(hours=1):
+            raise ValueError(
+                "must be between 0.2s (the first retry's delay) and 1h (a longer wait would "
+                "leave a recovered SIEM without the audit for as long)"
+            )
+        return value
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _readable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("empty: give the file's path, or leave the key out")
+        path = _config_path(value, info)
+        try:
+            with path.open("rb") as handle:
+                handle.read(1)
+        except FileNotFoundError:
+            raise ValueError(f"no such file: {path}") from None
+        except IsADirectoryError:
+            raise ValueError(f"{path} is a folder, not a file") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror or exc}") from None
+        if info.field_name == "ca_file":
+            try:
+                ssl.create_default_context(cafile=str(path))
+            except ssl.SSLError as exc:
+                raise ValueError(f"{path} holds no PEM CA certificate: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _client_pair(self, info: ValidationInfo) -> SiemConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            given, missing = (
+                ("cert_file", "key_file") if self.key_file is None else ("key_file", "cert_file")
+            )
+            raise ValueError(f"{missing}: required with {given} (a client certificate and its key)")
+        if self.cert_file is not None and self.key_file is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            try:
+                context.load_cert_chain(
+                    _config_path(self.cert_file, info),
+                    _config_path(self.key_file, info),
+                    password=_no_passphrase,
+                )
+            except (ssl.SSLError, ValueError) as exc:
+                raise ValueError(
+                    f"cert_file, key_file: do not load as a certificate and its private key "
+                    f"(an encrypted key is refused: there is no passphrase to give): {exc}"
+                ) from None
+        return self
+
+    @property
+    def host(self) -> str:
+        host = self.target.rpartition(":")[0]
+        return host[1:-1] if host.startswith("[") else host
+
+    @property
+    def port(self) -> int:
+        return int(self.target.rpartition(":")[2])
+
+    @property
+    def tls_server_name(self) -> str:
+        """The name the receiver's certificate is checked against (and sent as SNI)."""
+        return self.server_name or self.host
+
+
+def _config_path(value: str, info: ValidationInfo) -> Path:
+    """A path from the config, relative to the config file's folder."""
+    base = (info.context or {}).get("base_dir") or Path.cwd()
+    return Path(base) / value.strip()
+
+
+def _no_passphrase() -> bytes:
+    """Answers OpenSSL's passphrase question for an encrypted key (which would otherwise
+    prompt on the terminal) with a wrong answer: such a key is refused."""
+    raise ValueError("the key is encrypted")
+
+
 class Config(_Section):
     homeserver: HomeserverConfig
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -417,6 +560,7 @@ class Config(_Section):
     digests: list[DigestConfig] = Field(default_factory=list)
     ingest: IngestConfig | None = None
     ha: HaConfig = Field(default_factory=HaConfig)
+    siem: SiemConfig | None = None
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @property
@@ -472,6 +616,10 @@ class Config(_Section):
     def database_url(self) -> str:
         """The database URL with a relative SQLite path taken from the config's folder."""
         return resolve_database_url(self.storage.database_url, self._base_dir)
+
+    def path(self, value: str) -> Path:
+        """A path from the config, absolute (relative ones are from the config's folder)."""
+        return (self._base_dir / value.strip()).resolve()
 
     def schemes_path(self) -> Path | None:
         """The site schemes file, absolute (relative paths are from the config's folder)."""
@@ -568,7 +716,9 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
             errors.append(f"bot.schemes_file: {exc}")
     config: Config | None = None
     try:
-        config = Config.model_validate(raw, context={"caveats": caveats})
+        config = Config.model_validate(
+            raw, context={"caveats": caveats, "base_dir": base_dir or Path.cwd()}
+        )
     except ValidationError as exc:
         errors.extend(_format_error(err) for err in exc.errors())
     errors.extend(_reference_errors(raw))

@@ -104,6 +104,20 @@ class Metrics:
             "Homeserver requests refused because this process does not hold the lease",
             registry=self.registry,
         )
+        # The audit export to the SOC's SIEM (bot/siem/exporter.py); -1 where no exporter
+        # runs (no [siem], a standby), so a dashboard cannot take that for "caught up".
+        self.siem_lag = Gauge(
+            "liaison_siem_lag_rows",
+            "Audit rows written and not yet confirmed by the SIEM (-1: no exporter runs)",
+            registry=self.registry,
+        )
+        self.siem_last_delivery = Gauge(
+            "liaison_siem_last_delivery_seconds",
+            "Seconds since the SIEM last confirmed a batch, or the exporter last found nothing "
+            "waiting: how long the audit has not been reaching the SOC (-1: no exporter runs)",
+            registry=self.registry,
+        )
+        self.watch_siem(lambda: -1.0, lambda: -1.0)
         self._ha: Callable[[], HaView] = lambda: HaView("single", None, 0, True)
         for role in ("active", "standby", "fenced"):
             self.ha_role.labels(role).set_function(functools.partial(self._is_role, role))
@@ -115,6 +129,12 @@ class Metrics:
     def watch_ha(self, view: Callable[[], HaView]) -> None:
         """Report this node's role (a process that is not part of a pair reports "single")."""
         self._ha = view
+
+    def watch_siem(self, lag_rows: Callable[[], float], delivery_age: Callable[[], float]) -> None:
+        """Report the SIEM exporter's figures (read at each scrape, never from the database:
+        the exporter keeps them)."""
+        self.siem_lag.set_function(lag_rows)
+        self.siem_last_delivery.set_function(delivery_age)
 
     def healthy(self) -> bool:
         age = self._sync_age()

@@ -162,14 +162,35 @@ async def test_an_unknown_feed_is_answered_exactly_like_a_bad_token(
     assert [(a[1], a[3]) for a in feed.ports.audits] == [
         (
             "feed.unauthorised",
-            {"reason": "bad or missing token", "reason_code": "feed.token_invalid"},
+            {
+                "reason": "bad or missing token",
+                "reason_code": "feed.token_invalid",
+                "source": "127.0.0.1",
+            },
         ),
         (
             "feed.unauthorised",
-            {"reason": "bad or missing token", "reason_code": "feed.token_invalid"},
+            {
+                "reason": "bad or missing token",
+                "reason_code": "feed.token_invalid",
+                "source": "127.0.0.1",
+            },
         ),
-        ("feed.unauthorised", {"reason": "no such feed", "reason_code": "feed.unknown"}),
+        (
+            "feed.unauthorised",
+            {"reason": "no such feed", "reason_code": "feed.unknown", "source": "127.0.0.1"},
+        ),
     ]
+
+
+async def test_a_feeds_spillage_row_names_the_remote_address(feed: Listener) -> None:
+    """The SOC gets the audit (README "Audit to the SOC"): it can tell which host posted."""
+    body = json.dumps({"marking": "COSMIC TOP SECRET", "text": "never shown"}).encode()
+    status, answer = await feed.post("sat", body)
+    assert status == 422 and "spillage" in answer["error"]
+    [(actor, action, subject, detail)] = feed.ports.audits
+    assert (actor, action, subject) == ("feed sat", "spillage", "sat")
+    assert detail["source"] == "127.0.0.1" and "never shown" not in json.dumps(detail)
 
 
 async def test_refused_requests_are_audited_at_most_n_a_minute_per_key(feed: Listener) -> None:
@@ -188,7 +209,7 @@ async def test_refused_requests_are_audited_at_most_n_a_minute_per_key(feed: Lis
     assert summary[1:] == (
         "feed.unauthorised.suppressed",
         None,
-        {"per_minute": n, "suppressed": {"nope": 2, "sat": 15}},
+        {"per_minute": n, "suppressed": {"nope": 2, "sat": 15}, "sources": ["127.0.0.1"]},
     )
     assert row[1:3] == ("feed.unauthorised", "sat")
 
@@ -199,7 +220,7 @@ async def test_refused_requests_are_audited_at_most_n_a_minute_per_key(feed: Lis
     assert rows[-1][1:] == (
         "feed.unauthorised.suppressed",
         None,
-        {"per_minute": n, "suppressed": {"sat": 2}},
+        {"per_minute": n, "suppressed": {"sat": 2}, "sources": ["127.0.0.1"]},
     )
 
 

@@ -26,6 +26,11 @@ Limits against slow or hostile clients:
 - failed authentications are audited at most `UNAUTHORISED_AUDITS_PER_MINUTE` times per
   feed key a minute; the rest are counted (`liaison_feed_unauthorised_total{audit=
   "suppressed"}`) and summed up in one `feed.unauthorised.suppressed` row per minute.
+
+The feed's audit rows name the request's remote address (`source`; the summary row the
+first `MAX_SOURCES` distinct ones, `sources`): a SOC that receives the audit (README "Audit
+to the SOC") can match a refused or spilled feed post to the host that made it. It is the
+peer's address as the listener sees it: behind a proxy, the proxy's.
 """
 
 from __future__ import annotations
@@ -66,6 +71,7 @@ MAX_BODY_BYTES = 6 * MAX_TEXT_BYTES + 16_000  # 256 000
 UNAUTHORISED_AUDITS_PER_MINUTE = 5
 UNAUTHORISED_KEYS_PER_MINUTE = 64  # distinct keys audited apart; beyond, pooled under "*"
 UNAUTHORISED = "bad or missing bearer token"
+MAX_SOURCES = 16  # distinct remote addresses a summary row names
 _KEY = re.compile(r"[A-Za-z0-9_-]{1,64}\Z")
 
 
@@ -111,6 +117,7 @@ class FeedListener:
         self._window_start: float | None = None
         self._audited: Tally[str] = Tally()
         self._suppressed: Tally[str] = Tally()
+        self._suppressed_sources: set[str] = set()
         self.unauthorised = Counter(
             "liaison_feed_unauthorised_total",
             "Feed requests refused with 401, by whether an audit row was written",
@@ -157,9 +164,11 @@ class FeedListener:
         matches = hmac.compare_digest(_digest(supplied), self._digests.get(key, self._dummy))
         if feed is None or not supplied or not matches:
             if feed is None:
-                await self._unauthorised(key, "no such feed", "feed.unknown")
+                await self._unauthorised(key, "no such feed", "feed.unknown", _source(request))
             else:
-                await self._unauthorised(key, "bad or missing token", "feed.token_invalid")
+                await self._unauthorised(
+                    key, "bad or missing token", "feed.token_invalid", _source(request)
+                )
             return _error(401, UNAUTHORISED)
         if (request.content_length or 0) > MAX_BODY_BYTES:
             return _too_large()
@@ -209,6 +218,7 @@ class FeedListener:
                     "marking": label.banner,
                     "reason": own.reason,
                     "reason_code": own.code,
+                    "source": _source(request),
                 },
             )
             self.metrics.relays.labels("spillage").inc()
@@ -261,7 +271,7 @@ class FeedListener:
         log.info("feed %s posted %s in %s", key, event_id, room.key)
         return web.json_response(result, status=202)
 
-    async def _unauthorised(self, key: str, reason: str, code: str) -> None:
+    async def _unauthorised(self, key: str, reason: str, code: str, source: str) -> None:
         """Audit a refused request, at most UNAUTHORISED_AUDITS_PER_MINUTE rows per key a
         minute; count the rest for one summary row. Known and unknown keys take the same
         path (and the same time), so the audit does not tell them apart to the caller.
@@ -275,6 +285,8 @@ class FeedListener:
             bucket = "*"
         if self._audited[bucket] >= UNAUTHORISED_AUDITS_PER_MINUTE:
             self._suppressed[bucket] += 1
+            if len(self._suppressed_sources) < MAX_SOURCES:
+                self._suppressed_sources.add(source)
             self.unauthorised.labels("suppressed").inc()
             return
         self._audited[bucket] += 1
@@ -283,21 +295,32 @@ class FeedListener:
             f"feed {bucket}",
             "feed.unauthorised",
             bucket,
-            {"reason": reason, "reason_code": code},
+            {"reason": reason, "reason_code": code, "source": source},
         )
 
     async def _flush_unauthorised(self) -> None:
         """One row for the refusals the last window did not audit one by one."""
         suppressed = dict(sorted(self._suppressed.items()))
+        sources = sorted(self._suppressed_sources)
         self._audited.clear()
         self._suppressed.clear()
+        self._suppressed_sources.clear()
         if suppressed:
             await self.audit(
                 "feed listener",
                 "feed.unauthorised.suppressed",
                 None,
-                {"per_minute": UNAUTHORISED_AUDITS_PER_MINUTE, "suppressed": suppressed},
+                {
+                    "per_minute": UNAUTHORISED_AUDITS_PER_MINUTE,
+                    "suppressed": suppressed,
+                    "sources": sources,
+                },
             )
+
+
+def _source(request: web.Request) -> str:
+    """The request's remote address (the peer's: a proxy's, behind one), or "unknown"."""
+    return request.remote or "unknown"
 
 
 def _too_large() -> web.Response:

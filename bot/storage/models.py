@@ -393,6 +393,26 @@ class HaLeaderRow(Base):
     acquired_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class SiemCursorRow(Base):
+    """How far the audit log has been delivered to the SIEM (bot/siem/exporter.py): one
+    row. The audit log is the outbox; this names the last row the SIEM confirmed (its id
+    and hash: the next batch must link to it), moved only after a confirmed batch. It also
+    keeps the outage in progress, so a restart neither audits it twice nor forgets it, and
+    the installation id every exported event carries (a random uuid, made once)."""
+
+    __tablename__ = "siem_cursor"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    installation: Mapped[str] = mapped_column(String(36))
+    # NULL until the exporter first runs ([siem] start says where it begins then)
+    last_id: Mapped[int | None] = mapped_column(BigInteger)
+    last_hash: Mapped[str | None] = mapped_column(String(64))
+    confirmed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # since the last confirmed batch
+    failing_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
 # ---------------------------------------------------------------- engine
 
 
@@ -480,7 +500,7 @@ def make_engine(url: str, connect_params: Callable[[], Mapping[str, str]] | None
 
 # The newest Alembic revision (migrations/versions): a start checks it with one query and
 # loads Alembic only when the database is behind. tests/test_storage.py keeps it in step.
-SCHEMA_HEAD = "0014"
+SCHEMA_HEAD = "0015"
 
 
 def schema_is_current(url: str) -> bool:

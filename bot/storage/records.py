@@ -27,6 +27,7 @@ from bot.storage.models import (
     IntelItemRow,
     RelayRow,
     RoomRow,
+    SiemCursorRow,
 )
 from policy import Precedence
 from policy.ids import RoomId, RoomKey
@@ -316,6 +317,54 @@ class DigestRun:
             row.room_key,
             row.parts,
             row.created_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ChainedAudit:
+    """An audit entry with its links in the hash chain: what the SIEM exporter sends, and
+    the hash its cursor keeps (the next batch must link to it)."""
+
+    entry: AuditEntry
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def of(cls, row: AuditRow) -> ChainedAudit:
+        return cls(AuditEntry.of(row), row.prev_hash, row.hash)
+
+
+@dataclass(frozen=True, slots=True)
+class SiemPosition:
+    """A place in the audit log: the last row delivered (0 and the genesis hash: none)."""
+
+    last_id: int
+    last_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class SiemCursor:
+    """How far the audit log has been delivered to the SIEM (SiemCursorRow)."""
+
+    installation: str
+    position: SiemPosition | None  # None: the exporter has not started yet
+    confirmed_at: datetime | None
+    failures: int  # failed attempts since the last confirmed batch
+    failing_since: datetime | None  # the outage in progress began then
+    last_error: str | None
+
+    @classmethod
+    def of(cls, row: SiemCursorRow) -> SiemCursor:
+        position = None
+        if row.last_id is not None and row.last_hash is not None:
+            position = SiemPosition(row.last_id, row.last_hash)
+        return cls(
+            row.installation,
+            position,
+            row.confirmed_at,
+            row.failures,
+            row.failing_since,
+            row.last_error,
         )
 
 

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import replace
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Engine,
     Row,
     delete,
+    func,
     select,
 )
 from sqlalchemy.orm import (
@@ -49,6 +51,7 @@ from bot.storage.models import (
     RoomRow,
     RoomSnapshotRow,
     RouteRow,
+    SiemCursorRow,
     SyncStateRow,
     make_engine,
     utcnow,
@@ -58,6 +61,7 @@ from bot.storage.records import (
     AuditNote,
     AuditVerdict,
     BotSession,
+    ChainedAudit,
     ClearanceRecord,
     DigestRun,
     DigestSchedule,
@@ -72,11 +76,16 @@ from bot.storage.records import (
     RoomRecord,
     RunState,
     ScheduleKey,
+    SiemCursor,
+    SiemPosition,
     StoreError,
 )
 
 log = logging.getLogger(__name__)
 REGISTER_KEYED = "register.keyed"  # the audit action of the one-off signing of old rows
+SIEM_REWOUND = "siem.rewound"
+# Set in a session's info by `append_audit`: its commit tells the audit listeners.
+_AUDITED = "audited"
 
 
 class Store:
@@ -91,6 +100,7 @@ class Store:
         self._register_keyed = False  # known to be keyed (REGISTER_KEYED is in the log)
         self._refused: set[tuple[str, str, str | None]] = set()  # reported once each
         self._refusal_listeners: list[Callable[[str, str], None]] = []
+        self._audit_listeners: list[Callable[[], None]] = []
 
     @classmethod
     def from_url(
@@ -106,6 +116,9 @@ class Store:
         with self._sessions.begin() as session:
             session.info["audit_key"] = self.audit_key
             yield session
+        if session.info.get(_AUDITED):  # committed: the rows are there for any reader
+            for listener in list(self._audit_listeners):  # one may go meanwhile (a thread)
+                listener()
 
     def key_audit_log(self) -> None:
         """Key the audit log from its next row on, if it is not yet (the bot does this at
@@ -308,6 +321,139 @@ class Store:
                     f"{head.last_id if head else '?'}, log ends at row {newest}",
                 )
             return AuditVerdict(True, count, f"{count} entries intact")
+
+    # ------------------------------------------------------------ export to the SIEM
+
+    def add_audit_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after each committed transaction of this store that appended
+        audit rows, from the thread that committed it. Why: the SIEM exporter sends rows
+        as they are written, and a wake-up costs less than a tight poll (rows another
+        process writes, the CLI's, it finds by polling). The listener must only take note
+        (it runs inside the writer's call) and never raise."""
+        self._audit_listeners.append(listener)
+
+    def remove_audit_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling a listener `add_audit_listener` added (an exporter that stopped)."""
+        self._audit_listeners.remove(listener)
+
+    def siem_cursor(self) -> SiemCursor | None:
+        """The SIEM cursor (None only if its row was deleted by hand)."""
+        with self.session() as session:
+            row = session.get(SiemCursorRow, 1)
+            return SiemCursor.of(row) if row is not None else None
+
+    def siem_installation(self) -> str:
+        """The installation id the exported events carry: a random uuid, made once with the
+        cursor row (revision 0015) and kept, so that the SIEM can tell this bot's events
+        from another's."""
+        with self.session() as session:
+            return _siem_cursor_row(session).installation
+
+    def start_siem_cursor(self, *, from_now: bool) -> SiemCursor:
+        """The cursor, started if it was not: before the first audit row (every row is
+        sent) or, `from_now`, after the newest one (only rows written from now on). A
+        started cursor is returned as it is: `[siem] start` applies to a new cursor only,
+        so changing it never skips or repeats what was delivered."""
+        with self.session() as session:
+            row = _siem_cursor_row(session, lock=True)
+            if row.last_id is None or row.last_hash is None:
+                head = session.get(AuditHeadRow, 1) if from_now else None
+                row.last_id = head.last_id if head is not None else 0
+                row.last_hash = head.hash if head is not None else GENESIS_HASH
+            return SiemCursor.of(row)
+
+    def audit_after(
+        self, after_id: int, limit: int, until_id: int | None = None
+    ) -> list[ChainedAudit]:
+        """Audit rows whose id is above `after_id` (and at most `until_id`), lowest first,
+        at most `limit`, with their chain links.
+
+        Why reading by id loses nothing: every append locks the audit head row (FOR UPDATE;
+        on SQLite the write lock) before its row gets its id, and holds the lock until it
+        commits, so rows commit in id order: none can appear later below an id already
+        read (an id a rolled-back append took is only a gap)."""
+        with self.session() as session:
+            query = select(AuditRow).where(AuditRow.id > after_id)
+            if until_id is not None:
+                query = query.where(AuditRow.id <= until_id)
+            rows = session.scalars(query.order_by(AuditRow.id).limit(limit))
+            return [ChainedAudit.of(r) for r in rows]
+
+    def audit_rows_after(self, after_id: int) -> int:
+        """How many audit rows have an id above `after_id`: the SIEM's lag, in rows."""
+        with self.session() as session:
+            count = session.scalar(
+                select(func.count()).select_from(AuditRow).where(AuditRow.id > after_id)
+            )
+            return int(count or 0)
+
+    def advance_siem_cursor(
+        self, seen: SiemPosition, to: SiemPosition, recovered: AuditNote | None = None
+    ) -> bool:
+        """Move the cursor from `seen` to `to` once the SIEM confirmed the rows between,
+        ending an outage in progress (appending `recovered`, if given, in the same
+        transaction). False, changing nothing, if the cursor is no longer at `seen`: it was
+        rewound, or another exporter moved it, while the batch was on its way; the row is
+        locked while it is checked and moved (FOR UPDATE on PostgreSQL, the write lock on
+        SQLite), so two movers cannot both pass the check."""
+        with self.session() as session:
+            row = _siem_cursor_row(session, lock=True)
+            if (row.last_id, row.last_hash) != (seen.last_id, seen.last_hash):
+                return False
+            outage = row.failures > 0
+            row.last_id, row.last_hash = to.last_id, to.last_hash
+            row.confirmed_at = utcnow()
+            row.failures, row.failing_since, row.last_error = 0, None, None
+            if outage and recovered is not None:
+                append_audit(
+                    session, recovered.actor, recovered.action, recovered.subject, recovered.detail
+                )
+            return True
+
+    def record_siem_failure(self, error: str, unreachable: AuditNote) -> SiemCursor:
+        """Note a failed delivery (the error, for `audit siem-status`). The first failure
+        of an outage also appends `unreachable`, in the same transaction: one row per
+        outage however often it is retried, and a restart during it writes none."""
+        with self.session() as session:
+            row = _siem_cursor_row(session, lock=True)
+            if row.failures == 0:
+                row.failing_since = utcnow()
+                append_audit(
+                    session,
+                    unreachable.actor,
+                    unreachable.action,
+                    unreachable.subject,
+                    unreachable.detail,
+                )
+            row.failures += 1
+            row.last_error = error
+            return SiemCursor.of(row)
+
+    def rewind_siem_cursor(self, actor: str, to_id: int) -> SiemCursor:
+        """Send again everything after row `to_id` (0: the whole log), audited
+        `siem.rewound` in the same transaction. StoreError, changing nothing, for a row
+        that does not exist or lies after the cursor: a rewind never skips a row the
+        exporter was to send (a cursor not started yet starts there: `[siem] start` had
+        promised nothing)."""
+        with self.session() as session:
+            row = _siem_cursor_row(session, lock=True)
+            if to_id < 0:
+                raise StoreError(f"--to {to_id}: audit row ids start at 1 (0: the whole log)")
+            if row.last_id is not None and to_id > row.last_id:
+                raise StoreError(
+                    f"--to {to_id}: after the cursor (row {row.last_id}); a rewind resends, it "
+                    "never skips rows"
+                )
+            target = GENESIS_HASH
+            if to_id:
+                found = session.get(AuditRow, to_id)
+                if found is None:
+                    raise StoreError(f"--to {to_id}: no audit row with that id")
+                target = found.hash
+            previous = row.last_id
+            row.last_id, row.last_hash = to_id, target
+            append_audit(session, actor, SIEM_REWOUND, None, {"from": previous, "to": to_id})
+            return SiemCursor.of(row)
 
     # ------------------------------------------------------------ sync state
 
@@ -1209,6 +1355,20 @@ def _item_row(session: Session, event_id: str) -> IntelItemRow | None:
     return session.scalar(select(IntelItemRow).where(IntelItemRow.event_id == event_id))
 
 
+def _siem_cursor_row(session: Session, *, lock: bool = False) -> SiemCursorRow:
+    """The cursor row (revision 0015 makes it); `lock`: FOR UPDATE, held to the commit
+    (SQLite's write lock already serialises writers). A row deleted by hand is made again,
+    not started and with a new installation id, and that is logged."""
+    query = select(SiemCursorRow).where(SiemCursorRow.id == 1)
+    row = session.scalar(query.with_for_update() if lock else query)
+    if row is None:
+        log.warning("the SIEM cursor row is missing: made again, with a new installation id")
+        row = SiemCursorRow(id=1, installation=str(uuid.uuid4()), failures=0)
+        session.add(row)
+        session.flush()
+    return row
+
+
 def _register_keyed(session: Session) -> bool:
     """Whether the register's old rows were signed once (the audit log says so)."""
     found = session.scalar(select(AuditRow.id).where(AuditRow.action == REGISTER_KEYED).limit(1))
@@ -1259,6 +1419,7 @@ def append_audit(
     )
     session.add(row)
     session.flush()  # assigns the id that the hash covers
+    session.info[_AUDITED] = True
     if key is not None and keyed_from is None:
         keyed_from = row.id
     row.hash = audit_hash(row, key)
