@@ -113,10 +113,13 @@ SAMPLES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
          "session_id": "sess/Abc+123"},
     ),
     "feed.unauthorised": (
-        "feed ais", "ais", {"reason": "bad or missing token", "reason_code": "feed.token_invalid"}
+        "feed ais", "ais",
+        {"reason": "bad or missing token", "reason_code": "feed.token_invalid",
+         "source": "2001:db8::7"},
     ),
     "feed.unauthorised.suppressed": (
-        "feed listener", None, {"per_minute": 10, "suppressed": {"ais": 41, "*": 3}}
+        "feed listener", None,
+        {"per_minute": 10, "suppressed": {"ais": 41, "*": 3}, "sources": ["192.0.2.7"]}
     ),
     "ha.takeover": (
         "liaison-bot", "node-b",
@@ -234,20 +237,25 @@ SAMPLES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
     "route.added": (ADMIN, "deu->nato-s", {}),
     "route.removed": (ADMIN, "deu->eu-s", {}),
     "search": (OFFICER, "nato-s", {"matches": 3, "scanned": 120}),
-    "siem.recovered": ("liaison-bot", None, {"pending": 0, "attempts": 4, "seconds": 61.5}),
+    "siem.recovered": ("liaison-bot", "siem.example.org:6514", {"outage_s": 61.5, "failures": 4}),
     "siem.unreachable": (
-        "liaison-bot", None, {"pending": 17, "attempts": 3, "since_id": 1200, "error": "TimeoutError"}
+        "liaison-bot", "siem.example.org:6514",
+        {"error": "audit row 12..40: TLS handshake failed: certificate verify failed"},
+    ),
+    "siem.rewound": ("cli:admin", None, {"from": 1200, "to": 1100}),
+    "siem.chain-broken": (
+        "liaison-bot", "1201", {"prev_hash": "a" * 64, "expected_prev_hash": "b" * 64},
     ),
     "spillage": (
         OFFICER, EVENT_ID,
         {"room": "deu", "marking": "NATO SECRET // CRYPTO // REL TO DEU, USA",
          "reason": "write-down: NATO SECRET (DEU GEHEIM) is above the room's DEU VS-VERTRAULICH",
          "reason_code": "level.above_room", "redacted": [EVENT_ID],
-         "withdrawn_from": ["nato-s"]},
+         "withdrawn_from": ["nato-s"], "source": "192.0.2.7"},
     ),
 }  # fmt: skip
 
-# The transport half (issue 27) writes these; they are mapped before it lands.
+# Written by the transport half through constants the scan reads (kept: they must stay mapped).
 TRANSPORT_ACTIONS = frozenset({"siem.unreachable", "siem.recovered"})
 FINDINGS_CLASSES = {2004, 2006}
 

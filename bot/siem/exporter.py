@@ -53,7 +53,9 @@ from commands.document import Document, doc, para
 log = logging.getLogger(__name__)
 
 ACTOR = "liaison-bot"
-UNREACHABLE, RECOVERED, CHAIN_BROKEN = "siem.unreachable", "siem.recovered", "siem.chain-broken"
+UNREACHABLE = "siem.unreachable"
+RECOVERED = "siem.recovered"
+CHAIN_BROKEN = "siem.chain-broken"
 FIRST_RETRY_S = 0.2
 POLL_S = 1.0  # how often rows written by another process are looked for
 LAG_RECOUNT_S = 1.0  # the lag is counted in the database at most this often

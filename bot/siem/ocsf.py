@@ -25,12 +25,14 @@ from enum import Enum
 from typing import Any
 
 from bot.siem.specs import (
+    ADDRESS,
     COMMAND,
     CRON,
     DATE,
     ERRCODE,
     EVENT,
     FEED,
+    HASH,
     IDENT,
     KEY,
     NATION,
@@ -194,11 +196,12 @@ ACTIONS: dict[str, ActionMap] = {
     # --- authentication failures
     "feed.unauthorised": ActionMap(
         3002, 1, 3, _FAIL, "Feed request refused: not authenticated", Subject.FEED,
-        _CODE,
+        {**_CODE, "source": ADDRESS},
     ),
     "feed.unauthorised.suppressed": ActionMap(
         3002, 1, 3, _FAIL, "Feed requests refused (not audited one by one)", Subject.NONE,
-        {"per_minute": Scalar.INT, "suppressed": MapOf(FEED, Scalar.INT)},
+        {"per_minute": Scalar.INT, "suppressed": MapOf(FEED, Scalar.INT),
+         "sources": ListOf(ADDRESS)},
     ),
     "command.untrusted-device": ActionMap(
         3002, 99, 3, _FAIL, "Command refused: the device is not trusted", Subject.NONE,
@@ -213,7 +216,7 @@ ACTIONS: dict[str, ActionMap] = {
         2006, 1, 4, None, "Spillage: a marking above its room was removed", Subject.EVENT,
         {
             **_ROOM, "marking": Marking.LABEL, **_CODE, "redacted": ListOf(EVENT),
-            "not_redacted": ListOf(EVENT), "withdrawn_from": ListOf(ROOM),
+            "not_redacted": ListOf(EVENT), "withdrawn_from": ListOf(ROOM), "source": ADDRESS,
         },
         alert=True,
     ),
@@ -433,19 +436,22 @@ ACTIONS: dict[str, ActionMap] = {
     # Written by the SIEM transport (issue 27's other half): the export's own health.
     "siem.unreachable": ActionMap(
         6003, 99, 3, _FAIL, "SIEM unreachable: audit export delayed", Subject.NONE,
-        {
-            "pending": Scalar.INT, "attempts": Scalar.INT, "since_id": Scalar.INT,
-            "error": IDENT, "seconds": Scalar.NUMBER,
-        },
+        {},  # its error text names the target and the TLS failure: kept in the database
         activity_name="Export",
     ),
     "siem.recovered": ActionMap(
         6003, 99, 1, _OK, "SIEM reachable again: audit export resumed", Subject.NONE,
-        {
-            "pending": Scalar.INT, "attempts": Scalar.INT, "since_id": Scalar.INT,
-            "seconds": Scalar.NUMBER,
-        },
+        {"outage_s": Scalar.NUMBER, "failures": Scalar.INT},
         activity_name="Export",
+    ),
+    "siem.rewound": ActionMap(
+        6003, 99, 3, _OK, "Audit export rewound: a range is sent again", Subject.NONE,
+        {"from": Scalar.INT, "to": Scalar.INT},
+        activity_name="Export",
+    ),
+    "siem.chain-broken": ActionMap(
+        2004, 1, 5, None, "Audit chain broken: a row does not link to the one before it",
+        Subject.NONE, {"prev_hash": HASH, "expected_prev_hash": HASH},
     ),
 }
 # fmt: on
@@ -480,6 +486,7 @@ WITHHELD: dict[str, frozenset[str]] = {
         _WORDS,
     ),
     "command.error": frozenset({"error"}),
+    "siem.unreachable": frozenset({"error"}),  # names the target and the TLS failure
     "command.untrusted-device": frozenset({"problem"}),
     "relay.untrusted-device": frozenset({"problem"}),
     "event.malformed": frozenset({"problem"}),

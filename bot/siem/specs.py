@@ -116,6 +116,8 @@ KEY = Pattern("public key", re.compile(r"[A-Za-z0-9+/=_\-]{16,128}"))
 IDENT = Pattern("type name", re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,127}"))
 ERRCODE = Pattern("Matrix errcode", re.compile(r"[A-Z][A-Z0-9_]{0,63}|error"))
 CRON = Pattern("cron", re.compile(r"[0-9A-Za-z*/,\- ]{1,100}"))
+ADDRESS = Pattern("IP address", re.compile(r"[0-9A-Fa-f:.]{2,45}"))  # a feed request's source
+HASH = Pattern("chain hash", re.compile(r"[0-9a-f]{64}"))
 ROUTE = Pattern("route", re.compile(r"[a-z0-9_-]{1,32}->[a-z0-9_-]{1,32}"))
 SCHEDULE = Pattern(
     "digest schedule", re.compile(r"cfg-[0-9]{1,9}|db-[0-9]{1,18}|now:[a-z0-9_-]{1,32}")
