@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/relay.py 100 --crypto-store database --database-url $(BENCH_DATABASE_URL)
 	$(BIN)/python bench/cryptostore.py --database-url $(BENCH_DATABASE_URL)
 	$(BIN)/python bench/failover.py 5 --database-url $(BENCH_DATABASE_URL)
+	$(BIN)/python bench/siem.py 20000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
