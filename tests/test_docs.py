@@ -61,3 +61,22 @@ def test_readme_scheme_table_lists_every_scheme_with_its_levels_and_sources() ->
             assert column.startswith(expected), (code, rank, column)
         for source in scheme.sources:
             assert source in cells[5], (code, source)
+
+
+def test_readme_siem_class_table_names_every_mapped_action() -> None:
+    """The README's OCSF class table lists each action under the class it is exported as."""
+    from bot.siem import ocsf
+
+    readme = README.read_text(encoding="utf-8")
+    section = readme.split("## Audit to the SOC", 1)[1].split("\n## ", 1)[0]
+    rows = {
+        line.split("|")[1].strip().split(" ", 1)[0]: line.split("|")[2]
+        for line in section.splitlines()
+        if line.startswith("| 2") or line.startswith("| 3") or line.startswith("| 6")
+    }
+    wrong = [
+        action
+        for action, mapping in ocsf.ACTIONS.items()
+        if f"`{action}`" not in rows.get(str(mapping.class_uid), "")
+    ]
+    assert wrong == [], f"README class table out of step for {wrong}"
