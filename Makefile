@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-test
 
-.PHONY: demo test lint typecheck mutants unit bench clean
+.PHONY: demo siem-demo test lint typecheck mutants unit bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,11 @@ $(DEMO_STAMP): pyproject.toml
 
 demo: $(DEMO_STAMP)
 	$(BIN)/liaison-bot demo
+
+# The demo with its audit log exported to a local rsyslog over TLS, checked after the
+# scenario (needs the rsyslog and rsyslog-openssl packages).
+siem-demo: $(DEMO_STAMP)
+	$(BIN)/liaison-bot demo --siem
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

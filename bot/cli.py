@@ -610,7 +610,14 @@ def run_command(config_path: str, verbose: bool) -> None:
     help="Two homeservers federating over TLS: the officer on the German one, the NATO and "
     "EU analysts on NATO's.",
 )
-def demo_command(exit_after_scenario: bool, federated: bool) -> None:
+@click.option(
+    "--siem",
+    is_flag=True,
+    help="Export the audit log to a local rsyslog over TLS ([siem]) and, after the scenario, "
+    "check what it received (OCSF 1.5.0, no gaps, no duplicates). Needs rsyslog and "
+    "rsyslog-openssl.",
+)
+def demo_command(exit_after_scenario: bool, federated: bool, siem: bool) -> None:
     """Start a throwaway Synapse, the bot, three rooms and sample people; play a short
     scenario (an invite refused, a relay to NATO refused for the EU, a digest), then keep the
     homeserver up for a Matrix client until Ctrl-C. Needs the `demo` extra (Synapse).
@@ -620,17 +627,20 @@ def demo_command(exit_after_scenario: bool, federated: bool) -> None:
       liaison-bot demo
       liaison-bot demo --exit-after-scenario
       liaison-bot demo --federated
+      liaison-bot demo --siem --exit-after-scenario
     """
     try:
         import synapse  # noqa: F401
     except ImportError:
         _fail("the demo needs Synapse: pip install 'liaison-bot[demo]' (make demo does this)")
-    from bot.devtools.demo import run_demo
+    from bot.devtools.demo import run_demo, siem_missing
 
+    if siem and (reason := siem_missing()) is not None:
+        _fail(reason)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("nio", "peewee", "aiohttp", "bot"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
-    ok = run_demo(exit_after_scenario=exit_after_scenario, federated=federated)
+    ok = run_demo(exit_after_scenario=exit_after_scenario, federated=federated, siem=siem)
     sys.exit(EXIT_OK if ok else EXIT_NO)
 
 

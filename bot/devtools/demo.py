@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bot.app import LiaisonBot, Secrets
 from bot.config import load_config
+from bot.devtools import siemdemo
 from bot.devtools.botenv import rooms_config
 from bot.devtools.devserver import DevServer
 from bot.devtools.e2ee_client import E2EEClient, cross_sign, open_dm, talk
@@ -101,9 +102,23 @@ def config_text(server: DevServer, bot: str, admin: str, officer: str, rooms: st
 
 
 async def scenario(
-    workdir: Path, out: Callable[[str], None], *, linger: bool, federated: bool = False
+    workdir: Path,
+    out: Callable[[str], None],
+    *,
+    linger: bool,
+    federated: bool = False,
+    siem: bool = False,
 ) -> bool:
     report = Report(out)
+    receiver: siemdemo.Receiver | None = None
+    if siem:
+        step = report.step("A local rsyslog receives the audit log as syslog over TLS (RFC 5425)")
+        try:
+            receiver = await asyncio.to_thread(siemdemo.Receiver.start, workdir / "siem")
+        except Exception as exc:  # rsyslogd would not start: say so, start nothing else
+            report.check(step, False, f"rsyslog did not start: {exc}")
+            return False
+        report.check(step, True, f"rsyslogd listening on 127.0.0.1:{receiver.rsyslog.port} (TLS)")
     ca = TestCA.create(workdir / "ca") if federated else None
     server = DevServer(workdir / "synapse", federation=ca)
     remote = DevServer(workdir / "synapse-nato", federation=ca) if federated else server
@@ -134,6 +149,7 @@ async def scenario(
             users["lo-deu"].user_id,
             federated_rooms(server, remote) if federated else ROOMS,
         )
+        + (receiver.config_section() if receiver is not None else "")
     )
     config = load_config(config_path)
     data_key = secrets.token_hex(16)
@@ -243,6 +259,9 @@ async def scenario(
         report.show(step, "analyst-nor reads in nato-s (decrypted)", digest.body)
         report.check(step, "Convoy of 12 vehicles" in digest.body, "the relayed item is in it")
 
+        if receiver is not None:
+            await siem_step(report, receiver, store)
+
         out("\n" + ("Scenario passed." if report.passed else "Scenario FAILED (see ✗ above)."))
         if linger:
             out(
@@ -258,6 +277,8 @@ async def scenario(
                 "   (verify the new session with your other devices, or trust it, to read history"
                 " shared after you log in; rooms show history only from joining)"
             )
+            if receiver is not None:
+                out(f"   rsyslog writes the bot's audit events to {receiver.rsyslog.output}")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -275,15 +296,62 @@ async def scenario(
         await asyncio.to_thread(server.stop)
         if remote is not server:
             await asyncio.to_thread(remote.stop)
+        if receiver is not None:
+            await asyncio.to_thread(receiver.stop)
 
 
-def run_demo(
-    *, exit_after_scenario: bool, federated: bool = False, out: Callable[[str], None] = print
-) -> bool:
-    with tempfile.TemporaryDirectory(prefix="liaison-demo-") as tmp:
-        return asyncio.run(
-            scenario(Path(tmp), out, linger=not exit_after_scenario, federated=federated)
+async def siem_step(report: Report, receiver: siemdemo.Receiver, store: Store) -> None:
+    """Wait for the export to catch up, then check and show what rsyslog received."""
+    step = report.step("The SOC's SIEM (the local rsyslog) received the audit log")
+    try:
+        summary = await siemdemo.check(receiver, store)
+    except siemdemo.SiemDemoError as exc:
+        report.check(step, False, str(exc))
+        return
+    report.out(summary.line)
+    report.check(step, summary.received > 0, "audit events received over TLS")
+    report.check(
+        step,
+        summary.valid == summary.received,
+        "each one a valid OCSF 1.5.0 event (the official class schema, offline)",
+    )
+    report.check(
+        step,
+        not summary.gaps and not summary.duplicates,
+        "every audit id once, from the first received to the bot's newest row",
+    )
+    for problem in summary.problems[:5]:
+        report.out(f"   ✗ {problem}")
+    if summary.gaps:
+        report.out(f"   ✗ missing audit ids: {summary.gaps[:20]}")
+    for event in summary.samples:
+        meta = event.get("metadata", {})
+        report.show(
+            step,
+            f"audit row {meta.get('sequence')}: {event.get('class_name')}",
+            siemdemo.pretty(event),
         )
 
 
-__all__ = ["run_demo"]
+def siem_missing() -> str | None:
+    """Why `demo --siem` cannot run here (rsyslog, its OpenSSL driver, the OCSF schema)."""
+    return siemdemo.missing()
+
+
+def run_demo(
+    *,
+    exit_after_scenario: bool,
+    federated: bool = False,
+    siem: bool = False,
+    out: Callable[[str], None] = print,
+) -> bool:
+    if siem and (reason := siem_missing()) is not None:
+        out(f"error: {reason}")
+        return False
+    with tempfile.TemporaryDirectory(prefix="liaison-demo-") as tmp:
+        return asyncio.run(
+            scenario(Path(tmp), out, linger=not exit_after_scenario, federated=federated, siem=siem)
+        )
+
+
+__all__ = ["run_demo", "siem_missing"]
