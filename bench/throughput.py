@@ -203,8 +203,12 @@ def _listed(numbers: list[int]) -> str:
     return ", ".join(map(str, numbers))
 
 
-async def measure(n: int, rounds: int) -> dict[str, Any]:
-    timeout = 120 + 1.0 * n  # generous: far beyond the few seconds a burst takes
+def burst_timeout(n: int) -> float:
+    return 120 + 1.0 * n  # generous: far beyond the few seconds a burst takes
+
+
+def count_log_lines() -> tuple[BackfillCounter, LateKeys]:
+    """Install the counters of the bot's back-fills and of nio's late room keys."""
     gaps = BackfillCounter()
     logging.getLogger("bot.matrix.events").addHandler(gaps)
     logging.getLogger("bot.matrix.events").setLevel(logging.INFO)
@@ -212,6 +216,12 @@ async def measure(n: int, rounds: int) -> dict[str, Any]:
     nio_crypto = logging.getLogger("nio.crypto")
     nio_crypto.addHandler(late)
     nio_crypto.propagate = False
+    return gaps, late
+
+
+async def measure(n: int, rounds: int) -> dict[str, Any]:
+    timeout = burst_timeout(n)
+    gaps, late = count_log_lines()
     bursts: list[Burst] = []
     async with relay_scenario() as sc:
         await sc.warm_up()
