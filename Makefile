@@ -58,6 +58,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cryptostore.py --database-url $(BENCH_DATABASE_URL)
 	$(BIN)/python bench/failover.py 5 --database-url $(BENCH_DATABASE_URL)
 	$(BIN)/python bench/siem.py 20000
+	$(BIN)/python bench/siem_overhead.py 50 5
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -53,6 +53,7 @@ from commands.document import Document, doc, para
 log = logging.getLogger(__name__)
 
 ACTOR = "liaison-bot"
+GATHER_S = 0.2  # how long a woken exporter lets new rows gather before it reads them
 UNREACHABLE = "siem.unreachable"
 RECOVERED = "siem.recovered"
 CHAIN_BROKEN = "siem.chain-broken"
@@ -224,6 +225,10 @@ class Exporter:
             self.lag_rows, self._delivered_at = 0.0, time.monotonic()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.settings.poll)
+                # Woken by a new row: let the rows a burst writes gather for a moment, so
+                # they share one TLS connection instead of a handshake each (a relay burst
+                # wrote 301 rows in 257 batches before).
+                await asyncio.sleep(GATHER_S)
             return cursor
         await self._count_lag(position)
         await self._check_links(position, rows)
