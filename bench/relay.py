@@ -23,43 +23,26 @@ import argparse
 import asyncio
 import contextlib
 import os
-import secrets
 import statistics
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from bench.common import RESULTS, percentile, record
+from bot.devtools.pgschema import throwaway_schema
 from bot.devtools.scenario import RELEASABLE, relay_scenario
-from bot.matrix.dbstore import crypto_schema
 
 PG_ENV = "LIAISON_TEST_DATABASE_URL"
 
 
-@contextlib.contextmanager
-def bench_schema(base_url: str) -> Iterator[str]:
+def bench_schema(base_url: str) -> contextlib.AbstractContextManager[str]:
     """A database URL whose search_path is a new schema on `base_url`'s server; it and the
     crypto store's schema beside it are dropped afterwards."""
-    schema = f"bench_{secrets.token_hex(6)}"
-    admin = create_engine(base_url, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = make_url(base_url).update_query_dict({"options": f"-csearch_path={schema}"})
-        try:
-            yield url.render_as_string(hide_password=False)
-        finally:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{crypto_schema(schema)}" CASCADE'))
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    finally:
-        admin.dispose()
+    return throwaway_schema(base_url, "bench")
 
 
 async def measure(

@@ -397,16 +397,9 @@ class ProcessScenario:
     nato_s: str = field(init=False, repr=False)
 
     def start(self, **extra_env: str) -> Any:
-        import subprocess
-        import sys
+        from bot.devtools.hapair import start_bot
 
-        script = str(Path(sys.executable).parent / "liaison-bot")
-        self.proc = subprocess.Popen(
-            [script, "run", "--config", str(self.config_path)],
-            env={**self.env, **extra_env},
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
+        self.proc = start_bot(self.config_path, {**self.env, **extra_env}, self.log)
         return self.proc
 
     async def wait_for_log(self, text: str, timeout: float = 60) -> None:

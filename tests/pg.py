@@ -4,13 +4,14 @@ LIAISON_TEST_DATABASE_URL, or a visible skip when there is none."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
+
+from bot.devtools.pgschema import throwaway_schema
 
 PG_ENV = "LIAISON_TEST_DATABASE_URL"
 
@@ -42,16 +43,5 @@ def fresh_schema() -> Iterator[str]:
     the crypto store's schema that migrating it makes beside it (revision 0014)."""
     if SKIP_REASON is not None:
         pytest.skip(SKIP_REASON)
-    base = os.environ[PG_ENV]
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}_nio_crypto" CASCADE'))
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with throwaway_schema(os.environ[PG_ENV], "t") as url:
+        yield url

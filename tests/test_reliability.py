@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import secrets
 import signal
-import subprocess
 import time
 from pathlib import Path
 
@@ -29,7 +28,6 @@ from tests.bot_harness import (
     write_config,
 )
 from tests.matrix_harness import MakeClient, MakeUser
-from tests.test_run_cli import SCRIPT
 
 STREAM = 300
 
@@ -48,15 +46,6 @@ class SwitchableProxy(CountingProxy):
         return web.json_response(
             {"errcode": "M_UNKNOWN", "error": "homeserver unreachable"}, status=502
         )
-
-
-def start(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        [SCRIPT, "run", "--config", str(config)],
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-    )
 
 
 def counts(store: Store, room_id: str) -> tuple[int, int, int]:

@@ -43,6 +43,16 @@ MakeUser = Callable[[str], RegisteredUser]
 MakeClient = Callable[[RegisteredUser], Awaitable[E2EEClient]]
 
 
+def start_bot(config_path: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`liaison-bot run` as a process of its own, its output appended to `log`."""
+    return subprocess.Popen(
+        [SCRIPT, "run", "--config", str(config_path)],
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
+
+
 @dataclass
 class Node:
     name: str
@@ -53,12 +63,7 @@ class Node:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, **extra_env: str) -> subprocess.Popen[bytes]:
-        self.proc = subprocess.Popen(
-            [SCRIPT, "run", "--config", str(self.config_path)],
-            env={**self.env, **extra_env},
-            stdout=self.log.open("ab"),
-            stderr=subprocess.STDOUT,
-        )
+        self.proc = start_bot(self.config_path, {**self.env, **extra_env}, self.log)
         return self.proc
 
     def text(self) -> str:
