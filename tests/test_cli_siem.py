@@ -12,16 +12,15 @@ import pytest
 from click.testing import CliRunner, Result
 
 from bot.cli import main
+from bot.siem.wiring import formatter
 from bot.storage import SiemPosition, Store, audit_key_from
 from bot.storage.migrate import upgrade
-from tests import siem_standin
 
 DATA_KEY = "d" * 64
 
 
 @pytest.fixture
 def config(database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    siem_standin.install(monkeypatch)  # until the formatting half lands, a stand-in
     monkeypatch.setenv("LIAISON_DATA_KEY", DATA_KEY)
     path = tmp_path / "bot.toml"
     path.write_text(
@@ -66,7 +65,7 @@ def test_export_writes_one_valid_event_a_line_for_the_range(config: Path) -> Non
     store = stored(config)
     try:
         installation = store.siem_installation()
-        render = siem_standin.bound("cef")  # [siem] format
+        render = formatter("cef", "level")  # [siem] format
         assert lines == [render(r.entry, installation).body for r in store.audit_after(2, 4)]
     finally:
         store.close()

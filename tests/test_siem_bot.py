@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from bot.devtools.testca import TestCA
-from tests import siem_standin
+from bot.siem.wiring import formatter
 from tests.bot_harness import BotEnv
 from tests.siem_harness import Rsyslog, require_rsyslog
 
@@ -27,7 +27,6 @@ def receiver(
 ) -> Iterator[Rsyslog]:
     """rsyslog, and the bot's [siem] section pointing at it (own_bot_env reads it after)."""
     require_rsyslog()
-    siem_standin.install(monkeypatch)  # until the formatting half lands, a stand-in
     ca = TestCA.create(tmp_path / "ca")
     cert, key = ca.issue("server", tmp_path / "certs")
     rsyslog = Rsyslog(tmp_path / "rsyslog", cert, key, ca.ca_path)
@@ -55,7 +54,7 @@ async def test_the_bot_exports_its_audit_log_after_the_first_sync(
 ) -> None:
     bot, store = own_bot_env.bot, own_bot_env.store
     assert bot is not None and store is not None
-    render = siem_standin.bound("ocsf")
+    render = formatter("ocsf", "level")
 
     def delivered() -> bool:
         cursor = store.siem_cursor()

@@ -22,14 +22,15 @@ from typing import Any
 import pytest
 
 from bot.devtools.testca import TestCA
+from bot.siem import syslog_severity
 from bot.siem.exporter import Exporter, ExportSettings
 from bot.siem.syslog import Origin
 from bot.siem.transport import Confirmation, Delivery, TlsSyslog, TlsTarget
+from bot.siem.wiring import formatter
 from bot.storage import SiemPosition, Store, audit_key_from
 from bot.storage.migrate import upgrade
 from bot.storage.models import GENESIS_HASH
 from commands.document import Document, render_plain
-from tests import siem_standin
 from tests.siem_harness import Rsyslog, require_rsyslog
 
 DEADLINE_S = 30.0
@@ -124,8 +125,8 @@ async def export(store: Store, pki: Pki) -> AsyncIterator[Callable[..., Running]
             settings,
             store,
             TlsSyslog(target),
-            siem_standin.bound("ocsf"),
-            siem_standin.syslog_severity,
+            formatter("ocsf", "level"),
+            syslog_severity,
             Origin.local("liaison-test"),
             alert,
         )
@@ -151,7 +152,7 @@ def newest(store: Store) -> int:
 def expected(store: Store) -> list[str]:
     """What rsyslog should hold: every audit row rendered, in id order."""
     installation = store.siem_installation()
-    render = siem_standin.bound("ocsf")
+    render = formatter("ocsf", "level")
     return [render(row.entry, installation).body for row in store.audit_after(0, 1_000_000)]
 
 

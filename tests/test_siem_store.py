@@ -11,14 +11,15 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
+from bot.siem import Rendered, syslog_severity
 from bot.siem.exporter import Exporter, ExportSettings, Retry
 from bot.siem.syslog import Origin
 from bot.siem.transport import Confirmation, DeliveryError
-from bot.storage import AuditNote, SiemCursorRow, SiemPosition, Store, StoreError
+from bot.siem.wiring import formatter
+from bot.storage import AuditEntry, AuditNote, SiemCursorRow, SiemPosition, Store, StoreError
 from bot.storage.migrate import upgrade
 from bot.storage.models import GENESIS_HASH
 from commands.document import Document
-from tests import siem_standin
 
 DOWN = AuditNote("liaison-bot", "siem.unreachable", "siem:6514", {"error": "down"})
 BACK = AuditNote("liaison-bot", "siem.recovered", "siem:6514", {})
@@ -239,8 +240,8 @@ def exporter(store: Store, receiver: Flaky, alerts: list[Document], **changes: o
         settings,
         store,
         receiver,
-        siem_standin.bound("cef"),
-        siem_standin.syslog_severity,
+        formatter("cef", "level"),
+        syslog_severity,
         Origin("h", "1", "0"),
         alert,
     )
@@ -267,7 +268,7 @@ def bodies(payloads: list[bytes]) -> list[str]:
 
 
 def expected(store: Store) -> list[str]:
-    render, installation = siem_standin.bound("cef"), store.siem_installation()
+    render, installation = formatter("cef", "level"), store.siem_installation()
     return [render(row.entry, installation).body for row in store.audit_after(0, 10_000)]
 
 
@@ -307,20 +308,17 @@ async def test_a_row_that_cannot_be_sent_stops_the_export_there_and_says_why(
     store: Store,
 ) -> None:
     store.append_audit("@a:x", "test.event", None, {"text": "fine"})
-    store.append_audit("@a:x", "test.event", None, {"text": "Grüße"})
+    store.append_audit("@a:x", "test.event", "umlaut", {"text": "Grüße"})
     receiver, alerts = Flaky(), list[Document]()
     receiver.down = False
 
-    def ascii_only(entry: object, installation: str) -> siem_standin.StandInRendered:
-        rendered = siem_standin.standin_render(
-            entry,  # type: ignore[arg-type]  # an AuditEntry, passed through
-            "cef",
-            installation=installation,
-            markings=None,
-        )
-        # a formatter that lets a non-ASCII character through (the stand-in escapes it)
-        body = rendered.body.replace("\\u00fc", "ü")
-        return siem_standin.StandInRendered(body, 1, rendered.time, rendered.audit_id)
+    cef = formatter("cef", "level")
+
+    def ascii_only(entry: AuditEntry, installation: str) -> Rendered:
+        rendered = cef(entry, installation)
+        # a formatter that lets a non-ASCII character through (the real one escapes it)
+        body = rendered.body + (" cs6=ü" if entry.subject == "umlaut" else "")
+        return Rendered(body, 1, rendered.time, rendered.audit_id)
 
     export = exporter(store, receiver, alerts)
     export.render = ascii_only
