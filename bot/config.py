@@ -417,7 +417,7 @@ _HOST = re.compile(r"^(?:[A-Za-z0-9](?:[A-Za-z0-9.\-]{0,251}[A-Za-z0-9])?|[0-9A-
 
 class SiemConfig(_Section):
     """`[siem]`: every audit row, as it is written, to the SOC's SIEM as RFC 5424 syslog over
-    TLS (RFC 5425); README "Audit to the SOC". The files are read at start (they must load
+    TLS (RFC 5425); README "Audit to a SIEM". The files are read at start (they must load
     as PEM certificates and key), so a wrong path stops the start, naming its key, rather
     than turning into an outage that retries for ever."""
 

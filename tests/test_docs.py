@@ -68,7 +68,7 @@ def test_readme_siem_class_table_names_every_mapped_action() -> None:
     from bot.siem import ocsf
 
     readme = README.read_text(encoding="utf-8")
-    section = readme.split("## Audit to the SOC", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("## Audit to a SIEM", 1)[1].split("\n## ", 1)[0]
     rows = {
         line.split("|")[1].strip().split(" ", 1)[0]: line.split("|")[2]
         for line in section.splitlines()

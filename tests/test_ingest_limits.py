@@ -184,7 +184,7 @@ async def test_an_unknown_feed_is_answered_exactly_like_a_bad_token(
 
 
 async def test_a_feeds_spillage_row_names_the_remote_address(feed: Listener) -> None:
-    """The SOC gets the audit (README "Audit to the SOC"): it can tell which host posted."""
+    """The SOC gets the audit (README "Audit to a SIEM"): it can tell which host posted."""
     body = json.dumps({"marking": "COSMIC TOP SECRET", "text": "never shown"}).encode()
     status, answer = await feed.post("sat", body)
     assert status == 422 and "spillage" in answer["error"]

@@ -16,7 +16,7 @@ which follows the batch on the same ordered stream. Not a delivery:
 Each is a `DeliveryError` whose message says what happened, for the cursor's `last_error`.
 
 What "read" means is the receiver's business: rsyslog with an in-memory queue can still
-lose messages it read if it is killed before writing them (README "Audit to the SOC" says
+lose messages it read if it is killed before writing them (README "Audit to a SIEM" says
 how to configure it).
 
 TLS: the server name is sent (SNI) and the receiver's certificate must carry it and chain to
