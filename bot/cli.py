@@ -22,6 +22,7 @@ import click
 
 from bot.config import Config, ConfigError, load_config
 from bot.services.register import ClearanceRegister, RegisterError
+from bot.startup import read_data_key, read_pickle_key
 from bot.storage import Store, StoreError, audit_key_from
 from bot.storage.sealing import Sealer, SealError
 from commands.views import clearance_document
@@ -487,7 +488,7 @@ def gate_synapse_config(config_path: str, database: str | None) -> None:
 
     config = _load(config_path)
     # Only the public key derived from the data key is printed, never the data key.
-    data_key = os.environ.get(config.storage.data_key_env)
+    data_key = read_data_key(config)
     try:
         entry = register_entry(config, database, data_key=data_key)
     except GateConfigError as exc:
@@ -554,7 +555,7 @@ def _offline_store(config: Config) -> Store:
     upgrade(url)
     # The data key, when set, keys the audit rows the CLI writes and lets it verify a keyed
     # log; without it the CLI can still read, and a keyed log refuses its writes by name.
-    data_key = os.environ.get(config.storage.data_key_env)
+    data_key = read_data_key(config)
     return Store.from_url(url, audit_key_from(data_key) if data_key else None)
 
 
@@ -977,7 +978,7 @@ RECOVERY_FORMAT = "liaison-bot cross-signing recovery v1"
 def _pickle_sealer(config: Config) -> Sealer:
     from bot.matrix.trust import key_sealer
 
-    secret = os.environ.get(config.homeserver.pickle_key_env)
+    secret = read_pickle_key(config)
     if not secret:
         _fail(
             f"environment variable {config.homeserver.pickle_key_env} "

@@ -71,3 +71,15 @@ class Secrets:
                 f.key: env[f.token_env] for f in (config.ingest.feeds if config.ingest else ())
             },
         )
+
+
+def read_data_key(config: Config) -> str | None:
+    """The data key for an offline command (the CLI), or None where it is not given: the
+    CLI reads without it and refuses, by name, what needs it. One place reads it, so every
+    way of giving a secret (environment variable, file) works for every command."""
+    return os.environ.get(config.storage.data_key_env) or None
+
+
+def read_pickle_key(config: Config) -> str | None:
+    """The pickle key for an offline command (the CLI), as `read_data_key`."""
+    return os.environ.get(config.homeserver.pickle_key_env) or None
