@@ -105,6 +105,9 @@ class LiaisonBot:
         if self.store.audit_key is None:  # every row the bot writes is keyed
             self.store.audit_key = audit_key_from(self.secrets.data_key)
         await in_thread(self.store.key_audit_log)
+        from bot.gate.publish import publish_settings  # the settings the gate reads
+
+        await in_thread(publish_settings, self.store, self.config)
         self.gateway = await login(
             self.config, self.secrets, self.store, self.gate, connect_params=self.connect_params
         )
