@@ -88,7 +88,9 @@ def _database(value: Any) -> str:
 
 def _without_password(url: URL) -> str:
     """The URL with its password left out (not masked: nothing of it is shown)."""
-    return url.set(password=None).render_as_string(hide_password=False)
+    # URL.set(password=None) leaves the password as it is: built again without it.
+    bare = URL.create(url.drivername, url.username, None, url.host, url.port, url.database)
+    return bare.update_query_dict(dict(url.query)).render_as_string(hide_password=False)
 
 
 def split_password(database: str) -> tuple[str, bool]:

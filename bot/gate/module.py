@@ -173,12 +173,6 @@ class LiaisonGate:
 
     def __init__(self, config: GateConfig, api: ModuleApi) -> None:
         self._api = api
-        # Register reads get threads of their own: Synapse's shared pool (10 threads) also
-        # encodes every response, so a slow register must not stall the whole homeserver.
-        self._pool = ThreadPool(minthreads=1, maxthreads=READ_THREADS, name="liaison-gate")
-        self._pool.start()
-        reactor: Any = api._hs.get_reactor()  # the module API offers no shutdown hook
-        reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
         self._registers = _Registers(config)
         # The registers named in homeserver.yaml are checked now: a database at an older
         # schema than this gate reads, or a newer one that changed what it reads, stops
@@ -188,8 +182,15 @@ class LiaisonGate:
             try:
                 register.check_at_start()
             except (SchemaTooOld, SchemaIncompatible) as exc:
-                self._pool.stop()
+                for opened in self._registers.static():
+                    opened.close()
                 raise ConfigError(f"modules[{MODULE_PATH}]: {exc}") from None
+        # Register reads get threads of their own: Synapse's shared pool (10 threads) also
+        # encodes every response, so a slow register must not stall the whole homeserver.
+        self._pool = ThreadPool(minthreads=1, maxthreads=READ_THREADS, name="liaison-gate")
+        self._pool.start()
+        reactor: Any = api._hs.get_reactor()  # the module API offers no shutdown hook
+        reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
         self._gate = Gate(self._registers, server_name=api.server_name)
         # Read and written on the reactor thread only (every callback runs there).
         self._labels: TTLCache[str, RoomLabel] = TTLCache(maxsize=10_000, ttl=LABEL_TTL)

@@ -11,7 +11,9 @@ says why. In a room that is not managed nothing is refused.
 
 The bot's admins, admin room and extra caveats come from the settings row the bot publishes
 into its register (`bot.storage.gate_settings`), read and cached like the other rows; a
-config from before then may still carry copies, used only while no row is published. With
+config from before then may still carry copies, used only while no row is published. A row
+that does not verify (or one that was read and is gone) closes the bot's managed rooms
+until the bot publishes again: otherwise a database writer could open its admin room. With
 each read of that row the gate also compares the database's schema revision and the bot's
 version with its own (`SchemaTooOld`, and warnings for the rest).
 
@@ -251,6 +253,13 @@ class SchemaTooOld(Exception):
     register fails closed."""
 
 
+class SettingsUnverified(LookupError):
+    """The bot's published settings row does not verify (or a row this gate read is gone):
+    deny by default, every managed room of the register admits nobody until the bot
+    publishes again. Neither the row (it may name an attacker as admin) nor the copies in
+    homeserver.yaml (the row says the bot's config moved on from them) are used."""
+
+
 class SchemaIncompatible(Exception):
     """The register's database is newer than this gate and changed a table it reads."""
 
@@ -320,6 +329,8 @@ class Register:
         self._clearances: _TtlCache[str, ClearanceRecord] = _TtlCache(ttl, clock)
         self._settings: _TtlCache[str, BotSettings] = _TtlCache(ttl, clock)
         self._said: dict[str, object] = {}  # what was last logged, per topic: said once
+        # A verified row was read: its absence from then on is a deletion, not an old bot.
+        self._seen_published = False
 
     @property
     def bot(self) -> str:
@@ -381,11 +392,11 @@ class Register:
         return record
 
     def settings(self, *, cache_only: bool = False) -> BotSettings:
-        """The bot's admins, admin room and caveats: as it published them, else the
-        config's copies (none: nobody enters the admin room without a clearance); reused
-        for the TTL. Each read also checks the schema revision and the bot's version;
-        raises SchemaTooOld or SchemaIncompatible (the caller fails closed), or the read's
-        error."""
+        """The bot's admins, admin room and caveats: as it published them, else (nothing
+        published: a bot older than this gate) the config's copies, if any; reused for the
+        TTL. Each read also checks the schema revision and the bot's version. Raises
+        SettingsUnverified, SchemaTooOld or SchemaIncompatible, or the read's error: the
+        caller fails closed."""
         return self.settings_read(cache_only=cache_only)[0]
 
     def settings_read(
@@ -412,6 +423,8 @@ class Register:
             self.settings()
         except (SchemaTooOld, SchemaIncompatible):
             raise
+        except SettingsUnverified:
+            return  # logged, naming the row; the bot's next start publishes it again
         except Exception as exc:
             log.warning(
                 "liaison gate: register of %s cannot be read at start (%s): its schema and "
@@ -429,12 +442,14 @@ class Register:
             if number is not None and number > int(SCHEMA_HEAD):
                 have = inspect(conn)
                 for model in _READ_TABLES:
-                    table = model.__table__
+                    name = str(model.__tablename__)
                     try:
-                        columns = {c["name"] for c in have.get_columns(table.name)}
+                        columns = {c["name"] for c in have.get_columns(name)}
                     except Exception:  # the table is gone (NoSuchTableError)
                         columns = set()
-                    missing += [f"{table.name}.{c.name}" for c in table.c if c.name not in columns]
+                    missing += [
+                        f"{name}.{c.name}" for c in model.__table__.c if c.name not in columns
+                    ]
             if missing or number is None or number < int(SCHEMA_HEAD):
                 return _SettingsRead(revision, None, None, missing)
             try:
@@ -513,37 +528,42 @@ class Register:
                 len(published.admins),
                 published.admin_room or "none",
             )
+            self._seen_published = True
             return BotSettings(
                 frozenset(published.admins),
                 published.admin_room,
                 published.caveats,
                 "published",
             )
-        if read.refused is not None:
-            why = f"{read.refused}: ignored"
+        refused = read.refused
+        if refused is None and self._seen_published:
+            refused = (
+                f"the gate settings row of {self.bot} was there and is gone (deleted in the "
+                "database?)"
+            )
+        if refused is not None:
             self._say(
                 "source",
-                why,
+                refused,
                 logging.ERROR,
-                "liaison gate: %s; %s",
-                why,
-                "using the copies in homeserver.yaml"
-                if spec.has_copies
-                else "no admins, no admin room, no extra caveats",
-            )
-        else:
-            why = "no settings published"
-            self._say(
-                "source",
-                why,
-                logging.WARNING,
-                "liaison gate: %s has published no settings yet (a bot older than this gate, "
-                "or not started since the upgrade): %s",
+                "liaison gate: %s: ignored, and the rooms of %s admit nobody until the bot "
+                "publishes its settings again (restart it)",
+                refused,
                 self.bot,
-                "using the copies in homeserver.yaml"
-                if spec.has_copies
-                else "no admins, no admin room, no extra caveats until it does",
             )
+            raise SettingsUnverified(refused)
+        why = "no settings published"
+        self._say(
+            "source",
+            why,
+            logging.WARNING,
+            "liaison gate: %s has published no settings yet (a bot older than this gate, "
+            "or not started since the upgrade): %s",
+            self.bot,
+            "using the copies in homeserver.yaml"
+            if spec.has_copies
+            else "no admins, no admin room, no extra caveats until it does",
+        )
         return BotSettings(frozenset(spec.admins), spec.admin_room, tuple(spec.caveats), why)
 
     def forget(self, user_id: str) -> None:
@@ -1138,6 +1158,7 @@ __all__ = [
     "RowRefused",
     "SchemaIncompatible",
     "SchemaTooOld",
+    "SettingsUnverified",
     "Verdict",
     "content_keeps_room_closed",
     "creator_power_version",
