@@ -45,11 +45,11 @@ from bot.storage.gate_settings import GATE_SETTINGS_PUBLISHED, GateSettings, pub
 from bot.storage.migrate import upgrade
 from bot.storage.models import SCHEMA_HEAD
 from bot.storage.store import register_public_key
-from policy.ids import RoomId, RoomKey
+from policy.ids import RoomId, RoomKey, UserId
 from tests.pg import fresh_schema
 
 ROOT = Path(__file__).resolve().parent.parent
-BOT = "@liaison:hs"
+BOT = UserId("@liaison:hs")
 ADMIN = "@chief:hs"
 CLEARED = "@cleared:hs"
 ADMIN_ROOM_ID = "!admins:hs"
@@ -298,7 +298,7 @@ def test_a_store_without_the_data_key_publishes_nothing(register_url: str, tmp_p
             publish_settings(store, _bot_config(tmp_path))
     finally:
         store.close()
-    gate, register = _gate(register_url)
+    _unused, register = _gate(register_url)
     try:
         assert register.settings().source == "no settings published"
     finally:
@@ -368,7 +368,7 @@ def test_synapse_refuses_to_start_the_gate_on_an_old_database(tmp_path: Path) ->
 
 
 def test_an_unreachable_database_does_not_stop_the_start(tmp_path: Path) -> None:
-    _gate_, register = _gate(f"sqlite:///{tmp_path / 'absent.db'}")
+    _unused, register = _gate(f"sqlite:///{tmp_path / 'absent.db'}")
     try:
         register.check_at_start()  # logged; the rooms fail closed until it answers
     finally:
@@ -447,7 +447,7 @@ def test_a_database_url_with_a_password_is_refused_without_showing_it() -> None:
 
 def test_the_password_file_is_checked_when_synapse_reads_its_config(tmp_path: Path) -> None:
     base = {"bot_user_id": BOT, "database": "postgresql+psycopg://gate@db/liaison"}
-    with pytest.raises(GateConfigError, match="database_password_file .*cannot read it"):
+    with pytest.raises(GateConfigError, match=r"database_password_file .*cannot read it"):
         parse_gate_config({**base, "database_password_file": str(tmp_path / "absent")})
     empty = tmp_path / "empty"
     empty.write_text("\n")
@@ -580,7 +580,7 @@ class _FakeReactor:
     def __init__(self) -> None:
         self.triggers: list[Any] = []
 
-    def addSystemEventTrigger(self, _phase: str, _event: str, fn: Any) -> None:  # noqa: N802  # Twisted's name
+    def addSystemEventTrigger(self, _phase: str, _event: str, fn: Any) -> None:  # Twisted's name
         self.triggers.append(fn)
 
 
