@@ -6,11 +6,11 @@ a child process on a free loopback port with SQLite in a private directory, with
 limit lifted (tests register, log in and send far faster than a person would; unless
 ``default_rate_limits=True`` keeps Synapse's own) and federation off, unless it is given a
 test CA (`bot.devtools.testca.TestCA`): then it federates, see below. It loads the
-homeserver gate (`bot.gate`) unless told not to, so every integration test runs with server-
-side enforcement: a bot started against it (`botenv.write_config`) adds its register to the
-gate's registers file. Stopping keeps the directory, so a test can take the server down and
-bring it back with its users and rooms intact; only `__exit__` of a server that made its own
-directory deletes it.
+homeserver gate (`bot.gate`) unless told not to, so every integration test runs with
+server-side enforcement: a bot started against it (`botenv.write_config`) adds its register
+to the gate's registers file. Stopping keeps the directory, so a test can take the server
+down and bring it back with its users and rooms intact; only `__exit__` of a server that
+made its own directory deletes it.
 
 Federation (``DevServer(..., federation=ca)``) is for scenarios that span homeservers, such
 as a national server and a NATO server with relays across them. Such a server is called
