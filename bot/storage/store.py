@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime
@@ -31,6 +31,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
+from bot.storage.bulk import ChangeKind, ClearanceChange, ImportRefused, WantedClearance
 from bot.storage.models import (
     GENESIS_HASH,
     AuditHeadRow,
@@ -760,6 +761,112 @@ class Store:
             append_audit(session, actor, "clearance.revoke", user_id, detail)
             return ClearanceRecord.of(row)
 
+    def import_clearances(
+        self,
+        actor: str,
+        wanted: Sequence[WantedClearance],
+        *,
+        today: date,
+        revoke_missing: bool = False,
+        dry_run: bool = False,
+    ) -> list[ClearanceChange]:
+        """Bring the register to the state `wanted` names, person by person, in ONE
+        transaction (all or nothing), one audit row per person changed (`clearance.grant`
+        for added and changed, `clearance.revoke` for revoked, detail `via: import`).
+        People the file leaves out are left as they are, or revoked with `revoke_missing`.
+        An expiry before `today` is refused unless it is already the record's (an export
+        of an expired clearance reads back in unchanged). Problems found with the register
+        (a row changed outside the bot, a past expiry) raise ImportRefused listing every
+        one, and nothing is written; `dry_run` plans the same and writes nothing."""
+        with self.session() as session:
+            rows = {r.user_id: r for r in session.scalars(select(ClearanceRow))}
+            problems: list[str] = []
+            plan: list[tuple[ClearanceChange, WantedClearance | None]] = []
+            for wish in wanted:
+                row = rows.get(wish.user_id)
+                if row is not None and not self._clearance_verifies(row):
+                    problems.append(
+                        f"{wish.where}: user {wish.user_id}: the register row does not verify "
+                        "(changed outside the bot); revoke all of it first, then import"
+                    )
+                    continue
+                change = _planned_change(row, wish)
+                if (
+                    change.kind in (ChangeKind.ADDED, ChangeKind.CHANGED)
+                    and wish.expires is not None
+                    and wish.expires < today
+                    and (row is None or row.expires != wish.expires)
+                ):
+                    problems.append(
+                        f"{wish.where}: expires {wish.expires.isoformat()} is in the past "
+                        f"(today is {today.isoformat()}, UTC)"
+                    )
+                plan.append((change, wish))
+            if revoke_missing:
+                named = {w.user_id for w in wanted}
+                for user_id in sorted(set(rows) - named):
+                    if rows[user_id].revoked_at is None:
+                        missing = ClearanceChange(user_id, ChangeKind.REVOKED, missing=True)
+                        plan.append((missing, None))
+            if problems:
+                raise ImportRefused(problems)
+            if dry_run:
+                return [change for change, _ in plan]
+            for change, want in plan:
+                if change.kind is ChangeKind.UNCHANGED:
+                    continue
+                row = rows.get(change.user_id)
+                if change.kind is ChangeKind.REVOKED:
+                    assert row is not None  # planned only for an active record
+                    if not self._clearance_verifies(row):  # left out of the file, forged
+                        session.delete(row)
+                        detail: dict[str, Any] = {"unverified": True, "removed": True}
+                    else:
+                        row.revoked_at = utcnow()
+                        row.grants.clear()
+                        self._sign_clearance(row)
+                        detail = {}
+                    session.flush()
+                    detail.update({"scope": "all", "via": "import", "missing": change.missing})
+                    append_audit(session, actor, "clearance.revoke", change.user_id, detail)
+                    continue
+                assert want is not None
+                if row is None:
+                    row = ClearanceRow(user_id=want.user_id, nationality=want.nationality)
+                    session.add(row)
+                restored = row.revoked_at is not None
+                row.nationality, row.expires, row.revoked_at = want.nationality, want.expires, None
+                held = {g.scheme: g for g in row.grants}
+                for grant in want.grants:
+                    old = held.pop(grant.scheme, None)
+                    if old is None:
+                        row.grants.append(
+                            GrantRow(scheme=grant.scheme, level=grant.level, rank=grant.rank)
+                        )
+                    elif (old.level, old.rank) != (grant.level, grant.rank):
+                        old.level, old.rank, old.granted_at = grant.level, grant.rank, utcnow()
+                for gone in held.values():
+                    row.grants.remove(gone)
+                for caveat_row in [c for c in row.caveats if c.caveat not in want.caveats]:
+                    row.caveats.remove(caveat_row)
+                for caveat in sorted(want.caveats - {c.caveat for c in row.caveats}):
+                    row.caveats.append(ClearanceCaveatRow(caveat=caveat))
+                self._sign_clearance(row)
+                session.flush()
+                detail = {
+                    "via": "import",
+                    "change": change.kind.value,
+                    "fields": list(change.fields),
+                    "nationality": want.nationality,
+                    "levels": [g.level for g in want.grants],
+                    "caveats": sorted(want.caveats),
+                    "expires": want.expires.isoformat() if want.expires else None,
+                }
+                if restored:
+                    detail["restored"] = True
+                append_audit(session, actor, "clearance.grant", want.user_id, detail)
+            return [change for change, _ in plan]
+
     # ------------------------------------------------------------ cross-signing
 
     def cross_signing(self) -> tuple[str, str, str] | None:
@@ -1367,6 +1474,32 @@ def _siem_cursor_row(session: Session, *, lock: bool = False) -> SiemCursorRow:
         session.add(row)
         session.flush()
     return row
+
+
+def _planned_change(row: ClearanceRow | None, want: WantedClearance) -> ClearanceChange:
+    """What bringing `row` to `want` changes (the fields named as `clearance export`
+    names them)."""
+    if want.revoked:
+        if row is None or row.revoked_at is not None:
+            return ClearanceChange(want.user_id, ChangeKind.UNCHANGED)
+        return ClearanceChange(want.user_id, ChangeKind.REVOKED)
+    if row is None:
+        return ClearanceChange(want.user_id, ChangeKind.ADDED)
+    fields = []
+    if row.nationality != want.nationality:
+        fields.append("nationality")
+    if {(g.scheme, g.level, g.rank) for g in row.grants} != {
+        (g.scheme, g.level, g.rank) for g in want.grants
+    }:
+        fields.append("levels")
+    if {c.caveat for c in row.caveats} != want.caveats:
+        fields.append("caveats")
+    if row.expires != want.expires:
+        fields.append("expires")
+    if row.revoked_at is not None:
+        fields.append("revoked")
+    kind = ChangeKind.CHANGED if fields else ChangeKind.UNCHANGED
+    return ClearanceChange(want.user_id, kind, tuple(fields))
 
 
 def _register_keyed(session: Session) -> bool:
