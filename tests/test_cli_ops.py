@@ -88,10 +88,10 @@ WRITES = [
 
 
 def _with_config(args: list[str], config: Path) -> list[str]:
-    return [*args[:2], "--config", str(config), *args[2:]] if args[0] in (
-        "audit",
-        "clearance",
-    ) else [*args, "--config", str(config)]
+    """The command's words, then --config (after the group's subcommand, if any)."""
+    if args[0] in ("audit", "clearance"):
+        return [*args[:2], "--config", str(config), *args[2:]]
+    return [*args, "--config", str(config)]
 
 
 @pytest.mark.parametrize("args", [*READS, *WRITES, ["clearance", "import", "FILE"]])
@@ -213,7 +213,7 @@ def test_a_read_session_is_read_only_on_the_server(config: Path, database_url: s
     command's session fails."""
     store = open_existing(database_url, audit_key_from(DATA_KEY), read_only=True)
     try:
-        with pytest.raises(Exception, match="read-?only"), store.session() as session:
+        with pytest.raises(Exception, match=r"read-?only"), store.session() as session:
             session.execute(update(AuditHeadRow).values(last_id=AuditHeadRow.last_id))
     finally:
         store.close()
@@ -547,8 +547,6 @@ def test_listings_speak_json(config: Path) -> None:
         "created": False,
     }
     routes = json.loads(cli("routes", "--config", str(config), "--json").stdout)
-    assert {"source": "deu", "targets": ["nato-s", "eu-s"], "origin": "config"} in routes[
-        "routes"
-    ]
+    assert {"source": "deu", "targets": ["nato-s", "eu-s"], "origin": "config"} in routes["routes"]
     status = json.loads(cli("audit", "siem-status", "--config", str(config), "--json").stdout)
     assert status["started"] is False and status["lag_rows"] == 3  # keyed, signed, granted
