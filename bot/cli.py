@@ -1,8 +1,13 @@
 """The `liaison-bot` command line.
 
-Exit codes everywhere: 0 success, 1 a negative answer or failed check, 2 bad input or usage.
-Answers go to stdout (JSON for the policy commands, so scripts can read them); errors go to
-stderr and name the offending input.
+Exit codes everywhere: 0 success, 1 a negative answer or failed check (denied, not found,
+audit log broken), 2 bad input or usage, or no answer could be given (the database missing
+or at another schema revision, an audit log that cannot be verified without the right key).
+Answers go to stdout (JSON for the policy commands, and with --json for the listings, so
+scripts can read them); errors go to stderr and name the offending input.
+
+Only `db upgrade` creates or migrates the database; every other command opens it as it is,
+and a command that only reads opens it read-only (`bot/storage/offline.py`).
 """
 
 from __future__ import annotations
@@ -166,6 +171,12 @@ def main() -> None:
       liaison-bot label parse "nato secret//rel to eu"
       liaison-bot check-config --config config.toml
       liaison-bot db upgrade --config config.toml
+
+    \b
+    Exit codes: 0 success; 1 a negative answer or failed check (denied, not
+    found, audit log broken); 2 bad input or usage, or no answer possible (the
+    database missing or at another schema revision: only `db upgrade` creates
+    and migrates it; an audit log that cannot be verified without the right key).
     """
 
 
@@ -527,7 +538,9 @@ def db() -> None:
 @db.command("upgrade")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 def db_upgrade(config_path: str) -> None:
-    """Create or migrate the database named in the config to the newest schema.
+    """Create or migrate the database named in the config to the newest schema: the only
+    command that does (the others refuse a missing or out-of-date database). Stop the bot
+    and back up first: an older bot must not run on the migrated database.
 
     \b
     Example:
