@@ -349,6 +349,19 @@ def test_a_past_expiry_is_refused_naming_it_and_today(config: Path) -> None:
     assert today.exit_code == 0, today.output
 
 
+def test_the_register_refuses_a_past_expiry_for_chat_too(store: Store) -> None:
+    """The rule lives in the register service, which `!clearance grant` shares."""
+    from datetime import timedelta
+
+    from bot.services.register import ClearanceRegister, RegisterError
+
+    register = ClearanceRegister(store)
+    yesterday = TODAY - timedelta(days=1)
+    with pytest.raises(RegisterError, match=f"expires {yesterday.isoformat()} is in the past"):
+        register.grant("@admin:x", LO, "NATO SECRET", nationality="DEU", expires=yesterday)
+    assert store.clearance(LO) is None
+
+
 # ---------------------------------------------------------------- import / export
 
 GOOD_CSV = """user_id,nationality,levels,caveats,expires,revoked
