@@ -1022,7 +1022,7 @@ def _register_file_rows(path: str, fmt: str) -> list[tuple[str, dict[str, Any]]]
     import io
 
     try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         _fail(f"FILE: cannot read {path}: {exc}")
     if fmt == "json":

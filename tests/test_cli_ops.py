@@ -208,6 +208,23 @@ def test_a_read_never_writes(config: Path, database_url: str) -> None:
         assert not wal.exists() or wal.stat().st_size == 0
 
 
+def test_a_read_only_sqlite_path_with_uri_characters(tmp_path: Path) -> None:
+    """SQLite's read-only open is a `file:` URI: a '#', '?' or '%' in the path must stay
+    part of the path (a bare '#' would end it there, drop `mode=ro` and create a file)."""
+    from sqlalchemy.engine import URL
+
+    folder = tmp_path / "a b#c?d%e"
+    folder.mkdir()
+    url = URL.create("sqlite", database=str(folder / "liaison #1.db")).render_as_string()
+    upgrade(url)
+    before = sorted(p.name for p in tmp_path.rglob("*"))
+    config = write_config(tmp_path / "config.toml", url)
+    result = cli("clearance", "list", "--config", str(config))
+    assert result.exit_code == 0, result.output
+    after = sorted(p.name for p in tmp_path.rglob("*") if p.name != "config.toml")
+    assert [n for n in after if n not in before] in ([], ["liaison #1.db-shm", "liaison #1.db-wal"])
+
+
 def test_a_read_session_is_read_only_on_the_server(config: Path, database_url: str) -> None:
     """Read-only is the database's doing, not only our code's: a write in a reading
     command's session fails."""

@@ -82,7 +82,9 @@ def open_existing(url: str, audit_key: bytes | None = None, *, read_only: bool) 
             )
         if read_only:
             # mode=ro: SQLite opens the file read-only, so no write (nor a new file) can happen.
-            absolute = quote(str(Path(str(path)).absolute()))
+            # Quoted twice: SQLAlchemy unquotes the path once, SQLite's URI parser once more
+            # (a '#' or '?' left bare would end the path there and drop mode=ro).
+            absolute = quote(quote(str(Path(str(path)).absolute())))
             engine = make_engine(f"sqlite:///file:{absolute}?mode=ro&uri=true")
         else:
             engine = make_engine(url)
