@@ -1070,8 +1070,9 @@ def clearance_import(
     person by person: added, changed (levels, caveats, nationality, expiry set to the
     file's), revoked (a row with revoked = yes; with --revoke-missing, everyone the file
     leaves out). The whole file is checked first: any bad row (named by line or index and
-    field) changes nothing. Then all changes are made in one transaction, one audit row per
-    person changed. Exit 0 applied (or nothing to do), 2 bad file.
+    field) changes nothing. Then all changes are made in one transaction, audited as
+    `clearance grant` and `revoke` audit theirs (one row per grant given or changed, one per
+    revocation). Exit 0 applied (or nothing to do), 2 bad file.
 
     \b
     Example:
@@ -1139,12 +1140,12 @@ def audit_verify(config_path: str, as_json: bool) -> None:
       LIAISON_DATA_KEY=… liaison-bot audit verify --config config.toml
       LIAISON_DATA_KEY=… liaison-bot audit verify --config config.toml --json
     """
-    from bot.storage.offline import AuditStatus, check_audit
+    from bot.storage.offline import ChainStatus, check_chain
 
     config = _load(config_path)
     store = _offline_store(config, read_only=True)
     try:
-        check = check_audit(store)
+        check = check_chain(store)
     finally:
         store.close()
     message = check.message
@@ -1154,21 +1155,21 @@ def audit_verify(config_path: str, as_json: bool) -> None:
             "and the log is keyed with it: set it to the bot's data key"
         )
     code = {
-        AuditStatus.INTACT: EXIT_OK,
-        AuditStatus.BROKEN: EXIT_NO,
-        AuditStatus.CANNOT_VERIFY: EXIT_BAD,
+        ChainStatus.INTACT: EXIT_OK,
+        ChainStatus.BROKEN: EXIT_NO,
+        ChainStatus.CANNOT_VERIFY: EXIT_BAD,
     }[check.status]
     if as_json:
         _emit(
             {
                 "status": check.status.value,
-                "intact": check.status is AuditStatus.INTACT,
+                "intact": check.status is ChainStatus.INTACT,
                 "entries": check.entries,
                 "reason": check.reason,
                 "message": message,
             }
         )
-    elif check.status is AuditStatus.CANNOT_VERIFY:
+    elif check.status is ChainStatus.CANNOT_VERIFY:
         click.echo(f"cannot verify: {message}", err=True)
     else:
         click.echo(f"audit log {'intact' if code == EXIT_OK else 'BROKEN'}: {message}")

@@ -477,13 +477,23 @@ def test_import_applies_once_with_one_audit_row_per_change_and_round_trips(
     assert "@a:example.org: added" in applied.stdout
     assert "@c:example.org: revoked" in applied.stdout
     assert applied.stdout.strip().endswith("added 2, changed 0, revoked 1, unchanged 0")
+    # The rows `clearance grant` and `revoke` write: one per grant given, one per revocation.
     rows = audit_rows(database_url)[before:]
-    assert [(action, subject) for action, subject, _ in rows] == [
-        ("clearance.grant", "@a:example.org"),
-        ("clearance.grant", "@b:example.org"),
-        ("clearance.revoke", "@c:example.org"),
+    assert [(action, subject, detail.get("level")) for action, subject, detail in rows] == [
+        ("clearance.grant", "@a:example.org", "DEU GEHEIM"),
+        ("clearance.grant", "@a:example.org", "NATO SECRET"),
+        ("clearance.grant", "@b:example.org", "NATO CONFIDENTIAL"),
+        ("clearance.revoke", "@c:example.org", None),
     ]
-    assert all(detail["via"] == "import" for _, _, detail in rows)
+    assert rows[0][2] == {
+        "scheme": "DEU",
+        "level": "DEU GEHEIM",
+        "previous": None,
+        "nationality": "DEU",
+        "expires": "2030-06-30",
+        "caveats": ["ATOMAL"],
+    }
+    assert rows[3][2] == {"scope": "all"}
     listed = json.loads(cli("clearance", "list", "--config", str(config), "--json").stdout)
     a = next(r for r in listed["clearances"] if r["user_id"] == "@a:example.org")
     assert [g["level"] for g in a["grants"]] == ["DEU GEHEIM", "NATO SECRET"]
@@ -501,16 +511,40 @@ def test_import_applies_once_with_one_audit_row_per_change_and_round_trips(
         assert result.stdout.strip() == "added 0, changed 0, revoked 0, unchanged 4"
         assert len(audit_rows(database_url)) == again
 
-    # A change by file: caveats and expiry set to the file's (removed, not only added).
-    path.write_text(GOOD_CSV.replace("ATOMAL,2030-06-30", ",").replace(",yes", ",no"))
+    # A change by file: levels, caveats and expiry set to the file's (removed, not only
+    # added), audited as a grant of the level kept and a revocation of the one dropped.
+    path.write_text(GOOD_CSV.replace("DEU GEHEIM;NATO SECRET,ATOMAL,2030-06-30", "DEU GEHEIM,,"))
+    before = len(audit_rows(database_url))
     changed = import_(config, path)
     assert changed.exit_code == 0, changed.output
-    assert "@a:example.org: changed (caveats, expires)" in changed.stdout
-    assert "@c:example.org: unchanged" not in changed.stdout
+    assert "@a:example.org: changed (levels, caveats, expires)" in changed.stdout
+    assert changed.stdout.strip().endswith("added 0, changed 1, revoked 0, unchanged 2")
     shown = json.loads(
         cli("clearance", "show", "--config", str(config), "@a:example.org", "--json").stdout
-    )
-    assert (shown["clearance"]["caveats"], shown["clearance"]["expires"]) == ([], None)
+    )["clearance"]
+    assert [g["level"] for g in shown["grants"]] == ["DEU GEHEIM"]
+    assert (shown["caveats"], shown["expires"]) == ([], None)
+    assert audit_rows(database_url)[before:] == [
+        (
+            "clearance.grant",
+            "@a:example.org",
+            {
+                "scheme": "DEU",
+                "level": "DEU GEHEIM",
+                "previous": "DEU GEHEIM",
+                "nationality": "DEU",
+                "expires": None,
+                "caveats": [],
+            },
+        ),
+        ("clearance.revoke", "@a:example.org", {"scope": "NATO", "level": "NATO SECRET"}),
+    ]
+
+    # A revoked record named active again is restored.
+    path.write_text(GOOD_CSV.replace("@c:example.org,NOR,,,,yes", "@c:example.org,NOR,NC,,,no"))
+    restored = import_(config, path)
+    assert "@c:example.org: changed (levels, revoked)" in restored.stdout
+    assert audit_rows(database_url)[-1][2]["restored"] is True
 
 
 def test_import_revoke_missing(config: Path, database_url: str, tmp_path: Path) -> None:
@@ -531,9 +565,9 @@ def test_import_revoke_missing(config: Path, database_url: str, tmp_path: Path) 
         "added 0, changed 0, revoked 2, unchanged 1; 2 revoked as missing from the file"
     )
     rows = audit_rows(database_url)[before:]
-    assert [(a, s, d["missing"]) for a, s, d in rows] == [
-        ("clearance.revoke", "@gone2:example.org", True),
-        ("clearance.revoke", "@gone:example.org", True),
+    assert rows == [
+        ("clearance.revoke", "@gone2:example.org", {"scope": "all"}),
+        ("clearance.revoke", "@gone:example.org", {"scope": "all"}),
     ]
 
 

@@ -133,21 +133,21 @@ def _check_revision(engine: Engine, shown: str) -> None:
 # ---------------------------------------------------------------- audit verify
 
 
-class AuditStatus(StrEnum):
+class ChainStatus(StrEnum):
     INTACT = "intact"
     BROKEN = "broken"  # tampering (or damage) found: exit 1
     CANNOT_VERIFY = "cannot_verify"  # no verdict: the key is missing or does not fit: exit 2
 
 
 @dataclass(frozen=True, slots=True)
-class AuditCheck:
-    status: AuditStatus
+class ChainCheck:
+    status: ChainStatus
     entries: int
     message: str
     reason: str | None = None  # CANNOT_VERIFY: "no_key" or "wrong_key"
 
 
-def check_audit(store: Store) -> AuditCheck:
+def check_chain(store: Store) -> ChainCheck:
     """`Store.verify_audit`, telling "this check cannot be made" apart from "broken".
 
     Without the data key a keyed log cannot be checked at all. When the key marker does
@@ -165,8 +165,8 @@ def check_audit(store: Store) -> AuditCheck:
         keyed_from = head.keyed_from if head is not None else None
         if head is not None and keyed_from is not None:
             if key is None:
-                return AuditCheck(
-                    AuditStatus.CANNOT_VERIFY,
+                return ChainCheck(
+                    ChainStatus.CANNOT_VERIFY,
                     0,
                     "the data key is not set, and the log is keyed with it",
                     "no_key",
@@ -174,14 +174,14 @@ def check_audit(store: Store) -> AuditCheck:
             if not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from)):
                 verifying = _rows_verifying(session, key)
                 if verifying:
-                    return AuditCheck(
-                        AuditStatus.BROKEN,
+                    return ChainCheck(
+                        ChainStatus.BROKEN,
                         0,
                         f"the key marker was changed ({verifying} row(s) verify under this "
                         "data key, so the key is right and the marker is not)",
                     )
-                return AuditCheck(
-                    AuditStatus.CANNOT_VERIFY,
+                return ChainCheck(
+                    ChainStatus.CANNOT_VERIFY,
                     0,
                     "the data key given does not open this log: neither its key marker nor "
                     "any row verifies under it. Either it is not the key the log was written "
@@ -191,8 +191,8 @@ def check_audit(store: Store) -> AuditCheck:
                     "wrong_key",
                 )
     verdict = store.verify_audit()
-    status = AuditStatus.INTACT if verdict.intact else AuditStatus.BROKEN
-    return AuditCheck(status, verdict.entries, verdict.message)
+    status = ChainStatus.INTACT if verdict.intact else ChainStatus.BROKEN
+    return ChainCheck(status, verdict.entries, verdict.message)
 
 
 def _rows_verifying(session: Session, key: bytes) -> int:

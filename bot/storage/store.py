@@ -66,6 +66,7 @@ from bot.storage.records import (
     ClearanceRecord,
     DigestRun,
     DigestSchedule,
+    GrantRecord,
     IntelItem,
     Origin,
     PendingEvent,
@@ -771,8 +772,8 @@ class Store:
         dry_run: bool = False,
     ) -> list[ClearanceChange]:
         """Bring the register to the state `wanted` names, person by person, in ONE
-        transaction (all or nothing), one audit row per person changed (`clearance.grant`
-        for added and changed, `clearance.revoke` for revoked, detail `via: import`).
+        transaction (all or nothing), audited with the rows `grant` and `revoke` write
+        (`_import_set`, `_import_revoke`).
         People the file leaves out are left as they are, or revoked with `revoke_missing`.
         An expiry before `today` is refused unless it is already the record's (an export
         of an expired clearance reads back in unchanged). Problems found with the register
@@ -818,54 +819,88 @@ class Store:
                 row = rows.get(change.user_id)
                 if change.kind is ChangeKind.REVOKED:
                     assert row is not None  # planned only for an active record
-                    if not self._clearance_verifies(row):  # left out of the file, forged
-                        session.delete(row)
-                        detail: dict[str, Any] = {"unverified": True, "removed": True}
-                    else:
-                        row.revoked_at = utcnow()
-                        row.grants.clear()
-                        self._sign_clearance(row)
-                        detail = {}
-                    session.flush()
-                    detail.update({"scope": "all", "via": "import", "missing": change.missing})
-                    append_audit(session, actor, "clearance.revoke", change.user_id, detail)
+                    self._import_revoke(session, actor, row)
                     continue
                 assert want is not None
-                if row is None:
-                    row = ClearanceRow(user_id=want.user_id, nationality=want.nationality)
-                    session.add(row)
-                restored = row.revoked_at is not None
-                row.nationality, row.expires, row.revoked_at = want.nationality, want.expires, None
-                held = {g.scheme: g for g in row.grants}
-                for grant in want.grants:
-                    old = held.pop(grant.scheme, None)
-                    if old is None:
-                        row.grants.append(
-                            GrantRow(scheme=grant.scheme, level=grant.level, rank=grant.rank)
-                        )
-                    elif (old.level, old.rank) != (grant.level, grant.rank):
-                        old.level, old.rank, old.granted_at = grant.level, grant.rank, utcnow()
-                for gone in held.values():
-                    row.grants.remove(gone)
-                for caveat_row in [c for c in row.caveats if c.caveat not in want.caveats]:
-                    row.caveats.remove(caveat_row)
-                for caveat in sorted(want.caveats - {c.caveat for c in row.caveats}):
-                    row.caveats.append(ClearanceCaveatRow(caveat=caveat))
-                self._sign_clearance(row)
-                session.flush()
-                detail = {
-                    "via": "import",
-                    "change": change.kind.value,
-                    "fields": list(change.fields),
-                    "nationality": want.nationality,
-                    "levels": [g.level for g in want.grants],
-                    "caveats": sorted(want.caveats),
-                    "expires": want.expires.isoformat() if want.expires else None,
-                }
-                if restored:
-                    detail["restored"] = True
-                append_audit(session, actor, "clearance.grant", want.user_id, detail)
+                self._import_set(session, actor, row, want)
             return [change for change, _ in plan]
+
+    def _import_revoke(self, session: Session, actor: str, row: ClearanceRow) -> None:
+        """Revoke all of a record for `import_clearances`, as `revoke` does (a forged row
+        left out of the file goes, as `revoke` removes one), with the same audit row."""
+        if not self._clearance_verifies(row):
+            session.delete(row)
+            detail: dict[str, Any] = {"scope": "all", "unverified": True, "removed": True}
+        else:
+            row.revoked_at = utcnow()
+            row.grants.clear()
+            self._sign_clearance(row)
+            detail = {"scope": "all"}
+        session.flush()
+        append_audit(session, actor, "clearance.revoke", row.user_id, detail)
+
+    def _import_set(
+        self, session: Session, actor: str, row: ClearanceRow | None, want: WantedClearance
+    ) -> None:
+        """Set a record to `want` for `import_clearances`. Audited with the rows the single
+        commands write, so that whatever reads the log (the SIEM's rules on a level
+        granted, `!audit`) sees an import as it sees `clearance grant` and `revoke`: one
+        `clearance.grant` per grant added or changed, one `clearance.revoke` per grant
+        removed, and where only the nationality, caveats or expiry change, one
+        `clearance.grant` of the highest grant as it stands (previous = level)."""
+        if row is None:
+            row = ClearanceRow(user_id=want.user_id, nationality=want.nationality)
+            session.add(row)
+        restored = row.revoked_at is not None
+        person_changed = restored or (
+            row.nationality != want.nationality
+            or row.expires != want.expires
+            or {c.caveat for c in row.caveats} != want.caveats
+        )
+        row.nationality, row.expires, row.revoked_at = want.nationality, want.expires, None
+        held = {g.scheme: g for g in row.grants}
+        # (grant, previous level); a grant of None: a record without grants (no scheme)
+        granted: list[tuple[GrantRecord | None, str | None]] = []
+        for grant in want.grants:
+            old = held.pop(grant.scheme, None)
+            if old is None:
+                row.grants.append(GrantRow(scheme=grant.scheme, level=grant.level, rank=grant.rank))
+                granted.append((grant, None))
+            elif (old.level, old.rank) != (grant.level, grant.rank):
+                granted.append((grant, old.level))
+                old.level, old.rank, old.granted_at = grant.level, grant.rank, utcnow()
+        removed = sorted(held.values(), key=lambda g: (-g.rank, g.scheme))
+        for gone in removed:
+            row.grants.remove(gone)
+        for caveat_row in [c for c in row.caveats if c.caveat not in want.caveats]:
+            row.caveats.remove(caveat_row)
+        for caveat in sorted(want.caveats - {c.caveat for c in row.caveats}):
+            row.caveats.append(ClearanceCaveatRow(caveat=caveat))
+        self._sign_clearance(row)
+        session.flush()
+        if not granted and person_changed:
+            top = want.grants[0] if want.grants else None
+            granted.append((top, top.level if top else None))
+        for given, previous in granted:
+            detail: dict[str, Any] = {
+                "scheme": given.scheme if given else None,
+                "level": given.level if given else None,
+                "previous": previous,
+                "nationality": want.nationality,
+                "expires": want.expires.isoformat() if want.expires else None,
+                "caveats": sorted(want.caveats),
+            }
+            if restored:
+                detail["restored"] = True
+            append_audit(session, actor, "clearance.grant", want.user_id, detail)
+        for gone in removed:
+            append_audit(
+                session,
+                actor,
+                "clearance.revoke",
+                want.user_id,
+                {"scope": gone.scheme, "level": gone.level},
+            )
 
     # ------------------------------------------------------------ cross-signing
 
