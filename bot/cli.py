@@ -1084,6 +1084,12 @@ def clearance_import(
     chosen = _register_format(fmt, file, "FILE")
     config = _load(config_path)
     rows = _register_file_rows(file, chosen)
+    if revoke_missing and not rows:
+        # An empty file is far likelier a failed export than the wish to revoke everyone.
+        _fail(
+            f"{file} names nobody: with --revoke-missing it would revoke everyone; list "
+            "them with revoked = yes to do that"
+        )
     store = _offline_store(config)
     register = ClearanceRegister(store, config.bot.caveats)
     try:

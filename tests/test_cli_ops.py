@@ -571,6 +571,36 @@ def test_import_revoke_missing(config: Path, database_url: str, tmp_path: Path) 
     ]
 
 
+def test_import_revoke_missing_refuses_an_empty_file(config: Path, tmp_path: Path) -> None:
+    """An empty file (a failed export, say) with --revoke-missing would revoke everyone."""
+    assert cli("clearance", "grant", "--config", str(config), LO, "NS",
+               "--nationality", "DEU").exit_code == 0  # fmt: skip
+    path = tmp_path / "register.csv"
+    path.write_text("user_id,nationality,levels,caveats,expires,revoked\n")
+    result = import_(config, path, "--revoke-missing")
+    assert result.exit_code == 2 and "names nobody" in result.stderr
+    assert cli("clearance", "show", "--config", str(config), LO).exit_code == 0
+    assert "status: active" in cli("clearance", "show", "--config", str(config), LO).stdout
+
+
+def test_import_without_the_data_key_changes_nothing(
+    config: Path, database_url: str, tmp_path: Path
+) -> None:
+    """The log is keyed: the import cannot audit, so it writes nothing at all (one
+    transaction), and says what to set."""
+    before = audit_rows(database_url)
+    path = tmp_path / "register.csv"
+    path.write_text(GOOD_CSV)
+    result = cli(
+        "clearance", "import", "--config", str(config), str(path), env={"LIAISON_DATA_KEY": ""}
+    )
+    assert result.exit_code == 2, result.output
+    assert "the audit log is keyed with the data key" in result.stderr
+    assert audit_rows(database_url) == before
+    listed = json.loads(cli("clearance", "list", "--config", str(config), "--json").stdout)
+    assert listed == {"clearances": []}
+
+
 def test_import_format_needs_a_known_extension(config: Path, tmp_path: Path) -> None:
     path = tmp_path / "register.txt"
     path.write_text(GOOD_CSV)
