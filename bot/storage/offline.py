@@ -106,9 +106,9 @@ def _check_revision(engine: Engine, shown: str) -> None:
             revision = revision_of(conn)
     except SQLAlchemyError as exc:
         cause: BaseException = getattr(exc, "orig", None) or exc
+        said = " ".join(str(cause).split())  # a driver's message may span lines: one line
         raise DatabaseRefused(
-            f"cannot read database {shown}: {type(cause).__name__}: {cause}".strip(),
-            upgrade_helps=False,
+            f"cannot read database {shown}: {type(cause).__name__}: {said}", upgrade_helps=False
         ) from None
     if revision is None:
         raise DatabaseRefused(
