@@ -1176,7 +1176,7 @@ def audit_verify(config_path: str, as_json: bool) -> None:
             }
         )
     elif check.status is ChainStatus.CANNOT_VERIFY:
-        click.echo(f"cannot verify: {message}", err=True)
+        click.echo(f"error: cannot verify: {message}", err=True)
     else:
         click.echo(f"audit log {'intact' if code == EXIT_OK else 'BROKEN'}: {message}")
     sys.exit(code)

@@ -256,7 +256,7 @@ def test_verify_without_the_key_cannot_verify(config: Path) -> None:
     result = verify(config, None)
     assert result.exit_code == 2, result.output
     assert result.stderr.startswith(
-        "cannot verify: the data key is not set (storage.data_key_env LIAISON_DATA_KEY)"
+        "error: cannot verify: the data key is not set (storage.data_key_env LIAISON_DATA_KEY)"
     )
     assert "BROKEN" not in result.output
 
@@ -264,7 +264,7 @@ def test_verify_without_the_key_cannot_verify(config: Path) -> None:
 def test_verify_with_a_wrong_key_cannot_verify(config: Path) -> None:
     result = verify(config, "w" * 40)
     assert result.exit_code == 2, result.output
-    assert "cannot verify: the data key given does not open this log" in result.stderr
+    assert "error: cannot verify: the data key given does not open this log" in result.stderr
     assert "cannot tell the two apart" in result.stderr
 
 
