@@ -601,6 +601,32 @@ def test_import_without_the_data_key_changes_nothing(
     assert listed == {"clearances": []}
 
 
+def test_export_to_stdout_reads_back_from_stdin(config: Path) -> None:
+    assert cli("clearance", "grant", "--config", str(config), LO, "NS",
+               "--nationality", "DEU", "--caveat", "ATOMAL").exit_code == 0  # fmt: skip
+    exported = cli("clearance", "export", "--config", str(config))
+    assert exported.exit_code == 0, exported.output
+    document = json.loads(exported.stdout)
+    assert document == {
+        "format": "liaison-bot clearances v1",
+        "clearances": [
+            {
+                "user_id": LO,
+                "nationality": "DEU",
+                "levels": ["NATO SECRET"],
+                "caveats": ["ATOMAL"],
+                "expires": None,
+                "revoked": False,
+            }
+        ],
+    }
+    again = CliRunner().invoke(
+        main, ["clearance", "import", "--config", str(config), "-"], input=exported.stdout
+    )
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip() == "added 0, changed 0, revoked 0, unchanged 1"
+
+
 def test_import_format_needs_a_known_extension(config: Path, tmp_path: Path) -> None:
     path = tmp_path / "register.txt"
     path.write_text(GOOD_CSV)
