@@ -1,8 +1,13 @@
 """The `liaison-bot` command line.
 
-Exit codes everywhere: 0 success, 1 a negative answer or failed check, 2 bad input or usage.
-Answers go to stdout (JSON for the policy commands, so scripts can read them); errors go to
-stderr and name the offending input.
+Exit codes everywhere: 0 success, 1 a negative answer or failed check (denied, not found,
+audit log broken), 2 bad input or usage, or no answer could be given (the database missing
+or at another schema revision, an audit log that cannot be verified without the right key).
+Answers go to stdout (JSON for the policy commands, and with --json for the listings, so
+scripts can read them); errors go to stderr and name the offending input.
+
+Only `db upgrade` creates or migrates the database; every other command opens it as it is,
+and a command that only reads opens it read-only (`bot/storage/offline.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import click
 from bot.config import Config, ConfigError, load_config
 from bot.services.register import ClearanceRegister, RegisterError
 from bot.startup import read_data_key, read_pickle_key
-from bot.storage import Store, StoreError, audit_key_from
+from bot.storage import ClearanceRecord, Store, StoreError, audit_key_from
 from bot.storage.sealing import Sealer, SealError
 from commands.views import clearance_document
 from policy import (
@@ -166,6 +171,12 @@ def main() -> None:
       liaison-bot label parse "nato secret//rel to eu"
       liaison-bot check-config --config config.toml
       liaison-bot db upgrade --config config.toml
+
+    \b
+    Exit codes: 0 success; 1 a negative answer or failed check (denied, not
+    found, audit log broken); 2 bad input or usage, or no answer possible (the
+    database missing or at another schema revision: only `db upgrade` creates
+    and migrates it; an audit log that cannot be verified without the right key).
     """
 
 
@@ -527,7 +538,9 @@ def db() -> None:
 @db.command("upgrade")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 def db_upgrade(config_path: str) -> None:
-    """Create or migrate the database named in the config to the newest schema.
+    """Create or migrate the database named in the config to the newest schema: the only
+    command that does (the others refuse a missing or out-of-date database). Stop the bot
+    and back up first: an older bot must not run on the migrated database.
 
     \b
     Example:
@@ -547,16 +560,40 @@ def db_upgrade(config_path: str) -> None:
     click.echo(f"database {_safe_url(url)} is at revision {revision}")
 
 
-def _offline_store(config: Config) -> Store:
-    """The register's database, migrated to the newest schema first."""
-    from bot.storage.migrate import upgrade
+def _offline_store(config: Config, *, read_only: bool = False) -> Store:
+    """The bot's database as it is: never created, never migrated (only `db upgrade` does
+    that), read-only for a command that only reads. A missing database, or one at another
+    schema revision, is refused naming it, its revision and the one this version needs."""
+    from bot.storage.offline import DatabaseRefused, open_existing
 
     url = config.database_url()
-    upgrade(url)
     # The data key, when set, keys the audit rows the CLI writes and lets it verify a keyed
     # log; without it the CLI can still read, and a keyed log refuses its writes by name.
     data_key = read_data_key(config)
-    return Store.from_url(url, audit_key_from(data_key) if data_key else None)
+    try:
+        return open_existing(
+            url, audit_key_from(data_key) if data_key else None, read_only=read_only
+        )
+    except DatabaseRefused as exc:
+        remedy = ""
+        if exc.upgrade_helps:
+            config_path = click.get_current_context().params.get("config_path") or "…"
+            remedy = f": run `liaison-bot db upgrade --config {config_path}`"
+        _fail(f"{exc}{remedy}")
+
+
+def _report_refused(store: Store) -> None:
+    """Name the register rows a read left out because they do not verify (the running bot
+    audits and alerts them; a read-only command cannot write, so it says so here)."""
+    from bot.storage.offline import ReadOnlyStore
+
+    if isinstance(store, ReadOnlyStore):
+        for kind, name in store.refused:
+            click.echo(
+                f"warning: the {kind} row of {name} does not verify (changed outside the "
+                "bot): left out",
+                err=True,
+            )
 
 
 def _cli_actor() -> str:
@@ -645,24 +682,33 @@ def demo_command(exit_after_scenario: bool, federated: bool, siem: bool) -> None
     sys.exit(EXIT_OK if ok else EXIT_NO)
 
 
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="One JSON document on stdout (docs/cli.md: shapes)."
+)
+
+
 @main.command("rooms")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def rooms_command(config_path: str) -> None:
+@json_option
+def rooms_command(config_path: str, as_json: bool) -> None:
     """Managed rooms (key, label banner, name) as the database and config know them.
+    Reads the database read-only.
 
     \b
     Example:
       liaison-bot rooms --config config.toml
+      liaison-bot rooms --config config.toml --json
     """
     from commands.services import RoomSummary
     from commands.views import rooms_document
 
     config = _load(config_path)
-    store = _offline_store(config)
+    store = _offline_store(config, read_only=True)
     try:
         stored = {r.key: r for r in store.rooms()}
     finally:
         store.close()
+    _report_refused(store)
     summaries = []
     for room in config.rooms:
         record = stored.get(room.key)
@@ -677,6 +723,20 @@ def rooms_command(config_path: str) -> None:
                 record.room_id if record else None,
             )
         )
+    if as_json:
+        rooms = [
+            {
+                "key": r.key,
+                "name": r.name,
+                "label": r.banner,
+                "rank": r.rank,
+                "room_id": r.room_id,
+                "created": r.room_id is not None,
+            }
+            for r in summaries
+        ]
+        _emit({"rooms": rooms})
+        return
     click.echo(rooms_document(summaries).plain)
     for summary in summaries:
         if summary.room_id is None:
@@ -685,19 +745,22 @@ def rooms_command(config_path: str) -> None:
 
 @main.command("routes")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def routes_command(config_path: str) -> None:
-    """Relay routes between managed rooms.
+@json_option
+def routes_command(config_path: str, as_json: bool) -> None:
+    """Relay routes between managed rooms: the config's and those added from chat. Reads
+    the database read-only.
 
     \b
     Example:
       liaison-bot routes --config config.toml
+      liaison-bot routes --config config.toml --json
     """
     from commands.services import RouteSummary
     from commands.views import routes_document
 
     config = _load(config_path)
     routes = [RouteSummary(k, tuple(v)) for k, v in config.route_targets().items()]
-    store = _offline_store(config)
+    store = _offline_store(config, read_only=True)
     try:
         chat: dict[str, list[str]] = {}
         for source, target in store.chat_routes():
@@ -705,6 +768,16 @@ def routes_command(config_path: str) -> None:
     finally:
         store.close()
     routes += [RouteSummary(k, tuple(v), "chat") for k, v in chat.items()]
+    if as_json:
+        _emit(
+            {
+                "routes": [
+                    {"source": r.source, "targets": list(r.targets), "origin": r.origin}
+                    for r in routes
+                ]
+            }
+        )
+        return
     click.echo(routes_document(routes).plain)
 
 
@@ -716,10 +789,27 @@ def clearance() -> None:
     """The clearance register, offline (the running bot applies changes within its sweep)."""
 
 
-def _register(config_path: str) -> tuple[ClearanceRegister, Store]:
+def _register(config_path: str, *, read_only: bool = False) -> tuple[ClearanceRegister, Store]:
     config = _load(config_path)
-    store = _offline_store(config)
+    store = _offline_store(config, read_only=read_only)
     return ClearanceRegister(store, config.bot.caveats), store
+
+
+def clearance_json(record: ClearanceRecord) -> dict[str, Any]:
+    """A clearance record for `--json`: what the text shows, with stable keys."""
+    return {
+        "user_id": record.user_id,
+        "nationality": record.nationality,
+        "grants": [{"scheme": g.scheme, "level": g.level, "rank": g.rank} for g in record.grants],
+        "caveats": sorted(record.caveats),
+        "expires": record.expires.isoformat() if record.expires else None,
+        "revoked": record.revoked_at is not None,
+        "revoked_at": record.revoked_at.isoformat(timespec="seconds")
+        if record.revoked_at
+        else None,
+        "identity_key": record.identity_key,
+        "identity_pending": record.identity_pending,
+    }
 
 
 @clearance.command("grant")
@@ -727,7 +817,7 @@ def _register(config_path: str) -> tuple[ClearanceRegister, Store]:
 @click.argument("user")
 @click.argument("level")
 @click.option("--nationality", help="Trigraph; required on a first grant.")
-@click.option("--expires", help="Last valid day, YYYY-MM-DD (UTC).")
+@click.option("--expires", help="Last valid day, YYYY-MM-DD (UTC); today or later.")
 @click.option("--caveat", "caveats", multiple=True, help="A caveat briefing held; repeat.")
 def clearance_grant(
     config_path: str,
@@ -737,13 +827,20 @@ def clearance_grant(
     expires: str | None,
     caveats: tuple[str, ...],
 ) -> None:
-    """Set USER's grant in LEVEL's scheme (raise or lower).
+    """Set USER's grant in LEVEL's scheme (raise or lower). Writes the database (audited);
+    an expiry before today (UTC) is refused.
 
     \b
     Example:
       liaison-bot clearance grant --config config.toml @lo-deu:example.org "NATO SECRET" \\
           --nationality DEU --expires 2027-06-30
     """
+    expiry = parse_date(expires, "--expires") if expires else None
+    if expiry is not None:
+        try:
+            ClearanceRegister.check_expiry(expiry)
+        except RegisterError as exc:
+            _fail(f"--expires: {exc}")
     register, store = _register(config_path)
     try:
         record = register.grant(
@@ -751,7 +848,7 @@ def clearance_grant(
             user,
             level,
             nationality=nationality,
-            expires=parse_date(expires, "--expires") if expires else None,
+            expires=expiry,
             caveats=caveats,
         )
     except RegisterError as exc:
@@ -767,6 +864,7 @@ def clearance_grant(
 @click.argument("scope", required=False, default="all")
 def clearance_revoke(config_path: str, user: str, scope: str) -> None:
     """Revoke USER's grant in one scheme (a level or scheme name), or all (the default).
+    Writes the database (audited).
 
     \b
     Example:
@@ -786,44 +884,244 @@ def clearance_revoke(config_path: str, user: str, scope: str) -> None:
 @clearance.command("show")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.argument("user")
-def clearance_show(config_path: str, user: str) -> None:
-    """Show USER's clearance record; exit 1 if there is none.
+@json_option
+def clearance_show(config_path: str, user: str, as_json: bool) -> None:
+    """Show USER's clearance record; exit 1 if there is none. Reads the database read-only.
 
     \b
     Example:
       liaison-bot clearance show --config config.toml @lo-deu:example.org
+      liaison-bot clearance show --config config.toml @lo-deu:example.org --json
     """
-    register, store = _register(config_path)
+    register, store = _register(config_path, read_only=True)
     try:
         record = register.show(user)
     except RegisterError as exc:
         _fail(str(exc))
     finally:
         store.close()
-    if record is None:
+    _report_refused(store)
+    if as_json:
+        _emit({"user_id": user, "clearance": clearance_json(record) if record else None})
+    elif record is None:
         click.echo(f"{user}: no clearance on record")
-        sys.exit(EXIT_NO)
-    click.echo(clearance_document(record).plain)
+    else:
+        click.echo(clearance_document(record).plain)
+    sys.exit(EXIT_OK if record is not None else EXIT_NO)
 
 
 @clearance.command("list")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def clearance_list(config_path: str) -> None:
-    """List every clearance record.
+@json_option
+def clearance_list(config_path: str, as_json: bool) -> None:
+    """List every clearance record. Reads the database read-only.
 
     \b
     Example:
       liaison-bot clearance list --config config.toml
+      liaison-bot clearance list --config config.toml --json
     """
-    register, store = _register(config_path)
+    register, store = _register(config_path, read_only=True)
     try:
         records = register.records()
     finally:
         store.close()
+    _report_refused(store)
+    if as_json:
+        _emit({"clearances": [clearance_json(r) for r in records]})
+        return
     if not records:
         click.echo("The clearance register is empty.")
     for record in records:
         click.echo(clearance_document(record).plain)
+
+
+REGISTER_FORMATS = ("csv", "json")
+REGISTER_FILE_FORMAT = "liaison-bot clearances v1"  # the JSON file's "format"
+
+
+def _register_format(fmt: str | None, path: str | None, option: str) -> str:
+    """`--format`, else the file's extension; JSON on stdout/stdin when neither says."""
+    if fmt is not None:
+        return fmt
+    if path is None or path == "-":
+        return "json"
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in REGISTER_FORMATS:
+        _fail(f"{option}: cannot tell the format of {path} from its extension: give --format")
+    return suffix
+
+
+@clearance.command("export")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="File to write (new).")
+@click.option(
+    "--format", "fmt", type=click.Choice(REGISTER_FORMATS), help="Default: from --out, else json."
+)
+def clearance_export(config_path: str, out: str | None, fmt: str | None) -> None:
+    """Write the whole register (per person: levels, nationality, caveats, expiry, revoked)
+    as CSV or JSON, to stdout or a new file --out (0600: it names people). `clearance
+    import` reads it back; exporting and importing changes nothing. Reads the database
+    read-only.
+
+    \b
+    Example:
+      liaison-bot clearance export --config config.toml --out register.csv
+      liaison-bot clearance export --config config.toml --format json > register.json
+    """
+    import csv
+    import io
+
+    from bot.services.register import REGISTER_FIELDS, register_rows
+
+    chosen = _register_format(fmt, out, "--out")
+    register, store = _register(config_path, read_only=True)
+    try:
+        rows = register_rows(register.records())
+    finally:
+        store.close()
+    _report_refused(store)
+    if chosen == "json":
+        text = json.dumps(
+            {"format": REGISTER_FILE_FORMAT, "clearances": rows}, ensure_ascii=False, indent=2
+        )
+        text += "\n"
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=REGISTER_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {
+                    **row,
+                    "levels": ";".join(row["levels"]),
+                    "caveats": ";".join(row["caveats"]),
+                    "expires": row["expires"] or "",
+                    "revoked": "yes" if row["revoked"] else "no",
+                }
+            )
+        text = buffer.getvalue()
+    if out is None or out == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _fail(f"--out: {out} exists; refusing to overwrite it")
+    except OSError as exc:
+        _fail(f"--out: cannot create {out}: {exc.strerror}")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+    click.echo(f"wrote {len(rows)} clearance record(s) to {out}", err=True)
+
+
+def _register_file_rows(path: str, fmt: str) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of a register file as (where, fields): "line N" (CSV, the header is line
+    1) or "clearances[i]" (JSON). A file that is not CSV or JSON at all fails here."""
+    import csv
+    import io
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"FILE: cannot read {path}: {exc}")
+    if fmt == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            _fail(f"{path}: not JSON: {exc}")
+        if isinstance(data, dict) and data.get("format") not in (None, REGISTER_FILE_FORMAT):
+            _fail(f"{path}: format {data.get('format')!r}, expected {REGISTER_FILE_FORMAT!r}")
+        items = data.get("clearances") if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            _fail(f'{path}: expected {{"clearances": [...]}} (or a list of records)')
+        rows: list[tuple[str, dict[str, Any]]] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                _fail(f"{path}: clearances[{i}]: not an object")
+            rows.append((f"clearances[{i}]", item))
+        return rows
+    reader = csv.DictReader(io.StringIO(text))
+    rows = []
+    for fields in reader:
+        if None in fields:  # more cells than the header names
+            _fail(f"{path}: line {reader.line_num}: more cells than the header has columns")
+        present = {k: v for k, v in fields.items() if v is not None}
+        rows.append((f"line {reader.line_num}", present))
+    return rows
+
+
+@clearance.command("import")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--format", "fmt", type=click.Choice(REGISTER_FORMATS), help="Default: from FILE's extension."
+)
+@click.option(
+    "--revoke-missing",
+    is_flag=True,
+    help="Revoke every active record FILE does not name (default: leave them as they are).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+def clearance_import(
+    config_path: str, file: str, fmt: str | None, revoke_missing: bool, dry_run: bool
+) -> None:
+    """Bring the register to what FILE (CSV or JSON, as `clearance export` writes) says,
+    person by person: added, changed (levels, caveats, nationality, expiry set to the
+    file's), revoked (a row with revoked = yes; with --revoke-missing, everyone the file
+    leaves out). The whole file is checked first: any bad row (named by line or index and
+    field) changes nothing. Then all changes are made in one transaction, audited as
+    `clearance grant` and `revoke` audit theirs (one row per grant given or changed, one per
+    revocation). Exit 0 applied (or nothing to do), 2 bad file.
+
+    \b
+    Example:
+      liaison-bot clearance import --config config.toml register.csv --dry-run
+      liaison-bot clearance import --config config.toml register.csv --revoke-missing
+    """
+    from bot.storage.bulk import ChangeKind, ImportRefused
+
+    chosen = _register_format(fmt, file, "FILE")
+    config = _load(config_path)
+    rows = _register_file_rows(file, chosen)
+    if revoke_missing and not rows:
+        # An empty file is far likelier a failed export than the wish to revoke everyone.
+        _fail(
+            f"{file} names nobody: with --revoke-missing it would revoke everyone; list "
+            "them with revoked = yes to do that"
+        )
+    store = _offline_store(config)
+    register = ClearanceRegister(store, config.bot.caveats)
+    try:
+        wanted = register.wanted(rows)
+        changes = register.apply(
+            _cli_actor(), wanted, revoke_missing=revoke_missing, dry_run=dry_run
+        )
+    except ImportRefused as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {file}: {problem}", err=True)
+        click.echo(f"error: {file}: nothing was changed", err=True)
+        sys.exit(EXIT_BAD)
+    finally:
+        store.close()
+    counts = {kind: 0 for kind in ChangeKind}
+    would = "would be " if dry_run else ""
+    for change in changes:
+        counts[change.kind] += 1
+        if change.kind is ChangeKind.UNCHANGED:
+            continue
+        why = (
+            " (not in the file)"
+            if change.missing
+            else f" ({', '.join(change.fields)})"
+            if change.fields
+            else ""
+        )
+        click.echo(f"{change.user_id}: {would}{change.kind.value}{why}")
+    summary = ", ".join(f"{kind.value} {counts[kind]}" for kind in ChangeKind)
+    missing = sum(1 for c in changes if c.missing)
+    tail = f"; {missing} revoked as missing from the file" if revoke_missing else ""
+    click.echo(f"{'dry run, nothing changed: ' if dry_run else ''}{summary}{tail}")
 
 
 # ---------------------------------------------------------------- audit
@@ -836,22 +1134,52 @@ def audit() -> None:
 
 @audit.command("verify")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def audit_verify(config_path: str) -> None:
-    """Check the audit log's hash chain: exit 0 intact, 1 broken (naming the first bad row);
-    2 if the log is keyed and the data key is not set (nothing was checked).
+@json_option
+def audit_verify(config_path: str, as_json: bool) -> None:
+    """Check the audit log's hash chain: exit 0 intact; 1 broken (tampered with or damaged,
+    naming the first bad row); 2 cannot verify: the log is keyed and the data key is not
+    set, or the key given does not open it (nothing was judged). Reads the database
+    read-only.
 
     \b
     Example:
-      liaison-bot audit verify --config config.toml
+      LIAISON_DATA_KEY=… liaison-bot audit verify --config config.toml
+      LIAISON_DATA_KEY=… liaison-bot audit verify --config config.toml --json
     """
+    from bot.storage.offline import ChainStatus, check_chain
+
     config = _load(config_path)
-    store = _offline_store(config)
+    store = _offline_store(config, read_only=True)
     try:
-        verdict = store.verify_audit()
+        check = check_chain(store)
     finally:
         store.close()
-    click.echo(f"audit log {'intact' if verdict.intact else 'BROKEN'}: {verdict.message}")
-    sys.exit(EXIT_OK if verdict.intact else EXIT_NO)
+    message = check.message
+    if check.reason == "no_key":
+        message = (
+            f"the data key is not set (storage.data_key_env {config.storage.data_key_env}), "
+            "and the log is keyed with it: set it to the bot's data key"
+        )
+    code = {
+        ChainStatus.INTACT: EXIT_OK,
+        ChainStatus.BROKEN: EXIT_NO,
+        ChainStatus.CANNOT_VERIFY: EXIT_BAD,
+    }[check.status]
+    if as_json:
+        _emit(
+            {
+                "status": check.status.value,
+                "intact": check.status is ChainStatus.INTACT,
+                "entries": check.entries,
+                "reason": check.reason,
+                "message": message,
+            }
+        )
+    elif check.status is ChainStatus.CANNOT_VERIFY:
+        click.echo(f"error: cannot verify: {message}", err=True)
+    else:
+        click.echo(f"audit log {'intact' if code == EXIT_OK else 'BROKEN'}: {message}")
+    sys.exit(code)
 
 
 EXPORT_CHUNK = 1000  # rows read at a time by `audit export`
@@ -876,6 +1204,8 @@ def audit_export(config_path: str, from_id: int, to_id: int | None, fmt: str | N
     \b
     Example:
       liaison-bot audit export --config config.toml --from 1200 --to 1300 > audit.ndjson
+
+    Reads the database read-only.
     """
     from bot.siem.wiring import formatter
 
@@ -886,9 +1216,12 @@ def audit_export(config_path: str, from_id: int, to_id: int | None, fmt: str | N
     render = formatter(
         "cef" if chosen == "cef" else "ocsf", config.siem.markings if config.siem else "level"
     )
-    store = _offline_store(config)
+    store = _offline_store(config, read_only=True)
     try:
-        installation = store.siem_installation()
+        cursor = store.siem_cursor()
+        if cursor is None:  # only when deleted by hand: the bot makes it again at its start
+            _fail("the SIEM cursor row is missing (it holds the installation id): start the bot")
+        installation = cursor.installation
         after = from_id - 1
         while rows := store.audit_after(after, EXPORT_CHUNK, until_id=to_id):
             for row in rows:
@@ -900,16 +1233,18 @@ def audit_export(config_path: str, from_id: int, to_id: int | None, fmt: str | N
 
 @audit.command("siem-status")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def audit_siem_status(config_path: str) -> None:
-    """The SIEM export as JSON: the cursor (last row confirmed, when), the rows waiting, the
-    outage in progress (failures, since when, the last error).
+@click.option("--json", "as_json", is_flag=True, help="Accepted for scripts: always JSON.")
+def audit_siem_status(config_path: str, as_json: bool) -> None:
+    """The SIEM export as JSON (always; --json is accepted like on the other listings):
+    the cursor (last row confirmed, when), the rows waiting, the outage in progress
+    (failures, since when, the last error). Reads the database read-only.
 
     \b
     Example:
       liaison-bot audit siem-status --config config.toml
     """
     config = _load(config_path)
-    store = _offline_store(config)
+    store = _offline_store(config, read_only=True)
     try:
         cursor = store.siem_cursor()
         position = cursor.position if cursor else None
@@ -948,7 +1283,7 @@ def audit_siem_status(config_path: str) -> None:
 def audit_siem_rewind(config_path: str, to_id: int) -> None:
     """Send the audit rows after TO to the SIEM again (a SIEM that lost them, a new one);
     audited `siem.rewound`. Never forward: nothing is skipped this way. The running bot
-    notices at its next batch (this command's own audit row is one).
+    notices at its next batch (this command's own audit row is one). Writes the database.
 
     \b
     Example:

@@ -315,6 +315,8 @@ def test_every_command_has_help_with_an_example() -> None:
 def test_rooms_and_routes_offline(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(EXAMPLE.read_text())
+    # Only `db upgrade` creates the database: a read refuses a missing one (test_cli_ops).
+    assert cli("db", "upgrade", "--config", str(config)).exit_code == 0
     rooms = cli("rooms", "--config", str(config))
     assert rooms.exit_code == 0, rooms.stderr
     assert "nato-s — NATO SECRET — NATO SECRET liaison" in rooms.stdout

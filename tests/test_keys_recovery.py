@@ -82,6 +82,8 @@ async def test_export_then_import_on_a_new_store(
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     shutil.copy(bot_env.config_path, fresh / "config.toml")
+    # Only `db upgrade` creates a database (issue 28): the new store is made first.
+    assert cli("db", "upgrade", "--config", str(fresh / "config.toml")).exit_code == 0
     result = cli("keys", "import-recovery", "--config", str(fresh / "config.toml"), str(recovery))
     assert result.exit_code == 0, result.output
     other = BotEnv(

@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime
@@ -31,6 +31,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
+from bot.storage.bulk import ChangeKind, ClearanceChange, ImportRefused, WantedClearance
 from bot.storage.models import (
     GENESIS_HASH,
     AuditHeadRow,
@@ -65,6 +66,7 @@ from bot.storage.records import (
     ClearanceRecord,
     DigestRun,
     DigestSchedule,
+    GrantRecord,
     IntelItem,
     Origin,
     PendingEvent,
@@ -760,6 +762,146 @@ class Store:
             append_audit(session, actor, "clearance.revoke", user_id, detail)
             return ClearanceRecord.of(row)
 
+    def import_clearances(
+        self,
+        actor: str,
+        wanted: Sequence[WantedClearance],
+        *,
+        today: date,
+        revoke_missing: bool = False,
+        dry_run: bool = False,
+    ) -> list[ClearanceChange]:
+        """Bring the register to the state `wanted` names, person by person, in ONE
+        transaction (all or nothing), audited with the rows `grant` and `revoke` write
+        (`_import_set`, `_import_revoke`).
+        People the file leaves out are left as they are, or revoked with `revoke_missing`.
+        An expiry before `today` is refused unless it is already the record's (an export
+        of an expired clearance reads back in unchanged). Problems found with the register
+        (a row changed outside the bot, a past expiry) raise ImportRefused listing every
+        one, and nothing is written; `dry_run` plans the same and writes nothing."""
+        with self.session() as session:
+            rows = {r.user_id: r for r in session.scalars(select(ClearanceRow))}
+            problems: list[str] = []
+            plan: list[tuple[ClearanceChange, WantedClearance | None]] = []
+            for wish in wanted:
+                row = rows.get(wish.user_id)
+                if row is not None and not self._clearance_verifies(row):
+                    problems.append(
+                        f"{wish.where}: user {wish.user_id}: the register row does not verify "
+                        "(changed outside the bot); revoke all of it first, then import"
+                    )
+                    continue
+                change = _planned_change(row, wish)
+                if (
+                    change.kind in (ChangeKind.ADDED, ChangeKind.CHANGED)
+                    and wish.expires is not None
+                    and wish.expires < today
+                    and (row is None or row.expires != wish.expires)
+                ):
+                    problems.append(
+                        f"{wish.where}: expires {wish.expires.isoformat()} is in the past "
+                        f"(today is {today.isoformat()}, UTC)"
+                    )
+                plan.append((change, wish))
+            if revoke_missing:
+                named = {w.user_id for w in wanted}
+                for user_id in sorted(set(rows) - named):
+                    if rows[user_id].revoked_at is None:
+                        missing = ClearanceChange(user_id, ChangeKind.REVOKED, missing=True)
+                        plan.append((missing, None))
+            if problems:
+                raise ImportRefused(problems)
+            if dry_run:
+                return [change for change, _ in plan]
+            for change, want in plan:
+                if change.kind is ChangeKind.UNCHANGED:
+                    continue
+                row = rows.get(change.user_id)
+                if change.kind is ChangeKind.REVOKED:
+                    assert row is not None  # planned only for an active record
+                    self._import_revoke(session, actor, row)
+                    continue
+                assert want is not None
+                self._import_set(session, actor, row, want)
+            return [change for change, _ in plan]
+
+    def _import_revoke(self, session: Session, actor: str, row: ClearanceRow) -> None:
+        """Revoke all of a record for `import_clearances`, as `revoke` does (a forged row
+        left out of the file goes, as `revoke` removes one), with the same audit row."""
+        if not self._clearance_verifies(row):
+            session.delete(row)
+            detail: dict[str, Any] = {"scope": "all", "unverified": True, "removed": True}
+        else:
+            row.revoked_at = utcnow()
+            row.grants.clear()
+            self._sign_clearance(row)
+            detail = {"scope": "all"}
+        session.flush()
+        append_audit(session, actor, "clearance.revoke", row.user_id, detail)
+
+    def _import_set(
+        self, session: Session, actor: str, row: ClearanceRow | None, want: WantedClearance
+    ) -> None:
+        """Set a record to `want` for `import_clearances`. Audited with the rows the single
+        commands write, so that whatever reads the log (the SIEM's rules on a level
+        granted, `!audit`) sees an import as it sees `clearance grant` and `revoke`: one
+        `clearance.grant` per grant added or changed, one `clearance.revoke` per grant
+        removed, and where only the nationality, caveats or expiry change, one
+        `clearance.grant` of the highest grant as it stands (previous = level)."""
+        if row is None:
+            row = ClearanceRow(user_id=want.user_id, nationality=want.nationality)
+            session.add(row)
+        restored = row.revoked_at is not None
+        person_changed = restored or (
+            row.nationality != want.nationality
+            or row.expires != want.expires
+            or {c.caveat for c in row.caveats} != want.caveats
+        )
+        row.nationality, row.expires, row.revoked_at = want.nationality, want.expires, None
+        held = {g.scheme: g for g in row.grants}
+        # (grant, previous level); a grant of None: a record without grants (no scheme)
+        granted: list[tuple[GrantRecord | None, str | None]] = []
+        for grant in want.grants:
+            old = held.pop(grant.scheme, None)
+            if old is None:
+                row.grants.append(GrantRow(scheme=grant.scheme, level=grant.level, rank=grant.rank))
+                granted.append((grant, None))
+            elif (old.level, old.rank) != (grant.level, grant.rank):
+                granted.append((grant, old.level))
+                old.level, old.rank, old.granted_at = grant.level, grant.rank, utcnow()
+        removed = sorted(held.values(), key=lambda g: (-g.rank, g.scheme))
+        for gone in removed:
+            row.grants.remove(gone)
+        for caveat_row in [c for c in row.caveats if c.caveat not in want.caveats]:
+            row.caveats.remove(caveat_row)
+        for caveat in sorted(want.caveats - {c.caveat for c in row.caveats}):
+            row.caveats.append(ClearanceCaveatRow(caveat=caveat))
+        self._sign_clearance(row)
+        session.flush()
+        if not granted and person_changed:
+            top = want.grants[0] if want.grants else None
+            granted.append((top, top.level if top else None))
+        for given, previous in granted:
+            detail: dict[str, Any] = {
+                "scheme": given.scheme if given else None,
+                "level": given.level if given else None,
+                "previous": previous,
+                "nationality": want.nationality,
+                "expires": want.expires.isoformat() if want.expires else None,
+                "caveats": sorted(want.caveats),
+            }
+            if restored:
+                detail["restored"] = True
+            append_audit(session, actor, "clearance.grant", want.user_id, detail)
+        for gone in removed:
+            append_audit(
+                session,
+                actor,
+                "clearance.revoke",
+                want.user_id,
+                {"scope": gone.scheme, "level": gone.level},
+            )
+
     # ------------------------------------------------------------ cross-signing
 
     def cross_signing(self) -> tuple[str, str, str] | None:
@@ -1367,6 +1509,32 @@ def _siem_cursor_row(session: Session, *, lock: bool = False) -> SiemCursorRow:
         session.add(row)
         session.flush()
     return row
+
+
+def _planned_change(row: ClearanceRow | None, want: WantedClearance) -> ClearanceChange:
+    """What bringing `row` to `want` changes (the fields named as `clearance export`
+    names them)."""
+    if want.revoked:
+        if row is None or row.revoked_at is not None:
+            return ClearanceChange(want.user_id, ChangeKind.UNCHANGED)
+        return ClearanceChange(want.user_id, ChangeKind.REVOKED)
+    if row is None:
+        return ClearanceChange(want.user_id, ChangeKind.ADDED)
+    fields = []
+    if row.nationality != want.nationality:
+        fields.append("nationality")
+    if {(g.scheme, g.level, g.rank) for g in row.grants} != {
+        (g.scheme, g.level, g.rank) for g in want.grants
+    }:
+        fields.append("levels")
+    if {c.caveat for c in row.caveats} != want.caveats:
+        fields.append("caveats")
+    if row.expires != want.expires:
+        fields.append("expires")
+    if row.revoked_at is not None:
+        fields.append("revoked")
+    kind = ChangeKind.CHANGED if fields else ChangeKind.UNCHANGED
+    return ClearanceChange(want.user_id, kind, tuple(fields))
 
 
 def _register_keyed(session: Session) -> bool:
