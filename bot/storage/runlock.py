@@ -70,7 +70,10 @@ def hold_run_lock(url: str) -> RunLock:
 
 def _flock(database: Path, url: str) -> RunLock:
     path = database.with_name(database.name + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+    for folder in reversed(missing):  # private, as the database's own (bot/storage/migrate.py)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        folder.chmod(0o700)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
