@@ -194,3 +194,17 @@ def test_run_logs_the_banner_first_then_one_line_for_the_database(tmp_path: Path
         assert len(revisions) == 1 and revisions[0].endswith("(upgraded)")
         assert not any(e["logger"].startswith("alembic") for e in entries)
         assert not any(s in text for s in (password, PICKLE_KEY, DATA_KEY))
+
+
+def test_the_examples_logging_section_works_once_uncommented(tmp_path: Path) -> None:
+    example = (Path(__file__).resolve().parent.parent / "config.example.toml").read_text()
+    section = example.split("# [logging]", 1)[1]
+    uncommented = "[logging]" + "\n".join(
+        line.removeprefix("# ") for line in section.splitlines() if not line.startswith("#  ")
+    )
+    (tmp_path / "logs").mkdir()
+    path = tmp_path / "config.toml"
+    path.write_text(example.split("# [logging]", 1)[0] + uncommented + "\n")
+    config = load_config(path)
+    assert (config.logging.level, config.logging.format) == ("info", "text")
+    assert config.log_file() == tmp_path / "logs" / "liaison-bot.log"

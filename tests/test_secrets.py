@@ -91,7 +91,9 @@ def test_a_short_key_is_refused_naming_the_variable_and_the_rule(variable: str, 
 
 def test_both_short_keys_are_named_at_once() -> None:
     with pytest.raises(StartupError) as info:
-        Secrets.from_env_or_files(CONFIG, {**ENV, "LIAISON_DATA_KEY": "data", "LIAISON_PICKLE_KEY": "p"})
+        Secrets.from_env_or_files(
+            CONFIG, {**ENV, "LIAISON_DATA_KEY": "data", "LIAISON_PICKLE_KEY": "p"}
+        )
     assert "LIAISON_DATA_KEY" in str(info.value) and "LIAISON_PICKLE_KEY" in str(info.value)
 
 

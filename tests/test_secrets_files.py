@@ -279,3 +279,24 @@ def test_run_refuses_an_open_secret_file_before_touching_anything(tmp_path: Path
     assert f"chmod 600 {tmp_path / 'pickle'}" in result.stderr
     assert PICKLE not in result.stderr + result.stdout
     assert not (tmp_path / "data").exists()  # no database, no crypto store
+
+
+def test_the_examples_file_keys_work_once_uncommented(tmp_path: Path) -> None:
+    example = (REPO / "config.example.toml").read_text()
+    lines = []
+    for line in example.splitlines():
+        if line.startswith(("password_env", "pickle_key_env", "data_key_env")):
+            continue  # a *_file replaces its *_env (the feed is in a commented section)
+        if line.startswith("# ") and "/run/credentials/" in line and "feed-sat" not in line:
+            line = line.removeprefix("# ")
+        lines.append(line)
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines))
+    sources = load_config(path).secret_sources()
+    unit = "/run/credentials/liaison-bot.service/"
+    assert {name: (s.key, s.name) for name, s in sources.items()} == {
+        "pickle_key": ("homeserver.pickle_key_file", unit + "pickle-key"),
+        "data_key": ("storage.data_key_file", unit + "data-key"),
+        "password": ("homeserver.password_file", unit + "password"),
+        "access_token": ("homeserver.access_token_file", unit + "access-token"),
+    }
