@@ -287,7 +287,7 @@ def test_the_examples_file_keys_work_once_uncommented(tmp_path: Path) -> None:
     for line in example.splitlines():
         if line.startswith(("password_env", "pickle_key_env", "data_key_env")):
             continue  # a *_file replaces its *_env (the feed is in a commented section)
-        if line.startswith("# ") and "/run/credentials/" in line and "feed-sat" not in line:
+        if line.startswith("# ") and '_file = "/run/credentials/' in line and "feed" not in line:
             line = line.removeprefix("# ")
         lines.append(line)
     path = tmp_path / "config.toml"
