@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from bot.devtools.devserver import DevServer
 from bot.devtools.proxy import CountingProxy
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 DATA_KEY = "wait-data-key-0123456789abcdef-0123"
 PICKLE_KEY = "wait-pickle-key-0123456789abcdef-012"
 WAITING = re.compile(
-    r"homeserver (http://127\.0\.0\.1:\d+) unreachable \((\w+)\): "
+    r"homeserver (http://127\.0\.0\.1:\d+) unreachable \((\w+)(?: \d+)?\): "
     r"retrying in (\d+\.\d) s \(attempt (\d+)\)"
 )
 
@@ -202,3 +203,76 @@ def test_a_refused_login_is_not_waited_out(
     assert f"the homeserver refused the login of {config_user(config)}: M_FORBIDDEN" in text
     assert "retrying" not in text and "Traceback" not in text
     assert "not-the-password" not in text
+
+
+async def test_a_homeserver_answering_5xx_is_waited_for_too(
+    tmp_path: Path, synapse: DevServer, make_user: MakeUser, closed_port: socket.socket
+) -> None:
+    """A reverse proxy up with Synapse behind it down answers 502: the same wait."""
+    dead = f"http://127.0.0.1:{closed_port.getsockname()[1]}"
+    proxy = CountingProxy(dead)  # answers 502 while its upstream refuses connections
+    await proxy.start()
+    config, password = bot_config(tmp_path, synapse, make_user, proxy.url)
+    env = bot_env(
+        LIAISON_TEST_PASSWORD=password,
+        LIAISON_TEST_PICKLE_KEY=PICKLE_KEY,
+        LIAISON_TEST_DATA_KEY=DATA_KEY,
+    )
+    log = tmp_path / "bot.log"
+    proc = start_run(config, env, log)
+    try:
+        text = await asyncio.to_thread(wait_for, log, "(attempt 2)", proc)
+        assert [(reason, n) for reason, _, n in attempts(text)] == [("HTTP", 1), ("HTTP", 2)]
+        assert f"homeserver {proxy.url} unreachable (HTTP 502): retrying in" in text
+        proxy.upstream = synapse.base_url  # Synapse is back behind the proxy
+        await asyncio.to_thread(wait_for, log, "first sync after", proc, 90)
+        assert "logged in as" in log.read_text()
+        assert await asyncio.to_thread(stop, proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await proxy.stop()
+
+
+class FailingLogins(CountingProxy):
+    """Forwards everything but the first `failures` login requests, which get a 502: a
+    homeserver that answers its probe, then fails the login as a server going down does."""
+
+    def __init__(self, upstream: str, failures: int) -> None:
+        super().__init__(upstream)
+        self.failures = failures
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        if request.path.endswith("/login") and request.method == "POST" and self.failures:
+            self.failures -= 1
+            return web.json_response({"errcode": "M_UNKNOWN", "error": "down"}, status=502)
+        return await super()._forward(request)
+
+
+async def test_a_login_failing_as_a_down_server_does_is_retried(
+    tmp_path: Path, synapse: DevServer, make_user: MakeUser
+) -> None:
+    proxy = FailingLogins(synapse.base_url, failures=2)
+    await proxy.start()
+    config, password = bot_config(tmp_path, synapse, make_user, proxy.url)
+    env = bot_env(
+        LIAISON_TEST_PASSWORD=password,
+        LIAISON_TEST_PICKLE_KEY=PICKLE_KEY,
+        LIAISON_TEST_DATA_KEY=DATA_KEY,
+    )
+    log = tmp_path / "bot.log"
+    proc = start_run(config, env, log)
+    try:
+        text = await asyncio.to_thread(wait_for, log, "first sync after", proc, 90)
+        failed = re.findall(
+            rf"homeserver {re.escape(proxy.url)} failed during the login \(HTTP 502\): "
+            r"retrying in (\d+\.\d) s",
+            text,
+        )
+        assert len(failed) == 2 and proxy.failures == 0
+        assert text.count("logged in as") == 1
+        assert await asyncio.to_thread(stop, proc) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        await proxy.stop()

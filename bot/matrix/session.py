@@ -71,11 +71,16 @@ async def wait_for_homeserver(url: str, stopping: asyncio.Event) -> None:
                 "homeserver %s unreachable (%s): retrying in %.1f s (attempt %d)",
                 url, reason, delay, attempt,
             )  # fmt: skip
-            try:
-                await asyncio.wait_for(stopping.wait(), delay)
-            except TimeoutError:
-                continue
-            raise StoppedWaiting
+            await _pause(stopping, delay)
+
+
+async def _pause(stopping: asyncio.Event, delay: float) -> None:
+    """Wait `delay` seconds; StoppedWaiting at once when `stopping` is set meanwhile."""
+    try:
+        await asyncio.wait_for(stopping.wait(), delay)
+    except TimeoutError:
+        return
+    raise StoppedWaiting
 
 
 async def _unreachable(http: aiohttp.ClientSession, url: str) -> str | None:
@@ -132,8 +137,53 @@ async def login(
     a database crypto store (the high-availability pair's epoch and node name; without
     them, those of a process that is not a node), and `gate` shuts every request of a node
     that lost its lease."""
+    waiting = stopping or asyncio.Event()
+    backoff = Backoff()
+    while True:
+        await wait_for_homeserver(config.homeserver.url, waiting)
+        try:
+            return await _login_once(config, secrets, store, gate, connect_params)
+        except HomeserverAway as exc:  # it answered the probe, then failed the login
+            delay = backoff.next()
+            log.warning(
+                "homeserver %s failed during the login (%s): retrying in %.1f s",
+                config.homeserver.url, exc, delay,
+            )  # fmt: skip
+            await _pause(waiting, delay)
+
+
+class HomeserverAway(Exception):
+    """The homeserver failed a login request as a server that is down does (no connection,
+    a timeout, 5xx, 429): waited out, unlike an answer that refuses the bot."""
+
+
+def _away_if_down(response: Any) -> None:
+    status = getattr(getattr(response, "transport_response", None), "status", None)
+    if isinstance(status, int) and (status == 429 or status >= 500):
+        raise HomeserverAway(f"HTTP {status}")
+
+
+async def _login_once(
+    config: Config,
+    secrets: Secrets,
+    store: Store,
+    gate: SendGate | None,
+    connect_params: Callable[[], Mapping[str, str]] | None,
+) -> Gateway:
+    try:
+        return await _log_in(config, secrets, store, gate, connect_params)
+    except (aiohttp.ClientError, TimeoutError) as exc:  # nio's own retries ran out
+        raise HomeserverAway(type(exc).__name__) from None
+
+
+async def _log_in(
+    config: Config,
+    secrets: Secrets,
+    store: Store,
+    gate: SendGate | None,
+    connect_params: Callable[[], Mapping[str, str]] | None,
+) -> Gateway:
     hs = config.homeserver
-    await wait_for_homeserver(hs.url, stopping or asyncio.Event())
     store_class, store_path = crypto_store(config, connect_params or NOT_A_NODE.copy)
     client_config = AsyncClientConfig(
         encryption_enabled=True,
@@ -167,6 +217,7 @@ async def login(
             token = sealer.open_text(session.sealed_token, session.device_id)
             client.restore_login(hs.user_id, session.device_id, token)
             whoami = await client.whoami()
+            _away_if_down(whoami)
             if isinstance(whoami, WhoamiResponse):
                 log.info("reusing device %s", session.device_id)
             elif getattr(whoami, "status_code", None) == "M_UNKNOWN_TOKEN" and secrets.password:
@@ -176,7 +227,15 @@ async def login(
                 raise StartupError(f"the homeserver rejected the stored session: {whoami}")
         elif secrets.access_token:
             client.access_token = secrets.access_token
-            whoami = unwrap(await client.whoami(), WhoamiResponse, "whoami")
+            answer = await client.whoami()
+            _away_if_down(answer)
+            try:
+                whoami = unwrap(answer, WhoamiResponse, "whoami")
+            except MatrixError as exc:  # a revoked token is not waited out
+                raise StartupError(
+                    f"the homeserver refused the access token of {hs.user_id}: "
+                    f"{exc.errcode or exc.status} {exc.message}"
+                ) from None
             if not whoami.device_id:
                 raise StartupError("the access token has no device; log in with a password")
             client.restore_login(hs.user_id, whoami.device_id, secrets.access_token)
@@ -208,6 +267,7 @@ async def _password_login(
     client: CryptoClient, config: Config, secrets: Secrets, store: Store, sealer: Sealer
 ) -> None:
     response = await client.login(secrets.password, config.homeserver.device_name)
+    _away_if_down(response)
     try:
         login = unwrap(response, LoginResponse, "login")
     except MatrixError as exc:  # a wrong password is not waited out
