@@ -49,8 +49,15 @@ class SecretError(StartupError):
 def read_secret_file(source: SecretSource) -> str:
     """A secret from a file: one trailing newline stripped (`echo` and editors add one);
     refused, naming the key and the path, when missing, unreadable, empty, or readable by
-    group or others (outside systemd's credentials folder). Raises ValueError."""
+    group or others (outside systemd's credentials folder). Raises ValueError.
+
+    A path in another unit's credentials folder that is not there is looked up by name in
+    this process's own (`$CREDENTIALS_DIRECTORY`): an offline command started with
+    `systemd-run -p LoadCredential=…` gets the key under its own unit's name."""
     path = Path(source.name)
+    own = os.environ.get("CREDENTIALS_DIRECTORY")
+    if own and path.is_relative_to(CREDENTIALS_DIR) and not path.exists():
+        path = Path(own) / path.name
     try:
         with path.open("rb") as handle:
             mode = os.fstat(handle.fileno()).st_mode

@@ -300,3 +300,28 @@ def test_the_examples_file_keys_work_once_uncommented(tmp_path: Path) -> None:
         "password": ("homeserver.password_file", unit + "password"),
         "access_token": ("homeserver.access_token_file", unit + "access-token"),
     }
+
+
+def test_an_offline_command_finds_its_own_units_credential(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`systemd-run -p LoadCredential=data-key:…` puts the key under the command's own
+    unit, not the service's the config names: it is found by name there."""
+    credentials = tmp_path / "run-credentials"
+    monkeypatch.setattr(bot.startup, "CREDENTIALS_DIR", credentials)
+    own = credentials / "run-u42.service"
+    own.mkdir(parents=True)
+    secret(own / "data-key", DATA + "\n", 0o400)
+    path = config_with_files(tmp_path)
+    service = credentials / "liaison-bot.service" / "data-key"
+    path.write_text(
+        path.read_text().replace('data_key_file = "data-key"', f'data_key_file = "{service}"')
+    )
+    config = load_config(path)
+    with pytest.raises(SecretError, match=f"no such file {service}"):
+        read_data_key(config)  # outside systemd: the service's path, refused by name
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(own))
+    assert read_data_key(config) == DATA
+    (own / "data-key").unlink()
+    with pytest.raises(SecretError, match=f"no such file {own / 'data-key'}"):
+        read_data_key(config)
