@@ -63,7 +63,6 @@ SECRET_KEYS = {
     "data_key": "data_key_env",
     "token": "token_env",
 }
-LOG_LEVELS = ("debug", "info", "warning", "error")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+\Z")
 
