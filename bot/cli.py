@@ -145,13 +145,15 @@ def _load(path: str) -> Config:
 
 
 class _Main(click.Group):
-    """Refusals of the store (a keyed audit log without the data key, say) end as one line
-    naming what to fix, not a traceback."""
+    """Refusals of the store (a keyed audit log without the data key, say) and of a secret
+    (a key file others can read) end as one line naming what to fix, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from bot.startup import StartupError  # a key file that cannot be used, say
+
         try:
             return super().invoke(ctx)
-        except StoreError as exc:
+        except (StoreError, StartupError) as exc:
             _fail(str(exc))
 
 

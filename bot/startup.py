@@ -32,10 +32,16 @@ class SecretError(StartupError):
     """Secrets that cannot be used; `problems` lists each, naming its key (never a value).
     The message groups them as the bot refuses them: missing, unusable files, weak keys."""
 
-    def __init__(self, missing: list[str], files: list[str], weak: list[str]) -> None:
+    def __init__(
+        self,
+        missing: list[str],
+        files: list[str],
+        weak: list[str],
+        action: str = "refusing to start",
+    ) -> None:
         self.problems = [*missing, *files, *weak]
         parts = [
-            f"{title}, refusing to start: " + "; ".join(items)
+            f"{title}, {action}: " + "; ".join(items)
             for title, items in (
                 ("missing secrets", missing),
                 ("unusable secret files", files),
@@ -165,7 +171,7 @@ def _read_key(config: Config, name: str) -> str | None:
     try:
         return read_secret_file(source)
     except ValueError as exc:
-        raise SecretError([], [str(exc)], []) from None
+        raise SecretError([], [str(exc)], [], action="cannot read the key") from None
 
 
 def read_data_key(config: Config) -> str | None:

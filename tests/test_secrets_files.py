@@ -325,3 +325,18 @@ def test_an_offline_command_finds_its_own_units_credential(
     (own / "data-key").unlink()
     with pytest.raises(SecretError, match=f"no such file {own / 'data-key'}"):
         read_data_key(config)
+
+
+def test_an_offline_command_refuses_an_unusable_key_file_in_one_line(tmp_path: Path) -> None:
+    path = config_with_files(tmp_path)
+    secret(tmp_path / "data-key", DATA, 0o644)
+    result = CliRunner(env=no_liaison_env()).invoke(
+        main, ["gate", "synapse-config", "--config", str(path)]
+    )
+    assert result.exit_code == 2
+    assert isinstance(result.exception, SystemExit)  # not a traceback
+    assert result.stderr == (
+        "error: unusable secret files, cannot read the key: storage.data_key_file: "
+        f"{tmp_path / 'data-key'} is readable by others than its owner (mode 0644): "
+        f"chmod 600 {tmp_path / 'data-key'}\n"
+    )
