@@ -150,13 +150,15 @@ def _load(path: str) -> Config:
 
 
 class _Main(click.Group):
-    """Refusals of the store (a keyed audit log without the data key, say) end as one line
-    naming what to fix, not a traceback."""
+    """Refusals of the store (a keyed audit log without the data key, say) and of a secret
+    (a key file others can read) end as one line naming what to fix, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from bot.startup import StartupError  # a key file that cannot be used, say
+
         try:
             return super().invoke(ctx)
-        except StoreError as exc:
+        except (StoreError, StartupError) as exc:
             _fail(str(exc))
 
 
@@ -451,20 +453,37 @@ def policy_may_release(
 
 @main.command("check-config")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def check_config(config_path: str) -> None:
-    """Validate a config file: exit 0, or 2 listing every error with its key path.
+@click.option(
+    "--without-secrets",
+    is_flag=True,
+    help="Check the file only, not the secrets it names (where they are not given, e.g. a "
+    "CI job checking a config before it is deployed).",
+)
+def check_config(config_path: str, without_secrets: bool) -> None:
+    """Validate a config file and its secrets as `run` does: exit 0, or 2 listing every
+    error with its key path (a missing secret, a short key, a secret file that cannot be
+    read or that others can read, one variable or file for two secrets).
 
     \b
     Example:
       liaison-bot check-config --config config.toml
+      liaison-bot check-config --config config.toml --without-secrets
     """
+    from bot.startup import SecretError, Secrets
+
     config = _load(config_path)
-    for warning in config.missing_secrets():
-        click.echo(f"warning: {warning}", err=True)
+    if not without_secrets:
+        try:
+            Secrets.from_env_or_files(config)
+        except SecretError as exc:
+            for problem in exc.problems:
+                click.echo(f"error: {problem}", err=True)
+            sys.exit(EXIT_BAD)
     rooms = ", ".join(f"{r.key} ({r.parsed_label.banner})" for r in config.rooms) or "none"
     click.echo(
         f"{config_path}: OK — rooms: {rooms}; {len(config.routes)} route(s), "
         f"{len(config.digests)} digest(s)"
+        + ("; secrets not checked" if without_secrets else "; secrets readable")
     )
 
 
@@ -607,30 +626,31 @@ def _cli_actor() -> str:
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (never message bodies).")
 def run_command(config_path: str, verbose: bool) -> None:
-    """Run the bot until SIGINT/SIGTERM. Refuses to start without its secrets.
+    """Run the bot until SIGINT/SIGTERM. Refuses to start without its secrets (from the
+    variables or files the config names), or while another process runs on its store.
 
     \b
     Example:
       LIAISON_PASSWORD=… LIAISON_PICKLE_KEY=… LIAISON_DATA_KEY=… \\
           liaison-bot run --config config.toml
     """
+    from bot.logsetup import banner, configure_logging
     from bot.run import run_bot
     from bot.startup import Secrets, StartupError
 
     config = _load(config_path)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("nio", "peewee", "aiohttp"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        configure_logging(config, verbose)
+    except OSError as exc:
+        _fail(f"logging.file: cannot open {config.log_file()}: {exc.strerror}", EXIT_NO)
+    logging.getLogger("bot").info(banner(config, config_path))
     schemes = config.schemes_path()
     if schemes is not None:  # read with the config, before logging was set up
         from bot.schemes import announce_site_schemes
 
         announce_site_schemes(current(), schemes)
     try:
-        secrets = Secrets.from_env(config)
+        secrets = Secrets.from_env_or_files(config)
         asyncio.run(run_bot(config, secrets))
     except StartupError as exc:
         _fail(str(exc), EXIT_NO)
