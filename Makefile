@@ -80,17 +80,22 @@ lock:
 	rm -rf $(DIST)/.lockvenv
 
 # dist/liaison_bot-<version>-py3-none-any.whl, built from this tree without its dependencies.
+# setuptools' build/ folder is removed before and after: a module deleted from the tree but
+# left in a stale build/lib would otherwise still ship.
 wheel:
-	rm -f $(DIST)/liaison_bot-*.whl
+	rm -rf build $(DIST)/liaison_bot-*.whl
 	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir $(DIST) .
+	rm -rf build
 
-# Every locked dependency as a wheel (sdists built here), checked against the lock's hashes,
-# plus the bot's own wheel: copy dist/wheelhouse to a machine without internet and install
-# with pip install --no-index --find-links wheelhouse 'liaison-bot[bot,postgres]'.
+# Every locked dependency as a wheel for this machine's platform and Python (sources built
+# here), each download checked against the lock's hashes, plus the bot's own wheel and a
+# requirements.txt pinning every shipped file by hash: copy dist/wheelhouse to a machine
+# without internet (docs/install.md).
 wheelhouse: wheel
 	rm -rf $(WHEELHOUSE)
 	$(PYTHON) -m pip wheel --quiet --require-hashes -r $(LOCK) --wheel-dir $(WHEELHOUSE)
 	cp $(DIST)/liaison_bot-*.whl $(WHEELHOUSE)/
+	$(PYTHON) deploy/wheelhouse_lock.py $(WHEELHOUSE)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis $(DIST) build

@@ -4,6 +4,7 @@ the two share."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -298,3 +299,37 @@ def test_containerfile_passes_hadolint(tmp_path: Path, unfit: bool) -> None:
         assert result.returncode == 1 and "DL3002" in result.stdout, result.stdout
     else:
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- the wheelhouse's own lock
+
+
+def _wheelhouse_lock(folder: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(DEPLOY / "wheelhouse_lock.py"), str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_wheelhouse_lock_pins_every_shipped_wheel_by_its_hash(tmp_path: Path) -> None:
+    (tmp_path / "Liaison_Bot-0.1.0-py3-none-any.whl").write_bytes(b"bot")
+    (tmp_path / "atomicwrites-1.4.1-py2.py3-none-any.whl").write_bytes(b"built here")
+    (tmp_path / "notes.txt").write_text("not a wheel", encoding="utf-8")
+    result = _wheelhouse_lock(tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    assert lines[1:] == [
+        "atomicwrites==1.4.1 --hash=sha256:" + hashlib.sha256(b"built here").hexdigest(),
+        "liaison-bot==0.1.0 --hash=sha256:" + hashlib.sha256(b"bot").hexdigest(),
+    ]
+
+
+def test_wheelhouse_lock_refuses_two_versions_of_one_package(tmp_path: Path) -> None:
+    (tmp_path / "click-8.1.0-py3-none-any.whl").write_bytes(b"a")
+    (tmp_path / "click-8.2.0-py3-none-any.whl").write_bytes(b"b")
+    result = _wheelhouse_lock(tmp_path)
+    assert result.returncode != 0
+    assert "more than one wheel of click" in result.stderr
+    assert not (tmp_path / "requirements.txt").exists()
