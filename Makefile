@@ -70,7 +70,12 @@ LOCK       := requirements.lock
 DIST       := dist
 WHEELHOUSE := $(DIST)/wheelhouse
 
-lock:
+# dist/ ignores itself (as a venv does): built files are never committed by accident.
+$(DIST)/.gitignore:
+	mkdir -p $(DIST)
+	echo '*' > $@
+
+lock: $(DIST)/.gitignore
 	rm -rf $(DIST)/.lockvenv
 	$(PYTHON) -m venv $(DIST)/.lockvenv
 	$(DIST)/.lockvenv/bin/python -m pip install --quiet 'uv==$(UV_VERSION)'
@@ -82,7 +87,7 @@ lock:
 # dist/liaison_bot-<version>-py3-none-any.whl, built from this tree without its dependencies.
 # setuptools' build/ folder is removed before and after: a module deleted from the tree but
 # left in a stale build/lib would otherwise still ship.
-wheel:
+wheel: $(DIST)/.gitignore
 	rm -rf build $(DIST)/liaison_bot-*.whl
 	$(PYTHON) -m pip wheel --quiet --no-deps --wheel-dir $(DIST) .
 	rm -rf build
