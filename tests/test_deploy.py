@@ -161,7 +161,9 @@ def test_service_config_passes_check_config(tmp_path: Path) -> None:
     text = SERVICE_CONFIG.read_text(encoding="utf-8")
     for name in ("password", "pickle_key", "data_key"):
         # A distinct 64-character key each, as `openssl rand -hex 32` gives.
-        (tmp_path / name).write_text(hashlib.sha256(name.encode()).hexdigest(), encoding="utf-8")
+        secret = tmp_path / name
+        secret.write_text(hashlib.sha256(name.encode()).hexdigest(), encoding="utf-8")
+        secret.chmod(0o600)  # as root's files in /etc/liaison-bot; others may not read them
     config = tmp_path / "config.toml"
     config.write_text(text.replace(CREDENTIALS, f"{tmp_path}/"), encoding="utf-8")
     result = CliRunner().invoke(main, ["check-config", "--config", str(config)])

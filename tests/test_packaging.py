@@ -32,6 +32,12 @@ from bot.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
 GOOD_KEY = "0123456789abcdef" * 4  # 64 characters, as `openssl rand -hex 32` gives
+#: The example config's secrets (its *_env variables), good values, a distinct key each.
+SECRETS = {
+    "LIAISON_PASSWORD": "a password for the bot",
+    "LIAISON_PICKLE_KEY": GOOD_KEY,
+    "LIAISON_DATA_KEY": GOOD_KEY[::-1],
+}
 #: Only the running bot imports these; the base install must not bring them.
 BOT_ONLY = {"nio", "aiohttp", "prometheus_client", "canonicaljson", "vodozemac"}
 RESYNC = "re-sync with: cp config.example.toml bot/data/config.example.toml"
@@ -342,19 +348,14 @@ def test_fresh_wheel_in_a_clean_venv_runs_init_check_config_db_upgrade_and_demo(
     assert init.returncode == 0, init.stderr
     assert config.read_bytes() == (ROOT / "config.example.toml").read_bytes()
 
-    secrets = {
-        "LIAISON_PASSWORD": "a password for the bot",
-        "LIAISON_PICKLE_KEY": GOOD_KEY,
-        "LIAISON_DATA_KEY": GOOD_KEY[::-1],
-    }
-    check = _clean_run(venv, cwd, "check-config", "--config", str(config), env=secrets)
+    check = _clean_run(venv, cwd, "check-config", "--config", str(config), env=SECRETS)
     assert check.returncode == 0, check.stdout + check.stderr
     assert f"{config}: OK" in check.stdout
     assert check.stderr == ""
 
     # The migrations travel in the wheel: the example's SQLite database is created next to
     # the config, inside the temporary folder.
-    upgrade = _clean_run(venv, cwd, "db", "upgrade", "--config", str(config), env=secrets)
+    upgrade = _clean_run(venv, cwd, "db", "upgrade", "--config", str(config), env=SECRETS)
     assert upgrade.returncode == 0, upgrade.stderr
     assert (config.parent / "data" / "liaison.db").is_file()
 
@@ -391,9 +392,9 @@ def test_gate_only_install_has_no_nio_and_its_cli_says_what_run_needs(built: Bui
 
     config = cwd / "config.toml"
     assert _clean_run(venv, cwd, "init", "--config", str(config)).returncode == 0
-    check = _clean_run(venv, cwd, "check-config", "--config", str(config))
+    check = _clean_run(venv, cwd, "check-config", "--config", str(config), env=SECRETS)
     assert check.returncode == 0, check.stderr  # the offline CLI works without the bot extra
-    run = _clean_run(venv, cwd, "run", "--config", str(config))
+    run = _clean_run(venv, cwd, "run", "--config", str(config), env=SECRETS)
     assert run.returncode == 2
     assert (
         run.stderr == "error: the bot's runtime is not installed: pip install 'liaison-bot[bot]'\n"
