@@ -229,6 +229,23 @@ def _locked() -> dict[str, list[str]]:
     return entries
 
 
+def test_locked_versions_satisfy_pyproject() -> None:
+    """A range raised in pyproject.toml without `make lock` fails here, naming the package."""
+    from packaging.requirements import Requirement
+
+    text = (ROOT / "requirements.lock").read_text(encoding="utf-8")
+    pins = {_name(n): v for n, v in re.findall(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)", text, re.M)}
+    declared = PYPROJECT["project"]["dependencies"] + _extra("bot") + _extra("postgres")
+    for requirement in map(Requirement, declared):
+        if requirement.name == "liaison-bot":
+            continue
+        pinned = pins[_name(requirement.name)]
+        assert requirement.specifier.contains(pinned), (
+            f"requirements.lock pins {requirement.name}=={pinned}, outside {requirement} "
+            "(run make lock)"
+        )
+
+
 def test_lock_pins_and_hashes_everything_the_bot_installs() -> None:
     locked = _locked()
     assert all(locked.values()), [name for name, hashes in locked.items() if not hashes]
