@@ -335,6 +335,28 @@ def label_import(source: Any) -> None:
 # ---------------------------------------------------------------- policy
 
 
+@main.command("init")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing file at PATH.")
+def init_command(config_path: str, force: bool) -> None:
+    """Write the commented example config to PATH (mode 0640), then say what to do next.
+
+    Missing parent folders are created (mode 0750). An existing file is never replaced
+    without --force: it is named and the exit code is 2.
+
+    \b
+    Example:
+      liaison-bot init --config /etc/liaison-bot/config.toml
+    """
+    from bot.initconfig import InitError, next_steps, write_example_config
+
+    try:
+        written = write_example_config(Path(config_path), force=force)
+    except InitError as exc:
+        _fail(f"--config: {exc}")
+    click.echo(next_steps(written))
+
+
 @main.group()
 def policy() -> None:
     """Ask the access rules directly: may-join, may-release."""
@@ -634,6 +656,10 @@ def run_command(config_path: str, verbose: bool) -> None:
       LIAISON_PASSWORD=… LIAISON_PICKLE_KEY=… LIAISON_DATA_KEY=… \\
           liaison-bot run --config config.toml
     """
+    from bot.initconfig import bot_runtime_missing  # before anything imports nio
+
+    if (missing := bot_runtime_missing()) is not None:
+        _fail(missing)
     from bot.logsetup import banner, configure_logging
     from bot.run import run_bot
     from bot.startup import Secrets, StartupError
@@ -687,6 +713,10 @@ def demo_command(exit_after_scenario: bool, federated: bool, siem: bool) -> None
       liaison-bot demo --federated
       liaison-bot demo --siem --exit-after-scenario
     """
+    from bot.initconfig import bot_runtime_missing  # before anything imports nio
+
+    if (missing := bot_runtime_missing()) is not None:
+        _fail(missing)
     try:
         import synapse  # noqa: F401
     except ImportError:
