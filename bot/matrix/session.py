@@ -32,7 +32,6 @@ from nio import AsyncClientConfig, LoginResponse, WhoamiResponse
 from bot.config import Config
 from bot.ha import SendGate
 from bot.matrix.cryptostore import CryptoClient, PrivateStore
-from bot.matrix.dbstore import DatabaseStore
 from bot.matrix.gateway import Gateway, MatrixError, unwrap
 from bot.matrix.sync import Backoff
 from bot.matrix.trust import KeysAPI, bootstrap_cross_signing, key_sealer
@@ -112,6 +111,10 @@ def crypto_store(
     store classes) and the store path to give the client: the database, or the folder,
     made private here."""
     if config.crypto_store_in_database:
+        # Imported here: it needs the PostgreSQL driver, which a bot on SQLite does not
+        # install (the [bot] extra leaves it to [postgres]).
+        from bot.matrix.dbstore import DatabaseStore
+
         factory = functools.partial(
             DatabaseStore, database_url=config.database_url(), connect_params=connect_params
         )
