@@ -1068,15 +1068,17 @@ def _write_audited(
         with store.session() as session:
             append_audit(session, _cli_actor(), *audit)
             session.flush()  # the row is in: a refusal (no key, another key) came before
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(content)
-                handle.flush()
-                os.fsync(handle.fileno())
             try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(content)
+                    handle.flush()
+                    os.fsync(handle.fileno())
                 os.link(temp, out)  # never replaces a file that appeared meanwhile
             except FileExistsError:
                 _fail(f"--out: {out} exists; refusing to overwrite a key file")
+            except OSError as exc:
+                _fail(f"--out: cannot write {out}: {exc}. Nothing was written.")
             placed = True
         dir_fd = os.open(folder, os.O_RDONLY)
         try:
