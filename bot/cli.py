@@ -1501,6 +1501,40 @@ def _rotate_pickle(config: Config, store: Store, old: str, new: str, batch_size:
     )
 
 
+@keys.command("forget-login")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def keys_forget_login(config_path: str) -> None:
+    """Forget the bot's stored login, after its access token was stolen and its devices
+    logged out on the homeserver: the next start logs in with the password as a NEW
+    device, which the bot cross-signs with its own keys. Stop the bot first. Audited.
+
+    Why a new device: logging the old one out deleted it and its keys on the homeserver,
+    and a login under its old id would bring it back without them (nobody could encrypt
+    to it). See docs/keys.md, "A stolen access token".
+
+    \b
+    Example:
+      liaison-bot keys forget-login --config config.toml
+    """
+    config = _load(config_path)
+    store = _offline_store(config)
+    try:
+        _refuse_running(store)
+        try:
+            device = store.forget_bot_session(_cli_actor())
+        except StoreError as exc:
+            _fail(f"{exc}. Nothing was changed.", EXIT_NO)
+    finally:
+        store.close()
+    if device is None:
+        click.echo("no stored login: the next start logs in with the password")
+        return
+    click.echo(
+        f"forgot the login of device {device}; the next start logs in with the password as a "
+        "new device (and cross-signs it): the bot must have its (new) password"
+    )
+
+
 def _safe_url(url: str) -> str:
     from sqlalchemy.engine import make_url
 

@@ -6,6 +6,7 @@ crypto store (skipped without LIAISON_TEST_DATABASE_URL)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -23,8 +24,12 @@ from click.testing import CliRunner, Result
 from nio.crypto import InboundGroupSession, OlmAccount, OutboundGroupSession, OutboundSession
 from sqlalchemy import select, text, update
 
+from bot.app import LiaisonBot
 from bot.cli import main
 from bot.config import load_config
+from bot.devtools.botenv import SECRETS, BotEnv
+from bot.devtools.e2ee_client import open_dm, talk
+from bot.gate.config import register_entry
 from bot.matrix.cryptostore import PrivateStore
 from bot.matrix.dbstore import DatabaseStore
 from bot.matrix.rotate import crypto_stores, repickle
@@ -32,6 +37,7 @@ from bot.matrix.sync import MANIFEST, seal_manifest
 from bot.matrix.trust import key_sealer
 from bot.services.digest import _binding as digest_binding
 from bot.services.relay import SEAL_VERSION, item_binding, ledger_binding
+from bot.startup import Secrets
 from bot.storage import (
     AuditRow,
     BotSessionRow,
@@ -55,6 +61,7 @@ from bot.storage.sealing import Sealer, SealError
 from bot.storage.store import register_public_key
 from policy.ids import RoomId, RoomKey
 from policy.tagged import Precedence
+from tests.matrix_harness import MakeClient
 from tests.pg import fresh_schema
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -575,3 +582,50 @@ def test_rows_from_before_the_rotation_stay_checked(world: World) -> None:
         assert not store.verify_audit().intact
     finally:
         store.close()
+
+
+# -- a real bot, after both keys are rotated ---------------------------------------------
+
+
+async def test_the_bot_starts_and_works_with_the_new_keys(
+    own_bot_env: BotEnv, make_client: MakeClient
+) -> None:
+    """Stop, rotate both keys, give the gate the new register_key, start with the new keys:
+    the bot reuses its device (token and pickles open), and a clearance granted and an
+    invitation sent from chat go through the gate, which checks rows with the new key."""
+    env = own_bot_env
+    assert env.bot is not None and env.bot.client is not None
+    device = env.bot.client.device_id
+    await env.stop()
+    keys_env = {
+        "LIAISON_TEST_DATA_KEY": SECRETS.data_key,
+        "LIAISON_TEST_PICKLE_KEY": SECRETS.pickle_key,
+        "NEW_KEY": NEW_DATA,
+    }
+    for which, new in (("--data", NEW_DATA), ("--pickle", NEW_PICKLE)):
+        result = CliRunner(env=keys_env | {"NEW_KEY": new}).invoke(
+            main,
+            ["keys", "rotate", which, "--config", str(env.config_path), "--new-key-env", "NEW_KEY"],
+        )
+        assert result.exit_code == 0, result.output
+        keys_env["LIAISON_TEST_DATA_KEY"] = NEW_DATA  # the data key is the new one from here
+    env.server.add_register(register_entry(env.config), data_key=NEW_DATA)
+
+    config = env.config
+    env.store = Store.from_url(config.database_url())
+    secrets = Secrets(NEW_PICKLE, NEW_DATA, env.bot_user.password, None, {})
+    env.bot = LiaisonBot(config, env.store, secrets)
+    await env.bot.start()
+    await asyncio.wait_for(env.bot.synced.wait(), 60)
+    assert env.bot.client is not None and env.bot.client.device_id == device
+
+    admin = await make_client(env.admin)
+    officer = await make_client(env.officer)
+    dm = await open_dm(admin, env.bot_user.user_id)
+    await talk(
+        admin, dm, f'!clearance grant {env.officer.user_id} "NATO SECRET" --nationality DEU',
+        "Clearance updated",
+    )  # fmt: skip
+    await talk(admin, dm, f"!invite {env.officer.user_id} nato-s", "Invited")
+    assert await officer.wait_for_invite(inviter=env.bot_user.user_id) == env.room_id("nato-s")
+    assert env.store.verify_audit().intact

@@ -538,6 +538,20 @@ class Store:
             row = session.get(BotSessionRow, 1)
             return BotSession(row.user_id, row.device_id, row.access_token) if row else None
 
+    def forget_bot_session(self, actor: str) -> str | None:
+        """Delete the stored login (its token stolen, its device deleted on the server), so
+        the next start logs in with the password as a new device; audited
+        (`bot.login.forgotten`, the old device id) in the same transaction. Returns the old
+        device id, None if there was no login."""
+        with self.session() as session:
+            row = session.get(BotSessionRow, 1)
+            if row is None:
+                return None
+            device_id = row.device_id
+            session.delete(row)
+            append_audit(session, actor, "bot.login.forgotten", row.user_id, {"device": device_id})
+            return device_id
+
     def save_bot_session(self, user_id: str, device_id: str, sealed_token: str) -> None:
         with self.session() as session:
             row = session.get(BotSessionRow, 1)
