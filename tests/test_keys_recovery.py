@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from bot.cli import main
 from bot.config import load_config
-from bot.devtools.devserver import DevServer
+from bot.devtools.devserver import DevServer, DevServerError
 from bot.matrix.crosssign import check_identity
 from bot.matrix.trust import KeysAPI
 from tests.bot_harness import SECRETS, BotEnv
@@ -300,3 +300,40 @@ def test_an_export_that_cannot_be_placed_is_not_audited(
     assert "Nothing was written" in result.output
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert _exports(keyed) == []
+
+
+# -- a stolen access token -------------------------------------------------------------------
+
+
+async def test_recovery_from_a_stolen_access_token(own_bot_env: BotEnv, synapse: DevServer) -> None:
+    """As docs/keys.md says: stop the bot, log every session of the account out with the
+    stolen token (its device and keys go with it on the homeserver), forget the stored
+    login, start: the bot logs in with its password as a new device, cross-signed with its
+    own keys, and the stolen token is dead."""
+    env = own_bot_env
+    assert env.bot is not None and env.bot.client is not None
+    stolen, old_device = str(env.bot.client.access_token), str(env.bot.client.device_id)
+    await env.stop()
+    synapse.request("POST", "/_matrix/client/v3/logout/all", {}, token=stolen)
+    with pytest.raises(DevServerError, match="M_UNKNOWN_TOKEN"):
+        synapse.request("GET", "/_matrix/client/v3/account/whoami", token=stolen)
+
+    result = cli("keys", "forget-login", "--config", str(env.config_path))
+    assert result.exit_code == 0, result.output
+    assert f"forgot the login of device {old_device}" in result.output
+    again = cli("keys", "forget-login", "--config", str(env.config_path))
+    assert again.exit_code == 0 and "no stored login" in again.output
+
+    await env.start()
+    assert env.bot is not None and env.bot.client is not None and env.store is not None
+    new_device = env.bot.client.device_id
+    assert new_device != old_device
+    api = KeysAPI(synapse.base_url, env.admin.access_token)
+    try:
+        identity = check_identity(env.bot_user.user_id, await api.query([env.bot_user.user_id]))
+    finally:
+        await api.close()
+    assert new_device in identity.signed_devices
+    assert [e.detail for e in env.store.recent_audit(50) if e.action == "bot.login.forgotten"] == [
+        {"device": old_device}
+    ]
