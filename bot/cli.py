@@ -999,7 +999,7 @@ def keys_export(config_path: str, out: str) -> None:
     Example:
       liaison-bot keys export-recovery --config config.toml --out /media/safe/liaison-keys.json
     """
-    from bot.storage.rotate import audit_keyed_with
+    from bot.storage.rotate import marker_sealed_with
 
     config = _load(config_path)
     sealer = _pickle_sealer(config)
@@ -1014,7 +1014,7 @@ def keys_export(config_path: str, out: str) -> None:
     store = _offline_store(config)
     try:
         assert store.audit_key is not None  # the data key is set
-        if audit_keyed_with(store, store.audit_key) is False:
+        if marker_sealed_with(store, store.audit_key) is False:
             _fail(
                 f"the data key ({config.storage.data_key_env}) is not the key of this audit "
                 "log; the export could not be audited. Nothing was written.",
@@ -1038,21 +1038,23 @@ def keys_export(config_path: str, out: str) -> None:
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **private,
         }
-        _write_audited(
+        _write_and_record(
             store,
             out,
             json.dumps(payload, indent=2, sort_keys=True) + "\n",
-            ("keys.exported", user_id, {"master": master}),
+            user_id,
+            {"master": master},
         )
     finally:
         store.close()
     click.echo(f"wrote the cross-signing keys of {user_id} (master {master}) to {out} (0600)")
 
 
-def _write_audited(
-    store: Store, out: str, content: str, audit: tuple[str, str, dict[str, Any]]
+def _write_and_record(
+    store: Store, out: str, content: str, subject: str, detail: dict[str, Any]
 ) -> None:
-    """Write `content` to a new 0600 file `out` and its audit row, both or neither: the row
+    """Write `content` to a new 0600 file `out` and its audit row (`keys.exported`, of
+    `subject` with `detail`), both or neither: the row
     is added in a transaction committed only once the file is whole on disk (written to a
     temporary name beside it, fsynced, then linked to its name, which refuses an existing
     file); if the row cannot be written the file is removed, if the file cannot be
@@ -1066,7 +1068,7 @@ def _write_audited(
     placed = False
     try:
         with store.session() as session:
-            append_audit(session, _cli_actor(), *audit)
+            append_audit(session, _cli_actor(), "keys.exported", subject, detail)
             session.flush()  # the row is in: a refusal (no key, another key) came before
             try:
                 fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -1367,11 +1369,10 @@ def _refuse_running(store: Store) -> None:
 
 def _rotate_data(store: Store, old: str, new: str, batch_size: int) -> None:
     from bot.storage.rotate import (
-        ROTATING,
         RotationError,
-        audit_keyed_with,
         check,
-        rekey_audit,
+        finish_data_rotation,
+        marker_sealed_with,
         reseal,
         resign_register,
         unfinished,
@@ -1381,13 +1382,13 @@ def _rotate_data(store: Store, old: str, new: str, batch_size: int) -> None:
     _refuse_running(store)
     old_audit, new_audit = audit_key_from(old), audit_key_from(new)
     register_key = register_public_key(new)
-    if audit_keyed_with(store, new_audit):
+    if marker_sealed_with(store, new_audit):
         click.echo(
             "the data is already under the new key (the rotation finished). Give the bot the "
             f"new key, and the gate register_key = {register_key}"
         )
         return
-    if audit_keyed_with(store, old_audit) is False:
+    if marker_sealed_with(store, old_audit) is False:
         _fail(
             "the current data key is not the key of this audit log: set the key the bot runs "
             "with. Nothing was changed.",
@@ -1421,14 +1422,14 @@ def _rotate_data(store: Store, old: str, new: str, batch_size: int) -> None:
     )
     if started is None:
         store.append_audit(
-            _cli_actor(), ROTATING, None, {"key": "data", "register_key": register_key}
+            _cli_actor(), "keys.rotating", None, {"key": "data", "register_key": register_key}
         )
     try:
         moved = reseal(store, kinds, _progress, batch_size)
         signed, refused = resign_register(store, old_audit, new_audit, _progress, batch_size)
     except RotationError as exc:
         _fail(f"{exc}; run the same command again to finish", EXIT_NO)
-    rekey_audit(
+    finish_data_rotation(
         Store(store.engine, new_audit),
         _cli_actor(),
         {"register_key": register_key},
@@ -1456,13 +1457,13 @@ def _rotate_data(store: Store, old: str, new: str, batch_size: int) -> None:
 
 def _rotate_pickle(config: Config, store: Store, old: str, new: str, batch_size: int) -> None:
     from bot.matrix.rotate import check_pickles, close_stores, crypto_stores, repickle_stores
-    from bot.storage.rotate import ROTATED, ROTATING, RotationError, check, reseal, unfinished
+    from bot.storage.rotate import RotationError, check, reseal, unfinished
 
     _refuse_running(store)
     if store.audit_key is not None:
-        from bot.storage.rotate import audit_keyed_with
+        from bot.storage.rotate import marker_sealed_with
 
-        if audit_keyed_with(store, store.audit_key) is False:
+        if marker_sealed_with(store, store.audit_key) is False:
             _fail(
                 "the data key is not the key of this audit log; the rotation could not be "
                 "audited. Nothing was changed.",
@@ -1485,13 +1486,13 @@ def _rotate_pickle(config: Config, store: Store, old: str, new: str, batch_size:
             + " to reseal"
         )
         if started is None:
-            store.append_audit(_cli_actor(), ROTATING, None, {"key": "pickle"})
+            store.append_audit(_cli_actor(), "keys.rotating", None, {"key": "pickle"})
         try:
             moved = repickle_stores(stores, old, new, _progress, batch_size)
             moved |= reseal(store, kinds, _progress, batch_size)
         except RotationError as exc:
             _fail(f"{exc}; run the same command again to finish", EXIT_NO)
-        store.append_audit(_cli_actor(), ROTATED, None, {"key": "pickle", "resealed": moved})
+        store.append_audit(_cli_actor(), "keys.rotated", None, {"key": "pickle", "resealed": moved})
     finally:
         close_stores(stores)
     click.echo(

@@ -12,7 +12,7 @@ resumed with a different key is refused) and the end (`keys.rotated`).
 
 The audit log is not re-hashed (the SIEM holds its hashes): a data key rotation ends with one
 `audit.rekeyed` row, the first under the new key, which carries the new key's HMAC over every
-row before it (`store.audit_anchor`). `Store.verify_audit` with the new key checks the rows
+row before it (`store.chain_anchor`). `Store.verify_audit` with the new key checks the rows
 before it through that anchor and the rows after it one by one. That last transaction also
 seals the log's key marker under the new key: from then on only the new key writes or
 verifies it.
@@ -39,13 +39,12 @@ from bot.storage.models import (
 from bot.storage.records import ClearanceRecord, RegisterSigner, RoomRecord
 from bot.storage.sealing import SealError
 from bot.storage.store import (
-    AUDIT_REKEYED,
     REKEYING,
     Store,
     add_to_anchor,
     append_audit,
-    audit_anchor,
-    audit_key_seal,
+    chain_anchor,
+    key_marker_seal,
 )
 
 BATCH = 500  # values per transaction, unless the command says otherwise
@@ -249,17 +248,17 @@ def resign_register(
     return signed, refused
 
 
-def audit_keyed_with(store: Store, key: bytes) -> bool | None:
+def marker_sealed_with(store: Store, key: bytes) -> bool | None:
     """Whether the audit log's key marker is sealed under `key`; None if the log is not
     keyed at all (no row was written with a data key yet)."""
     with store.session() as session:
         head = session.get(AuditHeadRow, 1)
         if head is None or head.keyed_from is None:
             return None
-        return hmac.compare_digest(head.key_seal or "", audit_key_seal(key, head.keyed_from))
+        return hmac.compare_digest(head.key_seal or "", key_marker_seal(key, head.keyed_from))
 
 
-def rekey_audit(
+def finish_data_rotation(
     new_store: Store, actor: str, rekeyed: dict[str, Any], rotated: dict[str, Any]
 ) -> None:
     """The rotation's last step, one transaction: the `audit.rekeyed` row (the first under
@@ -272,8 +271,10 @@ def rekey_audit(
         session.info[REKEYING] = True
         # The head locked first: no row can be added between the anchor and the rekey row.
         session.execute(select(AuditHeadRow).where(AuditHeadRow.id == 1).with_for_update())
-        anchor = audit_anchor(key)
+        anchor = chain_anchor(key)
         for row in session.scalars(select(AuditRow).order_by(AuditRow.id)):
             add_to_anchor(anchor, row)
-        append_audit(session, actor, AUDIT_REKEYED, None, {**rekeyed, "anchor": anchor.hexdigest()})
-        append_audit(session, actor, ROTATED, None, rotated)
+        append_audit(
+            session, actor, "audit.rekeyed", None, {**rekeyed, "anchor": anchor.hexdigest()}
+        )
+        append_audit(session, actor, "keys.rotated", None, rotated)

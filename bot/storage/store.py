@@ -317,7 +317,7 @@ class Store:
                 if keyed_from is not None
                 else None
             )
-            anchor = audit_anchor(key) if rekeyed is not None and key is not None else None
+            anchor = chain_anchor(key) if rekeyed is not None and key is not None else None
             for row in session.scalars(select(AuditRow).order_by(AuditRow.id)):
                 if row.prev_hash != prev:
                     return AuditVerdict(False, count, f"row {row.id}: chain broken before it")
@@ -1460,7 +1460,7 @@ def append_audit(
         and not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from))  # type: ignore[union-attr]  # keyed_from is set: head is not None
     ):
         # Another key: writing on would seal the marker under it and break the log for
-        # the real key. Only a rotation (`rekey_audit`, REKEYING) moves the marker.
+        # the real key. Only a rotation (`finish_data_rotation`, REKEYING) moves the marker.
         raise StoreError(
             "the data key (storage.data_key_env) is not the key of this audit log: nothing written"
         )
@@ -1533,7 +1533,7 @@ def audit_hash(row: AuditRow, key: bytes | None = None) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def audit_anchor(key: bytes) -> hmac.HMAC:
+def chain_anchor(key: bytes) -> hmac.HMAC:
     """The running HMAC that an `audit.rekeyed` row commits to: fed every row before it
     (`add_to_anchor`), under the new key. Why: the rows before a data key rotation stay as
     they were written (the SIEM holds their hashes), yet with the new key alone a change to
@@ -1547,6 +1547,6 @@ def add_to_anchor(anchor: hmac.HMAC, row: AuditRow) -> None:
     anchor.update(f"{row.id}:{audit_hash(row)}:{row.hash}\n".encode("ascii"))
 
 
-def audit_key_seal(key: bytes, keyed_from: int) -> str:
+def key_marker_seal(key: bytes, keyed_from: int) -> str:
     """The audit head's seal of the key marker under `key` (a rotation writes it anew)."""
     return _key_seal(key, keyed_from)
