@@ -969,7 +969,8 @@ def audit_siem_rewind(config_path: str, to_id: int) -> None:
 
 @main.group()
 def keys() -> None:
-    """The bot's cross-signing keys: move them between stores in a 0600 recovery file."""
+    """The bot's keys: rotate the data or pickle key, forget a stolen login, move the
+    cross-signing keys between stores in a 0600 recovery file."""
 
 
 RECOVERY_FORMAT = "liaison-bot cross-signing recovery v1"
@@ -1152,7 +1153,7 @@ def keys_import(config_path: str, file: str, force: bool) -> None:
     )
 
 
-def _new_key(new_key_file: str | None, new_key_env: str | None, config: Config) -> str:
+def _new_key(new_key_file: str | None, new_key_env: str | None) -> str:
     """The new key, from a file (its first line) or a named environment variable, never
     from the command line (which other users see in the process list); held to the same
     strength rule as a start."""
@@ -1162,9 +1163,16 @@ def _new_key(new_key_file: str | None, new_key_env: str | None, config: Config) 
         _fail("give the new key with exactly one of --new-key-file PATH or --new-key-env NAME")
     if new_key_file is not None:
         try:
+            mode = os.stat(new_key_file).st_mode & 0o777
             lines = Path(new_key_file).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
             _fail(f"--new-key-file: cannot read {new_key_file}: {exc}")
+        if mode & 0o077:
+            _fail(
+                f"--new-key-file: {new_key_file} is readable by others (mode {mode:o}); "
+                "chmod 600 it first (and make a new key: this one may be known). Nothing was "
+                "changed."
+            )
         key, source = (lines[0].strip() if lines else ""), f"--new-key-file {new_key_file}"
     else:
         assert new_key_env is not None
@@ -1326,7 +1334,7 @@ def keys_rotate(
     if which is None:
         _fail("say which key: --data or --pickle")
     config = _load(config_path)
-    new = _new_key(new_key_file, new_key_env, config)
+    new = _new_key(new_key_file, new_key_env)
     data_key, pickle_key = read_data_key(config), read_pickle_key(config)
     if not data_key:
         _fail(
