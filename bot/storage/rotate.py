@@ -156,8 +156,10 @@ def check(store: Store, kinds: Sequence[Sealed], size: int = BATCH) -> dict[str,
             shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
             raise RotationError(
                 f"{len(bad)} of the {kind.what} open(s) with neither the current key nor the "
-                f"new one ({shown}): altered in the database, or left by a rotation to a "
-                "different key (finish that one with its key). Nothing was changed."
+                f"new one ({shown}): altered in the database, left by a rotation to a "
+                "different key (finish that one with its key), or in a sealing format from "
+                "before an upgrade (the bot reseals those at its next start: start it once "
+                "with the current key, stop it, rotate). Nothing was changed."
             )
         waiting[kind.what] = left
     return waiting
