@@ -677,7 +677,8 @@ def test_a_sqlite_backup_restores(tmp_path: Path) -> None:
 
 def test_a_pg_dump_restores(tmp_path: Path) -> None:
     """`pg_dump` of the bot's schema and of its crypto store's schema (nio_crypto beside
-    public), restored with pg_restore after both were dropped."""
+    public), restored over a damaged database with `pg_restore --clean --if-exists`, and
+    again into a database where both schemas were dropped."""
     with fresh_schema() as url:
         world = _world(tmp_path, url, in_database=True)
         options = make_url(url).query["options"]
@@ -692,10 +693,18 @@ def test_a_pg_dump_restores(tmp_path: Path) -> None:
         )  # fmt: skip
         engine = create_engine(server.replace("postgresql://", "postgresql+psycopg://", 1))
         try:
+            with engine.begin() as conn:  # damage: items lost, the crypto account gone
+                conn.execute(text(f'DELETE FROM "{schema}".relays'))
+                conn.execute(text(f'DELETE FROM "{schema}".intel_items'))
+                conn.execute(text(f'DELETE FROM "{crypto_schema(schema)}".accounts'))
+            restore = ["pg_restore", "--clean", "--if-exists", f"--dbname={server}", str(dump)]
+            subprocess.run(restore, check=True)
+            _restored_ok(world)
+
             with engine.begin() as conn:
                 for name in (crypto_schema(schema), schema):
                     conn.execute(text(f'DROP SCHEMA "{name}" CASCADE'))
+            subprocess.run(["pg_restore", f"--dbname={server}", str(dump)], check=True)
+            _restored_ok(world)
         finally:
             engine.dispose()
-        subprocess.run(["pg_restore", f"--dbname={server}", str(dump)], check=True)
-        _restored_ok(world)
