@@ -53,6 +53,7 @@ from bot.storage import (
     RoomRecord,
     RoomSnapshotRow,
     Store,
+    StoreError,
     audit_key_from,
 )
 from bot.storage.migrate import upgrade
@@ -708,3 +709,17 @@ def test_a_pg_dump_restores(tmp_path: Path) -> None:
             _restored_ok(world)
         finally:
             engine.dispose()
+
+
+def test_a_writer_with_another_data_key_is_refused(world: World) -> None:
+    """Writing with a key that is not the log's would seal the key marker under it and
+    break the log for the real key: refused, nothing written, the log still verifies."""
+    before = audit_details(world)
+    store = world.store("another-data-key-" + "g" * 40)
+    try:
+        with pytest.raises(StoreError, match="not the key of this audit log"):
+            store.append_audit("cli:test", "clearance.revoke", "@alice:example.org")
+    finally:
+        store.close()
+    assert audit_details(world) == before
+    assert world.cli("audit", "verify").exit_code == 0
