@@ -1055,11 +1055,12 @@ def _write_and_record(
     store: Store, out: str, content: str, subject: str, detail: dict[str, Any]
 ) -> None:
     """Write `content` to a new 0600 file `out` and its audit row (`keys.exported`, of
-    `subject` with `detail`), both or neither: the row
-    is added in a transaction committed only once the file is whole on disk (written to a
-    temporary name beside it, fsynced, then linked to its name, which refuses an existing
-    file); if the row cannot be written the file is removed, if the file cannot be
-    written the row is rolled back."""
+    `subject` with `detail`), both or neither. Why: an export nobody can see in the log is
+    what an insider would want. The row is added in a transaction committed only once the
+    file is whole on disk (written to a temporary name beside it, fsynced, linked to its
+    name, which refuses an existing file, and the folder fsynced); a row that cannot be
+    written comes first and stops it, a file that cannot be written rolls the row back, a
+    commit that fails removes the file."""
     import contextlib
 
     from bot.storage.store import append_audit
@@ -1078,16 +1079,16 @@ def _write_and_record(
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.link(temp, out)  # never replaces a file that appeared meanwhile
+                placed = True
+                dir_fd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
             except FileExistsError:
                 _fail(f"--out: {out} exists; refusing to overwrite a key file")
             except OSError as exc:
                 _fail(f"--out: cannot write {out}: {exc}. Nothing was written.")
-            placed = True
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
     except BaseException:
         if placed:
             with contextlib.suppress(FileNotFoundError):
