@@ -1155,7 +1155,7 @@ def keys_import(config_path: str, file: str, force: bool) -> None:
 
 
 def _new_key(new_key_file: str | None, new_key_env: str | None) -> str:
-    """The new key, from a file (its first line) or a named environment variable, never
+    """The new key, from a file or a named environment variable, never
     from the command line (which other users see in the process list); held to the same
     strength rule as a start."""
     from bot.startup import KEY_RULE, MIN_KEY_CHARS
@@ -1165,7 +1165,7 @@ def _new_key(new_key_file: str | None, new_key_env: str | None) -> str:
     if new_key_file is not None:
         try:
             mode = os.stat(new_key_file).st_mode & 0o777
-            lines = Path(new_key_file).read_text(encoding="utf-8").splitlines()
+            text = Path(new_key_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             _fail(f"--new-key-file: cannot read {new_key_file}: {exc}")
         if mode & 0o077:
@@ -1174,7 +1174,11 @@ def _new_key(new_key_file: str | None, new_key_env: str | None) -> str:
                 "chmod 600 it first (and make a new key: this one may be known). Nothing was "
                 "changed."
             )
-        key, source = (lines[0].strip() if lines else ""), f"--new-key-file {new_key_file}"
+        # As the bot reads a secret file: one trailing newline stripped, nothing else, so
+        # the same file given to the bot afterwards is the same key.
+        key, source = text.removesuffix("\n"), f"--new-key-file {new_key_file}"
+        if "\n" in key:
+            _fail(f"{source}: the file holds more than one line. Nothing was changed.")
     else:
         assert new_key_env is not None
         key, source = os.environ.get(new_key_env, ""), f"--new-key-env {new_key_env}"
