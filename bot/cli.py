@@ -1300,7 +1300,7 @@ def _pickle_sealed(old: str, new: str) -> list[Any]:
 @click.option(
     "--new-key-file",
     type=click.Path(dir_okay=False),
-    help="A file holding the new key (its first line); readable by you only.",
+    help="A file holding the new key, readable by you only (0600).",
 )
 @click.option(
     "--new-key-env", metavar="NAME", help="The name of an environment variable holding it."
@@ -1329,10 +1329,11 @@ def keys_rotate(
     moment; do not start the bot in between). Audited (keys.rotating, keys.rotated).
     Then give the bot the new key and start it; after --data, also give the homeserver
     gate the new register_key this prints (`liaison-bot gate synapse-config` prints it).
+    Step by step: docs/keys.md.
 
     \b
     Example:
-      openssl rand -hex 32 > /run/liaison/new-data-key && chmod 600 /run/liaison/new-data-key
+      (umask 077; openssl rand -hex 32 > /run/liaison/new-data-key)
       liaison-bot keys rotate --data --config config.toml \\
           --new-key-file /run/liaison/new-data-key
     """
