@@ -70,8 +70,10 @@ ROOT = Path(__file__).resolve().parent.parent
 USER, DEVICE = "@liaison:example.org", "DEVICEONE"
 OLD_DATA, NEW_DATA = "old-data-key-" + "a" * 40, "new-data-key-" + "b" * 40
 OLD_PICKLE, NEW_PICKLE = "old-pickle-key-" + "c" * 40, "new-pickle-key-" + "d" * 40
-ITEMS = 9  # with --batch-size 2: five batches of items, a kill after the second
-MEGOLM = 7
+# With --batch-size 2, fifteen batches of each: a kill after the second leaves far more work
+# than could be done between the progress line and the signal, however the test is scheduled.
+ITEMS = 30
+MEGOLM = 30
 WINDOW_END = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
@@ -368,7 +370,7 @@ def test_rotating_both_keys_moves_every_sealed_value(world: World) -> None:
     )
     assert result.exit_code == 0, result.output
     assert f"register_key = {register_public_key(NEW_DATA)}" in result.output
-    assert "intel items 9/9" in result.output
+    assert f"intel items {ITEMS}/{ITEMS}" in result.output
     assert all_true(data_values(world, NEW_DATA))
     assert none_true(data_values(world, OLD_DATA))
     # The gate accepts the rows with the new register key, and no longer with the old one.
@@ -445,7 +447,7 @@ def _killed_at(world: World, which: str, line_start: str, new_key: Path, data_ke
 
 def test_a_data_rotation_killed_half_way_finishes_when_run_again(world: World) -> None:
     new_key = key_file(world.folder, NEW_DATA)
-    _killed_at(world, "data", "intel items 4/9", new_key, OLD_DATA)
+    _killed_at(world, "data", f"intel items 4/{ITEMS}", new_key, OLD_DATA)
     old, new = data_values(world, OLD_DATA), data_values(world, NEW_DATA)
     # Half-way: some items under the new key, the rest under the old, none under neither.
     assert any(new["items"]) and any(old["items"])
@@ -475,7 +477,7 @@ def test_a_data_rotation_killed_half_way_finishes_when_run_again(world: World) -
 
 def test_a_pickle_rotation_killed_half_way_finishes_when_run_again(world: World) -> None:
     new_key = key_file(world.folder, NEW_PICKLE)
-    _killed_at(world, "pickle", "Megolm inbound sessions 4/", new_key, OLD_DATA)
+    _killed_at(world, "pickle", f"Megolm inbound sessions 4/{MEGOLM}", new_key, OLD_DATA)
     old, new = _megolm_opening(world, OLD_PICKLE), _megolm_opening(world, NEW_PICKLE)
     assert any(old) and any(new)
     assert all(a != b for a, b in zip(old, new, strict=True))
