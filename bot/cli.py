@@ -1354,7 +1354,8 @@ def audit_siem_rewind(config_path: str, to_id: int) -> None:
 
 @main.group()
 def keys() -> None:
-    """The bot's cross-signing keys: move them between stores in a 0600 recovery file."""
+    """The bot's keys: rotate the data or pickle key, forget a stolen login, move the
+    cross-signing keys between stores in a 0600 recovery file."""
 
 
 RECOVERY_FORMAT = "liaison-bot cross-signing recovery v1"
@@ -1384,10 +1385,27 @@ def keys_export(config_path: str, out: str) -> None:
     Example:
       liaison-bot keys export-recovery --config config.toml --out /media/safe/liaison-keys.json
     """
+    from bot.storage.rotate import marker_sealed_with
+
     config = _load(config_path)
     sealer = _pickle_sealer(config)
+    data_key = read_data_key(config)
+    if not data_key:  # the export is audited, and the keyed log needs the data key
+        _fail(
+            f"the data key ({config.storage.data_key_env}, storage.data_key_env) is not set; "
+            "the export is audited with it. Nothing was written."
+        )
+    if os.path.lexists(out):
+        _fail(f"--out: {out} exists; refusing to overwrite a key file")
     store = _offline_store(config)
     try:
+        assert store.audit_key is not None  # the data key is set
+        if marker_sealed_with(store, store.audit_key) is False:
+            _fail(
+                f"the data key ({config.storage.data_key_env}) is not the key of this audit "
+                "log; the export could not be audited. Nothing was written.",
+                EXIT_NO,
+            )
         saved = store.cross_signing()
         if saved is None:
             _fail("this database holds no cross-signing keys yet (start the bot once)", EXIT_NO)
@@ -1406,17 +1424,64 @@ def keys_export(config_path: str, out: str) -> None:
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **private,
         }
-        try:
-            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            _fail(f"--out: {out} exists; refusing to overwrite a key file")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        store.append_audit(_cli_actor(), "keys.exported", user_id, {"master": master})
+        _write_and_record(
+            store,
+            out,
+            json.dumps(payload, indent=2, sort_keys=True) + "\n",
+            user_id,
+            {"master": master},
+        )
     finally:
         store.close()
     click.echo(f"wrote the cross-signing keys of {user_id} (master {master}) to {out} (0600)")
+
+
+def _write_and_record(
+    store: Store, out: str, content: str, subject: str, detail: dict[str, Any]
+) -> None:
+    """Write `content` to a new 0600 file `out` and its audit row (`keys.exported`, of
+    `subject` with `detail`), both or neither. Why: an export nobody can see in the log is
+    what an insider would want. The row is added in a transaction committed only once the
+    file is whole on disk (written to a temporary name beside it, fsynced, linked to its
+    name, which refuses an existing file, and the folder fsynced); a row that cannot be
+    written comes first and stops it, a file that cannot be written rolls the row back, a
+    commit that fails removes the file."""
+    import contextlib
+
+    from bot.storage.store import append_audit
+
+    folder = os.path.dirname(os.path.abspath(out))
+    temp = os.path.join(folder, f".{os.path.basename(out)}.{os.getpid()}.tmp")
+    placed = False
+    try:
+        with store.session() as session:
+            append_audit(session, _cli_actor(), "keys.exported", subject, detail)
+            session.flush()  # the row is in: a refusal (no key, another key) came before
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(content)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.link(temp, out)  # never replaces a file that appeared meanwhile
+                placed = True
+                dir_fd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except FileExistsError:
+                _fail(f"--out: {out} exists; refusing to overwrite a key file")
+            except OSError as exc:
+                _fail(f"--out: cannot write {out}: {exc}. Nothing was written.")
+    except BaseException:
+        if placed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out)
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
 
 
 @keys.command("import-recovery")
@@ -1471,6 +1536,402 @@ def keys_import(config_path: str, file: str, force: bool) -> None:
     click.echo(
         f"imported the cross-signing keys of {recovered.user_id} "
         f"(master {recovered.master.public}); the bot uses them at its next start"
+    )
+
+
+def _new_key(new_key_file: str | None, new_key_env: str | None) -> str:
+    """The new key, from a file or a named environment variable, never
+    from the command line (which other users see in the process list); held to the same
+    strength rule as a start."""
+    from bot.startup import KEY_RULE, MIN_KEY_CHARS
+
+    if (new_key_file is None) == (new_key_env is None):
+        _fail("give the new key with exactly one of --new-key-file PATH or --new-key-env NAME")
+    if new_key_file is not None:
+        try:
+            mode = os.stat(new_key_file).st_mode & 0o777
+            text = Path(new_key_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"--new-key-file: cannot read {new_key_file}: {exc}")
+        if mode & 0o077:
+            _fail(
+                f"--new-key-file: {new_key_file} is readable by others (mode {mode:o}); "
+                "chmod 600 it first (and make a new key: this one may be known). Nothing was "
+                "changed."
+            )
+        # As the bot reads a secret file: one trailing newline stripped, nothing else, so
+        # the same file given to the bot afterwards is the same key.
+        key, source = text.removesuffix("\n"), f"--new-key-file {new_key_file}"
+        if "\n" in key:
+            _fail(f"{source}: the file holds more than one line. Nothing was changed.")
+    else:
+        assert new_key_env is not None
+        key, source = os.environ.get(new_key_env, ""), f"--new-key-env {new_key_env}"
+    if not key:
+        _fail(f"{source}: no key there. Nothing was changed.")
+    if len(key) < MIN_KEY_CHARS:
+        _fail(
+            f"{source}: the new key is too short ({len(key)} characters); it must be "
+            f"{KEY_RULE}. Nothing was changed."
+        )
+    return key
+
+
+def _progress(what: str, done: int, total: int) -> None:
+    from bot.storage.rotate import format_count
+
+    click.echo(f"{what} {format_count(done)}/{format_count(total)}")
+
+
+def _moved(old: Sealer, new: Sealer, value: str, associated: str) -> str | None:
+    """A sealed value under the new sealer: None if it opens there already; SealError if
+    it opens with neither."""
+    try:
+        new.open_text(value, associated)
+        return None
+    except SealError:
+        return new.seal_text(old.open_text(value, associated), associated)
+
+
+def _data_sealed(store: Store, old: str, new: str) -> list[Any]:
+    """Every value sealed under the data key, with its sealing context and binding (the
+    services and the sync loop seal them so)."""
+    from bot.matrix.sync import MANIFEST
+    from bot.services.digest import _binding as digest_binding
+    from bot.services.relay import SEAL_VERSION, item_binding, ledger_binding
+    from bot.storage import DigestRunRow, IntelItemRow, RelayRow, RoomSnapshotRow
+    from bot.storage.rotate import Sealed
+
+    def pair(purpose: str, version: bytes | None = None) -> tuple[Sealer, Sealer]:
+        if version is None:
+            return Sealer(old, purpose), Sealer(new, purpose)
+        return Sealer(old, purpose, version), Sealer(new, purpose, version)
+
+    items, ledger = pair("intel-item", SEAL_VERSION), pair("intel-ledger", SEAL_VERSION)
+    snapshots = pair("room-snapshot")
+    parts = (
+        Sealer(audit_key_from(old).hex(), "digest-parts"),
+        Sealer(audit_key_from(new).hex(), "digest-parts"),
+    )
+    token = store.sync_token() or ""
+
+    def snapshot(row: Any) -> str | None:
+        if row.room_id == MANIFEST:
+            return _moved(*snapshots, row.sealed, f"{MANIFEST}\n{token}")
+        written, _, sealed = str(row.sealed).partition(" ")
+        moved = _moved(*snapshots, sealed, f"{row.room_id}\n{written}")
+        return None if moved is None else f"{written} {moved}"
+
+    return [
+        Sealed(
+            "intel items",
+            IntelItemRow,
+            "id",
+            "text",
+            lambda r: _moved(*items, r.text, item_binding(r.event_id, r.room_key, r.label)),
+        ),
+        Sealed(
+            "relay ledger rows",
+            RelayRow,
+            "id",
+            "content",
+            lambda r: _moved(
+                *ledger, r.content, ledger_binding(r.txn_id, r.target_key, r.target_room_id)
+            ),
+        ),
+        Sealed(
+            "digest runs",
+            DigestRunRow,
+            "id",
+            "parts",
+            lambda r: _moved(
+                *parts, r.parts, digest_binding(r.schedule_key, r.window_end, r.room_key)
+            ),
+        ),
+        Sealed("room snapshots", RoomSnapshotRow, "room_id", "sealed", snapshot, droppable=True),
+    ]
+
+
+def _pickle_sealed(old: str, new: str) -> list[Any]:
+    """The values the database holds under the pickle key (beside the crypto store)."""
+    from bot.matrix.trust import key_sealer
+    from bot.storage import BotSessionRow, CrossSigningRow
+    from bot.storage.rotate import Sealed
+
+    token = Sealer(old, "access-token"), Sealer(new, "access-token")
+    keys = key_sealer(old), key_sealer(new)
+    return [
+        Sealed(
+            "access token",
+            BotSessionRow,
+            "id",
+            "access_token",
+            lambda r: _moved(*token, r.access_token, r.device_id),
+        ),
+        Sealed(
+            "cross-signing keys",
+            CrossSigningRow,
+            "id",
+            "sealed",
+            lambda r: _moved(*keys, r.sealed, r.user_id),
+        ),
+    ]
+
+
+@keys.command("rotate")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--data", "which", flag_value="data", help="Rotate the data key.")
+@click.option("--pickle", "which", flag_value="pickle", help="Rotate the pickle key.")
+@click.option(
+    "--new-key-file",
+    type=click.Path(dir_okay=False),
+    help="A file holding the new key, readable by you only (0600).",
+)
+@click.option(
+    "--new-key-env", metavar="NAME", help="The name of an environment variable holding it."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=100_000),
+    default=500,
+    show_default=True,
+    help="Values resealed per transaction.",
+)
+def keys_rotate(
+    config_path: str,
+    which: str | None,
+    new_key_file: str | None,
+    new_key_env: str | None,
+    batch_size: int,
+) -> None:
+    """Reseal everything under a new data key (--data) or pickle key (--pickle).
+
+    STOP THE BOT FIRST (both nodes of a high-availability pair; a pair's lease held now is
+    refused). The current key is read as the bot reads it (the config's *_env or *_file
+    setting); the new one from --new-key-file or --new-key-env, never the command line.
+    Work goes in batches, one transaction each, with progress: if it is cut off, run the
+    same command again and it finishes (every value opens with one of the two keys at every
+    moment; do not start the bot in between). Audited (keys.rotating, keys.rotated).
+    Then give the bot the new key and start it; after --data, also give the homeserver
+    gate the new register_key this prints (`liaison-bot gate synapse-config` prints it).
+    Step by step: docs/keys.md.
+
+    \b
+    Example:
+      (umask 077; openssl rand -hex 32 > /run/liaison/new-data-key)
+      liaison-bot keys rotate --data --config config.toml \\
+          --new-key-file /run/liaison/new-data-key
+    """
+    if which is None:
+        _fail("say which key: --data or --pickle")
+    config = _load(config_path)
+    new = _new_key(new_key_file, new_key_env)
+    data_key, pickle_key = read_data_key(config), read_pickle_key(config)
+    if not data_key:
+        _fail(
+            f"the data key ({config.storage.data_key_env}, storage.data_key_env) is not set: "
+            "it is needed to open the data and to audit the rotation. Nothing was changed."
+        )
+    if which == "pickle" and not pickle_key:
+        _fail(
+            f"the pickle key ({config.homeserver.pickle_key_env}, homeserver.pickle_key_env) "
+            "is not set: it opens what is to be resealed. Nothing was changed."
+        )
+    current = data_key if which == "data" else pickle_key
+    other = pickle_key if which == "data" else data_key
+    if new == current:
+        _fail(f"the new key is the current {which} key. Nothing was changed.")
+    if new == other:
+        _fail("the new key is the bot's other key; each key must be its own. Nothing was changed.")
+    assert current is not None
+    store = _offline_store(config)
+    try:
+        if which == "data":
+            _rotate_data(store, current, new, batch_size)
+        else:
+            _rotate_pickle(config, store, current, new, batch_size)
+    finally:
+        store.close()
+
+
+def _refuse_running(store: Store) -> None:
+    from bot.storage.rotate import lease_holder
+
+    holder = lease_holder(store)
+    if holder is not None:
+        _fail(
+            f"a bot is running on this database (node {holder} holds the lease): stop both "
+            "nodes first. Nothing was changed.",
+            EXIT_NO,
+        )
+
+
+def _rotate_data(store: Store, old: str, new: str, batch_size: int) -> None:
+    from bot.storage.rotate import (
+        RotationError,
+        check,
+        finish_data_rotation,
+        marker_sealed_with,
+        reseal,
+        resign_register,
+        unfinished,
+    )
+    from bot.storage.store import register_public_key
+
+    _refuse_running(store)
+    old_audit, new_audit = audit_key_from(old), audit_key_from(new)
+    register_key = register_public_key(new)
+    if marker_sealed_with(store, new_audit):
+        click.echo(
+            "the data is already under the new key (the rotation finished). Give the bot the "
+            f"new key, and the gate register_key = {register_key}"
+        )
+        return
+    if marker_sealed_with(store, old_audit) is False:
+        _fail(
+            "the current data key is not the key of this audit log: set the key the bot runs "
+            "with. Nothing was changed.",
+            EXIT_NO,
+        )
+    verdict = store.verify_audit()
+    if not verdict.intact:
+        _fail(
+            f"the audit log does not verify ({verdict.message}): a rotation would vouch for "
+            "it under the new key. Find out why first (liaison-bot audit verify). Nothing "
+            "was changed.",
+            EXIT_NO,
+        )
+    started = unfinished(store, "data")
+    if started is not None and started.get("register_key") != register_key:
+        _fail(
+            f"a rotation to another data key (register_key {started.get('register_key')}) was "
+            "cut off: run it again with that key to finish it, then rotate again. Nothing "
+            "was changed.",
+            EXIT_NO,
+        )
+    kinds = _data_sealed(store, old, new)
+    try:
+        waiting = check(store, kinds, batch_size)
+    except RotationError as exc:
+        _fail(str(exc), EXIT_NO)
+    click.echo(
+        ("resuming the cut-off rotation: " if started else "rotating the data key: ")
+        + ", ".join(f"{what} {n}" for what, n in waiting.items())
+        + " to reseal"
+    )
+    if started is None:
+        store.append_audit(
+            _cli_actor(), "keys.rotating", None, {"key": "data", "register_key": register_key}
+        )
+    try:
+        moved = reseal(store, kinds, _progress, batch_size)
+        signed, refused = resign_register(store, old_audit, new_audit, _progress, batch_size)
+    except RotationError as exc:
+        _fail(f"{exc}; run the same command again to finish", EXIT_NO)
+    finish_data_rotation(
+        Store(store.engine, new_audit),
+        _cli_actor(),
+        {"register_key": register_key},
+        {
+            "key": "data",
+            "register_key": register_key,
+            "resealed": moved,
+            "register_rows_signed": signed,
+            "register_rows_left_refused": refused,
+        },
+    )
+    if refused:
+        click.echo(
+            f"{refused} register row(s) did not verify under the old key and stay refused "
+            "(changed outside the bot): see the audit log's register.refused entries"
+        )
+    click.echo(
+        "the data key is rotated; the audit log continues under it.\n"
+        f"register_key = {register_key}\n"
+        "Next: 1. give the bot the new key (storage.data_key_env or its file) and remove the "
+        "old one; 2. give the homeserver gate this register_key (liaison-bot gate "
+        "synapse-config prints the whole block) and restart Synapse; 3. start the bot."
+    )
+
+
+def _rotate_pickle(config: Config, store: Store, old: str, new: str, batch_size: int) -> None:
+    from bot.matrix.rotate import check_pickles, close_stores, crypto_stores, repickle_stores
+    from bot.storage.rotate import RotationError, check, reseal, unfinished
+
+    _refuse_running(store)
+    if store.audit_key is not None:
+        from bot.storage.rotate import marker_sealed_with
+
+        if marker_sealed_with(store, store.audit_key) is False:
+            _fail(
+                "the data key is not the key of this audit log; the rotation could not be "
+                "audited. Nothing was changed.",
+                EXIT_NO,
+            )
+    stores = crypto_stores(config)
+    try:
+        kinds = _pickle_sealed(old, new)
+        try:
+            waiting = check_pickles(stores, old, new, batch_size) | check(store, kinds, batch_size)
+        except RotationError as exc:
+            _fail(str(exc), EXIT_NO)
+        started = unfinished(store, "pickle")
+        if started is None and not any(waiting.values()):
+            click.echo("everything already opens with the new pickle key: nothing to do")
+            return
+        click.echo(
+            ("resuming the cut-off rotation: " if started else "rotating the pickle key: ")
+            + ", ".join(f"{what} {n}" for what, n in waiting.items())
+            + " to reseal"
+        )
+        if started is None:
+            store.append_audit(_cli_actor(), "keys.rotating", None, {"key": "pickle"})
+        try:
+            moved = repickle_stores(stores, old, new, _progress, batch_size)
+            moved |= reseal(store, kinds, _progress, batch_size)
+        except RotationError as exc:
+            _fail(f"{exc}; run the same command again to finish", EXIT_NO)
+        store.append_audit(_cli_actor(), "keys.rotated", None, {"key": "pickle", "resealed": moved})
+    finally:
+        close_stores(stores)
+    click.echo(
+        "the pickle key is rotated.\n"
+        "Next: give the bot the new key (homeserver.pickle_key_env or its file), remove the "
+        "old one, and start the bot."
+    )
+
+
+@keys.command("forget-login")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def keys_forget_login(config_path: str) -> None:
+    """Forget the bot's stored login, after its access token was stolen and its devices
+    logged out on the homeserver: the next start logs in with the password as a NEW
+    device, which the bot cross-signs with its own keys. Stop the bot first. Audited.
+
+    Why a new device: logging the old one out deleted it and its keys on the homeserver,
+    and a login under its old id would bring it back without them (nobody could encrypt
+    to it). See docs/keys.md, "A stolen access token".
+
+    \b
+    Example:
+      liaison-bot keys forget-login --config config.toml
+    """
+    config = _load(config_path)
+    store = _offline_store(config)
+    try:
+        _refuse_running(store)
+        try:
+            device = store.forget_bot_session(_cli_actor())
+        except StoreError as exc:
+            _fail(f"{exc}. Nothing was changed.", EXIT_NO)
+    finally:
+        store.close()
+    if device is None:
+        click.echo("no stored login: the next start logs in with the password")
+        return
+    click.echo(
+        f"forgot the login of device {device}; the next start logs in with the password as a "
+        "new device (and cross-signs it): the bot must have its (new) password"
     )
 
 

@@ -86,6 +86,9 @@ from bot.storage.records import (
 log = logging.getLogger(__name__)
 REGISTER_KEYED = "register.keyed"  # the audit action of the one-off signing of old rows
 SIEM_REWOUND = "siem.rewound"
+# Set in a session's info by a data key rotation: its rows may move the key marker.
+REKEYING = "rekeying"
+AUDIT_REKEYED = "audit.rekeyed"  # the first row under a new data key (`keys rotate --data`)
 # Set in a session's info by `append_audit`: its commit tells the audit listeners.
 _AUDITED = "audited"
 
@@ -305,12 +308,41 @@ class Store:
             prev = GENESIS_HASH
             last: AuditRow | None = None
             count = 0
+            # After a data key rotation (`audit.rekeyed`, bot/storage/rotate.py) the keyed rows
+            # before the newest rekey row were HMAC'd with an older key: with the current one
+            # they are checked through that row's anchor, the current key's HMAC over every
+            # row before it (contents and stored hashes), instead of one by one.
+            rekeyed = (
+                session.scalar(
+                    select(func.max(AuditRow.id)).where(AuditRow.action == AUDIT_REKEYED)
+                )
+                if keyed_from is not None
+                else None
+            )
+            anchor = chain_anchor(key) if rekeyed is not None and key is not None else None
             for row in session.scalars(select(AuditRow).order_by(AuditRow.id)):
                 if row.prev_hash != prev:
                     return AuditVerdict(False, count, f"row {row.id}: chain broken before it")
                 keyed = keyed_from is not None and row.id >= keyed_from
-                if not hmac.compare_digest(audit_hash(row, key if keyed else None), row.hash):
-                    return AuditVerdict(False, count, f"row {row.id}: contents were modified")
+                if anchor is not None and rekeyed is not None and row.id < rekeyed:
+                    if not keyed and not hmac.compare_digest(audit_hash(row), row.hash):
+                        return AuditVerdict(False, count, f"row {row.id}: contents were modified")
+                    add_to_anchor(anchor, row)
+                else:
+                    if not hmac.compare_digest(audit_hash(row, key if keyed else None), row.hash):
+                        return AuditVerdict(False, count, f"row {row.id}: contents were modified")
+                    if (
+                        anchor is not None
+                        and row.id == rekeyed
+                        and not hmac.compare_digest(
+                            str(row.detail.get("anchor", "")), anchor.hexdigest()
+                        )
+                    ):
+                        return AuditVerdict(
+                            False,
+                            count,
+                            f"row {row.id}: rows before the key rotation were modified",
+                        )
                 prev, last, count = row.hash, row, count + 1
             if last is None and (head is None or (head.last_id == 0 and head.hash == prev)):
                 return AuditVerdict(True, 0, "empty log")
@@ -507,6 +539,20 @@ class Store:
         with self.session() as session:
             row = session.get(BotSessionRow, 1)
             return BotSession(row.user_id, row.device_id, row.access_token) if row else None
+
+    def forget_bot_session(self, actor: str) -> str | None:
+        """Delete the stored login (its token stolen, its device deleted on the server), so
+        the next start logs in with the password as a new device; audited
+        (`bot.login.forgotten`, the old device id) in the same transaction. Returns the old
+        device id, None if there was no login."""
+        with self.session() as session:
+            row = session.get(BotSessionRow, 1)
+            if row is None:
+                return None
+            device_id = row.device_id
+            session.delete(row)
+            append_audit(session, actor, "bot.login.forgotten", row.user_id, {"device": device_id})
+            return device_id
 
     def save_bot_session(self, user_id: str, device_id: str, sealed_token: str) -> None:
         with self.session() as session:
@@ -1575,6 +1621,17 @@ def append_audit(
         raise StoreError(
             "the audit log is keyed with the data key: set it (storage.data_key_env) to write"
         )
+    if (
+        keyed_from is not None
+        and key is not None
+        and not session.info.get(REKEYING)
+        and not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from))  # type: ignore[union-attr]  # keyed_from is set: head is not None
+    ):
+        # Another key: writing on would seal the marker under it and break the log for
+        # the real key. Only a rotation (`finish_data_rotation`, REKEYING) moves the marker.
+        raise StoreError(
+            "the data key (storage.data_key_env) is not the key of this audit log: nothing written"
+        )
     prev = head.hash if head else GENESIS_HASH
     row = AuditRow(
         at=(at or utcnow()).astimezone(UTC).replace(microsecond=0),
@@ -1642,3 +1699,22 @@ def audit_hash(row: AuditRow, key: bytes | None = None) -> str:
     if key is not None:
         return hmac.new(key, data, hashlib.sha256).hexdigest()
     return hashlib.sha256(data).hexdigest()
+
+
+def chain_anchor(key: bytes) -> hmac.HMAC:
+    """The running HMAC that an `audit.rekeyed` row commits to: fed every row before it
+    (`add_to_anchor`), under the new key. Why: the rows before a data key rotation stay as
+    they were written (the SIEM holds their hashes), yet with the new key alone a change to
+    any of them is still found."""
+    return hmac.new(key, b"liaison-bot audit anchor\n", hashlib.sha256)
+
+
+def add_to_anchor(anchor: hmac.HMAC, row: AuditRow) -> None:
+    """One row into the anchor: its id, its contents and link (the unkeyed hash covers
+    both) and the hash stored with it."""
+    anchor.update(f"{row.id}:{audit_hash(row)}:{row.hash}\n".encode("ascii"))
+
+
+def key_marker_seal(key: bytes, keyed_from: int) -> str:
+    """The audit head's seal of the key marker under `key` (a rotation writes it anew)."""
+    return _key_seal(key, keyed_from)
