@@ -1597,7 +1597,7 @@ def _data_sealed(store: Store, old: str, new: str) -> list[Any]:
     """Every value sealed under the data key, with its sealing context and binding (the
     services and the sync loop seal them so)."""
     from bot.matrix.sync import MANIFEST
-    from bot.services.digest import _binding as digest_binding
+    from bot.services.digest import parts_binding as digest_binding
     from bot.services.relay import SEAL_VERSION, item_binding, ledger_binding
     from bot.storage import DigestRunRow, IntelItemRow, RelayRow, RoomSnapshotRow
     from bot.storage.rotate import Sealed
@@ -1744,6 +1744,14 @@ def keys_rotate(
     if new == other:
         _fail("the new key is the bot's other key; each key must be its own. Nothing was changed.")
     assert current is not None
+    from bot.storage.runlock import StoreBusy, hold_run_lock
+
+    # The run lock a single bot holds while it runs: held here for the whole rotation, so a
+    # running bot is refused, and a bot cannot start half-way through (a pair: the lease).
+    try:
+        lock = hold_run_lock(config.database_url())
+    except StoreBusy as exc:
+        _fail(f"{exc}: stop it first. Nothing was changed.", EXIT_NO)
     store = _offline_store(config)
     try:
         if which == "data":
@@ -1752,6 +1760,7 @@ def keys_rotate(
             _rotate_pickle(config, store, current, new, batch_size)
     finally:
         store.close()
+        lock.release()
 
 
 def _refuse_running(store: Store) -> None:

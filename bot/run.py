@@ -27,6 +27,7 @@ from bot.metrics import HaView
 from bot.startup import Secrets, StartupError
 from bot.storage import Store, schema_is_current
 from bot.storage.models import SCHEMA_HEAD
+from bot.storage.rotate import unfinished as unfinished_rotation
 from bot.storage.runlock import StoreBusy, hold_run_lock
 from commands.document import doc, para
 
@@ -70,6 +71,13 @@ async def _run(
 ) -> None:
     node = HaNode(config) if config.ha.enabled else None
     store = Store.from_url(url, connect_params=node.connect_params if node else None)
+    cut_off = [which for which in ("data", "pickle") if unfinished_rotation(store, which)]
+    if cut_off:  # some values are sealed under the new key, some under the old: neither works
+        store.close()
+        raise StartupError(
+            f"a rotation of the {' and '.join(cut_off)} key was cut off: finish it with "
+            f"`liaison-bot keys rotate --{cut_off[0]} …` (the same new key) before starting"
+        )
     if node is None:
         bot = LiaisonBot(config, store, secrets)
     else:

@@ -36,9 +36,10 @@ from bot.matrix.dbstore import DatabaseStore, crypto_schema
 from bot.matrix.rotate import crypto_stores, repickle
 from bot.matrix.sync import MANIFEST, seal_manifest
 from bot.matrix.trust import key_sealer
-from bot.services.digest import _binding as digest_binding
+from bot.run import run_bot
+from bot.services.digest import parts_binding as digest_binding
 from bot.services.relay import SEAL_VERSION, item_binding, ledger_binding
-from bot.startup import Secrets
+from bot.startup import Secrets, StartupError
 from bot.storage import (
     AuditRow,
     BotSessionRow,
@@ -59,6 +60,7 @@ from bot.storage import (
 from bot.storage.migrate import upgrade
 from bot.storage.reader import RegisterReader
 from bot.storage.records import Origin
+from bot.storage.runlock import hold_run_lock
 from bot.storage.sealing import Sealer, SealError
 from bot.storage.store import register_public_key
 from policy.ids import RoomId, RoomKey
@@ -725,3 +727,34 @@ def test_a_writer_with_another_data_key_is_refused(world: World) -> None:
         store.close()
     assert audit_details(world) == before
     assert world.cli("audit", "verify").exit_code == 0
+
+
+def test_a_running_single_bot_is_refused(world: World) -> None:
+    """A single bot holds the store's run lock while it runs (bot/storage/runlock.py): a
+    rotation under it would reseal values the bot is using. The rotation takes the same
+    lock, so it is refused, naming why, and changes nothing."""
+    before = (audit_details(world), data_values(world, OLD_DATA))
+    lock = hold_run_lock(world.url)
+    try:
+        result = world.cli(
+            "keys", "rotate", "--data", "--new-key-file", str(key_file(world.folder, NEW_DATA))
+        )
+    finally:
+        lock.release()
+    assert result.exit_code == 1 and "another liaison-bot is running" in result.output
+    assert "Nothing was changed" in result.output
+    assert (audit_details(world), data_values(world, OLD_DATA)) == before
+
+
+async def test_a_bot_does_not_start_on_a_cut_off_rotation(world: World) -> None:
+    """Half-way, some values are sealed under the new key and some under the old: a bot
+    started with either key would fail on the others. It refuses to start, saying how to
+    finish, before it touches the homeserver (the config's homeserver is not even there)."""
+    new_key = key_file(world.folder, NEW_DATA)
+    await asyncio.to_thread(_killed_at, world, "data", f"intel items 4/{ITEMS}", new_key, OLD_DATA)
+    config = load_config(world.config)
+    secrets = Secrets.from_env_or_files(
+        config, {**world.env(OLD_DATA, OLD_PICKLE), "LIAISON_PASSWORD": "unused"}
+    )
+    with pytest.raises(StartupError, match=r"rotation of the data key was cut off.*--data"):
+        await run_bot(config, secrets)
