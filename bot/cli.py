@@ -1257,7 +1257,7 @@ def audit_export(config_path: str, from_id: int, to_id: int | None, fmt: str | N
 
     Reads the database read-only.
     """
-    from bot.siem.wiring import formatter
+    from bot.siem import formatter
 
     config = _load(config_path)
     if to_id is not None and to_id < from_id:
@@ -1356,6 +1356,12 @@ def audit_siem_rewind(config_path: str, to_id: int) -> None:
 def keys() -> None:
     """The bot's keys: rotate the data or pickle key, forget a stolen login, move the
     cross-signing keys between stores in a 0600 recovery file."""
+    from bot.initconfig import bot_runtime_missing
+
+    # The keys live in nio's crypto store and the bot's Matrix edge: a gate-only install
+    # gets the fix, not a traceback from an import.
+    if (missing := bot_runtime_missing()) is not None:
+        _fail(missing)
 
 
 RECOVERY_FORMAT = "liaison-bot cross-signing recovery v1"

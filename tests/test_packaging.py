@@ -204,7 +204,12 @@ def test_run_without_the_bot_runtime_says_how_to_install_it(
 ) -> None:
     # As on a gate-only install: one of the runtime's modules cannot be found.
     monkeypatch.setattr(initconfig, "BOT_RUNTIME_MODULES", ("nio", "liaison_no_such_module"))
-    for args in (["run", "--config", str(tmp_path / "config.toml")], ["demo"]):
+    config = str(tmp_path / "config.toml")
+    for args in (
+        ["run", "--config", config],
+        ["demo"],
+        ["keys", "forget-login", "--config", config],
+    ):
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2, result.output
         assert result.output == f"error: {initconfig.BOT_RUNTIME_MISSING}\n"
@@ -416,3 +421,12 @@ def test_gate_only_install_has_no_nio_and_its_cli_says_what_run_needs(built: Bui
     assert (
         run.stderr == "error: the bot's runtime is not installed: pip install 'liaison-bot[bot]'\n"
     )
+    # The keys live in nio's store: the same one line, not a traceback.
+    keys = _clean_run(venv, cwd, "keys", "forget-login", "--config", str(config), env=SECRETS)
+    assert keys.returncode == 2 and keys.stderr == run.stderr
+    # The audit log's SIEM events render without the bot's runtime (a SOC's bulk import).
+    assert (
+        _clean_run(venv, cwd, "db", "upgrade", "--config", str(config), env=SECRETS).returncode == 0
+    )
+    export = _clean_run(venv, cwd, "audit", "export", "--config", str(config), env=SECRETS)
+    assert export.returncode == 0, export.stderr
