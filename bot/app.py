@@ -17,7 +17,7 @@ from bot.matrix.events import EventRouter, PoisonGuard
 from bot.matrix.gateway import Client, Gateway
 from bot.matrix.keyshare import KeyRequests
 from bot.matrix.messenger import DirectRooms, Messenger
-from bot.matrix.session import cross_sign, login
+from bot.matrix.session import StoppedWaiting, cross_sign, login
 from bot.matrix.sync import SyncLoop, SyncProgress
 from bot.matrix.trust import DeviceTrust, KeysAPI
 from bot.matrix.undecryptable import Undecryptable
@@ -100,7 +100,8 @@ class LiaisonBot:
     # ------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Log in (or reuse the device), provision rooms, start syncing and sweeping."""
+        """Log in (or reuse the device), provision rooms, start syncing and sweeping; a stop
+        while the homeserver is waited for returns at once."""
         await self.serve_metrics()
         if self.store.audit_key is None:  # every row the bot writes is keyed
             self.store.audit_key = audit_key_from(self.secrets.data_key)
@@ -108,9 +109,13 @@ class LiaisonBot:
         from bot.gate.publish import publish_settings  # the settings the gate reads
 
         await in_thread(publish_settings, self.store, self.config)
-        self.gateway = await login(
-            self.config, self.secrets, self.store, self.gate, connect_params=self.connect_params
-        )
+        try:
+            self.gateway = await login(
+                self.config, self.secrets, self.store, self.gate,
+                connect_params=self.connect_params, stopping=self.tasks.stopping,
+            )  # fmt: skip
+        except StoppedWaiting:
+            return  # stopped while waiting for the homeserver: nothing was started
         self._exit.push_async_callback(self.gateway.close)  # its client then, reloaded or not
         keys_api = await cross_sign(self.gateway, self.config, self.secrets, self.store, self.gate)
         self._exit.push_async_callback(keys_api.close)

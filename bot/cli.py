@@ -1,8 +1,13 @@
 """The `liaison-bot` command line.
 
-Exit codes everywhere: 0 success, 1 a negative answer or failed check, 2 bad input or usage.
-Answers go to stdout (JSON for the policy commands, so scripts can read them); errors go to
-stderr and name the offending input.
+Exit codes everywhere: 0 success, 1 a negative answer or failed check (denied, not found,
+audit log broken), 2 bad input or usage, or no answer could be given (the database missing
+or at another schema revision, an audit log that cannot be verified without the right key).
+Answers go to stdout (JSON for the policy commands, and with --json for the listings, so
+scripts can read them); errors go to stderr and name the offending input.
+
+Only `db upgrade` creates or migrates the database; every other command opens it as it is,
+and a command that only reads opens it read-only (`bot/storage/offline.py`).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import click
 from bot.config import Config, ConfigError, load_config
 from bot.services.register import ClearanceRegister, RegisterError
 from bot.startup import read_data_key, read_pickle_key
-from bot.storage import Store, StoreError, audit_key_from
+from bot.storage import ClearanceRecord, Store, StoreError, audit_key_from
 from bot.storage.sealing import Sealer, SealError
 from commands.views import clearance_document
 from policy import (
@@ -145,13 +150,15 @@ def _load(path: str) -> Config:
 
 
 class _Main(click.Group):
-    """Refusals of the store (a keyed audit log without the data key, say) end as one line
-    naming what to fix, not a traceback."""
+    """Refusals of the store (a keyed audit log without the data key, say) and of a secret
+    (a key file others can read) end as one line naming what to fix, not a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from bot.startup import StartupError  # a key file that cannot be used, say
+
         try:
             return super().invoke(ctx)
-        except StoreError as exc:
+        except (StoreError, StartupError) as exc:
             _fail(str(exc))
 
 
@@ -166,6 +173,12 @@ def main() -> None:
       liaison-bot label parse "nato secret//rel to eu"
       liaison-bot check-config --config config.toml
       liaison-bot db upgrade --config config.toml
+
+    \b
+    Exit codes: 0 success; 1 a negative answer or failed check (denied, not
+    found, audit log broken); 2 bad input or usage, or no answer possible (the
+    database missing or at another schema revision: only `db upgrade` creates
+    and migrates it; an audit log that cannot be verified without the right key).
     """
 
 
@@ -322,6 +335,28 @@ def label_import(source: Any) -> None:
 # ---------------------------------------------------------------- policy
 
 
+@main.command("init")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--force", is_flag=True, help="Replace an existing file at PATH.")
+def init_command(config_path: str, force: bool) -> None:
+    """Write the commented example config to PATH (mode 0640), then say what to do next.
+
+    Missing parent folders are created (mode 0750). An existing file is never replaced
+    without --force: it is named and the exit code is 2.
+
+    \b
+    Example:
+      liaison-bot init --config /etc/liaison-bot/config.toml
+    """
+    from bot.initconfig import InitError, next_steps, write_example_config
+
+    try:
+        written = write_example_config(Path(config_path), force=force)
+    except InitError as exc:
+        _fail(f"--config: {exc}")
+    click.echo(next_steps(written))
+
+
 @main.group()
 def policy() -> None:
     """Ask the access rules directly: may-join, may-release."""
@@ -440,20 +475,37 @@ def policy_may_release(
 
 @main.command("check-config")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def check_config(config_path: str) -> None:
-    """Validate a config file: exit 0, or 2 listing every error with its key path.
+@click.option(
+    "--without-secrets",
+    is_flag=True,
+    help="Check the file only, not the secrets it names (where they are not given, e.g. a "
+    "CI job checking a config before it is deployed).",
+)
+def check_config(config_path: str, without_secrets: bool) -> None:
+    """Validate a config file and its secrets as `run` does: exit 0, or 2 listing every
+    error with its key path (a missing secret, a short key, a secret file that cannot be
+    read or that others can read, one variable or file for two secrets).
 
     \b
     Example:
       liaison-bot check-config --config config.toml
+      liaison-bot check-config --config config.toml --without-secrets
     """
+    from bot.startup import SecretError, Secrets
+
     config = _load(config_path)
-    for warning in config.missing_secrets():
-        click.echo(f"warning: {warning}", err=True)
+    if not without_secrets:
+        try:
+            Secrets.from_env_or_files(config)
+        except SecretError as exc:
+            for problem in exc.problems:
+                click.echo(f"error: {problem}", err=True)
+            sys.exit(EXIT_BAD)
     rooms = ", ".join(f"{r.key} ({r.parsed_label.banner})" for r in config.rooms) or "none"
     click.echo(
         f"{config_path}: OK — rooms: {rooms}; {len(config.routes)} route(s), "
         f"{len(config.digests)} digest(s)"
+        + ("; secrets not checked" if without_secrets else "; secrets readable")
     )
 
 
@@ -546,7 +598,9 @@ def db() -> None:
 @db.command("upgrade")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 def db_upgrade(config_path: str) -> None:
-    """Create or migrate the database named in the config to the newest schema.
+    """Create or migrate the database named in the config to the newest schema: the only
+    command that does (the others refuse a missing or out-of-date database). Stop the bot
+    and back up first: an older bot must not run on the migrated database.
 
     \b
     Example:
@@ -566,16 +620,40 @@ def db_upgrade(config_path: str) -> None:
     click.echo(f"database {_safe_url(url)} is at revision {revision}")
 
 
-def _offline_store(config: Config) -> Store:
-    """The register's database, migrated to the newest schema first."""
-    from bot.storage.migrate import upgrade
+def _offline_store(config: Config, *, read_only: bool = False) -> Store:
+    """The bot's database as it is: never created, never migrated (only `db upgrade` does
+    that), read-only for a command that only reads. A missing database, or one at another
+    schema revision, is refused naming it, its revision and the one this version needs."""
+    from bot.storage.offline import DatabaseRefused, open_existing
 
     url = config.database_url()
-    upgrade(url)
     # The data key, when set, keys the audit rows the CLI writes and lets it verify a keyed
     # log; without it the CLI can still read, and a keyed log refuses its writes by name.
     data_key = read_data_key(config)
-    return Store.from_url(url, audit_key_from(data_key) if data_key else None)
+    try:
+        return open_existing(
+            url, audit_key_from(data_key) if data_key else None, read_only=read_only
+        )
+    except DatabaseRefused as exc:
+        remedy = ""
+        if exc.upgrade_helps:
+            config_path = click.get_current_context().params.get("config_path") or "…"
+            remedy = f": run `liaison-bot db upgrade --config {config_path}`"
+        _fail(f"{exc}{remedy}")
+
+
+def _report_refused(store: Store) -> None:
+    """Name the register rows a read left out because they do not verify (the running bot
+    audits and alerts them; a read-only command cannot write, so it says so here)."""
+    from bot.storage.offline import ReadOnlyStore
+
+    if isinstance(store, ReadOnlyStore):
+        for kind, name in store.refused:
+            click.echo(
+                f"warning: the {kind} row of {name} does not verify (changed outside the "
+                "bot): left out",
+                err=True,
+            )
 
 
 def _cli_actor() -> str:
@@ -589,30 +667,35 @@ def _cli_actor() -> str:
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging (never message bodies).")
 def run_command(config_path: str, verbose: bool) -> None:
-    """Run the bot until SIGINT/SIGTERM. Refuses to start without its secrets.
+    """Run the bot until SIGINT/SIGTERM. Refuses to start without its secrets (from the
+    variables or files the config names), or while another process runs on its store.
 
     \b
     Example:
       LIAISON_PASSWORD=… LIAISON_PICKLE_KEY=… LIAISON_DATA_KEY=… \\
           liaison-bot run --config config.toml
     """
+    from bot.initconfig import bot_runtime_missing  # before anything imports nio
+
+    if (missing := bot_runtime_missing()) is not None:
+        _fail(missing)
+    from bot.logsetup import banner, configure_logging
     from bot.run import run_bot
     from bot.startup import Secrets, StartupError
 
     config = _load(config_path)
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for noisy in ("nio", "peewee", "aiohttp"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    try:
+        configure_logging(config, verbose)
+    except OSError as exc:
+        _fail(f"logging.file: cannot open {config.log_file()}: {exc.strerror}", EXIT_NO)
+    logging.getLogger("bot").info(banner(config, config_path))
     schemes = config.schemes_path()
     if schemes is not None:  # read with the config, before logging was set up
         from bot.schemes import announce_site_schemes
 
         announce_site_schemes(current(), schemes)
     try:
-        secrets = Secrets.from_env(config)
+        secrets = Secrets.from_env_or_files(config)
         asyncio.run(run_bot(config, secrets))
     except StartupError as exc:
         _fail(str(exc), EXIT_NO)
@@ -649,6 +732,10 @@ def demo_command(exit_after_scenario: bool, federated: bool, siem: bool) -> None
       liaison-bot demo --federated
       liaison-bot demo --siem --exit-after-scenario
     """
+    from bot.initconfig import bot_runtime_missing  # before anything imports nio
+
+    if (missing := bot_runtime_missing()) is not None:
+        _fail(missing)
     try:
         import synapse  # noqa: F401
     except ImportError:
@@ -664,24 +751,33 @@ def demo_command(exit_after_scenario: bool, federated: bool, siem: bool) -> None
     sys.exit(EXIT_OK if ok else EXIT_NO)
 
 
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="One JSON document on stdout (docs/cli.md: shapes)."
+)
+
+
 @main.command("rooms")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def rooms_command(config_path: str) -> None:
+@json_option
+def rooms_command(config_path: str, as_json: bool) -> None:
     """Managed rooms (key, label banner, name) as the database and config know them.
+    Reads the database read-only.
 
     \b
     Example:
       liaison-bot rooms --config config.toml
+      liaison-bot rooms --config config.toml --json
     """
     from commands.services import RoomSummary
     from commands.views import rooms_document
 
     config = _load(config_path)
-    store = _offline_store(config)
+    store = _offline_store(config, read_only=True)
     try:
         stored = {r.key: r for r in store.rooms()}
     finally:
         store.close()
+    _report_refused(store)
     summaries = []
     for room in config.rooms:
         record = stored.get(room.key)
@@ -696,6 +792,20 @@ def rooms_command(config_path: str) -> None:
                 record.room_id if record else None,
             )
         )
+    if as_json:
+        rooms = [
+            {
+                "key": r.key,
+                "name": r.name,
+                "label": r.banner,
+                "rank": r.rank,
+                "room_id": r.room_id,
+                "created": r.room_id is not None,
+            }
+            for r in summaries
+        ]
+        _emit({"rooms": rooms})
+        return
     click.echo(rooms_document(summaries).plain)
     for summary in summaries:
         if summary.room_id is None:
@@ -704,19 +814,22 @@ def rooms_command(config_path: str) -> None:
 
 @main.command("routes")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def routes_command(config_path: str) -> None:
-    """Relay routes between managed rooms.
+@json_option
+def routes_command(config_path: str, as_json: bool) -> None:
+    """Relay routes between managed rooms: the config's and those added from chat. Reads
+    the database read-only.
 
     \b
     Example:
       liaison-bot routes --config config.toml
+      liaison-bot routes --config config.toml --json
     """
     from commands.services import RouteSummary
     from commands.views import routes_document
 
     config = _load(config_path)
     routes = [RouteSummary(k, tuple(v)) for k, v in config.route_targets().items()]
-    store = _offline_store(config)
+    store = _offline_store(config, read_only=True)
     try:
         chat: dict[str, list[str]] = {}
         for source, target in store.chat_routes():
@@ -724,6 +837,16 @@ def routes_command(config_path: str) -> None:
     finally:
         store.close()
     routes += [RouteSummary(k, tuple(v), "chat") for k, v in chat.items()]
+    if as_json:
+        _emit(
+            {
+                "routes": [
+                    {"source": r.source, "targets": list(r.targets), "origin": r.origin}
+                    for r in routes
+                ]
+            }
+        )
+        return
     click.echo(routes_document(routes).plain)
 
 
@@ -735,10 +858,27 @@ def clearance() -> None:
     """The clearance register, offline (the running bot applies changes within its sweep)."""
 
 
-def _register(config_path: str) -> tuple[ClearanceRegister, Store]:
+def _register(config_path: str, *, read_only: bool = False) -> tuple[ClearanceRegister, Store]:
     config = _load(config_path)
-    store = _offline_store(config)
+    store = _offline_store(config, read_only=read_only)
     return ClearanceRegister(store, config.bot.caveats), store
+
+
+def clearance_json(record: ClearanceRecord) -> dict[str, Any]:
+    """A clearance record for `--json`: what the text shows, with stable keys."""
+    return {
+        "user_id": record.user_id,
+        "nationality": record.nationality,
+        "grants": [{"scheme": g.scheme, "level": g.level, "rank": g.rank} for g in record.grants],
+        "caveats": sorted(record.caveats),
+        "expires": record.expires.isoformat() if record.expires else None,
+        "revoked": record.revoked_at is not None,
+        "revoked_at": record.revoked_at.isoformat(timespec="seconds")
+        if record.revoked_at
+        else None,
+        "identity_key": record.identity_key,
+        "identity_pending": record.identity_pending,
+    }
 
 
 @clearance.command("grant")
@@ -746,7 +886,7 @@ def _register(config_path: str) -> tuple[ClearanceRegister, Store]:
 @click.argument("user")
 @click.argument("level")
 @click.option("--nationality", help="Trigraph; required on a first grant.")
-@click.option("--expires", help="Last valid day, YYYY-MM-DD (UTC).")
+@click.option("--expires", help="Last valid day, YYYY-MM-DD (UTC); today or later.")
 @click.option("--caveat", "caveats", multiple=True, help="A caveat briefing held; repeat.")
 def clearance_grant(
     config_path: str,
@@ -756,13 +896,20 @@ def clearance_grant(
     expires: str | None,
     caveats: tuple[str, ...],
 ) -> None:
-    """Set USER's grant in LEVEL's scheme (raise or lower).
+    """Set USER's grant in LEVEL's scheme (raise or lower). Writes the database (audited);
+    an expiry before today (UTC) is refused.
 
     \b
     Example:
       liaison-bot clearance grant --config config.toml @lo-deu:example.org "NATO SECRET" \\
           --nationality DEU --expires 2027-06-30
     """
+    expiry = parse_date(expires, "--expires") if expires else None
+    if expiry is not None:
+        try:
+            ClearanceRegister.check_expiry(expiry)
+        except RegisterError as exc:
+            _fail(f"--expires: {exc}")
     register, store = _register(config_path)
     try:
         record = register.grant(
@@ -770,7 +917,7 @@ def clearance_grant(
             user,
             level,
             nationality=nationality,
-            expires=parse_date(expires, "--expires") if expires else None,
+            expires=expiry,
             caveats=caveats,
         )
     except RegisterError as exc:
@@ -786,6 +933,7 @@ def clearance_grant(
 @click.argument("scope", required=False, default="all")
 def clearance_revoke(config_path: str, user: str, scope: str) -> None:
     """Revoke USER's grant in one scheme (a level or scheme name), or all (the default).
+    Writes the database (audited).
 
     \b
     Example:
@@ -805,44 +953,244 @@ def clearance_revoke(config_path: str, user: str, scope: str) -> None:
 @clearance.command("show")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
 @click.argument("user")
-def clearance_show(config_path: str, user: str) -> None:
-    """Show USER's clearance record; exit 1 if there is none.
+@json_option
+def clearance_show(config_path: str, user: str, as_json: bool) -> None:
+    """Show USER's clearance record; exit 1 if there is none. Reads the database read-only.
 
     \b
     Example:
       liaison-bot clearance show --config config.toml @lo-deu:example.org
+      liaison-bot clearance show --config config.toml @lo-deu:example.org --json
     """
-    register, store = _register(config_path)
+    register, store = _register(config_path, read_only=True)
     try:
         record = register.show(user)
     except RegisterError as exc:
         _fail(str(exc))
     finally:
         store.close()
-    if record is None:
+    _report_refused(store)
+    if as_json:
+        _emit({"user_id": user, "clearance": clearance_json(record) if record else None})
+    elif record is None:
         click.echo(f"{user}: no clearance on record")
-        sys.exit(EXIT_NO)
-    click.echo(clearance_document(record).plain)
+    else:
+        click.echo(clearance_document(record).plain)
+    sys.exit(EXIT_OK if record is not None else EXIT_NO)
 
 
 @clearance.command("list")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def clearance_list(config_path: str) -> None:
-    """List every clearance record.
+@json_option
+def clearance_list(config_path: str, as_json: bool) -> None:
+    """List every clearance record. Reads the database read-only.
 
     \b
     Example:
       liaison-bot clearance list --config config.toml
+      liaison-bot clearance list --config config.toml --json
     """
-    register, store = _register(config_path)
+    register, store = _register(config_path, read_only=True)
     try:
         records = register.records()
     finally:
         store.close()
+    _report_refused(store)
+    if as_json:
+        _emit({"clearances": [clearance_json(r) for r in records]})
+        return
     if not records:
         click.echo("The clearance register is empty.")
     for record in records:
         click.echo(clearance_document(record).plain)
+
+
+REGISTER_FORMATS = ("csv", "json")
+REGISTER_FILE_FORMAT = "liaison-bot clearances v1"  # the JSON file's "format"
+
+
+def _register_format(fmt: str | None, path: str | None, option: str) -> str:
+    """`--format`, else the file's extension; JSON on stdout/stdin when neither says."""
+    if fmt is not None:
+        return fmt
+    if path is None or path == "-":
+        return "json"
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in REGISTER_FORMATS:
+        _fail(f"{option}: cannot tell the format of {path} from its extension: give --format")
+    return suffix
+
+
+@clearance.command("export")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="File to write (new).")
+@click.option(
+    "--format", "fmt", type=click.Choice(REGISTER_FORMATS), help="Default: from --out, else json."
+)
+def clearance_export(config_path: str, out: str | None, fmt: str | None) -> None:
+    """Write the whole register (per person: levels, nationality, caveats, expiry, revoked)
+    as CSV or JSON, to stdout or a new file --out (0600: it names people). `clearance
+    import` reads it back; exporting and importing changes nothing. Reads the database
+    read-only.
+
+    \b
+    Example:
+      liaison-bot clearance export --config config.toml --out register.csv
+      liaison-bot clearance export --config config.toml --format json > register.json
+    """
+    import csv
+    import io
+
+    from bot.services.register import REGISTER_FIELDS, register_rows
+
+    chosen = _register_format(fmt, out, "--out")
+    register, store = _register(config_path, read_only=True)
+    try:
+        rows = register_rows(register.records())
+    finally:
+        store.close()
+    _report_refused(store)
+    if chosen == "json":
+        text = json.dumps(
+            {"format": REGISTER_FILE_FORMAT, "clearances": rows}, ensure_ascii=False, indent=2
+        )
+        text += "\n"
+    else:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=REGISTER_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(
+                {
+                    **row,
+                    "levels": ";".join(row["levels"]),
+                    "caveats": ";".join(row["caveats"]),
+                    "expires": row["expires"] or "",
+                    "revoked": "yes" if row["revoked"] else "no",
+                }
+            )
+        text = buffer.getvalue()
+    if out is None or out == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        _fail(f"--out: {out} exists; refusing to overwrite it")
+    except OSError as exc:
+        _fail(f"--out: cannot create {out}: {exc.strerror}")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+    click.echo(f"wrote {len(rows)} clearance record(s) to {out}", err=True)
+
+
+def _register_file_rows(path: str, fmt: str) -> list[tuple[str, dict[str, Any]]]:
+    """The rows of a register file as (where, fields): "line N" (CSV, the header is line
+    1) or "clearances[i]" (JSON). A file that is not CSV or JSON at all fails here."""
+    import csv
+    import io
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"FILE: cannot read {path}: {exc}")
+    if fmt == "json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            _fail(f"{path}: not JSON: {exc}")
+        if isinstance(data, dict) and data.get("format") not in (None, REGISTER_FILE_FORMAT):
+            _fail(f"{path}: format {data.get('format')!r}, expected {REGISTER_FILE_FORMAT!r}")
+        items = data.get("clearances") if isinstance(data, dict) else data
+        if not isinstance(items, list):
+            _fail(f'{path}: expected {{"clearances": [...]}} (or a list of records)')
+        rows: list[tuple[str, dict[str, Any]]] = []
+        for i, item in enumerate(items):
+            if not isinstance(item, dict):
+                _fail(f"{path}: clearances[{i}]: not an object")
+            rows.append((f"clearances[{i}]", item))
+        return rows
+    reader = csv.DictReader(io.StringIO(text))
+    rows = []
+    for fields in reader:
+        if None in fields:  # more cells than the header names
+            _fail(f"{path}: line {reader.line_num}: more cells than the header has columns")
+        present = {k: v for k, v in fields.items() if v is not None}
+        rows.append((f"line {reader.line_num}", present))
+    return rows
+
+
+@clearance.command("import")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.option(
+    "--format", "fmt", type=click.Choice(REGISTER_FORMATS), help="Default: from FILE's extension."
+)
+@click.option(
+    "--revoke-missing",
+    is_flag=True,
+    help="Revoke every active record FILE does not name (default: leave them as they are).",
+)
+@click.option("--dry-run", is_flag=True, help="Show what would change; change nothing.")
+def clearance_import(
+    config_path: str, file: str, fmt: str | None, revoke_missing: bool, dry_run: bool
+) -> None:
+    """Bring the register to what FILE (CSV or JSON, as `clearance export` writes) says,
+    person by person: added, changed (levels, caveats, nationality, expiry set to the
+    file's), revoked (a row with revoked = yes; with --revoke-missing, everyone the file
+    leaves out). The whole file is checked first: any bad row (named by line or index and
+    field) changes nothing. Then all changes are made in one transaction, audited as
+    `clearance grant` and `revoke` audit theirs (one row per grant given or changed, one per
+    revocation). Exit 0 applied (or nothing to do), 2 bad file.
+
+    \b
+    Example:
+      liaison-bot clearance import --config config.toml register.csv --dry-run
+      liaison-bot clearance import --config config.toml register.csv --revoke-missing
+    """
+    from bot.storage.bulk import ChangeKind, ImportRefused
+
+    chosen = _register_format(fmt, file, "FILE")
+    config = _load(config_path)
+    rows = _register_file_rows(file, chosen)
+    if revoke_missing and not rows:
+        # An empty file is far likelier a failed export than the wish to revoke everyone.
+        _fail(
+            f"{file} names nobody: with --revoke-missing it would revoke everyone; list "
+            "them with revoked = yes to do that"
+        )
+    store = _offline_store(config)
+    register = ClearanceRegister(store, config.bot.caveats)
+    try:
+        wanted = register.wanted(rows)
+        changes = register.apply(
+            _cli_actor(), wanted, revoke_missing=revoke_missing, dry_run=dry_run
+        )
+    except ImportRefused as exc:
+        for problem in exc.problems:
+            click.echo(f"error: {file}: {problem}", err=True)
+        click.echo(f"error: {file}: nothing was changed", err=True)
+        sys.exit(EXIT_BAD)
+    finally:
+        store.close()
+    counts = {kind: 0 for kind in ChangeKind}
+    would = "would be " if dry_run else ""
+    for change in changes:
+        counts[change.kind] += 1
+        if change.kind is ChangeKind.UNCHANGED:
+            continue
+        why = (
+            " (not in the file)"
+            if change.missing
+            else f" ({', '.join(change.fields)})"
+            if change.fields
+            else ""
+        )
+        click.echo(f"{change.user_id}: {would}{change.kind.value}{why}")
+    summary = ", ".join(f"{kind.value} {counts[kind]}" for kind in ChangeKind)
+    missing = sum(1 for c in changes if c.missing)
+    tail = f"; {missing} revoked as missing from the file" if revoke_missing else ""
+    click.echo(f"{'dry run, nothing changed: ' if dry_run else ''}{summary}{tail}")
 
 
 # ---------------------------------------------------------------- audit
@@ -855,22 +1203,52 @@ def audit() -> None:
 
 @audit.command("verify")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def audit_verify(config_path: str) -> None:
-    """Check the audit log's hash chain: exit 0 intact, 1 broken (naming the first bad row);
-    2 if the log is keyed and the data key is not set (nothing was checked).
+@json_option
+def audit_verify(config_path: str, as_json: bool) -> None:
+    """Check the audit log's hash chain: exit 0 intact; 1 broken (tampered with or damaged,
+    naming the first bad row); 2 cannot verify: the log is keyed and the data key is not
+    set, or the key given does not open it (nothing was judged). Reads the database
+    read-only.
 
     \b
     Example:
-      liaison-bot audit verify --config config.toml
+      LIAISON_DATA_KEY=… liaison-bot audit verify --config config.toml
+      LIAISON_DATA_KEY=… liaison-bot audit verify --config config.toml --json
     """
+    from bot.storage.offline import ChainStatus, check_chain
+
     config = _load(config_path)
-    store = _offline_store(config)
+    store = _offline_store(config, read_only=True)
     try:
-        verdict = store.verify_audit()
+        check = check_chain(store)
     finally:
         store.close()
-    click.echo(f"audit log {'intact' if verdict.intact else 'BROKEN'}: {verdict.message}")
-    sys.exit(EXIT_OK if verdict.intact else EXIT_NO)
+    message = check.message
+    if check.reason == "no_key":
+        message = (
+            f"the data key is not set (storage.data_key_env {config.storage.data_key_env}), "
+            "and the log is keyed with it: set it to the bot's data key"
+        )
+    code = {
+        ChainStatus.INTACT: EXIT_OK,
+        ChainStatus.BROKEN: EXIT_NO,
+        ChainStatus.CANNOT_VERIFY: EXIT_BAD,
+    }[check.status]
+    if as_json:
+        _emit(
+            {
+                "status": check.status.value,
+                "intact": check.status is ChainStatus.INTACT,
+                "entries": check.entries,
+                "reason": check.reason,
+                "message": message,
+            }
+        )
+    elif check.status is ChainStatus.CANNOT_VERIFY:
+        click.echo(f"error: cannot verify: {message}", err=True)
+    else:
+        click.echo(f"audit log {'intact' if code == EXIT_OK else 'BROKEN'}: {message}")
+    sys.exit(code)
 
 
 EXPORT_CHUNK = 1000  # rows read at a time by `audit export`
@@ -895,8 +1273,10 @@ def audit_export(config_path: str, from_id: int, to_id: int | None, fmt: str | N
     \b
     Example:
       liaison-bot audit export --config config.toml --from 1200 --to 1300 > audit.ndjson
+
+    Reads the database read-only.
     """
-    from bot.siem.wiring import formatter
+    from bot.siem import formatter
 
     config = _load(config_path)
     if to_id is not None and to_id < from_id:
@@ -905,9 +1285,12 @@ def audit_export(config_path: str, from_id: int, to_id: int | None, fmt: str | N
     render = formatter(
         "cef" if chosen == "cef" else "ocsf", config.siem.markings if config.siem else "level"
     )
-    store = _offline_store(config)
+    store = _offline_store(config, read_only=True)
     try:
-        installation = store.siem_installation()
+        cursor = store.siem_cursor()
+        if cursor is None:  # only when deleted by hand: the bot makes it again at its start
+            _fail("the SIEM cursor row is missing (it holds the installation id): start the bot")
+        installation = cursor.installation
         after = from_id - 1
         while rows := store.audit_after(after, EXPORT_CHUNK, until_id=to_id):
             for row in rows:
@@ -919,16 +1302,18 @@ def audit_export(config_path: str, from_id: int, to_id: int | None, fmt: str | N
 
 @audit.command("siem-status")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
-def audit_siem_status(config_path: str) -> None:
-    """The SIEM export as JSON: the cursor (last row confirmed, when), the rows waiting, the
-    outage in progress (failures, since when, the last error).
+@click.option("--json", "as_json", is_flag=True, help="Accepted for scripts: always JSON.")
+def audit_siem_status(config_path: str, as_json: bool) -> None:
+    """The SIEM export as JSON (always; --json is accepted like on the other listings):
+    the cursor (last row confirmed, when), the rows waiting, the outage in progress
+    (failures, since when, the last error). Reads the database read-only.
 
     \b
     Example:
       liaison-bot audit siem-status --config config.toml
     """
     config = _load(config_path)
-    store = _offline_store(config)
+    store = _offline_store(config, read_only=True)
     try:
         cursor = store.siem_cursor()
         position = cursor.position if cursor else None
@@ -967,7 +1352,7 @@ def audit_siem_status(config_path: str) -> None:
 def audit_siem_rewind(config_path: str, to_id: int) -> None:
     """Send the audit rows after TO to the SIEM again (a SIEM that lost them, a new one);
     audited `siem.rewound`. Never forward: nothing is skipped this way. The running bot
-    notices at its next batch (this command's own audit row is one).
+    notices at its next batch (this command's own audit row is one). Writes the database.
 
     \b
     Example:
@@ -988,7 +1373,14 @@ def audit_siem_rewind(config_path: str, to_id: int) -> None:
 
 @main.group()
 def keys() -> None:
-    """The bot's cross-signing keys: move them between stores in a 0600 recovery file."""
+    """The bot's keys: rotate the data or pickle key, forget a stolen login, move the
+    cross-signing keys between stores in a 0600 recovery file."""
+    from bot.initconfig import bot_runtime_missing
+
+    # The keys live in nio's crypto store and the bot's Matrix edge: a gate-only install
+    # gets the fix, not a traceback from an import.
+    if (missing := bot_runtime_missing()) is not None:
+        _fail(missing)
 
 
 RECOVERY_FORMAT = "liaison-bot cross-signing recovery v1"
@@ -1018,10 +1410,27 @@ def keys_export(config_path: str, out: str) -> None:
     Example:
       liaison-bot keys export-recovery --config config.toml --out /media/safe/liaison-keys.json
     """
+    from bot.storage.rotate import marker_sealed_with
+
     config = _load(config_path)
     sealer = _pickle_sealer(config)
+    data_key = read_data_key(config)
+    if not data_key:  # the export is audited, and the keyed log needs the data key
+        _fail(
+            f"the data key ({config.storage.data_key_env}, storage.data_key_env) is not set; "
+            "the export is audited with it. Nothing was written."
+        )
+    if os.path.lexists(out):
+        _fail(f"--out: {out} exists; refusing to overwrite a key file")
     store = _offline_store(config)
     try:
+        assert store.audit_key is not None  # the data key is set
+        if marker_sealed_with(store, store.audit_key) is False:
+            _fail(
+                f"the data key ({config.storage.data_key_env}) is not the key of this audit "
+                "log; the export could not be audited. Nothing was written.",
+                EXIT_NO,
+            )
         saved = store.cross_signing()
         if saved is None:
             _fail("this database holds no cross-signing keys yet (start the bot once)", EXIT_NO)
@@ -1040,17 +1449,64 @@ def keys_export(config_path: str, out: str) -> None:
             "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
             **private,
         }
-        try:
-            fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            _fail(f"--out: {out} exists; refusing to overwrite a key file")
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2, sort_keys=True)
-            handle.write("\n")
-        store.append_audit(_cli_actor(), "keys.exported", user_id, {"master": master})
+        _write_and_record(
+            store,
+            out,
+            json.dumps(payload, indent=2, sort_keys=True) + "\n",
+            user_id,
+            {"master": master},
+        )
     finally:
         store.close()
     click.echo(f"wrote the cross-signing keys of {user_id} (master {master}) to {out} (0600)")
+
+
+def _write_and_record(
+    store: Store, out: str, content: str, subject: str, detail: dict[str, Any]
+) -> None:
+    """Write `content` to a new 0600 file `out` and its audit row (`keys.exported`, of
+    `subject` with `detail`), both or neither. Why: an export nobody can see in the log is
+    what an insider would want. The row is added in a transaction committed only once the
+    file is whole on disk (written to a temporary name beside it, fsynced, linked to its
+    name, which refuses an existing file, and the folder fsynced); a row that cannot be
+    written comes first and stops it, a file that cannot be written rolls the row back, a
+    commit that fails removes the file."""
+    import contextlib
+
+    from bot.storage.store import append_audit
+
+    folder = os.path.dirname(os.path.abspath(out))
+    temp = os.path.join(folder, f".{os.path.basename(out)}.{os.getpid()}.tmp")
+    placed = False
+    try:
+        with store.session() as session:
+            append_audit(session, _cli_actor(), "keys.exported", subject, detail)
+            session.flush()  # the row is in: a refusal (no key, another key) came before
+            try:
+                fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                    handle.write(content)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.link(temp, out)  # never replaces a file that appeared meanwhile
+                placed = True
+                dir_fd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
+            except FileExistsError:
+                _fail(f"--out: {out} exists; refusing to overwrite a key file")
+            except OSError as exc:
+                _fail(f"--out: cannot write {out}: {exc}. Nothing was written.")
+    except BaseException:
+        if placed:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(out)
+        raise
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
 
 
 @keys.command("import-recovery")
@@ -1105,6 +1561,411 @@ def keys_import(config_path: str, file: str, force: bool) -> None:
     click.echo(
         f"imported the cross-signing keys of {recovered.user_id} "
         f"(master {recovered.master.public}); the bot uses them at its next start"
+    )
+
+
+def _new_key(new_key_file: str | None, new_key_env: str | None) -> str:
+    """The new key, from a file or a named environment variable, never
+    from the command line (which other users see in the process list); held to the same
+    strength rule as a start."""
+    from bot.startup import KEY_RULE, MIN_KEY_CHARS
+
+    if (new_key_file is None) == (new_key_env is None):
+        _fail("give the new key with exactly one of --new-key-file PATH or --new-key-env NAME")
+    if new_key_file is not None:
+        try:
+            mode = os.stat(new_key_file).st_mode & 0o777
+            text = Path(new_key_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail(f"--new-key-file: cannot read {new_key_file}: {exc}")
+        if mode & 0o077:
+            _fail(
+                f"--new-key-file: {new_key_file} is readable by others (mode {mode:o}); "
+                "chmod 600 it first (and make a new key: this one may be known). Nothing was "
+                "changed."
+            )
+        # As the bot reads a secret file: one trailing newline stripped, nothing else, so
+        # the same file given to the bot afterwards is the same key.
+        key, source = text.removesuffix("\n"), f"--new-key-file {new_key_file}"
+        if "\n" in key:
+            _fail(f"{source}: the file holds more than one line. Nothing was changed.")
+    else:
+        assert new_key_env is not None
+        key, source = os.environ.get(new_key_env, ""), f"--new-key-env {new_key_env}"
+    if not key:
+        _fail(f"{source}: no key there. Nothing was changed.")
+    if len(key) < MIN_KEY_CHARS:
+        _fail(
+            f"{source}: the new key is too short ({len(key)} characters); it must be "
+            f"{KEY_RULE}. Nothing was changed."
+        )
+    return key
+
+
+def _progress(what: str, done: int, total: int) -> None:
+    from bot.storage.rotate import format_count
+
+    click.echo(f"{what} {format_count(done)}/{format_count(total)}")
+
+
+def _moved(old: Sealer, new: Sealer, value: str, associated: str) -> str | None:
+    """A sealed value under the new sealer: None if it opens there already; SealError if
+    it opens with neither."""
+    try:
+        new.open_text(value, associated)
+        return None
+    except SealError:
+        return new.seal_text(old.open_text(value, associated), associated)
+
+
+def _data_sealed(store: Store, old: str, new: str) -> list[Any]:
+    """Every value sealed under the data key, with its sealing context and binding (the
+    services and the sync loop seal them so)."""
+    from bot.matrix.sync import MANIFEST
+    from bot.services.digest import parts_binding as digest_binding
+    from bot.services.relay import SEAL_VERSION, item_binding, ledger_binding
+    from bot.storage import DigestRunRow, IntelItemRow, RelayRow, RoomSnapshotRow
+    from bot.storage.rotate import Sealed
+
+    def pair(purpose: str, version: bytes | None = None) -> tuple[Sealer, Sealer]:
+        if version is None:
+            return Sealer(old, purpose), Sealer(new, purpose)
+        return Sealer(old, purpose, version), Sealer(new, purpose, version)
+
+    items, ledger = pair("intel-item", SEAL_VERSION), pair("intel-ledger", SEAL_VERSION)
+    snapshots = pair("room-snapshot")
+    parts = (
+        Sealer(audit_key_from(old).hex(), "digest-parts"),
+        Sealer(audit_key_from(new).hex(), "digest-parts"),
+    )
+    token = store.sync_token() or ""
+
+    def snapshot(row: Any) -> str | None:
+        if row.room_id == MANIFEST:
+            return _moved(*snapshots, row.sealed, f"{MANIFEST}\n{token}")
+        written, _, sealed = str(row.sealed).partition(" ")
+        moved = _moved(*snapshots, sealed, f"{row.room_id}\n{written}")
+        return None if moved is None else f"{written} {moved}"
+
+    return [
+        Sealed(
+            "intel items",
+            IntelItemRow,
+            "id",
+            "text",
+            lambda r: _moved(*items, r.text, item_binding(r.event_id, r.room_key, r.label)),
+        ),
+        Sealed(
+            "relay ledger rows",
+            RelayRow,
+            "id",
+            "content",
+            lambda r: _moved(
+                *ledger, r.content, ledger_binding(r.txn_id, r.target_key, r.target_room_id)
+            ),
+        ),
+        Sealed(
+            "digest runs",
+            DigestRunRow,
+            "id",
+            "parts",
+            lambda r: _moved(
+                *parts, r.parts, digest_binding(r.schedule_key, r.window_end, r.room_key)
+            ),
+        ),
+        Sealed("room snapshots", RoomSnapshotRow, "room_id", "sealed", snapshot, droppable=True),
+    ]
+
+
+def _pickle_sealed(old: str, new: str) -> list[Any]:
+    """The values the database holds under the pickle key (beside the crypto store)."""
+    from bot.matrix.trust import key_sealer
+    from bot.storage import BotSessionRow, CrossSigningRow
+    from bot.storage.rotate import Sealed
+
+    token = Sealer(old, "access-token"), Sealer(new, "access-token")
+    keys = key_sealer(old), key_sealer(new)
+    return [
+        Sealed(
+            "access token",
+            BotSessionRow,
+            "id",
+            "access_token",
+            lambda r: _moved(*token, r.access_token, r.device_id),
+        ),
+        Sealed(
+            "cross-signing keys",
+            CrossSigningRow,
+            "id",
+            "sealed",
+            lambda r: _moved(*keys, r.sealed, r.user_id),
+        ),
+    ]
+
+
+@keys.command("rotate")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--data", "which", flag_value="data", help="Rotate the data key.")
+@click.option("--pickle", "which", flag_value="pickle", help="Rotate the pickle key.")
+@click.option(
+    "--new-key-file",
+    type=click.Path(dir_okay=False),
+    help="A file holding the new key, readable by you only (0600).",
+)
+@click.option(
+    "--new-key-env", metavar="NAME", help="The name of an environment variable holding it."
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1, max=100_000),
+    default=500,
+    show_default=True,
+    help="Values resealed per transaction.",
+)
+def keys_rotate(
+    config_path: str,
+    which: str | None,
+    new_key_file: str | None,
+    new_key_env: str | None,
+    batch_size: int,
+) -> None:
+    """Reseal everything under a new data key (--data) or pickle key (--pickle).
+
+    STOP THE BOT FIRST (both nodes of a high-availability pair; a pair's lease held now is
+    refused). The current key is read as the bot reads it (the config's *_env or *_file
+    setting); the new one from --new-key-file or --new-key-env, never the command line.
+    Work goes in batches, one transaction each, with progress: if it is cut off, run the
+    same command again and it finishes (every value opens with one of the two keys at every
+    moment; do not start the bot in between). Audited (keys.rotating, keys.rotated).
+    Then give the bot the new key and start it; after --data, also give the homeserver
+    gate the new register_key this prints (`liaison-bot gate synapse-config` prints it).
+    Step by step: docs/keys.md.
+
+    \b
+    Example:
+      (umask 077; openssl rand -hex 32 > /run/liaison/new-data-key)
+      liaison-bot keys rotate --data --config config.toml \\
+          --new-key-file /run/liaison/new-data-key
+    """
+    if which is None:
+        _fail("say which key: --data or --pickle")
+    config = _load(config_path)
+    new = _new_key(new_key_file, new_key_env)
+    data_key, pickle_key = read_data_key(config), read_pickle_key(config)
+    if not data_key:
+        _fail(
+            f"the data key ({config.storage.data_key_env}, storage.data_key_env) is not set: "
+            "it is needed to open the data and to audit the rotation. Nothing was changed."
+        )
+    if which == "pickle" and not pickle_key:
+        _fail(
+            f"the pickle key ({config.homeserver.pickle_key_env}, homeserver.pickle_key_env) "
+            "is not set: it opens what is to be resealed. Nothing was changed."
+        )
+    current = data_key if which == "data" else pickle_key
+    other = pickle_key if which == "data" else data_key
+    if new == current:
+        _fail(f"the new key is the current {which} key. Nothing was changed.")
+    if new == other:
+        _fail("the new key is the bot's other key; each key must be its own. Nothing was changed.")
+    assert current is not None
+    from bot.storage.runlock import StoreBusy, hold_run_lock
+
+    # The run lock a single bot holds while it runs: held here for the whole rotation, so a
+    # running bot is refused, and a bot cannot start half-way through (a pair: the lease).
+    try:
+        lock = hold_run_lock(config.database_url())
+    except StoreBusy as exc:
+        _fail(f"{exc}: stop it first. Nothing was changed.", EXIT_NO)
+    store = _offline_store(config)
+    try:
+        if which == "data":
+            _rotate_data(store, current, new, batch_size)
+        else:
+            _rotate_pickle(config, store, current, new, batch_size)
+    finally:
+        store.close()
+        lock.release()
+
+
+def _refuse_running(store: Store) -> None:
+    from bot.storage.rotate import lease_holder
+
+    holder = lease_holder(store)
+    if holder is not None:
+        _fail(
+            f"a bot is running on this database (node {holder} holds the lease): stop both "
+            "nodes first. Nothing was changed.",
+            EXIT_NO,
+        )
+
+
+def _rotate_data(store: Store, old: str, new: str, batch_size: int) -> None:
+    from bot.storage.rotate import (
+        RotationError,
+        check,
+        finish_data_rotation,
+        marker_sealed_with,
+        reseal,
+        resign_register,
+        unfinished,
+    )
+    from bot.storage.store import register_public_key
+
+    _refuse_running(store)
+    old_audit, new_audit = audit_key_from(old), audit_key_from(new)
+    register_key = register_public_key(new)
+    if marker_sealed_with(store, new_audit):
+        click.echo(
+            "the data is already under the new key (the rotation finished). Give the bot the "
+            f"new key, and the gate register_key = {register_key}"
+        )
+        return
+    if marker_sealed_with(store, old_audit) is False:
+        _fail(
+            "the current data key is not the key of this audit log: set the key the bot runs "
+            "with. Nothing was changed.",
+            EXIT_NO,
+        )
+    verdict = store.verify_audit()
+    if not verdict.intact:
+        _fail(
+            f"the audit log does not verify ({verdict.message}): a rotation would vouch for "
+            "it under the new key. Find out why first (liaison-bot audit verify). Nothing "
+            "was changed.",
+            EXIT_NO,
+        )
+    started = unfinished(store, "data")
+    if started is not None and started.get("register_key") != register_key:
+        _fail(
+            f"a rotation to another data key (register_key {started.get('register_key')}) was "
+            "cut off: run it again with that key to finish it, then rotate again. Nothing "
+            "was changed.",
+            EXIT_NO,
+        )
+    kinds = _data_sealed(store, old, new)
+    try:
+        waiting = check(store, kinds, batch_size)
+    except RotationError as exc:
+        _fail(str(exc), EXIT_NO)
+    click.echo(
+        ("resuming the cut-off rotation: " if started else "rotating the data key: ")
+        + ", ".join(f"{what} {n}" for what, n in waiting.items())
+        + " to reseal"
+    )
+    if started is None:
+        store.append_audit(
+            _cli_actor(), "keys.rotating", None, {"key": "data", "register_key": register_key}
+        )
+    try:
+        moved = reseal(store, kinds, _progress, batch_size)
+        signed, refused = resign_register(store, old_audit, new_audit, _progress, batch_size)
+    except RotationError as exc:
+        _fail(f"{exc}; run the same command again to finish", EXIT_NO)
+    finish_data_rotation(
+        Store(store.engine, new_audit),
+        _cli_actor(),
+        {"register_key": register_key},
+        {
+            "key": "data",
+            "register_key": register_key,
+            "resealed": moved,
+            "register_rows_signed": signed,
+            "register_rows_left_refused": refused,
+        },
+    )
+    if refused:
+        click.echo(
+            f"{refused} register row(s) did not verify under the old key and stay refused "
+            "(changed outside the bot): see the audit log's register.refused entries"
+        )
+    click.echo(
+        "the data key is rotated; the audit log continues under it.\n"
+        f"register_key = {register_key}\n"
+        "Next: 1. give the bot the new key (storage.data_key_env or its file) and remove the "
+        "old one; 2. give the homeserver gate this register_key (liaison-bot gate "
+        "synapse-config prints the whole block) and restart Synapse; 3. start the bot."
+    )
+
+
+def _rotate_pickle(config: Config, store: Store, old: str, new: str, batch_size: int) -> None:
+    from bot.matrix.rotate import check_pickles, close_stores, crypto_stores, repickle_stores
+    from bot.storage.rotate import RotationError, check, reseal, unfinished
+
+    _refuse_running(store)
+    if store.audit_key is not None:
+        from bot.storage.rotate import marker_sealed_with
+
+        if marker_sealed_with(store, store.audit_key) is False:
+            _fail(
+                "the data key is not the key of this audit log; the rotation could not be "
+                "audited. Nothing was changed.",
+                EXIT_NO,
+            )
+    stores = crypto_stores(config)
+    try:
+        kinds = _pickle_sealed(old, new)
+        try:
+            waiting = check_pickles(stores, old, new, batch_size) | check(store, kinds, batch_size)
+        except RotationError as exc:
+            _fail(str(exc), EXIT_NO)
+        started = unfinished(store, "pickle")
+        if started is None and not any(waiting.values()):
+            click.echo("everything already opens with the new pickle key: nothing to do")
+            return
+        click.echo(
+            ("resuming the cut-off rotation: " if started else "rotating the pickle key: ")
+            + ", ".join(f"{what} {n}" for what, n in waiting.items())
+            + " to reseal"
+        )
+        if started is None:
+            store.append_audit(_cli_actor(), "keys.rotating", None, {"key": "pickle"})
+        try:
+            moved = repickle_stores(stores, old, new, _progress, batch_size)
+            moved |= reseal(store, kinds, _progress, batch_size)
+        except RotationError as exc:
+            _fail(f"{exc}; run the same command again to finish", EXIT_NO)
+        store.append_audit(_cli_actor(), "keys.rotated", None, {"key": "pickle", "resealed": moved})
+    finally:
+        close_stores(stores)
+    click.echo(
+        "the pickle key is rotated.\n"
+        "Next: give the bot the new key (homeserver.pickle_key_env or its file), remove the "
+        "old one, and start the bot."
+    )
+
+
+@keys.command("forget-login")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+def keys_forget_login(config_path: str) -> None:
+    """Forget the bot's stored login, after its access token was stolen and its devices
+    logged out on the homeserver: the next start logs in with the password as a NEW
+    device, which the bot cross-signs with its own keys. Stop the bot first. Audited.
+
+    Why a new device: logging the old one out deleted it and its keys on the homeserver,
+    and a login under its old id would bring it back without them (nobody could encrypt
+    to it). See docs/keys.md, "A stolen access token".
+
+    \b
+    Example:
+      liaison-bot keys forget-login --config config.toml
+    """
+    config = _load(config_path)
+    store = _offline_store(config)
+    try:
+        _refuse_running(store)
+        try:
+            device = store.forget_bot_session(_cli_actor())
+        except StoreError as exc:
+            _fail(f"{exc}. Nothing was changed.", EXIT_NO)
+    finally:
+        store.close()
+    if device is None:
+        click.echo("no stored login: the next start logs in with the password")
+        return
+    click.echo(
+        f"forgot the login of device {device}; the next start logs in with the password as a "
+        "new device (and cross-signs it): the bot must have its (new) password"
     )
 
 

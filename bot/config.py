@@ -3,7 +3,9 @@
 Why two passes: pydantic reports every field error with its location, but a model-level
 check runs only when all fields are valid. Cross-references (routes and digests naming room
 keys) are checked on the raw document as well, so one run lists every error at once.
-Secrets are never read from the file, only from the environment variables it names.
+Secrets are never written in the file: each `*_env` key names an environment variable, each
+`*_file` twin a file (systemd credentials, container secrets) that holds one; both are read
+at start (bot/startup.py), the config only says where.
 """
 
 from __future__ import annotations
@@ -95,6 +97,40 @@ def _env_name(value: Any) -> str:
 EnvName = Annotated[str, BeforeValidator(_env_name)]
 
 
+def _secret_path(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip() or "\x00" in value:
+        raise ValueError(f"bad secret file path {value!r}: give the file's path")
+    return value.strip()
+
+
+SecretPath = Annotated[str, BeforeValidator(_secret_path)]
+
+
+@dataclass(frozen=True)
+class SecretSource:
+    """Where one secret comes from: `key` is the config key naming it (`…_env` or
+    `…_file`), `name` the environment variable or the file's absolute path."""
+
+    key: str
+    kind: Literal["env", "file"]
+    name: str
+
+    @property
+    def describe(self) -> str:
+        what = "environment variable" if self.kind == "env" else "file"
+        return f"{self.key}: {what} {self.name}"
+
+
+def _one_source(section: BaseModel, env_key: str, file_key: str, *, required: bool = True) -> None:
+    """`X_env` set explicitly and `X_file` too is refused (which would win?); a `_file`
+    replaces an `_env` default. `required`: one of the two must be given."""
+    env, file = getattr(section, env_key), getattr(section, file_key)
+    if file is not None and env_key in section.model_fields_set:
+        raise ValueError(f"{env_key}, {file_key}: set one of the two, not both")
+    if required and env is None and file is None:
+        raise ValueError(f"set {env_key} or {file_key}")
+
+
 def _room_key(value: Any) -> ids.RoomKey:
     if not isinstance(value, str) or not _ROOM_KEY.match(value):
         raise ValueError(
@@ -115,8 +151,11 @@ class HomeserverConfig(_Section):
     url: str
     user_id: UserId
     password_env: EnvName | None = None
+    password_file: SecretPath | None = None
     access_token_env: EnvName | None = None
+    access_token_file: SecretPath | None = None
     pickle_key_env: EnvName = "LIAISON_PICKLE_KEY"
+    pickle_key_file: SecretPath | None = None
     device_name: str = "liaison-bot"
     device_trust: Literal["cross-signed", "tofu"] = "cross-signed"
 
@@ -129,8 +168,18 @@ class HomeserverConfig(_Section):
 
     @model_validator(mode="after")
     def _one_credential(self) -> HomeserverConfig:
-        if self.password_env is None and self.access_token_env is None:
-            raise ValueError("set password_env or access_token_env (the bot must log in)")
+        if (
+            self.password_env is None
+            and self.access_token_env is None
+            and self.password_file is None
+            and self.access_token_file is None
+        ):
+            raise ValueError(
+                "set password_env or access_token_env, or their *_file twins (the bot must log in)"
+            )
+        _one_source(self, "password_env", "password_file", required=False)
+        _one_source(self, "access_token_env", "access_token_file", required=False)
+        _one_source(self, "pickle_key_env", "pickle_key_file")
         return self
 
 
@@ -144,6 +193,12 @@ class StorageConfig(_Section):
     # A folder (relative to the config's), or CRYPTO_STORE_DATABASE.
     crypto_store: str = "data/crypto"
     data_key_env: EnvName = "LIAISON_DATA_KEY"
+    data_key_file: SecretPath | None = None
+
+    @model_validator(mode="after")
+    def _data_key_source(self) -> StorageConfig:
+        _one_source(self, "data_key_env", "data_key_file")
+        return self
 
     @field_validator("database_url")
     @classmethod
@@ -351,8 +406,14 @@ class DigestConfig(_Section):
 class FeedConfig(_Section):
     key: RoomKey
     room: RoomKey
-    token_env: EnvName
+    token_env: EnvName | None = None
+    token_file: SecretPath | None = None
     release: bool = False
+
+    @model_validator(mode="after")
+    def _token_source(self) -> FeedConfig:
+        _one_source(self, "token_env", "token_file")
+        return self
 
 
 class IngestConfig(_Section):
@@ -538,6 +599,32 @@ class SiemConfig(_Section):
         return self.server_name or self.host
 
 
+class LoggingConfig(_Section):
+    """`[logging]`: how much, in which form, and where besides standard error
+    (bot/logsetup.py). `run -v` means level "debug" whatever is set here."""
+
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["text", "json"] = "text"
+    # Appended to (relative paths: from the config's folder), as well as standard error.
+    file: str | None = None
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """The folder must exist: a typo would otherwise fail only at start, or make a
+        folder nobody looks in."""
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("empty: give the log file's path, or leave the key out")
+        path = _config_path(value, info)
+        if not path.parent.is_dir():
+            raise ValueError(f"the log file's folder {str(path.parent)!r} does not exist")
+        if path.is_dir():
+            raise ValueError(f"{str(path)!r} is a folder: give a file's path")
+        return value.strip()
+
+
 def _config_path(value: str, info: ValidationInfo) -> Path:
     """A path from the config, relative to the config file's folder."""
     base = (info.context or {}).get("base_dir") or Path.cwd()
@@ -561,6 +648,7 @@ class Config(_Section):
     ingest: IngestConfig | None = None
     ha: HaConfig = Field(default_factory=HaConfig)
     siem: SiemConfig | None = None
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @property
@@ -638,27 +726,83 @@ class Config(_Section):
             raise ValueError("the crypto store is in the database: it has no folder")
         return self._base_dir / self.storage.crypto_store
 
-    def secret_variables(self) -> dict[str, str]:
-        """Key path -> environment variable for every secret the bot needs to run."""
-        names = {
-            "homeserver.pickle_key_env": self.homeserver.pickle_key_env,
-            "storage.data_key_env": self.storage.data_key_env,
+    def log_file(self) -> Path | None:
+        """`[logging] file`, absolute (relative paths are from the config's folder)."""
+        return self.path(self.logging.file) if self.logging.file else None
+
+    def secret_sources(self) -> dict[str, SecretSource]:
+        """Secret name -> where it comes from, for every secret the bot needs to run: the
+        `_file` twin where one is set, else the environment variable. Names are
+        "pickle_key", "data_key", "password", "access_token" and "feed:<key>"."""
+        base = self._base_dir
+
+        def source(prefix: str, env_key: str, env: str | None, file: str | None) -> SecretSource:
+            if file is not None:
+                path = Path(file)
+                full = path if path.is_absolute() else base / path
+                return SecretSource(f"{prefix}{env_key[:-4]}_file", "file", str(full))
+            assert env is not None  # the section's validator made sure of one
+            return SecretSource(f"{prefix}{env_key}", "env", env)
+
+        hs, storage = self.homeserver, self.storage
+        out = {
+            "pickle_key": source(
+                "homeserver.", "pickle_key_env", hs.pickle_key_env, hs.pickle_key_file
+            ),
+            "data_key": source(
+                "storage.", "data_key_env", storage.data_key_env, storage.data_key_file
+            ),
         }
-        if self.homeserver.password_env:
-            names["homeserver.password_env"] = self.homeserver.password_env
-        if self.homeserver.access_token_env:
-            names["homeserver.access_token_env"] = self.homeserver.access_token_env
+        if hs.password_env or hs.password_file:
+            out["password"] = source(
+                "homeserver.", "password_env", hs.password_env, hs.password_file
+            )
+        if hs.access_token_env or hs.access_token_file:
+            out["access_token"] = source(
+                "homeserver.", "access_token_env", hs.access_token_env, hs.access_token_file
+            )
         for i, feed in enumerate(self.ingest.feeds if self.ingest else ()):
-            names[f"ingest.feeds[{i}].token_env"] = feed.token_env
-        return names
+            out[f"feed:{feed.key}"] = source(
+                f"ingest.feeds[{i}].", "token_env", feed.token_env, feed.token_file
+            )
+        return out
+
+    def secret_variables(self) -> dict[str, str]:
+        """Key path -> environment variable for every secret given by one."""
+        return {s.key: s.name for s in self.secret_sources().values() if s.kind == "env"}
 
     def missing_secrets(self, environ: Mapping[str, str] | None = None) -> list[str]:
+        """The secrets whose environment variable is unset or empty (files are checked when
+        they are read: bot/startup.py)."""
         env = os.environ if environ is None else environ
         return [
             f"{path}: environment variable {name} is not set"
             for path, name in self.secret_variables().items()
             if not env.get(name)
         ]
+
+    @model_validator(mode="after")
+    def _one_source_per_secret(self, info: ValidationInfo) -> Config:
+        """One variable or file for two secrets is refused: two keys that are one key (the
+        pickle key and the data key, say) lose the separation the two were made for."""
+        base = (info.context or {}).get("base_dir")
+        if base is not None:  # relative secret files are from the config's folder
+            self._base_dir = Path(base).resolve()
+        seen: dict[tuple[str, str], str] = {}
+        clashes: list[str] = []
+        for source in self.secret_sources().values():
+            where = (source.kind, os.path.normpath(source.name))
+            if where in seen:
+                what = "environment variable" if source.kind == "env" else "file"
+                clashes.append(
+                    f"{seen[where]}, {source.key}: the same {what} {source.name} for two "
+                    "secrets; give each its own"
+                )
+            else:
+                seen[where] = source.key
+        if clashes:
+            raise ValueError("; ".join(clashes))
+        return self
 
 
 def resolve_database_url(url: str, base_dir: Path) -> str:
@@ -754,7 +898,8 @@ def _format_error(err: Mapping[str, Any]) -> str:
         if key in SECRET_KEYS:
             return (
                 f"{path}: secrets are not read from the config file; set "
-                f"{SECRET_KEYS[key]} to the name of an environment variable holding it"
+                f"{SECRET_KEYS[key]} to the name of an environment variable holding it, or "
+                f"{SECRET_KEYS[key][:-4]}_file to a file holding it"
             )
         return f"{path}: unknown key {key!r}{_suggest_key(loc)}"
     if err["type"] == "missing":

@@ -24,8 +24,11 @@ from bot.app import LiaisonBot
 from bot.config import Config
 from bot.ha import HaNode, Role
 from bot.metrics import HaView
-from bot.startup import Secrets
+from bot.startup import Secrets, StartupError
 from bot.storage import Store, schema_is_current
+from bot.storage.models import SCHEMA_HEAD
+from bot.storage.rotate import unfinished as unfinished_rotation
+from bot.storage.runlock import StoreBusy, hold_run_lock
 from commands.document import doc, para
 
 log = logging.getLogger(__name__)
@@ -34,14 +37,47 @@ log = logging.getLogger(__name__)
 async def run_bot(
     config: Config, secrets: Secrets, *, ready: Callable[[LiaisonBot], None] | None = None
 ) -> None:
-    """Run until SIGINT/SIGTERM: migrate the database, start (or stand by), stop cleanly."""
+    """Run until SIGINT/SIGTERM: hold the store (one process per store, outside a pair),
+    migrate the database, start (or stand by), stop cleanly."""
     url = config.database_url()
-    if not await asyncio.to_thread(schema_is_current, url):
-        from bot.storage.migrate import upgrade  # Alembic, only when there is work for it
+    lock = None
+    if not config.ha.enabled:  # a pair's lease decides which node acts
+        try:
+            lock = await asyncio.to_thread(hold_run_lock, url)
+        except StoreBusy as exc:
+            raise StartupError(str(exc)) from None
+    try:
+        await _migrate(url)
+        await _run(config, secrets, url, ready)
+    finally:
+        if lock is not None:
+            lock.release()
 
-        await asyncio.to_thread(upgrade, url)
+
+async def _migrate(url: str) -> None:
+    """Bring the schema to head; one line says where it is (Alembic's own lines are held
+    back: bot/logsetup.py)."""
+    if await asyncio.to_thread(schema_is_current, url):
+        log.info("database at revision %s", SCHEMA_HEAD)
+        return
+    from bot.storage.migrate import upgrade  # Alembic, only when there is work for it
+
+    revision = await asyncio.to_thread(upgrade, url)
+    log.info("database at revision %s (upgraded)", revision)
+
+
+async def _run(
+    config: Config, secrets: Secrets, url: str, ready: Callable[[LiaisonBot], None] | None
+) -> None:
     node = HaNode(config) if config.ha.enabled else None
     store = Store.from_url(url, connect_params=node.connect_params if node else None)
+    cut_off = [which for which in ("data", "pickle") if unfinished_rotation(store, which)]
+    if cut_off:  # some values are sealed under the new key, some under the old: neither works
+        store.close()
+        raise StartupError(
+            f"a rotation of the {' and '.join(cut_off)} key was cut off: finish it with "
+            f"`liaison-bot keys rotate --{cut_off[0]} …` (the same new key) before starting"
+        )
     if node is None:
         bot = LiaisonBot(config, store, secrets)
     else:
@@ -54,6 +90,8 @@ async def run_bot(
             await bot.start()
         elif not await _take_over(bot, node, store):
             return  # stopped while a standby
+        if bot.tasks.stopping.is_set():
+            return  # stopped while waiting for the homeserver
         if ready is not None:
             ready(bot)
         await bot.tasks.stopping.wait()

@@ -1,11 +1,15 @@
-"""What the bot needs before it can start: its secrets, and the error that stops it."""
+"""What the bot needs before it can start: its secrets (from environment variables or
+files), and the error that stops it."""
 
 from __future__ import annotations
 
 import os
+import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from bot.config import Config
+from bot.config import Config, SecretSource
 
 # The pickle and data keys are used as they are: HKDF (bot/storage/sealing.py) and the crypto
 # store's pickling do no key stretching, so a passphrase-like key could be guessed offline
@@ -19,11 +23,99 @@ class StartupError(Exception):
     """The bot cannot start; the message says what to fix."""
 
 
+# systemd's LoadCredential= puts credentials here, owned by the service's user and managed by
+# systemd (their mode is systemd's business, not the administrator's).
+CREDENTIALS_DIR = Path("/run/credentials")
+
+
+class SecretError(StartupError):
+    """Secrets that cannot be used; `problems` lists each, naming its key (never a value).
+    The message groups them as the bot refuses them: missing, unusable files, weak keys."""
+
+    def __init__(
+        self,
+        missing: list[str],
+        files: list[str],
+        weak: list[str],
+        action: str = "refusing to start",
+    ) -> None:
+        self.problems = [*missing, *files, *weak]
+        parts = [
+            f"{title}, {action}: " + "; ".join(items)
+            for title, items in (
+                ("missing secrets", missing),
+                ("unusable secret files", files),
+                ("weak keys", weak),
+            )
+            if items
+        ]
+        super().__init__(" / ".join(parts))
+
+
+def read_secret_file(source: SecretSource) -> str:
+    """A secret from a file: one trailing newline stripped (`echo` and editors add one);
+    refused, naming the key and the path, when missing, unreadable, empty, or readable by
+    group or others (outside systemd's credentials folder). Raises ValueError.
+
+    A path in another unit's credentials folder that is not there is looked up by name in
+    this process's own (`$CREDENTIALS_DIRECTORY`): an offline command started with
+    `systemd-run -p LoadCredential=…` gets the key under its own unit's name."""
+    path = Path(source.name)
+    own = os.environ.get("CREDENTIALS_DIRECTORY")
+    if own and path.is_relative_to(CREDENTIALS_DIR) and not path.exists():
+        path = Path(own) / path.name
+    try:
+        with path.open("rb") as handle:
+            mode = os.fstat(handle.fileno()).st_mode
+            data = handle.read()
+    except FileNotFoundError:
+        raise ValueError(f"{source.key}: no such file {path}") from None
+    except OSError as exc:
+        raise ValueError(f"{source.key}: cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{source.key}: {path} is not a regular file")
+    if mode & 0o077 and not path.resolve().is_relative_to(CREDENTIALS_DIR):
+        raise ValueError(
+            f"{source.key}: {path} is readable by others than its owner "
+            f"(mode {stat.S_IMODE(mode):04o}): chmod 600 {path}"
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{source.key}: {path} is not UTF-8 text") from None
+    text = text.removesuffix("\n").removesuffix("\r")
+    if not text:
+        raise ValueError(f"{source.key}: {path} is empty")
+    return text
+
+
+def _read_all(
+    config: Config, environ: Mapping[str, str]
+) -> tuple[dict[str, str], list[str], list[str]]:
+    """Every secret that can be read, and the problems of the others (missing, files)."""
+    values: dict[str, str] = {}
+    missing: list[str] = []
+    files: list[str] = []
+    for name, source in config.secret_sources().items():
+        if source.kind == "env":
+            value = environ.get(source.name)
+            if value:
+                values[name] = value
+            else:
+                missing.append(f"{source.describe} is not set")
+            continue
+        try:
+            values[name] = read_secret_file(source)
+        except ValueError as exc:
+            files.append(str(exc))
+    return values, missing, files
+
+
 @dataclass(frozen=True)
 class Secrets:
-    """Read from the environment only (never the config file), all at once, so a missing
-    one stops the bot before it touches the homeserver. Its repr (and str) never shows a
-    secret value, only whether it is set."""
+    """Read from environment variables or files (never the config file), all at once, so a
+    missing one stops the bot before it touches the homeserver. Its repr (and str) never
+    shows a secret value, only whether it is set."""
 
     pickle_key: str = field(repr=False)
     data_key: str = field(repr=False)
@@ -45,41 +137,51 @@ class Secrets:
     __str__ = __repr__
 
     @classmethod
-    def from_env(cls, config: Config, environ: dict[str, str] | None = None) -> Secrets:
-        env = dict(os.environ if environ is None else environ)
-        missing = config.missing_secrets(env)
-        if missing:
-            raise StartupError("missing secrets, refusing to start: " + "; ".join(missing))
-        hs = config.homeserver
+    def from_env_or_files(cls, config: Config, environ: Mapping[str, str] | None = None) -> Secrets:
+        """Every secret the config names, from its variable or its `_file`; raises
+        SecretError listing every problem at once (`check-config` runs the same)."""
+        env = os.environ if environ is None else environ
+        values, missing, files = _read_all(config, env)
+        sources = config.secret_sources()
         weak = [
-            f"{path}: environment variable {name} is too short ({len(env[name])} characters); "
+            f"{sources[name].describe} is too short ({len(values[name])} characters); "
             f"the key must be {KEY_RULE}"
-            for path, name in (
-                ("homeserver.pickle_key_env", hs.pickle_key_env),
-                ("storage.data_key_env", config.storage.data_key_env),
-            )
-            if len(env[name]) < MIN_KEY_CHARS
+            for name in ("pickle_key", "data_key")
+            if name in values and len(values[name]) < MIN_KEY_CHARS
         ]
-        if weak:
-            raise StartupError("weak keys, refusing to start: " + "; ".join(weak))
+        if missing or files or weak:
+            raise SecretError(missing, files, weak)
         return cls(
-            pickle_key=env[hs.pickle_key_env],
-            data_key=env[config.storage.data_key_env],
-            password=env.get(hs.password_env) if hs.password_env else None,
-            access_token=env.get(hs.access_token_env) if hs.access_token_env else None,
+            pickle_key=values["pickle_key"],
+            data_key=values["data_key"],
+            password=values.get("password"),
+            access_token=values.get("access_token"),
             feed_tokens={
-                f.key: env[f.token_env] for f in (config.ingest.feeds if config.ingest else ())
+                name.removeprefix("feed:"): value
+                for name, value in values.items()
+                if name.startswith("feed:")
             },
         )
 
 
+def _read_key(config: Config, name: str) -> str | None:
+    source = config.secret_sources()[name]
+    if source.kind == "env":
+        return os.environ.get(source.name) or None
+    try:
+        return read_secret_file(source)
+    except ValueError as exc:
+        raise SecretError([], [str(exc)], [], action="cannot read the key") from None
+
+
 def read_data_key(config: Config) -> str | None:
-    """The data key for an offline command (the CLI), or None where it is not given: the
-    CLI reads without it and refuses, by name, what needs it. One place reads it, so every
-    way of giving a secret (environment variable, file) works for every command."""
-    return os.environ.get(config.storage.data_key_env) or None
+    """The data key for an offline command (the CLI), or None where its variable is not
+    set: the CLI reads without it and refuses, by name, what needs it. A configured
+    `data_key_file` that cannot be used raises SecretError naming key and path. One place
+    reads it, so every way of giving a secret works for every command."""
+    return _read_key(config, "data_key")
 
 
 def read_pickle_key(config: Config) -> str | None:
     """The pickle key for an offline command (the CLI), as `read_data_key`."""
-    return os.environ.get(config.homeserver.pickle_key_env) or None
+    return _read_key(config, "pickle_key")

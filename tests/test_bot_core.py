@@ -287,17 +287,16 @@ async def test_expiry_changed_from_the_cli_removes_within_the_sweep(
     (room_id,) = await enrol(
         (admin, dm), [(member.user_id, "NATO SECRET", "NOR")], [(client, "nato-s")]
     )
-    # The CLI writes to the same database; the running bot notices at its next sweep.
-    from bot.services.register import ClearanceRegister
+    # Another process writes to the same database; the running bot notices at its next
+    # sweep. Straight into the store: the register refuses an expiry in the past (issue 28),
+    # and a clearance that runs out meanwhile is what this stands for.
     from bot.storage import Store
 
     assert bot_env.bot is not None  # the CLI holds the data key, as the bot does
     offline = Store.from_url(bot_env.config.database_url(), bot_env.bot.store.audit_key)
     try:
         yesterday = (datetime.now(UTC) - timedelta(days=1)).date()
-        ClearanceRegister(offline).grant(
-            "cli:test", member.user_id, "NATO SECRET", expires=yesterday
-        )
+        offline.grant("cli:test", member.user_id, "NATO", "NATO SECRET", 3, expires=yesterday)
     finally:
         offline.close()
     await eventually(lambda: _not_in(client, room_id), timeout=20, what="expired member removed")

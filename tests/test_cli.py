@@ -233,17 +233,23 @@ def test_may_release_narrowed_target_audience() -> None:
     assert result.exit_code == 0
 
 
-def test_check_config_accepts_the_example_and_warns_about_secrets() -> None:
+def test_check_config_accepts_the_example_and_refuses_its_missing_secrets() -> None:
+    """Missing secrets are refused as `run` refuses them (exit 2, every one named);
+    `--without-secrets` checks the file alone."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("LIAISON_")}
-    result = CliRunner(
+    runner = CliRunner(
         env={**env, "LIAISON_PASSWORD": "", "LIAISON_PICKLE_KEY": "", "LIAISON_DATA_KEY": ""}
-    ).invoke(main, ["check-config", "--config", str(EXAMPLE)])
-    assert result.exit_code == 0, result.stderr
-    assert "OK" in result.stdout
+    )
+    result = runner.invoke(main, ["check-config", "--config", str(EXAMPLE)])
+    assert result.exit_code == 2, result.stderr
     assert (
-        "warning: homeserver.password_env: environment variable LIAISON_PASSWORD is not set"
+        "error: homeserver.password_env: environment variable LIAISON_PASSWORD is not set"
         in result.stderr
     )
+    assert "OK" not in result.stdout
+    result = runner.invoke(main, ["check-config", "--config", str(EXAMPLE), "--without-secrets"])
+    assert result.exit_code == 0, result.stderr
+    assert "OK" in result.stdout and "secrets not checked" in result.stdout
 
 
 def test_check_config_lists_every_error_and_exits_2(tmp_path: Path) -> None:
@@ -315,6 +321,8 @@ def test_every_command_has_help_with_an_example() -> None:
 def test_rooms_and_routes_offline(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(EXAMPLE.read_text())
+    # Only `db upgrade` creates the database: a read refuses a missing one (test_cli_ops).
+    assert cli("db", "upgrade", "--config", str(config)).exit_code == 0
     rooms = cli("rooms", "--config", str(config))
     assert rooms.exit_code == 0, rooms.stderr
     assert "nato-s — NATO SECRET — NATO SECRET liaison" in rooms.stdout

@@ -212,7 +212,8 @@ def test_the_crypto_store_is_a_folder_or_the_postgresql_database() -> None:
 def test_credentials_are_required() -> None:
     text = '[homeserver]\nurl = "http://h"\nuser_id = "@b:h"\n'
     assert errors_of(text) == [
-        "homeserver: set password_env or access_token_env (the bot must log in)"
+        "homeserver: set password_env or access_token_env, or their *_file twins (the bot must "
+        "log in)"
     ]
 
 

@@ -80,3 +80,35 @@ def test_readme_siem_class_table_names_every_mapped_action() -> None:
         if f"`{action}`" not in rows.get(str(mapping.class_uid), "")
     ]
     assert wrong == [], f"README class table out of step for {wrong}"
+
+
+def test_readme_rate_limit_exemption_is_the_call_the_test_makes() -> None:
+    """ "The bot's account" tells the administrator to call the admin API that
+    tests/test_ratelimit_override.py proves on a real Synapse, with the same body, and states
+    the defaults that test measures; a change to one without the other fails here."""
+    import json
+
+    from tests.test_ratelimit_override import DEFAULT_BURST, DEFAULT_PER_SECOND, OVERRIDE
+
+    text = README.read_text(encoding="utf-8")
+    section = text.split("### The bot's account\n", 1)[1].split("\n### ", 1)[0]
+    assert "--no-admin" in section and "register_new_matrix_user" in section
+    bodies = re.findall(r"-d '(\{[^']*\})'", section)
+    assert [json.loads(body) for body in bodies] == [OVERRIDE]
+    assert re.search(
+        r"POST .*\n.*\n\s+http\S*/_synapse/admin/v1/users/@[^/]+/override_ratelimit", section
+    )
+    assert f"burst of {DEFAULT_BURST} messages" in section
+    assert f"**{DEFAULT_PER_SECOND} a second**" in section
+    assert "tests/test_ratelimit_override.py" in section
+
+
+def test_readme_links_the_guide_for_people_joining() -> None:
+    """The onboarding guide exists and the README sends administrators and people to it."""
+    joining = README.parent / "docs" / "joining.md"
+    assert joining.is_file()
+    text = README.read_text(encoding="utf-8")
+    assert text.count("](docs/joining.md)") >= 2, "linked from the top and from Device trust"
+    guide = joining.read_text(encoding="utf-8")
+    for must in ("Unable to decrypt", "confirm-identity", "!help", "spillage"):
+        assert must in guide, must

@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 
 from bot.cli import main
 from bot.config import load_config
-from bot.devtools.devserver import DevServer
+from bot.devtools.devserver import DevServer, DevServerError
 from bot.matrix.crosssign import check_identity
 from bot.matrix.trust import KeysAPI
 from tests.bot_harness import SECRETS, BotEnv
@@ -82,6 +82,8 @@ async def test_export_then_import_on_a_new_store(
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     shutil.copy(bot_env.config_path, fresh / "config.toml")
+    # Only `db upgrade` creates a database (issue 28): the new store is made first.
+    assert cli("db", "upgrade", "--config", str(fresh / "config.toml")).exit_code == 0
     result = cli("keys", "import-recovery", "--config", str(fresh / "config.toml"), str(recovery))
     assert result.exit_code == 0, result.output
     other = BotEnv(
@@ -134,7 +136,7 @@ def test_export_needs_the_pickle_key(bot_env: BotEnv, tmp_path: Path) -> None:
         str(bot_env.config_path),
         "--out",
         str(tmp_path / "k.json"),
-        env={"LIAISON_TEST_PICKLE_KEY": "wrong"},
+        env=ENV | {"LIAISON_TEST_PICKLE_KEY": "wrong"},
     )
     assert wrong.exit_code == 1 and "cannot open the sealed keys" in wrong.output
     assert not (tmp_path / "k.json").exists()
@@ -185,3 +187,155 @@ def test_import_rejects_bad_files(bot_env: BotEnv, tmp_path: Path) -> None:
     os.chmod(damaged, 0o600)
     result = cli("keys", "import-recovery", "--config", str(bot_env.config_path), str(damaged))
     assert result.exit_code == 2 and "damaged" in result.output
+
+
+# -- export-recovery writes its file and its audit row together, or neither -----------------
+# (on a database of its own, no homeserver needed: the export reads only the database)
+
+DATA_KEY = "recovery-test-data-key-" + "a" * 40
+PICKLE_KEY = "recovery-test-pickle-key-" + "b" * 40
+USER = "@liaison:example.org"
+
+
+@pytest.fixture
+def keyed(database_url: str, tmp_path: Path) -> Path:
+    """A config over a database with a keyed audit log and sealed cross-signing keys."""
+    from bot.matrix.trust import key_sealer
+    from bot.storage import Store, audit_key_from
+    from bot.storage.migrate import upgrade
+
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+[homeserver]
+url = "http://127.0.0.1:8008"
+user_id = "{USER}"
+password_env = "LIAISON_PASSWORD"
+pickle_key_env = "LIAISON_PICKLE_KEY"
+[storage]
+database_url = "{database_url}"
+data_key_env = "LIAISON_DATA_KEY"
+"""
+    )
+    upgrade(database_url)
+    store = Store.from_url(database_url, audit_key_from(DATA_KEY))
+    try:
+        store.key_audit_log()
+        private = json.dumps(
+            {"user_id": USER, "master": "m", "self_signing": "s", "user_signing": "u"}
+        )
+        store.save_cross_signing(
+            USER, "master-public", key_sealer(PICKLE_KEY).seal_text(private, USER), "t"
+        )
+    finally:
+        store.close()
+    return config
+
+
+def _exports(config: Path) -> list[str]:
+    from bot.storage import AuditRow, Store
+
+    store = Store.from_url(load_config(config).database_url())
+    try:
+        with store.session() as session:
+            return [
+                r.action for r in session.query(AuditRow).filter(AuditRow.action == "keys.exported")
+            ]
+    finally:
+        store.close()
+
+
+def _export(config: Path, out: Path, **env: str) -> Result:
+    return CliRunner(env=env).invoke(
+        main, ["keys", "export-recovery", "--config", str(config), "--out", str(out)]
+    )
+
+
+def test_export_writes_the_file_and_one_audit_row(keyed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "keys.json"
+    result = _export(keyed, out, LIAISON_DATA_KEY=DATA_KEY, LIAISON_PICKLE_KEY=PICKLE_KEY)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    assert json.loads(out.read_text())["master_public"] == "master-public"
+    assert _exports(keyed) == ["keys.exported"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_export_without_the_data_key_writes_nothing(keyed: Path, tmp_path: Path) -> None:
+    out = tmp_path / "keys.json"
+    result = _export(keyed, out, LIAISON_DATA_KEY="", LIAISON_PICKLE_KEY=PICKLE_KEY)
+    assert result.exit_code == 2 and "LIAISON_DATA_KEY" in result.output
+    assert "Nothing was written" in result.output
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert _exports(keyed) == []
+
+
+def test_export_with_another_data_key_writes_nothing(keyed: Path, tmp_path: Path) -> None:
+    """A data key that is not the log's: refused before anything is written, and the log's
+    key marker is left as it was (it still verifies with the right key)."""
+    out = tmp_path / "keys.json"
+    result = _export(
+        keyed, out, LIAISON_DATA_KEY="another-data-key-" + "c" * 40, LIAISON_PICKLE_KEY=PICKLE_KEY
+    )
+    assert result.exit_code == 1 and "not the key of this audit log" in result.output
+    assert not out.exists()
+    assert _exports(keyed) == []
+    verify = CliRunner(env={"LIAISON_DATA_KEY": DATA_KEY}).invoke(
+        main, ["audit", "verify", "--config", str(keyed)]
+    )
+    assert verify.exit_code == 0, verify.output
+
+
+def test_an_export_that_cannot_be_placed_is_not_audited(
+    keyed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file cannot be put in place (here: linking it to its name fails): no file, no
+    temporary file, and the audit row is rolled back with it."""
+
+    def refuse(src: str, dst: str) -> None:
+        raise PermissionError(13, "Permission denied", dst)
+
+    monkeypatch.setattr(os, "link", refuse)
+    out = tmp_path / "keys.json"
+    result = _export(keyed, out, LIAISON_DATA_KEY=DATA_KEY, LIAISON_PICKLE_KEY=PICKLE_KEY)
+    assert result.exit_code == 2 and "cannot write" in result.output
+    assert "Nothing was written" in result.output
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert _exports(keyed) == []
+
+
+# -- a stolen access token -------------------------------------------------------------------
+
+
+async def test_recovery_from_a_stolen_access_token(own_bot_env: BotEnv, synapse: DevServer) -> None:
+    """As docs/keys.md says: stop the bot, log every session of the account out with the
+    stolen token (its device and keys go with it on the homeserver), forget the stored
+    login, start: the bot logs in with its password as a new device, cross-signed with its
+    own keys, and the stolen token is dead."""
+    env = own_bot_env
+    assert env.bot is not None and env.bot.client is not None
+    stolen, old_device = str(env.bot.client.access_token), str(env.bot.client.device_id)
+    await env.stop()
+    synapse.request("POST", "/_matrix/client/v3/logout/all", {}, token=stolen)
+    with pytest.raises(DevServerError, match="M_UNKNOWN_TOKEN"):
+        synapse.request("GET", "/_matrix/client/v3/account/whoami", token=stolen)
+
+    result = cli("keys", "forget-login", "--config", str(env.config_path))
+    assert result.exit_code == 0, result.output
+    assert f"forgot the login of device {old_device}" in result.output
+    again = cli("keys", "forget-login", "--config", str(env.config_path))
+    assert again.exit_code == 0 and "no stored login" in again.output
+
+    await env.start()
+    assert env.bot is not None and env.bot.client is not None and env.store is not None
+    new_device = env.bot.client.device_id
+    assert new_device != old_device
+    api = KeysAPI(synapse.base_url, env.admin.access_token)
+    try:
+        identity = check_identity(env.bot_user.user_id, await api.query([env.bot_user.user_id]))
+    finally:
+        await api.close()
+    assert new_device in identity.signed_devices
+    assert [e.detail for e in env.store.recent_audit(50) if e.action == "bot.login.forgotten"] == [
+        {"device": old_device}
+    ]

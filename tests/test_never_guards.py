@@ -57,7 +57,10 @@ def _membership(store: Store, control: RecordingControl) -> Membership:
     register.grant("cli:test", CLEARED, "NATO SECRET", nationality="DEU")
     register.grant("cli:test", REVOKED, "NATO SECRET", nationality="DEU")
     register.revoke("cli:test", REVOKED, "all")
-    register.grant("cli:test", EXPIRED, "NATO SECRET", nationality="DEU", expires=date(2020, 1, 1))
+    # Straight into the store: the register refuses an expiry in the past (issue 28).
+    store.grant(
+        "cli:test", EXPIRED, "NATO", "NATO SECRET", 3, nationality="DEU", expires=date(2020, 1, 1)
+    )
 
     async def audit(actor: str, action: str, subject: str | None, detail: dict[str, Any]) -> None:
         return None

@@ -44,7 +44,7 @@ ENV = {
 
 
 def test_repr_and_str_show_no_secret() -> None:
-    secrets = Secrets.from_env(CONFIG, ENV)
+    secrets = Secrets.from_env_or_files(CONFIG, ENV)
     secrets_with_token = Secrets("pickle-value", "data-value", None, "syt_access_token", {})
     for shown in (
         repr(secrets),
@@ -62,11 +62,11 @@ def test_repr_and_str_show_no_secret() -> None:
 
 
 def test_a_good_key_passes() -> None:
-    secrets = Secrets.from_env(CONFIG, ENV)
+    secrets = Secrets.from_env_or_files(CONFIG, ENV)
     assert (secrets.pickle_key, secrets.data_key) == (GOOD_PICKLE, GOOD_DATA)
     assert secrets.password == "hunter2-password"
     assert secrets.feed_tokens == {"sat": "feed-token-sat-9"}
-    exact = Secrets.from_env(CONFIG, {**ENV, "LIAISON_DATA_KEY": "x" * MIN_KEY_CHARS})
+    exact = Secrets.from_env_or_files(CONFIG, {**ENV, "LIAISON_DATA_KEY": "x" * MIN_KEY_CHARS})
     assert exact.data_key == "x" * MIN_KEY_CHARS
 
 
@@ -80,7 +80,7 @@ def test_a_good_key_passes() -> None:
 def test_a_short_key_is_refused_naming_the_variable_and_the_rule(variable: str, path: str) -> None:
     short = "correct horse battery staple"  # a passphrase: 28 characters
     with pytest.raises(StartupError) as info:
-        Secrets.from_env(CONFIG, {**ENV, variable: short})
+        Secrets.from_env_or_files(CONFIG, {**ENV, variable: short})
     message = str(info.value)
     assert message.startswith("weak keys, refusing to start: ")
     assert f"{path}: environment variable {variable} is too short (28 characters)" in message
@@ -91,7 +91,9 @@ def test_a_short_key_is_refused_naming_the_variable_and_the_rule(variable: str, 
 
 def test_both_short_keys_are_named_at_once() -> None:
     with pytest.raises(StartupError) as info:
-        Secrets.from_env(CONFIG, {**ENV, "LIAISON_DATA_KEY": "data", "LIAISON_PICKLE_KEY": "p"})
+        Secrets.from_env_or_files(
+            CONFIG, {**ENV, "LIAISON_DATA_KEY": "data", "LIAISON_PICKLE_KEY": "p"}
+        )
     assert "LIAISON_DATA_KEY" in str(info.value) and "LIAISON_PICKLE_KEY" in str(info.value)
 
 

@@ -174,6 +174,14 @@ SAMPLES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
     ),
     "keys.cross-signing": ("liaison-bot", "@bot:nato.example", {"master": KEY}),
     "keys.exported": ("cli:ops", "@bot:nato.example", {"master": KEY}),
+    "keys.rotating": ("cli:ops", None, {"key": "data", "register_key": f"ed25519:{KEY}"}),
+    "keys.rotated": (
+        "cli:ops", None,
+        {"key": "data", "register_key": f"ed25519:{KEY}", "resealed": {"intel items": 12000},
+         "register_rows_signed": 40, "register_rows_left_refused": 0},
+    ),
+    "audit.rekeyed": ("cli:ops", None, {"register_key": f"ed25519:{KEY}", "anchor": "ab" * 32}),
+    "bot.login.forgotten": ("cli:ops", "@bot:nato.example", {"device": "QWERTYUIOP"}),
     "member.removed": (
         "@bot:nato.example", OFFICER,
         {"room": "nato-s", "why": f"revoked by {ADMIN}",

@@ -1,15 +1,16 @@
 """A throwaway Synapse homeserver for the integration tests and the demo.
 
 The bot's promises (E2EE, membership gates, relay under clearance rules) only mean something
-against a real homeserver, so the tests start a real Synapse rather than a mock. It runs as a
-child process on a free loopback port with SQLite in a private directory, with every rate
-limit lifted (tests register, log in and send far faster than a person would) and federation
-off, unless it is given a test CA (`bot.devtools.testca.TestCA`): then it federates, see
-below. It loads the homeserver gate (`bot.gate`) unless told not to, so every integration
-test runs with server-side enforcement: a bot started against it (`botenv.write_config`)
-adds its register to the gate's registers file. Stopping keeps the directory, so a test
-can take the server down and bring it back with its users and rooms intact; only `__exit__`
-of a server that made its own directory deletes it.
+against a real homeserver, so the tests start a real Synapse rather than a mock. It runs as
+a child process on a free loopback port with SQLite in a private directory, with every rate
+limit lifted (tests register, log in and send far faster than a person would; unless
+``default_rate_limits=True`` keeps Synapse's own) and federation off, unless it is given a
+test CA (`bot.devtools.testca.TestCA`): then it federates, see below. It loads the
+homeserver gate (`bot.gate`) unless told not to, so every integration test runs with
+server-side enforcement: a bot started against it (`botenv.write_config`) adds its register
+to the gate's registers file. Stopping keeps the directory, so a test can take the server
+down and bring it back with its users and rooms intact; only `__exit__` of a server that
+made its own directory deletes it.
 
 Federation (``DevServer(..., federation=ca)``) is for scenarios that span homeservers, such
 as a national server and a NATO server with relays across them. Such a server is called
@@ -185,9 +186,16 @@ class DevServer:
         federation: TestCA | None = None,
         federation_port: int | None = None,
         federation_whitelist: Sequence[str] | None = None,
+        default_rate_limits: bool = False,
     ) -> None:
         """`server_name` defaults to ``localhost``; a federating server (`federation` given)
         names itself ``127.0.0.1:<federation_port>`` and refuses any other name.
+
+        `default_rate_limits=True` keeps Synapse's own rate limits (``rc_message``: 0.2
+        messages a second, a burst of 10; and the others) instead of lifting them: for the
+        test that the README's prerequisite, exempting the bot's account through the admin
+        API, is what a production homeserver needs. Like the options above, it is applied at
+        every start.
 
         `federation_whitelist`, if given, lists the server names this one federates with
         (Synapse's ``federation_domain_whitelist``); it is read at every start, so a test can
@@ -196,6 +204,7 @@ class DevServer:
         if federation is None and (federation_port, federation_whitelist) != (None, None):
             raise ValueError("federation_port and federation_whitelist need federation=TestCA")
         self.gate = gate
+        self.default_rate_limits = default_rate_limits
         self.federation = federation
         self._owns_workdir = workdir is None
         self.workdir: Path = (
@@ -392,7 +401,8 @@ class DevServer:
             )
 
     def _patch_config(self) -> None:
-        """Make the generated config loopback-only, fast and unthrottled; idempotent.
+        """Make the generated config loopback-only, fast and (unless `default_rate_limits`)
+        unthrottled; idempotent.
 
         Federation is set up here (or taken out again) at every start, so the config always
         matches the constructor's options.
@@ -472,9 +482,14 @@ class DevServer:
                 "bcrypt_rounds": 4,
                 "presence": {"enabled": False},
                 "url_preview_enabled": False,
-                **_RATE_LIMITS,
             }
         )
+        # Lifted unless the caller asked for Synapse's defaults; taken out again then, so a
+        # server restarted with the other setting is not left with the old one.
+        for key in _RATE_LIMITS:
+            config.pop(key, None)
+        if not self.default_rate_limits:
+            config.update(_RATE_LIMITS)
         if self.gate:
             config["modules"] = [
                 {

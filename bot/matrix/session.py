@@ -8,23 +8,32 @@ store is a private folder (0600 files in a 0700 folder) or, with `crypto_store =
 "database"`, the bot's PostgreSQL database (`bot/matrix/dbstore.py`), which both processes
 of a high-availability pair share. The gateway gets a factory that builds the same client
 again from the store, for when nio fails in the middle of a sync.
+
+Before the first request the homeserver must answer: a homeserver that is down (refused,
+no DNS, timed out, 5xx, 429: it restarts, or starts after the bot) is waited for with the
+sync loop's backoff, one line per attempt, until it answers or the bot is stopped. An
+answer that refuses the bot (a wrong password, a rejected token) is not waited out: it
+stops the start with its reason.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import aiohttp
 from nio import AsyncClientConfig, LoginResponse, WhoamiResponse
 
 from bot.config import Config
 from bot.ha import SendGate
 from bot.matrix.cryptostore import CryptoClient, PrivateStore
-from bot.matrix.dbstore import DatabaseStore
 from bot.matrix.gateway import Gateway, MatrixError, unwrap
+from bot.matrix.sync import Backoff
 from bot.matrix.trust import KeysAPI, bootstrap_cross_signing, key_sealer
 from bot.startup import Secrets, StartupError
 from bot.storage import Store, in_thread
@@ -34,6 +43,66 @@ from commands.views import fingerprint
 
 log = logging.getLogger(__name__)
 
+PROBE_TIMEOUT_S = 10.0  # one attempt at reaching the homeserver
+
+
+class StoppedWaiting(Exception):
+    """The bot was asked to stop while it waited for the homeserver."""
+
+
+async def wait_for_homeserver(url: str, stopping: asyncio.Event) -> None:
+    """Return once the homeserver answers its versions endpoint (which needs no login);
+    until then log each failed attempt and wait the sync loop's backoff. Raises
+    StoppedWaiting when `stopping` is set during a wait."""
+    backoff = Backoff()
+    attempt = 0
+    timeout = aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        while True:
+            attempt += 1
+            reason = await _unreachable(http, url)
+            if reason is None:
+                if attempt > 1:
+                    log.info("homeserver %s answers (attempt %d)", url, attempt)
+                return
+            delay = backoff.next()
+            log.warning(
+                "homeserver %s unreachable (%s): retrying in %.1f s (attempt %d)",
+                url, reason, delay, attempt,
+            )  # fmt: skip
+            await _pause(stopping, delay)
+
+
+async def _pause(stopping: asyncio.Event, delay: float) -> None:
+    """Wait `delay` seconds; StoppedWaiting at once when `stopping` is set meanwhile."""
+    try:
+        await asyncio.wait_for(stopping.wait(), delay)
+    except TimeoutError:
+        return
+    raise StoppedWaiting
+
+
+async def _unreachable(http: aiohttp.ClientSession, url: str) -> str | None:
+    """Why the homeserver cannot be reached now, or None when it answers. Any answer but a
+    5xx or a 429 counts as one: what it means is for the login to tell."""
+    try:
+        async with http.get(f"{url}/_matrix/client/versions") as response:
+            if response.status == 429 or response.status >= 500:
+                return f"HTTP {response.status}"
+            return None
+    except aiohttp.ClientConnectorDNSError:
+        return "DNS"
+    except aiohttp.ClientConnectorError as exc:
+        if isinstance(exc.os_error, ConnectionRefusedError):
+            return "ConnectionRefused"
+        if isinstance(exc.os_error, socket.gaierror):
+            return "DNS"
+        return type(exc.os_error).__name__
+    except TimeoutError:
+        return "Timeout"
+    except (aiohttp.ClientError, OSError) as exc:
+        return type(exc).__name__
+
 
 def crypto_store(
     config: Config, connect_params: Callable[[], Mapping[str, str]] = dict
@@ -42,6 +111,10 @@ def crypto_store(
     store classes) and the store path to give the client: the database, or the folder,
     made private here."""
     if config.crypto_store_in_database:
+        # Imported here: it needs the PostgreSQL driver, which a bot on SQLite does not
+        # install (the [bot] extra leaves it to [postgres]).
+        from bot.matrix.dbstore import DatabaseStore
+
         factory = functools.partial(
             DatabaseStore, database_url=config.database_url(), connect_params=connect_params
         )
@@ -60,11 +133,59 @@ async def login(
     gate: SendGate | None = None,
     *,
     connect_params: Callable[[], Mapping[str, str]] | None = None,
+    stopping: asyncio.Event | None = None,
 ) -> Gateway:
-    """Log in (or reuse the stored login); `connect_params` is added to every connection of
+    """Log in (or reuse the stored login) once the homeserver answers (waiting for it until
+    `stopping` is set: StoppedWaiting); `connect_params` is added to every connection of
     a database crypto store (the high-availability pair's epoch and node name; without
     them, those of a process that is not a node), and `gate` shuts every request of a node
     that lost its lease."""
+    waiting = stopping or asyncio.Event()
+    backoff = Backoff()
+    while True:
+        await wait_for_homeserver(config.homeserver.url, waiting)
+        try:
+            return await _login_once(config, secrets, store, gate, connect_params)
+        except HomeserverAway as exc:  # it answered the probe, then failed the login
+            delay = backoff.next()
+            log.warning(
+                "homeserver %s failed during the login (%s): retrying in %.1f s",
+                config.homeserver.url, exc, delay,
+            )  # fmt: skip
+            await _pause(waiting, delay)
+
+
+class HomeserverAway(Exception):
+    """The homeserver failed a login request as a server that is down does (no connection,
+    a timeout, 5xx, 429): waited out, unlike an answer that refuses the bot."""
+
+
+def _away_if_down(response: Any) -> None:
+    status = getattr(getattr(response, "transport_response", None), "status", None)
+    if isinstance(status, int) and (status == 429 or status >= 500):
+        raise HomeserverAway(f"HTTP {status}")
+
+
+async def _login_once(
+    config: Config,
+    secrets: Secrets,
+    store: Store,
+    gate: SendGate | None,
+    connect_params: Callable[[], Mapping[str, str]] | None,
+) -> Gateway:
+    try:
+        return await _log_in(config, secrets, store, gate, connect_params)
+    except (aiohttp.ClientError, TimeoutError) as exc:  # nio's own retries ran out
+        raise HomeserverAway(type(exc).__name__) from None
+
+
+async def _log_in(
+    config: Config,
+    secrets: Secrets,
+    store: Store,
+    gate: SendGate | None,
+    connect_params: Callable[[], Mapping[str, str]] | None,
+) -> Gateway:
     hs = config.homeserver
     store_class, store_path = crypto_store(config, connect_params or NOT_A_NODE.copy)
     client_config = AsyncClientConfig(
@@ -99,6 +220,7 @@ async def login(
             token = sealer.open_text(session.sealed_token, session.device_id)
             client.restore_login(hs.user_id, session.device_id, token)
             whoami = await client.whoami()
+            _away_if_down(whoami)
             if isinstance(whoami, WhoamiResponse):
                 log.info("reusing device %s", session.device_id)
             elif getattr(whoami, "status_code", None) == "M_UNKNOWN_TOKEN" and secrets.password:
@@ -108,7 +230,15 @@ async def login(
                 raise StartupError(f"the homeserver rejected the stored session: {whoami}")
         elif secrets.access_token:
             client.access_token = secrets.access_token
-            whoami = unwrap(await client.whoami(), WhoamiResponse, "whoami")
+            answer = await client.whoami()
+            _away_if_down(answer)
+            try:
+                whoami = unwrap(answer, WhoamiResponse, "whoami")
+            except MatrixError as exc:  # a revoked token is not waited out
+                raise StartupError(
+                    f"the homeserver refused the access token of {hs.user_id}: "
+                    f"{exc.errcode or exc.status} {exc.message}"
+                ) from None
             if not whoami.device_id:
                 raise StartupError("the access token has no device; log in with a password")
             client.restore_login(hs.user_id, whoami.device_id, secrets.access_token)
@@ -140,7 +270,14 @@ async def _password_login(
     client: CryptoClient, config: Config, secrets: Secrets, store: Store, sealer: Sealer
 ) -> None:
     response = await client.login(secrets.password, config.homeserver.device_name)
-    login = unwrap(response, LoginResponse, "login")
+    _away_if_down(response)
+    try:
+        login = unwrap(response, LoginResponse, "login")
+    except MatrixError as exc:  # a wrong password is not waited out
+        raise StartupError(
+            f"the homeserver refused the login of {config.homeserver.user_id}: "
+            f"{exc.errcode or exc.status} {exc.message}"
+        ) from None
     await in_thread(
         store.save_bot_session,
         login.user_id,

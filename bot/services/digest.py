@@ -422,7 +422,7 @@ def part_txn_ids(schedule_key: str, end: datetime, count: int) -> list[str]:
     return [txn if n == 0 else f"{txn}-{n}" for n in range(count)]
 
 
-def _binding(schedule_key: str, end: datetime, room_key: str) -> str:
+def parts_binding(schedule_key: str, end: datetime, room_key: str) -> str:
     """What a run's sealed parts are bound to: moved to another run or room, they do not
     open."""
     return f"digest-run|{schedule_key}|{end.astimezone(UTC).isoformat()}|{room_key}"
@@ -777,13 +777,13 @@ class DigestService:
             "room_id": room.room_id,
             "parts": [{"txn_id": t, "content": p.content} for t, p in zip(txn, parts, strict=True)],
         }
-        return self.sealer.seal_text(json.dumps(body), _binding(schedule_key, end, room.key))
+        return self.sealer.seal_text(json.dumps(body), parts_binding(schedule_key, end, room.key))
 
     def _open(self, run: DigestRun) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
         assert run.parts is not None
         body = json.loads(
             self.sealer.open_text(
-                run.parts, _binding(run.schedule_key, run.window_end, run.room_key)
+                run.parts, parts_binding(run.schedule_key, run.window_end, run.room_key)
             )
         )
         parts = [(str(p["txn_id"]), dict(p["content"])) for p in body["parts"]]

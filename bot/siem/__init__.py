@@ -8,6 +8,7 @@ event, so both formats carry the same fields.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
@@ -48,11 +49,24 @@ def render(entry: AuditEntry, fmt: Format, *, installation: str, markings: Marki
     return Rendered(body, event["severity_id"], at.astimezone(UTC), entry.id)
 
 
+def formatter(fmt: Format, markings: str) -> Callable[[AuditEntry, str], Rendered]:
+    """`render` with the format and markings bound: (entry, installation) -> event. Here,
+    not beside the transport, so `audit export` renders without loading the bot's runtime
+    (aiohttp, metrics), which a gate-only install lacks."""
+    marked = Markings(markings)
+
+    def bound(entry: AuditEntry, installation: str) -> Rendered:
+        return render(entry, fmt, installation=installation, markings=marked)
+
+    return bound
+
+
 __all__ = [
     "DEFAULT_MARKINGS",
     "Format",
     "Markings",
     "Rendered",
+    "formatter",
     "render",
     "syslog_severity",
 ]

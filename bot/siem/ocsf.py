@@ -147,6 +147,7 @@ _CODE = {"reason_code": REASON_CODE}
 _LEDGER = {"to": ROOM, "txn_id": TOKEN, "target_event_id": EVENT}
 _OK, _FAIL = Status.SUCCESS, Status.FAILURE
 
+_WHICH_KEY = OneOf(frozenset({"data", "pickle"}))  # keys.rotat*: which key, never a key
 _PRECEDENCE = OneOf(frozenset(p.name for p in Precedence))
 
 # One entry per action: class, activity, severity, outcome, message, subject, detail keys.
@@ -316,6 +317,25 @@ ACTIONS: dict[str, ActionMap] = {
     "keys.exported": ActionMap(
         3004, 99, 3, _OK, "Bot cross-signing keys exported for recovery", Subject.USER,
         {"master": KEY}, activity_name="Export", entity="Cross-signing Identity",
+    ),
+    "keys.rotating": ActionMap(
+        3004, 99, 3, _OK, "Bot key rotation started", Subject.NONE,
+        {"key": _WHICH_KEY}, activity_name="Rotate", entity="Bot Key",
+    ),
+    "keys.rotated": ActionMap(
+        3004, 99, 3, _OK, "Bot key rotated", Subject.NONE,
+        {
+            "key": _WHICH_KEY, "register_rows_signed": Scalar.INT,
+            "register_rows_left_refused": Scalar.INT,
+        },
+        activity_name="Rotate", entity="Bot Key",
+    ),
+    "audit.rekeyed": ActionMap(
+        3004, 3, 3, _OK, "Audit log continued under a new data key", entity="Audit Log"
+    ),
+    "bot.login.forgotten": ActionMap(
+        3004, 4, 3, _OK, "Bot login forgotten: the next start logs in as a new device",
+        Subject.USER, {"device": TOKEN}, entity="Bot Login",
     ),
     "identity.pinned": ActionMap(
         3004, 1, 1, _OK, "Cross-signing identity pinned", Subject.USER,
@@ -495,6 +515,11 @@ WITHHELD: dict[str, frozenset[str]] = {
     # `level` here is a log level ("debug"), not a marking: nothing for a SOC.
     "key-request.answered": _WORDS,
     "key-request.ignored": _WORDS | {"level"},
+    # A key rotation: the register key is public but its text ("ed25519:…") fits no shape
+    # here, the anchor is a MAC for the log itself, the counts per place are a mapping.
+    "keys.rotating": frozenset({"register_key"}),
+    "keys.rotated": frozenset({"register_key", "resealed"}),
+    "audit.rekeyed": frozenset({"register_key", "anchor"}),
 }
 
 # An action this table does not know (a newer writer): exported bare, so no gap shows.

@@ -12,24 +12,13 @@ from typing import Literal
 
 from bot.config import Config, SiemConfig
 from bot.metrics import Metrics
-from bot.siem import Markings, render, syslog_severity
-from bot.siem.exporter import Alert, Exporter, ExportSettings, Outbox, Render, Rendering
+from bot.siem import formatter as formatter  # re-exported: the bot and benches bind it here
+from bot.siem import syslog_severity
+from bot.siem.exporter import Alert, Exporter, ExportSettings, Outbox
 from bot.siem.syslog import Origin
 from bot.siem.transport import TlsSyslog, TlsTarget
-from bot.storage import AuditEntry
 
 Format = Literal["ocsf", "cef"]
-
-
-def formatter(fmt: Format, markings: str) -> Render:
-    """`bot.siem.render` with the format and markings bound: (entry, installation) -> event."""
-    marked = Markings(markings)
-
-    def bound(entry: AuditEntry, installation: str) -> Rendering:
-        rendered: Rendering = render(entry, fmt, installation=installation, markings=marked)
-        return rendered
-
-    return bound
 
 
 def target_of(config: Config, siem: SiemConfig) -> TlsTarget:

@@ -59,3 +59,19 @@ def current_revision(url: str) -> str | None:
 
 def head_revision() -> str | None:
     return ScriptDirectory(SCRIPT_LOCATION).get_current_head()
+
+
+def revision_of(connection: Connection) -> str | None:
+    """The revision the database on `connection` is at; None when it has no version table
+    (an empty database, or not ours). Only reads: safe on a read-only connection."""
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def is_known_revision(revision: str) -> bool:
+    """Whether this liaison-bot's migrations name `revision` (False: a newer one wrote it)."""
+    from alembic.util.exc import CommandError
+
+    try:
+        return ScriptDirectory(SCRIPT_LOCATION).get_revision(revision) is not None
+    except CommandError:
+        return False

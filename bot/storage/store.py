@@ -13,7 +13,7 @@ import hmac
 import json
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, date, datetime
@@ -31,6 +31,7 @@ from sqlalchemy.orm import (
     sessionmaker,
 )
 
+from bot.storage.bulk import ChangeKind, ClearanceChange, ImportRefused, WantedClearance
 from bot.storage.models import (
     GENESIS_HASH,
     AuditHeadRow,
@@ -65,6 +66,7 @@ from bot.storage.records import (
     ClearanceRecord,
     DigestRun,
     DigestSchedule,
+    GrantRecord,
     IntelItem,
     Origin,
     PendingEvent,
@@ -84,6 +86,9 @@ from bot.storage.records import (
 log = logging.getLogger(__name__)
 REGISTER_KEYED = "register.keyed"  # the audit action of the one-off signing of old rows
 SIEM_REWOUND = "siem.rewound"
+# Set in a session's info by a data key rotation: its rows may move the key marker.
+REKEYING = "rekeying"
+AUDIT_REKEYED = "audit.rekeyed"  # the first row under a new data key (`keys rotate --data`)
 # Set in a session's info by `append_audit`: its commit tells the audit listeners.
 _AUDITED = "audited"
 
@@ -303,12 +308,41 @@ class Store:
             prev = GENESIS_HASH
             last: AuditRow | None = None
             count = 0
+            # After a data key rotation (`audit.rekeyed`, bot/storage/rotate.py) the keyed rows
+            # before the newest rekey row were HMAC'd with an older key: with the current one
+            # they are checked through that row's anchor, the current key's HMAC over every
+            # row before it (contents and stored hashes), instead of one by one.
+            rekeyed = (
+                session.scalar(
+                    select(func.max(AuditRow.id)).where(AuditRow.action == AUDIT_REKEYED)
+                )
+                if keyed_from is not None
+                else None
+            )
+            anchor = chain_anchor(key) if rekeyed is not None and key is not None else None
             for row in session.scalars(select(AuditRow).order_by(AuditRow.id)):
                 if row.prev_hash != prev:
                     return AuditVerdict(False, count, f"row {row.id}: chain broken before it")
                 keyed = keyed_from is not None and row.id >= keyed_from
-                if not hmac.compare_digest(audit_hash(row, key if keyed else None), row.hash):
-                    return AuditVerdict(False, count, f"row {row.id}: contents were modified")
+                if anchor is not None and rekeyed is not None and row.id < rekeyed:
+                    if not keyed and not hmac.compare_digest(audit_hash(row), row.hash):
+                        return AuditVerdict(False, count, f"row {row.id}: contents were modified")
+                    add_to_anchor(anchor, row)
+                else:
+                    if not hmac.compare_digest(audit_hash(row, key if keyed else None), row.hash):
+                        return AuditVerdict(False, count, f"row {row.id}: contents were modified")
+                    if (
+                        anchor is not None
+                        and row.id == rekeyed
+                        and not hmac.compare_digest(
+                            str(row.detail.get("anchor", "")), anchor.hexdigest()
+                        )
+                    ):
+                        return AuditVerdict(
+                            False,
+                            count,
+                            f"row {row.id}: rows before the key rotation were modified",
+                        )
                 prev, last, count = row.hash, row, count + 1
             if last is None and (head is None or (head.last_id == 0 and head.hash == prev)):
                 return AuditVerdict(True, 0, "empty log")
@@ -505,6 +539,20 @@ class Store:
         with self.session() as session:
             row = session.get(BotSessionRow, 1)
             return BotSession(row.user_id, row.device_id, row.access_token) if row else None
+
+    def forget_bot_session(self, actor: str) -> str | None:
+        """Delete the stored login (its token stolen, its device deleted on the server), so
+        the next start logs in with the password as a new device; audited
+        (`bot.login.forgotten`, the old device id) in the same transaction. Returns the old
+        device id, None if there was no login."""
+        with self.session() as session:
+            row = session.get(BotSessionRow, 1)
+            if row is None:
+                return None
+            device_id = row.device_id
+            session.delete(row)
+            append_audit(session, actor, "bot.login.forgotten", row.user_id, {"device": device_id})
+            return device_id
 
     def save_bot_session(self, user_id: str, device_id: str, sealed_token: str) -> None:
         with self.session() as session:
@@ -759,6 +807,146 @@ class Store:
             session.flush()
             append_audit(session, actor, "clearance.revoke", user_id, detail)
             return ClearanceRecord.of(row)
+
+    def import_clearances(
+        self,
+        actor: str,
+        wanted: Sequence[WantedClearance],
+        *,
+        today: date,
+        revoke_missing: bool = False,
+        dry_run: bool = False,
+    ) -> list[ClearanceChange]:
+        """Bring the register to the state `wanted` names, person by person, in ONE
+        transaction (all or nothing), audited with the rows `grant` and `revoke` write
+        (`_import_set`, `_import_revoke`).
+        People the file leaves out are left as they are, or revoked with `revoke_missing`.
+        An expiry before `today` is refused unless it is already the record's (an export
+        of an expired clearance reads back in unchanged). Problems found with the register
+        (a row changed outside the bot, a past expiry) raise ImportRefused listing every
+        one, and nothing is written; `dry_run` plans the same and writes nothing."""
+        with self.session() as session:
+            rows = {r.user_id: r for r in session.scalars(select(ClearanceRow))}
+            problems: list[str] = []
+            plan: list[tuple[ClearanceChange, WantedClearance | None]] = []
+            for wish in wanted:
+                row = rows.get(wish.user_id)
+                if row is not None and not self._clearance_verifies(row):
+                    problems.append(
+                        f"{wish.where}: user {wish.user_id}: the register row does not verify "
+                        "(changed outside the bot); revoke all of it first, then import"
+                    )
+                    continue
+                change = _planned_change(row, wish)
+                if (
+                    change.kind in (ChangeKind.ADDED, ChangeKind.CHANGED)
+                    and wish.expires is not None
+                    and wish.expires < today
+                    and (row is None or row.expires != wish.expires)
+                ):
+                    problems.append(
+                        f"{wish.where}: expires {wish.expires.isoformat()} is in the past "
+                        f"(today is {today.isoformat()}, UTC)"
+                    )
+                plan.append((change, wish))
+            if revoke_missing:
+                named = {w.user_id for w in wanted}
+                for user_id in sorted(set(rows) - named):
+                    if rows[user_id].revoked_at is None:
+                        missing = ClearanceChange(user_id, ChangeKind.REVOKED, missing=True)
+                        plan.append((missing, None))
+            if problems:
+                raise ImportRefused(problems)
+            if dry_run:
+                return [change for change, _ in plan]
+            for change, want in plan:
+                if change.kind is ChangeKind.UNCHANGED:
+                    continue
+                row = rows.get(change.user_id)
+                if change.kind is ChangeKind.REVOKED:
+                    assert row is not None  # planned only for an active record
+                    self._import_revoke(session, actor, row)
+                    continue
+                assert want is not None
+                self._import_set(session, actor, row, want)
+            return [change for change, _ in plan]
+
+    def _import_revoke(self, session: Session, actor: str, row: ClearanceRow) -> None:
+        """Revoke all of a record for `import_clearances`, as `revoke` does (a forged row
+        left out of the file goes, as `revoke` removes one), with the same audit row."""
+        if not self._clearance_verifies(row):
+            session.delete(row)
+            detail: dict[str, Any] = {"scope": "all", "unverified": True, "removed": True}
+        else:
+            row.revoked_at = utcnow()
+            row.grants.clear()
+            self._sign_clearance(row)
+            detail = {"scope": "all"}
+        session.flush()
+        append_audit(session, actor, "clearance.revoke", row.user_id, detail)
+
+    def _import_set(
+        self, session: Session, actor: str, row: ClearanceRow | None, want: WantedClearance
+    ) -> None:
+        """Set a record to `want` for `import_clearances`. Audited with the rows the single
+        commands write, so that whatever reads the log (the SIEM's rules on a level
+        granted, `!audit`) sees an import as it sees `clearance grant` and `revoke`: one
+        `clearance.grant` per grant added or changed, one `clearance.revoke` per grant
+        removed, and where only the nationality, caveats or expiry change, one
+        `clearance.grant` of the highest grant as it stands (previous = level)."""
+        if row is None:
+            row = ClearanceRow(user_id=want.user_id, nationality=want.nationality)
+            session.add(row)
+        restored = row.revoked_at is not None
+        person_changed = restored or (
+            row.nationality != want.nationality
+            or row.expires != want.expires
+            or {c.caveat for c in row.caveats} != want.caveats
+        )
+        row.nationality, row.expires, row.revoked_at = want.nationality, want.expires, None
+        held = {g.scheme: g for g in row.grants}
+        # (grant, previous level); a grant of None: a record without grants (no scheme)
+        granted: list[tuple[GrantRecord | None, str | None]] = []
+        for grant in want.grants:
+            old = held.pop(grant.scheme, None)
+            if old is None:
+                row.grants.append(GrantRow(scheme=grant.scheme, level=grant.level, rank=grant.rank))
+                granted.append((grant, None))
+            elif (old.level, old.rank) != (grant.level, grant.rank):
+                granted.append((grant, old.level))
+                old.level, old.rank, old.granted_at = grant.level, grant.rank, utcnow()
+        removed = sorted(held.values(), key=lambda g: (-g.rank, g.scheme))
+        for gone in removed:
+            row.grants.remove(gone)
+        for caveat_row in [c for c in row.caveats if c.caveat not in want.caveats]:
+            row.caveats.remove(caveat_row)
+        for caveat in sorted(want.caveats - {c.caveat for c in row.caveats}):
+            row.caveats.append(ClearanceCaveatRow(caveat=caveat))
+        self._sign_clearance(row)
+        session.flush()
+        if not granted and person_changed:
+            top = want.grants[0] if want.grants else None
+            granted.append((top, top.level if top else None))
+        for given, previous in granted:
+            detail: dict[str, Any] = {
+                "scheme": given.scheme if given else None,
+                "level": given.level if given else None,
+                "previous": previous,
+                "nationality": want.nationality,
+                "expires": want.expires.isoformat() if want.expires else None,
+                "caveats": sorted(want.caveats),
+            }
+            if restored:
+                detail["restored"] = True
+            append_audit(session, actor, "clearance.grant", want.user_id, detail)
+        for gone in removed:
+            append_audit(
+                session,
+                actor,
+                "clearance.revoke",
+                want.user_id,
+                {"scope": gone.scheme, "level": gone.level},
+            )
 
     # ------------------------------------------------------------ cross-signing
 
@@ -1369,6 +1557,32 @@ def _siem_cursor_row(session: Session, *, lock: bool = False) -> SiemCursorRow:
     return row
 
 
+def _planned_change(row: ClearanceRow | None, want: WantedClearance) -> ClearanceChange:
+    """What bringing `row` to `want` changes (the fields named as `clearance export`
+    names them)."""
+    if want.revoked:
+        if row is None or row.revoked_at is not None:
+            return ClearanceChange(want.user_id, ChangeKind.UNCHANGED)
+        return ClearanceChange(want.user_id, ChangeKind.REVOKED)
+    if row is None:
+        return ClearanceChange(want.user_id, ChangeKind.ADDED)
+    fields = []
+    if row.nationality != want.nationality:
+        fields.append("nationality")
+    if {(g.scheme, g.level, g.rank) for g in row.grants} != {
+        (g.scheme, g.level, g.rank) for g in want.grants
+    }:
+        fields.append("levels")
+    if {c.caveat for c in row.caveats} != want.caveats:
+        fields.append("caveats")
+    if row.expires != want.expires:
+        fields.append("expires")
+    if row.revoked_at is not None:
+        fields.append("revoked")
+    kind = ChangeKind.CHANGED if fields else ChangeKind.UNCHANGED
+    return ClearanceChange(want.user_id, kind, tuple(fields))
+
+
 def _register_keyed(session: Session) -> bool:
     """Whether the register's old rows were signed once (the audit log says so)."""
     found = session.scalar(select(AuditRow.id).where(AuditRow.action == REGISTER_KEYED).limit(1))
@@ -1406,6 +1620,17 @@ def append_audit(
     if keyed_from is not None and key is None:
         raise StoreError(
             "the audit log is keyed with the data key: set it (storage.data_key_env) to write"
+        )
+    if (
+        keyed_from is not None
+        and key is not None
+        and not session.info.get(REKEYING)
+        and not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from))  # type: ignore[union-attr]  # keyed_from is set: head is not None
+    ):
+        # Another key: writing on would seal the marker under it and break the log for
+        # the real key. Only a rotation (`finish_data_rotation`, REKEYING) moves the marker.
+        raise StoreError(
+            "the data key (storage.data_key_env) is not the key of this audit log: nothing written"
         )
     prev = head.hash if head else GENESIS_HASH
     row = AuditRow(
@@ -1474,3 +1699,22 @@ def audit_hash(row: AuditRow, key: bytes | None = None) -> str:
     if key is not None:
         return hmac.new(key, data, hashlib.sha256).hexdigest()
     return hashlib.sha256(data).hexdigest()
+
+
+def chain_anchor(key: bytes) -> hmac.HMAC:
+    """The running HMAC that an `audit.rekeyed` row commits to: fed every row before it
+    (`add_to_anchor`), under the new key. Why: the rows before a data key rotation stay as
+    they were written (the SIEM holds their hashes), yet with the new key alone a change to
+    any of them is still found."""
+    return hmac.new(key, b"liaison-bot audit anchor\n", hashlib.sha256)
+
+
+def add_to_anchor(anchor: hmac.HMAC, row: AuditRow) -> None:
+    """One row into the anchor: its id, its contents and link (the unkeyed hash covers
+    both) and the hash stored with it."""
+    anchor.update(f"{row.id}:{audit_hash(row)}:{row.hash}\n".encode("ascii"))
+
+
+def key_marker_seal(key: bytes, keyed_from: int) -> str:
+    """The audit head's seal of the key marker under `key` (a rotation writes it anew)."""
+    return _key_seal(key, keyed_from)
