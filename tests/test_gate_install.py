@@ -41,7 +41,12 @@ from bot.gate.rules import (
     SchemaTooOld,
 )
 from bot.storage import GateSettingsRow, Origin, RoomRecord, Store, StoreError, audit_key_from
-from bot.storage.gate_settings import GATE_SETTINGS_PUBLISHED, GateSettings, publish_gate_settings
+from bot.storage.gate_settings import (
+    GATE_SETTINGS_PUBLISHED,
+    GateSettings,
+    publish_gate_settings,
+    resign_gate_settings,
+)
 from bot.storage.migrate import upgrade
 from bot.storage.models import SCHEMA_HEAD
 from bot.storage.store import register_public_key
@@ -289,6 +294,39 @@ def test_a_row_deleted_after_the_gate_read_it_closes_the_rooms(
         assert not gate.may_enter(ADMIN, ADMIN_ROOM_ID, LABEL)
     finally:
         register.close()
+
+
+def test_a_key_rotation_can_sign_the_row_again(register_url: str, tmp_path: Path) -> None:
+    """`resign_gate_settings`: what the data key's rotation does for this row, so that the
+    gate given the new register_key reads it at once; a forged row is never vouched for."""
+    from bot.storage.records import RegisterSigner
+
+    _publish(register_url, tmp_path)
+    old = RegisterSigner.from_audit_key(audit_key_from(DATA_KEY))
+    new_key = "gate-install-new-data-key-0123456789"
+    new = RegisterSigner.from_audit_key(audit_key_from(new_key))
+    store = _store(register_url)
+    try:
+        assert resign_gate_settings(store, old, new) == (1, 0)
+        assert resign_gate_settings(store, old, new) == (0, 0), "already under the new key"
+    finally:
+        store.close()
+    _unused, register = _gate(register_url, register_key=register_public_key(new_key))
+    try:
+        assert register.settings().source == "published"
+    finally:
+        register.close()
+    engine = _engine(register_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(update(GateSettingsRow).values(admins=["@mallory:hs"]))
+    finally:
+        engine.dispose()
+    store = _store(register_url)
+    try:
+        assert resign_gate_settings(store, old, new) == (0, 1), "a forged row stays refused"
+    finally:
+        store.close()
 
 
 def test_a_store_without_the_data_key_publishes_nothing(register_url: str, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, select, text
 
 from bot.storage.models import GateSettingsRow
-from bot.storage.records import RegisterVerifier, StoreError
+from bot.storage.records import RegisterSigner, RegisterVerifier, StoreError
 from bot.storage.store import Store, append_audit
 
 log = logging.getLogger(__name__)
@@ -134,6 +134,26 @@ def publish_gate_settings(store: Store, settings: GateSettings) -> bool:
     return changed
 
 
+def resign_gate_settings(store: Store, old: RegisterSigner, new: RegisterSigner) -> tuple[int, int]:
+    """For a rotation of the data key (`bot.storage.rotate.resign_register` does the same for
+    clearance and room rows): sign every settings row that verifies under the old key again
+    under the new one, so the gate, given the new register_key, reads it at once. A row that
+    verifies under neither stays as it is (refused; the bot's next start replaces it).
+    Returns (rows signed, rows left refused)."""
+    signed = refused = 0
+    with store.session() as session:
+        for row in session.scalars(select(GateSettingsRow).order_by(GateSettingsRow.bot_user_id)):
+            payload = gate_settings_payload(_settings_of(row))
+            if new.verifies(payload, row.signature):
+                continue
+            if old.verifies(payload, row.signature):
+                row.signature = new.sign(payload)
+                signed += 1
+            else:
+                refused += 1
+    return signed, refused
+
+
 class SettingsRefused(LookupError):
     """The bot's row is there but does not verify; the message names it."""
 
@@ -183,5 +203,6 @@ __all__ = [
     "publish_gate_settings",
     "read_gate_settings",
     "read_schema_revision",
+    "resign_gate_settings",
     "revision_number",
 ]
