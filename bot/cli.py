@@ -527,8 +527,8 @@ def gate_synapse_config(config_path: str, database: str | None) -> None:
 
     Three keys: the bot's user id, the database URL (without its password: a password
     goes in the file database_password_file names, read by Synapse's user only) and, with
-    the data key in its variable (storage.data_key_env), the register's public key
-    (register_key), so the gate refuses register rows that do not verify. The bot's
+    the data key readable (storage.data_key_env or data_key_file), the register's public
+    key (register_key), so the gate refuses register rows that do not verify. The bot's
     admins, admin room and caveats are not copied: the bot publishes them into the
     register at every start, and the gate reads them there (docs/gate.md).
 
@@ -555,12 +555,12 @@ def gate_synapse_config(config_path: str, database: str | None) -> None:
     except GateConfigError as exc:
         _fail(f"--database: {exc}")
     if not data_key:
+        where = config.storage.data_key_file or config.storage.data_key_env
         click.echo(
-            f"warning: {config.storage.data_key_env} is not set, so no register_key is "
+            f"warning: the data key ({where}) is not readable, so no register_key is "
             "printed: without it the gate does not verify register rows (nor the settings "
             "the bot publishes), and anyone who can write the database can grant "
-            f"clearances. Run again with {config.storage.data_key_env} set to the bot's "
-            "data key.",
+            "clearances. Run again where the bot's data key is readable.",
             err=True,
         )
     if database is None and not entry["database"].startswith("sqlite"):
