@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 
 from bot.config import Config
+from bot.gate.publish import publish_settings
 from bot.ha import SendGate
 from bot.matrix.events import EventRouter, PoisonGuard
 from bot.matrix.gateway import Client, Gateway
@@ -106,6 +107,7 @@ class LiaisonBot:
         if self.store.audit_key is None:  # every row the bot writes is keyed
             self.store.audit_key = audit_key_from(self.secrets.data_key)
         await in_thread(self.store.key_audit_log)
+        await in_thread(publish_settings, self.store, self.config)  # what the gate reads
         try:
             self.gateway = await login(
                 self.config, self.secrets, self.store, self.gate,

@@ -525,9 +525,12 @@ def gate() -> None:
 def gate_synapse_config(config_path: str, database: str | None) -> None:
     """Print the `modules:` entry to add to Synapse's homeserver.yaml.
 
-    With the data key in its variable (storage.data_key_env), the entry carries the
-    register's public key (register_key), so the gate refuses register rows that do not
-    verify; set it after the bot has started once on this version (it signs older rows then).
+    Three keys: the bot's user id, the database URL (without its password: a password
+    goes in the file database_password_file names, read by Synapse's user only) and, with
+    the data key readable (storage.data_key_env or data_key_file), the register's public
+    key (register_key), so the gate refuses register rows that do not verify. The bot's
+    admins, admin room and caveats are not copied: the bot publishes them into the
+    register at every start, and the gate reads them there (docs/gate.md).
 
     \b
     Example:
@@ -536,7 +539,13 @@ def gate_synapse_config(config_path: str, database: str | None) -> None:
     """
     import yaml
 
-    from bot.gate.config import GateConfigError, module_entry, register_entry
+    from bot.gate.config import (
+        PASSWORD_FILE_HINT,
+        GateConfigError,
+        module_entry,
+        package_version,
+        register_entry,
+    )
 
     config = _load(config_path)
     # Only the public key derived from the data key is printed, never the data key.
@@ -546,17 +555,18 @@ def gate_synapse_config(config_path: str, database: str | None) -> None:
     except GateConfigError as exc:
         _fail(f"--database: {exc}")
     if not data_key:
+        where = config.storage.data_key_file or config.storage.data_key_env
         click.echo(
-            f"warning: {config.storage.data_key_env} is not set, so no register_key is "
-            "printed: without it the gate does not verify register rows, and anyone who can "
-            "write the database can grant clearances. Run again with "
-            f"{config.storage.data_key_env} set to the bot's data key.",
+            f"warning: the data key ({where}) is not readable, so no register_key is "
+            "printed: without it the gate does not verify register rows (nor the settings "
+            "the bot publishes), and anyone who can write the database can grant "
+            "clearances. Run again where the bot's data key is readable.",
             err=True,
         )
     if database is None and not entry["database"].startswith("sqlite"):
         click.echo(
             "warning: this is the bot's own database login; the gate needs SELECT only: "
-            "pass --database with a read-only role (README: Server-side enforcement)",
+            "pass --database with a read-only role (docs/gate.md)",
             err=True,
         )
     click.echo("# Add to homeserver.yaml (merge into an existing modules: list), restart Synapse.")
@@ -565,7 +575,16 @@ def gate_synapse_config(config_path: str, database: str | None) -> None:
             "# register_key: rows that do not verify with it admit nobody. Set it once the bot "
             "has\n# started on this version: it signs the rows stored before then at that start."
         )
-    click.echo("# Synapse's environment needs: pip install 'liaison-bot[gate]'")
+    if "database_password_file" in entry:
+        click.echo(
+            "# The database password is not printed: write it alone into "
+            f"{PASSWORD_FILE_HINT}\n# (or a path of your choice), readable by Synapse's user "
+            "only (chmod 0400)."
+        )
+    click.echo(
+        "# Synapse's environment needs the bot's own version (docs/gate.md):\n"
+        f"#   pip install 'liaison-bot[gate]=={package_version()}'"
+    )
     schemes = config.schemes_path()
     modules = [module_entry([entry], str(schemes) if schemes else None)]
     click.echo(yaml.safe_dump({"modules": modules}, sort_keys=False), nl=False)

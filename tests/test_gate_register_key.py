@@ -165,7 +165,7 @@ def test_the_printed_entry_carries_the_key_the_data_key_gives(tmp_path: Path) ->
     unkeyed = CliRunner(env={"LIAISON_DATA_KEY": ""}).invoke(main, args)
     assert unkeyed.exit_code == 0, unkeyed.output
     assert "register_key" not in yaml.safe_load(unkeyed.stdout)["modules"][0]["config"]
-    assert "LIAISON_DATA_KEY is not set, so no register_key is printed" in unkeyed.stderr
+    assert "the data key (LIAISON_DATA_KEY) is not readable, so no register_key" in unkeyed.stderr
     assert "anyone who can write the database can grant clearances" in unkeyed.stderr
 
 

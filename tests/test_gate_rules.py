@@ -310,16 +310,18 @@ def test_the_entry_printed_from_a_bot_config_loads(tmp_path: Path) -> None:
     config = parse_config(CONFIG)
     config._base_dir = tmp_path
     entry = register_entry(config)
+    # The admins, admin room and caveats are not copied: the bot publishes them into the
+    # register (tests/test_gate_install.py).
     assert entry == {
         "bot_user_id": "@liaison:example.org",
         "database": f"sqlite:///{tmp_path / 'data' / 'liaison.db'}",
-        "admins": ["@sec:example.org"],
-        "admin_room": "nato-s",
-        "caveats": ["ALPHA"],
     }
     module = module_entry([entry])
     assert module["module"] == "bot.gate.LiaisonGate"
-    assert parse_gate_config(module["config"]).static_registers()[0].caveats == ["ALPHA"]
+    assert parse_gate_config(module["config"]).static_registers()[0].caveats == []
+    # an older homeserver.yaml that carries the copies still loads
+    old = parse_gate_config({**entry, "admins": ["@sec:example.org"], "caveats": ["ALPHA"]})
+    assert old.static_registers()[0].caveats == ["ALPHA"]
 
 
 def test_cli_prints_the_homeserver_yaml_entry(tmp_path: Path) -> None:
@@ -351,7 +353,8 @@ def test_cli_prints_the_homeserver_yaml_entry(tmp_path: Path) -> None:
 
 
 def test_the_documented_postgres_grants_are_enough() -> None:
-    """README's role: SELECT on four tables. The gate must work with exactly that."""
+    """The documented role (docs/gate.md): SELECT on the four register tables, the bot's
+    published settings and the schema's revision. The gate must work with exactly that."""
     import secrets as _secrets
 
     from sqlalchemy import create_engine
@@ -373,8 +376,8 @@ def test_the_documented_postgres_grants_are_enough() -> None:
             conn.execute(text(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"'))
             conn.execute(
                 text(
-                    "GRANT SELECT ON rooms, clearances, clearance_grants, clearance_caveats "
-                    f'TO "{role}"'
+                    "GRANT SELECT ON rooms, clearances, clearance_grants, clearance_caveats, "
+                    f'gate_settings, alembic_version TO "{role}"'
                 )
             )
         try:
@@ -684,7 +687,7 @@ def test_the_cache_only_path_never_reads_and_agrees_with_the_full_one(register_u
     not at all (a read there would stall the homeserver), and give the full path's answer."""
     reads: list[str] = []
 
-    def open_reader(url: str, register_key: str | None) -> RegisterReader:
+    def open_reader(url: str, register_key: str | None, _password: str | None) -> RegisterReader:
         reads.append(url)
         return RegisterReader.from_url(url, register_key)
 

@@ -52,7 +52,13 @@ from synapse.logging.context import current_context
 from synapse.module_api import NOT_SPAM, ModuleApi
 from twisted.python.threadpool import ThreadPool
 
-from bot.gate.config import GateConfig, GateConfigError, parse_gate_config, read_registers_file
+from bot.gate.config import (
+    MODULE_PATH,
+    GateConfig,
+    GateConfigError,
+    parse_gate_config,
+    read_registers_file,
+)
 from bot.gate.rules import (
     LABEL_EVENT,
     PROTECTED_STATE,
@@ -61,6 +67,8 @@ from bot.gate.rules import (
     Gate,
     Register,
     RoomLabel,
+    SchemaIncompatible,
+    SchemaTooOld,
     Verdict,
 )
 
@@ -110,6 +118,10 @@ class _Registers:
         self._seen: tuple[int, float, int] | None = None
         self._from_file: dict[str, Register] = {}
         self._lock = threading.Lock()
+
+    def static(self) -> list[Register]:
+        """The registers written into homeserver.yaml itself."""
+        return list(self._static.values())
 
     def __call__(self) -> dict[str, Register]:
         if self._file is None:
@@ -161,13 +173,24 @@ class LiaisonGate:
 
     def __init__(self, config: GateConfig, api: ModuleApi) -> None:
         self._api = api
+        self._registers = _Registers(config)
+        # The registers named in homeserver.yaml are checked now: a database at an older
+        # schema than this gate reads, or a newer one that changed what it reads, stops
+        # Synapse's start with the reason (a registers file's come and go: checked at
+        # their first read, failing closed).
+        for register in self._registers.static():
+            try:
+                register.check_at_start()
+            except (SchemaTooOld, SchemaIncompatible) as exc:
+                for opened in self._registers.static():
+                    opened.close()
+                raise ConfigError(f"modules[{MODULE_PATH}]: {exc}") from None
         # Register reads get threads of their own: Synapse's shared pool (10 threads) also
         # encodes every response, so a slow register must not stall the whole homeserver.
         self._pool = ThreadPool(minthreads=1, maxthreads=READ_THREADS, name="liaison-gate")
         self._pool.start()
         reactor: Any = api._hs.get_reactor()  # the module API offers no shutdown hook
         reactor.addSystemEventTrigger("during", "shutdown", self._pool.stop)
-        self._registers = _Registers(config)
         self._gate = Gate(self._registers, server_name=api.server_name)
         # Read and written on the reactor thread only (every callback runs there).
         self._labels: TTLCache[str, RoomLabel] = TTLCache(maxsize=10_000, ttl=LABEL_TTL)
@@ -188,7 +211,7 @@ class LiaisonGate:
     @staticmethod
     def parse_config(config: Mapping[str, Any]) -> GateConfig:
         try:
-            return parse_gate_config(config, "modules[bot.gate.LiaisonGate].config")
+            return parse_gate_config(config, f"modules[{MODULE_PATH}].config")
         except GateConfigError as exc:
             raise ConfigError(str(exc)) from None
 

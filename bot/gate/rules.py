@@ -9,6 +9,14 @@ Fails closed: in a room that is managed (it carries the label event, or a regist
 it), anything that stops the gate from reading the register refuses the join or invite and
 says why. In a room that is not managed nothing is refused.
 
+The bot's admins, admin room and extra caveats come from the settings row the bot publishes
+into its register (`bot.storage.gate_settings`), read and cached like the other rows; a
+config from before then may still carry copies, used only while no row is published. A row
+that does not verify (or one that was read and is gone) closes the bot's managed rooms
+until the bot publishes again: otherwise a database writer could open its admin room. With
+each read of that row the gate also compares the database's schema revision and the bot's
+version with its own (`SchemaTooOld`, and warnings for the rest).
+
 Given the register's public key (`RegisterSpec.register_key`), a row that does not verify
 counts for nothing, and the refusal names it: a clearance row someone with write access to
 the database inserted or raised admits nobody (its person is judged as having no clearance),
@@ -33,8 +41,24 @@ from typing import Any, Generic, TypeVar
 
 from cachetools import TTLCache
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy import event, inspect
 
-from bot.gate.config import RegisterSpec
+from bot.gate.config import RegisterSpec, package_version, read_password_file
+from bot.storage.gate_settings import (
+    GateSettings,
+    SettingsRefused,
+    read_gate_settings,
+    read_schema_revision,
+    revision_number,
+)
+from bot.storage.models import (
+    SCHEMA_HEAD,
+    ClearanceCaveatRow,
+    ClearanceRow,
+    GateSettingsRow,
+    GrantRow,
+    RoomRow,
+)
 from bot.storage.reader import RegisterReader, make_reader_engine
 from bot.storage.records import ClearanceRecord, RegisterVerifier, RoomRecord
 from bot.storage.register_reads import policy_clearance
@@ -188,11 +212,22 @@ class _NotingVerifier(RegisterVerifier):
         return row
 
 
-def open_reader(database: str, register_key: str | None) -> RegisterReader:
+def open_reader(
+    database: str, register_key: str | None, password_file: str | None = None
+) -> RegisterReader:
     """The gate's reader of one register: `RegisterReader.from_url(database, register_key)`,
-    with a verifier that also tells the gate which row it refused."""
+    with a verifier that also tells the gate which row it refused, and the password of
+    `password_file` given to each new connection (read then, so a rotated password needs
+    no restart; it is never part of a URL anything logs)."""
     verifier = _NotingVerifier.from_text(register_key) if register_key else None
-    return RegisterReader(make_reader_engine(database), verifier)
+    engine = make_reader_engine(database)
+    if password_file is not None:
+
+        @event.listens_for(engine, "do_connect")
+        def _password(_d: Any, _r: Any, _a: Any, cparams: dict[str, Any]) -> None:
+            cparams["password"] = read_password_file(password_file)
+
+    return RegisterReader(engine, verifier)
 
 
 def _refused_row(reader: RegisterReader) -> str | None:
@@ -210,6 +245,46 @@ READ_THREADS = 4  # per register; a read past its deadline keeps its thread unti
 
 class ReadTimeout(Exception):
     """The register did not answer within READ_DEADLINE: the decision fails closed."""
+
+
+class SchemaTooOld(Exception):
+    """The register's database is at an older schema revision than this gate reads (or at
+    one it cannot place): the gate refuses to start; met later, every managed room of the
+    register fails closed."""
+
+
+class SettingsUnverified(LookupError):
+    """The bot's published settings row does not verify (or a row this gate read is gone):
+    deny by default, every managed room of the register admits nobody until the bot
+    publishes again. Neither the row (it may name an attacker as admin) nor the copies in
+    homeserver.yaml (the row says the bot's config moved on from them) are used."""
+
+
+class SchemaIncompatible(Exception):
+    """The register's database is newer than this gate and changed a table it reads."""
+
+
+# What the gate reads, by table: a newer schema that still has all of them is read as
+# before (the reads name their columns); one that dropped or renamed any is not.
+_READ_TABLES = (ClearanceRow, GrantRow, ClearanceCaveatRow, RoomRow, GateSettingsRow)
+
+
+@dataclass(frozen=True, slots=True)
+class BotSettings:
+    """What the gate uses of one bot's config, and where it came from (for the log)."""
+
+    admins: frozenset[str]
+    admin_room: str | None
+    caveats: tuple[str, ...]
+    source: str  # "published", or why the config's copies are used
+
+
+@dataclass(frozen=True, slots=True)
+class _SettingsRead:
+    revision: str | None
+    settings: GateSettings | None
+    refused: str | None  # the row is there but does not verify: why
+    missing: list[str]  # columns the gate reads that a newer schema lacks
 
 
 class NeedsRead(Exception):
@@ -230,10 +305,12 @@ class Register:
         spec: RegisterSpec,
         ttl: float,
         clock: Callable[[], float] = time.monotonic,
-        open_reader: Callable[[str, str | None], RegisterReader] = open_reader,
+        open_reader: Callable[[str, str | None, str | None], RegisterReader] = open_reader,
+        gate_version: str | None = None,
     ) -> None:
         self.spec = spec
         self._open_reader = open_reader
+        self._gate_version = gate_version or package_version()
         if spec.register_key is None:
             # Said whenever such a register is opened (Synapse's start, a registers file
             # that names it): the deployment works as before, and must not look protected.
@@ -250,6 +327,10 @@ class Register:
         )
         self._rooms: _TtlCache[str, RoomRecord | None] = _TtlCache(ttl, clock)
         self._clearances: _TtlCache[str, ClearanceRecord] = _TtlCache(ttl, clock)
+        self._settings: _TtlCache[str, BotSettings] = _TtlCache(ttl, clock)
+        self._said: dict[str, object] = {}  # what was last logged, per topic: said once
+        # A verified row was read: its absence from then on is a deletion, not an old bot.
+        self._seen_published = False
 
     @property
     def bot(self) -> str:
@@ -258,7 +339,9 @@ class Register:
     def _read(self) -> RegisterReader:
         with self._lock:
             if self._reader is None:
-                self._reader = self._open_reader(self.spec.database, self.spec.register_key)
+                self._reader = self._open_reader(
+                    self.spec.database, self.spec.register_key, self.spec.database_password_file
+                )
             return self._reader
 
     def _bounded(self, read: Callable[[RegisterReader], R]) -> tuple[R, str | None]:
@@ -307,6 +390,181 @@ class Register:
         if record is not None:
             self._clearances.put(user_id, record)
         return record
+
+    def settings(self, *, cache_only: bool = False) -> BotSettings:
+        """The bot's admins, admin room and caveats: as it published them, else (nothing
+        published: a bot older than this gate) the config's copies, if any; reused for the
+        TTL. Each read also checks the schema revision and the bot's version. Raises
+        SettingsUnverified, SchemaTooOld or SchemaIncompatible, or the read's error: the
+        caller fails closed."""
+        return self.settings_read(cache_only=cache_only)[0]
+
+    def settings_read(
+        self, *, cache_only: bool = False, fresh: bool = False
+    ) -> tuple[BotSettings, bool]:
+        """`settings`, and whether they came from the cache (`fresh`: they do not)."""
+        if not fresh:
+            hit, cached = self._settings.get("")
+            if hit and cached is not None:
+                return cached, True
+        if cache_only:
+            raise NeedsRead("settings")
+        read, _refused = self._bounded(self._read_settings)
+        self._check_schema(read)
+        settings = self._settings_from(read)
+        self._settings.put("", settings)
+        return settings, False
+
+    def check_at_start(self) -> None:
+        """The checks of `settings`, at Synapse's start: a database the gate cannot read
+        (SchemaTooOld, SchemaIncompatible) stops the start, naming both sides. An
+        unreachable one does not (the gate fails closed until it answers, and checks then)."""
+        try:
+            self.settings()
+        except (SchemaTooOld, SchemaIncompatible):
+            raise
+        except SettingsUnverified:
+            return  # logged, naming the row; the bot's next start publishes it again
+        except Exception as exc:
+            log.warning(
+                "liaison gate: register of %s cannot be read at start (%s): its schema and "
+                "settings are checked at the first read that succeeds; until then its managed "
+                "rooms admit nobody",
+                self.bot,
+                _failure(exc),
+            )
+
+    def _read_settings(self, reader: RegisterReader) -> _SettingsRead:
+        with reader.engine.connect() as conn:
+            revision = read_schema_revision(conn)
+            number = revision_number(revision) if revision is not None else None
+            missing: list[str] = []
+            if number is not None and number > int(SCHEMA_HEAD):
+                have = inspect(conn)
+                for model in _READ_TABLES:
+                    name = str(model.__tablename__)
+                    try:
+                        columns = {c["name"] for c in have.get_columns(name)}
+                    except Exception:  # the table is gone (NoSuchTableError)
+                        columns = set()
+                    missing += [
+                        f"{name}.{c.name}" for c in model.__table__.c if c.name not in columns
+                    ]
+            if missing or number is None or number < int(SCHEMA_HEAD):
+                return _SettingsRead(revision, None, None, missing)
+            try:
+                settings = read_gate_settings(conn, self.bot, reader.verifier)
+            except SettingsRefused as exc:
+                return _SettingsRead(revision, None, str(exc), missing)
+        return _SettingsRead(revision, settings, None, missing)
+
+    def _say(self, topic: str, value: object, level: int, message: str, *args: object) -> None:
+        """Log once per new `value` of `topic` (reads repeat every TTL; the log must not)."""
+        if self._said.get(topic, _MISSING) != value:
+            self._said[topic] = value
+            log.log(level, message, *args)
+
+    def _check_schema(self, read: _SettingsRead) -> None:
+        revision, needed = read.revision, SCHEMA_HEAD
+        number = revision_number(revision) if revision is not None else None
+        upgrade = "run `liaison-bot db upgrade` with the bot's config first"
+        if number is None or number < int(needed):
+            raise SchemaTooOld(
+                f"the register of {self.bot} ({self.spec.database}) is at schema "
+                f"revision {revision or 'none'}, but this gate (liaison-bot "
+                f"{self._gate_version}) needs revision {needed}: {upgrade}"
+            )
+        if read.missing:
+            raise SchemaIncompatible(
+                f"the register of {self.bot} is at schema revision {revision}, newer than this "
+                f"gate (liaison-bot {self._gate_version}, revision {needed}) knows, and lacks "
+                f"what the gate reads ({', '.join(read.missing)}): install the bot's version "
+                "of liaison-bot[gate] into Synapse's environment and restart Synapse"
+            )
+        if number > int(needed):
+            self._say(
+                "schema",
+                revision,
+                logging.WARNING,
+                "liaison gate: register of %s is at schema revision %s, newer than this gate "
+                "(liaison-bot %s) knows (%s); the tables it reads are unchanged, so it reads "
+                "on, but upgrade the gate to the bot's version",
+                self.bot,
+                revision,
+                self._gate_version,
+                needed,
+            )
+
+    def _settings_from(self, read: _SettingsRead) -> BotSettings:
+        spec = self.spec
+        published = read.settings
+        if published is not None:
+            if published.bot_version != self._gate_version:
+                self._say(
+                    "version",
+                    published.bot_version,
+                    logging.WARNING,
+                    "liaison gate: bot %s runs liaison-bot %s but this gate is %s: upgrade "
+                    "them together (the gate in Synapse's environment, the bot in its own)",
+                    self.bot,
+                    published.bot_version,
+                    self._gate_version,
+                )
+            if spec.has_copies:
+                self._say(
+                    "copies",
+                    True,
+                    logging.INFO,
+                    "liaison gate: %s publishes its settings into the register: the admins, "
+                    "admin_room and caveats in homeserver.yaml are ignored (remove them)",
+                    self.bot,
+                )
+            self._say(
+                "source",
+                "published",
+                logging.INFO,
+                "liaison gate: %s: its published settings are read (%d admin(s), admin room %s)",
+                self.bot,
+                len(published.admins),
+                published.admin_room or "none",
+            )
+            self._seen_published = True
+            return BotSettings(
+                frozenset(published.admins),
+                published.admin_room,
+                published.caveats,
+                "published",
+            )
+        refused = read.refused
+        if refused is None and self._seen_published:
+            refused = (
+                f"the gate settings row of {self.bot} was there and is gone (deleted in the "
+                "database?)"
+            )
+        if refused is not None:
+            self._say(
+                "source",
+                refused,
+                logging.ERROR,
+                "liaison gate: %s: ignored, and the rooms of %s admit nobody until the bot "
+                "publishes its settings again (restart it)",
+                refused,
+                self.bot,
+            )
+            raise SettingsUnverified(refused)
+        why = "no settings published"
+        self._say(
+            "source",
+            why,
+            logging.WARNING,
+            "liaison gate: %s has published no settings yet (a bot older than this gate, "
+            "or not started since the upgrade): %s",
+            self.bot,
+            "using the copies in homeserver.yaml"
+            if spec.has_copies
+            else "no admins, no admin room, no extra caveats until it does",
+        )
+        return BotSettings(frozenset(spec.admins), spec.admin_room, tuple(spec.caveats), why)
 
     def forget(self, user_id: str) -> None:
         """Drop a cached record (a refusal must not rest on an old one)."""
@@ -499,6 +757,35 @@ class Gate:
         if record.closed_at is not None:
             return Verdict(False, f"{where} was closed on {record.closed_at:%Y-%m-%d}")
         try:
+            settings, cached = register.settings_read(cache_only=cache_only)
+            verdict = self._decide(register, record, user_id, settings, cache_only)
+            if not verdict and cached:
+                # A refusal is never given from cached settings: an admin the bot's config
+                # just added, or a caveat, counts at once (as a grant does).
+                if cache_only:
+                    raise NeedsRead("settings")
+                settings, _ = register.settings_read(fresh=True)
+                verdict = self._decide(register, record, user_id, settings, cache_only)
+        except NeedsRead:
+            raise
+        except Exception as exc:  # the settings row, the schema: fails closed
+            return Verdict(
+                False,
+                f"the clearance register of {register.bot} cannot be read ({_failure(exc)}); "
+                f"{where} admits nobody until it can",
+            )
+        return verdict
+
+    def _decide(
+        self,
+        register: Register,
+        record: RoomRecord,
+        user_id: str,
+        settings: BotSettings,
+        cache_only: bool,
+    ) -> Verdict:
+        where = f"{record.key} ({record.label})"
+        try:
             room = _policy_room(
                 record.key,
                 record.label,
@@ -506,7 +793,7 @@ class Gate:
                 record.rank,
                 record.audience,
                 record.servers,
-                tuple(register.spec.caveats),
+                settings.caveats,
             )
         except MarkingError as exc:
             return Verdict(False, f"the label on record for {where} cannot be read: {exc}")
@@ -524,13 +811,12 @@ class Gate:
                 f"the clearance register of {register.bot} cannot be read ({_failure(exc)}); "
                 f"{where} admits nobody until it can",
             )
-        spec = register.spec
         decision = may_enter(
             user_id,
             policy_clearance(clearance) if clearance is not None else None,
             room,
             self._today(),
-            admins=frozenset(spec.admins) if record.key == spec.admin_room else None,
+            admins=settings.admins if record.key == settings.admin_room else None,
         )
         if not decision.allowed and clearance is not None:
             register.forget(user_id)
@@ -589,7 +875,13 @@ class Gate:
         below the one on record (the bot refuses to lower a room's label; so does this).
         A room's first label lowers nothing: it is set even when the register is down."""
         register = self._registers().get(bot)
-        caveats = register.spec.caveats if register is not None else []
+        caveats: list[str] = []
+        if register is not None:
+            try:
+                caveats = list(register.settings().caveats)
+            except Exception as exc:  # unknown caveats then read as unknown: refused
+                log.warning("liaison gate: settings of %s unreadable (%s)", bot, _failure(exc))
+                caveats = list(register.spec.caveats)
         problem = label_problem(content, caveats)
         if problem is not None or register is None:
             return problem
@@ -858,11 +1150,15 @@ __all__ = [
     "PROTECTED_STATE",
     "REASON_FIELD",
     "UNLABELLED",
+    "BotSettings",
     "Gate",
     "NeedsRead",
     "Register",
     "RoomLabel",
     "RowRefused",
+    "SchemaIncompatible",
+    "SchemaTooOld",
+    "SettingsUnverified",
     "Verdict",
     "content_keeps_room_closed",
     "creator_power_version",

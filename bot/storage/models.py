@@ -413,6 +413,24 @@ class SiemCursorRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
 
+class GateSettingsRow(Base):
+    """What the homeserver gate needs of the bot's config, published by the running bot
+    (bot/storage/gate_settings.py), one row per bot: its admins, admin room and extra
+    caveats, and the version and schema revision it runs. Signed with the register key
+    like clearance and room rows, so a database writer cannot make someone an admin."""
+
+    __tablename__ = "gate_settings"
+
+    bot_user_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    admins: Mapped[list[str]] = mapped_column(JSON)  # sorted
+    admin_room: Mapped[str | None] = mapped_column(String(32))  # a room key
+    caveats: Mapped[list[str]] = mapped_column(JSON)  # sorted
+    bot_version: Mapped[str] = mapped_column(String(64))
+    schema_revision: Mapped[str] = mapped_column(String(32))
+    published_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    signature: Mapped[str | None] = mapped_column(Text)
+
+
 # ---------------------------------------------------------------- engine
 
 
@@ -500,7 +518,7 @@ def make_engine(url: str, connect_params: Callable[[], Mapping[str, str]] | None
 
 # The newest Alembic revision (migrations/versions): a start checks it with one query and
 # loads Alembic only when the database is behind. tests/test_storage.py keeps it in step.
-SCHEMA_HEAD = "0015"
+SCHEMA_HEAD = "0016"
 
 
 def schema_is_current(url: str) -> bool:
