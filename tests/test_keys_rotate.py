@@ -31,6 +31,7 @@ from bot.config import load_config
 from bot.devtools.botenv import SECRETS, BotEnv
 from bot.devtools.e2ee_client import open_dm, talk
 from bot.gate.config import register_entry
+from bot.gate.publish import publish_settings
 from bot.matrix.cryptostore import PrivateStore
 from bot.matrix.dbstore import DatabaseStore, crypto_schema
 from bot.matrix.rotate import crypto_stores, repickle
@@ -57,9 +58,10 @@ from bot.storage import (
     StoreError,
     audit_key_from,
 )
+from bot.storage.gate_settings import SettingsRefused, read_gate_settings
 from bot.storage.migrate import upgrade
 from bot.storage.reader import RegisterReader
-from bot.storage.records import Origin
+from bot.storage.records import Origin, RegisterVerifier
 from bot.storage.runlock import hold_run_lock
 from bot.storage.sealing import Sealer, SealError
 from bot.storage.store import register_public_key
@@ -135,6 +137,7 @@ crypto_store = "{"database" if in_database else "crypto"}"
     store = world.store(OLD_DATA)
     try:
         _fill(store)
+        publish_settings(store, load_config(config))  # the settings the gate reads, signed
     finally:
         store.close()
     crypto = world.crypto(OLD_PICKLE)
@@ -341,9 +344,19 @@ def register_reads(world: World, data_key: str) -> bool:
     """Whether the gate's reader, with the register key of `data_key`, accepts the rows."""
     reader = RegisterReader.from_url(world.url, register_public_key(data_key))
     try:
-        return reader.clearance("@alice:example.org") is not None
+        if reader.clearance("@alice:example.org") is None:
+            return False
     finally:
         reader.close()
+    engine = create_engine(world.url)
+    try:
+        with engine.connect() as conn:  # and the bot's published gate settings
+            verifier = RegisterVerifier.from_text(register_public_key(data_key))
+            return read_gate_settings(conn, USER, verifier) is not None
+    except SettingsRefused:
+        return False
+    finally:
+        engine.dispose()
 
 
 def audit_details(world: World) -> list[tuple[str, str]]:

@@ -29,6 +29,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute
 
+from bot.storage.gate_settings import resign_gate_settings
 from bot.storage.models import (
     AuditHeadRow,
     AuditRow,
@@ -247,7 +248,10 @@ def resign_register(
                 after = rows[-1].id
             done += len(rows)
             progress(what, done, total)
-    return signed, refused
+    # The settings the bot publishes for the gate, signed the same way: re-signed here, so
+    # the gate given the new register_key reads them before the bot's next start.
+    settings_signed, settings_refused = resign_gate_settings(store, old, new)
+    return signed + settings_signed, refused + settings_refused
 
 
 def marker_sealed_with(store: Store, key: bytes) -> bool | None:
