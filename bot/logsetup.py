@@ -74,6 +74,11 @@ def configure_logging(config: Config, verbose: bool = False) -> int:
         logging.getLogger(name).setLevel(
             logging.DEBUG if level <= logging.DEBUG else logging.WARNING
         )
+    # A level set earlier on one of their children (`db upgrade` shows Alembic's migration
+    # lines) would outrank the parent's: the parent's level decides again.
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if isinstance(logger, logging.Logger) and name.startswith(tuple(f"{n}." for n in NOISY)):
+            logger.setLevel(logging.NOTSET)
     return level
 
 
