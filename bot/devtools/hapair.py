@@ -235,6 +235,12 @@ async def ha_pair(
             await talk(pair.admin, pair.dm, f"!invite {client.user_id} {key}", "Invited", 60)
             await client.join(await client.wait_for_invite(timeout=60), timeout=60)
         yield pair
+    except BaseException:
+        # What each node did, with the failure (the test's folder is gone a few runs later).
+        for node in nodes.values():
+            print(f"--- {node.name}'s log (last 6000 characters) ---", file=sys.stderr)
+            print(node.text()[-6000:], file=sys.stderr)
+        raise
     finally:
         for node in nodes.values():
             await node.stop()
