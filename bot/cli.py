@@ -17,6 +17,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
@@ -989,6 +990,28 @@ def clearance_list(config_path: str, as_json: bool) -> None:
 REGISTER_FORMATS = ("csv", "json")
 REGISTER_FILE_FORMAT = "liaison-bot clearances v1"  # the JSON file's "format"
 
+# A CSV cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, or after a tab or a
+# carriage return: "CSV injection", e.g. `=HYPERLINK(…)` or a DDE call) is written with a
+# leading apostrophe, which spreadsheets take as "text"; so is a cell that starts with an
+# apostrophe, so that `clearance import`, which takes one leading apostrophe off every CSV
+# cell, reads back exactly what was exported. A user id in today's Matrix grammar (letters,
+# digits and ._=-/+ before the server) cannot call anything, and is left as it is: every
+# id starts with `@`, and a register full of apostrophes would be read as damaged.
+_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+_PLAIN_USER_ID = re.compile(r"@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-\[\]:]+")
+
+
+def csv_cell(value: str) -> str:
+    """A register value as a CSV cell no spreadsheet runs (see `_CSV_FORMULA_START`)."""
+    if value.startswith(_CSV_FORMULA_START) and not _PLAIN_USER_ID.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_value(cell: str) -> str:
+    """A CSV cell as the register value it stands for (`csv_cell` undone)."""
+    return cell.removeprefix("'")
+
 
 def _register_format(fmt: str | None, path: str | None, option: str) -> str:
     """`--format`, else the file's extension; JSON on stdout/stdin when neither says."""
@@ -1041,15 +1064,14 @@ def clearance_export(config_path: str, out: str | None, fmt: str | None) -> None
         writer = csv.DictWriter(buffer, fieldnames=REGISTER_FIELDS, lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow(
-                {
-                    **row,
-                    "levels": ";".join(row["levels"]),
-                    "caveats": ";".join(row["caveats"]),
-                    "expires": row["expires"] or "",
-                    "revoked": "yes" if row["revoked"] else "no",
-                }
-            )
+            cells = {
+                **row,
+                "levels": ";".join(row["levels"]),
+                "caveats": ";".join(row["caveats"]),
+                "expires": row["expires"] or "",
+                "revoked": "yes" if row["revoked"] else "no",
+            }
+            writer.writerow({name: csv_cell(str(cell)) for name, cell in cells.items()})
         text = buffer.getvalue()
     if out is None or out == "-":
         click.echo(text, nl=False)
@@ -1096,7 +1118,7 @@ def _register_file_rows(path: str, fmt: str) -> list[tuple[str, dict[str, Any]]]
     for fields in reader:
         if None in fields:  # more cells than the header names
             _fail(f"{path}: line {reader.line_num}: more cells than the header has columns")
-        present = {k: v for k, v in fields.items() if v is not None}
+        present = {k: csv_value(v) for k, v in fields.items() if v is not None}
         rows.append((f"line {reader.line_num}", present))
     return rows
 
@@ -1188,8 +1210,9 @@ def audit() -> None:
 def audit_verify(config_path: str, as_json: bool) -> None:
     """Check the audit log's hash chain: exit 0 intact; 1 broken (tampered with or damaged,
     naming the first bad row); 2 cannot verify: the log is keyed and the data key is not
-    set, or the key given does not open it (nothing was judged). Reads the database
-    read-only.
+    set, or the key given does not open it, or the log carries no key marker (the bot has
+    never run on it, or the marker was removed: unkeyed rows can be rewritten by anyone
+    with write access to the database). Reads the database read-only.
 
     \b
     Example:

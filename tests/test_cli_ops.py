@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine, func, inspect, select, text, update
+from sqlalchemy import create_engine, delete, func, inspect, select, text, update
 
 from bot.cli import main
 from bot.storage import AuditHeadRow, AuditRow, ClearanceRow, Store, audit_key_from
@@ -323,6 +323,97 @@ def test_an_attacker_who_rewrites_everything_never_gets_exit_0(
     result = verify(config, DATA_KEY)
     assert result.exit_code == 2, result.output
     assert "cannot tell the two apart" in result.stderr
+
+
+def strip_marker_and_rehash(database_url: str) -> None:
+    """What someone with write access but not the key can do: delete the key marker and
+    the bot's session row, then re-hash every row without the key (here after changing one)."""
+    from bot.storage import BotSessionRow
+    from bot.storage.store import audit_hash
+
+    store = keyed(database_url)
+    try:
+        with store.session() as session:
+            session.execute(delete(BotSessionRow))
+            prev = "0" * 64
+            for row in session.scalars(select(AuditRow).order_by(AuditRow.id)):
+                row.subject = "@eve:example.org" if row.subject == LO else row.subject
+                row.prev_hash = prev
+                row.hash = prev = audit_hash(row)
+            session.execute(update(AuditHeadRow).values(hash=prev, keyed_from=None, key_seal=None))
+    finally:
+        store.close()
+
+
+def test_a_log_stripped_of_its_marker_and_rehashed_is_never_intact(
+    config: Path, database_url: str
+) -> None:
+    """The marker and the bot's session row deleted, the log re-hashed without the key: no
+    row is wrong by itself, but an unkeyed log is not evidence; with or without the key the
+    answer is "cannot verify" (2), saying what to suspect, never "intact" (0)."""
+    from bot.storage import BotSessionRow
+
+    store = keyed(database_url)
+    try:
+        with store.session() as session:
+            session.add(
+                BotSessionRow(id=1, user_id="@bot:example.org", device_id="D", access_token="x")
+            )
+    finally:
+        store.close()
+    assert cli("clearance", "grant", "--config", str(config), LO, "NS", "--nationality", "DEU")
+    assert verify(config, DATA_KEY).exit_code == 0
+    strip_marker_and_rehash(database_url)
+    for key in (DATA_KEY, None):
+        result = verify(config, key)
+        assert result.exit_code == 2, result.output
+        assert "carry no key marker" in result.stderr
+        assert "if the bot has run here, treat the log as tampered with" in result.stderr
+    payload = json.loads(verify(config, DATA_KEY, "--json").stdout)
+    assert (payload["status"], payload["reason"]) == ("cannot_verify", "unkeyed")
+
+
+def test_an_emptied_log_beside_a_register_is_broken(config: Path, database_url: str) -> None:
+    """Every audit row and the head deleted: "empty log" would read as intact, but the
+    register rows beside it were audited when written."""
+    assert cli("clearance", "grant", "--config", str(config), LO, "NS", "--nationality", "DEU")
+    store = keyed(database_url)
+    try:
+        with store.session() as session:
+            session.execute(delete(AuditRow))
+            session.execute(delete(AuditHeadRow))
+    finally:
+        store.close()
+    for key in (DATA_KEY, None):
+        result = verify(config, key)
+        assert result.exit_code == 1, result.output
+        assert "audit log BROKEN: the log is empty, but the database holds clearances" in (
+            result.stdout
+        )
+
+
+def test_a_log_only_keyless_commands_wrote_cannot_be_vouched_for(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the bot's first start, a CLI without the data key may write an unkeyed log:
+    it cannot be vouched for (2); once the bot has keyed it, it verifies (0)."""
+    monkeypatch.delenv("LIAISON_DATA_KEY", raising=False)
+    upgrade(database_url)
+    config = write_config(tmp_path / "config.toml", database_url)
+    assert verify(config, None).exit_code == 0  # empty, nothing beside it: nothing to vouch for
+    grant = CliRunner(env={"LIAISON_DATA_KEY": None}).invoke(
+        main, ["clearance", "grant", "--config", str(config), LO, "NS", "--nationality", "DEU"]
+    )
+    assert grant.exit_code == 0, grant.output
+    result = verify(config, None)
+    assert result.exit_code == 2, result.output
+    assert "either the bot has never run on this database" in result.stderr
+    store = keyed(database_url)
+    try:
+        store.key_audit_log()
+    finally:
+        store.close()
+    assert verify(config, DATA_KEY).exit_code == 0
 
 
 def test_verify_json(config: Path) -> None:
@@ -670,3 +761,27 @@ def test_listings_speak_json(config: Path) -> None:
     assert {"source": "deu", "targets": ["nato-s", "eu-s"], "origin": "config"} in routes["routes"]
     status = json.loads(cli("audit", "siem-status", "--config", str(config), "--json").stdout)
     assert status["started"] is False and status["lag_rows"] == 3  # keyed, signed, granted
+
+
+def test_a_csv_export_runs_no_formula_in_a_spreadsheet_and_reads_back(
+    config: Path, tmp_path: Path
+) -> None:
+    """A user id a spreadsheet would run (Matrix ids allow most characters before the
+    server; a federated server picks its own) is written as text, with a leading
+    apostrophe, and reads back as it was; a plain id is left as it is."""
+    formula = "@SUM(1+1)*cmd|'/Ccalc'!A0:evil.example"
+    for user in (formula, LO):
+        granted = cli("clearance", "grant", "--config", str(config), user, "NS",
+                      "--nationality", "DEU")  # fmt: skip
+        assert granted.exit_code == 0, granted.output
+    out = tmp_path / "register.csv"
+    assert cli("clearance", "export", "--config", str(config), "--out", str(out)).exit_code == 0
+    lines = out.read_text().splitlines()
+    assert lines[1:] == [
+        f"'{formula},DEU,NATO SECRET,,,no",
+        f"{LO},DEU,NATO SECRET,,,no",
+    ]
+    assert not any(line.startswith(("=", "+", "-", "@S")) for line in lines)
+    again = import_(config, out)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip() == "added 0, changed 0, revoked 0, unchanged 2"
