@@ -727,8 +727,12 @@ class Config(_Section):
         return self._base_dir / self.storage.crypto_store
 
     def log_file(self) -> Path | None:
-        """`[logging] file`, absolute (relative paths are from the config's folder)."""
-        return self.path(self.logging.file) if self.logging.file else None
+        """`[logging] file`, absolute (relative paths are from the config's folder). The
+        last part is not resolved: a symlink there is refused when the log is opened
+        (bot/logsetup.py), not followed."""
+        if not self.logging.file:
+            return None
+        return Path(os.path.normpath(self._base_dir / self.logging.file.strip()))
 
     def secret_sources(self) -> dict[str, SecretSource]:
         """Secret name -> where it comes from, for every secret the bot needs to run: the
