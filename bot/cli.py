@@ -1773,15 +1773,20 @@ def keys_rotate(
     if new == other:
         _fail("the new key is the bot's other key; each key must be its own. Nothing was changed.")
     assert current is not None
-    from bot.storage.runlock import StoreBusy, hold_run_lock
+    from bot.storage.runlock import LockFileUnusable, StoreBusy, hold_run_lock
 
+    # The database first: a wrong path is refused before the lock below would make its
+    # folder and lock file there. Opening it changes nothing; no value is resealed before
+    # the lock is held.
+    store = _offline_store(config)
     # The run lock a single bot holds while it runs: held here for the whole rotation, so a
     # running bot is refused, and a bot cannot start half-way through (a pair: the lease).
     try:
         lock = hold_run_lock(config.database_url())
     except StoreBusy as exc:
-        _fail(f"{exc}: stop it first. Nothing was changed.", EXIT_NO)
-    store = _offline_store(config)
+        store.close()
+        todo = "" if isinstance(exc, LockFileUnusable) else ": stop it first"
+        _fail(f"{exc}{todo}. Nothing was changed.", EXIT_NO)
     try:
         if which == "data":
             _rotate_data(store, current, new, batch_size)
