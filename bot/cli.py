@@ -1836,8 +1836,13 @@ def _rotate_data(store: Store, old: str, new: str, batch_size: int) -> None:
             "with. Nothing was changed.",
             EXIT_NO,
         )
-    verdict = store.verify_audit()
-    if not verdict.intact:
+    # The same verdict as `audit verify`, not only "no row is wrong": the rotation's anchor
+    # vouches for every row before it under the new key, so a log that cannot be vouched for
+    # (one stripped of its key marker and re-hashed without the key) must not be laundered.
+    from bot.storage.offline import ChainStatus, check_chain
+
+    verdict = check_chain(store)
+    if verdict.status is not ChainStatus.INTACT:
         _fail(
             f"the audit log does not verify ({verdict.message}): a rotation would vouch for "
             "it under the new key. Find out why first (liaison-bot audit verify). Nothing "

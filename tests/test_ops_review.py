@@ -5,6 +5,7 @@ as another user could trip over."""
 from __future__ import annotations
 
 import textwrap
+from datetime import UTC, datetime
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -46,3 +47,63 @@ def test_keys_rotate_on_a_wrong_path_creates_nothing(tmp_path: Path) -> None:
         assert result.exit_code == 2, result.output
         assert f"there is no database at {missing}" in result.stderr
         assert not (tmp_path / "no").exists()
+
+
+async def test_a_planted_rotation_row_stops_the_bot_with_what_to_check(tmp_path: Path) -> None:
+    """A `keys.rotating` entry no `keys.rotated` follows stops the bot (values may be under
+    two keys). Someone with write access to the database can add one (breaking the chain,
+    as they hold no key) to keep the bot down: the refusal says how to tell that apart from
+    a real cut-off rotation, not only "finish it" (which the administrator cannot)."""
+    import pytest
+    from sqlalchemy import func, insert, select
+
+    from bot.config import load_config
+    from bot.run import run_bot
+    from bot.startup import Secrets, StartupError
+    from bot.storage import AuditRow, Store, audit_key_from
+    from bot.storage.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'bot.db'}"
+    upgrade(url)
+    store = Store.from_url(url, audit_key_from(DATA))
+    try:
+        store.key_audit_log()
+        with store.session() as session:
+            newest = session.scalar(select(func.max(AuditRow.id)))
+            session.execute(
+                insert(AuditRow).values(
+                    id=(newest or 0) + 1,
+                    at=datetime.now(UTC).replace(microsecond=0),
+                    actor="cli:root",
+                    action="keys.rotating",
+                    detail={"key": "data", "register_key": "planted"},
+                    prev_hash="0" * 64,
+                    hash="0" * 64,
+                )
+            )
+    finally:
+        store.close()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [homeserver]
+            url = "http://127.0.0.1:9"
+            user_id = "@liaison:example.org"
+            password_env = "LIAISON_PASSWORD"
+
+            [storage]
+            database_url = "{url}"
+            crypto_store = "crypto"
+            """
+        )
+    )
+    loaded = load_config(config)
+    secrets = Secrets.from_env_or_files(
+        loaded,
+        {"LIAISON_PASSWORD": "unused", "LIAISON_DATA_KEY": DATA, "LIAISON_PICKLE_KEY": PICKLE},
+    )
+    with pytest.raises(StartupError) as info:
+        await run_bot(loaded, secrets)
+    assert "rotation of the data key was cut off" in str(info.value)
+    assert "run `liaison-bot audit verify`" in str(info.value)
