@@ -13,6 +13,7 @@ and a command that only reads opens it read-only (`bot/storage/offline.py`).
 from __future__ import annotations
 
 import asyncio
+import errno
 import getpass
 import json
 import logging
@@ -1465,6 +1466,26 @@ def keys_export(config_path: str, out: str) -> None:
     click.echo(f"wrote the cross-signing keys of {user_id} (master {master}) to {out} (0600)")
 
 
+# link() is refused with these where the file system has no hard links (FAT and exFAT: the
+# USB stick a recovery file is meant to go to).
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def _place_new(temp: str, out: str) -> None:
+    """Give the whole file `temp` the name `out`, never replacing a file already there:
+    link() refuses an existing name atomically. Where the file system has no hard links,
+    rename() after a check instead: a file appearing between the two on the
+    administrator's own medium is the one case left."""
+    try:
+        os.link(temp, out)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(out):
+            raise FileExistsError(errno.EEXIST, "File exists", out) from None
+        os.rename(temp, out)
+
+
 def _write_and_record(
     store: Store, out: str, content: str, subject: str, detail: dict[str, Any]
 ) -> None:
@@ -1492,7 +1513,7 @@ def _write_and_record(
                     handle.write(content)
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.link(temp, out)  # never replaces a file that appeared meanwhile
+                _place_new(temp, out)
                 placed = True
                 dir_fd = os.open(folder, os.O_RDONLY)
                 try:

@@ -339,3 +339,27 @@ async def test_recovery_from_a_stolen_access_token(own_bot_env: BotEnv, synapse:
     assert [e.detail for e in env.store.recent_audit(50) if e.action == "bot.login.forgotten"] == [
         {"device": old_device}
     ]
+
+
+def test_an_export_to_a_file_system_without_hard_links_is_written_and_audited(
+    keyed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAT and exFAT (the USB stick the example writes to) refuse link() with EPERM: the
+    file is renamed into place instead, whole, 0600, audited once; an existing file is
+    still never replaced."""
+    import errno
+
+    def no_links(src: str, dst: str) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", dst)
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "keys.json"
+    result = _export(keyed, out, LIAISON_DATA_KEY=DATA_KEY, LIAISON_PICKLE_KEY=PICKLE_KEY)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    assert json.loads(out.read_text())["master_public"] == "master-public"
+    assert _exports(keyed) == ["keys.exported"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    again = _export(keyed, out, LIAISON_DATA_KEY=DATA_KEY, LIAISON_PICKLE_KEY=PICKLE_KEY)
+    assert again.exit_code == 2 and "exists" in again.output
+    assert _exports(keyed) == ["keys.exported"]
