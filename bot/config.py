@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -164,6 +165,15 @@ class HomeserverConfig(_Section):
     def _url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError(f"bad homeserver url {value!r}: expected http(s)://host[:port]")
+        parts = urlsplit(value)
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            # Credentials or a token in the url would be logged with it (each start-up
+            # attempt names the homeserver): refused without echoing the value.
+            raise ValueError(
+                "bad homeserver url: no user, password, query or fragment (the url is "
+                "logged; the bot's credentials go in password_env/access_token_env or their "
+                "*_file twins); expected http(s)://host[:port]"
+            )
         return value.rstrip("/")
 
     @model_validator(mode="after")

@@ -107,3 +107,25 @@ async def test_a_planted_rotation_row_stops_the_bot_with_what_to_check(tmp_path:
         await run_bot(loaded, secrets)
     assert "rotation of the data key was cut off" in str(info.value)
     assert "run `liaison-bot audit verify`" in str(info.value)
+
+
+def test_a_homeserver_url_with_credentials_is_refused_without_echoing_them() -> None:
+    """Every start-up attempt logs the homeserver's url: a password or a token put in it
+    would land in the journal. Refused, and the error does not repeat it."""
+    import pytest
+
+    from bot.config import ConfigError, parse_config
+
+    for url in (
+        "https://bot:hunter2-secret@matrix.example.org",
+        "https://matrix.example.org/?access_token=hunter2-secret",
+        "https://matrix.example.org#hunter2-secret",
+    ):
+        with pytest.raises(ConfigError) as info:
+            parse_config(f'[homeserver]\nurl = "{url}"\nuser_id = "@b:h"\npassword_env = "P"\n')
+        assert len(info.value.errors) == 1
+        assert info.value.errors[0].startswith("homeserver.url: bad homeserver url: no user")
+        assert "hunter2" not in str(info.value)
+    parse_config(
+        '[homeserver]\nurl = "https://matrix.example.org:8448/"\nuser_id = "@b:h"\npassword_env = "P"\n'
+    )
