@@ -1985,8 +1985,19 @@ def keys_forget_login(config_path: str) -> None:
     Example:
       liaison-bot keys forget-login --config config.toml
     """
+    from bot.storage.runlock import LockFileUnusable, StoreBusy, hold_run_lock
+
     config = _load(config_path)
     store = _offline_store(config)
+    # "Stop the bot first", enforced as `keys rotate` does: a single bot running holds the
+    # run lock (a pair: the lease). Forgetting the login under it would look done while
+    # the running bot goes on with the old device.
+    try:
+        lock = hold_run_lock(config.database_url())
+    except StoreBusy as exc:
+        store.close()
+        todo = "" if isinstance(exc, LockFileUnusable) else ": stop it first"
+        _fail(f"{exc}{todo}. Nothing was changed.", EXIT_NO)
     try:
         _refuse_running(store)
         try:
@@ -1995,6 +2006,7 @@ def keys_forget_login(config_path: str) -> None:
             _fail(f"{exc}. Nothing was changed.", EXIT_NO)
     finally:
         store.close()
+        lock.release()
     if device is None:
         click.echo("no stored login: the next start logs in with the password")
         return

@@ -363,3 +363,36 @@ def test_an_export_to_a_file_system_without_hard_links_is_written_and_audited(
     again = _export(keyed, out, LIAISON_DATA_KEY=DATA_KEY, LIAISON_PICKLE_KEY=PICKLE_KEY)
     assert again.exit_code == 2 and "exists" in again.output
     assert _exports(keyed) == ["keys.exported"]
+
+
+def test_forget_login_is_refused_while_a_bot_runs(keyed: Path, database_url: str) -> None:
+    """ "Stop the bot first", enforced: a single bot holds the store's run lock while it
+    runs; forgetting its login under it would look done while it goes on with the old
+    device. Refused, naming why, and the stored login is kept."""
+    from bot.storage import Store
+    from bot.storage.runlock import hold_run_lock
+
+    store = Store.from_url(database_url)
+    try:
+        store.save_bot_session(USER, "OLDDEVICE", "sealed-token")
+    finally:
+        store.close()
+    lock = hold_run_lock(load_config(keyed).database_url())
+    try:
+        result = CliRunner(env={"LIAISON_DATA_KEY": DATA_KEY}).invoke(
+            main, ["keys", "forget-login", "--config", str(keyed)]
+        )
+    finally:
+        lock.release()
+    assert result.exit_code == 1, result.output
+    assert "another liaison-bot is running" in result.output
+    assert "stop it first. Nothing was changed." in result.output
+    store = Store.from_url(database_url)
+    try:
+        assert store.bot_session() is not None
+    finally:
+        store.close()
+    done = CliRunner(env={"LIAISON_DATA_KEY": DATA_KEY}).invoke(
+        main, ["keys", "forget-login", "--config", str(keyed)]
+    )
+    assert done.exit_code == 0 and "forgot the login of device OLDDEVICE" in done.output
