@@ -325,6 +325,33 @@ def test_an_attacker_who_rewrites_everything_never_gets_exit_0(
     assert "cannot tell the two apart" in result.stderr
 
 
+def test_deleting_the_newest_rows_and_moving_the_head_is_broken(
+    config: Path, database_url: str
+) -> None:
+    """The newest rows (the record of what someone did last) deleted and the head pointed
+    at the row before them: every remaining row still verifies, but the head's seal covers
+    the newest row, so moving it needs the key: BROKEN (1), never intact."""
+    for user in (LO, "@other:example.org"):
+        assert cli("clearance", "grant", "--config", str(config), user, "NS",
+                   "--nationality", "DEU").exit_code == 0  # fmt: skip
+    assert verify(config, DATA_KEY).exit_code == 0
+    store = keyed(database_url)
+    try:
+        with store.session() as session:
+            newest = session.scalar(select(func.max(AuditRow.id)))
+            session.execute(delete(AuditRow).where(AuditRow.id == newest))
+            kept = session.scalars(select(AuditRow).order_by(AuditRow.id.desc())).first()
+            assert kept is not None
+            session.execute(update(AuditHeadRow).values(last_id=kept.id, hash=kept.hash))
+    finally:
+        store.close()
+    result = verify(config, DATA_KEY)
+    assert result.exit_code == 1, result.output
+    assert "the key marker was changed or the head moved" in result.stdout
+    assert "newest rows may have been deleted" in result.stdout
+    assert verify(config, "w" * 40).exit_code == 2  # another key: no verdict, never intact
+
+
 def strip_marker_and_rehash(database_url: str) -> None:
     """What someone with write access but not the key can do: delete the key marker and
     the bot's session row, then re-hash every row without the key (here after changing one)."""

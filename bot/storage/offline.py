@@ -32,7 +32,7 @@ from bot.storage.models import (
     make_engine,
 )
 from bot.storage.records import StoreError
-from bot.storage.store import Store, _key_seal, audit_hash
+from bot.storage.store import Store, audit_hash, head_seal_ok
 
 log = logging.getLogger(__name__)
 
@@ -179,14 +179,15 @@ def check_chain(store: Store) -> ChainCheck:
                     "the data key is not set, and the log is keyed with it",
                     "no_key",
                 )
-            if not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from)):
+            if not head_seal_ok(head, key):
                 verifying = _rows_verifying(session, key)
                 if verifying:
                     return ChainCheck(
                         ChainStatus.BROKEN,
                         0,
-                        f"the key marker was changed ({verifying} row(s) verify under this "
-                        "data key, so the key is right and the marker is not)",
+                        f"the key marker was changed or the head moved ({verifying} row(s) "
+                        "verify under this data key, so the key is right and the head is not: "
+                        "its newest rows may have been deleted)",
                     )
                 return ChainCheck(
                     ChainStatus.CANNOT_VERIFY,

@@ -296,8 +296,8 @@ class Store:
                         "the audit log is keyed with the data key: set it "
                         "(storage.data_key_env) to verify it"
                     )
-                if not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from)):  # type: ignore[union-attr]  # keyed_from is set: head is not None
-                    return AuditVerdict(False, 0, "the key marker was changed")
+                if not head_seal_ok(head, key):  # type: ignore[arg-type]  # keyed_from is set: head is not None
+                    return AuditVerdict(False, 0, "the key marker was changed or the head moved")
             elif key is not None and session.get(BotSessionRow, 1) is not None:
                 return AuditVerdict(
                     False,
@@ -1625,7 +1625,7 @@ def append_audit(
         keyed_from is not None
         and key is not None
         and not session.info.get(REKEYING)
-        and not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from))  # type: ignore[union-attr]  # keyed_from is set: head is not None
+        and not head_seal_ok(head, key)  # type: ignore[arg-type]  # keyed_from is set: head is not None
     ):
         # Another key: writing on would seal the marker under it and break the log for
         # the real key. Only a rotation (`finish_data_rotation`, REKEYING) moves the marker.
@@ -1648,7 +1648,11 @@ def append_audit(
     if key is not None and keyed_from is None:
         keyed_from = row.id
     row.hash = audit_hash(row, key)
-    seal = _key_seal(key, keyed_from) if key is not None and keyed_from is not None else None
+    seal = (
+        _key_seal(key, keyed_from, row.id, row.hash)
+        if key is not None and keyed_from is not None
+        else None
+    )
     if head is None:
         session.add(
             AuditHeadRow(id=1, last_id=row.id, hash=row.hash, keyed_from=keyed_from, key_seal=seal)
@@ -1675,8 +1679,20 @@ def register_public_key(data_key: str) -> str:
     return RegisterSigner.from_audit_key(audit_key_from(data_key)).text
 
 
-def _key_seal(key: bytes, keyed_from: int) -> str:
-    return hmac.new(key, f"keyed-from:{keyed_from}".encode(), hashlib.sha256).hexdigest()
+def _key_seal(key: bytes, keyed_from: int, last_id: int, head_hash: str) -> str:
+    """The head's seal: an HMAC of the key marker AND of the newest row (its id and hash).
+    Why the newest row too: without it, someone with write access to the database could
+    delete the newest rows (a `keys.exported`, say) and point the head at the row before
+    them, and the chain would verify; moving the head now needs the key."""
+    message = f"keyed-from:{keyed_from};head:{last_id}:{head_hash}"
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def head_seal_ok(head: AuditHeadRow, key: bytes) -> bool:
+    """Whether the keyed head's seal (marker and newest row) is `key`'s."""
+    assert head.keyed_from is not None
+    expected = _key_seal(key, head.keyed_from, head.last_id, head.hash)
+    return hmac.compare_digest(head.key_seal or "", expected)
 
 
 def audit_hash(row: AuditRow, key: bytes | None = None) -> str:
@@ -1713,8 +1729,3 @@ def add_to_anchor(anchor: hmac.HMAC, row: AuditRow) -> None:
     """One row into the anchor: its id, its contents and link (the unkeyed hash covers
     both) and the hash stored with it."""
     anchor.update(f"{row.id}:{audit_hash(row)}:{row.hash}\n".encode("ascii"))
-
-
-def key_marker_seal(key: bytes, keyed_from: int) -> str:
-    """The audit head's seal of the key marker under `key` (a rotation writes it anew)."""
-    return _key_seal(key, keyed_from)
