@@ -134,6 +134,17 @@ class Store:
         with self.session() as session:
             head = session.get(AuditHeadRow, 1)
             if head is None or head.keyed_from is None:
+                ran = _bot_has_run(session)
+                if ran is not None:
+                    # A bot that ran keyed the log before writing any of this: the marker
+                    # was removed. Keying now would vouch for rows anyone could rewrite, and
+                    # sign register rows inserted meanwhile (`key_register`).
+                    raise StoreError(
+                        f"the audit log carries no key marker, but the bot has run on this "
+                        f"database ({ran}): someone with write access to the database removed "
+                        "it. Not starting: the log and the register cannot be trusted; "
+                        "restore a backup (liaison-bot audit verify says the same)"
+                    )
                 append_audit(session, "liaison-bot", "audit.keyed")
         self.key_register()
 
@@ -288,6 +299,12 @@ class Store:
         without the key: StoreError (it cannot be checked, which is not broken)."""
         key = self.audit_key
         with self.session() as session:
+            if self.engine.dialect.name == "postgresql":
+                # One snapshot for the head and the rows: under READ COMMITTED a row a
+                # running bot commits between the two reads would look like the head
+                # missing its newest rows, a false "BROKEN". (SQLite: a transaction is one
+                # snapshot already.)
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             head = session.get(AuditHeadRow, 1)
             keyed_from = head.keyed_from if head is not None else None
             if keyed_from is not None:
@@ -298,12 +315,12 @@ class Store:
                     )
                 if not head_seal_ok(head, key):  # type: ignore[arg-type]  # keyed_from is set: head is not None
                     return AuditVerdict(False, 0, "the key marker was changed or the head moved")
-            elif key is not None and session.get(BotSessionRow, 1) is not None:
+            elif key is not None and (ran := _bot_has_run(session)) is not None:
                 return AuditVerdict(
                     False,
                     0,
-                    "the log carries no key marker though the bot has run: the marker was "
-                    "removed (or the bot has not started since the upgrade)",
+                    f"the log carries no key marker though the bot has run ({ran}): the "
+                    "marker was removed",
                 )
             prev = GENESIS_HASH
             last: AuditRow | None = None
@@ -1597,6 +1614,21 @@ def _digest_run_row(
             DigestRunRow.schedule_key == schedule_key, DigestRunRow.window_end == window_end
         )
     )
+
+
+def _bot_has_run(session: Session) -> str | None:
+    """What shows that a bot has run on this database (None: nothing does). Each of these
+    is written only by a running bot, after it keyed the audit log (`key_audit_log` comes
+    first at every start); never by the CLI, with or without the data key."""
+    for what, model in (
+        ("its stored login", BotSessionRow),
+        ("its sync position", SyncStateRow),
+        ("events it handled", HandledEventRow),
+        ("items it relayed", IntelItemRow),
+    ):
+        if session.scalar(select(func.count()).select_from(model)) != 0:
+            return what
+    return None
 
 
 def append_audit(
