@@ -1083,8 +1083,14 @@ def clearance_export(config_path: str, out: str | None, fmt: str | None) -> None
         _fail(f"--out: {out} exists; refusing to overwrite it")
     except OSError as exc:
         _fail(f"--out: cannot create {out}: {exc.strerror}")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:  # a full disk, say: no half register left behind
+        os.unlink(out)
+        _fail(f"--out: cannot write {out}: {exc.strerror}; nothing was written")
     click.echo(f"wrote {len(rows)} clearance record(s) to {out}", err=True)
 
 

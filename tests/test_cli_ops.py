@@ -812,3 +812,33 @@ def test_a_csv_export_runs_no_formula_in_a_spreadsheet_and_reads_back(
     again = import_(config, out)
     assert again.exit_code == 0, again.output
     assert again.stdout.strip() == "added 0, changed 0, revoked 0, unchanged 2"
+
+
+def test_an_export_that_cannot_be_written_whole_leaves_no_file(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills half-way: no half register is left behind to be imported later
+    (with --revoke-missing, half a register revokes the other half)."""
+    import errno
+    import io
+
+    assert cli("clearance", "grant", "--config", str(config), LO, "NS",
+               "--nationality", "DEU").exit_code == 0  # fmt: skip
+    real_fdopen = os.fdopen
+
+    class Full(io.TextIOWrapper):
+        def write(self, text: str) -> int:
+            super().write(text[:10])
+            super().flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fdopen(fd: int, *args: object, **kwargs: object) -> object:
+        handle = real_fdopen(fd, "wb")
+        return Full(handle, encoding="utf-8", newline="")
+
+    out = tmp_path / "register.csv"
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    result = cli("clearance", "export", "--config", str(config), "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert f"--out: cannot write {out}: No space left on device" in result.stderr
+    assert not out.exists()
