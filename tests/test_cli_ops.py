@@ -842,3 +842,27 @@ def test_an_export_that_cannot_be_written_whole_leaves_no_file(
     assert result.exit_code == 2, result.output
     assert f"--out: cannot write {out}: No space left on device" in result.stderr
     assert not out.exists()
+
+
+def test_import_refuses_an_id_that_differs_only_in_case(config: Path, tmp_path: Path) -> None:
+    """`@LO-DEU:…` for `@lo-deu:…` on record: a revocation that would revoke nobody (the
+    person meant stays cleared) is refused naming both ids, and nothing changes."""
+    assert cli("clearance", "grant", "--config", str(config), LO, "NS",
+               "--nationality", "DEU").exit_code == 0  # fmt: skip
+    shouted = "@LO-DEU:example.org"
+    path = tmp_path / "register.csv"
+    path.write_text(f"user_id,nationality,levels,caveats,expires,revoked\n{shouted},DEU,,,,yes\n")
+    result = import_(config, path)
+    assert result.exit_code == 2, result.output
+    assert f"line 2: user {shouted} differs from {LO} only in letter case" in result.stderr
+    assert "status: active" in cli("clearance", "show", "--config", str(config), LO).stdout
+    assert cli("clearance", "show", "--config", str(config), shouted).exit_code != 0
+    twice = tmp_path / "twice.csv"
+    twice.write_text(
+        "user_id,nationality,levels,caveats,expires,revoked\n"
+        "@new:example.org,DEU,NATO SECRET,,,no\n"
+        "@NEW:example.org,DEU,NATO SECRET,,,no\n"
+    )
+    result = import_(config, twice)
+    assert result.exit_code == 2, result.output
+    assert "line 3: user @NEW:example.org differs from @new:example.org" in result.stderr

@@ -846,7 +846,19 @@ class Store:
             rows = {r.user_id: r for r in session.scalars(select(ClearanceRow))}
             problems: list[str] = []
             plan: list[tuple[ClearanceChange, WantedClearance | None]] = []
+            # Matrix ids are compared exactly, so "@Alice:…" is not "@alice:…"; but a file
+            # that names one where the register (or the file) holds the other is a typo
+            # that would leave the person the administrator meant as they are (a revocation
+            # that revokes nobody): refused, naming both.
+            by_case = {user_id.casefold(): user_id for user_id in rows}
             for wish in wanted:
+                other = by_case.setdefault(wish.user_id.casefold(), wish.user_id)
+                if other != wish.user_id:
+                    problems.append(
+                        f"{wish.where}: user {wish.user_id} differs from {other} only in letter "
+                        "case; Matrix ids are case-sensitive: give the exact id"
+                    )
+                    continue
                 row = rows.get(wish.user_id)
                 if row is not None and not self._clearance_verifies(row):
                     problems.append(
