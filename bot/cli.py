@@ -1604,20 +1604,21 @@ def _new_key(new_key_file: str | None, new_key_env: str | None) -> str:
     if (new_key_file is None) == (new_key_env is None):
         _fail("give the new key with exactly one of --new-key-file PATH or --new-key-env NAME")
     if new_key_file is not None:
+        from bot.config import SecretSource
+        from bot.startup import read_secret_file
+
+        # Read exactly as the bot reads a secret file (bot/startup.py: one trailing line
+        # end stripped, "\n" or "\r\n"; opened once, never blocking; 0600), so the same
+        # file given to the bot afterwards is the same key: a key rotated to "KEY\r" from
+        # a file with Windows line ends would open nothing the bot reads as "KEY".
+        source = f"--new-key-file {new_key_file}"
         try:
-            mode = os.stat(new_key_file).st_mode & 0o777
-            text = Path(new_key_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            _fail(f"--new-key-file: cannot read {new_key_file}: {exc}")
-        if mode & 0o077:
-            _fail(
-                f"--new-key-file: {new_key_file} is readable by others (mode {mode:o}); "
-                "chmod 600 it first (and make a new key: this one may be known). Nothing was "
-                "changed."
+            key = read_secret_file(SecretSource("--new-key-file", "file", new_key_file))
+        except ValueError as exc:
+            known = (
+                " (and make a new key: this one may be known)" if "by others" in str(exc) else ""
             )
-        # As the bot reads a secret file: one trailing newline stripped, nothing else, so
-        # the same file given to the bot afterwards is the same key.
-        key, source = text.removesuffix("\n"), f"--new-key-file {new_key_file}"
+            _fail(f"{exc}{known}. Nothing was changed.")
         if "\n" in key:
             _fail(f"{source}: the file holds more than one line. Nothing was changed.")
     else:

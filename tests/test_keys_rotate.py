@@ -501,7 +501,10 @@ def test_bad_input_changes_nothing(world: World) -> None:
     loose = key_file(world.folder, NEW_DATA, "loose")
     loose.chmod(0o644)
     readable = world.cli("keys", "rotate", "--data", "--new-key-file", str(loose))
-    assert readable.exit_code == 2 and "readable by others (mode 644)" in readable.output
+    assert readable.exit_code == 2 and "readable by others than its owner (mode 0644)" in (
+        readable.output
+    )
+    assert "make a new key: this one may be known" in readable.output
     no_key = world.cli("keys", "rotate", "--data")
     assert no_key.exit_code == 2 and "--new-key-file" in no_key.output
     same = world.cli(

@@ -272,3 +272,52 @@ def test_keys_rotate_does_not_launder_a_stripped_log_with_no_trace_of_a_bot(
         main, ["audit", "verify", "--config", str(config)]
     )
     assert after.exit_code != 0, after.output
+
+
+def test_a_fifo_as_the_new_key_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    """`keys rotate --new-key-file` reads the file as the bot reads a secret file: a FIFO
+    (a mistake, or planted) is refused at once instead of blocking the command for ever.
+    In a child with a hard timeout, so that a regression fails instead of hanging."""
+    import os
+    import subprocess
+    import sys
+
+    from bot.storage import Store, audit_key_from
+    from bot.storage.migrate import upgrade
+
+    url = f"sqlite:///{tmp_path / 'bot.db'}"
+    upgrade(url)
+    store = Store.from_url(url, audit_key_from(DATA))
+    try:
+        store.key_audit_log()
+    finally:
+        store.close()
+    new_key = tmp_path / "new-key"
+    os.mkfifo(new_key, 0o600)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [homeserver]
+            url = "http://127.0.0.1:9"
+            user_id = "@liaison:example.org"
+            password_env = "LIAISON_PASSWORD"
+
+            [storage]
+            database_url = "{url}"
+            crypto_store = "crypto"
+            """
+        )
+    )
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-m", "bot.cli", "keys", "rotate", "--data", "--config", str(config),
+         "--new-key-file", str(new_key)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(repo), "LIAISON_DATA_KEY": DATA,
+             "LIAISON_PICKLE_KEY": PICKLE},
+    )  # fmt: skip
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"--new-key-file: {new_key} is not a regular file. Nothing was changed." in (done.stderr)
