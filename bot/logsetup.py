@@ -107,11 +107,6 @@ def configure_logging(config: Config, verbose: bool = False) -> int:
         logging.getLogger(name).setLevel(
             logging.DEBUG if level <= logging.DEBUG else logging.WARNING
         )
-        # A level set on one of its loggers earlier in this process (`db upgrade` shows
-        # Alembic's progress at INFO) would slip past the library's: they inherit again.
-        for child, logger in list(logging.root.manager.loggerDict.items()):
-            if child.startswith(f"{name}.") and isinstance(logger, logging.Logger):
-                logger.setLevel(logging.NOTSET)
     return level
 
 
