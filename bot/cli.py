@@ -13,10 +13,12 @@ and a command that only reads opens it read-only (`bot/storage/offline.py`).
 from __future__ import annotations
 
 import asyncio
+import errno
 import getpass
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime
@@ -1008,6 +1010,28 @@ def clearance_list(config_path: str, as_json: bool) -> None:
 REGISTER_FORMATS = ("csv", "json")
 REGISTER_FILE_FORMAT = "liaison-bot clearances v1"  # the JSON file's "format"
 
+# A CSV cell a spreadsheet would run as a formula (`=`, `+`, `-`, `@`, or after a tab or a
+# carriage return: "CSV injection", e.g. `=HYPERLINK(…)` or a DDE call) is written with a
+# leading apostrophe, which spreadsheets take as "text"; so is a cell that starts with an
+# apostrophe, so that `clearance import`, which takes one leading apostrophe off every CSV
+# cell, reads back exactly what was exported. A user id in today's Matrix grammar (letters,
+# digits and ._=-/+ before the server) cannot call anything, and is left as it is: every
+# id starts with `@`, and a register full of apostrophes would be read as damaged.
+_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+_PLAIN_USER_ID = re.compile(r"@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-\[\]:]+")
+
+
+def csv_cell(value: str) -> str:
+    """A register value as a CSV cell no spreadsheet runs (see `_CSV_FORMULA_START`)."""
+    if value.startswith(_CSV_FORMULA_START) and not _PLAIN_USER_ID.fullmatch(value):
+        return "'" + value
+    return value
+
+
+def csv_value(cell: str) -> str:
+    """A CSV cell as the register value it stands for (`csv_cell` undone)."""
+    return cell.removeprefix("'")
+
 
 def _register_format(fmt: str | None, path: str | None, option: str) -> str:
     """`--format`, else the file's extension; JSON on stdout/stdin when neither says."""
@@ -1060,15 +1084,14 @@ def clearance_export(config_path: str, out: str | None, fmt: str | None) -> None
         writer = csv.DictWriter(buffer, fieldnames=REGISTER_FIELDS, lineterminator="\n")
         writer.writeheader()
         for row in rows:
-            writer.writerow(
-                {
-                    **row,
-                    "levels": ";".join(row["levels"]),
-                    "caveats": ";".join(row["caveats"]),
-                    "expires": row["expires"] or "",
-                    "revoked": "yes" if row["revoked"] else "no",
-                }
-            )
+            cells = {
+                **row,
+                "levels": ";".join(row["levels"]),
+                "caveats": ";".join(row["caveats"]),
+                "expires": row["expires"] or "",
+                "revoked": "yes" if row["revoked"] else "no",
+            }
+            writer.writerow({name: csv_cell(str(cell)) for name, cell in cells.items()})
         text = buffer.getvalue()
     if out is None or out == "-":
         click.echo(text, nl=False)
@@ -1079,8 +1102,14 @@ def clearance_export(config_path: str, out: str | None, fmt: str | None) -> None
         _fail(f"--out: {out} exists; refusing to overwrite it")
     except OSError as exc:
         _fail(f"--out: cannot create {out}: {exc.strerror}")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:  # a full disk, say: no half register left behind
+        os.unlink(out)
+        _fail(f"--out: cannot write {out}: {exc.strerror}; nothing was written")
     click.echo(f"wrote {len(rows)} clearance record(s) to {out}", err=True)
 
 
@@ -1115,7 +1144,7 @@ def _register_file_rows(path: str, fmt: str) -> list[tuple[str, dict[str, Any]]]
     for fields in reader:
         if None in fields:  # more cells than the header names
             _fail(f"{path}: line {reader.line_num}: more cells than the header has columns")
-        present = {k: v for k, v in fields.items() if v is not None}
+        present = {k: csv_value(v) for k, v in fields.items() if v is not None}
         rows.append((f"line {reader.line_num}", present))
     return rows
 
@@ -1207,8 +1236,9 @@ def audit() -> None:
 def audit_verify(config_path: str, as_json: bool) -> None:
     """Check the audit log's hash chain: exit 0 intact; 1 broken (tampered with or damaged,
     naming the first bad row); 2 cannot verify: the log is keyed and the data key is not
-    set, or the key given does not open it (nothing was judged). Reads the database
-    read-only.
+    set, or the key given does not open it, or the log carries no key marker (the bot has
+    never run on it, or the marker was removed: unkeyed rows can be rewritten by anyone
+    with write access to the database). Reads the database read-only.
 
     \b
     Example:
@@ -1461,6 +1491,26 @@ def keys_export(config_path: str, out: str) -> None:
     click.echo(f"wrote the cross-signing keys of {user_id} (master {master}) to {out} (0600)")
 
 
+# link() is refused with these where the file system has no hard links (FAT and exFAT: the
+# USB stick a recovery file is meant to go to).
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
+def _place_new(temp: str, out: str) -> None:
+    """Give the whole file `temp` the name `out`, never replacing a file already there:
+    link() refuses an existing name atomically. Where the file system has no hard links,
+    rename() after a check instead: a file appearing between the two on the
+    administrator's own medium is the one case left."""
+    try:
+        os.link(temp, out)
+    except OSError as exc:
+        if exc.errno not in _NO_HARD_LINKS:
+            raise
+        if os.path.lexists(out):
+            raise FileExistsError(errno.EEXIST, "File exists", out) from None
+        os.rename(temp, out)
+
+
 def _write_and_record(
     store: Store, out: str, content: str, subject: str, detail: dict[str, Any]
 ) -> None:
@@ -1488,7 +1538,7 @@ def _write_and_record(
                     handle.write(content)
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.link(temp, out)  # never replaces a file that appeared meanwhile
+                _place_new(temp, out)
                 placed = True
                 dir_fd = os.open(folder, os.O_RDONLY)
                 try:
@@ -1573,20 +1623,21 @@ def _new_key(new_key_file: str | None, new_key_env: str | None) -> str:
     if (new_key_file is None) == (new_key_env is None):
         _fail("give the new key with exactly one of --new-key-file PATH or --new-key-env NAME")
     if new_key_file is not None:
+        from bot.config import SecretSource
+        from bot.startup import read_secret_file
+
+        # Read exactly as the bot reads a secret file (bot/startup.py: one trailing line
+        # end stripped, "\n" or "\r\n"; opened once, never blocking; 0600), so the same
+        # file given to the bot afterwards is the same key: a key rotated to "KEY\r" from
+        # a file with Windows line ends would open nothing the bot reads as "KEY".
+        source = f"--new-key-file {new_key_file}"
         try:
-            mode = os.stat(new_key_file).st_mode & 0o777
-            text = Path(new_key_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            _fail(f"--new-key-file: cannot read {new_key_file}: {exc}")
-        if mode & 0o077:
-            _fail(
-                f"--new-key-file: {new_key_file} is readable by others (mode {mode:o}); "
-                "chmod 600 it first (and make a new key: this one may be known). Nothing was "
-                "changed."
+            key = read_secret_file(SecretSource("--new-key-file", "file", new_key_file))
+        except ValueError as exc:
+            known = (
+                " (and make a new key: this one may be known)" if "by others" in str(exc) else ""
             )
-        # As the bot reads a secret file: one trailing newline stripped, nothing else, so
-        # the same file given to the bot afterwards is the same key.
-        key, source = text.removesuffix("\n"), f"--new-key-file {new_key_file}"
+            _fail(f"{exc}{known}. Nothing was changed.")
         if "\n" in key:
             _fail(f"{source}: the file holds more than one line. Nothing was changed.")
     else:
@@ -1769,15 +1820,20 @@ def keys_rotate(
     if new == other:
         _fail("the new key is the bot's other key; each key must be its own. Nothing was changed.")
     assert current is not None
-    from bot.storage.runlock import StoreBusy, hold_run_lock
+    from bot.storage.runlock import LockFileUnusable, StoreBusy, hold_run_lock
 
+    # The database first: a wrong path is refused before the lock below would make its
+    # folder and lock file there. Opening it changes nothing; no value is resealed before
+    # the lock is held.
+    store = _offline_store(config)
     # The run lock a single bot holds while it runs: held here for the whole rotation, so a
     # running bot is refused, and a bot cannot start half-way through (a pair: the lease).
     try:
         lock = hold_run_lock(config.database_url())
     except StoreBusy as exc:
-        _fail(f"{exc}: stop it first. Nothing was changed.", EXIT_NO)
-    store = _offline_store(config)
+        store.close()
+        todo = "" if isinstance(exc, LockFileUnusable) else ": stop it first"
+        _fail(f"{exc}{todo}. Nothing was changed.", EXIT_NO)
     try:
         if which == "data":
             _rotate_data(store, current, new, batch_size)
@@ -1827,8 +1883,13 @@ def _rotate_data(store: Store, old: str, new: str, batch_size: int) -> None:
             "with. Nothing was changed.",
             EXIT_NO,
         )
-    verdict = store.verify_audit()
-    if not verdict.intact:
+    # The same verdict as `audit verify`, not only "no row is wrong": the rotation's anchor
+    # vouches for every row before it under the new key, so a log that cannot be vouched for
+    # (one stripped of its key marker and re-hashed without the key) must not be laundered.
+    from bot.storage.offline import ChainStatus, check_chain
+
+    verdict = check_chain(store)
+    if verdict.status is not ChainStatus.INTACT:
         _fail(
             f"the audit log does not verify ({verdict.message}): a rotation would vouch for "
             "it under the new key. Find out why first (liaison-bot audit verify). Nothing "
@@ -1950,8 +2011,19 @@ def keys_forget_login(config_path: str) -> None:
     Example:
       liaison-bot keys forget-login --config config.toml
     """
+    from bot.storage.runlock import LockFileUnusable, StoreBusy, hold_run_lock
+
     config = _load(config_path)
     store = _offline_store(config)
+    # "Stop the bot first", enforced as `keys rotate` does: a single bot running holds the
+    # run lock (a pair: the lease). Forgetting the login under it would look done while
+    # the running bot goes on with the old device.
+    try:
+        lock = hold_run_lock(config.database_url())
+    except StoreBusy as exc:
+        store.close()
+        todo = "" if isinstance(exc, LockFileUnusable) else ": stop it first"
+        _fail(f"{exc}{todo}. Nothing was changed.", EXIT_NO)
     try:
         _refuse_running(store)
         try:
@@ -1960,6 +2032,7 @@ def keys_forget_login(config_path: str) -> None:
             _fail(f"{exc}. Nothing was changed.", EXIT_NO)
     finally:
         store.close()
+        lock.release()
     if device is None:
         click.echo("no stored login: the next start logs in with the password")
         return

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -164,6 +165,15 @@ class HomeserverConfig(_Section):
     def _url(cls, value: str) -> str:
         if not re.match(r"^https?://[^\s/]+", value):
             raise ValueError(f"bad homeserver url {value!r}: expected http(s)://host[:port]")
+        parts = urlsplit(value)
+        if "@" in parts.netloc or parts.query or parts.fragment:
+            # Credentials or a token in the url would be logged with it (each start-up
+            # attempt names the homeserver): refused without echoing the value.
+            raise ValueError(
+                "bad homeserver url: no user, password, query or fragment (the url is "
+                "logged; the bot's credentials go in password_env/access_token_env or their "
+                "*_file twins); expected http(s)://host[:port]"
+            )
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -727,8 +737,12 @@ class Config(_Section):
         return self._base_dir / self.storage.crypto_store
 
     def log_file(self) -> Path | None:
-        """`[logging] file`, absolute (relative paths are from the config's folder)."""
-        return self.path(self.logging.file) if self.logging.file else None
+        """`[logging] file`, absolute (relative paths are from the config's folder). The
+        last part is not resolved: a symlink there is refused when the log is opened
+        (bot/logsetup.py), not followed."""
+        if not self.logging.file:
+            return None
+        return Path(os.path.normpath(self._base_dir / self.logging.file.strip()))
 
     def secret_sources(self) -> dict[str, SecretSource]:
         """Secret name -> where it comes from, for every secret the bot needs to run: the

@@ -47,10 +47,18 @@ def write_example_config(path: Path, *, force: bool = False) -> Path:
         raise InitError(f"{target} is a folder: give the config file's path")
     if target.exists() and not force:
         raise InitError(f"{target} already exists: not overwritten (--force replaces it)")
+    # Every folder made here gets DIR_MODE, whatever the umask: mkdir(parents=True) would
+    # give the folders above the last the umask's default (0777 under `umask 0`, where
+    # anyone could swap the config for their own). Folders already there are left as they are.
+    missing = [p for p in (target.parent, *target.parent.parents) if not p.exists()]
     try:
-        target.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+        for folder in reversed(missing):
+            folder.mkdir(mode=DIR_MODE, exist_ok=True)
+            folder.chmod(DIR_MODE)
     except OSError as exc:
         raise InitError(f"cannot create the folder {target.parent}: {exc.strerror}") from exc
+    if not target.parent.is_dir():
+        raise InitError(f"cannot create the folder {target.parent}: a file is in the way")
     text = example_config()
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)

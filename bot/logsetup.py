@@ -10,10 +10,14 @@ any level; this module only decides where the lines go.
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import logging
+import os
 import platform
 import socket
+import stat
 import sys
 from datetime import UTC, datetime
 from importlib import metadata
@@ -56,6 +60,35 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False)
 
 
+class PrivateFileHandler(logging.FileHandler):
+    """A log file only its owner reads: created 0600 (whatever the umask), an existing one
+    stripped of the bits that let anyone else read it, never followed through a symlink.
+    Why: the log names people, rooms and decisions, which is nobody else's business on the
+    host; and a symlink planted where the log goes must not make the bot append to (or
+    create) a file of the attacker's choosing."""
+
+    def _open(self) -> io.TextIOWrapper:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(self.baseFilename, flags, 0o600)
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:
+                raise
+            raise OSError(
+                errno.ELOOP, "it is a symbolic link: give the real file's path", self.baseFilename
+            ) from None
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise OSError(errno.EINVAL, "not a regular file", self.baseFilename)
+            if mode & 0o007:
+                os.fchmod(fd, stat.S_IMODE(mode) & ~0o007)
+            return open(fd, "a", encoding=self.encoding, errors=self.errors)  # the handler keeps it
+        except BaseException:
+            os.close(fd)
+            raise
+
+
 def configure_logging(config: Config, verbose: bool = False) -> int:
     """Set up the root logger from `[logging]` (`verbose`: debug, as `run -v`); returns the
     level. Replaces handlers set earlier (a second call in one process, as tests make)."""
@@ -66,7 +99,7 @@ def configure_logging(config: Config, verbose: bool = False) -> int:
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     log_file = config.log_file()
     if log_file is not None:
-        handlers.append(logging.FileHandler(log_file, mode="a", encoding="utf-8"))
+        handlers.append(PrivateFileHandler(log_file, mode="a", encoding="utf-8"))
     for handler in handlers:
         handler.setFormatter(formatter)
     logging.basicConfig(level=level, handlers=handlers, force=True)

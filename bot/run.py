@@ -76,7 +76,10 @@ async def _run(
         store.close()
         raise StartupError(
             f"a rotation of the {' and '.join(cut_off)} key was cut off: finish it with "
-            f"`liaison-bot keys rotate --{cut_off[0]} …` (the same new key) before starting"
+            f"`liaison-bot keys rotate --{cut_off[0]} …` (the same new key) before starting. "
+            "If nobody started a rotation, its keys.rotating audit entry was written into the "
+            "database by someone else: run `liaison-bot audit verify` and treat the database "
+            "as tampered with if it does not say intact"
         )
     if node is None:
         bot = LiaisonBot(config, store, secrets)

@@ -3,6 +3,7 @@ files), and the error that stops it."""
 
 from __future__ import annotations
 
+import hmac
 import os
 import stat
 from collections.abc import Mapping
@@ -52,10 +53,21 @@ class SecretError(StartupError):
         super().__init__(" / ".join(parts))
 
 
+# A key, a password or a token is a line; anything much longer is the wrong file (a log, a
+# disk image): refused before it is read into memory.
+MAX_SECRET_BYTES = 64 * 1024
+
+
 def read_secret_file(source: SecretSource) -> str:
     """A secret from a file: one trailing newline stripped (`echo` and editors add one);
-    refused, naming the key and the path, when missing, unreadable, empty, or readable by
-    group or others (outside systemd's credentials folder). Raises ValueError.
+    refused, naming the key and the path, when missing, unreadable, not a regular file,
+    larger than MAX_SECRET_BYTES, empty, or readable by group or others (outside systemd's
+    credentials folder). Raises ValueError; the message never holds the file's contents.
+
+    The file is opened once, without blocking (a FIFO or a device named by mistake, or
+    planted, would otherwise hang the start for ever) and without becoming a controlling
+    terminal, and every check is made on that open descriptor (fstat, and the path it
+    really opened), so the file cannot be swapped between the check and the read.
 
     A path in another unit's credentials folder that is not there is looked up by name in
     this process's own (`$CREDENTIALS_DIRECTORY`): an offline command started with
@@ -64,21 +76,48 @@ def read_secret_file(source: SecretSource) -> str:
     own = os.environ.get("CREDENTIALS_DIRECTORY")
     if own and path.is_relative_to(CREDENTIALS_DIR) and not path.exists():
         path = Path(own) / path.name
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
-        with path.open("rb") as handle:
-            mode = os.fstat(handle.fileno()).st_mode
-            data = handle.read()
+        fd = os.open(path, flags)
     except FileNotFoundError:
         raise ValueError(f"{source.key}: no such file {path}") from None
     except OSError as exc:
         raise ValueError(f"{source.key}: cannot read {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(mode):
-        raise ValueError(f"{source.key}: {path} is not a regular file")
-    if mode & 0o077 and not path.resolve().is_relative_to(CREDENTIALS_DIR):
+    try:
+        info = os.fstat(fd)
+        mode = info.st_mode
+        if stat.S_ISDIR(mode):
+            raise ValueError(f"{source.key}: cannot read {path}: Is a directory")
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{source.key}: {path} is not a regular file")
+        if mode & 0o077 and not _opened_path(fd, path).is_relative_to(CREDENTIALS_DIR):
+            raise ValueError(
+                f"{source.key}: {path} is readable by others than its owner "
+                f"(mode {stat.S_IMODE(mode):04o}): chmod 600 {path}"
+            )
+        if info.st_size > MAX_SECRET_BYTES:
+            raise ValueError(
+                f"{source.key}: {path} is too large for a secret ({info.st_size} bytes, at "
+                f"most {MAX_SECRET_BYTES}): is it the right file?"
+            )
+        chunks: list[bytes] = []
+        size = 0
+        while size <= MAX_SECRET_BYTES:  # the file may grow after fstat: bounded anyway
+            chunk = os.read(fd, MAX_SECRET_BYTES + 1 - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as exc:
+        raise ValueError(f"{source.key}: cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if size > MAX_SECRET_BYTES:
         raise ValueError(
-            f"{source.key}: {path} is readable by others than its owner "
-            f"(mode {stat.S_IMODE(mode):04o}): chmod 600 {path}"
+            f"{source.key}: {path} is too large for a secret (more than {MAX_SECRET_BYTES} "
+            "bytes): is it the right file?"
         )
+    data = b"".join(chunks)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
@@ -87,6 +126,16 @@ def read_secret_file(source: SecretSource) -> str:
     if not text:
         raise ValueError(f"{source.key}: {path} is empty")
     return text
+
+
+def _opened_path(fd: int, path: Path) -> Path:
+    """The file the descriptor really is (Linux names it in /proc), not what the path
+    resolves to now: a symlink swapped after the open cannot place a file elsewhere into
+    the credentials folder's exemption."""
+    try:
+        return Path(os.readlink(f"/proc/self/fd/{fd}"))
+    except OSError:  # no /proc (another system): the path as it resolves
+        return path.resolve()
 
 
 def _read_all(
@@ -149,6 +198,19 @@ class Secrets:
             for name in ("pickle_key", "data_key")
             if name in values and len(values[name]) < MIN_KEY_CHARS
         ]
+        # The config refuses one variable or path for both keys; two paths to one file (a
+        # symlink, a hard link, a copy) or two variables holding one value are caught here,
+        # by the values: one key for both would lose the separation the two were made for.
+        pickle, data = values.get("pickle_key"), values.get("data_key")
+        if (
+            pickle is not None
+            and data is not None
+            and hmac.compare_digest(pickle.encode(), data.encode())
+        ):
+            weak.append(
+                f"{sources['pickle_key'].describe}, {sources['data_key'].describe}: the pickle "
+                "key and the data key are the same key; give each its own"
+            )
         if missing or files or weak:
             raise SecretError(missing, files, weak)
         return cls(

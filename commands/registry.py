@@ -22,8 +22,11 @@ from commands.services import Services
 from policy.ids import RoomKey, UserId
 
 MAX_COMMAND_LENGTH = 4000
-# \Z, not $: `$` also matches before a final newline, and a quoted "@a:b\n" is one token
-USER_ID = re.compile(r"^@[^:\s]+:[A-Za-z0-9.\-\[\]:]+\Z")
+# \Z, not $: `$` also matches before a final newline, and a quoted "@a:b\n" is one token.
+# The localpart: printable ASCII but ':' (the spec's historical user ids; new ones are a
+# subset): no control character (an ESC would reach an operator's terminal through
+# `clearance list`), no space, nothing outside ASCII.
+USER_ID = re.compile(r"^@[\x21-\x39\x3b-\x7e]+:[A-Za-z0-9.\-\[\]:]+\Z")
 ROOM_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}\Z")
 _OPEN_QUOTES = {'"': '"', "'": "'", "“": "”", "”": "”", "„": "“", "‘": "’", "’": "’", "«": "»"}
 

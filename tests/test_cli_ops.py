@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine, func, inspect, select, text, update
+from sqlalchemy import create_engine, delete, func, inspect, select, text, update
 
 from bot.cli import main
 from bot.storage import AuditHeadRow, AuditRow, ClearanceRow, Store, audit_key_from
@@ -323,6 +323,124 @@ def test_an_attacker_who_rewrites_everything_never_gets_exit_0(
     result = verify(config, DATA_KEY)
     assert result.exit_code == 2, result.output
     assert "cannot tell the two apart" in result.stderr
+
+
+def test_deleting_the_newest_rows_and_moving_the_head_is_broken(
+    config: Path, database_url: str
+) -> None:
+    """The newest rows (the record of what someone did last) deleted and the head pointed
+    at the row before them: every remaining row still verifies, but the head's seal covers
+    the newest row, so moving it needs the key: BROKEN (1), never intact."""
+    for user in (LO, "@other:example.org"):
+        assert cli("clearance", "grant", "--config", str(config), user, "NS",
+                   "--nationality", "DEU").exit_code == 0  # fmt: skip
+    assert verify(config, DATA_KEY).exit_code == 0
+    store = keyed(database_url)
+    try:
+        with store.session() as session:
+            newest = session.scalar(select(func.max(AuditRow.id)))
+            session.execute(delete(AuditRow).where(AuditRow.id == newest))
+            kept = session.scalars(select(AuditRow).order_by(AuditRow.id.desc())).first()
+            assert kept is not None
+            session.execute(update(AuditHeadRow).values(last_id=kept.id, hash=kept.hash))
+    finally:
+        store.close()
+    result = verify(config, DATA_KEY)
+    assert result.exit_code == 1, result.output
+    assert "the key marker was changed or the head moved" in result.stdout
+    assert "newest rows may have been deleted" in result.stdout
+    assert verify(config, "w" * 40).exit_code == 2  # another key: no verdict, never intact
+
+
+def strip_marker_and_rehash(database_url: str) -> None:
+    """What someone with write access but not the key can do: delete the key marker and
+    the bot's session row, then re-hash every row without the key (here after changing one)."""
+    from bot.storage import BotSessionRow
+    from bot.storage.store import audit_hash
+
+    store = keyed(database_url)
+    try:
+        with store.session() as session:
+            session.execute(delete(BotSessionRow))
+            prev = "0" * 64
+            for row in session.scalars(select(AuditRow).order_by(AuditRow.id)):
+                row.subject = "@eve:example.org" if row.subject == LO else row.subject
+                row.prev_hash = prev
+                row.hash = prev = audit_hash(row)
+            session.execute(update(AuditHeadRow).values(hash=prev, keyed_from=None, key_seal=None))
+    finally:
+        store.close()
+
+
+def test_a_log_stripped_of_its_marker_and_rehashed_is_never_intact(
+    config: Path, database_url: str
+) -> None:
+    """The marker and the bot's session row deleted, the log re-hashed without the key: no
+    row is wrong by itself, but an unkeyed log is not evidence; with or without the key the
+    answer is "cannot verify" (2), saying what to suspect, never "intact" (0)."""
+    from bot.storage import BotSessionRow
+
+    store = keyed(database_url)
+    try:
+        with store.session() as session:
+            session.add(
+                BotSessionRow(id=1, user_id="@bot:example.org", device_id="D", access_token="x")
+            )
+    finally:
+        store.close()
+    assert cli("clearance", "grant", "--config", str(config), LO, "NS", "--nationality", "DEU")
+    assert verify(config, DATA_KEY).exit_code == 0
+    strip_marker_and_rehash(database_url)
+    for key in (DATA_KEY, None):
+        result = verify(config, key)
+        assert result.exit_code == 2, result.output
+        assert "carry no key marker" in result.stderr
+        assert "if the bot has run here, treat the log as tampered with" in result.stderr
+    payload = json.loads(verify(config, DATA_KEY, "--json").stdout)
+    assert (payload["status"], payload["reason"]) == ("cannot_verify", "unkeyed")
+
+
+def test_an_emptied_log_beside_a_register_is_broken(config: Path, database_url: str) -> None:
+    """Every audit row and the head deleted: "empty log" would read as intact, but the
+    register rows beside it were audited when written."""
+    assert cli("clearance", "grant", "--config", str(config), LO, "NS", "--nationality", "DEU")
+    store = keyed(database_url)
+    try:
+        with store.session() as session:
+            session.execute(delete(AuditRow))
+            session.execute(delete(AuditHeadRow))
+    finally:
+        store.close()
+    for key in (DATA_KEY, None):
+        result = verify(config, key)
+        assert result.exit_code == 1, result.output
+        assert "audit log BROKEN: the log is empty, but the database holds clearances" in (
+            result.stdout
+        )
+
+
+def test_a_log_only_keyless_commands_wrote_cannot_be_vouched_for(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before the bot's first start, a CLI without the data key may write an unkeyed log:
+    it cannot be vouched for (2); once the bot has keyed it, it verifies (0)."""
+    monkeypatch.delenv("LIAISON_DATA_KEY", raising=False)
+    upgrade(database_url)
+    config = write_config(tmp_path / "config.toml", database_url)
+    assert verify(config, None).exit_code == 0  # empty, nothing beside it: nothing to vouch for
+    grant = CliRunner(env={"LIAISON_DATA_KEY": None}).invoke(
+        main, ["clearance", "grant", "--config", str(config), LO, "NS", "--nationality", "DEU"]
+    )
+    assert grant.exit_code == 0, grant.output
+    result = verify(config, None)
+    assert result.exit_code == 2, result.output
+    assert "either the bot has never run on this database" in result.stderr
+    store = keyed(database_url)
+    try:
+        store.key_audit_log()
+    finally:
+        store.close()
+    assert verify(config, DATA_KEY).exit_code == 0
 
 
 def test_verify_json(config: Path) -> None:
@@ -670,3 +788,81 @@ def test_listings_speak_json(config: Path) -> None:
     assert {"source": "deu", "targets": ["nato-s", "eu-s"], "origin": "config"} in routes["routes"]
     status = json.loads(cli("audit", "siem-status", "--config", str(config), "--json").stdout)
     assert status["started"] is False and status["lag_rows"] == 3  # keyed, signed, granted
+
+
+def test_a_csv_export_runs_no_formula_in_a_spreadsheet_and_reads_back(
+    config: Path, tmp_path: Path
+) -> None:
+    """A user id a spreadsheet would run (Matrix ids allow most characters before the
+    server; a federated server picks its own) is written as text, with a leading
+    apostrophe, and reads back as it was; a plain id is left as it is."""
+    formula = "@SUM(1+1)*cmd|'/Ccalc'!A0:evil.example"
+    for user in (formula, LO):
+        granted = cli("clearance", "grant", "--config", str(config), user, "NS",
+                      "--nationality", "DEU")  # fmt: skip
+        assert granted.exit_code == 0, granted.output
+    out = tmp_path / "register.csv"
+    assert cli("clearance", "export", "--config", str(config), "--out", str(out)).exit_code == 0
+    lines = out.read_text().splitlines()
+    assert lines[1:] == [
+        f"'{formula},DEU,NATO SECRET,,,no",
+        f"{LO},DEU,NATO SECRET,,,no",
+    ]
+    assert not any(line.startswith(("=", "+", "-", "@S")) for line in lines)
+    again = import_(config, out)
+    assert again.exit_code == 0, again.output
+    assert again.stdout.strip() == "added 0, changed 0, revoked 0, unchanged 2"
+
+
+def test_an_export_that_cannot_be_written_whole_leaves_no_file(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk fills half-way: no half register is left behind to be imported later
+    (with --revoke-missing, half a register revokes the other half)."""
+    import errno
+    import io
+
+    assert cli("clearance", "grant", "--config", str(config), LO, "NS",
+               "--nationality", "DEU").exit_code == 0  # fmt: skip
+    real_fdopen = os.fdopen
+
+    class Full(io.TextIOWrapper):
+        def write(self, text: str) -> int:
+            super().write(text[:10])
+            super().flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    def fdopen(fd: int, *args: object, **kwargs: object) -> object:
+        handle = real_fdopen(fd, "wb")
+        return Full(handle, encoding="utf-8", newline="")
+
+    out = tmp_path / "register.csv"
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    result = cli("clearance", "export", "--config", str(config), "--out", str(out))
+    assert result.exit_code == 2, result.output
+    assert f"--out: cannot write {out}: No space left on device" in result.stderr
+    assert not out.exists()
+
+
+def test_import_refuses_an_id_that_differs_only_in_case(config: Path, tmp_path: Path) -> None:
+    """`@LO-DEU:…` for `@lo-deu:…` on record: a revocation that would revoke nobody (the
+    person meant stays cleared) is refused naming both ids, and nothing changes."""
+    assert cli("clearance", "grant", "--config", str(config), LO, "NS",
+               "--nationality", "DEU").exit_code == 0  # fmt: skip
+    shouted = "@LO-DEU:example.org"
+    path = tmp_path / "register.csv"
+    path.write_text(f"user_id,nationality,levels,caveats,expires,revoked\n{shouted},DEU,,,,yes\n")
+    result = import_(config, path)
+    assert result.exit_code == 2, result.output
+    assert f"line 2: user {shouted} differs from {LO} only in letter case" in result.stderr
+    assert "status: active" in cli("clearance", "show", "--config", str(config), LO).stdout
+    assert cli("clearance", "show", "--config", str(config), shouted).exit_code != 0
+    twice = tmp_path / "twice.csv"
+    twice.write_text(
+        "user_id,nationality,levels,caveats,expires,revoked\n"
+        "@new:example.org,DEU,NATO SECRET,,,no\n"
+        "@NEW:example.org,DEU,NATO SECRET,,,no\n"
+    )
+    result = import_(config, twice)
+    assert result.exit_code == 2, result.output
+    assert "line 3: user @NEW:example.org differs from @new:example.org" in result.stderr

@@ -239,3 +239,16 @@ def test_every_command_has_an_example_or_takes_no_arguments() -> None:
     for command in REGISTRY.commands.values():
         assert command.summary
         assert command.example or not command.args, command.name
+
+
+@pytest.mark.parametrize(
+    "user_id",
+    ["@a\x1b[2Jb:example.org", "@a\x7fb:example.org", "@bjørn:example.org", "@a\x00:example.org"],
+)
+def test_a_user_id_with_a_control_or_non_ascii_character_is_refused(user_id: str) -> None:
+    """An ESC in a registered user id would reach an operator's terminal through
+    `clearance list`; the spec's user ids are printable ASCII."""
+    from commands.registry import USER_ID
+
+    assert not USER_ID.match(user_id)
+    assert USER_ID.match("@lo-deu_1=x/y+z:example.org")

@@ -339,3 +339,60 @@ async def test_recovery_from_a_stolen_access_token(own_bot_env: BotEnv, synapse:
     assert [e.detail for e in env.store.recent_audit(50) if e.action == "bot.login.forgotten"] == [
         {"device": old_device}
     ]
+
+
+def test_an_export_to_a_file_system_without_hard_links_is_written_and_audited(
+    keyed: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAT and exFAT (the USB stick the example writes to) refuse link() with EPERM: the
+    file is renamed into place instead, whole, 0600, audited once; an existing file is
+    still never replaced."""
+    import errno
+
+    def no_links(src: str, dst: str) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted", dst)
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "keys.json"
+    result = _export(keyed, out, LIAISON_DATA_KEY=DATA_KEY, LIAISON_PICKLE_KEY=PICKLE_KEY)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    assert json.loads(out.read_text())["master_public"] == "master-public"
+    assert _exports(keyed) == ["keys.exported"]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    again = _export(keyed, out, LIAISON_DATA_KEY=DATA_KEY, LIAISON_PICKLE_KEY=PICKLE_KEY)
+    assert again.exit_code == 2 and "exists" in again.output
+    assert _exports(keyed) == ["keys.exported"]
+
+
+def test_forget_login_is_refused_while_a_bot_runs(keyed: Path, database_url: str) -> None:
+    """ "Stop the bot first", enforced: a single bot holds the store's run lock while it
+    runs; forgetting its login under it would look done while it goes on with the old
+    device. Refused, naming why, and the stored login is kept."""
+    from bot.storage import Store
+    from bot.storage.runlock import hold_run_lock
+
+    store = Store.from_url(database_url)
+    try:
+        store.save_bot_session(USER, "OLDDEVICE", "sealed-token")
+    finally:
+        store.close()
+    lock = hold_run_lock(load_config(keyed).database_url())
+    try:
+        result = CliRunner(env={"LIAISON_DATA_KEY": DATA_KEY}).invoke(
+            main, ["keys", "forget-login", "--config", str(keyed)]
+        )
+    finally:
+        lock.release()
+    assert result.exit_code == 1, result.output
+    assert "another liaison-bot is running" in result.output
+    assert "stop it first. Nothing was changed." in result.output
+    store = Store.from_url(database_url)
+    try:
+        assert store.bot_session() is not None
+    finally:
+        store.close()
+    done = CliRunner(env={"LIAISON_DATA_KEY": DATA_KEY}).invoke(
+        main, ["keys", "forget-login", "--config", str(keyed)]
+    )
+    assert done.exit_code == 0 and "forgot the login of device OLDDEVICE" in done.output

@@ -22,7 +22,7 @@ import pytest
 import vodozemac
 from click.testing import CliRunner, Result
 from nio.crypto import InboundGroupSession, OlmAccount, OutboundGroupSession, OutboundSession
-from sqlalchemy import create_engine, select, text, update
+from sqlalchemy import create_engine, delete, select, text, update
 from sqlalchemy.engine import make_url
 
 from bot.app import LiaisonBot
@@ -514,7 +514,10 @@ def test_bad_input_changes_nothing(world: World) -> None:
     loose = key_file(world.folder, NEW_DATA, "loose")
     loose.chmod(0o644)
     readable = world.cli("keys", "rotate", "--data", "--new-key-file", str(loose))
-    assert readable.exit_code == 2 and "readable by others (mode 644)" in readable.output
+    assert readable.exit_code == 2 and "readable by others than its owner (mode 0644)" in (
+        readable.output
+    )
+    assert "make a new key: this one may be known" in readable.output
     no_key = world.cli("keys", "rotate", "--data")
     assert no_key.exit_code == 2 and "--new-key-file" in no_key.output
     same = world.cli(
@@ -771,3 +774,38 @@ async def test_a_bot_does_not_start_on_a_cut_off_rotation(world: World) -> None:
     )
     with pytest.raises(StartupError, match=r"rotation of the data key was cut off.*--data"):
         await run_bot(config, secrets)
+
+
+def test_a_log_stripped_of_its_marker_is_not_laundered_by_a_rotation(world: World) -> None:
+    """Someone with write access but not the key deletes the key marker and the bot's
+    session row and re-hashes the log (after changing a row) without the key: `audit
+    verify` says BROKEN (the bot has run here: its sync position and items are stored). A
+    data key rotation would anchor every row before it under the new key and so vouch for
+    it: refused, nothing changed, still not intact."""
+    from bot.storage import AuditHeadRow, AuditRow, BotSessionRow
+    from bot.storage.store import audit_hash
+
+    store = world.store(OLD_DATA)
+    try:
+        with store.session() as session:
+            session.execute(delete(BotSessionRow))
+            prev = "0" * 64
+            for row in session.scalars(select(AuditRow).order_by(AuditRow.id)):
+                row.actor = "someone-else" if row.id == 1 else row.actor
+                row.prev_hash = prev
+                row.hash = prev = audit_hash(row)
+            session.execute(update(AuditHeadRow).values(hash=prev, keyed_from=None, key_seal=None))
+    finally:
+        store.close()
+    before = (audit_details(world), data_values(world, OLD_DATA))
+    verify = world.cli("audit", "verify")
+    assert verify.exit_code == 1, verify.output
+    assert "no key marker though the bot has run" in verify.output
+    rotated = world.cli(
+        "keys", "rotate", "--data", "--new-key-file", str(key_file(world.folder, NEW_DATA))
+    )
+    assert rotated.exit_code == 1, rotated.output
+    assert "the audit log does not verify" in rotated.output
+    assert "no key marker" in rotated.output
+    assert (audit_details(world), data_values(world, OLD_DATA)) == before
+    assert world.cli("audit", "verify", data=NEW_DATA).exit_code == 1

@@ -110,6 +110,33 @@ def test_json_lines_to_the_file_appended(tmp_path: Path, restore_logging: None) 
     assert entries[1]["exception"].endswith("ValueError: the reason")
 
 
+def test_the_log_file_is_private_and_never_a_symlink(tmp_path: Path, restore_logging: None) -> None:
+    """The log names people and rooms: a new file is 0600 whatever the umask, an existing
+    world-readable one loses those bits, and a symlink where the log goes (to a file the
+    bot's user may write) is refused rather than followed."""
+    import os
+
+    os.umask(old := os.umask(0o022))
+    try:
+        log_file = tmp_path / "bot.log"
+        config = parse_config(BASE + f'[logging]\nfile = "{log_file}"\n', base_dir=tmp_path)
+        configure_logging(config)
+        logging.getLogger("bot.test").warning("a line")
+        assert log_file.stat().st_mode & 0o777 == 0o600
+        log_file.chmod(0o644)
+        configure_logging(config)
+        assert log_file.stat().st_mode & 0o777 == 0o640
+        victim = tmp_path / "victim"
+        victim.write_text("not a log\n")
+        log_file.unlink()
+        log_file.symlink_to(victim)
+        with pytest.raises(OSError, match="it is a symbolic link"):
+            configure_logging(config)
+        assert victim.read_text() == "not a log\n"
+    finally:
+        os.umask(old)
+
+
 def test_levels_and_the_libraries(tmp_path: Path, restore_logging: None) -> None:
     log_file = tmp_path / "bot.log"
     config = parse_config(

@@ -430,3 +430,18 @@ def test_gate_only_install_has_no_nio_and_its_cli_says_what_run_needs(built: Bui
     )
     export = _clean_run(venv, cwd, "audit", "export", "--config", str(config), env=SECRETS)
     assert export.returncode == 0, export.stderr
+
+
+def test_init_makes_every_missing_folder_0750_whatever_the_umask(tmp_path: Path) -> None:
+    """Under `umask 0` the folders above the last would be 0777: anyone could swap the
+    config for their own. Each folder init makes is 0750; one already there is left."""
+    target = tmp_path / "etc" / "liaison-bot" / "conf" / "config.toml"
+    old = os.umask(0)
+    try:
+        result = CliRunner().invoke(main, ["init", "--config", str(target)])
+    finally:
+        os.umask(old)
+    assert result.exit_code == 0, result.output
+    for folder in (tmp_path / "etc", tmp_path / "etc" / "liaison-bot", target.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o750, folder
+    assert stat.S_IMODE(target.stat().st_mode) == 0o640

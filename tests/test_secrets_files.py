@@ -340,3 +340,108 @@ def test_an_offline_command_refuses_an_unusable_key_file_in_one_line(tmp_path: P
         f"{tmp_path / 'data-key'} is readable by others than its owner (mode 0644): "
         f"chmod 600 {tmp_path / 'data-key'}\n"
     )
+
+
+# ---------------------------------------------------------------- review (issue 28)
+
+
+def test_a_fifo_named_as_a_secret_file_is_refused_without_waiting(tmp_path: Path) -> None:
+    """A FIFO (named by mistake, or planted) would block a plain open() for ever, and the
+    bot with it: it is opened without blocking and refused as not a regular file. Run in a
+    child with a hard timeout, so that a regression fails instead of hanging the suite."""
+    config_with_files(tmp_path)
+    (tmp_path / "data-key").unlink()
+    os.mkfifo(tmp_path / "data-key", 0o600)
+    probe = (
+        "import sys\n"
+        "from bot.config import load_config\n"
+        "from bot.startup import SecretError, Secrets\n"
+        "try:\n"
+        f"    Secrets.from_env_or_files(load_config({str(tmp_path / 'config.toml')!r}), {{}})\n"
+        "except SecretError as exc:\n"
+        "    print(exc.problems)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        check=True,
+    )
+    assert done.stdout.strip() == str(
+        [f"storage.data_key_file: {tmp_path / 'data-key'} is not a regular file"]
+    )
+
+
+def test_a_device_or_a_huge_file_is_refused_before_it_is_read(tmp_path: Path) -> None:
+    config = load_config(config_with_files(tmp_path))
+    big = secret(tmp_path / "password", "x" * (bot.startup.MAX_SECRET_BYTES + 1))
+    with pytest.raises(SecretError) as info:
+        Secrets.from_env_or_files(config, {})
+    assert info.value.problems == [
+        f"homeserver.password_file: {big} is too large for a secret "
+        f"({bot.startup.MAX_SECRET_BYTES + 1} bytes, at most {bot.startup.MAX_SECRET_BYTES}): "
+        "is it the right file?"
+    ]
+    big.unlink()
+    big.symlink_to("/dev/zero")  # endless: a read would never end
+    with pytest.raises(SecretError) as info:
+        Secrets.from_env_or_files(config, {})
+    assert info.value.problems == [f"homeserver.password_file: {big} is not a regular file"]
+
+
+def test_a_symlink_into_the_credentials_folder_does_not_lend_its_exemption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exemption from the mode rule is judged on the file really opened, not on where
+    the path resolves afterwards: a symlink repointed into the credentials folder between
+    the open and the check does not exempt the open file outside it."""
+    credentials = tmp_path / "run-credentials"
+    credentials.mkdir()
+    monkeypatch.setattr(bot.startup, "CREDENTIALS_DIR", credentials)
+    config = load_config(config_with_files(tmp_path))
+    outside = secret(tmp_path / "open-key", DATA, 0o644)
+    inside = secret(credentials / "data-key", "another-key-0123456789abcdef-0123456789")
+    link = tmp_path / "data-key"
+    link.unlink()
+    link.symlink_to(outside)
+    real_fstat = os.fstat
+
+    def fstat(fd: int) -> os.stat_result:
+        found = real_fstat(fd)
+        if found.st_ino == outside.stat().st_ino and link.resolve() == outside:
+            link.unlink()  # the swap: after the open, before the checks
+            link.symlink_to(inside)
+        return found
+
+    monkeypatch.setattr(os, "fstat", fstat)
+    with pytest.raises(SecretError, match="chmod 600"):
+        Secrets.from_env_or_files(config, {})
+
+
+def test_one_key_behind_two_paths_or_two_variables_is_refused(tmp_path: Path) -> None:
+    """The config refuses one path or variable for both keys; a hard link, a symlink or two
+    variables holding one value are refused by the values, naming both keys, not the key."""
+    config = load_config(config_with_files(tmp_path))
+    (tmp_path / "data-key").unlink()
+    os.link(tmp_path / "pickle", tmp_path / "data-key")
+    with pytest.raises(SecretError) as info:
+        Secrets.from_env_or_files(config, {})
+    assert info.value.problems == [
+        f"homeserver.pickle_key_file: file {tmp_path / 'pickle'}, storage.data_key_file: file "
+        f"{tmp_path / 'data-key'}: the pickle key and the data key are the same key; give each "
+        "its own"
+    ]
+    assert PICKLE not in str(info.value)
+    (tmp_path / "data-key").unlink()
+    (tmp_path / "data-key").symlink_to(tmp_path / "pickle")
+    with pytest.raises(SecretError, match="the same key"):
+        Secrets.from_env_or_files(config, {})
+    env_config = tmp_path / "env.toml"
+    env_config.write_text(
+        '[homeserver]\nurl = "http://h"\nuser_id = "@b:h"\npassword_env = "P"\n'
+        'pickle_key_env = "K1"\n[storage]\ndata_key_env = "K2"\n'
+    )
+    with pytest.raises(SecretError, match="the same key"):
+        Secrets.from_env_or_files(load_config(env_config), {"P": "p", "K1": DATA, "K2": DATA})

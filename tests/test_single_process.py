@@ -163,3 +163,25 @@ def test_a_postgresql_lock_leaves_no_table(database_url: str) -> None:
         assert inspect(engine).get_table_names() == []
     finally:
         engine.dispose()
+
+
+def test_a_symlink_or_fifo_at_the_lock_file_is_refused_not_followed(tmp_path: Path) -> None:
+    """Someone who can write in the database's folder plants a symlink (or a FIFO) where
+    the lock file goes: the bot does not truncate and write the file it points at, nor
+    hang; it refuses to start, saying what to remove."""
+    import os
+
+    database = tmp_path / "liaison.db"
+    lock = tmp_path / "liaison.db.lock"
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    lock.symlink_to(victim)
+    with pytest.raises(StoreBusy, match="a symbolic link: remove it"):
+        hold_run_lock(f"sqlite:///{database}")
+    assert victim.read_text() == "precious\n"
+    lock.unlink()
+    os.mkfifo(lock, 0o600)
+    with pytest.raises(StoreBusy, match="is not a regular file: remove it"):
+        hold_run_lock(f"sqlite:///{database}")
+    lock.unlink()
+    hold_run_lock(f"sqlite:///{database}").release()

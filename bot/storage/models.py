@@ -186,7 +186,8 @@ class AuditHeadRow(Base):
     last_id: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
     # Rows from this id on are HMAC'd with a key derived from the data key; the seal (an
-    # HMAC of that id) stops anyone without the key from moving the boundary.
+    # HMAC of that id and of the newest row's id and hash) stops anyone without the key
+    # from moving the boundary, or the head back over deleted newest rows.
     keyed_from: Mapped[int | None] = mapped_column(BigInteger)
     key_seal: Mapped[str | None] = mapped_column(String(64))
 

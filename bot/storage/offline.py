@@ -17,14 +17,22 @@ from enum import StrEnum
 from pathlib import Path
 from urllib.parse import quote
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from bot.storage.models import SCHEMA_HEAD, AuditHeadRow, AuditRow, make_engine
+from bot.storage.models import (
+    SCHEMA_HEAD,
+    AuditHeadRow,
+    AuditRow,
+    BotSessionRow,
+    ClearanceRow,
+    RoomRow,
+    make_engine,
+)
 from bot.storage.records import StoreError
-from bot.storage.store import Store, _key_seal, audit_hash
+from bot.storage.store import Store, audit_hash, head_seal_ok
 
 log = logging.getLogger(__name__)
 
@@ -171,14 +179,15 @@ def check_chain(store: Store) -> ChainCheck:
                     "the data key is not set, and the log is keyed with it",
                     "no_key",
                 )
-            if not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from)):
+            if not head_seal_ok(head, key):
                 verifying = _rows_verifying(session, key)
                 if verifying:
                     return ChainCheck(
                         ChainStatus.BROKEN,
                         0,
-                        f"the key marker was changed ({verifying} row(s) verify under this "
-                        "data key, so the key is right and the marker is not)",
+                        f"the key marker was changed or the head moved ({verifying} row(s) "
+                        "verify under this data key, so the key is right and the head is not: "
+                        "its newest rows may have been deleted)",
                     )
                 return ChainCheck(
                     ChainStatus.CANNOT_VERIFY,
@@ -190,9 +199,46 @@ def check_chain(store: Store) -> ChainCheck:
                     "still says this, treat the log as tampered with",
                     "wrong_key",
                 )
+        rows = session.scalar(select(func.count(AuditRow.id))) or 0
+        unkeyed = keyed_from is None and rows != 0
+        if rows == 0:
+            # Every register change and the bot's first start write an audit row in the
+            # same transaction: an empty log beside them was emptied.
+            written = [
+                what
+                for what, model in (
+                    ("clearances", ClearanceRow),
+                    ("rooms", RoomRow),
+                    ("the bot's session", BotSessionRow),
+                )
+                if session.scalar(select(func.count()).select_from(model)) != 0
+            ]
+            if written:
+                return ChainCheck(
+                    ChainStatus.BROKEN,
+                    0,
+                    f"the log is empty, but the database holds {', '.join(written)}, which "
+                    "were audited when written: the log's rows were deleted",
+                )
     verdict = store.verify_audit()
-    status = ChainStatus.INTACT if verdict.intact else ChainStatus.BROKEN
-    return ChainCheck(status, verdict.entries, verdict.message)
+    if not verdict.intact:
+        return ChainCheck(ChainStatus.BROKEN, verdict.entries, verdict.message)
+    if unkeyed:
+        # Rows hashed without the key prove nothing against someone with write access to
+        # the database: they can delete the key marker (and the bot's session row) and
+        # re-hash the whole log. A log the bot has written is always keyed (it keys it when
+        # it starts), so an unkeyed one is either one only keyless CLI runs wrote, before
+        # the bot ever ran on it, or one whose marker was removed: never "intact".
+        return ChainCheck(
+            ChainStatus.CANNOT_VERIFY,
+            verdict.entries,
+            f"the log's {verdict.entries} entries carry no key marker, so anyone with write "
+            "access to the database could have rewritten them: either the bot has never run "
+            "on this database (it keys the log when it starts; start it once), or someone "
+            "removed the marker; if the bot has run here, treat the log as tampered with",
+            "unkeyed",
+        )
+    return ChainCheck(ChainStatus.INTACT, verdict.entries, verdict.message)
 
 
 def _rows_verifying(session: Session, key: bytes) -> int:

@@ -20,7 +20,6 @@ verifies it.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -45,7 +44,7 @@ from bot.storage.store import (
     add_to_anchor,
     append_audit,
     chain_anchor,
-    key_marker_seal,
+    head_seal_ok,
 )
 
 BATCH = 500  # values per transaction, unless the command says otherwise
@@ -261,7 +260,7 @@ def marker_sealed_with(store: Store, key: bytes) -> bool | None:
         head = session.get(AuditHeadRow, 1)
         if head is None or head.keyed_from is None:
             return None
-        return hmac.compare_digest(head.key_seal or "", key_marker_seal(key, head.keyed_from))
+        return head_seal_ok(head, key)
 
 
 def finish_data_rotation(

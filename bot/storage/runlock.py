@@ -16,10 +16,12 @@ A high-availability pair does not take it: its lease decides who acts (bot/ha.py
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
 import socket
+import stat
 from pathlib import Path
 
 from sqlalchemy import Connection, text
@@ -34,6 +36,11 @@ _PG_CLASS = 0x6C72756E
 
 class StoreBusy(Exception):
     """Another process holds the store; the message names it."""
+
+
+class LockFileUnusable(StoreBusy):
+    """The lock file cannot be used as it is (a symlink, not a file, no permission): the
+    store cannot be held, so it is treated as busy; the message says what to fix."""
 
 
 class RunLock:
@@ -74,7 +81,23 @@ def _flock(database: Path, url: str) -> RunLock:
     for folder in reversed(missing):  # private, as the database's own (bot/storage/migrate.py)
         folder.mkdir(mode=0o700, exist_ok=True)
         folder.chmod(0o700)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    # Never through a symlink (one planted there would have the bot truncate and write a
+    # file of someone else's choosing), and not blocking on a FIFO planted in its place.
+    try:
+        fd = os.open(
+            path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600
+        )
+    except OSError as exc:
+        raise LockFileUnusable(
+            f"cannot take the run lock of {safe_url(url)}: lock file {path}: {exc.strerror}"
+            + (" (a symbolic link: remove it)" if exc.errno == errno.ELOOP else "")
+        ) from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise LockFileUnusable(
+            f"cannot take the run lock of {safe_url(url)}: lock file {path} is not a regular "
+            "file: remove it"
+        )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -134,6 +134,17 @@ class Store:
         with self.session() as session:
             head = session.get(AuditHeadRow, 1)
             if head is None or head.keyed_from is None:
+                ran = _bot_has_run(session)
+                if ran is not None:
+                    # A bot that ran keyed the log before writing any of this: the marker
+                    # was removed. Keying now would vouch for rows anyone could rewrite, and
+                    # sign register rows inserted meanwhile (`key_register`).
+                    raise StoreError(
+                        f"the audit log carries no key marker, but the bot has run on this "
+                        f"database ({ran}): someone with write access to the database removed "
+                        "it. Not starting: the log and the register cannot be trusted; "
+                        "restore a backup (liaison-bot audit verify says the same)"
+                    )
                 append_audit(session, "liaison-bot", "audit.keyed")
         self.key_register()
 
@@ -288,6 +299,12 @@ class Store:
         without the key: StoreError (it cannot be checked, which is not broken)."""
         key = self.audit_key
         with self.session() as session:
+            if self.engine.dialect.name == "postgresql":
+                # One snapshot for the head and the rows: under READ COMMITTED a row a
+                # running bot commits between the two reads would look like the head
+                # missing its newest rows, a false "BROKEN". (SQLite: a transaction is one
+                # snapshot already.)
+                session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
             head = session.get(AuditHeadRow, 1)
             keyed_from = head.keyed_from if head is not None else None
             if keyed_from is not None:
@@ -296,14 +313,14 @@ class Store:
                         "the audit log is keyed with the data key: set it "
                         "(storage.data_key_env) to verify it"
                     )
-                if not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from)):  # type: ignore[union-attr]  # keyed_from is set: head is not None
-                    return AuditVerdict(False, 0, "the key marker was changed")
-            elif key is not None and session.get(BotSessionRow, 1) is not None:
+                if not head_seal_ok(head, key):  # type: ignore[arg-type]  # keyed_from is set: head is not None
+                    return AuditVerdict(False, 0, "the key marker was changed or the head moved")
+            elif key is not None and (ran := _bot_has_run(session)) is not None:
                 return AuditVerdict(
                     False,
                     0,
-                    "the log carries no key marker though the bot has run: the marker was "
-                    "removed (or the bot has not started since the upgrade)",
+                    f"the log carries no key marker though the bot has run ({ran}): the "
+                    "marker was removed",
                 )
             prev = GENESIS_HASH
             last: AuditRow | None = None
@@ -829,7 +846,19 @@ class Store:
             rows = {r.user_id: r for r in session.scalars(select(ClearanceRow))}
             problems: list[str] = []
             plan: list[tuple[ClearanceChange, WantedClearance | None]] = []
+            # Matrix ids are compared exactly, so "@Alice:…" is not "@alice:…"; but a file
+            # that names one where the register (or the file) holds the other is a typo
+            # that would leave the person the administrator meant as they are (a revocation
+            # that revokes nobody): refused, naming both.
+            by_case = {user_id.casefold(): user_id for user_id in rows}
             for wish in wanted:
+                other = by_case.setdefault(wish.user_id.casefold(), wish.user_id)
+                if other != wish.user_id:
+                    problems.append(
+                        f"{wish.where}: user {wish.user_id} differs from {other} only in letter "
+                        "case; Matrix ids are case-sensitive: give the exact id"
+                    )
+                    continue
                 row = rows.get(wish.user_id)
                 if row is not None and not self._clearance_verifies(row):
                     problems.append(
@@ -1599,6 +1628,21 @@ def _digest_run_row(
     )
 
 
+def _bot_has_run(session: Session) -> str | None:
+    """What shows that a bot has run on this database (None: nothing does). Each of these
+    is written only by a running bot, after it keyed the audit log (`key_audit_log` comes
+    first at every start); never by the CLI, with or without the data key."""
+    for what, model in (
+        ("its stored login", BotSessionRow),
+        ("its sync position", SyncStateRow),
+        ("events it handled", HandledEventRow),
+        ("items it relayed", IntelItemRow),
+    ):
+        if session.scalar(select(func.count()).select_from(model)) != 0:
+            return what
+    return None
+
+
 def append_audit(
     session: Session,
     actor: str,
@@ -1625,7 +1669,7 @@ def append_audit(
         keyed_from is not None
         and key is not None
         and not session.info.get(REKEYING)
-        and not hmac.compare_digest(head.key_seal or "", _key_seal(key, keyed_from))  # type: ignore[union-attr]  # keyed_from is set: head is not None
+        and not head_seal_ok(head, key)  # type: ignore[arg-type]  # keyed_from is set: head is not None
     ):
         # Another key: writing on would seal the marker under it and break the log for
         # the real key. Only a rotation (`finish_data_rotation`, REKEYING) moves the marker.
@@ -1648,7 +1692,11 @@ def append_audit(
     if key is not None and keyed_from is None:
         keyed_from = row.id
     row.hash = audit_hash(row, key)
-    seal = _key_seal(key, keyed_from) if key is not None and keyed_from is not None else None
+    seal = (
+        _key_seal(key, keyed_from, row.id, row.hash)
+        if key is not None and keyed_from is not None
+        else None
+    )
     if head is None:
         session.add(
             AuditHeadRow(id=1, last_id=row.id, hash=row.hash, keyed_from=keyed_from, key_seal=seal)
@@ -1675,8 +1723,20 @@ def register_public_key(data_key: str) -> str:
     return RegisterSigner.from_audit_key(audit_key_from(data_key)).text
 
 
-def _key_seal(key: bytes, keyed_from: int) -> str:
-    return hmac.new(key, f"keyed-from:{keyed_from}".encode(), hashlib.sha256).hexdigest()
+def _key_seal(key: bytes, keyed_from: int, last_id: int, head_hash: str) -> str:
+    """The head's seal: an HMAC of the key marker AND of the newest row (its id and hash).
+    Why the newest row too: without it, someone with write access to the database could
+    delete the newest rows (a `keys.exported`, say) and point the head at the row before
+    them, and the chain would verify; moving the head now needs the key."""
+    message = f"keyed-from:{keyed_from};head:{last_id}:{head_hash}"
+    return hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def head_seal_ok(head: AuditHeadRow, key: bytes) -> bool:
+    """Whether the keyed head's seal (marker and newest row) is `key`'s."""
+    assert head.keyed_from is not None
+    expected = _key_seal(key, head.keyed_from, head.last_id, head.hash)
+    return hmac.compare_digest(head.key_seal or "", expected)
 
 
 def audit_hash(row: AuditRow, key: bytes | None = None) -> str:
@@ -1713,8 +1773,3 @@ def add_to_anchor(anchor: hmac.HMAC, row: AuditRow) -> None:
     """One row into the anchor: its id, its contents and link (the unkeyed hash covers
     both) and the hash stored with it."""
     anchor.update(f"{row.id}:{audit_hash(row)}:{row.hash}\n".encode("ascii"))
-
-
-def key_marker_seal(key: bytes, keyed_from: int) -> str:
-    """The audit head's seal of the key marker under `key` (a rotation writes it anew)."""
-    return _key_seal(key, keyed_from)
