@@ -644,18 +644,32 @@ def _offline_store(config: Config, *, read_only: bool = False) -> Store:
         _fail(f"{exc}{remedy}")
 
 
-def _report_refused(store: Store) -> None:
+def _key_source(config: Config, which: str) -> str:
+    """Where the config says a key comes from, for an error that names it: the file when
+    one is set (`*_file`), else the environment variable (`*_env`)."""
+    if which == "data":
+        path, env = config.storage.data_key_file, config.storage.data_key_env
+        return f"storage.data_key_file {path}" if path else f"storage.data_key_env {env}"
+    path, env = config.homeserver.pickle_key_file, config.homeserver.pickle_key_env
+    return f"homeserver.pickle_key_file {path}" if path else f"homeserver.pickle_key_env {env}"
+
+
+def _report_refused(store: Store) -> int:
     """Name the register rows a read left out because they do not verify (the running bot
-    audits and alerts them; a read-only command cannot write, so it says so here)."""
+    audits and alerts them; a read-only command cannot write, so it says so here). Returns
+    the exit code the command ends with: a listing that left rows out is not a clean answer
+    (EXIT_NO), so a script never takes "the register is empty" from a tampered one."""
     from bot.storage.offline import ReadOnlyStore
 
-    if isinstance(store, ReadOnlyStore):
-        for kind, name in store.refused:
-            click.echo(
-                f"warning: the {kind} row of {name} does not verify (changed outside the "
-                "bot): left out",
-                err=True,
-            )
+    if not isinstance(store, ReadOnlyStore) or not store.refused:
+        return EXIT_OK
+    for kind, name in store.refused:
+        click.echo(
+            f"warning: the {kind} row of {name} does not verify (changed outside the "
+            "bot): left out",
+            err=True,
+        )
+    return EXIT_NO
 
 
 def _cli_actor() -> str:
@@ -779,7 +793,7 @@ def rooms_command(config_path: str, as_json: bool) -> None:
         stored = {r.key: r for r in store.rooms()}
     finally:
         store.close()
-    _report_refused(store)
+    code = _report_refused(store)
     summaries = []
     for room in config.rooms:
         record = stored.get(room.key)
@@ -807,7 +821,7 @@ def rooms_command(config_path: str, as_json: bool) -> None:
             for r in summaries
         ]
         _emit({"rooms": rooms})
-        return
+        sys.exit(code)
     click.echo(rooms_document(summaries).plain)
     for summary in summaries:
         if summary.room_id is None:
@@ -971,14 +985,14 @@ def clearance_show(config_path: str, user: str, as_json: bool) -> None:
         _fail(str(exc))
     finally:
         store.close()
-    _report_refused(store)
+    code = _report_refused(store)
     if as_json:
         _emit({"user_id": user, "clearance": clearance_json(record) if record else None})
     elif record is None:
         click.echo(f"{user}: no clearance on record")
     else:
         click.echo(clearance_document(record).plain)
-    sys.exit(EXIT_OK if record is not None else EXIT_NO)
+    sys.exit(EXIT_OK if record is not None and code == EXIT_OK else EXIT_NO)
 
 
 @clearance.command("list")
@@ -997,14 +1011,19 @@ def clearance_list(config_path: str, as_json: bool) -> None:
         records = register.records()
     finally:
         store.close()
-    _report_refused(store)
+    code = _report_refused(store)
     if as_json:
         _emit({"clearances": [clearance_json(r) for r in records]})
-        return
+        sys.exit(code)
     if not records:
-        click.echo("The clearance register is empty.")
+        click.echo(
+            "The clearance register is empty."
+            if code == EXIT_OK
+            else "No clearance on record verifies (see the warnings)."
+        )
     for record in records:
         click.echo(clearance_document(record).plain)
+    sys.exit(code)
 
 
 REGISTER_FORMATS = ("csv", "json")
@@ -1073,7 +1092,8 @@ def clearance_export(config_path: str, out: str | None, fmt: str | None) -> None
         rows = register_rows(register.records())
     finally:
         store.close()
-    _report_refused(store)
+    if _report_refused(store) != EXIT_OK:  # an export is whole or not written at all
+        _fail("the register has rows that do not verify: nothing exported", EXIT_NO)
     if chosen == "json":
         text = json.dumps(
             {"format": REGISTER_FILE_FORMAT, "clearances": rows}, ensure_ascii=False, indent=2
@@ -1256,7 +1276,7 @@ def audit_verify(config_path: str, as_json: bool) -> None:
     message = check.message
     if check.reason == "no_key":
         message = (
-            f"the data key is not set (storage.data_key_env {config.storage.data_key_env}), "
+            f"the data key is not set ({_key_source(config, 'data')}), "
             "and the log is keyed with it: set it to the bot's data key"
         )
     code = {
@@ -1421,10 +1441,7 @@ def _pickle_sealer(config: Config) -> Sealer:
 
     secret = read_pickle_key(config)
     if not secret:
-        _fail(
-            f"environment variable {config.homeserver.pickle_key_env} "
-            "(homeserver.pickle_key_env) is not set; it seals the keys"
-        )
+        _fail(f"the pickle key ({_key_source(config, 'pickle')}) is not set; it seals the keys")
     return key_sealer(secret)
 
 
@@ -1447,7 +1464,7 @@ def keys_export(config_path: str, out: str) -> None:
     data_key = read_data_key(config)
     if not data_key:  # the export is audited, and the keyed log needs the data key
         _fail(
-            f"the data key ({config.storage.data_key_env}, storage.data_key_env) is not set; "
+            f"the data key ({_key_source(config, 'data')}) is not set; "
             "the export is audited with it. Nothing was written."
         )
     if os.path.lexists(out):
@@ -1457,7 +1474,7 @@ def keys_export(config_path: str, out: str) -> None:
         assert store.audit_key is not None  # the data key is set
         if marker_sealed_with(store, store.audit_key) is False:
             _fail(
-                f"the data key ({config.storage.data_key_env}) is not the key of this audit "
+                f"the data key ({_key_source(config, 'data')}) is not the key of this audit "
                 "log; the export could not be audited. Nothing was written.",
                 EXIT_NO,
             )
@@ -1469,7 +1486,7 @@ def keys_export(config_path: str, out: str) -> None:
             private = json.loads(sealer.open_text(sealed, user_id))
         except SealError as exc:
             _fail(
-                f"cannot open the sealed keys: {exc} (is {config.homeserver.pickle_key_env} "
+                f"cannot open the sealed keys: {exc} (is {_key_source(config, 'pickle')} "
                 "the bot's pickle key?)",
                 EXIT_NO,
             )
@@ -1805,12 +1822,12 @@ def keys_rotate(
     data_key, pickle_key = read_data_key(config), read_pickle_key(config)
     if not data_key:
         _fail(
-            f"the data key ({config.storage.data_key_env}, storage.data_key_env) is not set: "
+            f"the data key ({_key_source(config, 'data')}) is not set: "
             "it is needed to open the data and to audit the rotation. Nothing was changed."
         )
     if which == "pickle" and not pickle_key:
         _fail(
-            f"the pickle key ({config.homeserver.pickle_key_env}, homeserver.pickle_key_env) "
+            f"the pickle key ({_key_source(config, 'pickle')}) "
             "is not set: it opens what is to be resealed. Nothing was changed."
         )
     current = data_key if which == "data" else pickle_key

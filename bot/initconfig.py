@@ -25,7 +25,12 @@ DIR_MODE = 0o750
 #: The modules only the running bot imports; the base install (the gate's, in Synapse's
 #: environment) has none of them.
 BOT_RUNTIME_MODULES = ("nio", "aiohttp", "prometheus_client")
-BOT_RUNTIME_MISSING = "the bot's runtime is not installed: pip install 'liaison-bot[bot]'"
+# Not `pip install 'liaison-bot[bot]'`: liaison-bot is not on a public index, and that line
+# would fetch whatever is published under its name there.
+BOT_RUNTIME_MISSING = (
+    "the bot's runtime is not installed: install this wheel with its [bot] extra from the "
+    "wheelhouse (docs/install.md)"
+)
 
 
 class InitError(Exception):

@@ -196,9 +196,15 @@ def test_a_read_never_writes(config: Path, database_url: str) -> None:
         content, mtime = path.read_bytes(), path.stat().st_mtime_ns
     for args in (["clearance", "list"], ["clearance", "show", LO], ["clearance", "export"]):
         result = cli(*_with_config(args, config))
-        assert result.exit_code in (0, 1), result.output
-        assert f"warning: the clearance row of {LO} does not verify" in result.stderr
+        # Not a clean answer: a script must not read "the register is empty" from it.
+        assert result.exit_code == 1, result.output
+        assert result.stderr.count(f"warning: the clearance row of {LO} does not verify") == 1
         assert "NATO SECRET" not in result.stdout
+        assert "is empty" not in result.stdout
+    listed = cli(*_with_config(["clearance", "list"], config))
+    assert "No clearance on record verifies (see the warnings)." in listed.stdout
+    exported = cli(*_with_config(["clearance", "export"], config))
+    assert exported.stdout == "" and "nothing exported" in exported.stderr
     assert cli("audit", "verify", "--config", str(config)).exit_code == 0
     assert cli("rooms", "--config", str(config)).exit_code == 0
     assert audit_rows(database_url) == before

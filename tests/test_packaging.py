@@ -418,9 +418,7 @@ def test_gate_only_install_has_no_nio_and_its_cli_says_what_run_needs(built: Bui
     assert check.returncode == 0, check.stderr  # the offline CLI works without the bot extra
     run = _clean_run(venv, cwd, "run", "--config", str(config), env=SECRETS)
     assert run.returncode == 2
-    assert (
-        run.stderr == "error: the bot's runtime is not installed: pip install 'liaison-bot[bot]'\n"
-    )
+    assert run.stderr == f"error: {initconfig.BOT_RUNTIME_MISSING}\n"
     # The keys live in nio's store: the same one line, not a traceback.
     keys = _clean_run(venv, cwd, "keys", "forget-login", "--config", str(config), env=SECRETS)
     assert keys.returncode == 2 and keys.stderr == run.stderr
