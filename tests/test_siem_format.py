@@ -182,6 +182,11 @@ SAMPLES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
     ),
     "audit.rekeyed": ("cli:ops", None, {"register_key": f"ed25519:{KEY}", "anchor": "ab" * 32}),
     "bot.login.forgotten": ("cli:ops", "@bot:nato.example", {"device": "QWERTYUIOP"}),
+    "gate.settings": (
+        "liaison-bot", "@bot:nato.example",
+        {"admins": [OFFICER], "admin_room": "admins", "caveats": ["CRYPTO"],
+         "bot_version": "0.1.0", "schema_revision": "0016", "replaced_unverified": False},
+    ),
     "member.removed": (
         "@bot:nato.example", OFFICER,
         {"room": "nato-s", "why": f"revoked by {ADMIN}",

@@ -333,6 +333,17 @@ ACTIONS: dict[str, ActionMap] = {
     "audit.rekeyed": ActionMap(
         3004, 3, 3, _OK, "Audit log continued under a new data key", entity="Audit Log"
     ),
+    # The settings the homeserver gate reads (admins, admin room, caveats): who may act as
+    # an admin is a privilege change a SOC follows; a replaced row that did not verify says
+    # the database was altered or the data key changed.
+    "gate.settings": ActionMap(
+        3004, 3, 3, _OK, "Settings for the homeserver gate published", Subject.USER,
+        {
+            "admins": ListOf(USER), "admin_room": ROOM, "caveats": Marking.CAVEATS,
+            "bot_version": TOKEN, "schema_revision": TOKEN, "replaced_unverified": Scalar.BOOL,
+        },
+        entity="Gate Settings",
+    ),
     "bot.login.forgotten": ActionMap(
         3004, 4, 3, _OK, "Bot login forgotten: the next start logs in as a new device",
         Subject.USER, {"device": TOKEN}, entity="Bot Login",
