@@ -295,10 +295,11 @@ def test_the_examples_file_keys_work_once_uncommented(tmp_path: Path) -> None:
     sources = load_config(path).secret_sources()
     unit = "/run/credentials/liaison-bot.service/"
     assert {name: (s.key, s.name) for name, s in sources.items()} == {
-        "pickle_key": ("homeserver.pickle_key_file", unit + "pickle-key"),
-        "data_key": ("storage.data_key_file", unit + "data-key"),
+        # the names deploy/liaison-bot.service's LoadCredential= lines give them
+        "pickle_key": ("homeserver.pickle_key_file", unit + "pickle_key"),
+        "data_key": ("storage.data_key_file", unit + "data_key"),
         "password": ("homeserver.password_file", unit + "password"),
-        "access_token": ("homeserver.access_token_file", unit + "access-token"),
+        "access_token": ("homeserver.access_token_file", unit + "access_token"),
     }
 
 
