@@ -126,7 +126,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "backoff-uncapped",
         "the sync loop never waits longer than the cap (30 s)",
-        "bot/matrix/sync.py",
+        "bot/backoff.py",
         "delay = min(self.cap, self.first * 2 ** min(self.failures, 64))",
         "delay = self.first * 2 ** min(self.failures, 64)",
         ("tests/test_backoff.py::test_the_cap_holds_however_many_failures",),
@@ -134,7 +134,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "backoff-exponent-unbounded",
         "an outage of any length never ends the sync loop (no overflow)",
-        "bot/matrix/sync.py",
+        "bot/backoff.py",
         "delay = min(self.cap, self.first * 2 ** min(self.failures, 64))",
         "delay = min(self.cap, self.first * 2 ** self.failures)",
         ("tests/test_backoff.py::test_the_cap_holds_through_an_outage_of_a_day",),

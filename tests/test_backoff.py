@@ -1,4 +1,4 @@
-"""The sync loop's `Backoff`: exponential (each delay twice the last), jittered (each one
+"""`bot.backoff.Backoff` (the sync loop's, start-up's and the SIEM exporter's): exponential (each delay twice the last), jittered (each one
 drawn from 80-100 % of its step), capped at 30 s, and back to the first step after a reset.
 
 Deterministic: the module's `random` is replaced by a seeded generator, or by one that
@@ -13,8 +13,8 @@ from collections.abc import Callable
 
 import pytest
 
-from bot.matrix import sync
-from bot.matrix.sync import Backoff
+from bot import backoff as sync  # the module whose `random` draws the jitter
+from bot.backoff import Backoff
 
 CAP = 30.0
 # The steps before jitter: 1, 2, 4, 8, 16, then the cap for ever.

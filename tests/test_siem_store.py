@@ -11,8 +11,9 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
+from bot.backoff import Backoff
 from bot.siem import Rendered, syslog_severity
-from bot.siem.exporter import Exporter, ExportSettings, Retry
+from bot.siem.exporter import Exporter, ExportSettings
 from bot.siem.syslog import Origin
 from bot.siem.transport import Confirmation, DeliveryError
 from bot.siem.wiring import formatter
@@ -356,11 +357,11 @@ async def test_a_broken_link_is_sent_all_the_same_and_reported_once(store: Store
 
 
 def test_the_retry_delays_double_to_the_cap_with_jitter() -> None:
-    top = Retry(0.2, 60.0, lambda a, b: b)
+    top = Backoff(0.2, 60.0, lambda a, b: b)
     assert [round(top.next(), 3) for _ in range(12)] == [
         0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2, 60.0, 60.0, 60.0
     ]  # fmt: skip
-    bottom = Retry(0.2, 60.0, lambda a, b: a)
+    bottom = Backoff(0.2, 60.0, lambda a, b: a)
     assert bottom.next() == pytest.approx(0.16)
     for _ in range(10_000):  # an outage of days: the exponent stops growing
         bottom.next()

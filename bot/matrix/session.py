@@ -29,11 +29,11 @@ from typing import Any
 import aiohttp
 from nio import AsyncClientConfig, LoginResponse, WhoamiResponse
 
+from bot.backoff import Backoff
 from bot.config import Config
 from bot.ha import SendGate
 from bot.matrix.cryptostore import CryptoClient, PrivateStore
 from bot.matrix.gateway import Gateway, MatrixError, unwrap
-from bot.matrix.sync import Backoff
 from bot.matrix.trust import KeysAPI, bootstrap_cross_signing, key_sealer
 from bot.startup import Secrets, StartupError
 from bot.storage import Store, in_thread

@@ -28,13 +28,13 @@ import functools
 import hashlib
 import json
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from nio import SyncError, SyncResponse
 
+from bot.backoff import Backoff
 from bot.matrix.cryptostore import ClientStateLost
 from bot.matrix.gateway import Gateway
 from bot.storage import Store, in_thread
@@ -53,23 +53,6 @@ MAX_RELOADS = 3  # nio failing on the same sync this often: its failure is toler
 
 # (the sync, the token it follows, whether this is the very first sync of a new bot)
 Handler = Callable[[SyncResponse, str | None, bool], Awaitable[None]]
-
-
-class Backoff:
-    """Exponential delays with jitter and a cap: 1, 2, 4 … 30 s."""
-
-    def __init__(self, first: float = 1.0, cap: float = 30.0) -> None:
-        self.first, self.cap, self.failures = first, cap, 0
-
-    def next(self) -> float:
-        # The exponent stops growing past the cap: 2**1025 does not fit a float, and an
-        # outage of hours used to end the sync loop with an OverflowError.
-        delay = min(self.cap, self.first * 2 ** min(self.failures, 64))
-        self.failures += 1
-        return float(delay * random.uniform(0.8, 1.0))
-
-    def reset(self) -> None:
-        self.failures = 0
 
 
 class SyncProgress:

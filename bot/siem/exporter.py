@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from bot.backoff import Backoff
 from bot.metrics import Metrics
 from bot.services.ports import HomeserverError
 from bot.siem.syslog import Origin, SyslogError, frame, message, msgid_of
@@ -135,22 +136,6 @@ class ExportSettings:
     poll: float = POLL_S
 
 
-class Retry:
-    """The delays between attempts: `first`, doubling up to `cap`, each drawn from 80-100 %
-    of its step so that bots restarted together do not retry in step."""
-
-    def __init__(self, first: float, cap: float, draw: Callable[[float, float], float]) -> None:
-        self.first, self.cap, self.failures, self.draw = first, cap, 0, draw
-
-    def next(self) -> float:
-        step = min(self.cap, self.first * 2.0 ** min(self.failures, 64))
-        self.failures += 1
-        return float(step * self.draw(0.8, 1.0))
-
-    def reset(self) -> None:
-        self.failures = 0
-
-
 class Exporter:
     def __init__(
         self,
@@ -172,7 +157,7 @@ class Exporter:
         self.severity = severity
         self.origin = origin
         self.alert = alert
-        self.retry = Retry(settings.first_retry, settings.retry_max, draw)
+        self.retry = Backoff(settings.first_retry, settings.retry_max, draw)
         self.confirmations: dict[Confirmation, int] = {c: 0 for c in Confirmation}
         self.lag_rows = -1.0  # -1 until counted
         self._delivered_at: float | None = None  # monotonic: confirmed, or nothing waiting
