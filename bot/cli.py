@@ -31,6 +31,7 @@ from bot.config import Config, ConfigError, load_config
 from bot.services.register import ClearanceRegister, RegisterError
 from bot.startup import read_data_key, read_pickle_key
 from bot.storage import ClearanceRecord, Store, StoreError, audit_key_from
+from bot.storage.runlock import RunLock
 from bot.storage.sealing import Sealer, SealError
 from commands.views import clearance_document
 from policy import (
@@ -1837,20 +1838,12 @@ def keys_rotate(
     if new == other:
         _fail("the new key is the bot's other key; each key must be its own. Nothing was changed.")
     assert current is not None
-    from bot.storage.runlock import LockFileUnusable, StoreBusy, hold_run_lock
-
     # The database first: a wrong path is refused before the lock below would make its
     # folder and lock file there. Opening it changes nothing; no value is resealed before
-    # the lock is held.
+    # the lock is held. The lock is held for the whole rotation, so a bot cannot start
+    # half-way through.
     store = _offline_store(config)
-    # The run lock a single bot holds while it runs: held here for the whole rotation, so a
-    # running bot is refused, and a bot cannot start half-way through (a pair: the lease).
-    try:
-        lock = hold_run_lock(config.database_url())
-    except StoreBusy as exc:
-        store.close()
-        todo = "" if isinstance(exc, LockFileUnusable) else ": stop it first"
-        _fail(f"{exc}{todo}. Nothing was changed.", EXIT_NO)
+    lock = _hold_run_lock(config, store)
     try:
         if which == "data":
             _rotate_data(store, current, new, batch_size)
@@ -1859,6 +1852,20 @@ def keys_rotate(
     finally:
         store.close()
         lock.release()
+
+
+def _hold_run_lock(config: Config, store: Store) -> RunLock:
+    """ "Stop the bot first", enforced: the run lock a single running bot holds (a pair:
+    the lease, `_refuse_running`), taken for the command's whole work. Refused: `store` is
+    closed and the command ends, nothing changed."""
+    from bot.storage.runlock import LockFileUnusable, StoreBusy, hold_run_lock
+
+    try:
+        return hold_run_lock(config.database_url())
+    except StoreBusy as exc:
+        store.close()
+        todo = "" if isinstance(exc, LockFileUnusable) else ": stop it first"
+        _fail(f"{exc}{todo}. Nothing was changed.", EXIT_NO)
 
 
 def _refuse_running(store: Store) -> None:
@@ -2028,19 +2035,11 @@ def keys_forget_login(config_path: str) -> None:
     Example:
       liaison-bot keys forget-login --config config.toml
     """
-    from bot.storage.runlock import LockFileUnusable, StoreBusy, hold_run_lock
-
     config = _load(config_path)
     store = _offline_store(config)
-    # "Stop the bot first", enforced as `keys rotate` does: a single bot running holds the
-    # run lock (a pair: the lease). Forgetting the login under it would look done while
-    # the running bot goes on with the old device.
-    try:
-        lock = hold_run_lock(config.database_url())
-    except StoreBusy as exc:
-        store.close()
-        todo = "" if isinstance(exc, LockFileUnusable) else ": stop it first"
-        _fail(f"{exc}{todo}. Nothing was changed.", EXIT_NO)
+    # Forgetting the login under a running bot would look done while it goes on with the
+    # old device.
+    lock = _hold_run_lock(config, store)
     try:
         _refuse_running(store)
         try:
