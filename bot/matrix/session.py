@@ -242,12 +242,7 @@ async def _log_in(
             if not whoami.device_id:
                 raise StartupError("the access token has no device; log in with a password")
             client.restore_login(hs.user_id, whoami.device_id, secrets.access_token)
-            await in_thread(
-                store.save_bot_session,
-                hs.user_id,
-                whoami.device_id,
-                sealer.seal_text(secrets.access_token, whoami.device_id),
-            )
+            await _save_login(store, sealer, hs.user_id, whoami.device_id, secrets.access_token)
         else:
             await _password_login(client, config, secrets, store, sealer)
         if client.should_upload_keys:
@@ -278,13 +273,17 @@ async def _password_login(
             f"the homeserver refused the login of {config.homeserver.user_id}: "
             f"{exc.errcode or exc.status} {exc.message}"
         ) from None
-    await in_thread(
-        store.save_bot_session,
-        login.user_id,
-        login.device_id,
-        sealer.seal_text(login.access_token, login.device_id),
-    )
+    await _save_login(store, sealer, login.user_id, login.device_id, login.access_token)
     log.info("logged in as %s, device %s", login.user_id, login.device_id)
+
+
+async def _save_login(
+    store: Store, sealer: Sealer, user_id: str, device_id: str, access_token: str
+) -> None:
+    """The login kept for the next start: the token sealed, bound to its device."""
+    await in_thread(
+        store.save_bot_session, user_id, device_id, sealer.seal_text(access_token, device_id)
+    )
 
 
 async def cross_sign(
