@@ -19,8 +19,9 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import Connection, select, text
+from sqlalchemy import Connection, Row, select, text
 
 from bot.storage.models import GateSettingsRow
 from bot.storage.records import RegisterSigner, RegisterVerifier, StoreError
@@ -78,7 +79,8 @@ def gate_settings_payload(settings: GateSettings) -> bytes:
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
 
 
-def _settings_of(row: GateSettingsRow) -> GateSettings:
+def _settings_of(row: GateSettingsRow | Row[Any]) -> GateSettings:
+    """The settings an ORM row (the bot's writes) or a Core row (the gate's reads) holds."""
     return GateSettings.of(
         row.bot_user_id,
         list(row.admins or ()),
@@ -167,14 +169,7 @@ def read_gate_settings(
     row = conn.execute(select(table).where(table.c.bot_user_id == bot_user_id)).first()
     if row is None:
         return None
-    settings = GateSettings.of(
-        row.bot_user_id,
-        list(row.admins or ()),
-        row.admin_room,
-        list(row.caveats or ()),
-        row.bot_version,
-        row.schema_revision,
-    )
+    settings = _settings_of(row)
     if verifier is not None and not verifier.verifies(
         gate_settings_payload(settings), row.signature
     ):
