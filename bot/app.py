@@ -33,6 +33,7 @@ from bot.services.register import ClearanceRegister
 from bot.services.relay import RelayEngine
 from bot.services.rooms import RoomDirectory
 from bot.services.search import Inventory
+from bot.services.slash import CommandsPublisher
 from bot.startup import Secrets, StartupError
 from bot.storage import Store, audit_key_from, in_thread
 from bot.storage.sealing import Sealer
@@ -61,6 +62,7 @@ class LiaisonBot:
     commands: CommandPorts
     undecryptable: Undecryptable
     inbox: Inbox
+    slash: CommandsPublisher
     router: EventRouter
     sync: SyncLoop
     feeds: FeedListener | None = None
@@ -215,20 +217,16 @@ class LiaisonBot:
         self.undecryptable = Undecryptable(
             gateway, messenger, store, self.metrics, settings.undecryptable_grace, self.tasks
         )
+        self.slash = slash = CommandsPublisher(
+            self.registry, gateway, self.rooms, self.direct, membership.roles_of,
+            self._admin_room_id, self.tasks.spawn,
+        )  # fmt: skip
+        slash.listen(self.rooms.listeners, self.direct.listeners, membership.role_listeners)
         self.inbox = Inbox(
-            store,
-            self.rooms,
-            membership,
-            self.relay,
-            messenger,
-            messenger,
-            gateway,
-            self.audit,
-            self.tasks,
-            self.registry,
-            self.commands,
-            settings.command_prefixes,
-        )
+            store, self.rooms, membership, self.relay, messenger, messenger, gateway, self.audit,
+            self.tasks, self.registry, self.commands, settings.command_prefixes,
+            user_id=self.user_id, vocabulary=slash.vocabulary,
+        )  # fmt: skip
         self.router = EventRouter(
             gateway,
             settings,
@@ -263,6 +261,7 @@ class LiaisonBot:
 
     async def _first_synced(self) -> None:
         self.tasks.spawn(self.rooms.revalidate(self.messenger.alert_admins), "revalidate-rooms")
+        self.slash.rooms_changed()  # each room's commands, sent where they changed
         await self.membership.sweep(self.messenger.alert_admins)
         await self.relay.start()
         await self.digests.start()

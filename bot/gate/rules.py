@@ -76,12 +76,18 @@ from policy import (
 log = logging.getLogger(__name__)
 
 LABEL_EVENT = "io.github.liaison_bot.label"
+# The commands a room offers (MSC4332, unstable prefix; `commands.slash` writes it, spelt
+# here too so the gate loads nothing of the commands). A member who set it could offer the
+# room's clients commands the bot never declared, with arguments that say other than they do.
+COMMANDS_EVENT = "org.matrix.msc4332.commands"
 
 # State only the managing bot may change in its rooms: what the label is, who has power,
-# how the room is encrypted, who may join, who may read history, and which servers take part.
+# how the room is encrypted, who may join, who may read history, which servers take part,
+# and which commands clients offer for the bot.
 PROTECTED_STATE = frozenset(
     {
         LABEL_EVENT,
+        COMMANDS_EVENT,
         "m.room.power_levels",
         "m.room.encryption",
         "m.room.join_rules",
@@ -1145,6 +1151,7 @@ def creator_power_version(room_version: str) -> bool:
 
 
 __all__ = [
+    "COMMANDS_EVENT",
     "LABEL_EVENT",
     "MEGOLM",
     "PROTECTED_STATE",

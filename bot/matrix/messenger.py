@@ -36,6 +36,8 @@ class DirectRooms:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._partners: dict[str, UserId] = {}
+        # Told of each DM added (the bot made it, or accepted a partner's invite).
+        self.listeners: list[Callable[[str, UserId], None]] = []
 
     async def load(self) -> None:
         stored = await in_thread(self.store.direct_rooms)
@@ -47,6 +49,10 @@ class DirectRooms:
     def __contains__(self, room_id: object) -> bool:
         return room_id in self._partners
 
+    def items(self) -> list[tuple[str, UserId]]:
+        """(room id, partner) of every DM."""
+        return list(self._partners.items())
+
     def rooms_with(self, user_id: str) -> list[str]:
         """This person's DMs, newest first."""
         return [r for r, p in reversed(self._partners.items()) if p == user_id]
@@ -54,6 +60,8 @@ class DirectRooms:
     async def add(self, room_id: str, partner: UserId) -> None:
         self._partners[room_id] = partner
         await in_thread(self.store.save_direct_room, partner, room_id)
+        for listener in self.listeners:
+            listener(room_id, partner)
 
     async def forget(self, room_id: str) -> UserId | None:
         partner = self._partners.pop(room_id, None)

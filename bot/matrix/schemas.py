@@ -16,17 +16,32 @@ schema is dropped here, logged with the event id and the reason (never the conte
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from html.parser import HTMLParser
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from bot.services.inbox import MessageFields
 from policy.ids import EventId, UserId
 
 MAX_MENTIONS = 200  # m.mentions user ids read; a longer list is malformed, not truncated
 MAX_ID_CHARS = 255  # the spec's limit for user, room and event ids
+# A structured command (MSC4332): its syntax, its arguments and their values, as JSON. A
+# command's values are ids, markings and short texts: anything near an event's size is
+# not a command, and is refused here before a parser walks it.
+MAX_SYNTAX_CHARS = 500
+MAX_ARGUMENTS = 32
+MAX_COMMAND_CHARS = 8_000
 
 Identifier = Annotated[StrictStr, Field(min_length=1, max_length=MAX_ID_CHARS)]
 # An event id: `$` and no whitespace. Anything else (`..`, a path) is not an id, and sent
@@ -57,6 +72,29 @@ class NewContent(_Content):
     label: LabelField | None = Field(default=None, alias="io.github.liaison_bot.label")
 
 
+class StructuredCommand(_Content):
+    """`org.matrix.msc4332.command`: which command (its `syntax`) and the value of each
+    argument by name. Only the shape and size are checked here; each value is judged by
+    the command's declared type (`commands.slash.parse_structured`)."""
+
+    syntax: Annotated[StrictStr, Field(min_length=1, max_length=MAX_SYNTAX_CHARS)]
+    arguments: Annotated[dict[StrictStr, Any], Field(max_length=MAX_ARGUMENTS)] = {}
+
+    @field_validator("arguments")
+    @classmethod
+    def _small(cls, arguments: dict[str, Any]) -> dict[str, Any]:
+        try:
+            size = len(json.dumps(arguments, ensure_ascii=False))
+        except (TypeError, ValueError, RecursionError):
+            raise ValueError("arguments must be plain JSON") from None
+        if size > MAX_COMMAND_CHARS:
+            raise ValueError(f"arguments longer than {MAX_COMMAND_CHARS} characters of JSON")
+        return arguments
+
+    def payload(self) -> dict[str, Any]:
+        return {"syntax": self.syntax, "arguments": dict(self.arguments)}
+
+
 class TextContent(_Content):
     """m.room.message with a text-like msgtype (m.text, m.notice, m.emote)."""
 
@@ -67,6 +105,9 @@ class TextContent(_Content):
     new_content: NewContent | None = Field(default=None, alias="m.new_content")
     mentions: Mentions | None = Field(default=None, alias="m.mentions")
     label: LabelField | None = Field(default=None, alias="io.github.liaison_bot.label")
+    command: StructuredCommand | None = Field(
+        default=None, alias="org.matrix.msc4332.command"  # COMMAND_FIELD, spelt out for mypy
+    )
 
 
 class MemberContent(_Content):
@@ -157,6 +198,7 @@ def message_fields(content: Any) -> MessageFields:
         label=parsed.label,
         mentions=tuple(UserId(u) for u in mentions),
         shown=html_text(parsed.formatted_body),
+        structured=parsed.command.payload() if parsed.command is not None else None,
     )
 
 
@@ -184,6 +226,7 @@ __all__ = [
     "LabelField",
     "MemberContent",
     "SchemaError",
+    "StructuredCommand",
     "describe",
     "member_content",
     "message_fields",

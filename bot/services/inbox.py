@@ -18,7 +18,7 @@ over, gives the same event, not a second one.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
@@ -35,6 +35,7 @@ from commands.dispatch import dispatch, is_command
 from commands.document import Code, Document, Mention, Strong, doc, para
 from commands.registry import Registry
 from commands.services import Services
+from commands.slash import Vocabulary
 from policy import is_tagged
 from policy.ids import EventId, RoomId, UserId
 
@@ -60,6 +61,9 @@ class MessageFields:
     new_label: LabelField | None = None
     problem: str | None = None
     shown: str | None = None  # the text of the formatted body: what most clients show
+    # A structured command (MSC4332 `org.matrix.msc4332.command`): {"syntax", "arguments"},
+    # its shape and size checked, its values not yet (the command's parser judges them).
+    structured: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -159,6 +163,9 @@ class Inbox:
         registry: Registry,
         services: Services,
         prefixes: Sequence[str],
+        *,
+        user_id: str = "",
+        vocabulary: Callable[[], Vocabulary] = Vocabulary,
     ) -> None:
         self.store = store
         self.rooms = rooms
@@ -172,6 +179,8 @@ class Inbox:
         self.registry = registry
         self.services = services
         self.prefixes = prefixes
+        self.user_id = user_id  # the bot's own: a structured command must mention it
+        self.vocabulary = vocabulary  # the enum values of the moment, for structured commands
 
     async def on_message(self, message: IncomingMessage, batch: ReceiptBatch | None = None) -> None:
         """Act on one message. With `batch`, a tagged message's receipt waits for
@@ -193,7 +202,13 @@ class Inbox:
             if await self.relay.remove_if_spilled(own, [fields.shown]):
                 await in_thread(self.store.mark_handled, message.event_id, room_id)
                 return
-        command = is_command(message.body, self.prefixes)
+        structured = fields.structured
+        if structured is not None and UserId(self.user_id) not in fields.mentions:
+            # A structured command for another bot (MSC4332 commands mention the bot they
+            # are for): not this bot's, whatever its body says. Left alone like any message
+            # that is not a command.
+            return
+        command = structured is not None or is_command(message.body, self.prefixes)
         labelled = fields.label
         if not command and not (
             managed is not None and (is_tagged(message.body) or labelled is not None)
@@ -281,6 +296,7 @@ class Inbox:
             is_direct=managed is None,
             event=message.handle,
             sent_at=message.sent_at,
+            structured=structured,
         )
         outcome = await dispatch(
             self.registry,
@@ -288,6 +304,7 @@ class Inbox:
             self.membership.roles_of(message.sender),
             self.services,
             self.prefixes,
+            vocabulary=self.vocabulary() if structured is not None else None,
         )
         if outcome is not None:
             await self._reply(invocation, outcome.reply)

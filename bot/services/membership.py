@@ -57,6 +57,9 @@ class Membership:
         self.user_id = UserId("")  # the bot's own id, set once logged in
         self._clearances: dict[str, ClearanceRecord] = {}
         self._told: set[tuple[str, str]] = set()  # unusable records audited and alerted
+        # Told of each member change in a managed room: the person's roles may have changed
+        # (MEMBER is membership of any managed room), and with them what their DM offers.
+        self.role_listeners: list[Callable[[UserId], None]] = []
 
     # ------------------------------------------------------------ the cache
 
@@ -161,6 +164,9 @@ class Membership:
         """A join or an invite seen in a managed room: judge it on the register as it is
         now (the CLI may have changed it)."""
         managed = self.rooms.by_id.get(room_id)
+        if managed is not None:
+            for listener in self.role_listeners:
+                listener(user_id)
         if managed is None or membership not in ("join", "invite"):
             return
         await self.refresh_one(user_id)

@@ -17,7 +17,7 @@ from typing import Any
 from bot.config import Config, RoomConfig
 
 # The homeserver gate enforces the label and judges creator power: one spelling, one rule.
-from bot.gate.rules import LABEL_EVENT, creator_power_version
+from bot.gate.rules import COMMANDS_EVENT, LABEL_EVENT, creator_power_version
 from bot.services.ports import HomeserverError, RoomAdmin, StateEvent
 from bot.startup import StartupError
 from bot.storage import Origin, RoomRecord, Store, in_thread
@@ -58,6 +58,7 @@ RESTRICTED_EVENTS = (
     "m.room.tombstone",
     "m.room.pinned_events",
     LABEL_EVENT,
+    COMMANDS_EVENT,
 )
 
 
@@ -326,6 +327,8 @@ class RoomDirectory:
         # Task-force rooms the start did not restore, by key, and why: told to the admins
         # once, after the first sync (`revalidate`).
         self.skipped: dict[str, str] = {}
+        # Told when a task-force room is created or closed: the room keys changed.
+        self.listeners: list[Callable[[], None]] = []
 
     async def _flag(self, key: str, room_id: str, warnings: list[str]) -> None:
         """Record, and audit once per start, what provisioning could not put right."""
@@ -645,6 +648,7 @@ class RoomDirectory:
         )
         managed = ManagedRoom(key, name, policy_room, room_id, Origin.CHAT)
         self._add(managed)
+        self._changed()
         return managed
 
     async def close(self, actor: str, key: str) -> list[str]:
@@ -665,7 +669,12 @@ class RoomDirectory:
         self.chat_routes = [(a, b) for a, b in self.chat_routes if key not in (a, b)]
         del self.by_key[key]
         self.by_id.pop(managed.room_id, None)
+        self._changed()
         return removed
+
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
 
     async def change_route(self, actor: str, source: str, target: str, add: bool) -> None:
         self.managed(source)
