@@ -14,11 +14,11 @@ from commands.views import clearance_document
 def register(registry: Registry) -> None:
     @registry.command(
         "clearance grant",
-        "Set a user's grant in LEVEL's scheme (raise or lower); restores a revoked record.",
+        "Set a user's grant in MARKING's scheme (raise or lower); restores a revoked record.",
         roles=(Role.ADMIN,),
         args=(
             Arg("user", "user", "the person"),
-            Arg("level", "text", 'a level, quoted if it has spaces: "NATO SECRET"'),
+            Arg("marking", "text", 'a level, quoted if it has spaces: "NATO SECRET"'),
         ),
         options=(
             Option("nationality", "text", "trigraph; required on a first grant", metavar="XXX"),
@@ -31,7 +31,7 @@ def register(registry: Registry) -> None:
         record = await ctx.services.grant(
             ctx.sender,
             values["user"],
-            values["level"],
+            values["marking"],
             nationality=values["nationality"],
             expires=values["expires"],
             caveats=values["caveat"],

@@ -148,7 +148,16 @@ def register(registry: Registry) -> None:
     @registry.command(
         "label schemes",
         "Show a nation's levels and their NATO and EU equivalents (no code: the known schemes).",
-        args=(Arg("code", "text", "a scheme: DEU, NATO, EU…", optional=True, metavar="CODE"),),
+        args=(
+            Arg(
+                "code",
+                "text",
+                "a scheme: DEU, NATO, EU…",
+                optional=True,
+                metavar="CODE",
+                choices="schemes",
+            ),
+        ),
         example="label schemes DEU",
         details="Equivalents are the level of the same rank; a rank a nation lacks is named.",
     )

@@ -32,6 +32,9 @@ _OPEN_QUOTES = {'"': '"', "'": "'", "“": "”", "”": "”", "„": "“", "�
 
 
 Kind = Literal["text", "user", "room_key", "room_keys", "int", "date", "rest", "words", "flag"]
+# A vocabulary of the moment (commands.slash.Vocabulary) whose values a structured (MSC4332)
+# client offers for an argument; typed `!` parsing does not look at it.
+Choices = Literal["room_keys", "schemes", "precedences"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,12 @@ class Arg:
     help: str = ""
     optional: bool = False
     metavar: str | None = None
+    # Offered from this vocabulary by structured clients; a `room_key` is offered from the
+    # room keys without saying so, unless `fresh`.
+    choices: Choices | None = None
+    # Names something that does not exist yet (the key of a room being created): never
+    # offered from the vocabulary of existing values.
+    fresh: bool = False
 
     @property
     def shown(self) -> str:
@@ -59,6 +68,7 @@ class Option:
     help: str = ""
     repeat: bool = False
     metavar: str | None = None
+    choices: Choices | None = None  # as Arg.choices
 
     @property
     def shown(self) -> str:

@@ -17,7 +17,7 @@ def register(registry: Registry) -> None:
         "Create a task-force room, managed like a configured one.",
         roles=(Role.ADMIN,),
         args=(
-            Arg("key", "room_key", "its short name", metavar="KEY"),
+            Arg("key", "room_key", "its short name", metavar="KEY", fresh=True),
             Arg("name", "text", "its name, quoted", metavar='"NAME"'),
             Arg("label", "text", "its marking, quoted", metavar='"LABEL"'),
         ),

@@ -130,7 +130,7 @@ async def test_bad_arguments_answer_with_usage_and_change_nothing(
     dm = await open_dm(admin, bot_env.bot_user.user_id)
     someone = make_user("someone").user_id
     cases = [
-        (f"!clearance grant {someone}", "Usage: !clearance grant @USER LEVEL"),
+        (f"!clearance grant {someone}", "Usage: !clearance grant @USER MARKING"),
         (
             f'!clearance grant {someone} "NATO SECRTE" --nationality DEU',
             "unknown marking 'NATO SECRTE'",

@@ -67,7 +67,7 @@ def test_parse_full_command() -> None:
     assert parsed.command.name == "clearance grant"
     assert parsed.values == {
         "user": "@a:b",
-        "level": "NATO SECRET",
+        "marking": "NATO SECRET",
         "nationality": "DEU",
         "caveat": ["ATOMAL", "CRYPTO"],
         "expires": date(2027, 1, 1),
@@ -112,7 +112,7 @@ def test_two_word_commands_win_over_one_word() -> None:
         ("clearance", "did you mean"),
         ("clearance grnt @a:b X", "did you mean !clearance grant"),
         ("clearance grant bob X", "expected a user like @name:server, got 'bob'"),
-        ("clearance grant @a:b", "missing LEVEL"),
+        ("clearance grant @a:b", "missing MARKING"),
         ("clearance grant @a:b X Y", "unexpected argument 'Y'"),
         ("clearance grant @a:b X --expires tomorrow", "--expires: 'tomorrow' is not a date"),
         (
@@ -139,7 +139,7 @@ def test_usage_comes_from_the_declaration() -> None:
         parse_command(REGISTRY, "clearance grant @a:b")
     assert (
         info.value.usage
-        == "!clearance grant @USER LEVEL [--nationality XXX] [--expires YYYY-MM-DD] [--caveat C]…"
+        == "!clearance grant @USER MARKING [--nationality XXX] [--expires YYYY-MM-DD] [--caveat C]…"
     )
 
 
@@ -180,7 +180,7 @@ async def test_bad_arguments_answer_with_usage_change_nothing_and_are_audited() 
     services = FakeServices()
     outcome = await run("!clearance grant bob", {Role.ADMIN}, services)
     assert outcome is not None and not outcome.ok
-    assert "Usage: !clearance grant @USER LEVEL" in outcome.reply.document.plain
+    assert "Usage: !clearance grant @USER MARKING" in outcome.reply.document.plain
     assert services.grants == []
     assert services.audits[0][1] == "command.error"
 
@@ -204,7 +204,7 @@ async def test_help_lists_only_what_the_user_may_run() -> None:
 async def test_help_for_one_command() -> None:
     outcome = await run("/help clearance grant", set())
     assert outcome is not None
-    assert "!clearance grant @USER LEVEL" in outcome.reply.document.plain
+    assert "!clearance grant @USER MARKING" in outcome.reply.document.plain
     assert "Example: !clearance grant" in outcome.reply.document.plain
 
 
