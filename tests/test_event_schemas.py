@@ -23,6 +23,7 @@ from bot.matrix.schemas import (
 )
 from bot.services.render import LABEL_KEY
 from bot.storage import Store
+from commands.slash import COMMAND_FIELD
 from policy import MarkingError
 from policy.adatp4774 import import_label, label_metadata, to_json
 from policy.labels import parse_marking
@@ -53,6 +54,17 @@ POISON: list[tuple[dict[str, Any], str]] = [
     ({"m.mentions": {"user_ids": "x"}}, "m.mentions.user_ids"),
     ({"m.mentions": {"user_ids": [1]}}, "m.mentions.user_ids"),
     ({"formatted_body": 5}, "formatted_body"),
+    # A structured command (MSC4332): an object of a string syntax and object arguments.
+    ({COMMAND_FIELD: "help"}, COMMAND_FIELD),
+    ({COMMAND_FIELD: {"arguments": {}}}, f"{COMMAND_FIELD}.syntax"),
+    ({COMMAND_FIELD: {"syntax": 5}}, f"{COMMAND_FIELD}.syntax"),
+    ({COMMAND_FIELD: {"syntax": ""}}, f"{COMMAND_FIELD}.syntax"),
+    ({COMMAND_FIELD: {"syntax": "help", "arguments": ["hi"]}}, f"{COMMAND_FIELD}.arguments"),
+    ({COMMAND_FIELD: {"syntax": "help", "arguments": {"x": "hi" * 5000}}}, COMMAND_FIELD),
+    (
+        {COMMAND_FIELD: {"syntax": "help", "arguments": {str(n): 1 for n in range(33)}}},
+        COMMAND_FIELD,
+    ),
 ]
 
 
@@ -104,6 +116,37 @@ def test_well_formed_content_is_typed() -> None:
 
 def test_the_label_field_is_read_under_its_published_name() -> None:
     assert TextContent.model_fields["label"].alias == LABEL_KEY
+    assert TextContent.model_fields["command"].alias == COMMAND_FIELD
+
+
+def test_a_structured_command_is_read_as_its_shape_and_nothing_more() -> None:
+    """Its values are the command parser's to judge (a user id that is not one, an unknown
+    syntax): here only the shape and size."""
+    payload = {"syntax": "clearance grant {user} {marking}", "arguments": {"user": 5, "x": []}}
+    fields = message_fields(
+        {
+            "msgtype": "m.text",
+            "body": "anything",
+            COMMAND_FIELD: {**payload, "com.example.extra": 1},
+            "m.mentions": {"user_ids": ["@bot:x"]},
+        }
+    )
+    assert fields.problem is None and fields.structured == payload
+    assert fields.mentions == ("@bot:x",)
+    bare = message_fields({"msgtype": "m.text", "body": "x", COMMAND_FIELD: {"syntax": "help"}})
+    assert bare.structured == {"syntax": "help", "arguments": {}}
+    assert message_fields({"msgtype": "m.text", "body": "!help"}).structured is None
+    # an edit is never a command, structured or not
+    edit = message_fields(
+        {
+            "msgtype": "m.text",
+            "body": "* x",
+            COMMAND_FIELD: payload,
+            "m.relates_to": {"rel_type": "m.replace", "event_id": "$orig"},
+            "m.new_content": {"msgtype": "m.text", "body": "x"},
+        }
+    )
+    assert edit.replaces == "$orig" and edit.structured is None
 
 
 def test_member_and_redaction_content() -> None:
@@ -159,6 +202,30 @@ def test_message_fields_is_total(content: Any) -> None:
     """Whatever JSON a member sends, an answer: typed fields or a named problem."""
     fields = message_fields(content)
     assert fields.problem is not None or isinstance(content, dict)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    command=st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {"syntax": st.text(max_size=30)}, optional={"arguments": json_values}
+        ),
+    )
+)
+def test_the_structured_field_is_total(command: Any) -> None:
+    """Any JSON in the structured field: a payload of the right shape, or a problem naming
+    the field (never its value)."""
+    fields = message_fields({"msgtype": "m.text", "body": "secret words", COMMAND_FIELD: command})
+    if fields.problem is not None:
+        assert fields.problem.startswith(COMMAND_FIELD) and "secret words" not in fields.problem
+        assert fields.structured is None
+    elif command is None:  # null is absent, as for every optional field
+        assert fields.structured is None
+    else:
+        assert fields.structured is not None
+        assert isinstance(fields.structured["syntax"], str) and fields.structured["syntax"]
+        assert isinstance(fields.structured["arguments"], dict)
 
 
 @settings(max_examples=400, deadline=None)

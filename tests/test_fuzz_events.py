@@ -1,7 +1,7 @@
 """Issue 24: a fuzz test over the real Synapse. Hypothesis makes message contents with wrong
 types in every field the bot reads (body, msgtype, formatted_body, m.relates_to,
-m.new_content, m.mentions, the label field), nesting, large values and adversarial unicode;
-a cleared member whose device nobody verified sends each batch, encrypted and in clear, as
+m.new_content, m.mentions, the label field, the structured command field), nesting, large
+values and adversarial unicode; a cleared member whose device nobody verified sends each batch, encrypted and in clear, as
 messages and as edits of real events. After each batch a tagged message must still relay
 and /healthz must stay 200: no content may stall or stop the bot.
 
@@ -21,6 +21,7 @@ from nio import RoomSendResponse
 from nio.api import Api
 
 from bot.services.render import LABEL_KEY
+from commands.slash import COMMAND_FIELD
 from policy.adatp4774 import label_metadata, to_json
 from policy.labels import parse_marking
 from tests.bot_harness import BotEnv
@@ -89,6 +90,11 @@ relation = st.one_of(
     junk,
 )
 labels = st.one_of(st.just(LABEL), st.just("<xml"), junk, deep)
+# A structured command (MSC4332): a syntax and arguments, each well formed or anything.
+structured = st.fixed_dictionaries(
+    {"syntax": field_of(st.just("clearance grant {user} {marking}") | words)},
+    optional={"arguments": field_of(st.dictionaries(words, field_of(texts), max_size=3))},
+)
 new_content = st.fixed_dictionaries(
     {"msgtype": st.just("m.text"), "body": field_of(texts)}, optional={LABEL_KEY: labels}
 )
@@ -101,10 +107,11 @@ anything = st.fixed_dictionaries(
         "m.new_content": field_of(new_content),
         "m.mentions": field_of(st.fixed_dictionaries({"user_ids": field_of(st.just(["@a:x"]))})),
         LABEL_KEY: labels,
+        COMMAND_FIELD: field_of(structured),
     },
 )
 # One field the bot reads, wrong: in a message, or in an edit of a real event.
-READ = ["formatted_body", "m.relates_to", "m.new_content", "m.mentions", LABEL_KEY]
+READ = ["formatted_body", "m.relates_to", "m.new_content", "m.mentions", LABEL_KEY, COMMAND_FIELD]
 wrong = st.one_of(junk, deep).filter(lambda v: v is not None)
 poisoned_message = st.builds(
     lambda key, value, body: {"msgtype": "m.text", "body": body, key: value},

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+import commands.slash
 from bot.config import parse_config
 from bot.gate.config import (
     GateConfigError,
@@ -21,7 +22,7 @@ from bot.gate.config import (
     read_registers_file,
     register_entry,
 )
-from bot.gate.rules import LABEL_EVENT, UNLABELLED, Gate, Register, RoomLabel
+from bot.gate.rules import COMMANDS_EVENT, LABEL_EVENT, UNLABELLED, Gate, Register, RoomLabel
 from bot.storage import Origin, RoomRecord, Store, audit_key_from
 from bot.storage.migrate import upgrade
 from bot.storage.reader import RegisterReader
@@ -216,6 +217,28 @@ def test_protected_state(register_url: str) -> None:
     forged = gate.may_set_state("@mallory:hs", "!own:hs", LABEL_EVENT, UNLABELLED)
     assert not forged and "only a liaison bot may set" in forged.reason
     assert gate.may_set_state(BOT, "!new:hs", LABEL_EVENT, UNLABELLED)
+
+
+def test_only_the_managing_bot_sets_the_commands_a_managed_room_offers(
+    register_url: str,
+) -> None:
+    """A member who set the MSC4332 commands event could have clients offer commands the
+    bot never declared; the bot's own content is no threat to the room's closure."""
+    assert COMMANDS_EVENT == commands.slash.COMMANDS_EVENT  # one spelling, checked
+    gate, _ = _gate(register_url)
+    content = {"sigil": "!", "commands": []}
+    refused = gate.may_set_state("@cleared:hs", ROOM, COMMANDS_EVENT, LABEL, content)
+    assert not refused and f"only {BOT} may change {COMMANDS_EVENT}" in refused.reason
+    assert gate.may_set_state(BOT, ROOM, COMMANDS_EVENT, LABEL, content)
+    # elsewhere (a DM, a room nobody manages) the room's own power levels decide
+    assert gate.may_set_state("@x:hs", "!plain:hs", COMMANDS_EVENT, UNLABELLED, content)
+    # and power levels that would let others reach it are refused like any protected type
+    levels = {"users": {BOT: 100}, "users_default": 0, "invite": 100, "kick": 100,
+              "ban": 100, "redact": 100, "state_default": 100}  # fmt: skip
+    assert gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, levels)
+    opened = {**levels, "events": {COMMANDS_EVENT: 0}}
+    refused = gate.may_set_state(BOT, ROOM, "m.room.power_levels", LABEL, opened)
+    assert not refused and f"{COMMANDS_EVENT} (0)" in refused.reason
 
 
 def test_the_reader_cannot_write(register_url: str) -> None:

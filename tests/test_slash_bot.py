@@ -1,0 +1,313 @@
+"""Structured slash commands (MSC4332) on a real Synapse: the `org.matrix.msc4332.commands`
+state event the bot keeps in each managed room and DM (what may be used there, with the
+values of the moment), and structured commands (`org.matrix.msc4332.command`) run through
+the same gate, permissions and audit as typed ones."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from typing import Any
+
+from nio import RoomGetStateResponse, RoomMessageNotice, RoomPutStateResponse
+
+from bot.devtools.botenv import rooms_config
+from bot.devtools.e2ee_client import E2EEClient, open_dm, talk
+from commands.slash import COMMAND_FIELD, COMMANDS_EVENT, TYPES, syntax_of
+from policy.ids import UserId
+from tests.bot_harness import (
+    BotEnv,
+    enrol,
+    eventually,
+    in_audit,
+    replying_to,
+    restart,
+)
+from tests.matrix_harness import MakeClient, MakeUser
+
+BOT_EXTRA_BOT = 'admin_room = "ops"'
+BOT_ROOMS = (
+    rooms_config()
+    + """
+[[rooms]]
+key = "ops"
+name = "Security operations"
+label = "NATO SECRET"
+"""
+)
+
+
+# -- reading the state event ---------------------------------------------------------------
+
+
+async def commands_event(env: BotEnv, room_id: str) -> Mapping[str, Any] | None:
+    """The bot's commands state event in a room as the homeserver holds it (event id and
+    all), or None."""
+    assert env.bot is not None
+    response = await env.bot.client.room_get_state(room_id)
+    assert isinstance(response, RoomGetStateResponse), response
+    for event in response.events:
+        if event["type"] == COMMANDS_EVENT and event["state_key"] == env.bot_user.user_id:
+            found: Mapping[str, Any] = event
+            return found
+    return None
+
+
+async def published(env: BotEnv, room_id: str, check: Any = bool) -> Mapping[str, Any]:
+    """The event, once it is there and its content passes `check`."""
+
+    async def event() -> Mapping[str, Any] | None:
+        found = await commands_event(env, room_id)
+        return found if found is not None and check(found["content"]) else None
+
+    result: Mapping[str, Any] = await eventually(event, 30, f"commands event in {room_id}")
+    return result
+
+
+def names(content: Mapping[str, Any]) -> set[str]:
+    return {c["syntax"].split(" {")[0].split(" --")[0] for c in content["commands"]}
+
+
+def enum_values(content: Mapping[str, Any]) -> set[str]:
+    return {
+        value
+        for command in content["commands"]
+        for argument in command["arguments"]
+        for value in argument.get("enum", [])
+    }
+
+
+def shape_problems(content: Mapping[str, Any]) -> list[str]:
+    """What in the content does not fit MSC4332 as published: a sigil, commands each with a
+    syntax whose `{placeholders}` match its arguments one for one, every argument of a type
+    the MSC lists, an enum with values, a variadic one only last, descriptions as m.text."""
+    problems = []
+    if content.get("sigil") != "!":
+        problems.append(f"sigil {content.get('sigil')!r}")
+    if not content.get("commands"):
+        problems.append("no commands")
+    for command in content.get("commands", []):
+        syntax, arguments = command["syntax"], command["arguments"]
+        placeholders = re.findall(r"\{([^}]*)\}", syntax)
+        if len(placeholders) != len(arguments):
+            problems.append(f"{syntax}: {len(placeholders)} placeholders, {len(arguments)} args")
+        if not command["description"]["m.text"][0]["body"]:
+            problems.append(f"{syntax}: no description")
+        for n, argument in enumerate(arguments):
+            if argument["type"] not in TYPES:
+                problems.append(f"{syntax}: type {argument['type']!r}")
+            if argument["type"] == "enum" and not (
+                argument.get("enum") and all(isinstance(v, str) and v for v in argument["enum"])
+            ):
+                problems.append(f"{syntax}: an enum without values")
+            if argument.get("variadic") and n != len(arguments) - 1:
+                problems.append(f"{syntax}: variadic argument {n} is not last")
+            if n < len(placeholders) and bool(argument.get("variadic")) != placeholders[n].endswith(
+                "..."
+            ):
+                problems.append(f"{syntax}: argument {n} variadic but not `...` or the reverse")
+            if not argument["description"]["m.text"][0]["body"]:
+                problems.append(f"{syntax}: argument {n} has no description")
+    return problems
+
+
+# -- the state event -----------------------------------------------------------------------
+
+
+async def test_each_room_offers_the_commands_usable_there(
+    bot_env: BotEnv, make_client: MakeClient
+) -> None:
+    assert bot_env.bot is not None
+    bot = bot_env.bot
+    nato = (await published(bot_env, bot_env.room_id("nato-s")))["content"]
+    deu = (await published(bot_env, bot_env.room_id("deu")))["content"]
+    ops = (await published(bot_env, bot_env.room_id("ops")))["content"]
+    # A DM the bot made (it holds the power there): its partner's commands, an admin's.
+    admin = await make_client(bot_env.admin, auto_join=True)
+    dm = await bot.messenger.direct_room_for(UserId(bot_env.admin.user_id))
+    direct = (await published(bot_env, dm))["content"]
+    for content in (nato, deu, ops, direct):
+        assert shape_problems(content) == []
+    assert nato == deu  # members of either room may use the same commands
+    assert "help" in names(nato) and "rooms" in names(nato)
+    assert not {"clearance grant", "clearance list", "room create"} & names(nato)
+    assert {"clearance grant", "room create"} <= names(ops) == names(direct)
+    # The values of the moment: the room keys, the schemes in force, the precedences.
+    values = enum_values(direct)
+    assert {"deu", "nato-s", "ops"} <= values
+    assert {"NATO", "EU", "DEU"} <= values
+    assert "FLASH" in values
+    types = {a["type"] for c in direct["commands"] for a in c["arguments"]}
+    assert {"user_id", "enum", "string", "integer", "boolean"} <= types <= TYPES
+    assert admin.user_id in (bot.gateway.members(dm) or {})
+
+
+async def test_the_room_keys_follow_task_force_rooms_and_a_restart_changes_nothing(
+    bot_env: BotEnv, make_client: MakeClient
+) -> None:
+    assert bot_env.bot is not None
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    nato_room = bot_env.room_id("nato-s")
+    key = f"tf-{secrets.token_hex(3)}"
+    await talk(admin, dm, f'!room create {key} "Slash cell" "NATO SECRET"', f"Created {key}")
+    tf_room = bot_env.room_id(key)
+    await published(bot_env, nato_room, lambda content: key in enum_values(content))
+    own = (await published(bot_env, tf_room, lambda content: key in enum_values(content)))[
+        "content"
+    ]
+    assert "clearance grant" not in names(own)  # a member room like any other
+
+    await talk(admin, dm, f"!room close {key}", f"Closed {key}")
+    await published(bot_env, nato_room, lambda content: key not in enum_values(content))
+    # The closed room offers nothing any more.
+    await published(bot_env, tf_room, lambda content: content == {})
+
+    rooms = [bot_env.room_id(k) for k in ("nato-s", "deu", "ops")]
+    before = {r: (await published(bot_env, r))["event_id"] for r in rooms}
+    await restart(bot_env)
+    assert bot_env.bot is not None
+    # Once this pass is done, so is the start's own (one room at a time each): whatever the
+    # start would have sent is there.
+    assert await bot_env.bot.slash.publish_all() == 0
+    after = {r: (await published(bot_env, r))["event_id"] for r in rooms}
+    assert after == before
+
+
+async def test_a_member_cannot_set_the_commands_of_a_managed_room(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_env.bot_user.user_id)
+    member = make_user("slash-member")
+    client = await make_client(member)
+    (room,) = await enrol(
+        (admin, dm), [(member.user_id, "NATO SECRET", "POL")], [(client, "nato-s")]
+    )
+    levels = await bot_env.bot.client.room_get_state_event(room, "m.room.power_levels")  # type: ignore[union-attr]
+    assert levels.content["events"][COMMANDS_EVENT] == 100  # type: ignore[union-attr]
+    forged = {"sigil": "!", "commands": [{"syntax": "clearance grant {user}", "arguments": []}]}
+    for state_key in (member.user_id, ""):
+        response = await client.client.room_put_state(room, COMMANDS_EVENT, forged, state_key)
+        assert not isinstance(response, RoomPutStateResponse), response
+        assert response.status_code == "M_FORBIDDEN", response
+    assert (await commands_event(bot_env, room)) is not None
+    assert (await commands_event(bot_env, room))["content"] != forged  # type: ignore[index]
+
+
+# -- structured commands -------------------------------------------------------------------
+
+
+def grant_syntax(env: BotEnv) -> str:
+    assert env.bot is not None
+    return syntax_of(env.bot.registry.commands["clearance grant"])
+
+
+async def send_structured(
+    client: E2EEClient,
+    room_id: str,
+    syntax: str,
+    arguments: Mapping[str, Any],
+    *,
+    body: str = "",
+    mention: str | None,
+) -> str:
+    content: dict[str, Any] = {
+        "msgtype": "m.text",
+        "body": body or f"!{syntax}",
+        COMMAND_FIELD: {"syntax": syntax, "arguments": dict(arguments)},
+    }
+    if mention is not None:
+        content["m.mentions"] = {"user_ids": [mention]}
+    return await client.send_event(room_id, "m.room.message", content)
+
+
+async def answer(client: E2EEClient, room_id: str, event_id: str) -> str:
+    event = await client.wait_for(room_id, replying_to(event_id), 30)
+    assert isinstance(event, RoomMessageNotice)
+    return event.body
+
+
+async def grant_of(env: BotEnv, user_id: str) -> tuple[str, set[str]] | None:
+    assert env.bot is not None
+    record = await env.bot.commands.clearance(UserId(user_id))
+    return None if record is None else (record.nationality, {g.level for g in record.grants})
+
+
+async def test_structured_clearance_grant(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    bot_id = bot_env.bot_user.user_id
+    admin = await make_client(bot_env.admin)
+    dm = await open_dm(admin, bot_id)
+    syntax = grant_syntax(bot_env)
+    user = make_user("slash-grantee").user_id
+    values = {"user": user, "marking": "NATO SECRET", "nationality": "DEU"}
+
+    # From the admin's trusted device: done, with spaces in a value and no quotes; the body
+    # is not what is parsed (it says otherwise here, and has no prefix).
+    event = await send_structured(
+        admin, dm, syntax, values, body=f"grant {user} NATO CONFIDENTIAL FRA", mention=bot_id
+    )
+    assert "Clearance updated" in await answer(admin, dm, event)
+    assert await grant_of(bot_env, user) == ("DEU", {"NATO SECRET"})
+    await in_audit(
+        bot_env,
+        lambda entries: next(
+            (
+                e
+                for e in entries
+                if e.action == "command.structured" and e.detail.get("body_agrees") is False
+            ),
+            None,
+        ),
+        "the structured run audited, its body disagreeing",
+    )
+
+    # Each bad value is named; nothing changes.
+    other = make_user("slash-other").user_id
+    bad: list[tuple[str, dict[str, Any], str]] = [
+        (syntax, {**values, "user": "not-a-user"}, "argument 'user'"),
+        (syntax, {"user": other, "nationality": "DEU"}, "missing argument 'marking'"),
+        ("clearance grnt {user}", values, "unknown command syntax"),
+    ]
+    invite = syntax_of(bot_env.bot.registry.commands["invite"])  # type: ignore[union-attr]
+    bad.append((invite, {"user": other, "room": "nato-x"}, "'nato-x' is not a room key"))
+    for bad_syntax, arguments, expected in bad:
+        event = await send_structured(admin, dm, bad_syntax, arguments, mention=bot_id)
+        reply = await answer(admin, dm, event)
+        assert expected in reply, (expected, reply)
+    assert await grant_of(bot_env, other) is None
+
+    # Without the mention: for another bot, not this one. A later command's answer proves
+    # the bot has handled the earlier message (one room's events in order).
+    quiet = await send_structured(admin, dm, syntax, {**values, "user": other}, mention=None)
+    later = await admin.send_text(dm, "!whoami")
+    await answer(admin, dm, later)
+    assert not [e for e in admin.events.get(dm, []) if replying_to(quiet)(e)]
+    assert await grant_of(bot_env, other) is None
+
+    # The same from someone who is not an admin: refused, audited as structured.
+    officer = await make_client(bot_env.officer)
+    officer_dm = await open_dm(officer, bot_id)
+    event = await send_structured(
+        officer, officer_dm, syntax, {**values, "user": other}, mention=bot_id
+    )
+    assert "for admins only" in await answer(officer, officer_dm, event)
+    assert await grant_of(bot_env, other) is None
+    denied = await in_audit(
+        bot_env,
+        lambda entries: next(
+            (
+                e
+                for e in entries
+                if e.action == "command.denied"
+                and e.actor == bot_env.officer.user_id
+                and e.subject == "clearance grant"
+            ),
+            None,
+        ),
+        "the refusal audited",
+    )
+    assert denied.detail.get("structured") is True
