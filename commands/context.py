@@ -7,6 +7,7 @@ importing each other.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -58,6 +59,9 @@ class Invocation:
     is_direct: bool = False
     event: Any = None  # the bot's own handle on the event (opaque here)
     sent_at: datetime | None = None
+    # The message's MSC4332 `org.matrix.msc4332.command` payload, when a client sent the
+    # command structured: then it alone says what to run, and `body` is only shown.
+    structured: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,20 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from commands.context import CommandError, Invocation, PermissionDenied, Reply, Role
 from commands.document import Code, doc, para
-from commands.registry import Context, Registry, parse_command, resolve_pills, strip_prefix
+from commands.registry import (
+    Context,
+    Parsed,
+    Registry,
+    parse_command,
+    resolve_pills,
+    strip_prefix,
+)
 from commands.services import Services
+from commands.slash import Vocabulary, parse_structured
 
 log = logging.getLogger(__name__)
 
@@ -36,22 +45,41 @@ async def dispatch(
     roles: frozenset[Role],
     services: Services,
     prefixes: Sequence[str],
+    *,
+    vocabulary: Vocabulary | None = None,
 ) -> Outcome | None:
-    """None when the message is not a command at all."""
-    stripped = strip_prefix(invocation.body, prefixes)
-    if stripped is None:
-        return None
-    line = stripped[1]
-    line = resolve_pills(line, invocation.formatted_body)
+    """None when the message is not a command at all.
+
+    A structured (MSC4332) command, `invocation.structured`, is taken from its payload alone
+    (checked against `vocabulary`, the values its enums offered) and its body is not
+    parsed to run it; it is refused, handled and audited like a typed one, each audit row
+    marked `structured`, and its success audited as `command.structured` with whether the
+    body, parsed as a typed command, says the same (a client that shows one thing and
+    sends another is worth knowing about)."""
+    structured = invocation.structured is not None
+    # Added to every row written for a structured command.
+    marked: dict[str, Any] = {"structured": True} if structured else {}
     display = "!"  # the documented prefix, in usage lines
     try:
-        parsed = parse_command(registry, line, display)
+        if invocation.structured is not None:
+            parsed = parse_structured(registry, invocation.structured, vocabulary or Vocabulary())
+        else:
+            stripped = strip_prefix(invocation.body, prefixes)
+            if stripped is None:
+                return None
+            line = resolve_pills(stripped[1], invocation.formatted_body)
+            parsed = parse_command(registry, line, display)
     except CommandError as exc:
         await services.audit(
             invocation.sender,
             "command.error",
             None,
-            {"room_id": invocation.room_id, "error": exc.message, "reason_code": "command.invalid"},
+            {
+                "room_id": invocation.room_id,
+                "error": exc.message,
+                "reason_code": "command.invalid",
+                **marked,
+            },
         )
         return Outcome(_error(exc), None, False)
     command = parsed.command
@@ -76,6 +104,7 @@ async def dispatch(
                 "reason": exc.reason,
                 "reason_code": exc.code,
                 **exc.detail,
+                **marked,
             },
         )
         return Outcome(_error(exc), command.name, False)
@@ -84,7 +113,12 @@ async def dispatch(
             invocation.sender,
             "command.error",
             command.name,
-            {"room_id": invocation.room_id, "error": exc.message, "reason_code": "command.failed"},
+            {
+                "room_id": invocation.room_id,
+                "error": exc.message,
+                "reason_code": "command.failed",
+                **marked,
+            },
         )
         return Outcome(_error(exc), command.name, False)
     except Exception:
@@ -97,6 +131,7 @@ async def dispatch(
                 "room_id": invocation.room_id,
                 "error": "internal error",
                 "reason_code": "command.internal_error",
+                **marked,
             },
         )
         return Outcome(
@@ -109,7 +144,33 @@ async def dispatch(
             command.name,
             False,
         )
+    if structured:
+        await services.audit(
+            invocation.sender,
+            "command.structured",
+            command.name,
+            {
+                "room_id": invocation.room_id,
+                "body_agrees": _body_agrees(registry, invocation, prefixes, parsed),
+                "structured": True,
+            },
+        )
     return Outcome(reply, command.name, True)
+
+
+def _body_agrees(
+    registry: Registry, invocation: Invocation, prefixes: Sequence[str], parsed: Parsed
+) -> bool:
+    """Whether the body of a structured command, read as a typed one, is the same command
+    with the same values (a body that is no command, or does not parse, disagrees)."""
+    stripped = strip_prefix(invocation.body, prefixes)
+    if stripped is None:
+        return False
+    try:
+        typed = parse_command(registry, resolve_pills(stripped[1], invocation.formatted_body))
+    except CommandError:
+        return False
+    return typed.command is parsed.command and typed.values == parsed.values
 
 
 def _error(exc: CommandError) -> Reply:

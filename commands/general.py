@@ -35,6 +35,10 @@ def register(registry: Registry) -> None:
                 heading("liaison-bot commands you may run"),
                 items(rows),
                 para(f"{ctx.prefix}help COMMAND shows one command's usage."),
+                para(
+                    "Clients with MSC4332 support (e.g. gomuks) offer these as / commands, "
+                    "with each argument to fill in."
+                ),
             )
         )
 

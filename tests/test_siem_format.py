@@ -60,13 +60,16 @@ SAMPLES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
         OFFICER, "clearance show",
         {
             "room_id": ROOM_ID, "reason": "not admin", "reason_code": "permission.not_admin",
-            "user": ADMIN,
+            "user": ADMIN, "structured": True,
         },
     ),
     "command.error": (
         OFFICER, "relay",
         {"room_id": ROOM_ID, "error": "unknown marking 'GEHEIM // EYES ONLY X'",
-         "reason_code": "command.failed"},
+         "reason_code": "command.failed", "structured": True},
+    ),
+    "command.structured": (
+        OFFICER, "invite", {"room_id": ROOM_ID, "body_agrees": False, "structured": True},
     ),
     "command.refused": (
         OFFICER, None,

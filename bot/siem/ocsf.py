@@ -146,6 +146,7 @@ _ROOM_ID = {"room_id": ROOM_ID}
 _CODE = {"reason_code": REASON_CODE}
 _LEDGER = {"to": ROOM, "txn_id": TOKEN, "target_event_id": EVENT}
 _OK, _FAIL = Status.SUCCESS, Status.FAILURE
+_STRUCTURED = {"structured": Scalar.BOOL}  # sent as an MSC4332 structured command
 
 _WHICH_KEY = OneOf(frozenset({"data", "pickle"}))  # keys.rotat*: which key, never a key
 _PRECEDENCE = OneOf(frozenset(p.name for p in Precedence))
@@ -255,12 +256,16 @@ ACTIONS: dict[str, ActionMap] = {
     # --- commands
     "command.denied": ActionMap(
         6003, 99, 2, _FAIL, "Command denied", Subject.COMMAND,
-        {**_ROOM_ID, **_CODE, "needs": ROLE, "user": USER, "room": ROOM},
+        {**_ROOM_ID, **_CODE, "needs": ROLE, "user": USER, "room": ROOM, **_STRUCTURED},
         activity_name="Command",
     ),
     "command.error": ActionMap(
-        6003, 99, 1, _FAIL, "Command failed", Subject.COMMAND, {**_ROOM_ID, **_CODE},
-        activity_name="Command",
+        6003, 99, 1, _FAIL, "Command failed", Subject.COMMAND,
+        {**_ROOM_ID, **_CODE, **_STRUCTURED}, activity_name="Command",
+    ),
+    "command.structured": ActionMap(
+        6003, 99, 1, _OK, "Structured (slash) command run", Subject.COMMAND,
+        {**_ROOM_ID, "body_agrees": Scalar.BOOL, **_STRUCTURED}, activity_name="Command",
     ),
     "command.refused": ActionMap(
         6003, 99, 2, _FAIL, "Command refused: the room is not encrypted", Subject.NONE,
