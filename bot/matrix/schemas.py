@@ -106,7 +106,8 @@ class TextContent(_Content):
     mentions: Mentions | None = Field(default=None, alias="m.mentions")
     label: LabelField | None = Field(default=None, alias="io.github.liaison_bot.label")
     command: StructuredCommand | None = Field(
-        default=None, alias="org.matrix.msc4332.command"  # COMMAND_FIELD, spelt out for mypy
+        default=None,
+        alias="org.matrix.msc4332.command",  # COMMAND_FIELD, spelt out for mypy
     )
 
 

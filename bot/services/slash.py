@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from bot.services.ports import HomeserverError, StateEvent
-from bot.services.rooms import ManagedRoom
+from bot.services.rooms import ManagedRoom, _privileged_creator
 from commands.context import Role
 from commands.registry import Registry
 from commands.slash import COMMANDS_EVENT, Vocabulary, describe
@@ -77,6 +77,26 @@ def vocabulary_of(room_keys: Iterable[str]) -> Vocabulary:
         schemes=tuple(sorted(current().schemes)),
         precedences=tuple(sorted(p.name for p in Precedence)),
     )
+
+
+def may_set(state: Mapping[tuple[str, str], StateEvent], user_id: str) -> bool:
+    """Whether the room's power levels let `user_id` set the commands event (a creator of a
+    room version 12 room may set anything). Power levels that do not read as numbers are
+    left for the homeserver to judge."""
+    if _privileged_creator(state, user_id):
+        return True
+    levels = state.get(("m.room.power_levels", ""))
+    if levels is None:
+        return True
+    content = levels.content
+    try:
+        users = content.get("users", {})
+        held = int(users.get(user_id, content.get("users_default", 0)))
+        events = content.get("events", {})
+        needed = int(events.get(COMMANDS_EVENT, content.get("state_default", 50)))
+    except (AttributeError, TypeError, ValueError):
+        return True
+    return held >= needed
 
 
 def _as_json(content: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,20 +183,17 @@ class CommandsPublisher:
             bot = self.state.user_id
             try:
                 if room_id not in self._held:
-                    have = (await self.state.state(room_id)).get((COMMANDS_EVENT, bot))
+                    state = await self.state.state(room_id)
+                    have = state.get((COMMANDS_EVENT, bot))
                     if have is not None and _as_json(have.content) == want:
                         self._held[room_id] = want
                         return False
+                    if not may_set(state, bot):
+                        self._cannot(room_id, "the room's power levels do not let the bot")
+                        return False
                 await self.state.put_state(room_id, COMMANDS_EVENT, want, bot)
             except HomeserverError as exc:
-                if room_id not in self._refused:
-                    self._refused.add(room_id)
-                    log.warning(
-                        "the commands of %s are not published there (typed commands still "
-                        "work): %s",
-                        room_id,
-                        exc,
-                    )
+                self._cannot(room_id, str(exc))
                 return False
             self._refused.discard(room_id)
             if want:
@@ -185,6 +202,16 @@ class CommandsPublisher:
                 self._held.pop(room_id, None)
             log.info("published the commands of %s", room_id)
             return True
+
+    def _cannot(self, room_id: str, why: str) -> None:
+        """Said once per room (each trigger tries again: the power may have been given)."""
+        if room_id not in self._refused:
+            self._refused.add(room_id)
+            log.warning(
+                "the commands of %s are not published there (typed commands still work): %s",
+                room_id,
+                why,
+            )
 
     async def publish_all(self) -> int:
         """Every managed room and DM (and rooms no longer offered that hold the event),
@@ -241,5 +268,6 @@ __all__ = [
     "DirectChats",
     "ManagedRooms",
     "RoomState",
+    "may_set",
     "vocabulary_of",
 ]
