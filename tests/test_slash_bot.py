@@ -298,7 +298,8 @@ async def test_structured_clearance_grant(
         (syntax, {"user": other, "nationality": "DEU"}, "missing argument 'marking'"),
         ("clearance grnt {user}", values, "unknown command syntax"),
     ]
-    invite = syntax_of(bot_env.bot.registry.commands["invite"])  # type: ignore[union-attr]
+    assert bot_env.bot is not None
+    invite = syntax_of(bot_env.bot.registry.commands["invite"])
     bad.append((invite, {"user": other, "room": "nato-x"}, "'nato-x' is not a room key"))
     for bad_syntax, arguments, expected in bad:
         event = await send_structured(admin, dm, bad_syntax, arguments, mention=bot_id)
