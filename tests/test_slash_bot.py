@@ -22,7 +22,7 @@ from bot.devtools.botenv import rooms_config
 from bot.devtools.e2ee_client import E2EEClient, open_dm, talk
 from bot.matrix.gateway import Gateway
 from commands.slash import COMMAND_FIELD, COMMANDS_EVENT, TYPES, syntax_of
-from policy.ids import UserId
+from policy.ids import RoomKey, UserId
 from tests.bot_harness import (
     BotEnv,
     enrol,
@@ -193,6 +193,30 @@ async def test_the_room_keys_follow_task_force_rooms_and_a_restart_changes_nothi
     assert [s for s in sent if s[1] == COMMANDS_EVENT] == []
     after = {r: (await published(bot_env, r))["event_id"] for r in rooms}
     assert after == before
+
+
+async def test_a_dm_follows_its_partners_roles(
+    bot_env: BotEnv, make_client: MakeClient, make_user: MakeUser
+) -> None:
+    """Membership of a managed room is the MEMBER role: joining one gives the DM the
+    members' commands, leaving the last takes them away; nothing else is rewritten."""
+    assert bot_env.bot is not None
+    bot = bot_env.bot
+    user = make_user("slash-joiner")
+    client = await make_client(user, auto_join=True)
+    dm = await bot.messenger.direct_room_for(UserId(user.user_id))
+    first = await published(bot_env, dm)
+    assert "help" in names(first["content"]) and "search" not in names(first["content"])
+    nato = await published(bot_env, bot_env.room_id("nato-s"))
+    await enrol(bot_env, [(user.user_id, "NATO SECRET", "POL")])
+    await bot.commands.invite(
+        UserId(bot_env.admin.user_id), UserId(user.user_id), RoomKey("nato-s")
+    )
+    await client.join(bot_env.room_id("nato-s"))
+    await published(bot_env, dm, lambda content: "search" in names(content))
+    await client.leave(bot_env.room_id("nato-s"))
+    await published(bot_env, dm, lambda content: "search" not in names(content))
+    assert (await published(bot_env, bot_env.room_id("nato-s")))["event_id"] == nato["event_id"]
 
 
 async def test_a_member_cannot_set_the_commands_of_a_managed_room(
