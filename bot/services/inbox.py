@@ -184,7 +184,11 @@ class Inbox:
 
     async def on_message(self, message: IncomingMessage, batch: ReceiptBatch | None = None) -> None:
         """Act on one message. With `batch`, a tagged message's receipt waits for
-        `end_batch` (its copies are already on their way); without, it is sent on its own."""
+        `end_batch` (its copies are already on their way); without, it is sent on its own.
+
+        A structured command (MSC4332) that mentions the bot is a command whatever its body
+        says, and goes the typed commands' way (replay check, encryption, trusted-sender
+        gate, dispatch, handled-event mark); its values, not its body, say what is run."""
         room_id = message.room_id
         managed = self.rooms.by_id.get(room_id)
         fields = message.fields
