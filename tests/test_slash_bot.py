@@ -21,6 +21,8 @@ from nio import (
 from bot.devtools.botenv import rooms_config
 from bot.devtools.e2ee_client import E2EEClient, open_dm, talk
 from bot.matrix.gateway import Gateway
+from bot.services.ports import StateEvent
+from bot.services.slash import may_set
 from commands.slash import COMMAND_FIELD, COMMANDS_EVENT, TYPES, syntax_of
 from policy.ids import RoomKey, UserId
 from tests.bot_harness import (
@@ -362,3 +364,28 @@ async def test_structured_clearance_grant(
         "the refusal audited",
     )
     assert denied.detail.get("structured") is True
+
+
+# -- whether the bot may set the event (no homeserver: the power levels as read) -----------
+
+
+def _levels(**content: Any) -> dict[tuple[str, str], StateEvent]:
+    create = StateEvent("m.room.create", "", {"room_version": "10"}, "@partner:hs")
+    return {
+        ("m.room.create", ""): create,
+        ("m.room.power_levels", ""): StateEvent("m.room.power_levels", "", content),
+    }
+
+
+def test_the_bot_writes_only_where_the_power_levels_let_it() -> None:
+    bot = "@bot:hs"
+    assert not may_set(_levels(users={"@partner:hs": 100}), bot)  # state_default 50
+    assert may_set(_levels(users={bot: 100}, state_default=100), bot)
+    assert not may_set(_levels(users={bot: 50}, events={COMMANDS_EVENT: 100}), bot)
+    assert may_set(_levels(users_default=50), bot)
+    assert may_set(_levels(users={bot: "100"}, state_default="100"), bot)  # before v10
+    # room version 12: a creator holds unlimited power, listed nowhere
+    v12 = _levels(users={})
+    v12[("m.room.create", "")] = StateEvent("m.room.create", "", {"room_version": "12"}, bot)
+    assert may_set(v12, bot)
+    assert not may_set(v12, "@someone:hs")
