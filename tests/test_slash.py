@@ -449,6 +449,21 @@ def test_a_long_hostile_value_is_not_echoed_whole() -> None:
     assert len(info.value.message) < 200
 
 
+def test_deep_or_huge_arrays_are_refused_not_crashing() -> None:
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(CommandError, match="argument 'caveat'"):
+        parse_structured(
+            REGISTRY, structured(GRANT, user="@a:b", marking="X", caveat=deep), VOCABULARY
+        )
+    many = structured(GRANT, user="@a:b", marking="X", caveat=[""] * 100_000)
+    with pytest.raises(CommandError, match=r"too long.*'caveat'"):
+        parse_structured(REGISTRY, many, VOCABULARY)
+    with pytest.raises(CommandError, match="command syntax too long"):
+        parse_structured(REGISTRY, {"syntax": "x" * 1_000_000}, VOCABULARY)
+
+
 # ---------------------------------------------------------------- round trip
 
 
