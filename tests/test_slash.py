@@ -237,6 +237,23 @@ def test_descriptions_never_empty_even_without_help() -> None:
     assert "@name:server" in texts[0] and "YYYY-MM-DD" in texts[1]
 
 
+def test_options_offer_their_choices_and_typed_parsing_ignores_them() -> None:
+    command = Command(
+        "pick",
+        "Pick.",
+        _nothing,
+        options=(Option("scheme", choices="schemes"), Option("prec", choices="precedences")),
+    )
+    registry = _registry(command)
+    (entry,) = describe(registry, frozenset({Role.ANYONE}), VOCABULARY)["commands"]
+    scheme, prec = entry["arguments"]
+    assert scheme["type"] == "enum" and scheme["enum"] == ["DEU", "EU", "NATO"]
+    assert prec["type"] == "string"  # no precedences in this vocabulary: no empty enum
+    assert parse_command(registry, "pick --scheme xx").values == {"scheme": "xx", "prec": None}
+    with pytest.raises(CommandError, match=r"argument 'scheme'.*did you mean 'EU'"):
+        parse_structured(registry, structured(syntax_of(command), scheme="EUU"), VOCABULARY)
+
+
 def _registry(*commands: Command) -> Registry:
     registry = Registry()
     for command in commands:
