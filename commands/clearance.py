@@ -18,7 +18,7 @@ def register(registry: Registry) -> None:
         roles=(Role.ADMIN,),
         args=(
             Arg("user", "user", "the person"),
-            Arg("marking", "text", 'a level, quoted if it has spaces: "NATO SECRET"'),
+            Arg("marking", "text", "a level, e.g. NATO SECRET (typed: in quotes, it has spaces)"),
         ),
         options=(
             Option("nationality", "text", "trigraph; required on a first grant", metavar="XXX"),

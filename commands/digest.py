@@ -42,7 +42,12 @@ def register(registry: Registry) -> None:
         roles=(Role.ADMIN,),
         args=(
             Arg("room", "room_key", "the room that receives it", metavar="ROOMKEY"),
-            Arg("cron", "text", 'five-field cron, quoted: "0 6 * * 1-5"', metavar='"CRON"'),
+            Arg(
+                "cron",
+                "text",
+                "five-field cron, e.g. 0 6 * * 1-5 (typed: in quotes)",
+                metavar='"CRON"',
+            ),
         ),
         options=(
             Option("window", "text", "how far back (default 24h)", metavar="24h"),

@@ -303,12 +303,14 @@ def _find(registry: Registry, syntax: str) -> Command:
 
 
 def _size(value: Any) -> int:
-    """Characters a value adds to the command (an array's items one apart)."""
+    """Characters a value adds to the command (an array's items one apart). Not recursive:
+    anything nested is refused by its type anyway, and a deeply nested array must not
+    exhaust the stack before that."""
     if isinstance(value, str):
         return len(value)
     if isinstance(value, list | tuple):
-        return sum(_size(v) + 1 for v in value)
-    return len(str(value)) if isinstance(value, int | float) else 1
+        return sum((len(v) if isinstance(v, str) else 1) + 1 for v in value)
+    return 1
 
 
 def parse_structured(

@@ -18,8 +18,8 @@ def register(registry: Registry) -> None:
         roles=(Role.ADMIN,),
         args=(
             Arg("key", "room_key", "its short name", metavar="KEY", fresh=True),
-            Arg("name", "text", "its name, quoted", metavar='"NAME"'),
-            Arg("label", "text", "its marking, quoted", metavar='"LABEL"'),
+            Arg("name", "text", "its name (typed: in quotes)", metavar='"NAME"'),
+            Arg("label", "text", "its marking (typed: in quotes)", metavar='"LABEL"'),
         ),
         options=(
             Option("audience", "text", "narrow the audience: trigraphs, NATO, EU", metavar="A,B"),
