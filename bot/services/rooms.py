@@ -207,7 +207,7 @@ def _powerful_creators(state: Mapping[tuple[str, str], StateEvent]) -> tuple[str
     return version, {create.sender, *(str(c) for c in extra)}
 
 
-def _privileged_creator(state: Mapping[tuple[str, str], StateEvent], user_id: str) -> bool:
+def privileged_creator(state: Mapping[tuple[str, str], StateEvent], user_id: str) -> bool:
     """Whether `user_id` is a creator of a room whose version gives creators unlimited
     power (room version 12 and later)."""
     return user_id in _powerful_creators(state)[1]
@@ -299,7 +299,7 @@ async def provision(
     want_levels = power_levels(
         gateway.user_id,
         levels.content if levels else None,
-        bot_is_creator=_privileged_creator(state, gateway.user_id),
+        bot_is_creator=privileged_creator(state, gateway.user_id),
     )
     if _differs(want_levels, levels.content if levels else None):
         await gateway.put_state(room_id, "m.room.power_levels", want_levels)

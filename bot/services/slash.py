@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from bot.services.ports import HomeserverError, StateEvent
-from bot.services.rooms import ManagedRoom, _privileged_creator
+from bot.services.rooms import ManagedRoom, privileged_creator
 from commands.context import Role
 from commands.registry import Registry
 from commands.slash import COMMANDS_EVENT, Vocabulary, describe
@@ -83,7 +83,7 @@ def may_set(state: Mapping[tuple[str, str], StateEvent], user_id: str) -> bool:
     """Whether the room's power levels let `user_id` set the commands event (a creator of a
     room version 12 room may set anything). Power levels that do not read as numbers are
     left for the homeserver to judge."""
-    if _privileged_creator(state, user_id):
+    if privileged_creator(state, user_id):
         return True
     levels = state.get(("m.room.power_levels", ""))
     if levels is None:
