@@ -194,7 +194,14 @@ class LiaisonBot:
             self.secrets.data_key,
         )  # fmt: skip
         self.digests = DigestService(
-            config, store, self.rooms, messenger, self.audit, self.metrics, self.relay.open_item
+            config,
+            store,
+            self.rooms,
+            messenger,
+            self.audit,
+            self.metrics,
+            self.relay.open_item,
+            images=messenger,
         )
         self.inventory = Inventory(
             store, self.rooms, membership.is_member, self.digests.item_of, self.audit
