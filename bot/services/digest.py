@@ -536,7 +536,7 @@ class DigestService:
             return False
         key = ScheduleKey.parse(schedule.key) if schedule is not None else None
         configured = self.config.digests
-        if key is not None and key.origin is Origin.CONFIG and key.number <= len(configured):
+        if key is not None and key.origin is Origin.CONFIG and 0 < key.number <= len(configured):
             return bool(configured[key.number - 1].chart)
         return True
 
