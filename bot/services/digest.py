@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -439,6 +439,7 @@ def chart_txn_id(part_txn: str) -> str:
     return f"{part_txn}-chart"
 
 
+@runtime_checkable
 class ImageSender(Protocol):
     """The pictures' port: the PNG encrypted and uploaded, then an m.image sent through the
     same encrypted send as text (room keys only for the readers' trusted devices)."""
@@ -489,7 +490,11 @@ class DigestService:
         self.metrics = metrics
         self.open_item = open_item  # an item's text and topics, unsealed
         self.clock = clock or (lambda: datetime.now(UTC))
-        self.images = images  # None: no pictures (a messenger that cannot send them)
+        # Pictures go through the messenger when it can send them (the bot's does), so the
+        # composition root needs no wiring of its own; None: text only.
+        if images is None and isinstance(messenger, ImageSender):
+            images = messenger
+        self.images = images
         self.scheduler = AsyncIOScheduler(timezone=config.bot.timezone)
         self._sealer = sealer  # None: derived from the store's key when first needed
         self._driving: set[tuple[str, datetime]] = set()  # runs being posted now
