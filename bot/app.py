@@ -194,14 +194,7 @@ class LiaisonBot:
             self.secrets.data_key,
         )  # fmt: skip
         self.digests = DigestService(
-            config,
-            store,
-            self.rooms,
-            messenger,
-            self.audit,
-            self.metrics,
-            self.relay.open_item,
-            images=messenger,
+            config, store, self.rooms, messenger, self.audit, self.metrics, self.relay.open_item
         )
         self.inventory = Inventory(
             store, self.rooms, membership.is_member, self.digests.item_of, self.audit

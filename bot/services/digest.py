@@ -912,19 +912,25 @@ class DigestService:
         parts = await self.compose_parts(room, sources, end - window, end)
         charts = self.charts_for(schedule)
         event_ids = []
+        pictures = 0
         for n, part in enumerate(parts, 1):
             tx = None if cause is None else txn_id("digest-now", room.room_id, cause, str(n))
             event_ids.append(await self.messenger.send(room.room_id, part.content, tx_id=tx))
             if charts and part.chart is not None:
                 chart_tx = None if tx is None else chart_txn_id(tx)
-                await self._post_chart(room, part.chart, part.label_content, chart_tx)
+                pictures += await self._post_chart(room, part.chart, part.label_content, chart_tx)
         event_id = event_ids[0]
         self.metrics.digests.labels("posted").inc()
         await self.audit(
             actor,
             "digest.posted",
             f"now:{room.key}",
-            {"room": room.key, "window_s": int(window.total_seconds()), "on_demand": True},
+            {
+                "room": room.key,
+                "window_s": int(window.total_seconds()),
+                "on_demand": True,
+                "charts": pictures,
+            },
         )
         return event_id
 
