@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import struct
+from collections.abc import Callable
 from typing import Any
 
 from nio import Event, MegolmEvent, MemoryDownloadResponse
@@ -18,7 +19,7 @@ from bot.devtools.e2ee_client import E2EEClient
 from bot.services.digest_chart import ChartData, render_chart
 from bot.services.render import LABEL_KEY
 from commands.document import doc
-from tests.bot_harness import BotEnv, enrol, talk
+from tests.bot_harness import BotEnv, enrol, in_audit, talk
 from tests.matrix_harness import MakeClient, MakeUser
 
 # nato-s: the NATO digest (chart by default); deu: a digest without pictures; nato-r: no
@@ -54,6 +55,18 @@ def images_between(client: E2EEClient, room_id: str, after: int, before_event: s
     ids = [getattr(e, "event_id", None) for e in events]
     assert before_event in ids, client.summary(room_id)
     return [e for e in events[: ids.index(before_event)] if is_image(e)]
+
+
+def _posted(room_key: str) -> Callable[[list[Any]], Any]:
+    """The newest `digest.posted` entry of `!digest now` in that room."""
+
+    def find(entries: list[Any]) -> Any:
+        subject = f"now:{room_key}"
+        return next(
+            (e for e in entries if e.action == "digest.posted" and e.subject == subject), None
+        )
+
+    return find
 
 
 async def test_a_digest_with_items_comes_with_an_encrypted_picture_of_them(
@@ -128,6 +141,8 @@ async def test_a_digest_with_items_comes_with_an_encrypted_picture_of_them(
     olm = unsigned.client.olm
     assert olm is not None
     assert olm.inbound_group_store.get(nato_s, sealed.sender_key, sealed.session_id) is None
+    posted = await in_audit(bot_env, _posted("nato-s"), "the digest posted", limit=30)
+    assert posted.detail["charts"] == 1
 
 
 async def test_no_items_no_picture_and_chart_false_no_picture(
@@ -146,6 +161,8 @@ async def test_no_items_no_picture_and_chart_false_no_picture(
     empty = await desk_client.wait_for_text(nato_r, "No items in this window", after=mark)
     assert empty.event_id != done.event_id
     assert images_between(desk_client, nato_r, mark, done.event_id) == []
+    posted = await in_audit(bot_env, _posted("nato-r"), "the empty digest posted", limit=30)
+    assert posted.detail["charts"] == 0
 
     # deu has items, and its schedule says chart = false: the text only
     tag = secrets.token_hex(3)
