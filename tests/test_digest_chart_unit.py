@@ -86,7 +86,7 @@ def test_the_alt_text_gives_the_counts_and_never_an_items_text() -> None:
     items = [item("$a", "NATO SECRET", NATO, 5, precedence=Precedence.FLASH, text=secret)]
     alt = ChartData.of(items, START, END, "NATO SECRET", 3).counts.alt(START, END)
     assert alt == (
-        "Digest chart, items per hour 2026-11-23 06:00Z → 2026-11-23 18:00Z: 1 item(s); "
+        "Digest chart, items 2026-11-23 06:00Z → 2026-11-23 18:00Z: 1 item(s); "
         "FLASH 1, IMMEDIATE 0, PRIORITY 0, ROUTINE 0; exercise 0."
     )
     assert secret not in alt
@@ -375,3 +375,22 @@ def test_an_empty_window_posts_no_picture(store: Store) -> None:
     asyncio.run(service.fire("cfg-1"))
     assert len(bot.posted) == 1 and "No items in this window" in bot.posted[0][1]
     assert images.sent == []
+
+
+def test_a_picture_that_cannot_be_drawn_leaves_the_text_posted(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """matplotlib missing or failing: the digest's text goes out and the run is recorded
+    posted (not re-driven for ever); the audit entry counts no picture."""
+
+    def broken(data: ChartData) -> Any:
+        raise ImportError("No module named 'matplotlib'")
+
+    monkeypatch.setattr("bot.services.digest.render_chart", broken)
+    _items(store, [_row("$a", T0 - timedelta(hours=3), Precedence.FLASH, False)])
+    bot, images = FakeMessenger(), FakeImages()
+    service, _ = _service(store, bot, images)
+    asyncio.run(service.fire("cfg-1"))
+    assert len(bot.posted) == 1 and images.sent == []
+    run = store.digest_run("cfg-1", T0)
+    assert run is not None and run.state == RunState.POSTED

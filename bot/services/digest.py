@@ -10,6 +10,15 @@ out; past the homeserver's memory of transaction ids (TXN_MEMORY) it is recorded
 the admins are told instead. A window missed while the bot was down is posted once, marked
 delayed, within `[bot] digest_catchup_grace`; older misses are skipped and audited.
 
+Each part with items is followed by its picture (bot/services/digest_chart.py): that part's
+items per hour over the whole window, under that part's banner, so a digest split into parts
+has one picture per part, each beside the text it counts; a part with no items, or a
+schedule with `chart = false`, has none. What a picture draws (counts, no text) is sealed
+with the run's parts; it is sent under a transaction id made from its part's, after its part
+and before the run is recorded posted, so a re-drive sends it again under the same id and
+the homeserver keeps one copy (the re-drive uploads the media again: an unreferenced upload
+is the cost of not recording each send).
+
 Only a schedule that has recorded a window can have missed one: on its first start there is
 nothing to catch up. The older misses of one downtime are recorded as one "skipped" run and
 one audit entry (first and last window end, and how many), however many there were.

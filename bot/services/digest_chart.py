@@ -17,6 +17,7 @@ from __future__ import annotations
 import io
 import math
 import struct
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,9 @@ THUMBNAIL_ABOVE = 800  # a picture wider than this also gets a thumbnail ...
 THUMBNAIL_WIDTH = 600  # ... this wide (same aspect)
 MAX_BINS = 168  # a week of hours; a longer window counts per 2 h, 3 h, ... to stay this few
 EXERCISE_TITLE = "EXERCISE EXERCISE EXERCISE"
+# matplotlib does not promise thread safety (its font cache and text layout are shared):
+# pictures drawn in worker threads at once take turns.
+_DRAWING = threading.Lock()
 BANNER_FRACTION = 0.07  # each banner band's share of the picture's height
 
 # Precedence colours, most urgent the most alarming; the exercise panel reuses them hatched.
@@ -70,7 +74,7 @@ class ChartCounts:
         """The picture's `body`: counts only, never an item's text."""
         parts = ", ".join(f"{p.name} {self.by_precedence.get(p, 0)}" for p in Precedence)
         return (
-            f"Digest chart, items per hour {start:%Y-%m-%d %H:%MZ} → {end:%Y-%m-%d %H:%MZ}: "
+            f"Digest chart, items {start:%Y-%m-%d %H:%MZ} → {end:%Y-%m-%d %H:%MZ}: "
             f"{self.total} item(s); {parts}; exercise {self.exercise}."
         )
 
@@ -190,14 +194,15 @@ def chart_of(
 
 
 def render_chart(data: ChartData, *, width: int = WIDTH, height: int = HEIGHT) -> Chart:
-    """Draw the chart (Agg, no pyplot: no global state, safe in a worker thread)."""
-    figure = chart_figure(data, width, height)
-    png = _png(figure, DPI)
-    size = png_size(png)
-    thumbnail = None
-    if size[0] > THUMBNAIL_ABOVE:
-        small = _png(figure, DPI * THUMBNAIL_WIDTH / width)
-        thumbnail = (small, *png_size(small))
+    """Draw the chart (Agg, no pyplot and its global figures; one drawing at a time)."""
+    with _DRAWING:
+        figure = chart_figure(data, width, height)
+        png = _png(figure, DPI)
+        size = png_size(png)
+        thumbnail = None
+        if size[0] > THUMBNAIL_ABOVE:
+            small = _png(figure, DPI * THUMBNAIL_WIDTH / width)
+            thumbnail = (small, *png_size(small))
     return Chart(png, size[0], size[1], thumbnail, data.counts)
 
 
