@@ -394,3 +394,5 @@ def test_a_picture_that_cannot_be_drawn_leaves_the_text_posted(
     assert len(bot.posted) == 1 and images.sent == []
     run = store.digest_run("cfg-1", T0)
     assert run is not None and run.state == RunState.POSTED
+    (entry,) = [e for e in store.recent_audit(5) if e.action == "digest.posted"]
+    assert entry.detail["charts"] == 0
