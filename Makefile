@@ -48,6 +48,7 @@ BENCH_DATABASE_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/test
 bench: $(STAMP)
 	$(BIN)/python bench/decision.py
 	$(BIN)/python bench/digest.py 10000
+	$(BIN)/python bench/chart.py 1000
 	$(BIN)/python bench/startup.py 20
 	$(BIN)/python bench/relay.py 100
 	$(BIN)/python bench/relay.py 50 --federated

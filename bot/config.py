@@ -405,6 +405,8 @@ class DigestConfig(_Section):
     cron: str
     window: Duration = timedelta(hours=24)
     sources: list[RoomKey] | None = None
+    # With each part, an encrypted picture of its items per hour (bot/services/digest_chart.py).
+    chart: bool = True
 
     @field_validator("cron")
     @classmethod

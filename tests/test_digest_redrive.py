@@ -101,8 +101,15 @@ async def test_crash_between_claim_and_post_posts_the_digest_once(
         if database == "postgresql":
             url = stack.enter_context(fresh_schema())
         async with process_scenario(tmp_path, synapse, make_user, make_client, url) as s:
+            # One item relayed into nato-s, so the window's part comes with its picture.
+            item = f"[GEHEIM // REL TO NATO] [FLASH] pictured-{crash_point}"
+            await s.officer.send_text(s.deu, item)
+            await s.member.wait_for_text(s.nato_s, f"pictured-{crash_point}", 60)
             await s.stop()  # add the schedule, with a run on record a day before
             fire = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=2)
+            with s.store.session() as session:  # the item, an hour into the window
+                for row in session.scalars(select(IntelItemRow)):
+                    row.created_at = fire - timedelta(hours=1)
             with s.config_path.open("a") as config:
                 config.write(_digest_config(fire))
             note = AuditNote("cli:test", "digest.posted", "cfg-1", {"room": "nato-s"})
@@ -135,6 +142,14 @@ async def test_crash_between_claim_and_post_posts_the_digest_once(
             # would have been sent before it and so be seen by now.
             digests = [t for t in s.member.texts(s.nato_s) if "Situation digest" in t]
             assert len(digests) == 1, s.member.summary(s.nato_s)
+            # Its picture, sent after it and before the run was recorded: exactly one, though
+            # a re-drive after the send draws, encrypts and uploads it again.
+            await s.member.synced()
+            events = s.member.events[s.nato_s]
+            images = [e for e in events if e.source.get("content", {}).get("msgtype") == "m.image"]
+            assert len(images) == 1, s.member.summary(s.nato_s)
+            assert events.index(seen) < events.index(images[0])
+            assert "1 item(s); FLASH 1" in images[0].source["content"]["body"]
 
 
 # ---------------------------------------------------------------- the re-drive, in process

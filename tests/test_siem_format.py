@@ -82,7 +82,7 @@ SAMPLES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
     "digest.posted": (
         "@bot:nato.example", "cfg-0",
         {"room": "nato-s", "window_end": "2026-11-25T18:00:00+00:00", "window_s": 43200,
-         "delayed": False, "parts": 2, "on_demand": False},
+         "delayed": False, "parts": 2, "on_demand": False, "charts": 2},
     ),
     "digest.scheduled": (
         ADMIN, "db-4",

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +26,7 @@ from nio import (
     LoginResponse,
     MatrixRoom,
     MegolmEvent,
+    MemoryDownloadResponse,
     RoomCreateResponse,
     RoomGetStateResponse,
     RoomMemberEvent,
@@ -36,6 +37,7 @@ from nio import (
     RoomVisibility,
     SyncResponse,
 )
+from nio.crypto.attachments import decrypt_attachment
 from nio.crypto.key_request import OutgoingKeyRequest
 from nio.exceptions import EncryptionError, OlmUnverifiedDeviceError
 
@@ -482,6 +484,29 @@ class E2EEClient:
                     self.client.olm is not None and self.client.olm.is_device_verified(device)
                 ):
                     self.client.verify_device(device)  # only on a change: see bot/matrix.py
+
+    async def download_file(self, file: Mapping[str, Any]) -> bytes:
+        """An EncryptedFile (an m.image's `file`, or its `info.thumbnail_file`) downloaded
+        and decrypted with its key and iv; nio checks the ciphertext's sha256 against the
+        file's hash first and raises EncryptionError when they differ."""
+        url = str(file["url"])
+        response = _check(await self.client.download(mxc=url), f"download of {url}")
+        assert isinstance(response, MemoryDownloadResponse), response
+        plain: bytes = decrypt_attachment(
+            response.body, file["key"]["k"], file["hashes"]["sha256"], file["iv"]
+        )
+        return plain
+
+    async def download_image(self, event: Event, save_to: Path | None = None) -> bytes:
+        """The picture of a decrypted m.image event, decrypted (and written to `save_to`
+        if given): what a person's client shows."""
+        content = event.source["content"]
+        if content.get("msgtype") != "m.image" or "file" not in content:
+            raise AssertionError(f"not an encrypted m.image: {_describe(event)}")
+        data = await self.download_file(content["file"])
+        if save_to is not None:
+            save_to.write_bytes(data)
+        return data
 
     async def send_text(
         self,

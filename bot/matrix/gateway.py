@@ -6,6 +6,7 @@ response types. Room keys are shared from here, and only with the users the call
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -29,6 +30,7 @@ from nio import (
     ShareGroupSessionResponse,
     ToDeviceMessage,
     ToDeviceResponse,
+    UploadResponse,
 )
 from nio.api import Api, MessageDirection, RoomPreset, RoomVisibility
 from nio.crypto import InboundGroupSession, OlmDevice
@@ -443,6 +445,13 @@ class Gateway:
         """Reasons are not encrypted: callers keep markings and room names out of them."""
         response = await self.client.room_kick(room_id, user_id, reason)
         check(response, f"remove {user_id} from {room_id}")
+
+    async def upload(self, data: bytes, content_type: str, filename: str) -> str:
+        """Put bytes (already encrypted by the caller) in the media repository: their mxc URI."""
+        response, _ = await self.client.upload(
+            io.BytesIO(data), content_type=content_type, filename=filename, filesize=len(data)
+        )
+        return str(unwrap(response, UploadResponse, "media upload").content_uri)
 
     async def redact(self, room_id: str, event_id: str, reason: str, tx_id: str) -> None:
         """Reasons are not encrypted: callers keep markings and room names out of them.

@@ -10,6 +10,15 @@ out; past the homeserver's memory of transaction ids (TXN_MEMORY) it is recorded
 the admins are told instead. A window missed while the bot was down is posted once, marked
 delayed, within `[bot] digest_catchup_grace`; older misses are skipped and audited.
 
+Each part with items is followed by its picture (bot/services/digest_chart.py): that part's
+items per hour over the whole window, under that part's banner, so a digest split into parts
+has one picture per part, each beside the text it counts; a part with no items, or a
+schedule with `chart = false`, has none. What a picture draws (counts, no text) is sealed
+with the run's parts; it is sent under a transaction id made from its part's, after its part
+and before the run is recorded posted, so a re-drive sends it again under the same id and
+the homeserver keeps one copy (the re-drive uploads the media again: an unreferenced upload
+is the cost of not recording each send).
+
 Only a schedule that has recorded a window can have missed one: on its first start there is
 nothing to catch up. The older misses of one downtime are recorded as one "skipped" run and
 one audit entry (first and last window end, and how many), however many there were.
@@ -22,10 +31,10 @@ import itertools
 import json
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
@@ -33,6 +42,7 @@ from apscheduler.triggers.cron import CronTrigger
 from bot.config import Config
 from bot.metrics import Metrics
 from bot.schedule import cron_trigger, format_duration, parse_duration
+from bot.services.digest_chart import Chart, ChartData, render_chart
 from bot.services.ports import Audit, HomeserverError, Messenger
 from bot.services.relay import TXN_MEMORY
 from bot.services.render import EXERCISE_LINE, LABEL_KEY, target_banner
@@ -63,6 +73,7 @@ from policy import (
     stored_label,
 )
 from policy.adatp4774 import label_metadata, to_json
+from policy.ids import EventId
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +103,22 @@ DIGEST_KEY = "io.github.liaison_bot.digest"
 
 @dataclass(frozen=True)
 class DigestPart:
-    """One digest event: what people read, and the labels machines read."""
+    """One digest event: what people read, and the labels machines read; and what its
+    picture draws (this part's items, over the whole window, under this part's banner),
+    None for a part with no items."""
 
     document: Document
     labels: dict[str, Any]
+    chart: ChartData | None = None
 
     @property
     def plain(self) -> str:
         return self.document.plain
+
+    @property
+    def label_content(self) -> dict[str, Any]:
+        """The message's own label, for the picture: the same banner as the text."""
+        return {LABEL_KEY: self.labels[LABEL_KEY]}
 
     @property
     def content(self) -> dict[str, Any]:
@@ -209,7 +228,8 @@ def build_digest_part(
         blocks.extend(_section(room, drill, top, shown))
         blocks.append(para(Banner(EXERCISE_LINE, 0)))
     blocks.append(para(Banner(banner, rank)))
-    built = DigestPart(doc(*blocks), _labels(room, labelled, shown))
+    chart = ChartData.of(selected, start, end, banner, rank)
+    built = DigestPart(doc(*blocks), _labels(room, labelled, shown), chart)
     if shrink and not _fits(built) and top > 1:
         return build_digest_part(
             room, selected, start, end, delayed=delayed, top=max(1, top // 2), part=part
@@ -422,6 +442,35 @@ def part_txn_ids(schedule_key: str, end: datetime, count: int) -> list[str]:
     return [txn if n == 0 else f"{txn}-{n}" for n in range(count)]
 
 
+def chart_txn_id(part_txn: str) -> str:
+    """The fixed transaction id of a part's picture, made from the part's own: a re-drive
+    sends the picture under the same id, so the homeserver keeps one copy of it too."""
+    return f"{part_txn}-chart"
+
+
+@runtime_checkable
+class ImageSender(Protocol):
+    """The pictures' port: the PNG encrypted and uploaded, then an m.image sent through the
+    same encrypted send as text (room keys only for the readers' trusted devices)."""
+
+    async def send_image(
+        self,
+        room_id: str,
+        png: bytes,
+        *,
+        width: int,
+        height: int,
+        alt: str,
+        label_content: Mapping[str, Any],
+        thumbnail: tuple[bytes, int, int] | None = None,
+        tx_id: str | None = None,
+    ) -> EventId: ...
+
+
+# A stored part: its transaction id, its content, and the picture to post after it.
+StoredPart = tuple[str, dict[str, Any], ChartData | None]
+
+
 def parts_binding(schedule_key: str, end: datetime, room_key: str) -> str:
     """What a run's sealed parts are bound to: moved to another run or room, they do not
     open."""
@@ -440,6 +489,7 @@ class DigestService:
         open_item: Callable[[IntelItem], tuple[str, tuple[str, ...]]],
         clock: Callable[[], datetime] | None = None,
         sealer: Sealer | None = None,
+        images: ImageSender | None = None,
     ) -> None:
         self.config = config
         self.store = store
@@ -449,6 +499,11 @@ class DigestService:
         self.metrics = metrics
         self.open_item = open_item  # an item's text and topics, unsealed
         self.clock = clock or (lambda: datetime.now(UTC))
+        # Pictures go through the messenger when it can send them (the bot's does), so the
+        # composition root needs no wiring of its own; None: text only.
+        if images is None and isinstance(messenger, ImageSender):
+            images = messenger
+        self.images = images
         self.scheduler = AsyncIOScheduler(timezone=config.bot.timezone)
         self._sealer = sealer  # None: derived from the store's key when first needed
         self._driving: set[tuple[str, datetime]] = set()  # runs being posted now
@@ -487,6 +542,17 @@ class DigestService:
 
     async def schedules(self) -> list[DigestSchedule]:
         return self.config_schedules() + await in_thread(self.store.digest_schedules)
+
+    def charts_for(self, schedule: DigestSchedule | None) -> bool:
+        """Whether a schedule's digests come with pictures: a config schedule's `chart`
+        (default true); a chat schedule and `!digest now` without one, always."""
+        if self.images is None:
+            return False
+        key = ScheduleKey.parse(schedule.key) if schedule is not None else None
+        configured = self.config.digests
+        if key is not None and key.origin is Origin.CONFIG and 0 < key.number <= len(configured):
+            return bool(configured[key.number - 1].chart)
+        return True
 
     def trigger(self, schedule: DigestSchedule) -> CronTrigger:
         return cron_trigger(schedule.cron, self.config.bot.timezone)
@@ -605,7 +671,7 @@ class DigestService:
         if run is None:
             start = end - timedelta(seconds=schedule.window_s)
             parts = await self.compose_parts(room, schedule.sources, start, end, delayed=delayed)
-            sealed = self._seal(schedule.key, end, room, parts)
+            sealed = self._seal(schedule.key, end, room, parts, self.charts_for(schedule))
             run = await in_thread(
                 self.store.claim_digest_run,
                 schedule.key,
@@ -698,14 +764,23 @@ class DigestService:
                 room, schedule.sources, start, run.window_end, delayed=run.delayed
             )
             txn = part_txn_ids(run.schedule_key, run.window_end, len(composed))
-            parts = [(t, p.content) for t, p in zip(txn, composed, strict=True)]
+            charts = self.charts_for(schedule)
+            parts = [
+                (t, p.content, p.chart if charts else None)
+                for t, p in zip(txn, composed, strict=True)
+            ]
         else:
             return await self._give_up(run, f"schedule {run.schedule_key} no longer exists")
-        try:  # a fixed txn id per part: a replay after a crash posts none of them twice
-            event_ids = [
-                await self.messenger.send(room.room_id, content, tx_id=txn)
-                for txn, content in parts
-            ]
+        # A fixed txn id per part and per picture: a replay after a crash posts none of them
+        # twice and skips none (a picture whose send failed is sent again with its part).
+        pictures = 0
+        try:
+            event_ids = []
+            for part_txn, content, chart in parts:
+                event_ids.append(await self.messenger.send(room.room_id, content, tx_id=part_txn))
+                if chart is not None:
+                    label = {LABEL_KEY: content[LABEL_KEY]}
+                    pictures += await self._post_chart(room, chart, label, chart_txn_id(part_txn))
             event_id = event_ids[0]
         except HomeserverError as exc:
             log.error("digest %s for %s not posted: %s", run.schedule_key, room.key, exc)
@@ -726,6 +801,7 @@ class DigestService:
                     "window_s": schedule.window_s if schedule is not None else None,
                     "delayed": run.delayed,
                     "parts": len(parts),
+                    "charts": pictures,
                 },
             ),
         )
@@ -767,26 +843,68 @@ class DigestService:
             )
         return None
 
+    async def _post_chart(
+        self, room: ManagedRoom, chart: ChartData, label: Mapping[str, Any], tx_id: str | None
+    ) -> bool:
+        """Draw a part's picture (off the loop) and send it; False when it could not be
+        drawn (logged; the text part went out, and the audit entry counts the pictures).
+        A refused send raises HomeserverError like the text's."""
+        if self.images is None or chart.empty:
+            return False
+        try:
+            picture: Chart = await in_thread(render_chart, chart)
+        except Exception:  # matplotlib missing or failing: the digest's text stands alone
+            log.exception("digest chart for %s not drawn", room.key)
+            return False
+        await self.images.send_image(
+            room.room_id,
+            picture.png,
+            width=picture.width,
+            height=picture.height,
+            alt=picture.counts.alt(chart.start, chart.end),
+            label_content=label,
+            thumbnail=picture.thumbnail,
+            tx_id=tx_id,
+        )
+        return True
+
     def _seal(
-        self, schedule_key: str, end: datetime, room: ManagedRoom, parts: Sequence[DigestPart]
+        self,
+        schedule_key: str,
+        end: datetime,
+        room: ManagedRoom,
+        parts: Sequence[DigestPart],
+        charts: bool,
     ) -> str:
         """The events of a window, sealed with the room id they go to and their fixed
-        transaction ids, bound to the run (schedule, window, room key)."""
+        transaction ids, bound to the run (schedule, window, room key); with `charts`, each
+        part with items also holds what its picture draws (counts per hour, no text), so a
+        re-drive draws the same picture without reading the items again."""
         txn = part_txn_ids(schedule_key, end, len(parts))
-        body = {
-            "room_id": room.room_id,
-            "parts": [{"txn_id": t, "content": p.content} for t, p in zip(txn, parts, strict=True)],
-        }
+        stored: list[dict[str, Any]] = []
+        for t, p in zip(txn, parts, strict=True):
+            entry: dict[str, Any] = {"txn_id": t, "content": p.content}
+            if charts and p.chart is not None and not p.chart.empty:
+                entry["chart"] = p.chart.to_json()
+            stored.append(entry)
+        body = {"room_id": room.room_id, "parts": stored}
         return self.sealer.seal_text(json.dumps(body), parts_binding(schedule_key, end, room.key))
 
-    def _open(self, run: DigestRun) -> tuple[str, list[tuple[str, dict[str, Any]]]]:
+    def _open(self, run: DigestRun) -> tuple[str, list[StoredPart]]:
         assert run.parts is not None
         body = json.loads(
             self.sealer.open_text(
                 run.parts, parts_binding(run.schedule_key, run.window_end, run.room_key)
             )
         )
-        parts = [(str(p["txn_id"]), dict(p["content"])) for p in body["parts"]]
+        parts: list[StoredPart] = [
+            (
+                str(p["txn_id"]),
+                dict(p["content"]),
+                ChartData.from_json(p["chart"]) if "chart" in p else None,
+            )
+            for p in body["parts"]
+        ]
         if not parts:
             raise ValueError("no parts")
         return str(body["room_id"]), parts
@@ -801,21 +919,27 @@ class DigestService:
         sources = schedule.sources if schedule else (room.key,)
         end = self.clock()
         parts = await self.compose_parts(room, sources, end - window, end)
-        event_ids = [
-            await self.messenger.send(
-                room.room_id,
-                part.content,
-                tx_id=None if cause is None else txn_id("digest-now", room.room_id, cause, str(n)),
-            )
-            for n, part in enumerate(parts, 1)
-        ]
+        charts = self.charts_for(schedule)
+        event_ids = []
+        pictures = 0
+        for n, part in enumerate(parts, 1):
+            tx = None if cause is None else txn_id("digest-now", room.room_id, cause, str(n))
+            event_ids.append(await self.messenger.send(room.room_id, part.content, tx_id=tx))
+            if charts and part.chart is not None:
+                chart_tx = None if tx is None else chart_txn_id(tx)
+                pictures += await self._post_chart(room, part.chart, part.label_content, chart_tx)
         event_id = event_ids[0]
         self.metrics.digests.labels("posted").inc()
         await self.audit(
             actor,
             "digest.posted",
             f"now:{room.key}",
-            {"room": room.key, "window_s": int(window.total_seconds()), "on_demand": True},
+            {
+                "room": room.key,
+                "window_s": int(window.total_seconds()),
+                "on_demand": True,
+                "charts": pictures,
+            },
         )
         return event_id
 
@@ -957,8 +1081,10 @@ __all__ = [
     "CatchUp",
     "DigestItem",
     "DigestService",
+    "ImageSender",
     "MissedWindows",
     "build_digest",
+    "chart_txn_id",
     "describe",
     "fire_times",
     "latest_fire_time",

@@ -415,7 +415,7 @@ ACTIONS: dict[str, ActionMap] = {
         6003, 1, 1, _OK, "Situation digest posted", Subject.SCHEDULE,
         {
             **_ROOM, "window_s": Scalar.INT, "window_end": TIME, "delayed": Scalar.BOOL,
-            "parts": Scalar.INT, "on_demand": Scalar.BOOL,
+            "parts": Scalar.INT, "on_demand": Scalar.BOOL, "charts": Scalar.INT,
         },
     ),
     "digest.skipped": ActionMap(
