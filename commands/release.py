@@ -60,5 +60,4 @@ def register(registry: Registry) -> None:
         roles=_ROLES,
     )
     async def pending(ctx: Context, values: Mapping[str, Any]) -> Reply:
-        # Private: it names labels and senders, whatever room it was asked in.
-        return Reply(await ctx.services.release_pending(ctx.sender), private=True)
+        return Reply(await ctx.services.release_pending(ctx.invocation))

@@ -222,7 +222,10 @@ class ReleasePort(Protocol):
         """`reason` as typed (quotes included); the sender is told it."""
         ...
 
-    async def release_pending(self, actor: UserId) -> Document: ...
+    async def release_pending(self, invocation: Invocation) -> Document:
+        """What waits: in a managed room, the items held from it; in a direct chat, all
+        (only those the asker is cleared for, either way)."""
+        ...
 
 
 class AuditPort(Protocol):

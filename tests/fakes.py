@@ -152,8 +152,8 @@ class FakeServices(Services):
     async def release_deny(self, invocation: Invocation, request: str, reason: str) -> Document:
         return doc(para("Denied ", request, ": ", reason))
 
-    async def release_pending(self, actor: UserId) -> Document:
-        return doc(para("Nothing is held for ", actor))
+    async def release_pending(self, invocation: Invocation) -> Document:
+        return doc(para("Nothing is held for ", invocation.sender))
 
     async def invite(self, actor: UserId, user_id: UserId, room_key: RoomKey) -> InviteOutcome:
         if await self.clearance(user_id) is None:

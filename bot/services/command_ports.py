@@ -164,8 +164,9 @@ class CommandPorts:
             direct=invocation.is_direct,
         )
 
-    async def release_pending(self, actor: UserId) -> Document:
-        return await self._desk().pending(actor)
+    async def release_pending(self, invocation: Invocation) -> Document:
+        room = None if invocation.is_direct else invocation.room_id
+        return await self._desk().pending(invocation.sender, room)
 
     async def search(
         self,

@@ -403,12 +403,16 @@ class ReleaseDesk:
             para(f"❌ {stored.public_id} denied for {', '.join(keys)}; the sender was told.")
         )
 
-    async def pending(self, asker: UserId) -> Document:
-        """What waits, oldest first, with its age: only items the asker is cleared for."""
+    async def pending(self, asker: UserId, room_id: str | None = None) -> Document:
+        """What waits, oldest first, with its age: only items the asker is cleared for and,
+        asked in a room (`room_id`), only those held from it (the list names labels and
+        senders: not for another room's members)."""
         now = datetime.now(UTC)
         waiting = await in_thread(self.store.pending_releases)
         rows = []
         for request in waiting:
+            if room_id is not None and request.source_room_id != room_id:
+                continue
             if not self._cleared(asker, request).allowed:
                 continue
             rows.append(
