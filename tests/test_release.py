@@ -7,6 +7,7 @@ goes at once."""
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 import uuid
@@ -23,7 +24,8 @@ from bot.devtools.botenv import SECRETS, rooms_config, write_config
 from bot.devtools.devserver import DevServer, RegisteredUser
 from bot.gate.config import register_entry
 from bot.matrix.crosssign import CrossSigningKeys
-from bot.storage import HoldState, in_thread, parse_release_id
+from bot.storage import HoldState, Store, audit_key_from, in_thread, parse_release_id
+from bot.storage.sealing import hold_binding
 from tests.bot_harness import (
     BotEnv,
     audited,
@@ -34,6 +36,7 @@ from tests.bot_harness import (
     open_dm,
     relayed_barrier,
     replying_to,
+    stopped,
     talk,
     text_with,
 )
@@ -439,4 +442,44 @@ async def test_a_held_item_expires_and_the_sender_is_told(cast: Cast) -> None:
     await eventually(
         lambda: bot.metrics.registry.get_sample_value("liaison_release_pending") == 0,
         what="nothing pending",
+    )
+
+
+async def test_an_approval_that_a_crash_left_unsent_goes_out_once_at_the_start(
+    cast: Cast,
+) -> None:
+    """Approval and the ledger row are one transaction: what was approved but not sent when
+    the bot stopped is sent by the next start (the relay's pending rows), once."""
+    tag = f"crash-{secrets.token_hex(3)}"
+    nato_mark = cast.nor.event_count(cast.nato_s)
+    event_id, rid, _, _ = await _hold(cast, "GEHEIM // REL TO NATO", tag)
+    bot = cast.env.bot
+    assert bot is not None
+    request = await in_thread(bot.store.release_request, parse_release_id(rid) or 0)
+    assert request is not None
+    held = request.targets[0]
+    # What the desk's approval writes, without the send that follows it.
+    content = json.loads(
+        bot.release.copies.open_text(
+            held.content, hold_binding(event_id, held.target_key, held.target_room_id)
+        )
+    )
+    entry = bot.relay.copy_entry(event_id, bot.rooms.by_key[held.target_key], content)
+    async with stopped(cast.env):
+        store = Store.from_url(cast.env.config.database_url())
+        store.audit_key = audit_key_from(SECRETS.data_key)
+        try:
+            store.approve_release(request.id, [entry], cast.second.user_id)
+        finally:
+            store.close()
+    copy = await cast.nor.wait_for(cast.nato_s, _nato_copy(tag), 60, after=nato_mark)
+    assert copy.body.splitlines()[0] == "NATO SECRET — originator: DEU GEHEIM // REL TO NATO"
+    await nothing_arrives(
+        cast.nor,
+        cast.nato_s,
+        _nato_copy(tag),
+        since=nato_mark,
+        already=1,
+        barrier=relayed_barrier(cast.officer, cast.deu, LOW_NATO),
+        what="a second copy after the start",
     )

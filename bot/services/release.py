@@ -128,7 +128,7 @@ class ReleaseDesk:
         self.policy_of = policy_of
         self.record_of = record_of
         self.caveats = tuple(caveats)
-        self.holds = hold_sealer(data_key)
+        self.copies = hold_sealer(data_key)
         self.reasons = reason_sealer(data_key)
         self._decide = asyncio.Lock()  # one decision at a time: a reply tells what it did
 
@@ -193,7 +193,7 @@ class ReleaseDesk:
         return request.public_id
 
     def _seal_copy(self, item_event_id: str, target: ManagedRoom, content: dict[str, Any]) -> str:
-        return self.holds.seal_text(
+        return self.copies.seal_text(
             json.dumps(content), hold_binding(item_event_id, target.key, target.room_id)
         )
 
@@ -292,7 +292,7 @@ class ReleaseDesk:
                     not_now.append((key, why))
                     continue
                 content = json.loads(
-                    self.holds.open_text(
+                    self.copies.open_text(
                         held.content, hold_binding(request.item_event_id, key, held.target_room_id)
                     )
                 )
