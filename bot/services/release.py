@@ -439,13 +439,20 @@ class ReleaseDesk:
         targets: Sequence[str],
         direct: bool,
     ) -> tuple[ReleaseRequest | None, Refusal | None]:
-        """The request and why `approver` may not decide it now (None: they may)."""
+        """The request and why `approver` may not decide it now (None: they may). The
+        device and the clearance are judged first: until both pass, a refusal says nothing
+        of the item (its label, room, targets or state)."""
         number = parse_release_id(public_id)
         request = (
             await in_thread(self.store.release_request, number) if number is not None else None
         )
+        untrusted = await self.gate.untrusted_sender(room_id, event)
+        if untrusted is not None:
+            return request, Refusal(untrusted[0], "release.untrusted_device")
         if request is None:
             return None, Refusal(f"no release request {public_id}", "release.unknown")
+        if not self._cleared(approver, request).allowed:
+            return request, Refusal("you are not cleared for this item", "release.not_cleared")
         if not direct and room_id != request.source_room_id:
             # The reply names the item's label and targets: not for another room's members.
             return request, Refusal(
@@ -475,14 +482,6 @@ class ReleaseDesk:
                     f"{approver} is not an approver of releases from {request.source_key} to {key}",
                     "release.not_approver",
                 )
-        cleared = self._cleared(approver, request)
-        if not cleared.allowed:
-            return request, Refusal(
-                f"not cleared for {request.label}: {cleared.reason}", "release.not_cleared"
-            )
-        untrusted = await self.gate.untrusted_sender(room_id, event)
-        if untrusted is not None:
-            return request, Refusal(untrusted[0], "release.untrusted_device")
         return request, None
 
     def _cleared(self, user_id: UserId, request: ReleaseRequest) -> Decision:
