@@ -397,6 +397,37 @@ async def test_an_edit_holds_again_and_the_edit_is_released(cast: Cast) -> None:
     assert "first words" not in copy.body
 
 
+async def test_an_edit_of_a_released_item_is_not_relayed_without_approval(cast: Cast) -> None:
+    """The copy keeps the text a second officer released; the sender hears why."""
+    tag = f"after-{secrets.token_hex(3)}"
+    nato_mark = cast.nor.event_count(cast.nato_s)
+    event_id, rid, _, _ = await _hold(cast, "GEHEIM // REL TO NATO", "approved words")
+    await talk(cast.second, cast.deu, f"!release approve {rid}", "approved")
+    await cast.nor.wait_for(cast.nato_s, _nato_copy("approved words"), 60, after=nato_mark)
+    mark = cast.officer.event_count(cast.deu)
+    body = f"[GEHEIM // REL TO NATO] {tag}"
+    edit_id = await cast.officer.send_event(
+        cast.deu,
+        "m.room.message",
+        {
+            "msgtype": "m.text",
+            "body": f"* {body}",
+            "m.new_content": {"msgtype": "m.text", "body": body},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": event_id},
+        },
+    )
+    reply = await cast.officer.wait_for(cast.deu, replying_to(edit_id), 60, after=mark)
+    assert "Edit not relayed to nato-s: it would need release approval again" in reply.body
+    await nothing_arrives(
+        cast.nor,
+        cast.nato_s,
+        text_with(tag),
+        since=nato_mark,
+        barrier=relayed_barrier(cast.officer, cast.deu, LOW_NATO),
+        what="an unapproved edit of a released copy",
+    )
+
+
 async def test_a_redaction_withdraws_a_held_item(cast: Cast) -> None:
     tag = f"withdrawn-{secrets.token_hex(3)}"
     nato_mark = cast.nor.event_count(cast.nato_s)

@@ -799,11 +799,21 @@ class RelayEngine:
         ]
         entries: list[RelayEntry] = []
         withdrawn: list[tuple[str, str]] = []
+        kept: list[str] = []
         for copy in copies:
             target = self.rooms.by_key.get(copy.target_key)
             if target is None:
                 continue
             decision = may_release(message.label, room.policy, target.policy)
+            if (
+                decision.allowed
+                and self.holds is not None
+                and self.holds.needs_approval(room.key, target.key, message.label.rank)
+            ):
+                # Its new text was never released by a second officer: the copy keeps
+                # the text that went out (released at once, or approved).
+                kept.append(target.key)
+                continue
             if decision.allowed:
                 content = copy_for(source, message, target)
                 entries.append(
@@ -838,6 +848,11 @@ class RelayEngine:
             ("Copy in ", Strong(key), f" withdrawn: the edit is not releasable there ({reason}).")
             for key, reason in withdrawn
         ]
+        lines += [
+            ("Edit not relayed to ", Strong(key), ": it would need release approval again; "
+             "the copy there keeps the text that was released.")
+            for key in kept
+        ]  # fmt: skip
         if self.holds is not None:
             again = await self.holds.on_edit(source, message)
             if again is not None:

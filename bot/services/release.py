@@ -41,7 +41,13 @@ from bot.storage import (
     parse_release_id,
 )
 from bot.storage.register_reads import policy_clearance
-from bot.storage.sealing import hold_binding, hold_sealer, reason_binding, reason_sealer
+from bot.storage.sealing import (
+    SealError,
+    hold_binding,
+    hold_sealer,
+    reason_binding,
+    reason_sealer,
+)
 from bot.wire import txn_id
 from commands.document import Banner, Code, Document, Inline, Strong, doc, items, para
 from policy import Decision, MarkingError, TaggedMessage, make_room, may_release, stored_label
@@ -291,11 +297,19 @@ class ReleaseDesk:
                 if why is not None:
                     not_now.append((key, why))
                     continue
-                content = json.loads(
-                    self.copies.open_text(
-                        held.content, hold_binding(request.item_event_id, key, held.target_room_id)
+                try:
+                    content = json.loads(
+                        self.copies.open_text(
+                            held.content,
+                            hold_binding(request.item_event_id, key, held.target_room_id),
+                        )
                     )
-                )
+                except SealError:
+                    # Moved from another item's or target's row (database write access):
+                    # never sent; it stays held until it expires.
+                    log.error("held copy of %s for %s does not open", request.public_id, key)
+                    not_now.append((key, "its held copy does not open (the database changed?)"))
+                    continue
                 entries.append(self.relay.copy_entry(request.item_event_id, target, content))
             if not entries:
                 lines = [("Not released to ", Strong(k), f": {why}.") for k, why in not_now]
