@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -664,12 +664,14 @@ class RelayEngine:
         marking: str,
         decision: Decision,
         event_ids: Sequence[str],
-        withdrawn: Sequence[str] = (),
+        withdraw: Callable[[], Awaitable[list[str]]] | None = None,
     ) -> None:
         """Breach response: remove the event(s) now, alert admins (never the text), record.
         `decision`: the refusal that found it (its reasons name levels and audiences, so
         the audit row carries its code too, the one form a SIEM export may take out).
-        `withdrawn`: rooms whose relayed copies were withdrawn with it."""
+        `withdraw`: withdraws the relayed copies too, after the spilled events are gone
+        (they hold the text above the room: removed first), naming the rooms it withdrew
+        from."""
         room = source.room
         reason = decision.reason
         unredacted: list[str] = []
@@ -684,6 +686,7 @@ class RelayEngine:
             except HomeserverError as exc:
                 log.error("could not redact spilled %s in %s: %s", event_id, room.key, exc)
                 unredacted.append(event_id)
+        withdrawn = await withdraw() if withdraw is not None else []
         await self._audit(
             source.sender,
             "spillage",
@@ -769,8 +772,13 @@ class RelayEngine:
         if message is None or not decision.allowed:
             # Re-marked above the room: the text now says it was never releasable where it
             # went, so the copies are withdrawn too and the item leaves search and digests.
-            gone = await self._redact_copies(source.event.event_id, source.event_id)
-            await self._spillage(source, marking, decision, _own_events(source), gone)
+            await self._spillage(
+                source,
+                marking,
+                decision,
+                _own_events(source),
+                lambda: self._redact_copies(source.event.event_id, source.event_id),
+            )
             return doc(
                 para(
                     "⚠ Your edited message was removed from this room: its marking "
@@ -907,8 +915,9 @@ class RelayEngine:
             for copy in copies
             if (target := self.rooms.by_key.get(copy.target_key)) is not None
         ]
-        for row in await in_thread(self.store.add_relays, entries):
-            await self._send(row)
+        # The redactions are in the ledger before anything else changes (a crash re-sends
+        # them); the item leaves search and digests before its copies leave their rooms.
+        redactions = await in_thread(self.store.add_relays, entries)
         for row in await in_thread(self.store.ledger_of, item_event_id):
             # A copy or an edit an outage left pending must never go out now.
             if row.state == RelayState.PENDING and row.kind != RelayKind.REDACT:
@@ -922,6 +931,8 @@ class RelayEngine:
             else None
         )
         await in_thread(self.store.redact_item, item_event_id, sealed_empty)
+        for row in redactions:
+            await self._send(row)
         if forget:  # the ledger's sealed copies held the text too
             ledger = await in_thread(self.store.ledger_of, item_event_id)
             blanks = {
