@@ -9,20 +9,29 @@ real Synapse, searches and asks for digests from both rooms, approves it and loo
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from nio import RoomMessageNotice
 
+from bot.devtools.botenv import NATO_DIGEST, rooms_config, write_config
+from bot.devtools.devserver import DevServer
+from bot.devtools.e2ee_client import E2EEClient
 from bot.metrics import Metrics
 from bot.services.digest import HELD_MARK, DigestService, build_digest, held_mark
 from bot.services.search import results_document
 from bot.storage import NewHeldTarget, NewHold, RelayEntry, RelayKind, Store
 from commands.document import Document
 from policy.ids import UserId
+from tests.bot_harness import BotEnv, enrol, talk
 from tests.fakes import NoMessenger, no_audit
+from tests.matrix_harness import MakeClient, MakeUser
 from tests.test_digest_logic import item
 from tests.test_search_index import DEU, NATO, NOW, World, fresh_store, open_item, world_of
 
@@ -160,3 +169,96 @@ def test_the_mark_is_escaped_with_the_text_and_only_in_the_source_room() -> None
     assert held_mark(DEU, shown, set()) == ""
     assert HELD not in build_digest(NATO, [shown], NOW, NOW + timedelta(hours=1), held={"$h"}).plain
     assert HELD not in results_document(NATO, "x", [shown], NOW, 1, False, {"$h"}).plain
+
+
+# ---------------------------------------------------------------- on a real Synapse
+
+NOTICE = re.compile(r"Held for release approval: (R\d+)")
+
+
+async def test_search_and_digests_on_synapse_before_and_after_release(
+    synapse: DevServer,
+    make_user: MakeUser,
+    make_client: MakeClient,
+    tmp_path: Path,
+) -> None:
+    """The officer holds an item; home (deu) finds it marked in `!search` and `!digest now`,
+    the NATO room finds nothing; a second officer releases it; the NATO room now finds it,
+    and home no longer marks it."""
+    bot_user, admin, officer = make_user("liaison"), make_user("admin"), make_user("lo")
+    second, member = make_user("lo2"), make_user("nor")
+    rooms = (
+        rooms_config()
+        + 'approval = "second-officer"\n'
+        + 'approval_from = "GEHEIM"\n'
+        + f'approvers = ["{officer.user_id}", "{second.user_id}"]\n'
+        + NATO_DIGEST
+    )
+    path = tmp_path / "config.toml"
+    write_config(path, synapse, bot_user, admin.user_id, officer.user_id, rooms)
+    env = BotEnv(synapse, tmp_path, bot_user, admin, officer, path)
+    await env.start()
+    try:
+        lo, lo2, nor = (
+            await make_client(officer),
+            await make_client(second),
+            await make_client(member),
+        )
+        deu, _, nato_s = await enrol(
+            env,
+            [
+                (officer.user_id, "DEU GEHEIM", "DEU"),
+                (second.user_id, "DEU GEHEIM", "DEU"),
+                (member.user_id, "NATO SECRET", "NOR"),
+            ],
+            [(lo, "deu"), (lo2, "deu"), (nor, "nato-s")],
+        )
+        word = f"views{secrets.token_hex(4)}"
+        mark = lo.event_count(deu)
+        await lo.send_text(deu, f"[GEHEIM // REL TO NATO] <b>{word}</b> convoy")
+        notice = await lo.wait_for(
+            deu,
+            lambda e: isinstance(e, RoomMessageNotice) and NOTICE.search(e.body) is not None,
+            60,
+            after=mark,
+        )
+        found = NOTICE.search(notice.body)
+        assert found is not None
+        shown = f"<b>{word}</b> convoy"
+
+        # Held: marked at home, in the search and in the digest (escaped in HTML) ...
+        home = await talk(lo, deu, f"!search {word}", "match(es)")
+        assert "1 match(es)" in home.body and shown + HELD_MARK in home.body
+        assert f"&lt;b&gt;{word}&lt;/b&gt; convoy{HELD_MARK}" in _html(home)
+        home_digest = await _digest(lo, deu)
+        assert shown + HELD_MARK in home_digest.body
+        # ... and nothing of it in the NATO room.
+        there = await talk(nor, nato_s, f"!search {word}", "match(es)")
+        assert "0 match(es)" in there.body
+        there_digest = await _digest(nor, nato_s)
+        assert word not in there_digest.body
+
+        await talk(lo2, deu, f"!release approve {found.group(1)}", "approved by")
+        await nor.wait_for_text(nato_s, word, timeout=60)
+        there = await talk(nor, nato_s, f"!search {word}", "match(es)")
+        assert "1 match(es)" in there.body and shown in there.body
+        there_digest = await _digest(nor, nato_s)
+        assert shown in there_digest.body
+        home = await talk(lo, deu, f"!search {word}", "match(es)")
+        assert shown in home.body
+        for answer in (there, there_digest, home):
+            assert HELD not in answer.body
+    finally:
+        await env.stop()
+
+
+def _html(notice: RoomMessageNotice) -> str:
+    return str(notice.source["content"].get("formatted_body", ""))
+
+
+async def _digest(client: E2EEClient, room_id: str) -> RoomMessageNotice:
+    mark = client.event_count(room_id)
+    await talk(client, room_id, "!digest now", "Digest posted in")
+    digest = await client.wait_for_text(room_id, "Situation digest", after=mark)
+    assert isinstance(digest, RoomMessageNotice)
+    return digest
