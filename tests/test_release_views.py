@@ -28,7 +28,7 @@ from bot.services.digest import HELD_MARK, DigestService, build_digest, held_mar
 from bot.services.search import results_document
 from bot.storage import NewHeldTarget, NewHold, RelayEntry, RelayKind, Store
 from commands.document import Document
-from policy.ids import UserId
+from policy.ids import RoomKey, UserId
 from tests.bot_harness import BotEnv, enrol, talk
 from tests.fakes import NoMessenger, no_audit
 from tests.matrix_harness import MakeClient, MakeUser
@@ -71,7 +71,9 @@ class Views:
         self.world.store.relay_sent(txn, f"$copy-{txn}")
 
     async def search(self, room_key: str, *words: str) -> Document:
-        return await self.world.inventory.search(ME, room_key, list(words), None, None, False)
+        return await self.world.inventory.search(
+            ME, RoomKey(room_key), list(words), None, None, False
+        )
 
     async def digest(self, room_key: str) -> Document:
         room = DEU if room_key == "deu" else NATO

@@ -14,7 +14,9 @@ By SIGKILL (the process sees nothing: exit status -9), around a release approval
 - "release-before-approve": an approval is about to be written (Store.approve_release is
   called), nothing of it is stored yet;
 - "release-after-approve": the approval's transaction committed (the targets approved, their
-  ledger rows pending), nothing sent.
+  ledger rows pending), nothing sent;
+- "release-after-send": as "after-send", by SIGKILL: the released copy was accepted by the
+  homeserver, its ledger row not yet marked sent.
 """
 
 from __future__ import annotations
@@ -69,5 +71,12 @@ elif _point == "release-after-approve":
         return stored, rows
 
     Store.approve_release = _approve_then_die  # type: ignore[method-assign]  # fault injection: the crash point is the method
+elif _point == "release-after-send":
+    from bot.storage import Store
+
+    def _killed_before_recording(self: Store, *args: Any, **kwargs: Any) -> Any:
+        _kill()
+
+    Store.relay_sent = _killed_before_recording  # type: ignore[method-assign]  # fault injection: the crash point is the method
 elif _point:
     raise SystemExit(f"LIAISON_TEST_CRASH_AT: unknown crash point {_point!r}")
