@@ -52,6 +52,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/startup.py 20
 	$(BIN)/python bench/relay.py 100
 	$(BIN)/python bench/relay.py 50 --federated
+	$(BIN)/python bench/release.py 50
 	$(BIN)/python bench/throughput.py 50 5
 	$(BIN)/python bench/rooms.py 1000 100
 	$(BIN)/python bench/gate.py 100

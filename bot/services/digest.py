@@ -31,7 +31,7 @@ import itertools
 import json
 import logging
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, runtime_checkable
@@ -168,10 +168,11 @@ def build_digest(
     top: int = TOP_PER_PRECEDENCE,
     part: tuple[int, int] | None = None,
     shrink: bool = True,
+    held: Set[str] = frozenset(),
 ) -> Document:
     """The digest document (see `build_digest_part`)."""
     return build_digest_part(
-        room, selected, start, end, delayed=delayed, top=top, part=part, shrink=shrink
+        room, selected, start, end, delayed=delayed, top=top, part=part, shrink=shrink, held=held
     ).document
 
 
@@ -185,11 +186,14 @@ def build_digest_part(
     top: int = TOP_PER_PRECEDENCE,
     part: tuple[int, int] | None = None,
     shrink: bool = True,
+    held: Set[str] = frozenset(),
 ) -> DigestPart:
     """The digest document: heading with window and banner, counts, items, topics; and the
     machine-readable labels of the message and of each item it shows.
     `part` (i, n) marks one of n events a large window is split into; with `shrink`, a
     document over the event limit shows fewer items per precedence (the rest counted).
+    `held`: event ids of items held for release approval; the room's own are marked so
+    (`held_mark`): its members see them, while no target has a copy yet.
 
     The banner that opens and closes the message is the dominant label of every item shown,
     exercise ones included: an exercise item is kept out of the counts, not out of the
@@ -219,20 +223,27 @@ def build_digest_part(
         blocks.append(para(Banner(banner, rank)))
         return DigestPart(doc(*blocks), _labels(room, labelled, shown))
     if real:
-        blocks.extend(_section(room, real, top, shown))
+        blocks.extend(_section(room, real, top, shown, held))
     else:
         blocks.append(para("No real items in this window."))
     if drill:
         blocks.append(para(Banner(EXERCISE_LINE, 0)))
         blocks.append(heading(f"Exercise traffic ({len(drill)}, not counted above)"))
-        blocks.extend(_section(room, drill, top, shown))
+        blocks.extend(_section(room, drill, top, shown, held))
         blocks.append(para(Banner(EXERCISE_LINE, 0)))
     blocks.append(para(Banner(banner, rank)))
     chart = ChartData.of(selected, start, end, banner, rank)
     built = DigestPart(doc(*blocks), _labels(room, labelled, shown), chart)
     if shrink and not _fits(built) and top > 1:
         return build_digest_part(
-            room, selected, start, end, delayed=delayed, top=max(1, top // 2), part=part
+            room,
+            selected,
+            start,
+            end,
+            delayed=delayed,
+            top=max(1, top // 2),
+            part=part,
+            held=held,
         )
     return built
 
@@ -247,9 +258,11 @@ def build_digest_parts(
     end: datetime,
     *,
     delayed: bool = False,
+    held: Set[str] = frozenset(),
 ) -> list[DigestPart]:
     """The digest as one event, or split into as few parts as fit the event limit each
-    (every item shown), up to MAX_PARTS; past that each part shows fewer (counted)."""
+    (every item shown), up to MAX_PARTS; past that each part shows fewer (counted).
+    `held` as `build_digest_part`'s."""
     parts = 1
     while True:
         size = -(-len(selected) // parts) if selected else 1
@@ -263,6 +276,7 @@ def build_digest_parts(
                 delayed=delayed,
                 part=(n + 1, len(chunks)) if len(chunks) > 1 else None,
                 shrink=parts >= MAX_PARTS,
+                held=held,
             )
             for n, chunk in enumerate(chunks)
         ]
@@ -276,8 +290,22 @@ def _fits(part: DigestPart) -> bool:
     return encrypted_size(part.content) <= EVENT_LIMIT
 
 
+HELD_MARK = " ⏸ held for release approval"
+
+
+def held_mark(room: ManagedRoom, item: DigestItem, held: Set[str]) -> str:
+    """What follows an item's text where it is listed (digest, search): a note that it is
+    held for release approval, in its source room only (another room never lists a held
+    item: it has no copy there), or nothing."""
+    return HELD_MARK if item.source_key == room.key and item.event_id in held else ""
+
+
 def _section(
-    room: ManagedRoom, selected: Sequence[DigestItem], top: int, shown: list[DigestItem]
+    room: ManagedRoom,
+    selected: Sequence[DigestItem],
+    top: int,
+    shown: list[DigestItem],
+    held: Set[str] = frozenset(),
 ) -> list[Any]:
     by_precedence = Counter(i.precedence for i in selected)
     by_source = Counter(i.source_key for i in selected)
@@ -299,7 +327,7 @@ def _section(
                 item.text if len(item.text) <= MAX_ITEM_CHARS else item.text[:MAX_ITEM_CHARS] + "…"
             )
             when = f" {item.created_at:%m-%d %H:%MZ} ({item.source_key}) "
-            rows.append((Banner(marked, rank), when, text))
+            rows.append((Banner(marked, rank), when, text + held_mark(room, item, held)))
         blocks.append(heading(f"{precedence.name} ({len(group)})"))
         blocks.append(items(rows))
         if len(group) > top:
@@ -954,7 +982,8 @@ class DigestService:
     ) -> Document:
         """The digest as one document (fewer items per precedence if it must)."""
         selected = await self._selected(room, sources, start, end)
-        return build_digest(room, selected, start, end, delayed=delayed)
+        held = await in_thread(self.store.held_item_ids)
+        return build_digest(room, selected, start, end, delayed=delayed, held=held)
 
     async def _selected(
         self, room: ManagedRoom, sources: Sequence[str], start: datetime, end: datetime
@@ -981,7 +1010,8 @@ class DigestService:
     ) -> list[DigestPart]:
         """The digest as the events to post: one, or a large window split into parts."""
         selected = await self._selected(room, sources, start, end)
-        return build_digest_parts(room, selected, start, end, delayed=delayed)
+        held = await in_thread(self.store.held_item_ids)
+        return build_digest_parts(room, selected, start, end, delayed=delayed, held=held)
 
     def item_of(self, item: IntelItem) -> DigestItem | None:
         return self._item(item)

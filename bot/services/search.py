@@ -22,7 +22,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from bot.schedule import parse_duration
-from bot.services.digest import DigestItem, select_items
+from bot.services.digest import DigestItem, held_mark, select_items
 from bot.services.items import MAX_ITEMS, Opened, OpenedItems
 from bot.services.ports import Audit
 from bot.services.render import EXERCISE_LINE, target_banner
@@ -132,7 +132,10 @@ def results_document(
     since: datetime,
     scanned: int,
     exercise: bool,
+    held: Set[str] = frozenset(),
 ) -> Document:
+    """The answer; `held`: event ids of items held for release approval, the room's own
+    marked so (digest.held_mark)."""
     title = f"Search “{query}” in {room.key}: {len(found)} match(es) since {since:%Y-%m-%d}"
     blocks: list[Block] = [heading(title)]
     if exercise:
@@ -144,7 +147,11 @@ def results_document(
         banner, rank = target_banner(item.label, room.policy.scheme)
         text = item.text if len(item.text) <= SNIPPET else item.text[:SNIPPET] + "…"
         rows.append(
-            (Banner(banner, rank), f" {item.created_at:%Y-%m-%d %H:%MZ} ({item.source_key}) ", text)
+            (
+                Banner(banner, rank),
+                f" {item.created_at:%Y-%m-%d %H:%MZ} ({item.source_key}) ",
+                text + held_mark(room, item, held),
+            )
         )
     if rows:
         blocks.append(items(rows))
@@ -215,7 +222,10 @@ class Inventory:
             )
         await self.audit(actor, "search", room_key, {"matches": len(found), "scanned": scanned})
         query = " ".join(words) + (f" #{topic.lstrip('#')}" if topic else "")
-        return results_document(managed, query, found, start, scanned, exercise)
+        # Only the room's own items can be held (another room's show only once relayed).
+        own = any(i.source_key == managed.key for i in found[:SHOWN])
+        held = await asyncio.to_thread(self.store.held_item_ids) if own else frozenset()
+        return results_document(managed, query, found, start, scanned, exercise, held)
 
     def find(
         self,
