@@ -1,0 +1,217 @@
+"""Attack review III: the release desk (national release control, four eyes) as an
+adversary sees it. Each finding is a test that fails on the code it was found in, marked
+xfail(strict) so the branch stays green until it is fixed.
+
+The desk runs here on a real SQLite store with its own sealers; its other ports are small
+fakes (the relay's ledger entry is a plain record, the gate passes every device unless a
+test says otherwise), and the clearance and release rules are passed as allowed: what is
+attacked is what the desk trusts of the database and of time between its reads."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import update
+
+from bot.config import ReleasePolicy
+from bot.metrics import Metrics
+from bot.services.release import ReleaseDesk
+from bot.storage import NewHeldTarget, NewHold, RelayEntry, RelayKind, Store
+from bot.storage.migrate import upgrade
+from bot.storage.models import ReleaseRequestRow
+from bot.storage.sealing import hold_binding
+from commands.document import Banner
+from policy import Decision
+from policy.ids import UserId
+
+KEY = "data-key-" + "k" * 40
+ITEM = "$item1:example.org"
+SOURCE = ("deu", "!deu:example.org")
+TARGET = ("nato-s", "!nato:example.org")
+SENDER, APPROVER = UserId("@alice:example.org"), UserId("@bob:example.org")
+
+
+class _Room:
+    def __init__(self, key: str, room_id: str) -> None:
+        self.key, self.room_id = key, room_id
+
+
+class _Rooms:
+    def __init__(self) -> None:
+        self.by_key = {k: _Room(k, r) for k, r in (SOURCE, TARGET)}
+
+
+class _Relay:
+    """The relay's two hooks the desk calls on approval: the entry carries the copy's
+    text in clear (so a test reads what would go out), and nothing is sent."""
+
+    def __init__(self) -> None:
+        self.queued: list[RelayEntry] = []
+
+    def copy_entry(self, item_event_id: str, target: Any, content: dict[str, Any]) -> RelayEntry:
+        return RelayEntry(
+            f"txn-{item_event_id}-{target.key}",
+            RelayKind.COPY,
+            item_event_id,
+            item_event_id,
+            target.key,
+            target.room_id,
+            json.dumps(content),
+        )
+
+    async def queue_sends(self, rows: list[RelayEntry]) -> list[str | None]:
+        self.queued += rows
+        return [None for _ in rows]
+
+
+class _Gate:
+    """Every device trusted; `during` runs while the desk awaits the gate (what the event
+    loop may do meanwhile: an edit of the item handled between the desk's reads)."""
+
+    def __init__(self) -> None:
+        self.during: list[Any] = []
+
+    async def untrusted_sender(self, room_id: str, event: Any) -> None:
+        for step in self.during:
+            step()
+        self.during.clear()
+        return None
+
+
+class _Messenger:
+    user_id = UserId("@bot:example.org")
+
+    async def send_notice(self, room_id: str, document: Any, **kw: Any) -> str:
+        return "$notice:example.org"
+
+
+async def _audit(actor: str, action: str, subject: str | None, detail: dict[str, Any]) -> None:
+    return None
+
+
+@pytest.fixture
+def store(tmp_path: Any) -> Iterator[Store]:
+    url = f"sqlite:///{tmp_path / 'bot.db'}"
+    upgrade(url)
+    opened = Store.from_url(url)
+    yield opened
+    opened.close()
+
+
+def _desk(store: Store, relay: _Relay, gate: _Gate) -> ReleaseDesk:
+    policy = ReleasePolicy(None, frozenset({SENDER, APPROVER}), timedelta(hours=4))
+    desk = ReleaseDesk(
+        store,
+        _Rooms(),  # type: ignore[arg-type]
+        relay,  # type: ignore[arg-type]
+        _Messenger(),  # type: ignore[arg-type]
+        gate,
+        _audit,
+        Metrics(lambda: None),
+        lambda source, target: policy,
+        lambda user: None,
+        KEY,
+    )
+    # Cleared and releasable: what is attacked here is not the register nor the rules.
+    desk._cleared = lambda user_id, request: Decision(True, (), codes=())  # type: ignore[method-assign]
+    desk._not_releasable = lambda request, source, target: None  # type: ignore[method-assign]
+    desk._banner = lambda request, target: Banner(request.label, request.rank)  # type: ignore[method-assign]
+    return desk
+
+
+def _sealed(desk: ReleaseDesk, text: str) -> str:
+    content = {"msgtype": "m.text", "body": text}
+    return desk.copies.seal_text(json.dumps(content), hold_binding(ITEM, TARGET[0], TARGET[1]))
+
+
+def _hold(store: Store, desk: ReleaseDesk, text: str) -> int:
+    now = datetime.now(UTC)
+    request = store.hold_release(
+        NewHold(
+            item_event_id=ITEM,
+            source_key=SOURCE[0],
+            source_room_id=SOURCE[1],
+            sender=SENDER,
+            label="DEU GEHEIM",
+            scheme="DEU",
+            rank=3,
+            held_at=now,
+            expires_at=now + timedelta(hours=4),
+            sender_device="DEVICEA",
+        ),
+        [NewHeldTarget(TARGET[0], TARGET[1], _sealed(desk, text))],
+    )
+    return request.id
+
+
+def _bodies(relay: _Relay) -> list[str]:
+    return [json.loads(row.content)["body"] for row in relay.queued]
+
+
+async def test_the_harness_releases_a_held_copy_approved_by_a_second_officer(
+    store: Store,
+) -> None:
+    """The baseline the findings below depart from (so their failures mean something)."""
+    relay, gate = _Relay(), _Gate()
+    desk = _desk(store, relay, gate)
+    number = _hold(store, desk, "original")
+    await desk.approve(APPROVER, f"R{number}", (), SOURCE[1], object())
+    assert _bodies(relay) == ["original"]
+    relay.queued.clear()
+    number_again = f"R{number}"
+    await desk.approve(APPROVER, number_again, (), SOURCE[1], object())
+    assert relay.queued == []  # decided once
+
+
+async def test_the_sender_may_not_approve_their_own_item(store: Store) -> None:
+    relay, gate = _Relay(), _Gate()
+    desk = _desk(store, relay, gate)
+    number = _hold(store, desk, "original")
+    await desk.approve(SENDER, f"R{number}", (), SOURCE[1], object())
+    assert relay.queued == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 1: release_requests.sender is trusted as stored; a database writer "
+    "who is also an approver renames the sender and approves their own item",
+)
+async def test_a_sender_renamed_in_the_database_still_may_not_approve_their_own_item(
+    store: Store,
+) -> None:
+    relay, gate = _Relay(), _Gate()
+    desk = _desk(store, relay, gate)
+    number = _hold(store, desk, "original")
+    with store.session() as session:
+        session.execute(
+            update(ReleaseRequestRow)
+            .where(ReleaseRequestRow.id == number)
+            .values(sender="@mallory:example.org")
+        )
+    await desk.approve(SENDER, f"R{number}", (), SOURCE[1], object())
+    assert relay.queued == [], "the item's own sender released it"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 2: an approval opens the held copy it read before the device gate's "
+    "await; an edit re-held meanwhile is approved with the superseded text",
+)
+async def test_an_approval_racing_an_edit_never_sends_a_superseded_copy(store: Store) -> None:
+    relay, gate = _Relay(), _Gate()
+    desk = _desk(store, relay, gate)
+    number = _hold(store, desk, "original")
+    edited = _sealed(desk, "edited")
+    gate.during.append(
+        lambda: store.rehold_release(
+            ITEM, {TARGET[0]: edited}, datetime.now(UTC) + timedelta(hours=4)
+        )
+    )
+    await desk.approve(APPROVER, f"R{number}", (), SOURCE[1], object())
+    # Either nothing went out (the edit reset the hold) or the copy that went out is the
+    # text held now; never the text the edit replaced.
+    assert "original" not in _bodies(relay), _bodies(relay)
