@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -19,14 +20,19 @@ from sqlalchemy import update
 
 from bot.config import ReleasePolicy
 from bot.metrics import Metrics
+from bot.services.inbox import Inbox, IncomingMessage, MessageFields
 from bot.services.release import ReleaseDesk
 from bot.storage import NewHeldTarget, NewHold, RelayEntry, RelayKind, Store
 from bot.storage.migrate import upgrade
 from bot.storage.models import ReleaseRequestRow
 from bot.storage.sealing import hold_binding
+from bot.tasks import Supervisor
+from commands import build_registry
+from commands.context import Role
 from commands.document import Banner
 from policy import Decision
-from policy.ids import UserId
+from policy.ids import EventId, UserId
+from tests.fakes import FakeServices, no_audit
 
 KEY = "data-key-" + "k" * 40
 ITEM = "$item1:example.org"
@@ -215,3 +221,104 @@ async def test_an_approval_racing_an_edit_never_sends_a_superseded_copy(store: S
     # Either nothing went out (the edit reset the hold) or the copy that went out is the
     # text held now; never the text the edit replaced.
     assert "original" not in _bodies(relay), _bodies(relay)
+
+
+# ---------------------------------------------------------------- the structured path
+
+
+class _Relay2:
+    """The relay as the inbox sees it: records what it was given to relay."""
+
+    def __init__(self) -> None:
+        self.begun: list[str] = []
+        self.judged: list[str | None] = []
+
+    async def begin(self, source: Any, body: str, label_field: Any = None) -> None:
+        self.begun.append(body)
+        return None
+
+    async def remove_if_spilled(self, source: Any, texts: Any) -> bool:
+        self.judged += texts
+        return False
+
+
+def _inbox(relay: _Relay2) -> Inbox:
+    from tests.test_txn_ids import DEU, Encrypted, ForgetfulStore, Gate, Replies
+
+    return Inbox(
+        ForgetfulStore(),  # type: ignore[arg-type]
+        SimpleNamespace(by_id={DEU.room_id: DEU}),  # type: ignore[arg-type]
+        SimpleNamespace(roles_of=lambda user: frozenset({Role.ANYONE, Role.MEMBER})),  # type: ignore[arg-type]
+        relay,  # type: ignore[arg-type]
+        Gate(),
+        Replies(),
+        Encrypted(),
+        no_audit,
+        Supervisor(),
+        build_registry(),
+        FakeServices(),
+        ["!"],
+        user_id="@bot:x",
+    )
+
+
+def _tagged(
+    structured: dict[str, Any] | None, mentions: tuple[UserId, ...] = ()
+) -> IncomingMessage:
+    from tests.test_txn_ids import DEU
+
+    return IncomingMessage(
+        room_id=DEU.room_id,
+        event_id=EventId("$tagged"),
+        sender=UserId("@lo:x"),
+        body="[DEU GEHEIM] the plan",
+        formatted_body=None,
+        fields=MessageFields(structured=structured, mentions=mentions),
+        sent_at=datetime(2026, 12, 6, 12, 0, tzinfo=UTC),
+        handle=SimpleNamespace(event_id="$tagged", sender="@lo:x"),
+    )
+
+
+async def test_a_tagged_message_reaches_the_relay() -> None:
+    relay = _Relay2()
+    await _inbox(relay).on_message(_tagged(None))
+    assert relay.begun == ["[DEU GEHEIM] the plan"]
+
+
+async def test_a_structured_field_for_another_bot_does_not_hide_a_tagged_message() -> None:
+    """Finding 3 (fixed): such a message was dropped before the relay and its spillage
+    check; it is a message like any other, only not this bot's command."""
+    relay = _Relay2()
+    await _inbox(relay).on_message(_tagged({"syntax": "help", "arguments": {}}))
+    assert relay.begun == ["[DEU GEHEIM] the plan"]
+
+
+async def test_the_body_of_a_structured_command_is_judged_for_spillage() -> None:
+    """Finding 4 (fixed): its body is what clients show, and unlike a typed command's it
+    need not start with the prefix: a marked text there was never judged."""
+    relay = _Relay2()
+    bot = UserId("@bot:x")
+    await _inbox(relay).on_message(_tagged({"syntax": "help", "arguments": {}}, (bot,)))
+    assert "[DEU GEHEIM] the plan" in relay.judged
+
+
+async def test_a_structured_command_for_another_bot_is_not_run_from_its_body() -> None:
+    """The mention rule holds after the fix: another bot's structured command whose body
+    reads as one of this bot's typed commands is still not answered."""
+    from tests.test_txn_ids import DEU
+
+    relay = _Relay2()
+    inbox = _inbox(relay)
+    message = IncomingMessage(
+        room_id=DEU.room_id,
+        event_id=EventId("$other-bot"),
+        sender=UserId("@lo:x"),
+        body="!help",
+        formatted_body=None,
+        fields=MessageFields(structured={"syntax": "help", "arguments": {}}),
+        sent_at=datetime(2026, 12, 6, 12, 0, tzinfo=UTC),
+        handle=SimpleNamespace(event_id="$other-bot", sender="@lo:x"),
+    )
+    await inbox.on_message(message)
+    assert inbox.replier.sends == []  # type: ignore[attr-defined]
+    assert relay.begun == []
