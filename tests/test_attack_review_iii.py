@@ -28,10 +28,11 @@ from bot.storage.models import ReleaseRequestRow
 from bot.storage.sealing import hold_binding
 from bot.tasks import Supervisor
 from commands import build_registry
-from commands.context import Role
+from commands.context import Invocation, Role
+from commands.dispatch import dispatch
 from commands.document import Banner
 from policy import Decision
-from policy.ids import EventId, UserId
+from policy.ids import EventId, RoomId, UserId
 from tests.fakes import FakeServices, no_audit
 
 KEY = "data-key-" + "k" * 40
@@ -322,3 +323,53 @@ async def test_a_structured_command_for_another_bot_is_not_run_from_its_body() -
     await inbox.on_message(message)
     assert inbox.replier.sends == []  # type: ignore[attr-defined]
     assert relay.begun == []
+
+
+# ---------------------------------------------------------------- what the audit keeps
+
+
+async def _audited(body: str, structured: dict[str, Any] | None = None) -> str:
+    """Every audit row `dispatch` writes for one command from a member, as one text."""
+    services = FakeServices()
+    invocation = Invocation(
+        sender=UserId("@lo:x"),
+        room_id=RoomId("!d:x"),
+        event_id=EventId("$cmd"),
+        body=body,
+        structured=structured,
+    )
+    roles = frozenset({Role.ANYONE, Role.MEMBER, Role.OFFICER})
+    await dispatch(build_registry(), invocation, roles, services, ["!"])
+    assert services.audits, "the command wrote no audit row"
+    return json.dumps([a[3] for a in services.audits])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 5: a typed command with an unbalanced quote is audited with its whole "
+    "line (command.error's `error`), so a deny reason's words reach the audit",
+)
+async def test_a_deny_reason_with_an_unbalanced_quote_never_reaches_the_audit() -> None:
+    audited = await _audited('!release deny R1 "the source is agent Nightjar')
+    assert "Nightjar" not in audited
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 6: a structured command's syntax, or an argument's name or value, is "
+    "quoted (60 characters) in command.error's `error`: user text in the audit",
+)
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"syntax": "release deny the source is agent Nightjar", "arguments": {}},
+        {"syntax": "digest now {room}", "arguments": {"Nightjar": "x"}},
+        {"syntax": "clearance show {user}", "arguments": {"user": "agent nightjar"}},
+    ],
+    ids=["syntax", "argument-name", "argument-value"],
+)
+async def test_a_structured_command_s_words_never_reach_the_audit(
+    payload: dict[str, Any],
+) -> None:
+    audited = await _audited("!help", payload)
+    assert "nightjar" not in audited.casefold()
