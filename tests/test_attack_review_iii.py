@@ -21,7 +21,7 @@ from sqlalchemy import update
 from bot.config import ReleasePolicy
 from bot.metrics import Metrics
 from bot.services.inbox import Inbox, IncomingMessage, MessageFields
-from bot.services.release import ReleaseDesk
+from bot.services.release import Reaction, ReleaseDesk
 from bot.storage import NewHeldTarget, NewHold, RelayEntry, RelayKind, Store
 from bot.storage.migrate import upgrade
 from bot.storage.models import ReleaseRequestRow
@@ -95,6 +95,10 @@ class _Messenger:
     async def send_notice(self, room_id: str, document: Any, **kw: Any) -> str:
         return "$notice:example.org"
 
+    async def sender_of(self, room_id: str, event_id: str) -> str:
+        """What the homeserver says sent an event: finding 9's lunch poll is a member's."""
+        return "@carol:example.org" if event_id == "$lunch-poll:example.org" else self.user_id
+
 
 async def _audit(actor: str, action: str, subject: str | None, detail: dict[str, Any]) -> None:
     return None
@@ -135,8 +139,11 @@ def _sealed(desk: ReleaseDesk, text: str) -> str:
     return desk.copies.seal_text(json.dumps(content), hold_binding(ITEM, TARGET[0], TARGET[1]))
 
 
-def _hold(store: Store, desk: ReleaseDesk, text: str) -> int:
+def _hold(store: Store, desk: ReleaseDesk, text: str, *, expired: bool = False) -> int:
+    """The item held for TARGET; `expired`: its deadline passed a minute ago."""
     now = datetime.now(UTC)
+    held_at = now - timedelta(hours=1) if expired else now
+    expires_at = now - timedelta(minutes=1) if expired else now + timedelta(hours=4)
     request = store.hold_release(
         NewHold(
             item_event_id=ITEM,
@@ -146,8 +153,8 @@ def _hold(store: Store, desk: ReleaseDesk, text: str) -> int:
             label="DEU GEHEIM",
             scheme="DEU",
             rank=3,
-            held_at=now,
-            expires_at=now + timedelta(hours=4),
+            held_at=held_at,
+            expires_at=expires_at,
             sender_device="DEVICEA",
         ),
         [NewHeldTarget(TARGET[0], TARGET[1], _sealed(desk, text))],
@@ -373,3 +380,52 @@ async def test_a_structured_command_s_words_never_reach_the_audit(
 ) -> None:
     audited = await _audited("!help", payload)
     assert "nightjar" not in audited.casefold()
+
+
+# ---------------------------------------------------------------- time, duplicates, notices
+
+
+async def test_an_approval_after_the_deadline_releases_nothing(store: Store) -> None:
+    """Finding 7 (fixed): an approval after the deadline was taken until the sweep
+    (every sweep_interval, 5 min by default) expired the request."""
+    relay, gate = _Relay(), _Gate()
+    desk = _desk(store, relay, gate)
+    number = _hold(store, desk, "original", expired=True)  # expired a minute ago, not yet swept
+    await desk.approve(APPROVER, f"R{number}", (), SOURCE[1], object())
+    assert relay.queued == []
+
+
+async def test_a_target_named_twice_is_approved_once(store: Store) -> None:
+    """Finding 8 (fixed): `!release approve R1 nato-s nato-s` raised StoreError out of
+    the desk (an internal error) instead of releasing once."""
+    relay, gate = _Relay(), _Gate()
+    desk = _desk(store, relay, gate)
+    number = _hold(store, desk, "original")
+    await desk.approve(APPROVER, f"R{number}", (TARGET[0], TARGET[0]), SOURCE[1], object())
+    assert _bodies(relay) == ["original"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 9: a reaction decides the request whose stored notice_event_id it "
+    "names, whoever sent that event: a database writer points it at any message and an "
+    "approver's ✅ there (a thumbs-up culture) releases the item",
+)
+async def test_a_reaction_decides_only_on_the_bot_s_own_notice(store: Store) -> None:
+    relay, gate = _Relay(), _Gate()
+    desk = _desk(store, relay, gate)
+    number = _hold(store, desk, "original")
+    # The database writer: the request's notice is now someone's ordinary message.
+    store.set_release_notice(number, "$lunch-poll:example.org")
+    await desk.on_reaction(
+        Reaction(
+            room_id=SOURCE[1],
+            event_id="$thumbs:example.org",
+            sender=APPROVER,
+            relates_to="$lunch-poll:example.org",
+            key="✅",
+            handle=object(),
+            ciphertext=None,
+        )
+    )
+    assert relay.queued == []

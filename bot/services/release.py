@@ -296,7 +296,8 @@ class ReleaseDesk:
                 return await self._refused(approver, public_id, None, refusal)
             if refusal is not None:
                 return await self._refused(approver, public_id, request, refusal)
-            chosen = list(targets) or [t.target_key for t in request.held_targets]
+            # A target named twice is released once (the store refuses it twice).
+            chosen = list(dict.fromkeys(targets)) or [t.target_key for t in request.held_targets]
             entries = []
             not_now: list[tuple[str, str]] = []
             source = self.rooms.by_key.get(request.source_key)
@@ -490,6 +491,12 @@ class ReleaseDesk:
             )
         if not request.is_pending:
             return request, Refusal(f"{request.public_id} was already decided", "release.decided")
+        if _utc(request.expires_at) <= datetime.now(UTC):
+            # Past its deadline, only not yet swept: it expires unsent, like one swept.
+            return request, Refusal(
+                f"{request.public_id} is past its deadline: it expires unsent",
+                "release.expired",
+            )
         if approver == request.sender:
             return request, Refusal(
                 "the sender may not release their own item: a second officer decides",
