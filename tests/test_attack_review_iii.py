@@ -92,7 +92,11 @@ class _Gate:
 class _Messenger:
     user_id = UserId("@bot:example.org")
 
+    def __init__(self) -> None:
+        self.rooms: list[str] = []  # where each notice went
+
     async def send_notice(self, room_id: str, document: Any, **kw: Any) -> str:
+        self.rooms.append(room_id)
         return "$notice:example.org"
 
     async def sender_of(self, room_id: str, event_id: str) -> str:
@@ -429,3 +433,28 @@ async def test_a_reaction_decides_only_on_the_bot_s_own_notice(store: Store) -> 
         )
     )
     assert relay.queued == []
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="finding 10: the notices of a request (a denial with its reason, an expiry, a "
+    "hold's notice at start) go to release_requests.source_room_id as stored: a database "
+    "writer sends them, the sealed deny reason in clear words, to a room of their choice",
+)
+async def test_a_denial_is_told_only_in_the_item_s_own_room(store: Store) -> None:
+    relay, gate = _Relay(), _Gate()
+    desk = _desk(store, relay, gate)
+    number = _hold(store, desk, "original")
+    with store.session() as session:
+        session.execute(
+            update(ReleaseRequestRow)
+            .where(ReleaseRequestRow.id == number)
+            .values(source_room_id="!mallory-dm:example.org")
+        )
+    await desk.deny(
+        APPROVER, f"R{number}", "the source is agent Nightjar", "!bob-dm:x", object(), "$deny",
+        direct=True,
+    )  # fmt: skip
+    messenger = desk.messenger
+    assert isinstance(messenger, _Messenger)
+    assert "!mallory-dm:example.org" not in messenger.rooms, messenger.rooms
