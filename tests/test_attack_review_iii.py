@@ -214,12 +214,9 @@ async def test_a_sender_renamed_in_the_database_still_may_not_approve_their_own_
     assert relay.queued == [], "the item's own sender released it"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 2: an approval opens the held copy it read before the device gate's "
-    "await; an edit re-held meanwhile is approved with the superseded text",
-)
 async def test_an_approval_racing_an_edit_never_sends_a_superseded_copy(store: Store) -> None:
+    """Finding 2 (fixed): the approval opened the copy it read before the device gate's
+    await, and an edit held again meanwhile was approved with the superseded text."""
     relay, gate = _Relay(), _Gate()
     desk = _desk(store, relay, gate)
     number = _hold(store, desk, "original")
@@ -233,6 +230,9 @@ async def test_an_approval_racing_an_edit_never_sends_a_superseded_copy(store: S
     # Either nothing went out (the edit reset the hold) or the copy that went out is the
     # text held now; never the text the edit replaced.
     assert "original" not in _bodies(relay), _bodies(relay)
+    # Decided again, the edited text goes out.
+    await desk.approve(APPROVER, f"R{number}", (), SOURCE[1], object())
+    assert _bodies(relay) == ["edited"]
 
 
 # ---------------------------------------------------------------- the structured path
@@ -409,13 +409,10 @@ async def test_a_target_named_twice_is_approved_once(store: Store) -> None:
     assert _bodies(relay) == ["original"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 9: a reaction decides the request whose stored notice_event_id it "
-    "names, whoever sent that event: a database writer points it at any message and an "
-    "approver's ✅ there (a thumbs-up culture) releases the item",
-)
 async def test_a_reaction_decides_only_on_the_bot_s_own_notice(store: Store) -> None:
+    """Finding 9 (fixed): a reaction decided the request whose stored notice id it named,
+    whoever sent that event: a database writer pointed it at any message, and an
+    approver's ✅ there released the item."""
     relay, gate = _Relay(), _Gate()
     desk = _desk(store, relay, gate)
     number = _hold(store, desk, "original")
@@ -458,3 +455,41 @@ async def test_a_denial_is_told_only_in_the_item_s_own_room(store: Store) -> Non
     messenger = desk.messenger
     assert isinstance(messenger, _Messenger)
     assert "!mallory-dm:example.org" not in messenger.rooms, messenger.rooms
+
+
+async def test_a_structured_admin_command_from_a_member_is_denied_and_audited() -> None:
+    """Held up: the structured path is judged by the same role check as a typed one."""
+    services = FakeServices()
+    invocation = Invocation(
+        sender=UserId("@lo:x"),
+        room_id=RoomId("!d:x"),
+        event_id=EventId("$cmd"),
+        body="whatever the client showed",
+        structured={"syntax": "room close {key}", "arguments": {"key": "deu"}},
+    )
+    outcome = await dispatch(
+        build_registry(), invocation, frozenset({Role.ANYONE, Role.MEMBER}), services, ["!"]
+    )
+    assert outcome is not None and not outcome.ok
+    assert [(a[1], a[3]["reason_code"]) for a in services.audits] == [
+        ("command.denied", "permission.role_missing")
+    ]
+
+
+async def test_a_reaction_to_the_bot_s_notice_still_decides(store: Store) -> None:
+    relay, gate = _Relay(), _Gate()
+    desk = _desk(store, relay, gate)
+    number = _hold(store, desk, "original")
+    store.set_release_notice(number, "$notice:example.org")
+    await desk.on_reaction(
+        Reaction(
+            room_id=SOURCE[1],
+            event_id="$tick:example.org",
+            sender=APPROVER,
+            relates_to="$notice:example.org",
+            key="✅\ufe0f",
+            handle=object(),
+            ciphertext=None,
+        )
+    )
+    assert _bodies(relay) == ["original"]

@@ -299,6 +299,7 @@ class ReleaseDesk:
             # A target named twice is released once (the store refuses it twice).
             chosen = list(dict.fromkeys(targets)) or [t.target_key for t in request.held_targets]
             entries = []
+            opened: dict[str, str] = {}  # target key -> the sealed copy its entry was made from
             not_now: list[tuple[str, str]] = []
             source = self.rooms.by_key.get(request.source_key)
             for key in chosen:
@@ -324,6 +325,7 @@ class ReleaseDesk:
                     not_now.append((key, "its held copy does not open (the database changed?)"))
                     continue
                 entries.append(self.relay.copy_entry(request.item_event_id, target, content))
+                opened[key] = held.content
             if not entries:
                 lines = [("Not released to ", Strong(k), f": {why}.") for k, why in not_now]
                 return doc(
@@ -343,7 +345,17 @@ class ReleaseDesk:
                         {"room": request.source_key, "request": request.id},
                     )
                 ],
+                held=opened,  # an edit that held it again meanwhile is not what was approved
             )
+            if not rows:
+                return doc(
+                    para(
+                        f"Nothing released for {request.public_id}: it changed while you "
+                        "decided (edited and held again, or decided meanwhile). See ",
+                        Code("!release pending"),
+                        ".",
+                    )
+                )
             self._observe(stored)
             await self._count()
         sent = await self.relay.queue_sends(rows)
@@ -586,6 +598,19 @@ class ReleaseDesk:
         ):
             await self.audit(
                 reaction.sender, "replay.refused", reaction.event_id, {"room_id": reaction.room_id}
+            )
+            await in_thread(self.store.mark_handled, reaction.event_id, reaction.room_id)
+            return
+        shown = await self.messenger.sender_of(reaction.room_id, reaction.relates_to)
+        if shown != self.messenger.user_id:
+            # The stored notice id names no notice of the bot's in this room (the database
+            # was changed, or the reaction is in another room): a reaction to it decides
+            # nothing.
+            await self._refused(
+                reaction.sender,
+                request.public_id,
+                request,
+                Refusal("the event reacted to is not the bot's notice", "release.not_a_notice"),
             )
             await in_thread(self.store.mark_handled, reaction.event_id, reaction.room_id)
             return
