@@ -510,3 +510,20 @@ def test_the_commands_state_event_names_no_room_of_another_room() -> None:
 
     content = describe(build_registry(), MEMBER_ROLES, vocabulary_of(["deu", "tf-nightjar"]))
     assert "tf-nightjar" not in json.dumps(content)
+
+
+# ---------------------------------------------------------------- who sees what is held
+
+
+async def test_pending_in_a_direct_chat_is_for_the_approvers_of_the_item(store: Store) -> None:
+    """Finding 12 (fixed): `!release pending` in a direct chat listed every held item the
+    asker was cleared for (label, source room, sender, targets), approver or not."""
+    from commands.document import render_plain
+
+    relay, gate = _Relay(), _Gate()
+    desk = _desk(store, relay, gate)
+    number = _hold(store, desk, "original")
+    listed = render_plain(await desk.pending(UserId("@carol:example.org"), None))
+    assert f"R{number}" not in listed, listed
+    # An approver of its route still sees it.
+    assert f"R{number}" in render_plain(await desk.pending(APPROVER, None))

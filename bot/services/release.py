@@ -445,7 +445,8 @@ class ReleaseDesk:
     async def pending(self, asker: UserId, room_id: str | None = None) -> Document:
         """What waits, oldest first, with its age: only items the asker is cleared for and,
         asked in a room (`room_id`), only those held from it (the list names labels and
-        senders: not for another room's members)."""
+        senders: not for another room's members); asked in a direct chat, only those the
+        asker approves on some route of."""
         now = datetime.now(UTC)
         waiting = await in_thread(self.store.pending_releases)
         rows = []
@@ -453,6 +454,10 @@ class ReleaseDesk:
             if room_id is not None and request.source_room_id != room_id:
                 continue
             if not self._cleared(asker, request).allowed:
+                continue
+            if room_id is None and not self._approves_any(asker, request):
+                # Asked in a direct chat: only for those who decide it (a room's members
+                # see what is held from their room when they ask there).
                 continue
             rows.append(
                 (
@@ -531,6 +536,14 @@ class ReleaseDesk:
                     "release.not_approver",
                 )
         return request, None
+
+    def _approves_any(self, user_id: UserId, request: ReleaseRequest) -> bool:
+        """Whether `user_id` approves releases on the route of any held target."""
+        return any(
+            (policy := self.policy_of(request.source_key, t.target_key)) is not None
+            and user_id in policy.approvers
+            for t in request.held_targets
+        )
 
     def _cleared(self, user_id: UserId, request: ReleaseRequest) -> Decision:
         """May this person read the item's label: the register's rule for entering a room
