@@ -121,9 +121,9 @@ def _desk(store: Store, relay: _Relay, gate: _Gate) -> ReleaseDesk:
     policy = ReleasePolicy(None, frozenset({SENDER, APPROVER}), timedelta(hours=4))
     desk = ReleaseDesk(
         store,
-        _Rooms(),  # type: ignore[arg-type]
-        relay,  # type: ignore[arg-type]
-        _Messenger(),  # type: ignore[arg-type]
+        _Rooms(),  # type: ignore[arg-type]  # RoomDirectory: by_key only
+        relay,  # type: ignore[arg-type]  # RelayEngine / relay: the hooks used only
+        _Messenger(),  # type: ignore[arg-type]  # Messenger: send_notice and sender_of only
         gate,
         _audit,
         Metrics(lambda: None),
@@ -132,9 +132,9 @@ def _desk(store: Store, relay: _Relay, gate: _Gate) -> ReleaseDesk:
         KEY,
     )
     # Cleared and releasable: what is attacked here is not the register nor the rules.
-    desk._cleared = lambda user_id, request: Decision(True, (), codes=())  # type: ignore[method-assign]
-    desk._not_releasable = lambda request, source, target: None  # type: ignore[method-assign]
-    desk._banner = lambda request, target: Banner(request.label, request.rank)  # type: ignore[method-assign]
+    desk._cleared = lambda user_id, request: Decision(True, (), codes=())  # type: ignore[method-assign]  # the register is not what is attacked
+    desk._not_releasable = lambda request, source, target: None  # type: ignore[method-assign]  # the rules are not what is attacked
+    desk._banner = lambda request, target: Banner(request.label, request.rank)  # type: ignore[method-assign]  # no room policies here
     return desk
 
 
@@ -258,10 +258,10 @@ def _inbox(relay: _Relay2) -> Inbox:
     from tests.test_txn_ids import DEU, Encrypted, ForgetfulStore, Gate, Replies
 
     return Inbox(
-        ForgetfulStore(),  # type: ignore[arg-type]
-        SimpleNamespace(by_id={DEU.room_id: DEU}),  # type: ignore[arg-type]
-        SimpleNamespace(roles_of=lambda user: frozenset({Role.ANYONE, Role.MEMBER})),  # type: ignore[arg-type]
-        relay,  # type: ignore[arg-type]
+        ForgetfulStore(),  # type: ignore[arg-type]  # Store: is_handled and mark_handled only
+        SimpleNamespace(by_id={DEU.room_id: DEU}),  # type: ignore[arg-type]  # RoomDirectory: by_id only
+        SimpleNamespace(roles_of=lambda user: frozenset({Role.ANYONE, Role.MEMBER})),  # type: ignore[arg-type]  # Membership: roles_of only
+        relay,  # type: ignore[arg-type]  # RelayEngine / relay: the hooks used only
         Gate(),
         Replies(),
         Encrypted(),
@@ -332,7 +332,7 @@ async def test_a_structured_command_for_another_bot_is_not_run_from_its_body() -
         handle=SimpleNamespace(event_id="$other-bot", sender="@lo:x"),
     )
     await inbox.on_message(message)
-    assert inbox.replier.sends == []  # type: ignore[attr-defined]
+    assert inbox.replier.sends == []  # type: ignore[attr-defined]  # the Replies fake records its sends
     assert relay.begun == []
 
 
