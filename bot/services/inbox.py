@@ -199,20 +199,24 @@ class Inbox:
             if managed is not None:
                 await self._on_edit(message, managed, fields.replaces)
             return
-        if managed is not None and fields.shown is not None:
-            # What clients show (the formatted body) marked above the room, whatever the
-            # plain body says, is spillage, removed as such.
+        structured = fields.structured
+        # What clients show (the formatted body; a structured command's body, which need
+        # not start with the prefix) marked above the room is spillage, removed as such.
+        shown = [fields.shown] + ([message.body] if structured is not None else [])
+        if managed is not None and any(t is not None for t in shown):
             own = Source(managed, message.event_id, message.sender, message.sent_at, message.handle)
-            if await self.relay.remove_if_spilled(own, [fields.shown]):
+            if await self.relay.remove_if_spilled(own, shown):
                 await in_thread(self.store.mark_handled, message.event_id, room_id)
                 return
-        structured = fields.structured
-        if structured is not None and UserId(self.user_id) not in fields.mentions:
+        foreign = structured is not None and UserId(self.user_id) not in fields.mentions
+        if foreign:
             # A structured command for another bot (MSC4332 commands mention the bot they
-            # are for): not this bot's, whatever its body says. Left alone like any message
-            # that is not a command.
-            return
-        command = structured is not None or is_command(message.body, self.prefixes)
+            # are for): not this bot's command, whatever its body says; still a message
+            # (a tagged one is relayed and judged like any other).
+            structured = None
+        command = structured is not None or (
+            not foreign and is_command(message.body, self.prefixes)
+        )
         labelled = fields.label
         if not command and not (
             managed is not None and (is_tagged(message.body) or labelled is not None)

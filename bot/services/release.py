@@ -296,8 +296,10 @@ class ReleaseDesk:
                 return await self._refused(approver, public_id, None, refusal)
             if refusal is not None:
                 return await self._refused(approver, public_id, request, refusal)
-            chosen = list(targets) or [t.target_key for t in request.held_targets]
+            # A target named twice is released once (the store refuses it twice).
+            chosen = list(dict.fromkeys(targets)) or [t.target_key for t in request.held_targets]
             entries = []
+            opened: dict[str, str] = {}  # target key -> the sealed copy its entry was made from
             not_now: list[tuple[str, str]] = []
             source = self.rooms.by_key.get(request.source_key)
             for key in chosen:
@@ -323,6 +325,7 @@ class ReleaseDesk:
                     not_now.append((key, "its held copy does not open (the database changed?)"))
                     continue
                 entries.append(self.relay.copy_entry(request.item_event_id, target, content))
+                opened[key] = held.content
             if not entries:
                 lines = [("Not released to ", Strong(k), f": {why}.") for k, why in not_now]
                 return doc(
@@ -342,7 +345,17 @@ class ReleaseDesk:
                         {"room": request.source_key, "request": request.id},
                     )
                 ],
+                held=opened,  # an edit that held it again meanwhile is not what was approved
             )
+            if not rows:
+                return doc(
+                    para(
+                        f"Nothing released for {request.public_id}: it changed while you "
+                        "decided (edited and held again, or decided meanwhile). See ",
+                        Code("!release pending"),
+                        ".",
+                    )
+                )
             self._observe(stored)
             await self._count()
         sent = await self.relay.queue_sends(rows)
@@ -432,7 +445,8 @@ class ReleaseDesk:
     async def pending(self, asker: UserId, room_id: str | None = None) -> Document:
         """What waits, oldest first, with its age: only items the asker is cleared for and,
         asked in a room (`room_id`), only those held from it (the list names labels and
-        senders: not for another room's members)."""
+        senders: not for another room's members); asked in a direct chat, only those the
+        asker approves on some route of."""
         now = datetime.now(UTC)
         waiting = await in_thread(self.store.pending_releases)
         rows = []
@@ -440,6 +454,10 @@ class ReleaseDesk:
             if room_id is not None and request.source_room_id != room_id:
                 continue
             if not self._cleared(asker, request).allowed:
+                continue
+            if room_id is None and not self._approves_any(asker, request):
+                # Asked in a direct chat: only for those who decide it (a room's members
+                # see what is held from their room when they ask there).
                 continue
             rows.append(
                 (
@@ -490,6 +508,12 @@ class ReleaseDesk:
             )
         if not request.is_pending:
             return request, Refusal(f"{request.public_id} was already decided", "release.decided")
+        if _utc(request.expires_at) <= datetime.now(UTC):
+            # Past its deadline, only not yet swept: it expires unsent, like one swept.
+            return request, Refusal(
+                f"{request.public_id} is past its deadline: it expires unsent",
+                "release.expired",
+            )
         if approver == request.sender:
             return request, Refusal(
                 "the sender may not release their own item: a second officer decides",
@@ -512,6 +536,14 @@ class ReleaseDesk:
                     "release.not_approver",
                 )
         return request, None
+
+    def _approves_any(self, user_id: UserId, request: ReleaseRequest) -> bool:
+        """Whether `user_id` approves releases on the route of any held target."""
+        return any(
+            (policy := self.policy_of(request.source_key, t.target_key)) is not None
+            and user_id in policy.approvers
+            for t in request.held_targets
+        )
 
     def _cleared(self, user_id: UserId, request: ReleaseRequest) -> Decision:
         """May this person read the item's label: the register's rule for entering a room
@@ -579,6 +611,19 @@ class ReleaseDesk:
         ):
             await self.audit(
                 reaction.sender, "replay.refused", reaction.event_id, {"room_id": reaction.room_id}
+            )
+            await in_thread(self.store.mark_handled, reaction.event_id, reaction.room_id)
+            return
+        shown = await self.messenger.sender_of(reaction.room_id, reaction.relates_to)
+        if shown != self.messenger.user_id:
+            # The stored notice id names no notice of the bot's in this room (the database
+            # was changed, or the reaction is in another room): a reaction to it decides
+            # nothing.
+            await self._refused(
+                reaction.sender,
+                request.public_id,
+                request,
+                Refusal("the event reacted to is not the bot's notice", "release.not_a_notice"),
             )
             await in_thread(self.store.mark_handled, reaction.event_id, reaction.room_id)
             return

@@ -1381,6 +1381,8 @@ class Store:
         ledger: Sequence[RelayEntry],
         approver: str,
         audits: Iterable[AuditNote] = (),
+        *,
+        held: Mapping[str, str] | None = None,
     ) -> tuple[ReleaseRequest, list[RelayEntry]]:
         """Release targets: `ledger` holds one ledger entry per target to approve (its
         `target_key` names the target). In one transaction, each named target still held
@@ -1391,7 +1393,9 @@ class Store:
         a target once. Returns the request as stored and the ledger rows of the targets
         this call approved (empty: nothing changed). An entry for another item or a
         target the request lacks, or a transaction id another copy holds, is refused
-        (StoreError) with nothing changed."""
+        (StoreError) with nothing changed. `held`: target key -> the sealed copy the
+        approver's entry was made from; a target holding another one now (an edit held it
+        again meanwhile) is skipped like one decided meanwhile."""
         wanted = [e.target_key for e in ledger]
         if len(set(wanted)) != len(wanted):
             raise StoreError(f"R{request_id}: a target is named twice ({wanted})")
@@ -1416,6 +1420,8 @@ class Store:
             for entry in ledger:
                 target = by_key[entry.target_key]
                 if target.state != HoldState.HELD:
+                    continue
+                if held is not None and held.get(entry.target_key) != target.content:
                     continue
                 target.state = HoldState.APPROVED
                 target.decided_by, target.decided_at = approver, now
