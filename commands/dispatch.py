@@ -8,6 +8,7 @@ the log gets the traceback.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,18 @@ class Outcome:
     reply: Reply
     command: str | None  # the command's name, when one was recognised
     ok: bool
+
+
+# A quoted value in an error message: Python's repr of what the person typed (every
+# CommandError quotes input with !r), in either quote style, escapes included.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+
+
+def audit_text(message: str) -> str:
+    """An error message as the audit log keeps it: what the person typed (quoted in the
+    message) elided. The reply shows it whole; the audit log is permanent and in clear, and
+    a command line may hold message text (a deny reason, a search, a marking)."""
+    return _QUOTED.sub("'…'", message)
 
 
 def is_command(body: str, prefixes: Sequence[str]) -> bool:
@@ -76,7 +89,7 @@ async def dispatch(
             None,
             {
                 "room_id": invocation.room_id,
-                "error": exc.message,
+                "error": audit_text(exc.message),
                 "reason_code": "command.invalid",
                 **marked,
             },
@@ -115,7 +128,7 @@ async def dispatch(
             command.name,
             {
                 "room_id": invocation.room_id,
-                "error": exc.message,
+                "error": audit_text(exc.message),
                 "reason_code": "command.failed",
                 **marked,
             },

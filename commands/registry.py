@@ -203,7 +203,7 @@ def iter_tokens(line: str) -> Iterator[Token]:
             closer = _OPEN_QUOTES[line[i]]
             end = _find_closer(line, i + 1, closer, line[i])
             if end < 0:
-                raise CommandError(f"unbalanced quote {line[i]} at {i} in {line!r}")
+                raise CommandError(f"unbalanced quote {line[i]!r} at {i} in {line!r}")
             text = line[i + 1 : end]
             i = end + 1
             if i < n and not line[i].isspace():

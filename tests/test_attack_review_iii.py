@@ -355,21 +355,11 @@ async def _audited(body: str, structured: dict[str, Any] | None = None) -> str:
     return json.dumps([a[3] for a in services.audits])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 5: a typed command with an unbalanced quote is audited with its whole "
-    "line (command.error's `error`), so a deny reason's words reach the audit",
-)
 async def test_a_deny_reason_with_an_unbalanced_quote_never_reaches_the_audit() -> None:
     audited = await _audited('!release deny R1 "the source is agent Nightjar')
     assert "Nightjar" not in audited
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 6: a structured command's syntax, or an argument's name or value, is "
-    "quoted (60 characters) in command.error's `error`: user text in the audit",
-)
 @pytest.mark.parametrize(
     "payload",
     [
