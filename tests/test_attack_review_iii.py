@@ -488,18 +488,39 @@ async def test_a_reaction_to_the_bot_s_notice_still_decides(store: Store) -> Non
 # ---------------------------------------------------------------- the commands state event
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="finding 11: the commands state event (never encrypted: the homeserver and every "
-    "server with a member in the room read it) lists every room key, task-force rooms "
-    "included, in every managed room and DM; `!rooms` says the same only end-to-end encrypted",
-)
 def test_the_commands_state_event_names_no_room_of_another_room() -> None:
-    from bot.services.slash import MEMBER_ROLES, vocabulary_of
-    from commands.slash import describe
+    """Finding 11 (fixed): the commands state event (never encrypted: the homeserver and
+    every server with a member in the room read it) listed every room key, task-force rooms
+    included, in every managed room and DM; `!rooms` says the same only end-to-end
+    encrypted. A managed room now offers its own key; an admin's or officer's DM and the
+    admin room every key; anyone else's DM none."""
+    from types import SimpleNamespace
 
-    content = describe(build_registry(), MEMBER_ROLES, vocabulary_of(["deu", "tf-nightjar"]))
-    assert "tf-nightjar" not in json.dumps(content)
+    from bot.services.slash import CommandsPublisher
+    from commands.context import Role
+
+    rooms = {
+        key: SimpleNamespace(key=key, room_id=f"!{key}:example.org")
+        for key in ("deu", "tf-nightjar")
+    }
+    partners = {"!dm-member:example.org": "@member:example.org", "!dm-lo:example.org": "@lo:x"}
+    publisher = CommandsPublisher(
+        build_registry(),
+        SimpleNamespace(),  # no state is read or written here
+        SimpleNamespace(by_key=rooms, by_id={r.room_id: r for r in rooms.values()}),
+        SimpleNamespace(partner_of=partners.get, items=lambda: list(partners.items())),
+        lambda user: (
+            frozenset({Role.ANYONE, Role.OFFICER})
+            if user == "@lo:x"
+            else frozenset({Role.ANYONE, Role.MEMBER})
+        ),
+        lambda: "!ops:example.org",
+        lambda task, name: None,
+    )
+    deu = json.dumps(publisher.content_for("!deu:example.org"))
+    assert "tf-nightjar" not in deu and '"deu"' in deu
+    assert "tf-nightjar" not in json.dumps(publisher.content_for("!dm-member:example.org"))
+    assert "tf-nightjar" in json.dumps(publisher.content_for("!dm-lo:example.org"))
 
 
 # ---------------------------------------------------------------- who sees what is held

@@ -138,7 +138,7 @@ async def test_each_room_offers_the_commands_usable_there(
     direct = (await published(bot_env, dm))["content"]
     for content in (nato, deu, ops, direct):
         assert shape_problems(content) == []
-    assert nato == deu  # members of either room may use the same commands
+    assert names(nato) == names(deu)  # members of either room may use the same commands
     assert "help" in names(nato) and "rooms" in names(nato)
     assert not {"clearance grant", "clearance list", "room create"} & names(nato)
     assert {"clearance grant", "room create"} <= names(ops) == names(direct)
@@ -162,14 +162,19 @@ async def test_the_room_keys_follow_task_force_rooms_and_a_restart_changes_nothi
     key = f"tf-{secrets.token_hex(3)}"
     await talk(admin, dm, f'!room create {key} "Slash cell" "NATO SECRET"', f"Created {key}")
     tf_room = bot_env.room_id(key)
-    await published(bot_env, nato_room, lambda content: key in enum_values(content))
+    ops = bot_env.room_id("ops")  # the admin room: every key
+    await published(bot_env, ops, lambda content: key in enum_values(content))
     own = (await published(bot_env, tf_room, lambda content: key in enum_values(content)))[
         "content"
     ]
     assert "clearance grant" not in names(own)  # a member room like any other
+    assert enum_values(own) & {"deu", "nato-s", "ops"} == set()  # its own key only
+    # State is never encrypted: a managed room names no other room's key.
+    nato = (await published(bot_env, nato_room))["content"]
+    assert key not in enum_values(nato) and "nato-s" in enum_values(nato)
 
     await talk(admin, dm, f"!room close {key}", f"Closed {key}")
-    await published(bot_env, nato_room, lambda content: key not in enum_values(content))
+    await published(bot_env, ops, lambda content: key not in enum_values(content))
     # The closed room offers nothing any more.
     await published(bot_env, tf_room, lambda content: content == {})
 

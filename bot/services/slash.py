@@ -147,11 +147,27 @@ class CommandsPublisher:
         partner = self.direct.partner_of(room_id)
         return None if partner is None else self.roles_of(partner)
 
+    def keys_offered(self, room_id: str) -> tuple[str, ...]:
+        """The room keys a room's event offers as enum values. State is never encrypted:
+        the homeserver and every server with a member in the room read it, so a room names
+        no other room's key (a task-force room's key can say what it is for). A managed room
+        offers its own key; the admin room and an admin's or an officer's DM every key (the
+        people there may act on any room); anyone else's DM none (typed, as a string)."""
+        managed = self.rooms.by_id.get(room_id)
+        if room_id != self.admin_room() and managed is not None:
+            return (managed.key,)
+        partner = self.direct.partner_of(room_id)
+        if room_id == self.admin_room() or (
+            partner is not None and {Role.ADMIN, Role.OFFICER} & self.roles_of(partner)
+        ):
+            return tuple(self.rooms.by_key)
+        return ()
+
     def content_for(self, room_id: str) -> dict[str, Any] | None:
         roles = self.roles_in(room_id)
         if roles is None:
             return None
-        key = (roles, self.vocabulary())
+        key = (roles, vocabulary_of(self.keys_offered(room_id)))
         content = self._described.get(key)
         if content is None:
             if len(self._described) > 64:
