@@ -202,16 +202,24 @@ def _fill(store: Store) -> None:
             ]
         )  # fmt: skip
     # A held item (national release control): two would-be copies, one denied with a reason.
+    held = NewHold(
+        "$held",
+        "deu",
+        "!deu:example.org",
+        "@alice:example.org",
+        "DEU GEHEIM",
+        "DEU",
+        3,
+        WINDOW_END,
+        WINDOW_END + timedelta(hours=4),
+    )
     request = store.hold_release(
-        NewHold(
-            "$held", "deu", "!deu:example.org", "@alice:example.org", "DEU GEHEIM", "DEU", 3,
-            WINDOW_END, WINDOW_END + timedelta(hours=4),
-        ),
+        held,
         [
             NewHeldTarget(
                 key,
                 room,
-                hold_sealer(OLD_DATA).seal_text('{"body": "held"}', hold_binding("$held", key, room)),
+                hold_sealer(OLD_DATA).seal_text('{"body": "held"}', hold_binding(held, key, room)),
             )
             for key, room in HELD_TARGETS
         ],
@@ -317,7 +325,7 @@ def data_values(world: World, key: str) -> dict[str, list[bool]]:
                     _opens(
                         hold_sealer(key),
                         r.content,
-                        hold_binding(r.request.item_event_id, r.target_key, r.target_room_id),
+                        hold_binding(r.request, r.target_key, r.target_room_id),
                     )
                     for r in s.scalars(select(ReleaseTargetRow))
                 ],

@@ -510,7 +510,7 @@ async def test_an_approval_that_a_crash_left_unsent_goes_out_once_at_the_start(
     # What the desk's approval writes, without the send that follows it.
     content = json.loads(
         bot.release.copies.open_text(
-            held.content, hold_binding(event_id, held.target_key, held.target_room_id)
+            held.content, hold_binding(request, held.target_key, held.target_room_id)
         )
     )
     entry = bot.relay.copy_entry(event_id, bot.rooms.by_key[held.target_key], content)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -471,19 +472,26 @@ def test_pending_listings_and_counts(store: Store) -> None:
 # -- sealing contexts -----------------------------------------------------------------------
 
 
-def test_the_sealing_contexts_bind_item_and_target() -> None:
+def test_the_sealing_contexts_bind_item_target_and_request() -> None:
     key = "data-key-" + "k" * 40
-    sealed = hold_sealer(key).seal_text("{}", hold_binding(ITEM, "nato-s", TARGETS["nato-s"]))
-    assert hold_sealer(key).open_text(sealed, hold_binding(ITEM, "nato-s", TARGETS["nato-s"]))
+    now = datetime.now(UTC)
+    held = NewHold(ITEM, "deu", "!deu:example.org", SENDER, "DEU GEHEIM", "DEU", 3, now, now)
+    sealed = hold_sealer(key).seal_text("{}", hold_binding(held, "nato-s", TARGETS["nato-s"]))
+    assert hold_sealer(key).open_text(sealed, hold_binding(held, "nato-s", TARGETS["nato-s"]))
     for wrong in (
-        hold_binding(ITEM, "eu-s", TARGETS["nato-s"]),
-        hold_binding("$other", "nato-s", TARGETS["nato-s"]),
-        hold_binding(ITEM, "nato-s", "!elsewhere:x"),
+        hold_binding(held, "eu-s", TARGETS["nato-s"]),
+        hold_binding(replace(held, item_event_id="$other"), "nato-s", TARGETS["nato-s"]),
+        hold_binding(held, "nato-s", "!elsewhere:x"),
+        # what the four-eyes rule and the notices read of the request
+        hold_binding(replace(held, sender=APPROVER), "nato-s", TARGETS["nato-s"]),
+        hold_binding(replace(held, label="DEU VS-NfD", rank=1), "nato-s", TARGETS["nato-s"]),
+        hold_binding(replace(held, source_room_id="!other:x"), "nato-s", TARGETS["nato-s"]),
+        hold_binding(replace(held, source_key="eu-s"), "nato-s", TARGETS["nato-s"]),
     ):
         with pytest.raises(SealError):
             hold_sealer(key).open_text(sealed, wrong)
     with pytest.raises(SealError):  # another purpose's key
-        reason_sealer(key).open_text(sealed, hold_binding(ITEM, "nato-s", TARGETS["nato-s"]))
+        reason_sealer(key).open_text(sealed, hold_binding(held, "nato-s", TARGETS["nato-s"]))
     reason = reason_sealer(key).seal_text("not now", reason_binding(ITEM, "eu-s"))
     assert reason_sealer(key).open_text(reason, reason_binding(ITEM, "eu-s")) == "not now"
     with pytest.raises(SealError):

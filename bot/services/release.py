@@ -19,7 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,6 +42,7 @@ from bot.storage import (
 )
 from bot.storage.register_reads import policy_clearance
 from bot.storage.sealing import (
+    HeldRequest,
     SealError,
     hold_binding,
     hold_sealer,
@@ -173,24 +174,23 @@ class ReleaseDesk:
             default=timedelta(hours=4),
         )
         device = getattr(source.event, "sender_key", None)
+        new = NewHold(
+            item_event_id=source.event_id,
+            source_key=room.key,
+            source_room_id=room.room_id,
+            sender=source.sender,
+            label=message.label.banner,
+            scheme=message.label.scheme,
+            rank=message.label.rank,
+            held_at=now,
+            expires_at=now + timeout,
+            sender_device=device if isinstance(device, str) else None,
+        )
         request = await in_thread(
             self.store.hold_release,
-            NewHold(
-                item_event_id=source.event_id,
-                source_key=room.key,
-                source_room_id=room.room_id,
-                sender=source.sender,
-                label=message.label.banner,
-                scheme=message.label.scheme,
-                rank=message.label.rank,
-                held_at=now,
-                expires_at=now + timeout,
-                sender_device=device if isinstance(device, str) else None,
-            ),
+            new,
             [
-                NewHeldTarget(
-                    target.key, target.room_id, self._seal_copy(source.event_id, target, content)
-                )
+                NewHeldTarget(target.key, target.room_id, self._seal_copy(new, target, content))
                 for target, content in targets
             ],
             [
@@ -210,13 +210,34 @@ class ReleaseDesk:
         )
         return request.public_id
 
-    def _seal_copy(self, item_event_id: str, target: ManagedRoom, content: dict[str, Any]) -> str:
+    def _seal_copy(self, request: HeldRequest, target: ManagedRoom, content: dict[str, Any]) -> str:
         return self.copies.seal_text(
-            json.dumps(content), hold_binding(item_event_id, target.key, target.room_id)
+            json.dumps(content), hold_binding(request, target.key, target.room_id)
         )
+
+    def _intact(self, request: ReleaseRequest) -> bool:
+        """Whether the request is as the bot held it: one of its held copies opens under
+        the binding of its stored sender, source room and label, and its source room is
+        the configured room of its key. A row changed in the database is neither decided
+        nor told about (the words of a denial would go where the writer chose)."""
+        room = self.rooms.by_key.get(request.source_key)
+        if room is None or room.room_id != request.source_room_id:
+            return False
+        for held in request.targets:
+            try:
+                self.copies.open_text(
+                    held.content, hold_binding(request, held.target_key, held.target_room_id)
+                )
+            except SealError:
+                continue
+            return True
+        return False
 
     async def _announce(self, request: ReleaseRequest, tx: str, *, edited: bool = False) -> None:
         """The notice approvers decide on (a reaction to it decides as a command does)."""
+        if not self._intact(request):
+            log.error("release request %s does not verify: no notice", request.public_id)
+            return
         try:
             event_id = await self.messenger.send_notice(
                 request.source_room_id,
@@ -315,7 +336,7 @@ class ReleaseDesk:
                     content = json.loads(
                         self.copies.open_text(
                             held.content,
-                            hold_binding(request.item_event_id, key, held.target_room_id),
+                            hold_binding(request, key, held.target_room_id),
                         )
                     )
                 except SealError:
@@ -496,6 +517,12 @@ class ReleaseDesk:
         if request is None:
             return None, Refusal(
                 "no such release request", "release.unknown", f"no release request {public_id}"
+            )
+        if not self._intact(request):
+            log.error("release request %s does not verify: not decided", request.public_id)
+            return request, Refusal(
+                "its stored record does not verify (the database was changed?)",
+                "release.tampered",
             )
         if not self._cleared(approver, request).allowed:
             return request, Refusal("you are not cleared for this item", "release.not_cleared")
@@ -710,6 +737,13 @@ class ReleaseDesk:
         if request is None:
             return None
         room = source.room
+        # What the request says once the edit is stored: its copies are bound to that.
+        edited = replace(
+            request,
+            label=message.label.banner,
+            scheme=message.label.scheme,
+            rank=message.label.rank,
+        )
         contents: dict[str, str] = {}
         for held in request.targets:
             if held.state not in (HoldState.HELD, HoldState.DENIED, HoldState.EXPIRED):
@@ -718,7 +752,7 @@ class ReleaseDesk:
             if target is None or not may_release(message.label, room.policy, target.policy).allowed:
                 continue
             contents[held.target_key] = self._seal_copy(
-                source.event_id, target, copy_for(source, message, target)
+                edited, target, copy_for(source, message, target)
             )
         policy_timeouts = [
             p.timeout for k in contents if (p := self.policy_of(room.key, k)) is not None
@@ -778,6 +812,9 @@ class ReleaseDesk:
 
     async def _tell_sender(self, request: ReleaseRequest, document: Document, tx: str) -> None:
         """A reply to the sender's message in the source room (encrypted, like the room)."""
+        if not self._intact(request):
+            log.error("release request %s does not verify: its sender not told", request.public_id)
+            return
         try:
             await self.messenger.send_notice(
                 request.source_room_id, document, reply_to=request.item_event_id, tx_id=tx

@@ -98,7 +98,7 @@ def release_sealed(old_key: str, new_key: str) -> list[Sealed]:
     reasons = reason_sealer(old_key), reason_sealer(new_key)
 
     def hold(row: ReleaseTargetRow) -> str | None:
-        binding = hold_binding(row.request.item_event_id, row.target_key, row.target_room_id)
+        binding = hold_binding(row.request, row.target_key, row.target_room_id)
         return resealed(*holds, row.content, binding)
 
     def reason(row: ReleaseTargetRow) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -103,9 +104,40 @@ def reason_sealer(data_key: str) -> Sealer:
     return Sealer(data_key, REASON_PURPOSE, RELEASE_SEAL_VERSION)
 
 
-def hold_binding(item_event_id: str, target_key: str, target_room_id: str) -> str:
-    """What a held copy is bound to: the item and where it would go."""
-    return f"{item_event_id}|{target_key}|{target_room_id}"
+class HeldRequest(Protocol):
+    """The fields of a release request a held copy is bound to (NewHold, ReleaseRequest)."""
+
+    @property
+    def item_event_id(self) -> str: ...
+    @property
+    def source_key(self) -> str: ...
+    @property
+    def source_room_id(self) -> str: ...
+    @property
+    def sender(self) -> str: ...
+    @property
+    def label(self) -> str: ...
+    @property
+    def rank(self) -> int: ...
+
+
+def hold_binding(request: HeldRequest, target_key: str, target_room_id: str) -> str:
+    """What a held copy is bound to: the item, where it would go, and what the four-eyes
+    rule and the notices read of its request (its sender, source room and label). A row
+    changed in the database (a sender renamed so that they approve their own item, a label
+    lowered for an uncleared approver, notices sent to another room) no longer opens."""
+    return "|".join(
+        (
+            request.item_event_id,
+            target_key,
+            target_room_id,
+            request.source_key,
+            request.source_room_id,
+            request.sender,
+            request.label,
+            str(request.rank),
+        )
+    )
 
 
 def reason_binding(item_event_id: str, target_key: str) -> str:
