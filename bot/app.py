@@ -31,6 +31,7 @@ from bot.services.ingest import FeedListener
 from bot.services.membership import Membership
 from bot.services.register import ClearanceRegister
 from bot.services.relay import RelayEngine
+from bot.services.release import ReleaseDesk
 from bot.services.rooms import RoomDirectory
 from bot.services.search import Inventory
 from bot.services.slash import CommandsPublisher
@@ -57,6 +58,7 @@ class LiaisonBot:
     messenger: Messenger
     key_requests: KeyRequests
     relay: RelayEngine
+    release: ReleaseDesk
     digests: DigestService
     inventory: Inventory
     commands: CommandPorts
@@ -202,18 +204,15 @@ class LiaisonBot:
             store, self.rooms, membership.is_member, self.digests.item_of, self.audit
         )
         self.commands = CommandPorts(
-            store,
-            config.caveats,
-            self.rooms,
-            membership,
-            self.relay,
-            self.digests,
-            self.inventory,
-            self.audit,
-            self.progress.age,
-            lambda: gateway.device_id,
+            store, config.caveats, self.rooms, membership, self.relay, self.digests,
+            self.inventory, self.audit, self.progress.age, lambda: gateway.device_id,
             self.started_at,
-        )
+        )  # fmt: skip
+        self.release = ReleaseDesk(
+            store, self.rooms, self.relay, messenger, messenger, self.audit, self.metrics,
+            config.release_policy, membership.record_of, self.secrets.data_key, config.caveats,
+        )  # fmt: skip
+        self.relay.holds = self.commands.release = self.release
         self.undecryptable = Undecryptable(
             gateway, messenger, store, self.metrics, settings.undecryptable_grace, self.tasks
         )
@@ -227,20 +226,13 @@ class LiaisonBot:
             self.tasks, self.registry, self.commands, settings.command_prefixes,
             user_id=self.user_id, vocabulary=slash.vocabulary,
         )  # fmt: skip
-        self.router = EventRouter(
-            gateway,
-            settings,
-            self.rooms,
-            self.direct,
-            membership,
-            self.trust,
-            self.key_requests,
-            self.undecryptable,
-            self.relay,
-            self.inbox,
-            self.audit,
-            PoisonGuard(store, self.audit, messenger.alert_admins, self.metrics.events_failed.inc),
+        guard = PoisonGuard(
+            store, self.audit, messenger.alert_admins, self.metrics.events_failed.inc
         )
+        self.router = EventRouter(
+            gateway, settings, self.rooms, self.direct, membership, self.trust, self.key_requests,
+            self.undecryptable, self.relay, self.inbox, self.audit, guard, self.release,
+        )  # fmt: skip
         self.undecryptable.on_decrypted = self.router.on_decrypted
         snapshots = Sealer(self.secrets.data_key, "room-snapshot")
         handle, first = self.router.handle_sync, self._first_synced
@@ -264,6 +256,7 @@ class LiaisonBot:
         self.slash.rooms_changed()  # each room's commands, sent where they changed
         await self.membership.sweep(self.messenger.alert_admins)
         await self.relay.start()
+        await self.release.start()  # what expired while the bot was down
         await self.digests.start()
         if self.config.siem is not None:  # the audit to the SOC; only where configured
             from bot.siem.wiring import build_exporter
@@ -293,6 +286,7 @@ class LiaisonBot:
             try:
                 await self.membership.sweep(self.messenger.alert_admins)
                 await self.relay.resend_pending()
+                await self.release.expire_due()  # release approval timeouts
             except Exception:
                 log.exception("sweep failed; retrying at the next interval")
             await self.tasks.sleep(interval)

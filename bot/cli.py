@@ -33,6 +33,7 @@ from bot.startup import read_data_key, read_pickle_key
 from bot.storage import ClearanceRecord, Store, StoreError, audit_key_from
 from bot.storage.runlock import RunLock
 from bot.storage.sealing import Sealer, SealError
+from bot.storage.sealing import resealed as _moved
 from commands.views import clearance_document
 from policy import (
     Clearance,
@@ -1677,16 +1678,6 @@ def _progress(what: str, done: int, total: int) -> None:
     click.echo(f"{what} {format_count(done)}/{format_count(total)}")
 
 
-def _moved(old: Sealer, new: Sealer, value: str, associated: str) -> str | None:
-    """A sealed value under the new sealer: None if it opens there already; SealError if
-    it opens with neither."""
-    try:
-        new.open_text(value, associated)
-        return None
-    except SealError:
-        return new.seal_text(old.open_text(value, associated), associated)
-
-
 def _data_sealed(store: Store, old: str, new: str) -> list[Any]:
     """Every value sealed under the data key, with its sealing context and binding (the
     services and the sync loop seal them so)."""
@@ -1694,7 +1685,7 @@ def _data_sealed(store: Store, old: str, new: str) -> list[Any]:
     from bot.services.digest import parts_binding as digest_binding
     from bot.services.relay import SEAL_VERSION, item_binding, ledger_binding
     from bot.storage import DigestRunRow, IntelItemRow, RelayRow, RoomSnapshotRow
-    from bot.storage.rotate import Sealed
+    from bot.storage.rotate import Sealed, release_sealed
 
     def pair(purpose: str, version: bytes | None = None) -> tuple[Sealer, Sealer]:
         if version is None:
@@ -1743,6 +1734,7 @@ def _data_sealed(store: Store, old: str, new: str) -> list[Any]:
             ),
         ),
         Sealed("room snapshots", RoomSnapshotRow, "room_id", "sealed", snapshot, droppable=True),
+        *release_sealed(old, new),
     ]
 
 

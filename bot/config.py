@@ -44,6 +44,7 @@ from commands.registry import ROOM_KEY as _ROOM_KEY
 from commands.registry import USER_ID as _USER_ID
 from policy import (
     Label,
+    Level,
     MarkingError,
     Room,
     ids,
@@ -53,6 +54,8 @@ from policy import (
     parse_marking,
     server_of,
 )
+from policy import current as current_catalogue
+from policy.labels import level_candidates
 
 # A server name as in a user id: DNS name, IPv4 or [IPv6], optional port.
 _SERVER_NAME = re.compile(r"^(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
@@ -394,10 +397,78 @@ def _audience_tokens(values: Iterable[str]) -> tuple[str, ...]:
         raise ValueError(str(exc)) from None
 
 
+# The longest a held item waits for its second officer: a release decision taken a week
+# later is taken on a situation that has moved on; the sender should send again.
+MAX_APPROVAL_TIMEOUT = timedelta(days=7)
+_APPROVAL_KEYS = ("approval_from", "approvers", "approval_timeout")
+
+
+@dataclass(frozen=True)
+class ReleasePolicy:
+    """What a route's national release control asks of an item (four eyes): items at or
+    above `from_rank` of the source room's scheme (None: every item) are held until one of
+    `approvers` (never the sender; the service checks clearance and device) approves, and
+    expire unsent after `timeout`."""
+
+    from_rank: int | None
+    approvers: frozenset[str]
+    timeout: timedelta
+
+    def holds(self, rank: int) -> bool:
+        """Whether an item of this rank (in the source room's scheme) waits for approval."""
+        return self.from_rank is None or rank >= self.from_rank
+
+
 class RouteConfig(_Section):
+    """`[[routes]]`: a source room's items go to the target rooms the rules allow;
+    `approval = "second-officer"` holds them for a second officer's release first."""
+
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
     source: RoomKey = Field(alias="from")
     to: list[RoomKey] = Field(min_length=1)
+    approval: Literal["none", "second-officer"] = "none"
+    # A level of the source room's scheme (checked against the rooms: `_approval_errors`);
+    # none: every item on the route waits.
+    approval_from: str | None = None
+    approvers: list[UserId] | None = None  # none: [bot] officers
+    approval_timeout: Duration = timedelta(hours=4)
+
+    @field_validator(*_APPROVAL_KEYS, mode="before")
+    @classmethod
+    def _only_with_approval(cls, value: Any, info: ValidationInfo) -> Any:
+        """Release settings on a route without approval would look like a control that is
+        not there: refused, naming the key."""
+        # A key left out is not validated: only a given one is refused. An invalid
+        # `approval` is missing from `info.data` and reported on its own.
+        if info.data.get("approval") == "none":
+            raise ValueError(
+                'only with approval = "second-officer" (this route has no release approval)'
+            )
+        return value
+
+    @field_validator("approval_from")
+    @classmethod
+    def _approval_from(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("empty: give a level of the source room's scheme, or leave it out")
+        return value
+
+    @field_validator("approvers")
+    @classmethod
+    def _approvers(cls, value: list[ids.UserId] | None) -> list[ids.UserId] | None:
+        if value is not None and not value:
+            raise ValueError(
+                "empty: nobody could release the route's items; name the approvers, or leave "
+                "the key out for [bot] officers"
+            )
+        return value
+
+    @field_validator("approval_timeout")
+    @classmethod
+    def _approval_timeout(cls, value: timedelta) -> timedelta:
+        if not timedelta(0) < value <= MAX_APPROVAL_TIMEOUT:
+            raise ValueError("must be above 0 and at most 7d")
+        return value
 
 
 class DigestConfig(_Section):
@@ -679,6 +750,45 @@ class Config(_Section):
             targets.extend(t for t in route.to if t not in targets)
         return merged
 
+    def release_policy(self, source_key: str, target_key: str) -> ReleasePolicy | None:
+        """The release approval items from `source_key` to `target_key` wait for; None:
+        none (no config route between them asks for it; routes added from chat never do).
+
+        A pair named by two `[[routes]]` tables gets the strictest of their settings: any
+        approval over none, the lowest `approval_from` (none, every item, is lowest), the
+        shortest timeout, and only the approvers both name (`_approval_errors` refuses a
+        config where none are left)."""
+        policy: ReleasePolicy | None = None
+        for route in self.routes:
+            if route.source != source_key or target_key not in route.to:
+                continue
+            if route.approval == "none":
+                continue
+            this = self._route_policy(route)
+            if policy is None:
+                policy = this
+                continue
+            ranks = (policy.from_rank, this.from_rank)
+            policy = ReleasePolicy(
+                None if None in ranks else min(r for r in ranks if r is not None),
+                policy.approvers & this.approvers,
+                min(policy.timeout, this.timeout),
+            )
+        return policy
+
+    def _route_policy(self, route: RouteConfig) -> ReleasePolicy:
+        approvers = route.approvers if route.approvers is not None else self.bot.officers
+        from_rank = None
+        if route.approval_from is not None:
+            room = self.room(route.source)
+            if room is None:  # parse_config refuses such a config; model_validate alone not
+                raise ValueError(f"route from {route.source!r}: no such room")
+            level = approval_level(route.approval_from, room.parsed_label.scheme)
+            if isinstance(level, str):
+                raise ValueError(f"route from {route.source!r}: approval_from: {level}")
+            from_rank = level.rank
+        return ReleasePolicy(from_rank, frozenset(approvers), route.approval_timeout)
+
     def room(self, key: str) -> RoomConfig | None:
         return next((r for r in self.rooms if r.key == key), None)
 
@@ -882,6 +992,7 @@ def parse_config(text: str, source: str = "<config>", base_dir: Path | None = No
     except ValidationError as exc:
         errors.extend(_format_error(err) for err in exc.errors())
     errors.extend(_reference_errors(raw))
+    errors.extend(_approval_errors(raw, caveats))
     if errors or config is None:
         raise ConfigError(source, list(dict.fromkeys(errors)))
     return config
@@ -1003,6 +1114,76 @@ def _reference_errors(raw: Mapping[str, Any]) -> list[str]:
             hint = f" — did you mean {close[0]!r}?" if close else ""
             known = ", ".join(dict.fromkeys(keys)) or "none"
             errors.append(f"{ref.path}: no room with key {ref.key!r} (rooms: {known}){hint}")
+    return errors
+
+
+def approval_level(value: str, scheme: str, room_key: str | None = None) -> Level | str:
+    """The level of `scheme` that a route's `approval_from` names (`GEHEIM` or `DEU
+    GEHEIM` for DEU, accents and case as levels are typed), or why none does."""
+    found = [lv for lv in level_candidates(value, scheme) if lv.scheme == scheme]
+    if found:
+        return found[0]
+    known = current_catalogue().scheme(scheme)
+    names = [lv.name for lv in known.levels if not lv.legacy] if known else []
+    close = difflib.get_close_matches(value.strip().upper(), names, n=1, cutoff=0.6)
+    hint = f": did you mean {close[0]}?" if close else f" (levels: {', '.join(names) or 'none'})"
+    where = f" (room {room_key})" if room_key else ""
+    return f"{json.dumps(value, ensure_ascii=False)} is not a level of {scheme}{where}{hint}"
+
+
+def _approval_errors(raw: Mapping[str, Any], caveats: Sequence[str]) -> list[str]:
+    """Release approval against the rooms: `approval_from` must be a level of the source
+    room's scheme, someone must be able to approve, and a pair in two routes must keep an
+    approver both name. Other errors of these keys are pydantic's (each once)."""
+    rooms = {
+        t["key"]: t.get("label") for t in _tables(raw.get("rooms")) if isinstance(t.get("key"), str)
+    }
+    bot = raw.get("bot")
+    officers = bot.get("officers") if isinstance(bot, dict) else None
+    has_officers = isinstance(officers, list) and bool(officers)
+    errors: list[str] = []
+    pairs: dict[tuple[str, str], tuple[int, frozenset[str] | None]] = {}
+    for i, route in enumerate(_tables(raw.get("routes"))):
+        if route.get("approval") != "second-officer":
+            continue
+        source = route.get("from")
+        level = route.get("approval_from")
+        label = rooms.get(source) if isinstance(source, str) else None
+        if isinstance(level, str) and level.strip() and isinstance(label, str):
+            try:
+                scheme = parse_marking(label, extra_caveats=caveats).scheme
+            except MarkingError:
+                scheme = None  # the room's label error is reported with the room
+            if scheme is not None:
+                found = approval_level(level, scheme, source)
+                if isinstance(found, str):
+                    errors.append(f"routes[{i}].approval_from: {found}")
+        approvers = route.get("approvers")
+        if "approvers" not in route and not has_officers:
+            errors.append(
+                f"routes[{i}].approvers: nobody could release this route's items: name the "
+                "approvers here, or the officers in [bot] officers"
+            )
+        named: frozenset[str] | None = None
+        if isinstance(approvers, list) and all(isinstance(a, str) for a in approvers):
+            named = frozenset(approvers)
+        elif "approvers" not in route and isinstance(officers, list):
+            named = frozenset(o for o in officers if isinstance(o, str))
+        targets = route.get("to")
+        for target in targets if isinstance(targets, list) else []:
+            if not isinstance(source, str) or not isinstance(target, str):
+                continue
+            earlier = pairs.get((source, target))
+            if earlier is not None and named is not None and earlier[1] is not None:
+                common = earlier[1] & named
+                if not common and earlier[1] and named:
+                    errors.append(
+                        f"routes[{i}].approvers: {source}->{target} is also in routes"
+                        f"[{earlier[0]}] with approval; the stricter of the two applies, so "
+                        "only approvers both name may release, and they name none in common"
+                    )
+                named = common
+            pairs[(source, target)] = (i, named)
     return errors
 
 

@@ -46,6 +46,19 @@ class Metrics:
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
             registry=self.registry,
         )
+        # National release control: items held for a second officer, and how long a
+        # decision took (held -> approved, denied or expired).
+        self.release_pending = Gauge(
+            "liaison_release_pending",
+            "Release requests with a target still waiting for a second officer",
+            registry=self.registry,
+        )
+        self.release_decision = Histogram(
+            "liaison_release_decision_seconds",
+            "Held for release approval to decided (approved, denied or expired)",
+            buckets=(10, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400),
+            registry=self.registry,
+        )
         self.invites = Counter(
             "liaison_invites_total", "Invites by result", ["result"], registry=self.registry
         )

@@ -14,6 +14,7 @@ from commands import (
     labels,
     membership,
     relay,
+    release,
     search,
     taskforce,
 )
@@ -23,6 +24,17 @@ from commands.registry import Registry
 def build_registry() -> Registry:
     """Every command group, declared into one registry."""
     registry = Registry()
-    for group in (general, labels, clearance, membership, relay, digest, search, taskforce, audit):
+    for group in (
+        general,
+        labels,
+        clearance,
+        membership,
+        relay,
+        release,
+        digest,
+        search,
+        taskforce,
+        audit,
+    ):
         group.register(registry)
     return registry

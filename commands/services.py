@@ -209,6 +209,25 @@ class DigestPort(Protocol):
     async def digest_cancel(self, actor: UserId, key: str) -> None: ...
 
 
+class ReleasePort(Protocol):
+    """National release control: `!release approve|deny|pending`. Who may decide (an
+    approver of the route, not the sender, cleared for the item, on a trusted device) is
+    the implementation's to judge; a refusal comes back as the reply, audited there."""
+
+    async def release_approve(
+        self, invocation: Invocation, request: str, targets: Sequence[RoomKey]
+    ) -> Document: ...
+
+    async def release_deny(self, invocation: Invocation, request: str, reason: str) -> Document:
+        """`reason` as typed (quotes included); the sender is told it."""
+        ...
+
+    async def release_pending(self, invocation: Invocation) -> Document:
+        """What waits: in a managed room, the items held from it; in a direct chat, all
+        (only those the asker is cleared for, either way)."""
+        ...
+
+
 class AuditPort(Protocol):
     """`!audit …`, `!status`, and the dispatcher's own audit rows."""
 
@@ -223,6 +242,6 @@ class AuditPort(Protocol):
     ) -> None: ...
 
 
-class Services(ClearancePort, RoomPort, IntelPort, DigestPort, AuditPort, Protocol):
+class Services(ClearancePort, RoomPort, IntelPort, DigestPort, ReleasePort, AuditPort, Protocol):
     """Everything a command may ask; each group above is one port, served by one service
     in bot/ (through bot/services/command_ports.py)."""

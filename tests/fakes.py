@@ -144,6 +144,17 @@ class FakeServices(Services):
     ) -> Document:
         return doc(para("Relayed to ", ", ".join(targets), ": ", message))
 
+    async def release_approve(
+        self, invocation: Invocation, request: str, targets: Sequence[RoomKey]
+    ) -> Document:
+        return doc(para("Approved ", request, " for ", ", ".join(targets) or "every target"))
+
+    async def release_deny(self, invocation: Invocation, request: str, reason: str) -> Document:
+        return doc(para("Denied ", request, ": ", reason))
+
+    async def release_pending(self, invocation: Invocation) -> Document:
+        return doc(para("Nothing is held for ", invocation.sender))
+
     async def invite(self, actor: UserId, user_id: UserId, room_key: RoomKey) -> InviteOutcome:
         if await self.clearance(user_id) is None:
             refusal = Decision(

@@ -19,6 +19,7 @@ from bot.matrix.schemas import (
     TextContent,
     member_content,
     message_fields,
+    reaction_of,
     redaction_target,
 )
 from bot.services.render import LABEL_KEY
@@ -162,6 +163,50 @@ def test_member_and_redaction_content() -> None:
         redaction_target({"redacts": 7}, None)
     with pytest.raises(SchemaError):
         redaction_target({}, None)
+
+
+def test_reaction_content() -> None:
+    """A reaction is an m.annotation naming an event id, with a short key; anything else is
+    a SchemaError naming the field, never its value."""
+    ok = {"m.relates_to": {"rel_type": "m.annotation", "event_id": "$n", "key": "✅"}}
+    assert reaction_of(ok) == ("$n", "✅")
+    bad: list[tuple[Any, str]] = [
+        ({}, "m.relates_to"),
+        ({"m.relates_to": "x"}, "m.relates_to"),
+        ({"m.relates_to": {**ok["m.relates_to"], "rel_type": "m.reference"}}, "rel_type"),
+        ({"m.relates_to": {**ok["m.relates_to"], "event_id": "../secret"}}, "event_id"),
+        ({"m.relates_to": {**ok["m.relates_to"], "event_id": 7}}, "event_id"),
+        ({"m.relates_to": {**ok["m.relates_to"], "key": "✅" * 65}}, "key"),
+        ({"m.relates_to": {**ok["m.relates_to"], "key": ""}}, "key"),
+        ([], "content"),
+    ]
+    for content, field in bad:
+        with pytest.raises(SchemaError) as raised:
+            reaction_of(content)
+        assert field in str(raised.value), (content, raised.value)
+        assert "✅✅" not in str(raised.value) and "../secret" not in str(raised.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    content=st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["m.relates_to", "rel_type", "event_id", "key"]), inner, max_size=4
+            )
+        ),
+        max_leaves=12,
+    )
+)
+def test_reaction_of_is_total(content: Any) -> None:
+    """Whatever JSON a member sends as a reaction: the pair, or a SchemaError."""
+    try:
+        target, key = reaction_of(content)
+    except SchemaError:
+        return
+    assert target.startswith("$") and 0 < len(key) <= 64
 
 
 json_values = st.recursive(

@@ -232,6 +232,33 @@ SAMPLES: dict[str, tuple[str, str | None, dict[str, Any]]] = {
          "reason": "no longer releasable there: not releasable to AUT",
          "reason_code": "releasability.nation_missing"},
     ),
+    "release.held": (
+        OFFICER, EVENT_ID,
+        {"room": "deu", "label": "DEU GEHEIM // REL TO NATO", "targets": ["nato-s"]},
+    ),
+    "release.approved": (
+        "@lo2-deu:deu.example", EVENT_ID, {"room": "deu", "request": 12, "targets": ["nato-s"]}
+    ),
+    "release.denied": (
+        "@lo2-deu:deu.example", EVENT_ID,
+        {"room": "deu", "request": 12, "reason_length": 41, "targets": ["eu-s", "nato-s"]},
+    ),
+    "release.expired": (
+        "@bot:nato.example", EVENT_ID, {"room": "deu", "request": 12, "targets": ["nato-s"]}
+    ),
+    "release.withdrawn": (
+        "@bot:nato.example", EVENT_ID, {"room": "deu", "request": 12, "targets": ["nato-s"]}
+    ),
+    "release.reheld": (
+        OFFICER, EVENT_ID,
+        {"room": "deu", "request": 12, "label": "DEU GEHEIM // REL TO NATO",
+         "targets": ["nato-s"]},
+    ),
+    "release.refused": (
+        OFFICER, EVENT_ID,
+        {"request": 12, "reason": "the sender may not release their own item",
+         "reason_code": "release.own_item"},
+    ),
     "replay.refused": (OFFICER, EVENT_ID, {"room_id": ROOM_ID}),
     "room.closed": (ADMIN, "tf-kiel", {"removed": [OFFICER]}),
     "room.creator_power": (

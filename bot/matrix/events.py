@@ -27,8 +27,10 @@ from typing import Any, Protocol
 import aiohttp
 import sqlalchemy.exc
 from nio import (
+    BadEvent,
     InviteMemberEvent,
     MegolmEvent,
+    ReactionEvent,
     RedactionEvent,
     RoomMemberEvent,
     RoomMessageEmote,
@@ -46,6 +48,7 @@ from bot.matrix.schemas import (
     html_text,
     member_content,
     message_fields,
+    reaction_of,
     redaction_target,
 )
 from bot.matrix.trust import DeviceTrust
@@ -54,6 +57,7 @@ from bot.services.inbox import Inbox, IncomingMessage, ReceiptBatch
 from bot.services.membership import Membership
 from bot.services.ports import Audit
 from bot.services.relay import RelayEngine, Source
+from bot.services.release import Reaction, ReleaseDesk
 from bot.services.rooms import RoomDirectory
 from bot.storage import Store, in_thread
 from bot.wire import txn_id
@@ -198,6 +202,7 @@ class EventRouter:
         inbox: Inbox,
         audit: Audit,
         guard: PoisonGuard,
+        release: ReleaseDesk | None = None,
     ) -> None:
         self.gateway = gateway
         self.settings = settings
@@ -211,6 +216,7 @@ class EventRouter:
         self.inbox = inbox
         self.audit = audit
         self.guard = guard
+        self.release = release
         guard.judge = self._last_look
 
     @property
@@ -352,6 +358,12 @@ class EventRouter:
                     return
                 await self.relay.handle_redaction(managed, target, event.sender)
             return
+        if isinstance(event, ReactionEvent) or (
+            isinstance(event, BadEvent) and event.type == "m.reaction"
+        ):
+            if managed is not None and not initial and event.sender != self.user_id:
+                await self._on_reaction(room_id, event)
+            return
         if isinstance(event, RoomMessageNotice | RoomMessageEmote) and not initial:
             await self._last_look(room_id, event)  # never acted on, but read by people
             return
@@ -372,6 +384,29 @@ class EventRouter:
                 ciphertext=self.gateway.ciphertext_of(event.event_id),
             ),
             batch,
+        )
+
+    async def _on_reaction(self, room_id: str, event: Any) -> None:
+        """A reaction in a managed room: to a release notice, ✅ / ❌ decide (the desk
+        judges who may). Malformed content is audited and skipped."""
+        if self.release is None:
+            return
+        try:
+            relates_to, key = reaction_of(event.source.get("content"))
+        except SchemaError as exc:
+            log.warning("reaction %s dropped: %s", event.event_id, exc)
+            await self.release.malformed(room_id, event.event_id, event.sender, str(exc))
+            return
+        await self.release.on_reaction(
+            Reaction(
+                room_id=room_id,
+                event_id=event.event_id,
+                sender=UserId(event.sender),
+                relates_to=relates_to,
+                key=key,
+                handle=event,
+                ciphertext=self.gateway.ciphertext_of(event.event_id),
+            )
         )
 
     async def _last_look(self, room_id: str, event: Any) -> None:

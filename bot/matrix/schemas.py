@@ -120,6 +120,25 @@ class RedactionContent(_Content):
     redacts: EventIdField | None = None  # room version 11 moved `redacts` into the content
 
 
+class Annotation(_Content):
+    """`m.relates_to` of a reaction: an annotation of an event, with its key (an emoji)."""
+
+    rel_type: StrictStr
+    event_id: EventIdField
+    key: Annotated[StrictStr, Field(min_length=1, max_length=64)]
+
+    @field_validator("rel_type")
+    @classmethod
+    def _annotation(cls, value: str) -> str:
+        if value != "m.annotation":
+            raise ValueError("a reaction must be an m.annotation")
+        return value
+
+
+class ReactionContent(_Content):
+    relates_to: Annotation = Field(alias="m.relates_to")
+
+
 class _Text(HTMLParser):
     def __init__(self) -> None:
         super().__init__(convert_charrefs=True)
@@ -208,6 +227,13 @@ def member_content(content: Any) -> MemberContent:
     return _validate(MemberContent, content)
 
 
+def reaction_of(content: Any) -> tuple[EventId, str]:
+    """(the event reacted to, the key) of an m.reaction; SchemaError when it is not an
+    annotation with an event id and a short key."""
+    relation = _validate(ReactionContent, content).relates_to
+    return EventId(relation.event_id), relation.key
+
+
 def redaction_target(content: Any, redacts: Any) -> EventId:
     """The event a redaction removes (top-level `redacts` before room version 11, in the
     content since); SchemaError when neither is a usable event id."""
@@ -231,5 +257,6 @@ __all__ = [
     "describe",
     "member_content",
     "message_fields",
+    "reaction_of",
     "redaction_target",
 ]

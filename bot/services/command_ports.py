@@ -12,6 +12,7 @@ from bot.services.digest import DigestService
 from bot.services.membership import Membership
 from bot.services.ports import Audit
 from bot.services.relay import RelayEngine, Source
+from bot.services.release import ReleaseDesk, parse_reason
 from bot.services.rooms import ManagedRoom, RoomDirectory
 from bot.services.search import Inventory
 from bot.storage import AuditEntry, AuditVerdict, ClearanceRecord, Store, in_thread
@@ -48,6 +49,7 @@ class CommandPorts:
         self.sync_age = sync_age
         self.device_id = device_id
         self.started_at = started_at
+        self.release: ReleaseDesk | None = None  # national release control (the wiring's)
 
     # ------------------------------------------------------------ clearances
 
@@ -131,6 +133,40 @@ class CommandPorts:
         if reply is None:
             raise CommandError("the message must be tagged: [MARKING] [PRECEDENCE] text")
         return reply
+
+    # ------------------------------------------------------------ release control
+
+    def _desk(self) -> ReleaseDesk:
+        if self.release is None:
+            raise CommandError("release approval is not set up on this bot")
+        return self.release
+
+    async def release_approve(
+        self, invocation: Invocation, request: str, targets: Sequence[RoomKey]
+    ) -> Document:
+        return await self._desk().approve(
+            invocation.sender,
+            request,
+            targets,
+            invocation.room_id,
+            invocation.event,
+            direct=invocation.is_direct,
+        )
+
+    async def release_deny(self, invocation: Invocation, request: str, reason: str) -> Document:
+        return await self._desk().deny(
+            invocation.sender,
+            request,
+            parse_reason(reason),
+            invocation.room_id,
+            invocation.event,
+            invocation.event_id,
+            direct=invocation.is_direct,
+        )
+
+    async def release_pending(self, invocation: Invocation) -> Document:
+        room = None if invocation.is_direct else invocation.room_id
+        return await self._desk().pending(invocation.sender, room)
 
     async def search(
         self,

@@ -21,7 +21,7 @@ import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from bot.config import BotConfig
 from bot.metrics import Metrics
@@ -140,6 +140,26 @@ def _ready(document: Document) -> asyncio.Future[Document]:
     return done
 
 
+class ReleaseHolds(Protocol):
+    """National release control (bot/services/release.py's desk): which copies wait for a
+    second officer instead of going out, and what an edit or a withdrawal does to them."""
+
+    def needs_approval(self, source_key: str, target_key: str, rank: int) -> bool: ...
+
+    async def hold(
+        self,
+        source: Source,
+        message: TaggedMessage,
+        targets: Sequence[tuple[ManagedRoom, dict[str, Any]]],
+    ) -> str:
+        """Hold the copies (target, its content); the request's public id (`R12`)."""
+        ...
+
+    async def on_edit(self, source: Source, message: TaggedMessage) -> str | None: ...
+
+    async def withdraw(self, item_event_id: str, cause: str) -> None: ...
+
+
 class RelayEngine:
     def __init__(
         self,
@@ -168,6 +188,7 @@ class RelayEngine:
         self._in_flight: set[str] = set()  # transaction ids queued or being sent right now
         self._queued: set[asyncio.Future[Any]] = set()  # releases whose sends are going out
         self._last_to: dict[str, asyncio.Future[Any]] = {}  # the latest send per target room
+        self.holds: ReleaseHolds | None = None  # routes with release approval (the wiring's)
 
     # ------------------------------------------------------------ tagged messages
 
@@ -366,6 +387,7 @@ class RelayEngine:
         entries: list[RelayEntry] = []
         notes: list[AuditNote] = []
         refused: list[tuple[str, str]] = []
+        held: list[tuple[ManagedRoom, dict[str, Any]]] = []
         for key in targets:
             target = self.rooms.by_key[key]
             decision = may_release(message.label, room.policy, target.policy)
@@ -388,12 +410,20 @@ class RelayEngine:
                 )
                 continue
             content = copy_for(source, message, target)
+            if self.holds is not None and self.holds.needs_approval(
+                room.key, key, message.label.rank
+            ):
+                held.append((target, content))
+                continue
             entries.append(
                 self._entry(RelayKind.COPY, source.event_id, source.event_id, target, content)
             )
         rows = await in_thread(self.store.add_relays, entries, notes)
         # Copies to several rooms go out at once; into one room, after the one before.
         sends = [self._queue_send(row) for row in rows]
+        if held and self.holds is not None:
+            public_id = await self.holds.hold(source, message, held)
+            refused += [(t.key, f"held for release approval ({public_id})") for t, _ in held]
         receipt = asyncio.ensure_future(self._receipt_after(source, message, rows, sends, refused))
         self._queued.add(receipt)
         receipt.add_done_callback(self._queued.discard)
@@ -416,6 +446,25 @@ class RelayEngine:
 
         task.add_done_callback(forget)
         return task
+
+    def copy_entry(
+        self, item_event_id: str, target: ManagedRoom, content: dict[str, Any]
+    ) -> RelayEntry:
+        """The ledger row of an item's copy for `target`, under the transaction id the copy
+        has whichever way it goes out (at once, or once a second officer released it)."""
+        return self._entry(RelayKind.COPY, item_event_id, item_event_id, target, content)
+
+    async def queue_sends(self, rows: Sequence[RelayEntry]) -> list[str | None]:
+        """Send ledger rows written elsewhere (a release approval), in the per-room order
+        of the live path; each one's event id, or None when it waits for a retry. `settle`
+        waits for them too."""
+        sends = [self._queue_send(row) for row in rows]
+        done = asyncio.ensure_future(asyncio.gather(*(asyncio.shield(s) for s in sends)))
+        self._queued.add(done)
+        done.add_done_callback(self._queued.discard)
+        results: list[str | None] = await done
+        self.metrics.relays.labels("sent").inc(sum(1 for r in results if r is not None))
+        return results
 
     async def _send_after(
         self, row: RelayEntry, before: asyncio.Future[str | None] | None
@@ -750,11 +799,21 @@ class RelayEngine:
         ]
         entries: list[RelayEntry] = []
         withdrawn: list[tuple[str, str]] = []
+        kept: list[str] = []
         for copy in copies:
             target = self.rooms.by_key.get(copy.target_key)
             if target is None:
                 continue
             decision = may_release(message.label, room.policy, target.policy)
+            if (
+                decision.allowed
+                and self.holds is not None
+                and self.holds.needs_approval(room.key, target.key, message.label.rank)
+            ):
+                # Its new text was never released by a second officer: the copy keeps
+                # the text that went out (released at once, or approved).
+                kept.append(target.key)
+                continue
             if decision.allowed:
                 content = copy_for(source, message, target)
                 entries.append(
@@ -780,7 +839,7 @@ class RelayEngine:
         rows = await in_thread(self.store.add_relays, entries)
         for row in rows:
             await self._send(row)
-        lines = [
+        lines: list[tuple[str | Strong, ...]] = [
             ("Edit relayed to ", Strong(r.target_key), ".")
             for r in rows
             if r.kind == RelayKind.EDIT
@@ -789,6 +848,15 @@ class RelayEngine:
             ("Copy in ", Strong(key), f" withdrawn: the edit is not releasable there ({reason}).")
             for key, reason in withdrawn
         ]
+        lines += [
+            ("Edit not relayed to ", Strong(key), ": it would need release approval again; "
+             "the copy there keeps the text that was released.")
+            for key in kept
+        ]  # fmt: skip
+        if self.holds is not None:
+            again = await self.holds.on_edit(source, message)
+            if again is not None:
+                lines.append((again,))
         return doc(items(lines)) if lines else None
 
     async def _withdraw(self, source: Source, item: IntelItem, why: str) -> Document:
@@ -819,7 +887,10 @@ class RelayEngine:
         self, cause_event_id: str, item_event_id: str, *, forget: bool = True
     ) -> list[str]:
         """Redact every sent copy of an item (ledger rows keyed by the causing event) and
-        retire the item, forgetting its text unless told not to; the copies' room keys."""
+        retire the item, forgetting its text unless told not to; the copies' room keys.
+        Copies held for release approval are withdrawn with them."""
+        if self.holds is not None:
+            await self.holds.withdraw(item_event_id, cause_event_id)
         copies = [
             c
             for c in await in_thread(self.store.copies_of, item_event_id)

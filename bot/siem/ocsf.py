@@ -146,6 +146,13 @@ _ROOM_ID = {"room_id": ROOM_ID}
 _CODE = {"reason_code": REASON_CODE}
 _LEDGER = {"to": ROOM, "txn_id": TOKEN, "target_event_id": EVENT}
 _OK, _FAIL = Status.SUCCESS, Status.FAILURE
+# A release request (its number, `R12` shown), where it came from and the targets it changed.
+_RELEASE: dict[str, Spec] = {
+    "room": ROOM,
+    "request": Scalar.INT,
+    "label": Marking.LABEL,
+    "targets": ListOf(ROOM),
+}
 _STRUCTURED = {"structured": Scalar.BOOL}  # sent as an MSC4332 structured command
 
 _WHICH_KEY = OneOf(frozenset({"data", "pickle"}))  # keys.rotat*: which key, never a key
@@ -411,6 +418,30 @@ ACTIONS: dict[str, ActionMap] = {
         6003, 1, 1, _FAIL, "Stored, not relayed: the sender is not a liaison officer",
         Subject.EVENT, {**_ROOM, "label": Marking.LABEL},
     ),
+    # --- national release control (four eyes): an item held for a second officer
+    "release.held": ActionMap(
+        6003, 1, 1, _OK, "Held for release approval", Subject.EVENT, _RELEASE,
+    ),
+    "release.approved": ActionMap(
+        6003, 3, 2, _OK, "Release approved by a second officer", Subject.EVENT, _RELEASE,
+    ),
+    "release.denied": ActionMap(
+        6003, 3, 2, _OK, "Release denied by a second officer", Subject.EVENT,
+        {**_RELEASE, "reason_length": Scalar.INT},
+    ),
+    "release.expired": ActionMap(
+        6003, 3, 2, _OK, "Release expired: nobody decided in time", Subject.EVENT, _RELEASE,
+    ),
+    "release.withdrawn": ActionMap(
+        6003, 4, 1, _OK, "Held release withdrawn with its item", Subject.EVENT, _RELEASE,
+    ),
+    "release.reheld": ActionMap(
+        6003, 3, 1, _OK, "Held release reset by an edit of its item", Subject.EVENT, _RELEASE,
+    ),
+    "release.refused": ActionMap(
+        6003, 3, 3, _FAIL, "Release decision refused", Subject.EVENT,
+        {"request": Scalar.INT, **_CODE},
+    ),
     "digest.posted": ActionMap(
         6003, 1, 1, _OK, "Situation digest posted", Subject.SCHEDULE,
         {
@@ -516,6 +547,7 @@ WITHHELD: dict[str, frozenset[str]] = {
             "member.removed",
             "relay.refused",
             "relay.withheld",
+            "release.refused",
             "room.label.changed",
             "room.provision.refused",
             "spillage",

@@ -326,6 +326,59 @@ class RelayRow(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class ReleaseRequestRow(Base):
+    """A tagged message held for national release (four eyes): a route asked for a second
+    officer's approval. One per item; its targets (ReleaseTargetRow) are decided one by one.
+    The label is the item's banner, in clear like intel_items.label; the would-be copies
+    are sealed in the targets."""
+
+    __tablename__ = "release_requests"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)  # R{id}
+    item_event_id: Mapped[str] = mapped_column(String(255), unique=True)
+    source_key: Mapped[str] = mapped_column(String(32))
+    source_room_id: Mapped[str] = mapped_column(String(255))
+    sender: Mapped[str] = mapped_column(String(255))
+    sender_device: Mapped[str | None] = mapped_column(String(255))
+    label: Mapped[str] = mapped_column(String(300))
+    scheme: Mapped[str] = mapped_column(String(8))
+    rank: Mapped[int] = mapped_column(Integer)
+    held_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    # the bot's notice of the hold, which approvers react to
+    notice_event_id: Mapped[str | None] = mapped_column(String(255), index=True)
+
+    targets: Mapped[list[ReleaseTargetRow]] = relationship(
+        back_populates="request",
+        cascade="all, delete-orphan",
+        lazy="selectin",
+        order_by="ReleaseTargetRow.id",
+    )
+
+
+class ReleaseTargetRow(Base):
+    """One target room of a held item and its decision: held, then approved (its copy
+    handed to the relay ledger in the same transaction), denied, expired or withdrawn."""
+
+    __tablename__ = "release_targets"
+    __table_args__ = (UniqueConstraint("request_id", "target_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("release_requests.id", ondelete="CASCADE"), index=True
+    )
+    target_key: Mapped[str] = mapped_column(String(32))
+    target_room_id: Mapped[str] = mapped_column(String(255))
+    state: Mapped[str] = mapped_column(String(16), index=True)  # records.HoldState
+    content: Mapped[str] = mapped_column(Text)  # sealed would-be copy (sealing.hold_sealer)
+    decided_by: Mapped[str | None] = mapped_column(String(255))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    reason: Mapped[str | None] = mapped_column(Text)  # sealed (sealing.reason_sealer)
+
+    # many-to-one, joined: `keys rotate` reads the item's event id with every target
+    request: Mapped[ReleaseRequestRow] = relationship(back_populates="targets", lazy="joined")
+
+
 class DigestScheduleRow(Base):
     """A digest schedule made from chat (config schedules live in the config, as cfg-N)."""
 
@@ -519,7 +572,7 @@ def make_engine(url: str, connect_params: Callable[[], Mapping[str, str]] | None
 
 # The newest Alembic revision (migrations/versions): a start checks it with one query and
 # loads Alembic only when the database is behind. tests/test_storage.py keeps it in step.
-SCHEMA_HEAD = "0016"
+SCHEMA_HEAD = "0017"
 
 
 def schema_is_current(url: str) -> bool:

@@ -26,6 +26,8 @@ from bot.storage.models import (
     DigestRunRow,
     IntelItemRow,
     RelayRow,
+    ReleaseRequestRow,
+    ReleaseTargetRow,
     RoomRow,
     SiemCursorRow,
 )
@@ -273,6 +275,127 @@ class RelayEntry:
             row.target_event_id,
             row.created_at,
         )
+
+
+class HoldState(StrEnum):
+    """Where one target of a held item stands (national release control)."""
+
+    HELD = "held"  # waiting for a second officer
+    APPROVED = "approved"  # released: its copy is in the relay ledger
+    DENIED = "denied"
+    EXPIRED = "expired"  # nobody decided in time
+    WITHDRAWN = "withdrawn"  # the item was redacted, or an edit no longer goes there
+
+
+@dataclass(frozen=True, slots=True)
+class HeldTarget:
+    target_key: str
+    target_room_id: str
+    state: HoldState
+    content: str  # sealed would-be copy (sealing.hold_sealer, hold_binding)
+    decided_by: str | None = None
+    decided_at: datetime | None = None
+    reason: str | None = None  # sealed (sealing.reason_sealer, reason_binding)
+
+    @classmethod
+    def of(cls, row: ReleaseTargetRow) -> HeldTarget:
+        return cls(
+            row.target_key,
+            row.target_room_id,
+            HoldState(row.state),
+            row.content,
+            row.decided_by,
+            row.decided_at,
+            row.reason,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRequest:
+    """A tagged message held for a second officer's release, with its targets."""
+
+    id: int
+    item_event_id: str
+    source_key: str
+    source_room_id: str
+    sender: str
+    label: str  # the item's banner, in clear like IntelItem.label
+    scheme: str
+    rank: int
+    held_at: datetime
+    expires_at: datetime
+    notice_event_id: str | None
+    sender_device: str | None
+    targets: tuple[HeldTarget, ...]
+
+    @property
+    def public_id(self) -> str:
+        """The id people see and type (`R12`); `parse_release_id` reads it back."""
+        return f"R{self.id}"
+
+    @property
+    def held_targets(self) -> tuple[HeldTarget, ...]:
+        return tuple(t for t in self.targets if t.state is HoldState.HELD)
+
+    @property
+    def is_pending(self) -> bool:
+        """Some target still waits for a decision."""
+        return any(t.state is HoldState.HELD for t in self.targets)
+
+    def target(self, target_key: str) -> HeldTarget | None:
+        return next((t for t in self.targets if t.target_key == target_key), None)
+
+    @classmethod
+    def of(cls, row: ReleaseRequestRow) -> ReleaseRequest:
+        return cls(
+            row.id,
+            row.item_event_id,
+            row.source_key,
+            row.source_room_id,
+            row.sender,
+            row.label,
+            row.scheme,
+            row.rank,
+            row.held_at,
+            row.expires_at,
+            row.notice_event_id,
+            row.sender_device,
+            tuple(HeldTarget.of(t) for t in sorted(row.targets, key=lambda t: t.id)),
+        )
+
+
+def parse_release_id(text: str) -> int | None:
+    """`R12` (or `r12`) -> 12; None for anything else (no sign, no leading zero)."""
+    body = text.strip()
+    if len(body) < 2 or body[0] not in "Rr":
+        return None
+    number = body[1:]
+    if not (number.isascii() and number.isdigit()) or number != str(int(number)):
+        return None
+    return int(number)
+
+
+@dataclass(frozen=True, slots=True)
+class NewHold:
+    """What `Store.hold_release` stores of a held item (its targets: NewHeldTarget)."""
+
+    item_event_id: str
+    source_key: str
+    source_room_id: str
+    sender: str
+    label: str
+    scheme: str
+    rank: int
+    held_at: datetime
+    expires_at: datetime
+    sender_device: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class NewHeldTarget:
+    target_key: str
+    target_room_id: str
+    content: str  # sealed by the caller (sealing.hold_sealer, hold_binding)
 
 
 @dataclass(frozen=True, slots=True)

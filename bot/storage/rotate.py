@@ -34,10 +34,18 @@ from bot.storage.models import (
     AuditRow,
     ClearanceRow,
     HaLeaderRow,
+    ReleaseTargetRow,
     RoomRow,
 )
 from bot.storage.records import ClearanceRecord, RegisterSigner, RoomRecord
-from bot.storage.sealing import SealError
+from bot.storage.sealing import (
+    SealError,
+    hold_binding,
+    hold_sealer,
+    reason_binding,
+    reason_sealer,
+    resealed,
+)
 from bot.storage.store import (
     REKEYING,
     Store,
@@ -81,6 +89,27 @@ class Sealed:
     def _column(self) -> InstrumentedAttribute[Any]:
         attr: InstrumentedAttribute[Any] = getattr(self.model, self.column)
         return attr
+
+
+def release_sealed(old_key: str, new_key: str) -> list[Sealed]:
+    """The sealed columns of national release control (held copies, denial reasons), each
+    in its context and bound to its item and target as the service seals them."""
+    holds = hold_sealer(old_key), hold_sealer(new_key)
+    reasons = reason_sealer(old_key), reason_sealer(new_key)
+
+    def hold(row: ReleaseTargetRow) -> str | None:
+        binding = hold_binding(row.request.item_event_id, row.target_key, row.target_room_id)
+        return resealed(*holds, row.content, binding)
+
+    def reason(row: ReleaseTargetRow) -> str | None:
+        assert row.reason is not None  # rows without one are not read (`_page`)
+        binding = reason_binding(row.request.item_event_id, row.target_key)
+        return resealed(*reasons, row.reason, binding)
+
+    return [
+        Sealed("held release copies", ReleaseTargetRow, "id", "content", hold),
+        Sealed("release denial reasons", ReleaseTargetRow, "id", "reason", reason),
+    ]
 
 
 def format_count(n: int) -> str:

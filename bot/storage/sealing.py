@@ -72,3 +72,42 @@ class Sealer:
 
     def open_text(self, sealed: str, associated: str = "") -> str:
         return self.open(sealed, associated.encode("utf-8")).decode("utf-8")
+
+
+def resealed(old: Sealer, new: Sealer, value: str, associated: str = "") -> str | None:
+    """`value` under the `new` sealer (a key rotation): None if it opens there already;
+    SealError if it opens with neither."""
+    try:
+        new.open_text(value, associated)
+        return None
+    except SealError:
+        return new.seal_text(old.open_text(value, associated), associated)
+
+
+# National release control: a held item's would-be copies and the reasons of denials, each
+# in a context of its own, bound to the item and the target, so a sealed copy moved to
+# another target's row (or another item's) does not open. The service seals, the store
+# keeps, `keys rotate --data` moves them (bot/storage/rotate.py: `release_sealed`).
+RELEASE_SEAL_VERSION = b"v1"
+HOLD_PURPOSE = "release-hold"
+REASON_PURPOSE = "release-reason"
+
+
+def hold_sealer(data_key: str) -> Sealer:
+    """Seals a held target's would-be copy (its event content)."""
+    return Sealer(data_key, HOLD_PURPOSE, RELEASE_SEAL_VERSION)
+
+
+def reason_sealer(data_key: str) -> Sealer:
+    """Seals the reason an approver gave for a denial."""
+    return Sealer(data_key, REASON_PURPOSE, RELEASE_SEAL_VERSION)
+
+
+def hold_binding(item_event_id: str, target_key: str, target_room_id: str) -> str:
+    """What a held copy is bound to: the item and where it would go."""
+    return f"{item_event_id}|{target_key}|{target_room_id}"
+
+
+def reason_binding(item_event_id: str, target_key: str) -> str:
+    """What a denial's reason is bound to: the item and the target denied."""
+    return f"{item_event_id}|{target_key}"

@@ -26,6 +26,7 @@ from sqlalchemy import (
     func,
     select,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import (
     Session,
     sessionmaker,
@@ -49,6 +50,8 @@ from bot.storage.models import (
     IntelItemRow,
     PendingEventRow,
     RelayRow,
+    ReleaseRequestRow,
+    ReleaseTargetRow,
     RoomRow,
     RoomSnapshotRow,
     RouteRow,
@@ -67,7 +70,10 @@ from bot.storage.records import (
     DigestRun,
     DigestSchedule,
     GrantRecord,
+    HoldState,
     IntelItem,
+    NewHeldTarget,
+    NewHold,
     Origin,
     PendingEvent,
     PendingOutcome,
@@ -75,6 +81,7 @@ from bot.storage.records import (
     RelayEntry,
     RelayKind,
     RelayState,
+    ReleaseRequest,
     RoomRecord,
     RunState,
     ScheduleKey,
@@ -1227,21 +1234,7 @@ class Store:
         out: list[RelayEntry] = []
         with self.session() as session:
             for entry in rows:
-                row = session.scalar(select(RelayRow).where(RelayRow.txn_id == entry.txn_id))
-                if row is None:
-                    row = RelayRow(
-                        txn_id=entry.txn_id,
-                        kind=entry.kind,
-                        source_event_id=entry.source_event_id,
-                        item_event_id=entry.item_event_id,
-                        target_key=entry.target_key,
-                        target_room_id=entry.target_room_id,
-                        state=RelayState.PENDING,
-                        content=entry.content,
-                    )
-                    session.add(row)
-                    session.flush()
-                out.append(RelayEntry.of(row))
+                out.append(RelayEntry.of(_ledger_row(session, entry)))
             for note in audits:
                 append_audit(session, note.actor, note.action, note.subject, note.detail)
         return out
@@ -1300,6 +1293,287 @@ class Store:
                 .order_by(RelayRow.id)
             )
             return [RelayEntry.of(r) for r in rows]
+
+    # ------------------------------------------------------------ release holds
+    #
+    # National release control (four eyes): an item a route holds for a second officer.
+    # Every change locks the request row first (FOR UPDATE on PostgreSQL; SQLite's
+    # BEGIN IMMEDIATE write lock serialises writers anyway), so two approvers, or an
+    # approval and the expiry sweep, decide a target once. A change that changes nothing
+    # (a replay, a target decided meanwhile) writes nothing, its audit notes included; the
+    # notes of a change get `"targets"`: the target keys it changed, sorted.
+
+    def hold_release(
+        self, hold: NewHold, targets: Sequence[NewHeldTarget], audits: Iterable[AuditNote] = ()
+    ) -> ReleaseRequest:
+        """Store an item held for approval, every target held, with its audit notes. Once
+        per item: a replay (the same item event, after a crash) returns the stored request
+        and writes nothing."""
+        keys = [t.target_key for t in targets]
+        if not keys:
+            raise StoreError(f"{hold.item_event_id}: a hold needs at least one target")
+        if len(set(keys)) != len(keys):
+            raise StoreError(f"{hold.item_event_id}: a target is named twice ({keys})")
+        with self.session() as session:
+            row = _release_row(session, ReleaseRequestRow.item_event_id == hold.item_event_id)
+            if row is not None:
+                return ReleaseRequest.of(row)
+            row = ReleaseRequestRow(
+                item_event_id=hold.item_event_id,
+                source_key=hold.source_key,
+                source_room_id=hold.source_room_id,
+                sender=hold.sender,
+                sender_device=hold.sender_device,
+                label=hold.label,
+                scheme=hold.scheme,
+                rank=hold.rank,
+                held_at=hold.held_at,
+                expires_at=hold.expires_at,
+                targets=[
+                    ReleaseTargetRow(
+                        target_key=t.target_key,
+                        target_room_id=t.target_room_id,
+                        state=HoldState.HELD,
+                        content=t.content,
+                    )
+                    for t in targets
+                ],
+            )
+            try:
+                with session.begin_nested():
+                    session.add(row)
+                    session.flush()
+            except IntegrityError:
+                # Another process held the same item meanwhile (PostgreSQL): its row counts.
+                found = _release_row(session, ReleaseRequestRow.item_event_id == hold.item_event_id)
+                if found is None:
+                    raise
+                return ReleaseRequest.of(found)
+            _append_notes(session, audits, None)
+            return ReleaseRequest.of(row)
+
+    def set_release_notice(self, request_id: int, notice_event_id: str) -> None:
+        """The bot's notice of the hold (approvers react to it)."""
+        with self.session() as session:
+            row = _release_row(session, ReleaseRequestRow.id == request_id, lock=True)
+            if row is None:
+                raise StoreError(f"no release request R{request_id}")
+            row.notice_event_id = notice_event_id
+
+    def release_request(self, request_id: int) -> ReleaseRequest | None:
+        with self.session() as session:
+            row = _release_row(session, ReleaseRequestRow.id == request_id)
+            return ReleaseRequest.of(row) if row is not None else None
+
+    def release_request_for_item(self, item_event_id: str) -> ReleaseRequest | None:
+        with self.session() as session:
+            row = _release_row(session, ReleaseRequestRow.item_event_id == item_event_id)
+            return ReleaseRequest.of(row) if row is not None else None
+
+    def release_request_for_notice(self, notice_event_id: str) -> ReleaseRequest | None:
+        with self.session() as session:
+            row = _release_row(session, ReleaseRequestRow.notice_event_id == notice_event_id)
+            return ReleaseRequest.of(row) if row is not None else None
+
+    def approve_release(
+        self,
+        request_id: int,
+        ledger: Sequence[RelayEntry],
+        approver: str,
+        audits: Iterable[AuditNote] = (),
+    ) -> tuple[ReleaseRequest, list[RelayEntry]]:
+        """Release targets: `ledger` holds one ledger entry per target to approve (its
+        `target_key` names the target). In one transaction, each named target still held
+        becomes approved and its ledger row is written as `add_relays` writes it (a row
+        already there under the transaction id is kept), with the audit notes; a target no
+        longer held is skipped, its entry not written. So a crash after the commit still
+        sends each copy once (the relay re-drives pending rows), and two approvers release
+        a target once. Returns the request as stored and the ledger rows of the targets
+        this call approved (empty: nothing changed). An entry for another item or a
+        target the request lacks, or a transaction id another copy holds, is refused
+        (StoreError) with nothing changed."""
+        wanted = [e.target_key for e in ledger]
+        if len(set(wanted)) != len(wanted):
+            raise StoreError(f"R{request_id}: a target is named twice ({wanted})")
+        with self.session() as session:
+            row = _release_row(session, ReleaseRequestRow.id == request_id, lock=True)
+            if row is None:
+                raise StoreError(f"no release request R{request_id}")
+            by_key = {t.target_key: t for t in row.targets}
+            for entry in ledger:
+                target = by_key.get(entry.target_key)
+                if target is None:
+                    raise StoreError(f"{row.item_event_id}: no held target {entry.target_key!r}")
+                if (entry.item_event_id, entry.target_room_id) != (
+                    row.item_event_id,
+                    target.target_room_id,
+                ):
+                    raise StoreError(
+                        f"ledger entry {entry.txn_id} is not the copy of {row.item_event_id} "
+                        f"for {entry.target_key}"
+                    )
+            now, out, approved = utcnow(), [], []
+            for entry in ledger:
+                target = by_key[entry.target_key]
+                if target.state != HoldState.HELD:
+                    continue
+                target.state = HoldState.APPROVED
+                target.decided_by, target.decided_at = approver, now
+                out.append(RelayEntry.of(_ledger_row(session, entry, strict=True)))
+                approved.append(entry.target_key)
+            if approved:
+                _append_notes(session, audits, approved)
+            session.flush()
+            return ReleaseRequest.of(row), out
+
+    def deny_release(
+        self,
+        request_id: int,
+        target_keys: Sequence[str] | None,
+        approver: str,
+        reasons: Mapping[str, str],
+        audits: Iterable[AuditNote] = (),
+    ) -> ReleaseRequest:
+        """Deny targets still held (`target_keys` None: every one). `reasons`: target key
+        -> the reason sealed for that target (`sealing.reason_binding` names the target);
+        a target to deny without one, or a key the request lacks, is refused (StoreError)
+        with nothing changed. Targets decided meanwhile are left as they are."""
+        with self.session() as session:
+            row = _release_row(session, ReleaseRequestRow.id == request_id, lock=True)
+            if row is None:
+                raise StoreError(f"no release request R{request_id}")
+            by_key = {t.target_key: t for t in row.targets}
+            keys = list(by_key) if target_keys is None else list(dict.fromkeys(target_keys))
+            unknown = [k for k in keys if k not in by_key]
+            if unknown:
+                raise StoreError(f"{row.item_event_id}: no target {', '.join(unknown)}")
+            held = [by_key[k] for k in keys if by_key[k].state == HoldState.HELD]
+            missing = [t.target_key for t in held if t.target_key not in reasons]
+            if missing:
+                raise StoreError(f"{row.item_event_id}: no reason for {', '.join(missing)}")
+            now = utcnow()
+            for target in held:
+                target.state = HoldState.DENIED
+                target.decided_by, target.decided_at = approver, now
+                target.reason = reasons[target.target_key]
+            if held:
+                _append_notes(session, audits, [t.target_key for t in held])
+            session.flush()
+            return ReleaseRequest.of(row)
+
+    def due_releases(self, now: datetime) -> list[ReleaseRequest]:
+        """Requests with a target still held whose time is up, the longest due first."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(ReleaseRequestRow)
+                .where(ReleaseRequestRow.expires_at <= now, _has_held_target())
+                .order_by(ReleaseRequestRow.expires_at, ReleaseRequestRow.id)
+            )
+            return [ReleaseRequest.of(r) for r in rows]
+
+    def expire_release(
+        self, request_id: int, now: datetime, audits: Iterable[AuditNote] = ()
+    ) -> ReleaseRequest | None:
+        """Every target still held becomes expired, if the request is due at `now`; None
+        when nothing changed (decided meanwhile, re-held by an edit, or unknown)."""
+        with self.session() as session:
+            row = _release_row(session, ReleaseRequestRow.id == request_id, lock=True)
+            if row is None or row.expires_at > now:
+                return None
+            return _close_held(session, row, HoldState.EXPIRED, now, audits)
+
+    def withdraw_release(
+        self, item_event_id: str, audits: Iterable[AuditNote] = ()
+    ) -> ReleaseRequest | None:
+        """The item was redacted: every target still held is withdrawn. None when nothing
+        changed (no request for the item, or none held)."""
+        with self.session() as session:
+            row = _release_row(session, ReleaseRequestRow.item_event_id == item_event_id, lock=True)
+            if row is None:
+                return None
+            return _close_held(session, row, HoldState.WITHDRAWN, utcnow(), audits)
+
+    def rehold_release(
+        self,
+        item_event_id: str,
+        contents: Mapping[str, str],
+        expires_at: datetime,
+        audits: Iterable[AuditNote] = (),
+        *,
+        label: str | None = None,
+        scheme: str | None = None,
+        rank: int | None = None,
+    ) -> ReleaseRequest | None:
+        """The item was edited: every target not approved nor withdrawn (held, denied,
+        expired) that `contents` names (target key -> the edited copy, sealed) is held
+        again with it, its decision cleared, and the request's time starts again; a held
+        target `contents` leaves out is withdrawn (the edit may no longer go there). An
+        approved target's copy is edited by the relay, not here: its key in `contents` is
+        ignored. `label`, `scheme`, `rank`: the edited item's, when given. A key the request
+        lacks is refused (StoreError). None when nothing changed."""
+        with self.session() as session:
+            row = _release_row(session, ReleaseRequestRow.item_event_id == item_event_id, lock=True)
+            if row is None:
+                return None
+            by_key = {t.target_key: t for t in row.targets}
+            unknown = [k for k in contents if k not in by_key]
+            if unknown:
+                raise StoreError(f"{item_event_id}: no target {', '.join(unknown)}")
+            now, changed = utcnow(), []
+            reopen = (HoldState.HELD, HoldState.DENIED, HoldState.EXPIRED)
+            for target in row.targets:
+                if target.state not in reopen:
+                    continue
+                if target.target_key in contents:
+                    target.state, target.content = HoldState.HELD, contents[target.target_key]
+                    target.decided_by = target.decided_at = target.reason = None
+                elif target.state == HoldState.HELD:
+                    target.state, target.decided_at = HoldState.WITHDRAWN, now
+                else:
+                    continue
+                changed.append(target.target_key)
+            if not changed:
+                return None
+            row.expires_at = expires_at
+            if label is not None:
+                row.label = label
+            if scheme is not None:
+                row.scheme = scheme
+            if rank is not None:
+                row.rank = rank
+            _append_notes(session, audits, changed)
+            session.flush()
+            return ReleaseRequest.of(row)
+
+    def pending_releases(self) -> list[ReleaseRequest]:
+        """Requests with a target still held, oldest first."""
+        with self.session() as session:
+            rows = session.scalars(
+                select(ReleaseRequestRow)
+                .where(_has_held_target())
+                .order_by(ReleaseRequestRow.held_at, ReleaseRequestRow.id)
+            )
+            return [ReleaseRequest.of(r) for r in rows]
+
+    def held_item_ids(self, room_key: str | None = None) -> set[str]:
+        """Event ids of the items with a target still held; `room_key`: held for that
+        target room (as `released_item_ids` names the rooms copies went to)."""
+        query = (
+            select(ReleaseRequestRow.item_event_id)
+            .join(ReleaseTargetRow, ReleaseTargetRow.request_id == ReleaseRequestRow.id)
+            .where(ReleaseTargetRow.state == HoldState.HELD)
+        )
+        if room_key is not None:
+            query = query.where(ReleaseTargetRow.target_key == room_key)
+        with self.session() as session:
+            return set(session.scalars(query))
+
+    def pending_release_count(self) -> int:
+        with self.session() as session:
+            count = session.scalar(
+                select(func.count()).select_from(ReleaseRequestRow).where(_has_held_target())
+            )
+            return int(count or 0)
 
     # ------------------------------------------------------------ resealing, once
 
@@ -1561,6 +1835,76 @@ _ITEM_COLUMNS = (
     IntelItemRow.origin,
     IntelItemRow.redacted_at,
 )
+
+
+def _ledger_row(session: Session, entry: RelayEntry, *, strict: bool = False) -> RelayRow:
+    """The ledger row of `entry`, written unless its transaction id is there already (then
+    kept as it is). `strict`: a row there under the id must be this copy (same item,
+    target and kind), else StoreError: the id was made for another copy."""
+    row = session.scalar(select(RelayRow).where(RelayRow.txn_id == entry.txn_id))
+    if row is not None:
+        same = (row.item_event_id, row.target_key, row.target_room_id, row.kind) == (
+            entry.item_event_id,
+            entry.target_key,
+            entry.target_room_id,
+            entry.kind,
+        )
+        if strict and not same:
+            raise StoreError(f"ledger txn id {entry.txn_id} belongs to another copy")
+        return row
+    row = RelayRow(
+        txn_id=entry.txn_id,
+        kind=entry.kind,
+        source_event_id=entry.source_event_id,
+        item_event_id=entry.item_event_id,
+        target_key=entry.target_key,
+        target_room_id=entry.target_room_id,
+        state=RelayState.PENDING,
+        content=entry.content,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def _release_row(session: Session, where: Any, *, lock: bool = False) -> ReleaseRequestRow | None:
+    """One release request with its targets; `lock`: FOR UPDATE on PostgreSQL, held to the
+    commit, so every change to a request is serialised (SQLite: the write lock)."""
+    query = select(ReleaseRequestRow).where(where)
+    if lock:
+        query = query.with_for_update()
+    return session.scalar(query)
+
+
+def _has_held_target() -> Any:
+    return ReleaseRequestRow.id.in_(
+        select(ReleaseTargetRow.request_id).where(ReleaseTargetRow.state == HoldState.HELD)
+    )
+
+
+def _append_notes(session: Session, audits: Iterable[AuditNote], targets: list[str] | None) -> None:
+    """The caller's audit notes, with the targets the change made (sorted) when given."""
+    for note in audits:
+        detail = note.detail if targets is None else {**note.detail, "targets": sorted(targets)}
+        append_audit(session, note.actor, note.action, note.subject, detail)
+
+
+def _close_held(
+    session: Session,
+    row: ReleaseRequestRow,
+    state: HoldState,
+    now: datetime,
+    audits: Iterable[AuditNote],
+) -> ReleaseRequest | None:
+    """Every target of `row` still held to `state` (expired, withdrawn); None if none was."""
+    closed = [t for t in row.targets if t.state == HoldState.HELD]
+    if not closed:
+        return None
+    for target in closed:
+        target.state, target.decided_at = state, now  # decided by nobody: the time, the item
+    _append_notes(session, audits, [t.target_key for t in closed])
+    session.flush()
+    return ReleaseRequest.of(row)
 
 
 def _numbered_item(row: Row[*tuple[Any, ...]]) -> tuple[int, IntelItem]:
