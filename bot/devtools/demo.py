@@ -416,7 +416,7 @@ async def scenario(
             )
             if federated:
                 out(f"   (the analysts and the visitor are on NATO's server: {remote.base_url})")
-            for name in ("secadmin", "lo-deu", "analyst-nor", "analyst-aut", "visitor-fra"):
+            for name in names[1:]:
                 out(f"   {users[name].user_id:32}  password {users[name].password}")
             out(
                 "   (verify the new session with your other devices, or trust it, to read history"
@@ -424,6 +424,7 @@ async def scenario(
             )
             if receiver is not None:
                 out(f"   rsyslog writes the bot's audit events to {receiver.rsyslog.output}")
+            out(f"   the digest's picture, as analyst-nor's client saved it: {saved}")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
