@@ -49,9 +49,12 @@ from bot.storage import (
     HaLeaderRow,
     IntelItem,
     IntelItemRow,
+    NewHeldTarget,
+    NewHold,
     RelayEntry,
     RelayKind,
     RelayRow,
+    ReleaseTargetRow,
     RoomRecord,
     RoomSnapshotRow,
     Store,
@@ -63,7 +66,14 @@ from bot.storage.migrate import upgrade
 from bot.storage.reader import RegisterReader
 from bot.storage.records import Origin, RegisterVerifier
 from bot.storage.runlock import hold_run_lock
-from bot.storage.sealing import Sealer, SealError
+from bot.storage.sealing import (
+    Sealer,
+    SealError,
+    hold_binding,
+    hold_sealer,
+    reason_binding,
+    reason_sealer,
+)
 from bot.storage.store import register_public_key
 from policy.ids import RoomId, RoomKey
 from policy.tagged import Precedence
@@ -79,6 +89,7 @@ OLD_PICKLE, NEW_PICKLE = "old-pickle-key-" + "c" * 40, "new-pickle-key-" + "d" *
 ITEMS = 30
 MEGOLM = 30
 WINDOW_END = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+HELD_TARGETS = (("nato", "!nato:example.org"), ("eu", "!eu:example.org"))
 
 
 @dataclass
@@ -190,6 +201,27 @@ def _fill(store: Store) -> None:
                 )
             ]
         )  # fmt: skip
+    # A held item (national release control): two would-be copies, one denied with a reason.
+    request = store.hold_release(
+        NewHold(
+            "$held", "deu", "!deu:example.org", "@alice:example.org", "DEU GEHEIM", "DEU", 3,
+            WINDOW_END, WINDOW_END + timedelta(hours=4),
+        ),
+        [
+            NewHeldTarget(
+                key,
+                room,
+                hold_sealer(OLD_DATA).seal_text('{"body": "held"}', hold_binding("$held", key, room)),
+            )
+            for key, room in HELD_TARGETS
+        ],
+    )  # fmt: skip
+    store.deny_release(
+        request.id,
+        ["eu"],
+        "@bob:example.org",
+        {"eu": reason_sealer(OLD_DATA).seal_text("not now", reason_binding("$held", "eu"))},
+    )
     snapshots = Sealer(OLD_DATA, "room-snapshot")
     snapshot = json.dumps({"v": 1, "encrypted": True, "members": {"@alice:example.org": 1}})
     store.save_sync_token(
@@ -281,10 +313,27 @@ def data_values(world: World, key: str) -> dict[str, list[bool]]:
                     )
                     for r in s.scalars(select(DigestRunRow))
                 ],
+                "held copies": [
+                    _opens(
+                        hold_sealer(key),
+                        r.content,
+                        hold_binding(r.request.item_event_id, r.target_key, r.target_room_id),
+                    )
+                    for r in s.scalars(select(ReleaseTargetRow))
+                ],
+                "denial reasons": [
+                    _opens(
+                        reason_sealer(key),
+                        r.reason,
+                        reason_binding(r.request.item_event_id, r.target_key),
+                    )
+                    for r in s.scalars(select(ReleaseTargetRow))
+                    if r.reason is not None
+                ],
             }
     finally:
         store.close()
-    assert [len(v) for v in out.values()] == [ITEMS, ITEMS, 2, 1]
+    assert [len(v) for v in out.values()] == [ITEMS, ITEMS, 2, 1, 2, 1]
     return out
 
 
@@ -386,6 +435,8 @@ def test_rotating_both_keys_moves_every_sealed_value(world: World) -> None:
     assert result.exit_code == 0, result.output
     assert f"register_key = {register_public_key(NEW_DATA)}" in result.output
     assert f"intel items {ITEMS}/{ITEMS}" in result.output
+    assert "held release copies 2/2" in result.output
+    assert "release denial reasons 1/1" in result.output
     assert all_true(data_values(world, NEW_DATA))
     assert none_true(data_values(world, OLD_DATA))
     # The gate accepts the rows with the new register key, and no longer with the old one.

@@ -347,6 +347,23 @@ async def test_partial_approval_relays_to_the_approved_target_only(cast: Cast) -
     _, rid, _, receipt = await _hold(cast, "GEHEIM // REL TO NATO, EU", tag)
     assert f"nato-s: held for release approval ({rid})" in receipt
     assert f"eu-s: held for release approval ({rid})" in receipt
+    typo = f"nato-{secrets.token_hex(2)}"
+    wrong = await talk(cast.second, cast.deu, f"!release approve {rid} {typo}", "Not decided")
+    assert f"{typo} is not held for {rid} (held: eu-s, nato-s)" in wrong.body
+    refusal = await in_audit(
+        cast.env,
+        lambda es: next(
+            (
+                e
+                for e in es
+                if e.action == "release.refused"
+                and e.detail["reason_code"] == "release.unknown_target"
+            ),
+            None,
+        ),
+        "the unknown target refused",
+    )
+    assert typo not in repr(refusal.detail)  # what was typed stays out of the audit log
     approved = await talk(cast.second, cast.deu, f"!release approve {rid} nato-s", "approved")
     assert "Relayed to nato-s" in approved.body and "Still held for eu-s" in approved.body
     await cast.nor.wait_for(cast.nato_s, _nato_copy(tag), 60, after=nato_mark)

@@ -76,10 +76,12 @@ class Reaction:
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why someone may not decide an item, in words and as a stable code."""
+    """Why someone may not decide an item, in words and as a stable code. `shown`: the
+    words for the person when they quote what they typed (never audited: user text)."""
 
     reason: str
     code: str
+    shown: str | None = None
 
 
 def _age(delta: timedelta) -> str:
@@ -464,7 +466,9 @@ class ReleaseDesk:
         if untrusted is not None:
             return request, Refusal(untrusted[0], "release.untrusted_device")
         if request is None:
-            return None, Refusal(f"no release request {public_id}", "release.unknown")
+            return None, Refusal(
+                "no such release request", "release.unknown", f"no release request {public_id}"
+            )
         if not self._cleared(approver, request).allowed:
             return request, Refusal("you are not cleared for this item", "release.not_cleared")
         if not direct and room_id != request.source_room_id:
@@ -485,9 +489,10 @@ class ReleaseDesk:
         unknown = [t for t in targets if t not in held]
         if unknown:
             return request, Refusal(
+                f"a target named is not held for {request.public_id}",
+                "release.unknown_target",
                 f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not held for "
                 f"{request.public_id} (held: {', '.join(sorted(held))})",
-                "release.unknown_target",
             )
         for key in targets or sorted(held):
             policy = self.policy_of(request.source_key, key)
@@ -546,7 +551,7 @@ class ReleaseDesk:
                 "reason_code": refusal.code,
             },
         )
-        return doc(para(f"⚠ Not decided ({public_id}): ", refusal.reason, "."))
+        return doc(para(f"⚠ Not decided ({public_id}): ", refusal.shown or refusal.reason, "."))
 
     # ------------------------------------------------------------ reactions
 
@@ -735,9 +740,14 @@ class ReleaseDesk:
         self.metrics.release_pending.set(await in_thread(self.store.pending_release_count))
 
     async def start(self) -> None:
-        """After a start: the gauge from the store, and what expired while the bot was down."""
+        """After a start: the gauge from the store, what expired while the bot was down, and
+        the notice of a hold a crash or an outage left unannounced (under the id it was first
+        tried with: the homeserver keeps one)."""
         await self._count()
         await self.expire_due()
+        for request in await in_thread(self.store.pending_releases):
+            if request.notice_event_id is None:
+                await self._announce(request, txn_id("release-notice", request.item_event_id))
 
 
 def parse_reason(text: str) -> str:

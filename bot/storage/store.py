@@ -1349,7 +1349,7 @@ class Store:
                 if found is None:
                     raise
                 return ReleaseRequest.of(found)
-            _append_notes(session, audits, None)
+            _append_notes(session, audits, keys)
             return ReleaseRequest.of(row)
 
     def set_release_notice(self, request_id: int, notice_event_id: str) -> None:
@@ -1882,10 +1882,11 @@ def _has_held_target() -> Any:
     )
 
 
-def _append_notes(session: Session, audits: Iterable[AuditNote], targets: list[str] | None) -> None:
-    """The caller's audit notes, with the targets the change made (sorted) when given."""
+def _append_notes(session: Session, audits: Iterable[AuditNote], targets: list[str]) -> None:
+    """The caller's audit notes, each with the target keys the change made (sorted): the
+    caller builds them before it knows which targets were still held."""
     for note in audits:
-        detail = note.detail if targets is None else {**note.detail, "targets": sorted(targets)}
+        detail = {**note.detail, "targets": sorted(targets)}
         append_audit(session, note.actor, note.action, note.subject, detail)
 
 
