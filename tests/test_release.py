@@ -139,7 +139,7 @@ async def _hold(cast: Cast, marking: str, words: str) -> tuple[str, str, str, st
     event_id = await cast.officer.send_text(cast.deu, f"[{marking}] {words}")
     notice = await cast.officer.wait_for(
         cast.deu,
-        lambda e: isinstance(e, RoomMessageNotice) and NOTICE.search(e.body) is not None,
+        lambda e: replying_to(event_id)(e) and NOTICE.search(e.body) is not None,
         60,
         after=mark,
     )

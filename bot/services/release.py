@@ -133,7 +133,10 @@ class ReleaseDesk:
         self.gate = gate
         self.audit = audit
         self.metrics = metrics
-        self.policy_of = policy_of
+        self._policy_of = policy_of
+        # Per (source, target): the config's routes do not change while the bot runs, and
+        # the relay asks for every copy of every tagged message.
+        self._policies: dict[tuple[str, str], ReleasePolicy | None] = {}
         self.record_of = record_of
         self.caveats = tuple(caveats)
         self.copies = hold_sealer(data_key)
@@ -141,6 +144,13 @@ class ReleaseDesk:
         self._decide = asyncio.Lock()  # one decision at a time: a reply tells what it did
 
     # ------------------------------------------------------------ holding (the relay's hook)
+
+    def policy_of(self, source_key: str, target_key: str) -> ReleasePolicy | None:
+        """The release approval a route asks for (None: none)."""
+        key = (source_key, target_key)
+        if key not in self._policies:
+            self._policies[key] = self._policy_of(source_key, target_key)
+        return self._policies[key]
 
     def needs_approval(self, source_key: str, target_key: str, rank: int) -> bool:
         policy = self.policy_of(source_key, target_key)
