@@ -24,13 +24,9 @@ from tests.siem_harness import require_rsyslog
 SCRIPT = str(Path(sys.executable).parent / "liaison-bot")
 
 
-def test_demo_scenario_passes() -> None:
-    result = subprocess.run(
-        [SCRIPT, "demo", "--exit-after-scenario"], capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    out = result.stdout
-    # The picture's folder outlives the scenario (its path is printed): checked, then removed.
+def check_picture(out: str) -> None:
+    """The digest's picture, saved in the folder the demo named (kept after the scenario):
+    a PNG. The folder is removed afterwards."""
     kept = re.search(r"^The digest's picture will be saved in (\S+) \(kept", out, re.MULTILINE)
     shown = re.search(r"^   Open the picture: (\S+)$", out, re.MULTILINE)
     assert kept is not None and shown is not None, out
@@ -40,6 +36,15 @@ def test_demo_scenario_passes() -> None:
         assert picture.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_demo_scenario_passes() -> None:
+    result = subprocess.run(
+        [SCRIPT, "demo", "--exit-after-scenario"], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    check_picture(out)
     assert "Scenario passed." in out
     assert "✗" not in out
     # The slash commands the admin's client reads, and one structured grant.
@@ -109,6 +114,7 @@ def test_federated_demo_scenario_passes() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    check_picture(out)
     assert "Scenario passed." in out and "✗" not in out
     assert "Two throwaway Synapses federating over TLS" in out
     assert "NATO SECRET — originator: DEU GEHEIM // REL TO NATO" in out
@@ -125,6 +131,7 @@ def test_siem_demo_exports_every_audit_row_once_as_valid_ocsf() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
+    check_picture(out)
     assert "Scenario passed." in out and "✗" not in out
     found = re.search(
         r"^received (\d+), valid OCSF (\d+), gaps 0, duplicates 0$", out, re.MULTILINE
