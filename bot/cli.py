@@ -740,8 +740,10 @@ def run_command(config_path: str, verbose: bool) -> None:
 )
 def demo_command(exit_after_scenario: bool, federated: bool, siem: bool) -> None:
     """Start a throwaway Synapse, the bot, three rooms and sample people; play a short
-    scenario (an invite refused, a relay to NATO refused for the EU, a digest), then keep the
-    homeserver up for a Matrix client until Ctrl-C. Needs the `demo` extra (Synapse).
+    scenario (a structured slash command, an invite refused, a relay held until a second
+    officer releases it to NATO and refused for the EU, a digest with its picture, saved
+    decrypted where the demo says), then keep the homeserver up for a Matrix client until
+    Ctrl-C. Needs the `demo` extra (Synapse).
 
     \b
     Example:
