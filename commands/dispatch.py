@@ -41,7 +41,7 @@ class Outcome:
 _QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
 
 
-def audit_text(message: str) -> str:
+def elide_typed(message: str) -> str:
     """An error message as the audit log keeps it: what the person typed (quoted in the
     message) elided. The reply shows it whole; the audit log is permanent and in clear, and
     a command line may hold message text (a deny reason, a search, a marking)."""
@@ -89,7 +89,7 @@ async def dispatch(
             None,
             {
                 "room_id": invocation.room_id,
-                "error": audit_text(exc.message),
+                "error": elide_typed(exc.message),
                 "reason_code": "command.invalid",
                 **marked,
             },
@@ -128,7 +128,7 @@ async def dispatch(
             command.name,
             {
                 "room_id": invocation.room_id,
-                "error": audit_text(exc.message),
+                "error": elide_typed(exc.message),
                 "reason_code": "command.failed",
                 **marked,
             },
