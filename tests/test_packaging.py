@@ -381,7 +381,12 @@ def test_fresh_wheel_in_a_clean_venv_runs_init_check_config_db_upgrade_and_demo(
     assert upgrade.returncode == 0, upgrade.stderr
     assert (config.parent / "data" / "liaison.db").is_file()
 
-    demo = _clean_run(venv, cwd, "demo", "--exit-after-scenario", timeout=300)
+    # The demo keeps the digest's picture in a folder of its own: here, inside the test's.
+    scratch = built.root / "tmp"
+    scratch.mkdir()
+    demo = _clean_run(
+        venv, cwd, "demo", "--exit-after-scenario", env={"TMPDIR": str(scratch)}, timeout=300
+    )
     assert demo.returncode == 0, demo.stdout + demo.stderr
     assert "Scenario passed." in demo.stdout
     print(
