@@ -419,7 +419,7 @@ class ProcessScenario:
             await asyncio.to_thread(self.proc.wait, 30)
 
 
-def _room_id(store: Store, key: str) -> str:
+def room_id_of(store: Store, key: str) -> str:
     room = store.room(key)
     assert room is not None and room.room_id is not None, f"the bot has not made {key}"
     return room.room_id
@@ -473,7 +473,7 @@ async def process_scenario(
     scenario.start(**first_env)
     try:
         await scenario.wait_for_log("first sync after")
-        scenario.deu, scenario.nato_s = _room_id(store, "deu"), _room_id(store, "nato-s")
+        scenario.deu, scenario.nato_s = room_id_of(store, "deu"), room_id_of(store, "nato-s")
         admin_client = await make_client(admin)
         dm = await open_dm(admin_client, bot_user.user_id)
         scenario.officer, scenario.member = await make_client(officer), await make_client(member)

@@ -38,6 +38,7 @@ from tests.bot_harness import (
     eventually,
     nothing_arrives,
     relayed_barrier,
+    room_id_of,
     text_with,
 )
 from tests.matrix_harness import MakeClient, MakeUser
@@ -107,7 +108,7 @@ async def release_scenario(
     process.start(**first_env)
     try:
         await process.wait_for_log("first sync after")
-        process.deu, process.nato_s = _room_id(store, "deu"), _room_id(store, "nato-s")
+        process.deu, process.nato_s = room_id_of(store, "deu"), room_id_of(store, "nato-s")
         admin_client = await make_client(admin)
         dm = await open_dm(admin_client, bot_user.user_id)
         process.officer, process.member = await make_client(officer), await make_client(member)
@@ -121,12 +122,6 @@ async def release_scenario(
     finally:
         await process.stop()
         store.close()
-
-
-def _room_id(store: Store, key: str) -> str:
-    room = store.room(key)
-    assert room is not None and room.room_id is not None, f"the bot has not made {key}"
-    return room.room_id
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
